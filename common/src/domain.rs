@@ -1,0 +1,336 @@
+//! Domain types shared by the coordinator and the agent: what a job is, what one attempt
+//! of it measured, and how a measurement says it is missing.
+//!
+//! Units live in field names (`energy_mj`, `dur_ns`). An unavailable measurement is
+//! `None` plus a reason, never zero.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Version of the `RawResult` layout; bump on incompatible change.
+pub const RAW_RESULT_SCHEMA_VERSION: u32 = 1;
+
+/// What kind of physical device a reading belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    Gpu,
+    /// A RAPL `package-N` zone (cores + uncore of one socket).
+    CpuPackage,
+    /// A RAPL `dram` zone.
+    Dram,
+}
+
+/// Where an energy number came from. Every reading names one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EnergySource {
+    /// Difference of NVML's total-energy counter.
+    NvmlCounter,
+    /// Integral of NVML's polled power.
+    NvmlPower,
+    /// Linux powercap (RAPL) `energy_uj` counters.
+    Rapl,
+    /// A modelled value (e.g. TDP × time). Only when explicitly requested.
+    Estimate,
+    /// No source could be opened; see the reading's reason.
+    None,
+}
+
+/// The energy of one physical device over one measured window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnergyReading {
+    pub device_kind: DeviceKind,
+    /// Stable id of the physical device: GPU UUID, `package-0`, `package-0/dram`, ...
+    pub device_id: String,
+    /// Human-readable name ("NVIDIA H100", "package-0").
+    pub device_name: String,
+    pub source: EnergySource,
+    /// `None` when unavailable; `unavailable_reason` then says why.
+    pub energy_mj: Option<f64>,
+    pub unavailable_reason: Option<String>,
+    /// Length of the window this reading covers.
+    pub window_ns: u64,
+    /// Sampling period of the source where it has one (counter update or poll period).
+    pub sample_period_ms: Option<f64>,
+    /// True only for modelled numbers (`EnergySource::Estimate`).
+    pub estimated: bool,
+}
+
+impl EnergyReading {
+    /// A reading that could not be taken, with the reason.
+    pub fn unavailable(
+        device_kind: DeviceKind,
+        device_id: impl Into<String>,
+        reason: impl Into<String>,
+        window_ns: u64,
+    ) -> Self {
+        let device_id = device_id.into();
+        Self {
+            device_kind,
+            device_name: device_id.clone(),
+            device_id,
+            source: EnergySource::None,
+            energy_mj: None,
+            unavailable_reason: Some(reason.into()),
+            window_ns,
+            sample_period_ms: None,
+            estimated: false,
+        }
+    }
+}
+
+/// Where inference actually ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComputeDevice {
+    /// `cpu` or `cuda`.
+    pub kind: String,
+    /// e.g. "AMD EPYC 7B13 (2 threads)" or "NVIDIA H100 80GB HBM3".
+    pub name: String,
+    /// CUDA ordinal, when `kind == "cuda"`.
+    pub ordinal: Option<u32>,
+    /// Worker threads for CPU inference.
+    pub threads: Option<u32>,
+    /// Why this device was chosen (e.g. "no CUDA device: running on the CPU").
+    pub note: Option<String>,
+}
+
+/// Architecture numbers FLOPs are computed from (read from the model's own config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransformerShape {
+    pub architecture: String,
+    pub hidden_size: u64,
+    pub intermediate_size: u64,
+    pub num_layers: u64,
+    pub num_attention_heads: u64,
+    pub num_kv_heads: u64,
+    pub head_dim: u64,
+    pub vocab_size: u64,
+    /// Gated MLP (SwiGLU: gate, up, down) as in Llama; false = two-matrix MLP.
+    pub gated_mlp: bool,
+}
+
+/// What was loaded and how it computes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// As given in the config (`model_name`).
+    pub requested: String,
+    /// The file or directory actually loaded.
+    pub resolved_path: String,
+    /// How it was found: `local`, `lem-cache`, `hf-cache`, `hf-download`.
+    pub resolved_from: String,
+    /// `gguf` or `safetensors`.
+    pub format: String,
+    /// Weight storage type as loaded, e.g. `Q4_1`, `Q8_0 (requantised from Q4_1)`, `F16`.
+    pub weight_dtype: String,
+    /// Dtype of activations / matmul outputs actually used, e.g. `f32`.
+    pub compute_dtype: String,
+    pub num_parameters: Option<u64>,
+    pub shape: TransformerShape,
+    /// Where the tokenizer came from: `tokenizer.json` or `gguf-metadata`.
+    pub tokenizer_source: String,
+    pub eos_token_ids: Vec<u32>,
+    pub context_length: Option<u64>,
+}
+
+/// Why a request stopped generating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Eos,
+    MaxTokens,
+}
+
+/// Per-request timing and token counts. Token counts never include padding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub index: u32,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    /// From request arrival (or batch start) to the first output token.
+    pub ttft_ns: u64,
+    /// Gaps between consecutive output tokens (length = output_tokens - 1).
+    pub itl_ns: Vec<u64>,
+    /// From arrival to the last token.
+    pub e2e_ns: u64,
+    pub stop_reason: StopReason,
+    /// Generated text, only when `save_outputs` is set.
+    pub output_text: Option<String>,
+}
+
+/// Analytic FLOPs of one job (see docs/flops.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlopsBreakdown {
+    pub prefill_flops: f64,
+    pub decode_flops: f64,
+}
+
+impl FlopsBreakdown {
+    pub fn total(&self) -> f64 {
+        self.prefill_flops + self.decode_flops
+    }
+}
+
+/// A value that may be unavailable, with the reason when it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measured<T> {
+    pub value: Option<T>,
+    pub unavailable_reason: Option<String>,
+    /// What produced it (e.g. `VmHWM`, `nvml memory info`).
+    pub source: Option<String>,
+}
+
+impl<T> Measured<T> {
+    pub fn known(value: T, source: impl Into<String>) -> Self {
+        Self {
+            value: Some(value),
+            unavailable_reason: None,
+            source: Some(source.into()),
+        }
+    }
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self {
+            value: None,
+            unavailable_reason: Some(reason.into()),
+            source: None,
+        }
+    }
+}
+
+/// One CLI override as stored with a result: the value it replaced and the new one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OverrideRecord {
+    pub original: serde_json::Value,
+    pub new: serde_json::Value,
+}
+
+/// What one attempt of one job measured. Immutable once stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RawResult {
+    pub schema_version: u32,
+    pub experiment_id: String,
+    /// Hash of the canonical job spec and cycle.
+    pub job_key: String,
+    pub cycle: u32,
+    pub attempt: u32,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+    pub finished_at: String,
+    /// The fully resolved config this job ran with (JSON of `ExperimentConfig`).
+    pub effective_config: serde_json::Value,
+    /// Field path -> {original, new} for every CLI override.
+    pub cli_overrides: BTreeMap<String, OverrideRecord>,
+    pub compute_device: ComputeDevice,
+    pub model: ModelInfo,
+    pub requests: Vec<RequestRecord>,
+    /// Measured window: first request start to last token, after warmup.
+    pub wall_ns: u64,
+    /// Time spent in prefill forward passes / decode forward passes within the window.
+    pub prefill_ns: u64,
+    pub decode_ns: u64,
+    pub energy: Vec<EnergyReading>,
+    pub flops: FlopsBreakdown,
+    pub peak_memory_bytes: Measured<u64>,
+    pub warmup_requests: u32,
+    pub warnings: Vec<String>,
+    /// Host the attempt ran on.
+    pub hostname: String,
+    pub lem_version: String,
+}
+
+impl RawResult {
+    pub fn input_tokens(&self) -> u64 {
+        self.requests.iter().map(|r| r.input_tokens as u64).sum()
+    }
+    pub fn output_tokens(&self) -> u64 {
+        self.requests.iter().map(|r| r.output_tokens as u64).sum()
+    }
+}
+
+/// One unit of work: one experiment config for one cycle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub experiment_id: String,
+    pub job_key: String,
+    pub cycle: u32,
+    pub attempt: u32,
+    pub config: crate::config::ExperimentConfig,
+    pub cli_overrides: BTreeMap<String, OverrideRecord>,
+}
+
+/// Hex SHA-256 of `value` as canonical JSON (object keys sorted), truncated to 16 bytes.
+pub fn fingerprint(value: &serde_json::Value) -> String {
+    use sha2::{Digest, Sha256};
+    let mut canonical = Vec::new();
+    write_canonical(value, &mut canonical);
+    let digest = Sha256::digest(&canonical);
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// JobKey = hash(canonical effective config, cycle).
+pub fn job_key(config_json: &serde_json::Value, cycle: u32) -> String {
+    fingerprint(&serde_json::json!({ "config": config_json, "cycle": cycle }))
+}
+
+/// Canonical JSON: object keys sorted whatever map type serde_json was built with.
+fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend(serde_json::to_vec(k).expect("a string always serialises"));
+                out.push(b':');
+                write_canonical(&map[k], out);
+            }
+            out.push(b'}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend(serde_json::to_vec(scalar).expect("a scalar always serialises")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_ignores_key_order_and_sees_values() {
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b":1,"a":{"y":2,"x":[1,2]}}"#).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{"a":{"x":[1,2],"y":2},"b":1}"#).unwrap();
+        let c: serde_json::Value =
+            serde_json::from_str(r#"{"a":{"x":[2,1],"y":2},"b":1}"#).unwrap();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+        assert_eq!(fingerprint(&a).len(), 32);
+        assert_ne!(job_key(&a, 0), job_key(&a, 1));
+    }
+
+    #[test]
+    fn unavailable_reading_is_null_with_reason() {
+        let r = EnergyReading::unavailable(DeviceKind::CpuPackage, "package-0", "no powercap", 5);
+        assert_eq!(r.energy_mj, None);
+        assert_eq!(r.source, EnergySource::None);
+        assert_eq!(r.unavailable_reason.as_deref(), Some("no powercap"));
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(
+            json["energy_mj"].is_null(),
+            "unavailable energy must serialise as null, not 0"
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! lem-common: what the coordinator and the agent agree on.
+//!
+//! No IO lives here: config loading takes a file reader from the caller, so every
+//! function can be tested on strings.
+
+pub mod config;
+pub mod domain;
+pub mod flops;
+pub mod rng;
+pub mod stats;
