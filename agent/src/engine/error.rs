@@ -1,0 +1,78 @@
+//! Errors of the inference engine. Every message names the file, tensor, key or row it is
+//! about, so a user can act on it without a debugger.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot open {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{path} is not a readable GGUF file: {source}")]
+    Gguf {
+        path: PathBuf,
+        source: Box<candle_core::Error>,
+    },
+
+    #[error("{path}: GGUF metadata key `{key}` is missing")]
+    MissingKey { path: PathBuf, key: String },
+
+    #[error("{path}: GGUF metadata key `{key}` is invalid: {reason}")]
+    BadKey {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+
+    #[error(
+        "{path}: unsupported architecture `{architecture}` (general.architecture); this engine runs Llama-family models (`llama`)"
+    )]
+    UnsupportedArchitecture { path: PathBuf, architecture: String },
+
+    #[error("{path}: tensor `{name}` is missing")]
+    MissingTensor { path: PathBuf, name: String },
+
+    #[error("{path}: tensor `{name}`: {reason}")]
+    BadTensor {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
+
+    #[error("tokenizer from {origin}: {message}")]
+    Tokenizer { origin: String, message: String },
+
+    #[error(
+        "{path}: GGUF tokenizer model `{model}` (tokenizer.ggml.model) cannot be built from metadata yet; pass a tokenizer.json"
+    )]
+    UnsupportedTokenizer { path: PathBuf, model: String },
+
+    #[error("invalid generation parameters: {0}")]
+    InvalidParams(String),
+
+    #[error("prompt {row}: {reason}")]
+    BadPrompt { row: usize, reason: String },
+
+    #[error("{op}: {source}")]
+    Compute {
+        op: &'static str,
+        // Boxed: candle's error is 80 bytes and would make every Result large.
+        source: Box<candle_core::Error>,
+    },
+
+    #[error("generation interrupted")]
+    Interrupted,
+}
+
+impl EngineError {
+    /// Wraps a candle error from a compute step, naming the step.
+    pub(crate) fn compute(op: &'static str) -> impl FnOnce(candle_core::Error) -> Self {
+        move |source| EngineError::Compute {
+            op,
+            source: Box::new(source),
+        }
+    }
+}

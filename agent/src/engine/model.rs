@@ -1,0 +1,468 @@
+//! The Llama forward pass, written with candle ops: quantised matmuls (`QMatMul`), RMS
+//! norm, interleaved rotary embeddings, grouped-query attention over a preallocated KV
+//! cache, and a SwiGLU MLP.
+//!
+//! Batches are left-padded: every row's last prompt token sits in the same column, so a
+//! decode step appends one column for all rows. Each row has its own rotary positions
+//! (column minus its padding) and attends only over its own columns (attention.rs).
+
+use super::attention::{attention, Heads};
+use super::error::EngineError;
+use super::gguf::{requantize_q4_1, GgufFile, LlamaConfig};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, Module, Tensor, D};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+struct Layer {
+    attn_norm: Tensor,
+    /// Q, K, V.
+    qkv: Projection,
+    wo: QMatMul,
+    ffn_norm: Tensor,
+    /// Gate, up.
+    gate_up: Projection,
+    w_down: QMatMul,
+}
+
+/// Several matrices applied to the same input. When they share a storage type they are
+/// stacked into one quantised matrix: one activation quantisation and one pass over the
+/// thread pool instead of several (each output element is the same dot product, so the
+/// result is bit-identical), which matters at batch 1 where a decode step is mostly
+/// per-op overhead.
+enum Projection {
+    Fused { w: QMatMul, widths: Vec<usize> },
+    Separate(Vec<QMatMul>),
+}
+
+impl Projection {
+    fn new(parts: Vec<QTensor>, device: &Device) -> Result<Self, EngineError> {
+        let dtype = parts[0].dtype();
+        let cols = parts[0].shape().dims()[1];
+        let same = parts
+            .iter()
+            .all(|t| t.dtype() == dtype && t.shape().dims()[1] == cols);
+        if !same || !device.is_cpu() {
+            return Ok(Self::Separate(
+                parts.into_iter().map(qmatmul).collect::<Result<_, _>>()?,
+            ));
+        }
+        let widths: Vec<usize> = parts.iter().map(|t| t.shape().dims()[0]).collect();
+        let mut bytes = Vec::new();
+        for t in &parts {
+            // Row-major blocks: stacking rows is concatenating the raw data.
+            let data = t
+                .data()
+                .map_err(EngineError::compute("reading quantised weights"))?;
+            bytes.extend_from_slice(&data);
+        }
+        let storage = QStorage::from_data(Cow::Owned(bytes), device, dtype)
+            .map_err(EngineError::compute("stacking quantised weights"))?;
+        let stacked = QTensor::new(storage, (widths.iter().sum::<usize>(), cols))
+            .map_err(EngineError::compute("stacking quantised weights"))?;
+        Ok(Self::Fused {
+            w: qmatmul(stacked)?,
+            widths,
+        })
+    }
+
+    /// One output per matrix, split on the last dimension.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        match self {
+            Self::Separate(ws) => ws.iter().map(|w| w.forward(x)).collect(),
+            Self::Fused { w, widths } => {
+                let y = w.forward(x)?;
+                let mut start = 0;
+                widths
+                    .iter()
+                    .map(|&n| {
+                        let part = y.narrow(D::Minus1, start, n);
+                        start += n;
+                        part
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// What loading did to the weights, for `EngineInfo::weight_dtype`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WeightReport {
+    /// (ggml type name, count) of the matmul weights as stored in the file.
+    pub stored: Vec<(&'static str, usize)>,
+    /// Matmul weights re-quantised from Q4_1 to Q8_0 at load.
+    pub requantized: usize,
+}
+
+impl WeightReport {
+    fn note(&mut self, dtype: GgmlDType) {
+        let name = super::gguf::ggml_name(dtype);
+        match self.stored.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => self.stored.push((name, 1)),
+        }
+    }
+
+    /// e.g. `Q8_0 (requantised from Q4_1)`, `Q4_1`, or `mixed: Q4_1 x210, Q6_K x1`.
+    pub(crate) fn describe(&self) -> String {
+        let stored = match self.stored.as_slice() {
+            [(name, _)] => name.to_string(),
+            many => {
+                let parts: Vec<String> = many.iter().map(|(n, c)| format!("{n} x{c}")).collect();
+                format!("mixed: {}", parts.join(", "))
+            }
+        };
+        if self.requantized == 0 {
+            stored
+        } else if self.stored.len() == 1 {
+            format!("Q8_0 (requantised from {stored})")
+        } else {
+            format!("{stored}; {} Q4_1 requantised to Q8_0", self.requantized)
+        }
+    }
+}
+
+pub(crate) struct LlamaModel {
+    cfg: LlamaConfig,
+    /// Embedding rows are dequantised on lookup; the table stays quantised.
+    embed: Arc<QTensor>,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    output: QMatMul,
+    /// (max_positions, head_dim / 2) rotary tables.
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+/// Per-layer K and V, shaped (batch, kv_heads, capacity, head_dim), allocated once per
+/// batch shape and written in place, so a decode step allocates no cache memory.
+pub(crate) struct KvCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    batch: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    pub(crate) fn new(
+        cfg: &LlamaConfig,
+        batch: usize,
+        capacity: usize,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let shape = (batch, cfg.num_kv_heads, capacity, cfg.head_dim);
+        let mut k = Vec::with_capacity(cfg.num_layers);
+        let mut v = Vec::with_capacity(cfg.num_layers);
+        for _ in 0..cfg.num_layers {
+            k.push(Tensor::zeros(shape, DType::F32, device)?);
+            v.push(Tensor::zeros(shape, DType::F32, device)?);
+        }
+        Ok(Self {
+            k,
+            v,
+            batch,
+            capacity,
+        })
+    }
+
+    pub(crate) fn batch(&self) -> usize {
+        self.batch
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+fn qmatmul(t: QTensor) -> Result<QMatMul, EngineError> {
+    QMatMul::from_qtensor(t).map_err(EngineError::compute("building a quantised matmul"))
+}
+
+impl LlamaModel {
+    pub(crate) fn load(
+        g: &mut GgufFile,
+        cfg: LlamaConfig,
+        requantize: bool,
+        max_positions: usize,
+        device: &Device,
+    ) -> Result<(Self, WeightReport), EngineError> {
+        let path = g.path().to_path_buf();
+        let mut report = WeightReport::default();
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let q_out = cfg.num_heads * hd;
+        let kv_out = cfg.num_kv_heads * hd;
+
+        let mut weight =
+            |g: &mut GgufFile, name: &str, dims: &[usize]| -> Result<QTensor, EngineError> {
+                let t = g.tensor_shaped(name, dims, device)?;
+                report.note(t.dtype());
+                if requantize && t.dtype() == GgmlDType::Q4_1 {
+                    report.requantized += 1;
+                    requantize_q4_1(t, &path, name)
+                } else {
+                    Ok(t)
+                }
+            };
+        let vector = |g: &mut GgufFile, name: &str| -> Result<Tensor, EngineError> {
+            g.tensor_shaped(name, &[h], device)?
+                .dequantize(device)
+                .map_err(|e| EngineError::BadTensor {
+                    path: g.path().to_path_buf(),
+                    name: name.to_string(),
+                    reason: e.to_string(),
+                })
+        };
+
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            let ffn = cfg.intermediate_size;
+            let qkv = vec![
+                weight(g, &n("attn_q"), &[q_out, h])?,
+                weight(g, &n("attn_k"), &[kv_out, h])?,
+                weight(g, &n("attn_v"), &[kv_out, h])?,
+            ];
+            let gate_up = vec![
+                weight(g, &n("ffn_gate"), &[ffn, h])?,
+                weight(g, &n("ffn_up"), &[ffn, h])?,
+            ];
+            layers.push(Layer {
+                attn_norm: vector(g, &n("attn_norm"))?,
+                qkv: Projection::new(qkv, device)?,
+                wo: qmatmul(weight(g, &n("attn_output"), &[h, q_out])?)?,
+                ffn_norm: vector(g, &n("ffn_norm"))?,
+                gate_up: Projection::new(gate_up, device)?,
+                w_down: qmatmul(weight(g, &n("ffn_down"), &[h, ffn])?)?,
+            });
+        }
+        let norm = vector(g, "output_norm.weight")?;
+        let embed = Arc::new(g.tensor_shaped("token_embd.weight", &[cfg.vocab_size, h], device)?);
+        let output = if g.has_tensor("output.weight") {
+            qmatmul(weight(g, "output.weight", &[cfg.vocab_size, h])?)?
+        } else if requantize && embed.dtype() == GgmlDType::Q4_1 {
+            // Tied embeddings: the lookup keeps the stored table, the LM head gets the
+            // faster Q8_0 copy.
+            report.note(GgmlDType::Q4_1);
+            report.requantized += 1;
+            let copy = requantize_q4_1(
+                g.tensor("token_embd.weight", device)?,
+                &path,
+                "token_embd.weight",
+            )?;
+            qmatmul(copy)?
+        } else {
+            QMatMul::from_arc(embed.clone())
+                .map_err(EngineError::compute("building the tied output matmul"))?
+        };
+
+        let freq_factors = if g.has_tensor("rope_freqs.weight") {
+            let t = g.tensor_shaped("rope_freqs.weight", &[hd / 2], device)?;
+            let v = t
+                .dequantize(device)
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| EngineError::BadTensor {
+                    path: path.clone(),
+                    name: "rope_freqs.weight".into(),
+                    reason: e.to_string(),
+                })?;
+            Some(v)
+        } else {
+            None
+        };
+        let (cos, sin) = rope_tables(
+            hd,
+            cfg.rope_theta,
+            freq_factors.as_deref(),
+            max_positions,
+            device,
+        )
+        .map_err(EngineError::compute("building rotary tables"))?;
+
+        Ok((
+            Self {
+                cfg,
+                embed,
+                layers,
+                norm,
+                output,
+                cos,
+                sin,
+                device: device.clone(),
+            },
+            report,
+        ))
+    }
+
+    pub(crate) fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub(crate) fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Rotary positions the tables cover.
+    pub(crate) fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// Runs `seq_len` new columns for every row and returns the logits of the last column,
+    /// shaped (batch, vocab). `tokens` is row-major (batch × seq_len); the new columns
+    /// start at cache column `offset`; row `r` has `pads[r]` padding columns on the left.
+    pub(crate) fn forward(
+        &self,
+        tokens: &[u32],
+        seq_len: usize,
+        offset: usize,
+        pads: &[usize],
+        cache: &mut KvCache,
+    ) -> candle_core::Result<Tensor> {
+        let b = pads.len();
+        let l = seq_len;
+        let total = offset + l;
+        if tokens.len() != b * l {
+            candle_core::bail!("{} tokens for a {b}x{l} step", tokens.len());
+        }
+        if cache.batch != b || total > cache.capacity {
+            candle_core::bail!(
+                "KV cache is {}x{} but the step needs {b}x{total}",
+                cache.batch,
+                cache.capacity
+            );
+        }
+        if total > self.max_positions() {
+            candle_core::bail!(
+                "position {total} beyond the rotary table ({})",
+                self.max_positions()
+            );
+        }
+        let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        let heads = Heads {
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+        };
+        let eps = self.cfg.rms_norm_eps as f32;
+        let dev = &self.device;
+
+        let (cos, sin) = self.rotary(offset, l, pads)?;
+
+        let ids = Tensor::from_slice(tokens, (b, l), dev)?;
+        let mut x = self.embed.embedding(&ids)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            // (b, l, heads*hd) -> (b, heads, l, hd); rotary and slice_set need contiguous.
+            let split = |t: Tensor, heads: usize| {
+                t.reshape((b, l, heads, hd))?.transpose(1, 2)?.contiguous()
+            };
+            let [q, k, v]: [Tensor; 3] = layer
+                .qkv
+                .forward(&h)?
+                .try_into()
+                .map_err(|_| candle_core::Error::Msg("qkv projection arity".into()))?;
+            let q = split(q, nh)?;
+            let k = split(k, nkv)?;
+            let v = split(v, nkv)?;
+            let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
+
+            cache.k[i].slice_set(&k, 2, offset)?;
+            cache.v[i].slice_set(&v, 2, offset)?;
+            let y = attention(&q, &cache.k[i], &cache.v[i], offset, pads, heads)?;
+            x = (x + layer.wo.forward(&y)?)?;
+
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let [gate, up]: [Tensor; 2] = layer
+                .gate_up
+                .forward(&h)?
+                .try_into()
+                .map_err(|_| candle_core::Error::Msg("gate/up projection arity".into()))?;
+            let gate = candle_nn::ops::silu(&gate)?;
+            x = (x + layer.w_down.forward(&(gate * up)?)?)?;
+        }
+        let last = x.narrow(1, l - 1, 1)?.contiguous()?;
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
+        self.output.forward(&last)?.squeeze(1)?.to_dtype(DType::F32)
+    }
+
+    /// cos/sin for the new columns: a plain slice of the tables when no row is padded,
+    /// else one row of positions per batch row.
+    fn rotary(
+        &self,
+        offset: usize,
+        l: usize,
+        pads: &[usize],
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        if pads.iter().all(|&p| p == 0) {
+            return Ok((
+                self.cos.narrow(0, offset, l)?,
+                self.sin.narrow(0, offset, l)?,
+            ));
+        }
+        let b = pads.len();
+        let mut pos = Vec::with_capacity(b * l);
+        for &pad in pads {
+            for c in offset..offset + l {
+                pos.push(c.saturating_sub(pad) as u32);
+            }
+        }
+        let pos = Tensor::from_vec(pos, b * l, &self.device)?;
+        let half = self.cfg.head_dim / 2;
+        let cos = self.cos.index_select(&pos, 0)?.reshape((b, l, half))?;
+        let sin = self.sin.index_select(&pos, 0)?.reshape((b, l, half))?;
+        Ok((cos, sin))
+    }
+}
+
+/// Rotary tables for the interleaved (GPT-J style) rotation that GGUF Llama weights use:
+/// llama.cpp's converter permutes Q/K rows so adjacent pairs rotate together.
+fn rope_tables(
+    head_dim: usize,
+    theta: f64,
+    freq_factors: Option<&[f32]>,
+    max_positions: usize,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f64> = (0..half)
+        .map(|i| {
+            let f = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+            match freq_factors {
+                Some(ff) => f / ff[i] as f64,
+                None => f,
+            }
+        })
+        .collect();
+    let mut cos = Vec::with_capacity(max_positions * half);
+    let mut sin = Vec::with_capacity(max_positions * half);
+    for p in 0..max_positions {
+        for f in &inv_freq {
+            let a = p as f64 * f;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (max_positions, half), device)?,
+        Tensor::from_vec(sin, (max_positions, half), device)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_tables_start_at_identity() {
+        let (cos, sin) = rope_tables(4, 10_000.0, None, 3, &Device::Cpu).unwrap();
+        let c: Vec<Vec<f32>> = cos.to_vec2().unwrap();
+        let s: Vec<Vec<f32>> = sin.to_vec2().unwrap();
+        assert_eq!(c[0], vec![1.0, 1.0]);
+        assert_eq!(s[0], vec![0.0, 0.0]);
+        // Second frequency is theta^(-2/4) = 0.01.
+        assert!((s[1][0] - 1f32.sin()).abs() < 1e-6);
+        assert!((s[2][1] - 0.02f32.sin()).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,359 @@
+//! The tokenizer: from `tokenizer.json` when one is given, else built from the GGUF
+//! metadata keys. candle's own `TokenizerFromGguf` adds a prefix space after special
+//! tokens (DESIGN §9), so the GGUF path builds the `tokenizers` pipeline itself:
+//! BPE from `tokenizer.ggml.tokens` + `merges`; pre-tokenizer = (single digits, for the
+//! `smollm` pre-tokenizer) then byte-level without prefix space; byte-level decoder;
+//! control tokens registered as special so `<|im_start|>` encodes as one id.
+
+use super::error::EngineError;
+use super::gguf::GgufFile;
+use std::path::Path;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Merges, Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, Tokenizer};
+
+/// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// How a single user message becomes a prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatFormat {
+    /// `<|im_start|>role\n...<|im_end|>\n`, with the template's default system message
+    /// when it inserts one for conversations that lack it.
+    ChatMl {
+        default_system: Option<String>,
+        /// True when recognised in the GGUF `tokenizer.chat_template`; false = fallback.
+        from_template: bool,
+    },
+}
+
+pub struct LemTokenizer {
+    inner: Tokenizer,
+    /// `tokenizer.json` or `gguf-metadata`.
+    source: &'static str,
+    /// For error messages: the file the tokenizer came from.
+    origin: String,
+    /// BOS id to prepend ourselves (GGUF path only; tokenizer.json uses its post-processor).
+    bos_to_add: Option<u32>,
+    use_post_processor: bool,
+    eos_ids: Vec<u32>,
+    chat: ChatFormat,
+}
+
+impl std::fmt::Debug for LemTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LemTokenizer")
+            .field("source", &self.source)
+            .field("origin", &self.origin)
+            .field("eos_ids", &self.eos_ids)
+            .field("chat", &self.chat)
+            .finish()
+    }
+}
+
+impl LemTokenizer {
+    /// Tokenizer for the model in `g`: from `tokenizer_json` when given, else from `g`'s
+    /// metadata. EOS ids and the chat format always come from the GGUF.
+    pub(crate) fn load(g: &GgufFile, tokenizer_json: Option<&Path>) -> Result<Self, EngineError> {
+        let (inner, source, origin, bos_to_add, use_post_processor) = match tokenizer_json {
+            Some(p) => {
+                let origin = p.display().to_string();
+                let t = Tokenizer::from_file(p).map_err(|e| EngineError::Tokenizer {
+                    origin: origin.clone(),
+                    message: e.to_string(),
+                })?;
+                (t, "tokenizer.json", origin, None, true)
+            }
+            None => {
+                let (t, bos) = build_from_gguf(g)?;
+                (
+                    t,
+                    "gguf-metadata",
+                    g.path().display().to_string(),
+                    bos,
+                    false,
+                )
+            }
+        };
+        let chat = chat_format(g.opt_str("tokenizer.chat_template")?);
+        let mut eos_ids = Vec::new();
+        if let Some(id) = g.opt_u64("tokenizer.ggml.eos_token_id")? {
+            eos_ids.push(id as u32);
+        }
+        // Instruct models end turns with these even when the file's EOS is another token.
+        let mut extra = vec!["<|endoftext|>"];
+        if matches!(
+            chat,
+            ChatFormat::ChatMl {
+                from_template: true,
+                ..
+            }
+        ) {
+            extra.push("<|im_end|>");
+        }
+        for tok in extra {
+            if let Some(id) = inner.token_to_id(tok) {
+                if !eos_ids.contains(&id) {
+                    eos_ids.push(id);
+                }
+            }
+        }
+        if eos_ids.is_empty() {
+            return Err(EngineError::MissingKey {
+                path: g.path().to_path_buf(),
+                key: "tokenizer.ggml.eos_token_id".into(),
+            });
+        }
+        Ok(Self {
+            inner,
+            source,
+            origin,
+            bos_to_add,
+            use_post_processor,
+            eos_ids,
+            chat,
+        })
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        let enc = self
+            .inner
+            .encode(text, self.use_post_processor)
+            .map_err(|e| self.err(format!("encoding {} bytes: {e}", text.len())))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        ids.extend(self.bos_to_add);
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Text of `ids`, special tokens (EOS, `<|im_end|>`) left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| self.err(format!("decoding {} ids: {e}", ids.len())))
+    }
+
+    /// Number of tokens `text` encodes to (BOS included where the model adds one); 0 if
+    /// the text cannot be encoded at all, which byte-level BPE never refuses.
+    pub fn count(&self, text: &str) -> usize {
+        self.encode(text).map(|ids| ids.len()).unwrap_or(0)
+    }
+
+    /// The prompt for one user turn, ending with the assistant header so generation
+    /// starts the answer.
+    pub fn apply_chat_template(&self, user_message: &str) -> String {
+        match &self.chat {
+            ChatFormat::ChatMl { default_system, .. } => {
+                let mut s = String::new();
+                if let Some(sys) = default_system {
+                    s.push_str("<|im_start|>system\n");
+                    s.push_str(sys);
+                    s.push_str("<|im_end|>\n");
+                }
+                s.push_str("<|im_start|>user\n");
+                s.push_str(user_message);
+                s.push_str("<|im_end|>\n<|im_start|>assistant\n");
+                s
+            }
+        }
+    }
+
+    pub fn chat_format(&self) -> &ChatFormat {
+        &self.chat
+    }
+
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    /// `tokenizer.json` or `gguf-metadata`.
+    pub fn source(&self) -> &'static str {
+        self.source
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    fn err(&self, message: String) -> EngineError {
+        EngineError::Tokenizer {
+            origin: self.origin.clone(),
+            message,
+        }
+    }
+}
+
+/// Builds the tokenizer from `tokenizer.ggml.*`; returns it and the BOS id to prepend when
+/// `tokenizer.ggml.add_bos_token` is true.
+fn build_from_gguf(g: &GgufFile) -> Result<(Tokenizer, Option<u32>), EngineError> {
+    let path = g.path().to_path_buf();
+    let model = g.str("tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        return Err(EngineError::UnsupportedTokenizer {
+            path,
+            model: model.to_string(),
+        });
+    }
+    let tokens = g.str_array("tokenizer.ggml.tokens")?;
+    let merges_raw = g.str_array("tokenizer.ggml.merges")?;
+    let bad_key = |key: &str, reason: String| EngineError::BadKey {
+        path: path.clone(),
+        key: key.to_string(),
+        reason,
+    };
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect();
+    let mut merges: Merges = Vec::with_capacity(merges_raw.len());
+    for (i, m) in merges_raw.iter().enumerate() {
+        // Byte-level tokens never contain a real space (it is `Ġ`), so the first space
+        // separates the pair.
+        let (a, b) = m.split_once(' ').ok_or_else(|| {
+            bad_key(
+                "tokenizer.ggml.merges",
+                format!("merge {i} `{m}` is not two tokens"),
+            )
+        })?;
+        merges.push((a.to_string(), b.to_string()));
+    }
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| bad_key("tokenizer.ggml.merges", e.to_string()))?;
+    let mut tok = Tokenizer::new(bpe);
+
+    let pre = g.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
+    let byte_level = ByteLevel::new(false, true, true);
+    let pre_tok: PreTokenizerWrapper = match pre {
+        // SmolLM/StarCoder split numbers into single digits before the byte-level regex.
+        "smollm" | "starcoder" | "refact" => {
+            Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+        }
+        _ => byte_level.into(),
+    };
+    tok.with_pre_tokenizer(Some(pre_tok));
+    tok.with_decoder(Some(ByteLevelDecoder::default()));
+
+    if let Some(types) = g.opt_i64_array("tokenizer.ggml.token_type")? {
+        if types.len() != tokens.len() {
+            return Err(bad_key(
+                "tokenizer.ggml.token_type",
+                format!("{} types for {} tokens", types.len(), tokens.len()),
+            ));
+        }
+        let special: Vec<AddedToken> = types
+            .iter()
+            .zip(&tokens)
+            .filter(|(t, _)| **t == TOKEN_TYPE_CONTROL)
+            .map(|(_, s)| AddedToken::from(s.to_string(), true).normalized(false))
+            .collect();
+        let user: Vec<AddedToken> = types
+            .iter()
+            .zip(&tokens)
+            .filter(|(t, _)| **t == TOKEN_TYPE_USER_DEFINED)
+            .map(|(_, s)| AddedToken::from(s.to_string(), false).normalized(false))
+            .collect();
+        tok.add_special_tokens(special)
+            .map_err(|e| bad_key("tokenizer.ggml.token_type", e.to_string()))?;
+        tok.add_tokens(user)
+            .map_err(|e| bad_key("tokenizer.ggml.token_type", e.to_string()))?;
+    }
+
+    let bos = if g.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false) {
+        let id = g.u64("tokenizer.ggml.bos_token_id")?;
+        Some(id as u32)
+    } else {
+        None
+    };
+    Ok((tok, bos))
+}
+
+/// Recognises a ChatML template and the default system message it inserts, if any.
+fn chat_format(template: Option<&str>) -> ChatFormat {
+    let Some(t) = template else {
+        return ChatFormat::ChatMl {
+            default_system: None,
+            from_template: false,
+        };
+    };
+    if !(t.contains("<|im_start|>") && t.contains("<|im_end|>")) {
+        return ChatFormat::ChatMl {
+            default_system: None,
+            from_template: false,
+        };
+    }
+    ChatFormat::ChatMl {
+        default_system: default_system_message(t),
+        from_template: true,
+    }
+}
+
+/// The literal `<|im_start|>system\n...<|im_end|>` a template emits when the conversation
+/// has no system turn (SmolLM2: "You are a helpful AI assistant named SmolLM, ...").
+fn default_system_message(t: &str) -> Option<String> {
+    let start = t.find("<|im_start|>system")? + "<|im_start|>system".len();
+    let rest = &t[start..];
+    let rest = rest
+        .strip_prefix("\\n")
+        .or_else(|| rest.strip_prefix('\n'))?;
+    let end = rest.find("<|im_end|>")?;
+    let body = &rest[..end];
+    // A template that splices in message content is not a literal default.
+    if body.contains("{{") || body.contains('\'') || body.contains('+') || body.contains("{%") {
+        return None;
+    }
+    Some(body.replace("\\n", "\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_smollm2_default_system_message() {
+        let t = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}";
+        assert_eq!(
+            chat_format(Some(t)),
+            ChatFormat::ChatMl {
+                default_system: Some(
+                    "You are a helpful AI assistant named SmolLM, trained by Hugging Face".into()
+                ),
+                from_template: true
+            }
+        );
+    }
+
+    #[test]
+    fn plain_chatml_template_has_no_default_system() {
+        let t = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}";
+        assert_eq!(
+            chat_format(Some(t)),
+            ChatFormat::ChatMl {
+                default_system: None,
+                from_template: true
+            }
+        );
+        assert_eq!(
+            chat_format(None),
+            ChatFormat::ChatMl {
+                default_system: None,
+                from_template: false
+            }
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! lem-agent: owns a node's devices, runs inference jobs and meters their energy.
+
+pub mod engine;
+pub mod hub;
+pub mod meter;
+pub mod prompts;
+pub mod runner;
+pub mod sysinfo;

@@ -1,0 +1,129 @@
+//! Energy meters: the `EnergyMeter` trait and its readers (RAPL now; NVML later).
+//!
+//! A meter covers one measured window: `start`, optional periodic `poll`, `stop`. `stop`
+//! returns one reading per physical device; a device that could not be measured gets a
+//! reading with `energy_mj: None` and a reason — never 0 for "unknown" (DESIGN §4).
+
+pub mod rapl;
+
+pub use rapl::{cpu_meter, open_cpu_meters, CpuMeters, RaplMeter};
+
+use lem_common::domain::{DeviceKind, EnergyReading};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Why a meter could not be created or started. Per-device failures during a window are
+/// not errors: they become unavailable readings.
+#[derive(Debug, thiserror::Error)]
+pub enum MeterError {
+    /// No usable powercap (RAPL) interface; `reason` is meant for the user.
+    #[error("{reason}")]
+    NoPowercap { root: PathBuf, reason: String },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("meter `{0}` is already running a window; stop it first")]
+    AlreadyStarted(String),
+}
+
+/// Measures the energy of a set of physical devices over one window.
+pub trait EnergyMeter: Send {
+    /// Short name of the meter (`rapl`, `nvml`, `unavailable`).
+    fn name(&self) -> &str;
+    /// Opens the window: takes the first counter readings.
+    fn start(&mut self) -> Result<(), MeterError>;
+    /// Optional intermediate read, so a counter that wraps during a long window is seen
+    /// at most once between two reads. Call it periodically (e.g. every second).
+    fn poll(&mut self) {}
+    /// Closes the window: one reading per physical device, available or with a reason.
+    /// The meter can then start a new window.
+    fn stop(&mut self) -> Vec<EnergyReading>;
+}
+
+/// A meter for devices that cannot be measured: every window yields unavailable readings
+/// with the same reason, so results always say what is missing and why.
+#[derive(Debug)]
+pub struct UnavailableMeter {
+    devices: Vec<(DeviceKind, String)>,
+    reason: String,
+    started: Option<Instant>,
+}
+
+impl UnavailableMeter {
+    pub fn new(devices: Vec<(DeviceKind, String)>, reason: impl Into<String>) -> Self {
+        Self {
+            devices,
+            reason: reason.into(),
+            started: None,
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl EnergyMeter for UnavailableMeter {
+    fn name(&self) -> &str {
+        "unavailable"
+    }
+
+    fn start(&mut self) -> Result<(), MeterError> {
+        if self.started.is_some() {
+            return Err(MeterError::AlreadyStarted(self.name().into()));
+        }
+        self.started = Some(Instant::now());
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Vec<EnergyReading> {
+        let window_ns = elapsed_ns(self.started.take());
+        self.devices
+            .iter()
+            .map(|(kind, id)| {
+                EnergyReading::unavailable(*kind, id.clone(), &self.reason, window_ns)
+            })
+            .collect()
+    }
+}
+
+/// Nanoseconds since `start`, 0 for a window that never started.
+pub(crate) fn elapsed_ns(start: Option<Instant>) -> u64 {
+    start.map_or(0, |s| {
+        u64::try_from(s.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_meter_reports_null_with_reason() {
+        let mut m = UnavailableMeter::new(
+            vec![
+                (DeviceKind::CpuPackage, "package".into()),
+                (DeviceKind::Dram, "package/dram".into()),
+            ],
+            "no RAPL",
+        );
+        m.start().unwrap();
+        assert!(matches!(m.start(), Err(MeterError::AlreadyStarted(_))));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let r = m.stop();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].device_kind, DeviceKind::CpuPackage);
+        assert_eq!(r[1].device_id, "package/dram");
+        for reading in &r {
+            assert_eq!(reading.energy_mj, None);
+            assert_eq!(reading.unavailable_reason.as_deref(), Some("no RAPL"));
+            assert!(reading.window_ns >= 2_000_000, "{}", reading.window_ns);
+        }
+        // Restartable; a stop without start has an empty window.
+        assert_eq!(m.stop()[0].window_ns, 0);
+        m.start().unwrap();
+    }
+}

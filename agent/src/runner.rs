@@ -1,0 +1,448 @@
+//! One job: resolve model → load (cached across cycles) → prompts → warmup → measured
+//! window (meters started, batches generated, meters stopped) → `RawResult`.
+
+use crate::engine::{
+    BatchOutput, Engine, EngineError, GenerationObserver, GenerationParams, LoadOptions,
+};
+use crate::hub::{self, ModelFormat, ResolveOptions};
+use crate::meter;
+use crate::prompts::{self, PromptContext, PromptSpec, Sampling};
+use lem_common::config::{BatchingStrategy, Device, ExperimentConfig, Precision, PromptSource};
+use lem_common::domain::{
+    FlopsBreakdown, JobSpec, ModelInfo, RawResult, RequestRecord, RAW_RESULT_SCHEMA_VERSION,
+};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("model `{model}`: {source}")]
+    Model {
+        model: String,
+        source: Box<hub::HubError>,
+    },
+    #[error("model `{model}`: {source}")]
+    Engine { model: String, source: EngineError },
+    #[error("prompts: {0}")]
+    Prompts(#[from] prompts::PromptError),
+    #[error("cannot run this config: {0}")]
+    Unsupported(String),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Where the runner finds models, prompts and meters.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub resolve: ResolveOptions,
+    pub powercap_root: PathBuf,
+    /// Set by a Ctrl+C handler; the runner stops at the next token.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl RunContext {
+    pub fn from_env(stop: Arc<AtomicBool>) -> Self {
+        Self {
+            resolve: ResolveOptions::from_env(),
+            powercap_root: std::env::var_os("LEM_POWERCAP_ROOT")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/sys/class/powercap")),
+            stop,
+        }
+    }
+}
+
+/// Progress callbacks for a CLI progress bar.
+pub trait RunProgress {
+    fn phase(&mut self, _message: &str) {}
+    fn prompts_total(&mut self, _n: u64) {}
+    fn tokens(&mut self, _n: u64) {}
+    fn prompts_done(&mut self, _n: u64) {}
+}
+
+/// A progress sink that shows nothing.
+pub struct NoProgress;
+impl RunProgress for NoProgress {}
+
+/// Runs jobs, keeping the last loaded model so cycles of one experiment load it once.
+#[derive(Default)]
+pub struct JobRunner {
+    loaded: Option<(String, Engine, ModelInfo)>,
+}
+
+struct Observer<'a> {
+    stop: &'a AtomicBool,
+    progress: &'a mut dyn RunProgress,
+}
+
+impl GenerationObserver for Observer<'_> {
+    fn on_token(&mut self, _row: usize, _token: u32) {
+        self.progress.tokens(1);
+    }
+    fn should_stop(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+impl JobRunner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn run(
+        &mut self,
+        job: &JobSpec,
+        ctx: &RunContext,
+        progress: &mut dyn RunProgress,
+    ) -> Result<RawResult, RunError> {
+        let cfg = &job.config;
+        refuse_unsupported(cfg)?;
+        if cfg.device == Device::Cuda {
+            return Err(RunError::Unsupported(
+                "device: cuda requested, but this lem build runs on the CPU only (a CUDA build is tracked in the engine issue); use device: auto or cpu".into(),
+            ));
+        }
+        let started_at = now_rfc3339();
+        let mut warnings = Vec::new();
+
+        progress.phase("loading model");
+        let cpu_threads = cfg.cpu_threads.map(|t| t as usize);
+        self.ensure_loaded(&cfg.model_name, cpu_threads, &ctx.resolve)?;
+        let (_, engine, model_info) = self.loaded.as_mut().expect("loaded above");
+        warnings.extend(config_notes(cfg, model_info));
+
+        progress.phase("loading prompts");
+        let (spec, sampling) = prompt_spec(cfg);
+        let count_tokens = |s: &str| engine.tokenizer().count(s);
+        let pctx = PromptContext {
+            hf_cache_dir: ctx.resolve.hf_cache_dir.clone(),
+            offline: ctx.resolve.offline,
+            count_tokens: &count_tokens,
+        };
+        let loaded = prompts::load_prompts(&spec, &sampling, cfg.num_input_prompts, &pctx)?;
+        warnings.extend(loaded.warnings);
+        let mut token_prompts = Vec::with_capacity(loaded.prompts.len());
+        let mut truncated = 0;
+        for p in &loaded.prompts {
+            let mut ids = engine
+                .tokenizer()
+                .encode(p)
+                .map_err(|source| RunError::Engine {
+                    model: cfg.model_name.clone(),
+                    source,
+                })?;
+            if ids.len() > cfg.max_input_tokens as usize {
+                ids.truncate(cfg.max_input_tokens as usize);
+                truncated += 1;
+            }
+            if ids.is_empty() {
+                continue;
+            }
+            token_prompts.push(ids);
+        }
+        if truncated > 0 {
+            warnings.push(format!(
+                "{truncated} prompt(s) truncated to max_input_tokens = {}",
+                cfg.max_input_tokens
+            ));
+        }
+        if token_prompts.is_empty() {
+            return Err(RunError::Unsupported("no non-empty prompts to run".into()));
+        }
+
+        let params = generation_params(cfg, job.cycle);
+        let mut observer = Observer {
+            stop: &ctx.stop,
+            progress,
+        };
+
+        // Warmup: discarded runs so caches and allocators settle before the window.
+        let warmup = (cfg.warmup_prompts as usize).min(token_prompts.len());
+        if warmup > 0 {
+            observer.progress.phase("warmup");
+            let warm_params = GenerationParams {
+                max_new_tokens: params.max_new_tokens.min(8),
+                ..params.clone()
+            };
+            engine
+                .generate(&token_prompts[..warmup], &warm_params, &mut observer)
+                .map_err(|e| map_engine_err(&cfg.model_name, e))?;
+        }
+
+        let batches = plan_batches(cfg, &token_prompts);
+        observer.progress.phase("measuring");
+        observer.progress.prompts_total(token_prompts.len() as u64);
+
+        let mut meters = meter::rapl::open_cpu_meters(&ctx.powercap_root);
+        for m in meters.meters.iter_mut() {
+            if let Err(e) = m.start() {
+                warnings.push(format!("energy meter {}: {e}", m.name()));
+            }
+        }
+        let window_start = Instant::now();
+        let mut records: Vec<RequestRecord> = Vec::with_capacity(token_prompts.len());
+        let (mut prefill_ns, mut decode_ns) = (0u64, 0u64);
+        let mut flops = FlopsBreakdown::default();
+        for batch in &batches {
+            let inputs: Vec<Vec<u32>> = batch.iter().map(|&i| token_prompts[i].clone()).collect();
+            let out: BatchOutput = engine
+                .generate(&inputs, &params, &mut observer)
+                .map_err(|e| map_engine_err(&cfg.model_name, e))?;
+            for m in meters.meters.iter_mut() {
+                m.poll();
+            }
+            prefill_ns += out.prefill_ns;
+            decode_ns += out.decode_ns;
+            for (seq, &prompt_index) in out.sequences.iter().zip(batch) {
+                let f = lem_common::flops::request_flops(
+                    &model_info.shape,
+                    seq.input_tokens as u64,
+                    seq.output_token_ids.len() as u64,
+                );
+                flops.prefill_flops += f.prefill_flops;
+                flops.decode_flops += f.decode_flops;
+                records.push(RequestRecord {
+                    index: prompt_index as u32,
+                    input_tokens: seq.input_tokens,
+                    output_tokens: seq.output_token_ids.len() as u32,
+                    ttft_ns: seq.ttft_ns,
+                    itl_ns: seq.itl_ns.clone(),
+                    e2e_ns: seq.e2e_ns,
+                    stop_reason: seq.stop_reason,
+                    output_text: cfg.save_outputs.then(|| seq.text.clone()),
+                });
+            }
+            observer.progress.prompts_done(batch.len() as u64);
+        }
+        let wall_ns = window_start.elapsed().as_nanos() as u64;
+        let mut energy = Vec::new();
+        for m in meters.meters.iter_mut() {
+            energy.extend(m.stop());
+        }
+        energy.extend(meters.unavailable_with_window(wall_ns));
+        records.sort_by_key(|r| r.index);
+
+        let mut model = model_info.clone();
+        model.requested = cfg.model_name.clone();
+        Ok(RawResult {
+            schema_version: RAW_RESULT_SCHEMA_VERSION,
+            experiment_id: job.experiment_id.clone(),
+            job_key: job.job_key.clone(),
+            cycle: job.cycle,
+            attempt: job.attempt,
+            started_at,
+            finished_at: now_rfc3339(),
+            effective_config: cfg.to_json(),
+            cli_overrides: job.cli_overrides.clone(),
+            compute_device: engine.info().device.clone(),
+            model,
+            requests: records,
+            wall_ns,
+            prefill_ns,
+            decode_ns,
+            energy,
+            flops,
+            peak_memory_bytes: crate::sysinfo::peak_rss_bytes(),
+            warmup_requests: warmup as u32,
+            warnings,
+            hostname: crate::sysinfo::hostname(),
+            lem_version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+    }
+
+    fn ensure_loaded(
+        &mut self,
+        model_name: &str,
+        cpu_threads: Option<usize>,
+        resolve: &ResolveOptions,
+    ) -> Result<(), RunError> {
+        if matches!(&self.loaded, Some((name, _, _)) if name == model_name) {
+            return Ok(());
+        }
+        self.loaded = None; // free the old model before loading the next
+        let resolved =
+            hub::resolve_model(model_name, resolve).map_err(|source| RunError::Model {
+                model: model_name.to_string(),
+                source: Box::new(source),
+            })?;
+        let file = match &resolved.format {
+            ModelFormat::Gguf { file } => file.clone(),
+            ModelFormat::Safetensors { dir } => {
+                return Err(RunError::Unsupported(format!(
+                    "model `{model_name}` resolved to safetensors at {}; this lem build loads GGUF models only (safetensors support is tracked in the engine issue)",
+                    dir.display()
+                )))
+            }
+        };
+        let opts = LoadOptions {
+            cpu_threads,
+            ..LoadOptions::default()
+        };
+        let engine = Engine::load_gguf(&file, resolved.tokenizer_json.as_deref(), &opts).map_err(
+            |source| RunError::Engine {
+                model: model_name.to_string(),
+                source,
+            },
+        )?;
+        let info = engine.model_info(model_name, &file, resolved.resolved_from);
+        self.loaded = Some((model_name.to_string(), engine, info));
+        Ok(())
+    }
+}
+
+fn map_engine_err(model: &str, e: EngineError) -> RunError {
+    if matches!(e, EngineError::Interrupted) {
+        RunError::Interrupted
+    } else {
+        RunError::Engine {
+            model: model.to_string(),
+            source: e,
+        }
+    }
+}
+
+/// Config features lem accepts but cannot honour yet are refused, not silently ignored.
+fn refuse_unsupported(cfg: &ExperimentConfig) -> Result<(), RunError> {
+    let problems = lem_common::config::unsupported(cfg);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(RunError::Unsupported(
+            problems
+                .iter()
+                .map(|p| format!("{}: {}", p.field, p.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ))
+    }
+}
+
+/// Settings that were accepted but act differently on this engine, said in the result.
+fn config_notes(cfg: &ExperimentConfig, model: &ModelInfo) -> Vec<String> {
+    let mut notes = Vec::new();
+    if model.format == "gguf" && cfg.fp_precision != Precision::Float32 {
+        notes.push(format!(
+            "fp_precision {} requested: GGUF quantised weights ({}) compute in {} here",
+            serde_json::to_value(cfg.fp_precision)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            model.weight_dtype,
+            model.compute_dtype
+        ));
+    }
+    let q = &cfg.quantization_config;
+    if model.format == "gguf" && (q.quantization || q.load_in_4bit || q.load_in_8bit) {
+        notes.push(format!(
+            "quantization_config ignored: the GGUF model is already quantised ({})",
+            model.weight_dtype
+        ));
+    }
+    notes
+}
+
+fn prompt_spec(cfg: &ExperimentConfig) -> (PromptSpec, Sampling) {
+    match &cfg.prompt_source {
+        None => (
+            PromptSpec::Synthetic {
+                input_tokens: cfg.max_input_tokens,
+            },
+            Sampling {
+                sample_size: None,
+                shuffle: false,
+                seed: cfg.random_seed.unwrap_or(42),
+            },
+        ),
+        Some(src) => {
+            let sampling = Sampling {
+                sample_size: src.sample_size(),
+                shuffle: src.shuffle(),
+                seed: src.seed(),
+            };
+            let spec = match src {
+                PromptSource::Synthetic { input_tokens, .. } => PromptSpec::Synthetic {
+                    input_tokens: input_tokens.unwrap_or(cfg.max_input_tokens),
+                },
+                PromptSource::File { path, column, .. } => PromptSpec::File {
+                    path: path.into(),
+                    column: column.clone(),
+                },
+                PromptSource::Huggingface {
+                    dataset,
+                    split,
+                    subset,
+                    column,
+                    ..
+                } => PromptSpec::HuggingFace {
+                    dataset: dataset.clone(),
+                    split: split.clone(),
+                    subset: subset.clone(),
+                    column: column.clone(),
+                },
+            };
+            (spec, sampling)
+        }
+    }
+}
+
+fn generation_params(cfg: &ExperimentConfig, cycle: u32) -> GenerationParams {
+    let d = &cfg.decoder_config;
+    GenerationParams {
+        max_new_tokens: cfg.max_output_tokens,
+        min_new_tokens: cfg.min_output_tokens,
+        temperature: d.temperature,
+        do_sample: d.do_sample && d.temperature > 0.0,
+        top_p: d.top_p,
+        top_k: d.top_k,
+        min_p: d.min_p,
+        repetition_penalty: d.repetition_penalty,
+        // Each cycle samples differently but reproducibly.
+        seed: cfg
+            .random_seed
+            .unwrap_or(0)
+            .wrapping_add(cycle as u64 * 1_000_003),
+    }
+}
+
+/// Groups prompt indices into batches by the config's strategy.
+pub fn plan_batches(cfg: &ExperimentConfig, prompts: &[Vec<u32>]) -> Vec<Vec<usize>> {
+    let b = &cfg.batching_options;
+    let batch_size = b.batch_size.max(1) as usize;
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    let sorted = matches!(
+        b.strategy,
+        BatchingStrategy::SortedStatic | BatchingStrategy::SortedDynamic
+    );
+    if sorted {
+        order.sort_by_key(|&i| (prompts[i].len(), i));
+    }
+    let dynamic = matches!(
+        b.strategy,
+        BatchingStrategy::Dynamic | BatchingStrategy::SortedDynamic
+    );
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut current_tokens = 0usize;
+    for i in order {
+        let len = prompts[i].len();
+        let over_tokens = dynamic
+            && b.max_tokens_per_batch
+                .is_some_and(|max| !current.is_empty() && current_tokens + len > max as usize);
+        if current.len() == batch_size || over_tokens {
+            batches.push(std::mem::take(&mut current));
+            current_tokens = 0;
+        }
+        current.push(i);
+        current_tokens += len;
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
