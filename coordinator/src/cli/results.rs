@@ -1,0 +1,335 @@
+//! `lem results list|show` and `lem aggregate`.
+
+use super::{exit, AggregateArgs, ResultsCommand};
+use crate::aggregate::{ExperimentAggregate, JobMetrics};
+use crate::embedded::{self, StoreHandle};
+use crate::store::{ExperimentRecord, ExperimentStatus};
+use lem_common::stats::Summary;
+use std::path::Path;
+
+pub fn run(data_dir: &Path, cmd: ResultsCommand) -> i32 {
+    let store = StoreHandle::new(data_dir);
+    match cmd {
+        ResultsCommand::List { all, json } => list(&store, all, json),
+        ResultsCommand::Show { id, raw, json } => show(&store, &id, raw, json),
+    }
+}
+
+fn list(store: &StoreHandle, all: bool, json: bool) -> i32 {
+    let recs = match store.with(|s| s.experiments()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let rows: Vec<(ExperimentRecord, usize, &'static str)> = recs
+        .into_iter()
+        .filter_map(|r| {
+            let done = embedded::completed_cycles(store, &r.id)
+                .map(|c| c.len())
+                .unwrap_or(0);
+            let status = if embedded::is_dead_run(&r) {
+                "killed"
+            } else {
+                r.status.as_str()
+            };
+            (all || r.status == ExperimentStatus::Completed).then_some((r, done, status))
+        })
+        .collect();
+    if json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(r, done, status)| {
+                serde_json::json!({
+                    "id": r.id, "config_name": r.config_name, "model_name": r.model_name,
+                    "status": status, "cycles_done": done, "num_cycles": r.num_cycles,
+                    "created_at": r.created_at, "origin": r.origin,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
+        return exit::OK;
+    }
+    if rows.is_empty() {
+        println!(
+            "No {}experiments in {}.",
+            if all { "" } else { "completed " },
+            store.data_dir.display()
+        );
+        if !all {
+            println!("(`lem results list --all` includes incomplete ones)");
+        }
+        return exit::OK;
+    }
+    println!(
+        "{:<30} {:<11} {:>6}  {:<24} MODEL",
+        "ID", "STATUS", "CYCLES", "CONFIG"
+    );
+    for (r, done, status) in rows {
+        println!(
+            "{:<30} {:<11} {:>6}  {:<24} {}",
+            r.id,
+            status,
+            format!("{done}/{}", r.num_cycles),
+            r.config_name,
+            r.model_name
+        );
+    }
+    exit::OK
+}
+
+fn show(store: &StoreHandle, id: &str, raw: bool, json: bool) -> i32 {
+    let rec = match store.with(|s| s.find_experiment(id)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    if raw {
+        let raws = match store.with(|s| s.raw_results(&rec.id)) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::FAILURE;
+            }
+        };
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&raws).expect("plain data")
+            );
+        } else {
+            if raws.is_empty() {
+                println!("Experiment {} has no raw results yet.", rec.id);
+            }
+            for r in &raws {
+                print_job(&crate::aggregate::job_metrics(r));
+                println!(
+                    "    started {}  finished {}  attempt {}  job {}",
+                    r.started_at, r.finished_at, r.attempt, r.job_key
+                );
+                for e in &r.energy {
+                    match e.energy_mj {
+                        Some(mj) => println!(
+                            "    energy {:<16} {:>10.3} J  ({:?})",
+                            e.device_id,
+                            mj / 1000.0,
+                            e.source
+                        ),
+                        None => println!(
+                            "    energy {:<16} unavailable: {}",
+                            e.device_id,
+                            e.unavailable_reason.as_deref().unwrap_or("?")
+                        ),
+                    }
+                }
+            }
+        }
+        return exit::OK;
+    }
+    let stored: Result<Option<ExperimentAggregate>, _> = store.with(|s| s.aggregate(&rec.id));
+    match stored {
+        Ok(Some(agg)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&agg).expect("plain data")
+                );
+            } else {
+                print_aggregate(&agg, &rec);
+            }
+            exit::OK
+        }
+        Ok(None) => {
+            eprintln!(
+                "Experiment {} ({}) has no aggregate yet. Run `lem aggregate {}` (add --force for a partial one), or `lem results show {} --raw`.",
+                rec.id,
+                rec.status.as_str(),
+                rec.id,
+                rec.id
+            );
+            exit::PARTIAL
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+pub fn aggregate(data_dir: &Path, args: AggregateArgs) -> i32 {
+    let store = StoreHandle::new(data_dir);
+    let recs = if args.all {
+        match store.with(|s| s.experiments()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::FAILURE;
+            }
+        }
+    } else {
+        let id = args.id.as_deref().expect("clap requires id without --all");
+        match store.with(|s| s.find_experiment(id)) {
+            Ok(r) => vec![r],
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        }
+    };
+    let mut code = exit::OK;
+    for rec in recs {
+        let done = embedded::completed_cycles(&store, &rec.id)
+            .map(|c| c.len())
+            .unwrap_or(0);
+        let has_agg = store
+            .with(|s| s.aggregate::<ExperimentAggregate>(&rec.id))
+            .map(|a| a.is_some())
+            .unwrap_or(false);
+        if done < rec.num_cycles as usize && !args.force {
+            eprintln!(
+                "{}: {done} of {} cycles have results; skipped (use --force for a partial aggregate)",
+                rec.id, rec.num_cycles
+            );
+            code = exit::PARTIAL;
+            continue;
+        }
+        if done == 0 {
+            eprintln!("{}: no raw results; nothing to aggregate", rec.id);
+            code = exit::PARTIAL;
+            continue;
+        }
+        if has_agg && !args.force && args.all {
+            eprintln!("{}: already aggregated (use --force to recompute)", rec.id);
+            continue;
+        }
+        match embedded::aggregate_and_store(&store, &rec) {
+            Ok(agg) => println!(
+                "{}: aggregated {} cycle(s){}",
+                rec.id,
+                agg.cycles.len(),
+                if agg.complete { "" } else { " (partial)" }
+            ),
+            Err(e) => {
+                eprintln!("error: {}: {e}", rec.id);
+                code = exit::FAILURE;
+            }
+        }
+    }
+    code
+}
+
+fn fmt_summary(s: &Summary, unit: &str, prec: usize) -> String {
+    match (s.std, s.ci95_low, s.ci95_high, s.cv) {
+        (Some(std), Some(lo), Some(hi), cv) => format!(
+            "{:.p$} ± {:.p$} {unit}  (95% CI {:.p$}–{:.p$}{})",
+            s.mean,
+            std,
+            lo,
+            hi,
+            cv.map(|c| format!(", CV {:.1}%", c * 100.0))
+                .unwrap_or_default(),
+            p = prec
+        ),
+        _ => format!("{:.p$} {unit}", s.mean, p = prec),
+    }
+}
+
+fn print_job(m: &JobMetrics) {
+    println!(
+        "  cycle {}: {} prompts, {} in / {} out tokens, {:.2} s, {:.2} out tok/s",
+        m.cycle + 1,
+        m.num_requests,
+        m.input_tokens,
+        m.output_tokens,
+        m.wall_s,
+        m.output_tokens_per_s
+    );
+}
+
+/// The human summary printed after a run and by `results show`.
+pub fn print_aggregate(agg: &ExperimentAggregate, rec: &ExperimentRecord) {
+    println!();
+    println!("Experiment {}  ({})", agg.experiment_id, rec.config_name);
+    println!("  model      {}", agg.model_name);
+    if let Some(d) = &agg.compute_device {
+        let mut line = format!("{} — {}", d.kind, d.name);
+        if let Some(t) = d.threads {
+            line.push_str(&format!(", {t} threads"));
+        }
+        println!("  device     {line}");
+        if let Some(note) = &d.note {
+            println!("             {note}");
+        }
+    }
+    println!(
+        "  cycles     {} of {}{}",
+        agg.cycles.len(),
+        agg.num_cycles_expected,
+        if agg.complete { "" } else { " (partial)" }
+    );
+    let Some(first) = agg.cycles.first() else {
+        println!("  no results");
+        return;
+    };
+    let n = agg.cycles.len();
+    let stat = |name: &str| agg.stats.get(name);
+    let show = |label: &str, name: &str, unit: &str, prec: usize| {
+        if let Some(s) = stat(name) {
+            println!("  {label:<22} {}", fmt_summary(s, unit, prec));
+        }
+    };
+    println!(
+        "  tokens                 {} in / {} out per cycle ({} prompts)",
+        first.input_tokens, first.output_tokens, first.num_requests
+    );
+    show("throughput (output)", "output_tokens_per_s", "tok/s", 2);
+    show("throughput (total)", "total_tokens_per_s", "tok/s", 2);
+    show("decode", "decode_tokens_per_s", "tok/s", 2);
+    show("prefill", "prefill_tokens_per_s", "tok/s", 1);
+    show("TTFT p50", "ttft_p50_ms", "ms", 1);
+    show("ITL p50", "itl_p50_ms", "ms", 2);
+    show("latency p50", "e2e_p50_ms", "ms", 1);
+    if n == 1 {
+        if let (Some(t), Some(e)) = (&first.ttft_ms, &first.e2e_ms) {
+            println!(
+                "  TTFT p90/p99           {:.1} / {:.1} ms;  latency p90/p99 {:.1} / {:.1} ms",
+                t.p90, t.p99, e.p90, e.p99
+            );
+        }
+    }
+    match stat("energy_total_j") {
+        Some(s) => {
+            println!("  {:<22} {}", "energy", fmt_summary(s, "J", 3));
+            show("energy / output token", "j_per_output_token", "J", 4);
+            show("output tokens / J", "output_tokens_per_j", "tok/J", 3);
+            for m in &first.energy.missing {
+                println!("  {:<22} not measured — {m}", "");
+            }
+        }
+        None => {
+            println!("  energy                 unavailable (null, not zero):");
+            for m in &first.energy.missing {
+                println!("                         {m}");
+            }
+        }
+    }
+    println!(
+        "  FLOPs                  {:.3e} per cycle ({:.3e} per output token, analytic)",
+        first.flops_total,
+        first.flops_per_output_token.unwrap_or(f64::NAN)
+    );
+    match first.peak_memory_bytes {
+        Some(b) => println!(
+            "  peak memory            {:.1} MiB (process RSS)",
+            b as f64 / 1048576.0
+        ),
+        None => println!("  peak memory            unavailable"),
+    }
+    for w in &agg.warnings {
+        println!("  warning: {w}");
+    }
+    println!("  details: lem results show {} --raw", agg.experiment_id);
+}

@@ -1,0 +1,7 @@
+//! lem-coordinator: experiment lifecycle, result store, late aggregation and the `lem` CLI.
+//! In embedded mode (the default) it drives a local `lem-agent` runner in-process.
+
+pub mod aggregate;
+pub mod cli;
+pub mod embedded;
+pub mod store;

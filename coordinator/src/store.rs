@@ -1,0 +1,252 @@
+//! The embedded store (sled): experiments, immutable raw results, derived aggregates.
+//!
+//! Layout (one sled tree each):
+//! - `experiments`: experiment id → [`ExperimentRecord`] (JSON)
+//! - `raw`: `"{experiment}/{cycle:04}/{attempt:04}"` → [`RawResult`] (JSON); written once,
+//!   never overwritten
+//! - `aggregates`: experiment id → aggregate (JSON); derived, may be recomputed
+//!
+//! Every write is flushed before the call returns, so a run reported done is on disk.
+//! sled holds an exclusive lock on the directory while open, so embedded runs open the
+//! store briefly for each commit; readers in another terminal then wait at most a moment.
+
+use lem_common::domain::{OverrideRecord, RawResult};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the result store at {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("the result store at {path} is in use by another lem process (waited {waited_s} s); try again when it finishes")]
+    Locked { path: PathBuf, waited_s: u64 },
+    #[error("result store IO error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record `{key}` in store tree `{tree}`: {source}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("raw result {key} already exists; raw results are immutable")]
+    RawExists { key: String },
+    #[error("no experiment `{0}` in the store")]
+    UnknownExperiment(String),
+    #[error("experiment id `{prefix}` is ambiguous: {matches:?}")]
+    AmbiguousExperiment {
+        prefix: String,
+        matches: Vec<String>,
+    },
+}
+
+/// Lifecycle of an experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExperimentStatus {
+    /// A process is (or was, if it died) running it.
+    Running,
+    /// Stopped by Ctrl+C / SIGTERM with its state saved.
+    Interrupted,
+    Completed,
+    Failed,
+}
+
+impl ExperimentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Interrupted => "interrupted",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Everything needed to resume an experiment and to label its results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentRecord {
+    pub id: String,
+    pub config_name: String,
+    pub model_name: String,
+    /// Hash of the effective config without cycle count; finds matching incomplete runs.
+    pub config_fingerprint: String,
+    pub effective_config: serde_json::Value,
+    pub cli_overrides: BTreeMap<String, OverrideRecord>,
+    pub num_cycles: u32,
+    pub status: ExperimentStatus,
+    pub created_at: String,
+    pub updated_at: String,
+    /// PID and host of the process that last ran it (to tell a live run from a dead one).
+    pub pid: u32,
+    pub hostname: String,
+    pub error: Option<String>,
+    /// Where the config came from (file path or preset), for display.
+    pub origin: String,
+}
+
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+const EXPERIMENTS: &str = "experiments";
+const RAW: &str = "raw";
+const AGGREGATES: &str = "aggregates";
+
+pub fn raw_key(experiment_id: &str, cycle: u32, attempt: u32) -> String {
+    format!("{experiment_id}/{cycle:04}/{attempt:04}")
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `data_dir`, waiting up to `wait` for
+    /// another lem process to release it.
+    pub fn open(data_dir: &Path, wait: Duration) -> Result<Store, StoreError> {
+        let path = data_dir.join("lem.sled");
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            source: sled::Error::Io(e),
+        })?;
+        let started = Instant::now();
+        loop {
+            match sled::Config::new().path(&path).open() {
+                Ok(db) => return Ok(Store { db, path }),
+                Err(sled::Error::Io(e)) if is_lock_error(&e) => {
+                    if started.elapsed() >= wait {
+                        return Err(StoreError::Locked {
+                            path,
+                            waited_s: wait.as_secs(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(source) => return Err(StoreError::Open { path, source }),
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn put_experiment(&self, rec: &ExperimentRecord) -> Result<(), StoreError> {
+        let tree = self.db.open_tree(EXPERIMENTS)?;
+        tree.insert(rec.id.as_bytes(), to_json(rec))?;
+        tree.flush()?;
+        Ok(())
+    }
+
+    pub fn experiment(&self, id: &str) -> Result<Option<ExperimentRecord>, StoreError> {
+        let tree = self.db.open_tree(EXPERIMENTS)?;
+        match tree.get(id.as_bytes())? {
+            Some(v) => Ok(Some(from_json(EXPERIMENTS, id, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Finds an experiment by full id or unique prefix.
+    pub fn find_experiment(&self, id_or_prefix: &str) -> Result<ExperimentRecord, StoreError> {
+        if let Some(rec) = self.experiment(id_or_prefix)? {
+            return Ok(rec);
+        }
+        let tree = self.db.open_tree(EXPERIMENTS)?;
+        let mut matches = Vec::new();
+        for item in tree.scan_prefix(id_or_prefix.as_bytes()) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            matches.push(from_json::<ExperimentRecord>(EXPERIMENTS, &key, &v)?);
+        }
+        match matches.len() {
+            0 => Err(StoreError::UnknownExperiment(id_or_prefix.to_string())),
+            1 => Ok(matches.remove(0)),
+            _ => Err(StoreError::AmbiguousExperiment {
+                prefix: id_or_prefix.to_string(),
+                matches: matches.into_iter().map(|m| m.id).collect(),
+            }),
+        }
+    }
+
+    /// All experiments, oldest first (ids sort by creation time).
+    pub fn experiments(&self) -> Result<Vec<ExperimentRecord>, StoreError> {
+        let tree = self.db.open_tree(EXPERIMENTS)?;
+        let mut out = Vec::new();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            out.push(from_json(EXPERIMENTS, &key, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Stores one attempt's raw result. Refuses to overwrite: raw results are immutable.
+    pub fn put_raw(&self, raw: &RawResult) -> Result<(), StoreError> {
+        let tree = self.db.open_tree(RAW)?;
+        let key = raw_key(&raw.experiment_id, raw.cycle, raw.attempt);
+        let swapped =
+            tree.compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(to_json(raw)))?;
+        if swapped.is_err() {
+            return Err(StoreError::RawExists { key });
+        }
+        tree.flush()?;
+        Ok(())
+    }
+
+    /// Raw results of one experiment in (cycle, attempt) order.
+    pub fn raw_results(&self, experiment_id: &str) -> Result<Vec<RawResult>, StoreError> {
+        let tree = self.db.open_tree(RAW)?;
+        let prefix = format!("{experiment_id}/");
+        let mut out = Vec::new();
+        for item in tree.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            out.push(from_json(RAW, &key, &v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_aggregate<T: Serialize>(
+        &self,
+        experiment_id: &str,
+        agg: &T,
+    ) -> Result<(), StoreError> {
+        let tree = self.db.open_tree(AGGREGATES)?;
+        tree.insert(experiment_id.as_bytes(), to_json(agg))?;
+        tree.flush()?;
+        Ok(())
+    }
+
+    pub fn aggregate<T: for<'de> Deserialize<'de>>(
+        &self,
+        experiment_id: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let tree = self.db.open_tree(AGGREGATES)?;
+        match tree.get(experiment_id.as_bytes())? {
+            Some(v) => Ok(Some(from_json(AGGREGATES, experiment_id, &v)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn is_lock_error(e: &std::io::Error) -> bool {
+    // sled reports a held `flock` as WouldBlock ("could not acquire lock").
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || e.raw_os_error() == Some(libc::EWOULDBLOCK)
+        || e.to_string().contains("lock")
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store records are plain data and always serialise")
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(
+    tree: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        tree,
+        key: key.to_string(),
+        source,
+    })
+}
