@@ -109,9 +109,17 @@ impl JobRunner {
 
         progress.phase("loading model");
         let cpu_threads = cfg.cpu_threads.map(|t| t as usize);
-        self.ensure_loaded(&cfg.model_name, cpu_threads, &ctx.resolve)?;
+        let seq_len_needed = (cfg.max_input_tokens + cfg.max_output_tokens) as usize;
+        self.ensure_loaded(&cfg.model_name, cpu_threads, seq_len_needed, &ctx.resolve)?;
         let (_, engine, model_info) = self.loaded.as_mut().expect("loaded above");
         warnings.extend(config_notes(cfg, model_info));
+        if let Some(ctx_len) = model_info.context_length {
+            if seq_len_needed as u64 > ctx_len {
+                warnings.push(format!(
+                    "max_input_tokens + max_output_tokens = {seq_len_needed} exceeds the model's trained context length {ctx_len}"
+                ));
+            }
+        }
 
         progress.phase("loading prompts");
         let (spec, sampling) = prompt_spec(cfg);
@@ -256,9 +264,11 @@ impl JobRunner {
         &mut self,
         model_name: &str,
         cpu_threads: Option<usize>,
+        seq_len_needed: usize,
         resolve: &ResolveOptions,
     ) -> Result<(), RunError> {
-        if matches!(&self.loaded, Some((name, _, _)) if name == model_name) {
+        let fits = |e: &Engine| e.info().max_seq_len >= seq_len_needed;
+        if matches!(&self.loaded, Some((name, e, _)) if name == model_name && fits(e)) {
             return Ok(());
         }
         self.loaded = None; // free the old model before loading the next
@@ -276,9 +286,12 @@ impl JobRunner {
                 )))
             }
         };
+        let defaults = LoadOptions::default();
         let opts = LoadOptions {
             cpu_threads,
-            ..LoadOptions::default()
+            // Rotary tables cover the longest sequence this job can make.
+            max_seq_len: defaults.max_seq_len.max(seq_len_needed),
+            ..defaults
         };
         let engine = Engine::load_gguf(&file, resolved.tokenizer_json.as_deref(), &opts).map_err(
             |source| RunError::Engine {

@@ -204,12 +204,20 @@ pub fn aggregate_experiment(
             num_cycles_expected
         ));
     }
+    // The same warning from every cycle is said once.
+    let mut cycles_by_warning: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
     for raw in by_cycle.values() {
-        warnings.extend(
-            raw.warnings
-                .iter()
-                .map(|w| format!("cycle {}: {w}", raw.cycle)),
-        );
+        for w in &raw.warnings {
+            cycles_by_warning.entry(w).or_default().push(raw.cycle + 1);
+        }
+    }
+    for (w, in_cycles) in cycles_by_warning {
+        if in_cycles.len() == by_cycle.len() {
+            warnings.push(w.to_string());
+        } else {
+            let list: Vec<String> = in_cycles.iter().map(u32::to_string).collect();
+            warnings.push(format!("{w} (cycle {})", list.join(", ")));
+        }
     }
 
     let mut stats = BTreeMap::new();
@@ -244,5 +252,179 @@ pub fn aggregate_experiment(
         complete,
         stats,
         warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lem_common::domain::*;
+
+    fn reading(kind: DeviceKind, id: &str, mj: Option<f64>) -> EnergyReading {
+        match mj {
+            Some(mj) => EnergyReading {
+                device_kind: kind,
+                device_id: id.into(),
+                device_name: id.into(),
+                source: EnergySource::Rapl,
+                energy_mj: Some(mj),
+                unavailable_reason: None,
+                window_ns: 2_000_000_000,
+                sample_period_ms: Some(1.0),
+                estimated: false,
+            },
+            None => EnergyReading::unavailable(kind, id, "no powercap", 2_000_000_000),
+        }
+    }
+
+    fn raw(cycle: u32, wall_ns: u64, energy: Vec<EnergyReading>) -> RawResult {
+        let req = |index, input, output: u32| RequestRecord {
+            index,
+            input_tokens: input,
+            output_tokens: output,
+            ttft_ns: 100_000_000,
+            itl_ns: vec![50_000_000; output.saturating_sub(1) as usize],
+            e2e_ns: 100_000_000 + 50_000_000 * output.saturating_sub(1) as u64,
+            stop_reason: StopReason::MaxTokens,
+            output_text: None,
+        };
+        RawResult {
+            schema_version: RAW_RESULT_SCHEMA_VERSION,
+            experiment_id: "exp".into(),
+            job_key: format!("k{cycle}"),
+            cycle,
+            attempt: 0,
+            started_at: String::new(),
+            finished_at: String::new(),
+            effective_config: serde_json::json!({}),
+            cli_overrides: Default::default(),
+            compute_device: ComputeDevice {
+                kind: "cpu".into(),
+                name: "test".into(),
+                ordinal: None,
+                threads: Some(2),
+                note: None,
+            },
+            model: ModelInfo {
+                requested: "m".into(),
+                resolved_path: "m".into(),
+                resolved_from: "local".into(),
+                format: "gguf".into(),
+                weight_dtype: "Q8_0".into(),
+                compute_dtype: "f32".into(),
+                num_parameters: None,
+                shape: TransformerShape {
+                    architecture: "llama".into(),
+                    hidden_size: 4,
+                    intermediate_size: 8,
+                    num_layers: 1,
+                    num_attention_heads: 2,
+                    num_kv_heads: 1,
+                    head_dim: 2,
+                    vocab_size: 10,
+                    gated_mlp: true,
+                },
+                tokenizer_source: "gguf-metadata".into(),
+                eos_token_ids: vec![2],
+                context_length: None,
+            },
+            requests: vec![req(0, 10, 4), req(1, 6, 2)],
+            wall_ns,
+            prefill_ns: 200_000_000,
+            decode_ns: 400_000_000,
+            energy,
+            flops: FlopsBreakdown {
+                prefill_flops: 1000.0,
+                decode_flops: 500.0,
+            },
+            peak_memory_bytes: Measured::unavailable("test"),
+            warmup_requests: 0,
+            warnings: vec!["same everywhere".into()],
+            hostname: "h".into(),
+            lem_version: "0".into(),
+        }
+    }
+
+    #[test]
+    fn a_device_read_twice_counts_once_and_kinds_add_up() {
+        let r = raw(
+            0,
+            2_000_000_000,
+            vec![
+                reading(DeviceKind::CpuPackage, "package-0", Some(10_000.0)),
+                // Same physical device reported again (e.g. by a second rank): not added.
+                reading(DeviceKind::CpuPackage, "package-0", Some(10_000.0)),
+                reading(DeviceKind::Dram, "package-0/dram", Some(2_000.0)),
+            ],
+        );
+        let e = energy_totals(&r);
+        assert_eq!(e.cpu_j, Some(10.0));
+        assert_eq!(e.dram_j, Some(2.0));
+        assert_eq!(e.gpu_j, None);
+        assert_eq!(e.total_j, Some(12.0));
+        let m = job_metrics(&r);
+        assert_eq!(m.output_tokens, 6);
+        assert_eq!(m.input_tokens, 16);
+        assert_eq!(m.output_tokens_per_s, 3.0);
+        assert_eq!(m.total_tokens_per_s, 11.0);
+        assert_eq!(m.j_per_output_token, Some(2.0));
+        assert_eq!(m.output_tokens_per_j, Some(0.5));
+        // 16 prompt tokens in 0.2 s; 4 decode tokens (first tokens come from prefill) in 0.4 s.
+        assert_eq!(m.prefill_tokens_per_s, Some(80.0));
+        assert_eq!(m.decode_tokens_per_s, Some(10.0));
+        assert_eq!(m.flops_total, 1500.0);
+    }
+
+    #[test]
+    fn unavailable_energy_stays_null_with_reasons() {
+        let r = raw(
+            0,
+            1_000_000_000,
+            vec![
+                reading(DeviceKind::CpuPackage, "package", None),
+                reading(DeviceKind::Dram, "package/dram", None),
+            ],
+        );
+        let m = job_metrics(&r);
+        assert_eq!(m.energy.total_j, None);
+        assert_eq!(m.j_per_output_token, None);
+        assert_eq!(m.output_tokens_per_j, None);
+        assert_eq!(m.energy.missing.len(), 2);
+        assert!(m.energy.missing[0].contains("no powercap"));
+        let agg = aggregate_experiment("exp", "c", "m", 1, &[r]);
+        assert!(!agg.stats.contains_key("energy_total_j"));
+    }
+
+    #[test]
+    fn cycles_give_mean_std_ci_and_partial_is_flagged() {
+        let raws: Vec<RawResult> = [1.0e9, 2.0e9, 3.0e9]
+            .iter()
+            .enumerate()
+            .map(|(c, &w)| raw(c as u32, w as u64, vec![]))
+            .collect();
+        let agg = aggregate_experiment("exp", "c", "m", 4, &raws);
+        assert!(!agg.complete);
+        assert!(agg.warnings[0].contains("3 of 4 cycles"));
+        // A warning present in every cycle is said once, without a cycle list.
+        assert!(agg.warnings.contains(&"same everywhere".to_string()));
+        let wall = &agg.stats["wall_s"];
+        assert_eq!(wall.n, 3);
+        assert_eq!(wall.mean, 2.0);
+        assert_eq!(wall.std, Some(1.0));
+        // t(0.975, 2) = 4.302652729911275; half-width = t * s / sqrt(n).
+        let hw = wall.ci95_half_width.unwrap();
+        assert!((hw - 4.302652729911275 / 3f64.sqrt()).abs() < 1e-9, "{hw}");
+        // Re-aggregation is a pure function of the raw results.
+        assert_eq!(agg, aggregate_experiment("exp", "c", "m", 4, &raws));
+        // A later attempt of the same cycle does not count twice.
+        let mut dup = raws[0].clone();
+        dup.attempt = 1;
+        dup.wall_ns = 99_000_000_000;
+        let mut with_dup = raws.clone();
+        with_dup.push(dup);
+        assert_eq!(
+            aggregate_experiment("exp", "c", "m", 4, &with_dup).stats["wall_s"].mean,
+            2.0
+        );
     }
 }

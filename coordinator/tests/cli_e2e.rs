@@ -359,3 +359,123 @@ fn reference_commands_work_without_gpu_or_model() {
     let out = env.run(&["results", "show", "exp_nope"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn generate_grid_writes_the_cartesian_product_and_each_validates() {
+    let env = Env::new();
+    let out_dir = env.dir.path().join("grid");
+    let out = env.run(&[
+        "config",
+        "generate-grid",
+        QUICK,
+        "--vary",
+        "batch_size=1,2,4",
+        "--vary",
+        "fp_precision=float16,float32",
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let mut files: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 6);
+    assert!(files.contains(&"quick__batch_size-4__fp_precision-float32.yaml".to_string()));
+    for f in &files {
+        let path = out_dir.join(f);
+        let out = env.run(&["config", "validate", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{f} must validate");
+    }
+    // --strict refuses a grid with an invalid point and writes nothing.
+    let strict_dir = env.dir.path().join("strict");
+    let out = env.run(&[
+        "config",
+        "generate-grid",
+        QUICK,
+        "--vary",
+        "num_cycles=1,11",
+        "--strict",
+        "--output-dir",
+        strict_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!strict_dir.exists() || std::fs::read_dir(&strict_dir).unwrap().next().is_none());
+}
+
+#[test]
+fn batch_runs_several_configs_with_file_prompts() {
+    if !model_available() {
+        return;
+    }
+    let env = Env::new();
+    let prompts = env.dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"question\": \"What is two plus two?\"}\n{\"question\": \"Name a colour.\"}\n",
+    )
+    .unwrap();
+    let base = std::fs::read_to_string(repo_root().join(QUICK)).unwrap();
+    let mut configs = Vec::new();
+    for bs in [1, 2] {
+        let p = env.dir.path().join(format!("b{bs}.yaml"));
+        std::fs::write(
+            &p,
+            format!(
+                "{base}\nconfig_name: batch-test-{bs}\n",
+                base = base
+                    .replace("config_name: smollm2-quick\n", "")
+                    .replace("  batch_size: 1\n", &format!("  batch_size: {bs}\n"))
+            ),
+        )
+        .unwrap();
+        configs.push(p);
+    }
+    let mut args = vec!["batch".to_string()];
+    args.extend(configs.iter().map(|p| p.to_string_lossy().into_owned()));
+    args.extend(
+        [
+            "-d",
+            prompts.to_str().unwrap(),
+            "--max-tokens",
+            "4",
+            "--parallel",
+            "2",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = env.run(&args);
+    assert!(out.status.success());
+    let list = env.json(&["results", "list", "--json"]);
+    let mut names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["config_name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["batch-test-1", "batch-test-2"]);
+    for e in list.as_array().unwrap() {
+        let raws = env.json(&[
+            "results",
+            "show",
+            e["id"].as_str().unwrap(),
+            "--raw",
+            "--json",
+        ]);
+        let raw = &raws.as_array().unwrap()[0];
+        // Both JSONL prompts were read through the `question` column, no padding counted.
+        assert_eq!(raw["requests"].as_array().unwrap().len(), 2);
+        assert_eq!(raw["effective_config"]["prompt_source"]["type"], "file");
+        let inputs: Vec<u64> = raw["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["input_tokens"].as_u64().unwrap())
+            .collect();
+        assert!(inputs.iter().all(|&n| (3..20).contains(&n)), "{inputs:?}");
+        assert_ne!(inputs[0], inputs[1], "different prompts, different lengths");
+    }
+}

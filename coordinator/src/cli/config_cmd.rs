@@ -2,7 +2,7 @@
 
 use super::experiment::load_file;
 use super::{exit, ConfigCommand};
-use lem_common::config::{self, CliOverrides};
+use lem_common::config::{self, CliOverrides, ResolvedConfig};
 use std::path::Path;
 
 pub fn run(cmd: ConfigCommand) -> i32 {
@@ -20,59 +20,46 @@ pub fn run(cmd: ConfigCommand) -> i32 {
     }
 }
 
+/// Loads and resolves a config file with no CLI overrides; prints errors.
+fn load_resolved(path: &Path) -> Result<ResolvedConfig, i32> {
+    let resolved = load_file(path)
+        .and_then(|loaded| config::resolve(None, Some(&loaded), &CliOverrides::default()));
+    resolved.map_err(|e| {
+        eprintln!("{e}");
+        exit::USAGE
+    })
+}
+
 fn validate(path: &Path) -> i32 {
-    let loaded = match load_file(path) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::USAGE;
-        }
+    let r = match load_resolved(path) {
+        Ok(r) => r,
+        Err(code) => return code,
     };
-    match config::resolve(None, Some(&loaded), &CliOverrides::default()) {
-        Ok(r) => {
-            for w in &r.warnings {
-                eprintln!("warning: {w}");
-            }
-            let unsupported = config::unsupported(&r.config);
-            for p in &unsupported {
-                eprintln!(
-                    "note: {}: {} (lem will refuse to run this)",
-                    p.field, p.message
-                );
-            }
-            println!("{}: valid", path.display());
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            exit::USAGE
-        }
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
     }
+    for p in &config::unsupported(&r.config) {
+        eprintln!(
+            "note: {}: {} (lem will refuse to run this)",
+            p.field, p.message
+        );
+    }
+    println!("{}: valid", path.display());
+    exit::OK
 }
 
 fn show(path: &Path, json: bool) -> i32 {
-    let loaded = match load_file(path) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::USAGE;
-        }
+    let r = match load_resolved(path) {
+        Ok(r) => r,
+        Err(code) => return code,
     };
-    match config::resolve(None, Some(&loaded), &CliOverrides::default()) {
-        Ok(r) => {
-            let v = r.config.to_json();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
-            } else {
-                print!("{}", serde_yaml::to_string(&v).expect("plain data"));
-            }
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            exit::USAGE
-        }
+    let v = r.config.to_json();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
+    } else {
+        print!("{}", serde_yaml::to_string(&v).expect("plain data"));
     }
+    exit::OK
 }
 
 fn new(preset: Option<&str>, output: Option<&Path>) -> i32 {

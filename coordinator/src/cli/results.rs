@@ -255,11 +255,7 @@ pub fn print_aggregate(agg: &ExperimentAggregate, rec: &ExperimentRecord) {
     println!("Experiment {}  ({})", agg.experiment_id, rec.config_name);
     println!("  model      {}", agg.model_name);
     if let Some(d) = &agg.compute_device {
-        let mut line = format!("{} — {}", d.kind, d.name);
-        if let Some(t) = d.threads {
-            line.push_str(&format!(", {t} threads"));
-        }
-        println!("  device     {line}");
+        println!("  device     {} — {}", d.kind, d.name);
         if let Some(note) = &d.note {
             println!("             {note}");
         }
