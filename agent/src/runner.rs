@@ -18,7 +18,7 @@ use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("model `{model}`: {source}")]
+    #[error("{source}")]
     Model {
         model: String,
         source: Box<hub::HubError>,

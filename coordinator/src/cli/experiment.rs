@@ -408,12 +408,10 @@ impl CliSink {
         } else {
             ProgressBar::new(0)
         };
+        // A spinner until the number of prompts is known, then a bar.
         bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} {msg:12} [{bar:30}] {pos}/{len} prompts {elapsed_precise}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{spinner} {msg:12} {elapsed_precise}")
+                .expect("valid template"),
         );
         Self {
             progress: BarProgress { bar: bar.clone() },
@@ -432,6 +430,13 @@ impl RunProgress for BarProgress {
         self.bar.tick();
     }
     fn prompts_total(&mut self, n: u64) {
+        self.bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {msg:12} [{bar:30}] {pos}/{len} prompts {elapsed_precise} (eta {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
         self.bar.set_length(n);
         self.bar.set_position(0);
     }
