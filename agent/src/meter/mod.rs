@@ -4,6 +4,7 @@
 //! returns one reading per physical device; a device that could not be measured gets a
 //! reading with `energy_mj: None` and a reason — never 0 for "unknown" (DESIGN §4).
 
+pub mod nvml;
 pub mod rapl;
 
 pub use rapl::{cpu_meter, open_cpu_meters, CpuMeters, RaplMeter};

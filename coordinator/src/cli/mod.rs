@@ -62,8 +62,8 @@ pub enum Command {
     Presets(JsonFlag),
     /// List built-in prompt datasets.
     Datasets(JsonFlag),
-    /// Show GPU topology (including MIG).
-    Gpus(JsonFlag),
+    /// Show GPU topology (NVML: index, name, UUID, memory, power limit, MIG mode).
+    Gpus(GpusArgs),
     /// Aggregate raw results (late aggregation).
     Aggregate(AggregateArgs),
     /// List and inspect results.
@@ -76,6 +76,16 @@ pub struct JsonFlag {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GpusArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// NVML library to load instead of the system's libnvidia-ml.so.1.
+    #[arg(long, env = "LEM_NVML_LIB", value_name = "PATH")]
+    pub nvml_lib: Option<PathBuf>,
 }
 
 /// Flags that override config values (precedence: CLI > config file > preset > defaults).
@@ -239,7 +249,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Presets(f) => reference::presets(f.json),
         Command::Datasets(f) => reference::datasets(f.json),
-        Command::Gpus(f) => reference::gpus(f.json),
+        Command::Gpus(a) => reference::gpus(a.json, a.nvml_lib.as_deref()),
         Command::Aggregate(args) => results::aggregate(&data_dir, args),
         Command::Results(cmd) => results::run(&data_dir, cmd),
     }

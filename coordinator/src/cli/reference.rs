@@ -1,6 +1,7 @@
 //! `lem presets`, `lem datasets`, `lem gpus`.
 
 use super::exit;
+use lem_agent::meter::nvml::{discover_gpus, resolve_lib_path};
 use lem_common::config::datasets::DATASET_ALIASES;
 use std::path::Path;
 
@@ -54,42 +55,106 @@ pub fn datasets(json: bool) -> i32 {
     exit::OK
 }
 
-/// GPU topology. Until the NVML reader lands this reports what the driver exposes.
-pub fn gpus(json: bool) -> i32 {
-    let driver = Path::new("/proc/driver/nvidia/gpus");
-    let gpus: Vec<String> = std::fs::read_dir(driver)
-        .map(|d| {
-            let mut v: Vec<String> = d
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            v.sort();
-            v
-        })
-        .unwrap_or_default();
+/// GPU topology from NVML (`lib`, else `LEM_NVML_LIB`, else the system library).
+/// Without NVIDIA it says so and succeeds: lem then runs on the CPU.
+pub fn gpus(json: bool, lib: Option<&Path>) -> i32 {
+    let library = resolve_lib_path(lib).map_or_else(
+        || "libnvidia-ml.so.1".to_owned(),
+        |p| p.display().to_string(),
+    );
+    let found = discover_gpus(lib);
     if json {
-        let v = serde_json::json!({
-            "nvidia_driver": driver.exists(),
-            "gpus": gpus.iter().map(|bus| serde_json::json!({"pci_bus_id": bus})).collect::<Vec<_>>(),
-            "note": if gpus.is_empty() { "no NVIDIA GPU found; lem runs inference on the CPU" } else { "detailed NVML topology (memory, power limit, MIG) is not available in this build" },
-        });
+        let v = match &found {
+            Ok(gpus) => serde_json::json!({
+                "nvml_available": true,
+                "nvml_library": library,
+                "driver_version": gpus.iter().find_map(|g| g.driver_version.clone()),
+                "gpus": gpus,
+                "note": if gpus.is_empty() { Some(NO_GPU_NOTE) } else { None },
+                "mig_instances": "not listed yet",
+            }),
+            Err(e) => serde_json::json!({
+                "nvml_available": false,
+                "nvml_library": library,
+                "reason": e.reason,
+                "gpus": [],
+                "note": NO_GPU_NOTE,
+            }),
+        };
         println!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
         return exit::OK;
     }
-    if gpus.is_empty() {
-        println!(
-            "No NVIDIA GPU found (no NVIDIA driver at {}).",
-            driver.display()
-        );
-        println!("lem runs inference on the CPU; GPU energy is not measured.");
-    } else {
-        println!("NVIDIA driver reports {} GPU(s):", gpus.len());
-        for (i, bus) in gpus.iter().enumerate() {
-            println!("  {i}: PCI {bus}");
+    let gpus = match found {
+        Ok(gpus) if !gpus.is_empty() => gpus,
+        Ok(_) => {
+            println!("No NVIDIA GPU found (NVML at {library} reports 0 devices).");
+            println!("lem runs inference on the CPU; GPU energy is not measured.");
+            return exit::OK;
         }
-        println!(
-            "Detailed NVML topology (memory, power limit, MIG) is not available in this build."
-        );
+        Err(e) => {
+            println!("No NVIDIA GPU found: {}", e.reason);
+            println!(
+                "(NVML library tried: {library}; set --nvml-lib or LEM_NVML_LIB to use another.)"
+            );
+            println!("lem runs inference on the CPU; GPU energy is not measured.");
+            return exit::OK;
+        }
+    };
+    let na = || "n/a".to_owned();
+    let rows: Vec<[String; 6]> = gpus
+        .iter()
+        .map(|g| {
+            [
+                g.index.to_string(),
+                g.name.clone().unwrap_or_else(na),
+                g.uuid.clone().unwrap_or_else(na),
+                g.memory_total_bytes
+                    .map_or_else(na, |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)),
+                g.power_limit_w.map_or_else(na, |w| format!("{w:.0} W")),
+                g.mig_mode.as_ref().map_or_else(na, |m| {
+                    let on = |b: bool| if b { "enabled" } else { "disabled" };
+                    if m.current == m.pending {
+                        on(m.current).to_owned()
+                    } else {
+                        format!("{} ({} after reset)", on(m.current), on(m.pending))
+                    }
+                }),
+            ]
+        })
+        .collect();
+    let header = ["IDX", "NAME", "UUID", "MEMORY", "POWER LIMIT", "MIG"];
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(&header.map(String::from));
+    for r in &rows {
+        line(r);
+    }
+    let driver = gpus.iter().find_map(|g| g.driver_version.clone());
+    println!(
+        "\nDriver {} · NVML library {library} · MIG instances are not listed yet.",
+        driver.as_deref().unwrap_or("n/a")
+    );
+    for g in &gpus {
+        for (field, reason) in &g.unavailable {
+            println!("GPU {} {field}: {reason}", g.index);
+        }
     }
     exit::OK
 }
+
+const NO_GPU_NOTE: &str = "no NVIDIA GPU found; lem runs inference on the CPU";
