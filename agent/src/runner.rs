@@ -459,3 +459,72 @@ pub fn plan_batches(cfg: &ExperimentConfig, prompts: &[Vec<u32>]) -> Vec<Vec<usi
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(
+        batch_size: u32,
+        strategy: BatchingStrategy,
+        max_tokens: Option<u32>,
+    ) -> ExperimentConfig {
+        let mut c = ExperimentConfig::default_for("t", "m");
+        c.batching_options.batch_size = batch_size;
+        c.batching_options.strategy = strategy;
+        c.batching_options.max_tokens_per_batch = max_tokens;
+        c
+    }
+
+    /// Prompts of lengths 5, 1, 4, 2, 3 (index = position).
+    fn prompts() -> Vec<Vec<u32>> {
+        [5usize, 1, 4, 2, 3].iter().map(|&n| vec![7; n]).collect()
+    }
+
+    #[test]
+    fn static_keeps_order_and_fills_batches() {
+        let b = plan_batches(&cfg(2, BatchingStrategy::Static, None), &prompts());
+        assert_eq!(b, vec![vec![0, 1], vec![2, 3], vec![4]]);
+    }
+
+    #[test]
+    fn sorted_static_groups_similar_lengths() {
+        let b = plan_batches(&cfg(2, BatchingStrategy::SortedStatic, None), &prompts());
+        assert_eq!(b, vec![vec![1, 3], vec![4, 2], vec![0]]);
+    }
+
+    #[test]
+    fn dynamic_respects_the_token_budget_and_batch_size() {
+        // Budget 6, in order: 5+1 | 4+2 | 3.
+        let b = plan_batches(&cfg(4, BatchingStrategy::Dynamic, Some(6)), &prompts());
+        assert_eq!(b, vec![vec![0, 1], vec![2, 3], vec![4]]);
+        let b = plan_batches(
+            &cfg(4, BatchingStrategy::SortedDynamic, Some(6)),
+            &prompts(),
+        );
+        // Sorted 1,2,3 (=6) | 4 | 5.
+        assert_eq!(b, vec![vec![1, 3, 4], vec![2], vec![0]]);
+        // A prompt over the budget still runs, alone.
+        let b = plan_batches(&cfg(4, BatchingStrategy::Dynamic, Some(2)), &prompts());
+        assert!(b.iter().all(|batch| batch.len() == 1
+            || batch.iter().map(|&i| prompts()[i].len()).sum::<usize>() <= 2));
+        assert_eq!(b.iter().map(Vec::len).sum::<usize>(), 5);
+    }
+
+    #[test]
+    fn every_prompt_runs_exactly_once() {
+        for strategy in [
+            BatchingStrategy::Static,
+            BatchingStrategy::SortedStatic,
+            BatchingStrategy::Dynamic,
+            BatchingStrategy::SortedDynamic,
+        ] {
+            let mut all: Vec<usize> = plan_batches(&cfg(3, strategy, Some(7)), &prompts())
+                .into_iter()
+                .flatten()
+                .collect();
+            all.sort();
+            assert_eq!(all, vec![0, 1, 2, 3, 4], "{strategy:?}");
+        }
+    }
+}
