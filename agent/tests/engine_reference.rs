@@ -8,28 +8,9 @@
 //! set before the first `QMatMul` is built.
 
 use lem_agent::engine::{Engine, GenerationParams, LoadOptions, NoopObserver};
-use std::path::PathBuf;
 
-const DEFAULT_MODEL: &str =
-    ".cache/lem/models/HuggingFaceTB--SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn model_path() -> Option<PathBuf> {
-    let path = match std::env::var_os("LEM_TEST_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(DEFAULT_MODEL),
-    };
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "CI is set but the test model is missing at {}",
-            path.display()
-        );
-    }
-    eprintln!("SKIPPED: SmolLM2 GGUF not found at {}", path.display());
-    None
-}
+mod common;
+use common::model_path;
 
 #[test]
 fn f32_logits_match_numpy_reference() {

@@ -7,32 +7,10 @@
 
 use lem_agent::engine::{Engine, GenerationObserver, GenerationParams, LoadOptions, NoopObserver};
 use lem_common::domain::StopReason;
-use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-const DEFAULT_MODEL: &str =
-    ".cache/lem/models/HuggingFaceTB--SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn model_path() -> Option<PathBuf> {
-    let path = match std::env::var_os("LEM_TEST_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(DEFAULT_MODEL),
-    };
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "CI is set but the test model is missing at {} (set LEM_TEST_MODEL or run the fetch script)",
-            path.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED: SmolLM2 GGUF not found at {} (set LEM_TEST_MODEL or run the fetch script)",
-        path.display()
-    );
-    None
-}
+mod common;
+use common::model_path;
 
 /// One engine for the whole file: loading takes a second and tests share 2 cores.
 fn engine() -> Option<MutexGuard<'static, Engine>> {

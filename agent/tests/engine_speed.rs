@@ -8,10 +8,8 @@
 //! TTFT; median of 3 runs after a warmup, with and without the Q8_0 re-quantisation.
 
 use lem_agent::engine::{Engine, GenerationParams, LoadOptions, NoopObserver};
-use std::path::PathBuf;
 
-const DEFAULT_MODEL: &str =
-    ".cache/lem/models/HuggingFaceTB--SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
+mod common;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -77,10 +75,7 @@ fn measure(e: &mut Engine, label: &str) {
 #[test]
 #[ignore = "speed figures: run in release with --ignored --nocapture"]
 fn smollm2_speed() {
-    let path = match std::env::var_os("LEM_TEST_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(DEFAULT_MODEL),
-    };
+    let path = common::smollm2_path();
     if !path.exists() {
         eprintln!("SKIPPED: SmolLM2 GGUF not found at {}", path.display());
         return;

@@ -479,3 +479,67 @@ fn batch_runs_several_configs_with_file_prompts() {
         assert_ne!(inputs[0], inputs[1], "different prompts, different lengths");
     }
 }
+
+#[test]
+fn dataset_alias_reads_the_hugging_face_cache_offline() {
+    if !model_available() {
+        return;
+    }
+    let env = Env::new();
+    // A Hugging Face cache as the hub client lays it out: refs/main → snapshot.
+    let hf = env.dir.path().join("hf-hub");
+    let repo = hf.join("datasets--tatsu-lab--alpaca");
+    let snap = repo.join("snapshots/0123456789abcdef0123456789abcdef01234567");
+    std::fs::create_dir_all(snap.join("data")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(
+        repo.join("refs/main"),
+        "0123456789abcdef0123456789abcdef01234567",
+    )
+    .unwrap();
+    let rows: String = (0..6)
+        .map(|i| {
+            format!(
+                "{{\"instruction\": \"Give me tip number {i} for staying healthy.\", \"input\": \"\", \"output\": \"x\"}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(snap.join("data/train-00000-of-00001.jsonl"), rows).unwrap();
+
+    let out = env
+        .cmd()
+        .env("HF_HUB_CACHE", &hf)
+        .args([
+            "experiment",
+            "--preset",
+            "quick-test",
+            "--model",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "-d",
+            "alpaca",
+            "-n",
+            "3",
+            "--max-tokens",
+            "4",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    let agg: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = agg["experiment_id"].as_str().unwrap();
+    assert_eq!(agg["config_name"], "quick-test-SmolLM2-135M-Instruct");
+    let raws = env.json(&["results", "show", id, "--raw", "--json"]);
+    let raw = &raws.as_array().unwrap()[0];
+    assert_eq!(raw["requests"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        raw["effective_config"]["prompt_source"]["dataset"],
+        "alpaca"
+    );
+    assert_eq!(
+        raw["effective_config"]["max_input_tokens"], 64,
+        "preset value"
+    );
+    assert_eq!(raw["cli_overrides"]["num_input_prompts"]["new"], 3);
+}
