@@ -5,16 +5,21 @@ use crate::engine::{
     BatchOutput, Engine, EngineError, GenerationObserver, GenerationParams, LoadOptions,
 };
 use crate::hub::{self, ModelFormat, ResolveOptions};
-use crate::meter;
+use crate::meter::{self, BaselineCache, EnergyMeter, BASELINE_TTL};
 use crate::prompts::{self, PromptContext, PromptSpec, Sampling};
 use lem_common::config::{BatchingStrategy, Device, ExperimentConfig, Precision, PromptSource};
 use lem_common::domain::{
     FlopsBreakdown, JobSpec, ModelInfo, RawResult, RequestRecord, RAW_RESULT_SCHEMA_VERSION,
 };
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Warning on every result metered with the fake NVML library.
+pub const SIMULATED_WARNING: &str =
+    "simulated GPU node: energies come from the fake NVML scenario, not hardware";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -70,6 +75,8 @@ impl RunProgress for NoProgress {}
 #[derive(Default)]
 pub struct JobRunner {
     loaded: Option<(String, Engine, ModelInfo)>,
+    /// Idle power per device, reused across cycles until `BASELINE_TTL` passes.
+    baselines: BaselineCache,
 }
 
 struct Observer<'a> {
@@ -111,7 +118,12 @@ impl JobRunner {
         let cpu_threads = cfg.cpu_threads.map(|t| t as usize);
         let seq_len_needed = (cfg.max_input_tokens + cfg.max_output_tokens) as usize;
         self.ensure_loaded(&cfg.model_name, cpu_threads, seq_len_needed, &ctx.resolve)?;
-        let (_, engine, model_info) = self.loaded.as_mut().expect("loaded above");
+        let Self {
+            loaded,
+            baselines: baseline_cache,
+            ..
+        } = self;
+        let (_, engine, model_info) = loaded.as_mut().expect("loaded above");
         warnings.extend(config_notes(cfg, model_info));
         if let Some(ctx_len) = model_info.context_length {
             if seq_len_needed as u64 > ctx_len {
@@ -180,10 +192,33 @@ impl JobRunner {
         }
 
         let batches = plan_batches(cfg, &token_prompts);
-        observer.progress.phase("measuring");
-        observer.progress.prompts_total(token_prompts.len() as u64);
 
         let mut meters = meter::rapl::open_cpu_meters(&ctx.powercap_root);
+        // GPUs are metered only when a library is named: CPU inference on a GPU box must
+        // not charge the idle GPUs' energy to the job.
+        if let Some(lib) = meter::nvml::resolve_lib_path(None) {
+            match meter::nvml::NvmlMeter::open(Some(&lib)) {
+                Ok(m) => {
+                    if m.is_simulated() {
+                        warnings.push(SIMULATED_WARNING.to_owned());
+                    }
+                    meters.meters.push(Box::new(m));
+                }
+                Err(e) => warnings.push(format!("GPU energy not measured: {e}")),
+            }
+        }
+        let baselines = if cfg.idle_baseline_s > 0.0 {
+            observer.progress.phase("idle baseline");
+            baseline_cache.ensure(
+                &mut meters.meters,
+                Duration::from_secs_f64(cfg.idle_baseline_s),
+                Instant::now(),
+            )
+        } else {
+            BTreeMap::new()
+        };
+        observer.progress.phase("measuring");
+        observer.progress.prompts_total(token_prompts.len() as u64);
         for m in meters.meters.iter_mut() {
             if let Err(e) = m.start() {
                 warnings.push(format!("energy meter {}: {e}", m.name()));
@@ -230,6 +265,11 @@ impl JobRunner {
             energy.extend(m.stop());
         }
         energy.extend(meters.unavailable_with_window(wall_ns));
+        for reading in &mut energy {
+            if let Some(&power_w) = baselines.get(&reading.device_id) {
+                reading.apply_baseline(power_w);
+            }
+        }
         records.sort_by_key(|r| r.index);
 
         let mut model = model_info.clone();
@@ -302,6 +342,56 @@ impl JobRunner {
         let info = engine.model_info(model_name, &file, resolved.resolved_from);
         self.loaded = Some((model_name.to_string(), engine, info));
         Ok(())
+    }
+}
+
+impl BaselineCache {
+    /// Baseline power by device id for the devices `meters` can measure: cached values
+    /// while fresh, else all meters measured idle together for `duration`. Nothing is
+    /// measured (and no time spent) when no device gives a reading.
+    fn ensure(
+        &mut self,
+        meters: &mut [Box<dyn EnergyMeter>],
+        duration: Duration,
+        now: Instant,
+    ) -> BTreeMap<String, f64> {
+        // A zero-length window says which devices can be read at all.
+        let mut available = Vec::new();
+        for m in meters.iter_mut() {
+            if m.start().is_ok() {
+                available.extend(
+                    m.stop()
+                        .into_iter()
+                        .filter(|r| r.energy_mj.is_some())
+                        .map(|r| r.device_id),
+                );
+            }
+        }
+        if available.is_empty() {
+            return BTreeMap::new();
+        }
+        if !self.all_fresh(&available, now, BASELINE_TTL) {
+            // Measured in parallel so the wait is `duration`, not one per meter.
+            let measured: Vec<(String, f64)> = std::thread::scope(|s| {
+                let handles: Vec<_> = meters
+                    .iter_mut()
+                    .map(|m| s.spawn(move || m.idle_power_w(duration)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_default())
+                    .collect()
+            });
+            let at = Instant::now();
+            for (id, power_w) in measured {
+                self.insert(id, power_w, at);
+            }
+        }
+        let now = Instant::now();
+        available
+            .into_iter()
+            .filter_map(|id| Some((id.clone(), self.get(&id, now, BASELINE_TTL)?)))
+            .collect()
     }
 }
 

@@ -147,7 +147,7 @@ fn steady_250w_over_20s_is_within_one_percent_of_the_integral() {
     let trace = [(0.0, 250.0)];
     let fake = Fake::new(&scenario(vec![gpu("GPU-aaaa", &trace)]));
     let mut meter = fake.meter();
-    assert_eq!(meter.driver_version(), Some("550.54.15"));
+    assert_eq!(meter.driver_version(), Some("fake-nvml-550.54.15"));
     // Start off a counter step, 20.5 s long.
     let r = window(&fake, &mut meter, 1_037, 21_537);
     assert_eq!(r.len(), 1);
@@ -277,7 +277,10 @@ fn discover_gpus_reports_the_scenario_topology() {
     assert_eq!(gpus[0].uuid.as_deref(), Some("GPU-h100"));
     assert_eq!(gpus[0].memory_total_bytes, Some(85_899_345_920));
     assert_eq!(gpus[0].power_limit_w, Some(700.0));
-    assert_eq!(gpus[0].driver_version.as_deref(), Some("550.54.15"));
+    assert_eq!(
+        gpus[0].driver_version.as_deref(),
+        Some("fake-nvml-550.54.15")
+    );
     assert!(!gpus[0].mig_mode.as_ref().unwrap().current);
     assert_eq!(gpus[1].name.as_deref(), Some("NVIDIA A100-SXM4-40GB"));
     assert_eq!(gpus[1].memory_total_bytes, Some(42_949_672_960));

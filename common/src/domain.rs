@@ -55,9 +55,33 @@ pub struct EnergyReading {
     pub sample_period_ms: Option<f64>,
     /// True only for modelled numbers (`EnergySource::Estimate`).
     pub estimated: bool,
+    /// Mean power of the device idle (model loaded, nothing running) just before the
+    /// window, or a cached value from a recent cycle; `None` when no baseline was taken.
+    #[serde(default)]
+    pub baseline_power_w: Option<f64>,
+    /// `energy_mj − baseline_power_w × window`: the energy the job added over idle. Not
+    /// clamped: a negative value means the device drew less than its idle baseline
+    /// (noise, counter quantisation on a short window, or a changed idle state) and is kept
+    /// so averages over cycles stay unbiased.
+    #[serde(default)]
+    pub net_energy_mj: Option<f64>,
+    /// True when the number comes from a simulated device (the fake NVML library).
+    #[serde(default)]
+    pub simulated: bool,
+    /// Driver version of the source where it has one (NVML).
+    #[serde(default)]
+    pub driver_version: Option<String>,
 }
 
 impl EnergyReading {
+    /// Sets the baseline and the net energy from it (when the gross is available).
+    pub fn apply_baseline(&mut self, baseline_power_w: f64) {
+        self.baseline_power_w = Some(baseline_power_w);
+        self.net_energy_mj = self
+            .energy_mj
+            .map(|gross_mj| net_energy_mj(gross_mj, baseline_power_w, self.window_ns));
+    }
+
     /// A reading that could not be taken, with the reason.
     pub fn unavailable(
         device_kind: DeviceKind,
@@ -76,8 +100,17 @@ impl EnergyReading {
             window_ns,
             sample_period_ms: None,
             estimated: false,
+            baseline_power_w: None,
+            net_energy_mj: None,
+            simulated: false,
+            driver_version: None,
         }
     }
+}
+
+/// Energy over idle: `gross − P_base × window` (W × s = J, ×1000 = mJ). Not clamped.
+pub fn net_energy_mj(gross_mj: f64, baseline_power_w: f64, window_ns: u64) -> f64 {
+    gross_mj - baseline_power_w * window_ns as f64 / 1e6
 }
 
 /// Where inference actually ran.
@@ -306,6 +339,31 @@ fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn net_energy_is_gross_minus_baseline_times_window_and_may_be_negative() {
+        // 150 W idle over 2 s = 300 J = 300 000 mJ.
+        assert_eq!(net_energy_mj(500_000.0, 150.0, 2_000_000_000), 200_000.0);
+        assert_eq!(net_energy_mj(250_000.0, 150.0, 2_000_000_000), -50_000.0);
+        let mut r = EnergyReading::unavailable(DeviceKind::Gpu, "gpu-0", "x", 1_000_000_000);
+        r.apply_baseline(60.0);
+        assert_eq!((r.baseline_power_w, r.net_energy_mj), (Some(60.0), None));
+        r.energy_mj = Some(50_000.0);
+        r.apply_baseline(60.0);
+        assert_eq!(r.net_energy_mj, Some(-10_000.0));
+    }
+
+    #[test]
+    fn readings_stored_before_the_baseline_fields_still_parse() {
+        let old = r#"{"device_kind":"gpu","device_id":"g","device_name":"g","source":"nvml-counter",
+            "energy_mj":1.0,"unavailable_reason":null,"window_ns":1,"sample_period_ms":null,"estimated":false}"#;
+        let r: EnergyReading = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (r.baseline_power_w, r.net_energy_mj, r.simulated),
+            (None, None, false)
+        );
+        assert_eq!(r.driver_version, None);
+    }
 
     #[test]
     fn fingerprint_ignores_key_order_and_sees_values() {

@@ -22,6 +22,26 @@ pub struct EnergyTotals {
     pub missing: Vec<String>,
     /// Sources that contributed, e.g. ["rapl"].
     pub sources: Vec<String>,
+    /// Sum of net energies (gross − idle baseline × window); `None` unless every
+    /// available reading has one. May be negative (see `EnergyReading::net_energy_mj`).
+    #[serde(default)]
+    pub net_total_j: Option<f64>,
+    /// Each measured device, in reading order.
+    #[serde(default)]
+    pub devices: Vec<DeviceEnergy>,
+}
+
+/// One measured device of one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceEnergy {
+    pub device_kind: DeviceKind,
+    pub device_id: String,
+    pub device_name: String,
+    pub source: String,
+    pub gross_j: f64,
+    pub baseline_power_w: Option<f64>,
+    pub net_j: Option<f64>,
+    pub simulated: bool,
 }
 
 /// Metrics of one job (one cycle's accepted attempt).
@@ -141,6 +161,7 @@ pub fn energy_totals(raw: &RawResult) -> EnergyTotals {
     let (mut gpu, mut cpu, mut dram) = (None::<f64>, None::<f64>, None::<f64>);
     let mut missing = Vec::new();
     let mut sources = BTreeSet::new();
+    let mut devices = Vec::new();
     for r in &raw.energy {
         if !seen.insert((r.device_kind, r.device_id.clone())) {
             continue;
@@ -153,12 +174,21 @@ pub fn energy_totals(raw: &RawResult) -> EnergyTotals {
                     DeviceKind::Dram => &mut dram,
                 };
                 *slot = Some(slot.unwrap_or(0.0) + mj / 1000.0);
-                sources.insert(
-                    serde_json::to_value(r.source)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                );
+                let source = serde_json::to_value(r.source)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                sources.insert(source.clone());
+                devices.push(DeviceEnergy {
+                    device_kind: r.device_kind,
+                    device_id: r.device_id.clone(),
+                    device_name: r.device_name.clone(),
+                    source,
+                    gross_j: mj / 1000.0,
+                    baseline_power_w: r.baseline_power_w,
+                    net_j: r.net_energy_mj.map(|n| n / 1000.0),
+                    simulated: r.simulated,
+                });
             }
             None => missing.push(format!(
                 "{}: {}",
@@ -171,6 +201,11 @@ pub fn energy_totals(raw: &RawResult) -> EnergyTotals {
         .into_iter()
         .flatten()
         .fold(None, |acc: Option<f64>, j| Some(acc.unwrap_or(0.0) + j));
+    let net_total_j = if devices.is_empty() {
+        None
+    } else {
+        devices.iter().map(|d| d.net_j).sum::<Option<f64>>()
+    };
     EnergyTotals {
         gpu_j: gpu,
         cpu_j: cpu,
@@ -178,6 +213,8 @@ pub fn energy_totals(raw: &RawResult) -> EnergyTotals {
         total_j,
         missing,
         sources: sources.into_iter().collect(),
+        net_total_j,
+        devices,
     }
 }
 
@@ -238,6 +275,7 @@ pub fn aggregate_experiment(
     add("itl_p50_ms", &|m| m.itl_ms.as_ref().map(|p| p.p50));
     add("e2e_p50_ms", &|m| m.e2e_ms.as_ref().map(|p| p.p50));
     add("energy_total_j", &|m| m.energy.total_j);
+    add("energy_net_total_j", &|m| m.energy.net_total_j);
     add("j_per_output_token", &|m| m.j_per_output_token);
     add("output_tokens_per_j", &|m| m.output_tokens_per_j);
     add("flops_per_s", &|m| Some(m.flops_per_s));
@@ -272,6 +310,10 @@ mod tests {
                 window_ns: 2_000_000_000,
                 sample_period_ms: Some(1.0),
                 estimated: false,
+                baseline_power_w: None,
+                net_energy_mj: None,
+                simulated: false,
+                driver_version: None,
             },
             None => EnergyReading::unavailable(kind, id, "no powercap", 2_000_000_000),
         }
@@ -373,6 +415,22 @@ mod tests {
         assert_eq!(m.prefill_tokens_per_s, Some(80.0));
         assert_eq!(m.decode_tokens_per_s, Some(10.0));
         assert_eq!(m.flops_total, 1500.0);
+    }
+
+    #[test]
+    fn net_total_needs_a_net_value_on_every_available_reading() {
+        let mut gpu = reading(DeviceKind::Gpu, "gpu-0", Some(500_000.0));
+        gpu.apply_baseline(100.0); // 2 s window: net = 500 J − 200 J
+        let cpu = reading(DeviceKind::CpuPackage, "package-0", Some(40_000.0));
+        let missing = reading(DeviceKind::Dram, "package-0/dram", None);
+        let e = energy_totals(&raw(0, 2_000_000_000, vec![gpu.clone(), missing.clone()]));
+        assert_eq!(e.total_j, Some(500.0));
+        assert_eq!(e.net_total_j, Some(300.0));
+        assert_eq!(e.devices.len(), 1);
+        assert_eq!(e.devices[0].baseline_power_w, Some(100.0));
+        let e = energy_totals(&raw(0, 2_000_000_000, vec![gpu, cpu, missing]));
+        assert_eq!(e.total_j, Some(540.0));
+        assert_eq!(e.net_total_j, None, "the CPU reading has no baseline");
     }
 
     #[test]

@@ -76,7 +76,7 @@ fn gpus_json_lists_the_scenario_gpus() {
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     assert_eq!(v["nvml_available"], true);
-    assert_eq!(v["driver_version"], "535.104.12");
+    assert_eq!(v["driver_version"], "fake-nvml-535.104.12");
     let gpus = v["gpus"].as_array().unwrap();
     assert_eq!(gpus.len(), 2);
     for (i, (got, want)) in gpus.iter().zip(s["gpus"].as_array().unwrap()).enumerate() {
@@ -104,7 +104,7 @@ fn gpus_json_lists_the_scenario_gpus() {
     assert!(text.contains("GPU-5c1f0a3e-0000-4000-8000-000000000001"));
     assert!(text.contains("700 W"));
     assert!(text.contains("enabled"));
-    assert!(text.contains("Driver 535.104.12"));
+    assert!(text.contains("Driver fake-nvml-535.104.12"));
 }
 
 #[test]

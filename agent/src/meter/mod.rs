@@ -10,8 +10,9 @@ pub mod rapl;
 pub use rapl::{cpu_meter, open_cpu_meters, CpuMeters, RaplMeter};
 
 use lem_common::domain::{DeviceKind, EnergyReading};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Why a meter could not be created or started. Per-device failures during a window are
 /// not errors: they become unavailable readings.
@@ -42,6 +43,51 @@ pub trait EnergyMeter: Send {
     /// Closes the window: one reading per physical device, available or with a reason.
     /// The meter can then start a new window.
     fn stop(&mut self) -> Vec<EnergyReading>;
+    /// Mean idle power (W) of each device that can be measured, over about `duration`,
+    /// by device id. The default is one plain window; a meter whose counter moves in
+    /// coarse steps overrides it to time the energy between counter updates.
+    fn idle_power_w(&mut self, duration: Duration) -> Vec<(String, f64)> {
+        if self.start().is_err() {
+            return Vec::new();
+        }
+        std::thread::sleep(duration);
+        self.stop()
+            .into_iter()
+            .filter_map(|r| {
+                let mj = r.energy_mj?;
+                (r.window_ns > 0).then(|| (r.device_id, mj * 1e6 / r.window_ns as f64))
+            })
+            .collect()
+    }
+}
+
+/// How long a measured idle baseline is reused: cycles of one experiment share it, a
+/// later experiment (the machine may have warmed or idled down) measures again.
+pub const BASELINE_TTL: Duration = Duration::from_secs(600);
+
+/// Idle power per device id with the time it was measured.
+#[derive(Debug, Default)]
+pub struct BaselineCache {
+    entries: BTreeMap<String, (f64, Instant)>,
+}
+
+impl BaselineCache {
+    /// The baseline of `device_id` if measured less than `ttl` before `now`.
+    pub fn get(&self, device_id: &str, now: Instant, ttl: Duration) -> Option<f64> {
+        self.entries
+            .get(device_id)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < ttl)
+            .map(|(power_w, _)| *power_w)
+    }
+
+    /// True when every one of `device_ids` has a fresh baseline.
+    pub fn all_fresh(&self, device_ids: &[String], now: Instant, ttl: Duration) -> bool {
+        device_ids.iter().all(|id| self.get(id, now, ttl).is_some())
+    }
+
+    pub fn insert(&mut self, device_id: String, power_w: f64, at: Instant) {
+        self.entries.insert(device_id, (power_w, at));
+    }
 }
 
 /// A meter for devices that cannot be measured: every window yields unavailable readings
@@ -101,6 +147,33 @@ pub(crate) fn elapsed_ns(start: Option<Instant>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn baselines_expire_after_the_ttl() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(600);
+        let mut cache = BaselineCache::default();
+        cache.insert("gpu-0".into(), 61.5, t0);
+        let ids = vec!["gpu-0".to_string()];
+        assert_eq!(
+            cache.get("gpu-0", t0 + Duration::from_secs(599), ttl),
+            Some(61.5)
+        );
+        assert!(cache.all_fresh(&ids, t0 + Duration::from_secs(599), ttl));
+        assert_eq!(cache.get("gpu-0", t0 + ttl, ttl), None);
+        assert!(!cache.all_fresh(&ids, t0 + ttl, ttl));
+        assert!(!cache.all_fresh(&["gpu-1".to_string()], t0, ttl));
+        // Re-measured: fresh again from the new time.
+        cache.insert("gpu-0".into(), 70.0, t0 + ttl);
+        assert_eq!(cache.get("gpu-0", t0 + ttl, ttl), Some(70.0));
+    }
+
+    #[test]
+    fn default_idle_power_is_energy_over_the_window() {
+        // An unavailable meter has no energy, so no baseline.
+        let mut m = UnavailableMeter::new(vec![(DeviceKind::Gpu, "g".into())], "none");
+        assert!(m.idle_power_w(Duration::from_millis(1)).is_empty());
+    }
 
     #[test]
     fn unavailable_meter_reports_null_with_reason() {

@@ -15,8 +15,10 @@
 //! Tests load a fake library built from `tests/fake-nvml`.
 //!
 //! Not yet here (issue 3): MIG instance enumeration, the power/temperature sampler, the
-//! trace-integral fallback for GPUs without the counter, and the driver version on each
-//! reading (it is available from [`NvmlMeter::driver_version`]).
+//! trace-integral fallback for GPUs without the counter.
+//!
+//! Each reading carries the driver version; a driver version starting with
+//! [`FAKE_DRIVER_PREFIX`] marks the fake library and every reading is `simulated`.
 
 use super::{elapsed_ns, EnergyMeter, MeterError};
 use lem_common::domain::{DeviceKind, EnergyReading, EnergySource};
@@ -25,7 +27,7 @@ use nvml_wrapper::Nvml;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Environment variable naming the NVML library to load.
 pub const NVML_LIB_ENV: &str = "LEM_NVML_LIB";
@@ -33,6 +35,10 @@ pub const NVML_LIB_ENV: &str = "LEM_NVML_LIB";
 /// Nominal update period of the NVML energy counter, recorded on each reading. NVML does
 /// not report it; `scripts/gpu-check.sh` is to measure it on real hardware.
 pub const NVML_COUNTER_PERIOD_MS: f64 = 100.0;
+
+/// Driver-version prefix of the fake library (tests/fake-nvml): readings from it are
+/// labelled simulated.
+pub const FAKE_DRIVER_PREFIX: &str = "fake-nvml";
 
 /// NVML could not be loaded or initialised.
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +252,13 @@ impl NvmlMeter {
         })
     }
 
+    /// True when the loaded library is the fake NVML (a simulated GPU node).
+    pub fn is_simulated(&self) -> bool {
+        self.driver_version
+            .as_deref()
+            .is_some_and(|v| v.starts_with(FAKE_DRIVER_PREFIX))
+    }
+
     /// The driver version NVML reported, if any.
     pub fn driver_version(&self) -> Option<&str> {
         self.driver_version.as_deref()
@@ -315,11 +328,77 @@ impl EnergyMeter for NvmlMeter {
         }
     }
 
+    /// The counter moves in steps (~100 ms), so a plain short window would be off by up
+    /// to a step at each end: time the energy between the first and the last counter
+    /// change instead, polled every 2 ms (timing error ≈ 4 ms over the span).
+    fn idle_power_w(&mut self, duration: Duration) -> Vec<(String, f64)> {
+        if self.gpus.is_empty() {
+            return Vec::new();
+        }
+        let margin = Duration::from_secs_f64(2.0 * NVML_COUNTER_PERIOD_MS / 1000.0);
+        let n = self.gpus.len();
+        let mut initial: Vec<Option<(Instant, u64)>> = vec![None; n];
+        let mut first_change = initial.clone();
+        let mut last_change = initial.clone();
+        let mut prev: Vec<Option<(Instant, u64)>> = vec![None; n];
+        let mut broken = vec![false; n];
+        let begin = Instant::now();
+        loop {
+            for (i, gpu) in self.gpus.iter().enumerate() {
+                if broken[i] {
+                    continue;
+                }
+                let now = Instant::now();
+                match Self::read_counter(&self.nvml, gpu.index) {
+                    Err(_) => broken[i] = true,
+                    Ok(mj) => {
+                        match prev[i] {
+                            None => initial[i] = Some((now, mj)),
+                            Some((_, p)) if mj < p => broken[i] = true,
+                            Some((_, p)) if mj > p => {
+                                if first_change[i].is_none() {
+                                    first_change[i] = Some((now, mj));
+                                } else {
+                                    last_change[i] = Some((now, mj));
+                                }
+                            }
+                            Some(_) => {}
+                        }
+                        prev[i] = Some((now, mj));
+                    }
+                }
+            }
+            if begin.elapsed() >= duration + margin {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let power_w = |(t0, e0): (Instant, u64), (t1, e1): (Instant, u64)| {
+            let secs = t1.saturating_duration_since(t0).as_secs_f64();
+            (secs > 0.0).then(|| e1.saturating_sub(e0) as f64 / 1000.0 / secs)
+        };
+        self.gpus
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !broken[*i])
+            .filter_map(|(i, gpu)| {
+                // Fewer than two changes: (near) zero power; use the whole span.
+                let w = match (first_change[i], last_change[i]) {
+                    (Some(a), Some(b)) => power_w(a, b),
+                    _ => power_w(initial[i]?, prev[i]?),
+                }?;
+                Some((gpu.device_id.clone(), w))
+            })
+            .collect()
+    }
+
     fn stop(&mut self) -> Vec<EnergyReading> {
         if self.started.is_some() {
             self.advance();
         }
         let window_ns = elapsed_ns(self.started.take());
+        let simulated = self.is_simulated();
+        let driver_version = self.driver_version.clone();
         self.gpus
             .iter_mut()
             .map(|gpu| {
@@ -336,6 +415,10 @@ impl EnergyMeter for NvmlMeter {
                             window_ns,
                             sample_period_ms: Some(NVML_COUNTER_PERIOD_MS),
                             estimated: false,
+                            baseline_power_w: None,
+                            net_energy_mj: None,
+                            simulated,
+                            driver_version: driver_version.clone(),
                         }
                     }
                     CounterState::Failed(reason) => reason,
@@ -343,6 +426,8 @@ impl EnergyMeter for NvmlMeter {
                 };
                 EnergyReading {
                     device_name: gpu.name.clone(),
+                    simulated,
+                    driver_version: driver_version.clone(),
                     ..EnergyReading::unavailable(
                         DeviceKind::Gpu,
                         gpu.device_id.clone(),

@@ -385,6 +385,10 @@ impl EnergyMeter for RaplMeter {
                     window_ns,
                     sample_period_ms: Some(RAPL_UPDATE_PERIOD_MS),
                     estimated: false,
+                    baseline_power_w: None,
+                    net_energy_mj: None,
+                    simulated: false,
+                    driver_version: None,
                 },
                 ZoneState::Failed(reason) => {
                     EnergyReading::unavailable(zone.kind, zone.device_id.clone(), reason, window_ns)

@@ -67,6 +67,14 @@ pub struct ExperimentConfig {
     /// lem-only: worker threads for CPU inference; `None` = all cores.
     #[serde(default)]
     pub cpu_threads: Option<u32>,
+    /// lem-only: seconds each energy meter is read idle before the measured window, to
+    /// subtract the idle power (net energy); 0 disables.
+    #[serde(default = "default_idle_baseline_s")]
+    pub idle_baseline_s: f64,
+}
+
+fn default_idle_baseline_s() -> f64 {
+    10.0
 }
 
 fn d1() -> u32 {
@@ -109,6 +117,7 @@ impl ExperimentConfig {
             warmup_prompts: 1,
             device: Device::default(),
             cpu_threads: None,
+            idle_baseline_s: default_idle_baseline_s(),
         }
     }
 

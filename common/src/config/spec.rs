@@ -175,6 +175,7 @@ pub(crate) const TOP: &[Field] = &[
     f("warmup_prompts", uint(0, U32)),
     f("device", Ty::Enum(DEVICES)),
     opt("cpu_threads", uint(1, U32)),
+    f("idle_baseline_s", float(0.0, f64::INFINITY)),
 ];
 
 /// Sections that may be written empty (`decoder_config:` with every key commented out).

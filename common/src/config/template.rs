@@ -95,6 +95,7 @@ extra_metadata: {{}}          # copied into the results as is
 warmup_prompts: 1           # requests run and discarded before measuring
 device: auto                # auto | cpu | cuda
 # cpu_threads: 2            # CPU inference threads (default: all cores)
+idle_baseline_s: 10.0       # idle power measured before the window (net energy); 0 = off
 "
     ))
 }

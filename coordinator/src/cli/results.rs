@@ -113,10 +113,16 @@ fn show(store: &StoreHandle, id: &str, raw: bool, json: bool) -> i32 {
                 for e in &r.energy {
                     match e.energy_mj {
                         Some(mj) => println!(
-                            "    energy {:<16} {:>10.3} J  ({:?})",
+                            "    energy {:<16} {:>10.3} J  ({:?}){}{}",
                             e.device_id,
                             mj / 1000.0,
-                            e.source
+                            e.source,
+                            match (e.baseline_power_w, e.net_energy_mj) {
+                                (Some(w), Some(net)) =>
+                                    format!("  baseline {w:.2} W, net {:.3} J", net / 1000.0),
+                                _ => String::new(),
+                            },
+                            if e.simulated { "  simulated" } else { "" }
                         ),
                         None => println!(
                             "    energy {:<16} unavailable: {}",
@@ -250,12 +256,57 @@ fn print_job(m: &JobMetrics) {
 }
 
 /// The human summary printed after a run and by `results show`.
+/// One device's gross energy, idle baseline and net energy, averaged over the cycles.
+fn print_device_energy(agg: &ExperimentAggregate, d: &crate::aggregate::DeviceEnergy) {
+    let same: Vec<_> = agg
+        .cycles
+        .iter()
+        .filter_map(|c| {
+            c.energy
+                .devices
+                .iter()
+                .find(|x| x.device_id == d.device_id && x.device_kind == d.device_kind)
+        })
+        .collect();
+    let mean = |f: &dyn Fn(&crate::aggregate::DeviceEnergy) -> Option<f64>| {
+        let v: Option<Vec<f64>> = same.iter().map(|x| f(x)).collect();
+        v.filter(|v| !v.is_empty())
+            .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let mut line = format!(
+        "    {:<20} {:.3} J gross ({})",
+        d.device_name,
+        mean(&|x| Some(x.gross_j)).unwrap_or(f64::NAN),
+        d.source
+    );
+    if let (Some(base), Some(net)) = (mean(&|x| x.baseline_power_w), mean(&|x| x.net_j)) {
+        line.push_str(&format!(", baseline {base:.2} W, net {net:.3} J"));
+    }
+    if d.simulated {
+        line.push_str("  simulated");
+    }
+    println!("{line}");
+}
+
 pub fn print_aggregate(agg: &ExperimentAggregate, rec: &ExperimentRecord) {
     println!();
     println!("Experiment {}  ({})", agg.experiment_id, rec.config_name);
     println!("  model      {}", agg.model_name);
     if let Some(d) = &agg.compute_device {
-        println!("  device     {} — {}", d.kind, d.name);
+        let simulated = agg
+            .cycles
+            .iter()
+            .any(|c| c.energy.devices.iter().any(|e| e.simulated));
+        println!(
+            "  device     {} — {}{}",
+            d.kind,
+            d.name,
+            if simulated {
+                " (simulated GPU node for energy)"
+            } else {
+                ""
+            }
+        );
         if let Some(note) = &d.note {
             println!("             {note}");
         }
@@ -301,6 +352,10 @@ pub fn print_aggregate(agg: &ExperimentAggregate, rec: &ExperimentRecord) {
             println!("  {:<22} {}", "energy", fmt_summary(s, "J", 3));
             show("energy / output token", "j_per_output_token", "J", 4);
             show("output tokens / J", "output_tokens_per_j", "tok/J", 3);
+            show("energy (net of idle)", "energy_net_total_j", "J", 3);
+            for d in &first.energy.devices {
+                print_device_energy(agg, d);
+            }
             for m in &first.energy.missing {
                 println!("  {:<22} not measured — {m}", "");
             }

@@ -35,6 +35,9 @@
 //!   with [`fakeNvmlAdvanceMs`]. Tests use `time_scale: 0` and advance the clock by hand, so
 //!   a 20 s window takes no real time.
 //!
+//! `nvmlSystemGetDriverVersion` returns `fake-nvml-<driver_version>`, so lem can tell a
+//! simulated node from real hardware.
+//!
 //! `nvmlDeviceGetPowerUsage` returns the instantaneous trace value (no 1 s averaging yet).
 //!
 //! # Unsafe
@@ -384,7 +387,8 @@ pub unsafe extern "C" fn nvmlSystemGetDriverVersion(
 ) -> NvmlReturn {
     // SAFETY: forwarded caller contract.
     with_scenario("nvmlSystemGetDriverVersion", |s, _| unsafe {
-        put_str(version, length, &s.driver_version)
+        // The prefix lets lem label readings from this library as simulated.
+        put_str(version, length, &format!("fake-nvml-{}", s.driver_version))
     })
 }
 
