@@ -9,8 +9,9 @@
 
 use lem_agent::engine::{Engine, GenerationParams, LoadOptions, NoopObserver};
 
-mod common;
-use common::model_path;
+#[path = "../../tests/support.rs"]
+mod support;
+use support::model_path;
 
 #[test]
 fn f32_logits_match_numpy_reference() {

@@ -9,8 +9,9 @@ use lem_agent::engine::{Engine, GenerationObserver, GenerationParams, LoadOption
 use lem_common::domain::StopReason;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-mod common;
-use common::model_path;
+#[path = "../../tests/support.rs"]
+mod support;
+use support::model_path;
 
 /// One engine for the whole file: loading takes a second and tests share 2 cores.
 fn engine() -> Option<MutexGuard<'static, Engine>> {

@@ -9,7 +9,8 @@
 
 use lem_agent::engine::{Engine, GenerationParams, LoadOptions, NoopObserver};
 
-mod common;
+#[path = "../../tests/support.rs"]
+mod support;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -75,7 +76,7 @@ fn measure(e: &mut Engine, label: &str) {
 #[test]
 #[ignore = "speed figures: run in release with --ignored --nocapture"]
 fn smollm2_speed() {
-    let path = common::smollm2_path();
+    let path = support::smollm2_path();
     if !path.exists() {
         eprintln!("SKIPPED: SmolLM2 GGUF not found at {}", path.display());
         return;

@@ -18,35 +18,15 @@ use lem_agent::meter::EnergyMeter;
 use lem_common::domain::{DeviceKind, EnergyReading, EnergySource};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
+
+#[path = "../../tests/support.rs"]
+mod support;
 
 /// Builds the fake library once per test binary; returns its path.
 fn fake_library() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let target_dir = profile_dir.parent().unwrap();
-        let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
-            "debug" => "dev".to_owned(),
-            other => other.to_owned(),
-        };
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "fake-nvml", "--profile", &profile])
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(target_dir)
-            .status()
-            .expect("run cargo build -p fake-nvml");
-        assert!(status.success(), "cargo build -p fake-nvml failed");
-        let lib = profile_dir.join("libnvidia_ml.so");
-        assert!(lib.exists(), "{} not built", lib.display());
-        lib
-    })
+    LIB.get_or_init(support::build_fake_nvml)
 }
 
 /// One loaded copy of the fake with its scenario.

@@ -14,37 +14,13 @@ fn lem() -> Command {
     c
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn model_dir() -> PathBuf {
-    std::env::var_os("LEM_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/lem/models"))
-}
+#[path = "../../tests/support.rs"]
+mod support;
+use support::repo_root;
 
 /// True if the SmolLM2 GGUF is installed; panics under CI when it is not.
 fn model_available() -> bool {
-    let f =
-        model_dir().join("HuggingFaceTB--SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if f.exists() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{} is missing under CI; .ci/run must run scripts/fetch-model.sh",
-            f.display()
-        );
-    }
-    eprintln!(
-        "SKIP: {} not found; run scripts/fetch-model.sh",
-        f.display()
-    );
-    false
+    support::model_path().is_some()
 }
 
 struct Env {

@@ -4,60 +4,18 @@
 //! from lem. Skips without the model, except under CI.
 
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const POWER_W: f64 = 200.0;
 /// The fake's counter step (its default, like real hardware).
 const STEP_S: f64 = 0.1;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+#[path = "../../tests/support.rs"]
+mod support;
+use support::{build_fake_nvml as fake_library, repo_root};
 
 fn model_available() -> bool {
-    let dir = std::env::var_os("LEM_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/lem/models"));
-    let f = dir.join("HuggingFaceTB--SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if f.exists() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing under CI",
-        f.display()
-    );
-    eprintln!(
-        "SKIP: {} not found; run scripts/fetch-model.sh",
-        f.display()
-    );
-    false
-}
-
-/// Builds the fake library into this test's target directory (no-op when fresh).
-fn fake_library() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let target_dir = profile_dir.parent().unwrap();
-    let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
-        "debug" => "dev".to_owned(),
-        other => other.to_owned(),
-    };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "fake-nvml", "--profile", &profile])
-        .arg("--manifest-path")
-        .arg(repo_root().join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir)
-        .status()
-        .expect("run cargo build -p fake-nvml");
-    assert!(status.success(), "cargo build -p fake-nvml failed");
-    profile_dir.join("libnvidia_ml.so")
+    support::model_path().is_some()
 }
 
 #[test]
