@@ -140,10 +140,7 @@ pub fn incomplete_matches(
 
 /// Cycles of an experiment that already have a stored raw result.
 pub fn completed_cycles(store: &StoreHandle, id: &str) -> Result<Vec<u32>, EmbeddedError> {
-    let raws = store.with(|s| s.raw_results(id))?;
-    let mut cycles: Vec<u32> = raws.iter().map(|r| r.cycle).collect();
-    cycles.dedup();
-    Ok(cycles)
+    Ok(store.with(|s| s.raw_cycles(id))?)
 }
 
 pub fn set_status(
@@ -184,9 +181,9 @@ pub fn run_pending_cycles(
                 source,
             }
         })?;
-    let raws = store.with(|s| s.raw_results(&rec.id))?;
+    let done = completed_cycles(store, &rec.id)?;
     for cycle in 0..rec.num_cycles {
-        if raws.iter().any(|r| r.cycle == cycle) {
+        if done.contains(&cycle) {
             continue;
         }
         let job = JobSpec {

@@ -30,6 +30,8 @@ pub enum StoreError {
         key: String,
         source: serde_json::Error,
     },
+    #[error("malformed key `{key}` in store tree `{tree}`")]
+    BadKey { tree: &'static str, key: String },
     #[error("raw result {key} already exists; raw results are immutable")]
     RawExists { key: String },
     #[error("no experiment `{0}` in the store")]
@@ -203,6 +205,34 @@ impl Store {
             out.push(from_json(RAW, &key, &v)?);
         }
         Ok(out)
+    }
+
+    /// Cycles with at least one stored attempt, ascending. Read from the keys alone,
+    /// without deserialising the results.
+    pub fn raw_cycles(&self, experiment_id: &str) -> Result<Vec<u32>, StoreError> {
+        let tree = self.db.open_tree(RAW)?;
+        let prefix = format!("{experiment_id}/");
+        let mut cycles = Vec::new();
+        for key in tree.scan_prefix(prefix.as_bytes()).keys() {
+            let key = key?;
+            let rest = &key[prefix.len()..];
+            // Key layout: see `raw_key`.
+            let cycle = std::str::from_utf8(rest)
+                .ok()
+                .and_then(|r| r.split('/').next())
+                .and_then(|c| c.parse::<u32>().ok());
+            match cycle {
+                Some(c) => cycles.push(c),
+                None => {
+                    return Err(StoreError::BadKey {
+                        tree: RAW,
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                    })
+                }
+            }
+        }
+        cycles.dedup();
+        Ok(cycles)
     }
 
     pub fn put_aggregate<T: Serialize>(

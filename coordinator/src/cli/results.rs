@@ -16,7 +16,14 @@ pub fn run(data_dir: &Path, cmd: ResultsCommand) -> i32 {
 }
 
 fn list(store: &StoreHandle, all: bool, json: bool) -> i32 {
-    let recs = match store.with(|s| s.experiments()) {
+    // One store open for the whole listing.
+    let listed = store.with(|s| {
+        s.experiments()?
+            .into_iter()
+            .map(|r| Ok((s.raw_cycles(&r.id)?.len(), r)))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    let recs = match listed {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -25,10 +32,7 @@ fn list(store: &StoreHandle, all: bool, json: bool) -> i32 {
     };
     let rows: Vec<(ExperimentRecord, usize, &'static str)> = recs
         .into_iter()
-        .filter_map(|r| {
-            let done = embedded::completed_cycles(store, &r.id)
-                .map(|c| c.len())
-                .unwrap_or(0);
+        .filter_map(|(done, r)| {
             let status = if embedded::is_dead_run(&r) {
                 "killed"
             } else {
