@@ -1,8 +1,10 @@
 //! lem-agent: owns a node's devices, runs inference jobs and meters their energy.
 
+pub mod convert;
 pub mod engine;
 pub mod hub;
 pub mod meter;
 pub mod prompts;
 pub mod runner;
+pub mod serving;
 pub mod sysinfo;

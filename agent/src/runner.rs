@@ -2,15 +2,19 @@
 //! window (meters started, batches generated, meters stopped) → `RawResult`.
 
 use crate::engine::{
-    BatchOutput, Engine, EngineError, GenerationObserver, GenerationParams, LoadOptions,
+    BatchOutput, Engine, EngineError, FloatPrecision, GenerationObserver, GenerationParams,
+    LoadOptions, LoadQuantization,
 };
 use crate::hub::{self, ModelFormat, ResolveOptions};
+use crate::meter::phases::PhaseRecorder;
 use crate::meter::{self, BaselineCache, EnergyMeter, BASELINE_TTL};
 use crate::prompts::{self, PromptContext, PromptSpec, Sampling};
 use lem_common::config::{BatchingStrategy, Device, ExperimentConfig, Precision, PromptSource};
 use lem_common::domain::{
-    FlopsBreakdown, JobSpec, ModelInfo, RawResult, RequestRecord, RAW_RESULT_SCHEMA_VERSION,
+    FlopsBreakdown, JobSpec, ModelInfo, RawResult, RequestRecord, TransformerShape,
+    RAW_RESULT_SCHEMA_VERSION,
 };
+use lem_common::phases::Phase;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,7 +78,7 @@ impl RunProgress for NoProgress {}
 /// Runs jobs, keeping the last loaded model so cycles of one experiment load it once.
 #[derive(Default)]
 pub struct JobRunner {
-    loaded: Option<(String, Engine, ModelInfo)>,
+    loaded: Option<(LoadKey, Engine, ModelInfo)>,
     /// Idle power per device, reused across cycles until `BASELINE_TTL` passes.
     baselines: BaselineCache,
 }
@@ -82,9 +86,33 @@ pub struct JobRunner {
 struct Observer<'a> {
     stop: &'a AtomicBool,
     progress: &'a mut dyn RunProgress,
+    /// In the measured window: the meters, checkpointed at every phase boundary.
+    window: Option<(&'a mut [Box<dyn EnergyMeter>], PhaseRecorder)>,
+}
+
+impl Observer<'_> {
+    /// `phase` starts now: reads the meters' cumulative energy (measured window only).
+    fn mark(&mut self, phase: Phase) {
+        if let Some((meters, recorder)) = &mut self.window {
+            recorder.mark(phase, meters);
+        }
+    }
+
+    /// After every batch: the gap before the next batch starts, progress advances.
+    fn after_batch(&mut self, n: usize) {
+        if let Some((meters, _)) = &mut self.window {
+            // Meters that cannot checkpoint still read their counters between batches.
+            meters.iter_mut().for_each(|m| m.poll());
+        }
+        self.mark(Phase::Other);
+        self.progress.prompts_done(n as u64);
+    }
 }
 
 impl GenerationObserver for Observer<'_> {
+    fn on_prefill_done(&mut self, _batch: usize) {
+        self.mark(Phase::Decode);
+    }
     fn on_token(&mut self, _row: usize, _token: u32) {
         self.progress.tokens(1);
     }
@@ -117,7 +145,7 @@ impl JobRunner {
         progress.phase("loading model");
         let cpu_threads = cfg.cpu_threads.map(|t| t as usize);
         let seq_len_needed = (cfg.max_input_tokens + cfg.max_output_tokens) as usize;
-        self.ensure_loaded(&cfg.model_name, cpu_threads, seq_len_needed, &ctx.resolve)?;
+        self.ensure_loaded(cfg, cpu_threads, seq_len_needed, &ctx.resolve)?;
         let Self {
             loaded,
             baselines: baseline_cache,
@@ -176,6 +204,7 @@ impl JobRunner {
         let mut observer = Observer {
             stop: &ctx.stop,
             progress,
+            window: None,
         };
 
         // Warmup: discarded runs so caches and allocators settle before the window.
@@ -191,24 +220,32 @@ impl JobRunner {
                 .map_err(|e| map_engine_err(&cfg.model_name, e))?;
         }
 
+        let Observer { progress, .. } = observer;
         let batches = plan_batches(cfg, &token_prompts);
+        let arrivals_ns = lem_common::arrivals::schedule_for(cfg, token_prompts.len())
+            .map_err(|e| RunError::Unsupported(e.to_string()))?;
 
         let mut meters = meter::rapl::open_cpu_meters(&ctx.powercap_root);
         // GPUs are metered only when a library is named: CPU inference on a GPU box must
         // not charge the idle GPUs' energy to the job.
         if let Some(lib) = meter::nvml::resolve_lib_path(None) {
-            match meter::nvml::NvmlMeter::open(Some(&lib)) {
-                Ok(m) => {
-                    if m.is_simulated() {
-                        warnings.push(SIMULATED_WARNING.to_owned());
+            let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+            match gpu_targets(visible.as_deref(), &cfg.gpu_list) {
+                Err(why) => warnings.push(format!("GPU energy not measured: {why}")),
+                Ok(targets) => match meter::nvml::NvmlMeter::open_targets(Some(&lib), &targets) {
+                    Ok(mut m) => {
+                        if m.is_simulated() {
+                            warnings.push(SIMULATED_WARNING.to_owned());
+                        }
+                        m.set_sample_period(Duration::from_secs_f64(cfg.sample_period_ms / 1000.0));
+                        meters.meters.push(Box::new(m));
                     }
-                    meters.meters.push(Box::new(m));
-                }
-                Err(e) => warnings.push(format!("GPU energy not measured: {e}")),
+                    Err(e) => warnings.push(format!("GPU energy not measured: {e}")),
+                },
             }
         }
         let baselines = if cfg.idle_baseline_s > 0.0 {
-            observer.progress.phase("idle baseline");
+            progress.phase("idle baseline");
             baseline_cache.ensure(
                 &mut meters.meters,
                 Duration::from_secs_f64(cfg.idle_baseline_s),
@@ -217,54 +254,92 @@ impl JobRunner {
         } else {
             BTreeMap::new()
         };
-        observer.progress.phase("measuring");
-        observer.progress.prompts_total(token_prompts.len() as u64);
+        for m in meters.meters.iter_mut() {
+            for (id, &power_w) in &baselines {
+                m.set_idle_power_w(id, power_w);
+            }
+        }
+        progress.phase("measuring");
+        progress.prompts_total(token_prompts.len() as u64);
         for m in meters.meters.iter_mut() {
             if let Err(e) = m.start() {
                 warnings.push(format!("energy meter {}: {e}", m.name()));
             }
         }
         let window_start = Instant::now();
-        let mut records: Vec<RequestRecord> = Vec::with_capacity(token_prompts.len());
-        let (mut prefill_ns, mut decode_ns) = (0u64, 0u64);
-        let mut flops = FlopsBreakdown::default();
-        for batch in &batches {
-            let inputs: Vec<Vec<u32>> = batch.iter().map(|&i| token_prompts[i].clone()).collect();
-            let out: BatchOutput = engine
-                .generate(&inputs, &params, &mut observer)
-                .map_err(|e| map_engine_err(&cfg.model_name, e))?;
-            for m in meters.meters.iter_mut() {
-                m.poll();
+        let mut observer = Observer {
+            stop: &ctx.stop,
+            progress,
+            window: Some((&mut meters.meters, PhaseRecorder::new(window_start))),
+        };
+        let mut window =
+            WindowTotals::new(token_prompts.len(), &model_info.shape, cfg.save_outputs);
+        if let Some(arrivals_ns) = &arrivals_ns {
+            // Requests are served as they arrive (see `serving`): batches form in arrival
+            // order, so sorting and token budgets do not apply.
+            if cfg.batching_options.strategy != BatchingStrategy::Static
+                || cfg.batching_options.max_tokens_per_batch.is_some()
+            {
+                warnings.push("latency_simulation: batching_options.strategy and max_tokens_per_batch do not apply; up to batch_size arrived requests run together, in arrival order".into());
             }
-            prefill_ns += out.prefill_ns;
-            decode_ns += out.decode_ns;
-            for (seq, &prompt_index) in out.sequences.iter().zip(batch) {
-                let f = lem_common::flops::request_flops(
-                    &model_info.shape,
-                    seq.input_tokens as u64,
-                    seq.output_token_ids.len() as u64,
-                );
-                flops.prefill_flops += f.prefill_flops;
-                flops.decode_flops += f.decode_flops;
-                records.push(RequestRecord {
-                    index: prompt_index as u32,
-                    input_tokens: seq.input_tokens,
-                    output_tokens: seq.output_token_ids.len() as u32,
-                    ttft_ns: seq.ttft_ns,
-                    itl_ns: seq.itl_ns.clone(),
-                    e2e_ns: seq.e2e_ns,
-                    stop_reason: seq.stop_reason,
-                    output_text: cfg.save_outputs.then(|| seq.text.clone()),
-                });
+            crate::serving::run(
+                &token_prompts,
+                arrivals_ns,
+                cfg.batching_options.batch_size.max(1) as usize,
+                window_start,
+                &mut observer,
+                |inputs, obs| {
+                    obs.mark(Phase::Prefill);
+                    engine.generate(inputs, &params, obs)
+                },
+                |obs, served| {
+                    let batch: Vec<usize> = served.requests.collect();
+                    let arrived = BatchArrivals {
+                        arrivals_ns,
+                        start_offset_ns: served.start_offset_ns,
+                    };
+                    window.add_batch(&batch, &served.output, Some(arrived));
+                    obs.after_batch(batch.len());
+                },
+            )
+            .map_err(|e| map_engine_err(&cfg.model_name, e))?;
+        } else {
+            for batch in &batches {
+                let inputs: Vec<Vec<u32>> =
+                    batch.iter().map(|&i| token_prompts[i].clone()).collect();
+                observer.mark(Phase::Prefill);
+                let out: BatchOutput = engine
+                    .generate(&inputs, &params, &mut observer)
+                    .map_err(|e| map_engine_err(&cfg.model_name, e))?;
+                window.add_batch(batch, &out, None);
+                observer.after_batch(batch.len());
             }
-            observer.progress.prompts_done(batch.len() as u64);
         }
+        let WindowTotals {
+            mut records,
+            prefill_ns,
+            decode_ns,
+            flops,
+            ..
+        } = window;
         let wall_ns = window_start.elapsed().as_nanos() as u64;
-        let mut energy = Vec::new();
+        let phases = observer.window.take().map(|(_, recorder)| recorder);
+        let mut per_meter = Vec::new();
         for m in meters.meters.iter_mut() {
-            energy.extend(m.stop());
+            per_meter.push(m.stop());
         }
-        energy.extend(meters.unavailable_with_window(wall_ns));
+        per_meter.push(meters.unavailable_with_window(wall_ns));
+        // Each physical device once, whichever meters reported it (invariant 4).
+        let (mut energy, duplicates) = meter::ledger::merge_readings(per_meter);
+        for d in duplicates {
+            warnings.push(format!(
+                "device {} was reported twice in one window; counted once",
+                d.device_id
+            ));
+        }
+        if let Some(recorder) = &phases {
+            recorder.apply(&mut energy);
+        }
         for reading in &mut energy {
             if let Some(&power_w) = baselines.get(&reading.device_id) {
                 reading.apply_baseline(power_w);
@@ -302,13 +377,17 @@ impl JobRunner {
 
     fn ensure_loaded(
         &mut self,
-        model_name: &str,
+        cfg: &ExperimentConfig,
         cpu_threads: Option<usize>,
         seq_len_needed: usize,
         resolve: &ResolveOptions,
     ) -> Result<(), RunError> {
+        let model_name = cfg.model_name.as_str();
+        let key = LoadKey::for_config(cfg);
         let fits = |e: &Engine| e.info().max_seq_len >= seq_len_needed;
-        if matches!(&self.loaded, Some((name, e, _)) if name == model_name && fits(e)) {
+        // A GGUF model ignores precision and quantisation, but reloading it when they
+        // change costs only a load and keeps the key simple.
+        if matches!(&self.loaded, Some((k, e, _)) if *k == key && fits(e)) {
             return Ok(());
         }
         self.loaded = None; // free the old model before loading the next
@@ -317,31 +396,60 @@ impl JobRunner {
                 model: model_name.to_string(),
                 source: Box::new(source),
             })?;
-        let file = match &resolved.format {
-            ModelFormat::Gguf { file } => file.clone(),
-            ModelFormat::Safetensors { dir } => {
-                return Err(RunError::Unsupported(format!(
-                    "model `{model_name}` resolved to safetensors at {}; this lem build loads GGUF models only (safetensors support is tracked in the engine issue)",
-                    dir.display()
-                )))
-            }
-        };
         let defaults = LoadOptions::default();
         let opts = LoadOptions {
             cpu_threads,
             // Rotary tables cover the longest sequence this job can make.
             max_seq_len: defaults.max_seq_len.max(seq_len_needed),
+            precision: key.precision,
+            quantization: key.quantization,
             ..defaults
         };
-        let engine = Engine::load_gguf(&file, resolved.tokenizer_json.as_deref(), &opts).map_err(
-            |source| RunError::Engine {
-                model: model_name.to_string(),
-                source,
-            },
-        )?;
-        let info = engine.model_info(model_name, &file, resolved.resolved_from);
-        self.loaded = Some((model_name.to_string(), engine, info));
+        let tokenizer = resolved.tokenizer_json.as_deref();
+        let (path, loaded) = match &resolved.format {
+            ModelFormat::Gguf { file } => (file, Engine::load_gguf(file, tokenizer, &opts)),
+            ModelFormat::Safetensors { dir } => {
+                (dir, Engine::load_safetensors(dir, tokenizer, &opts))
+            }
+        };
+        let engine = loaded.map_err(|source| RunError::Engine {
+            model: model_name.to_string(),
+            source,
+        })?;
+        let info = engine.model_info(model_name, path, resolved.resolved_from);
+        self.loaded = Some((key, engine, info));
         Ok(())
+    }
+}
+
+/// What a loaded engine was loaded for: a different model, precision or quantisation
+/// needs a fresh load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LoadKey {
+    model: String,
+    precision: FloatPrecision,
+    quantization: Option<LoadQuantization>,
+}
+
+impl LoadKey {
+    fn for_config(cfg: &ExperimentConfig) -> Self {
+        let q = &cfg.quantization_config;
+        Self {
+            model: cfg.model_name.clone(),
+            precision: match cfg.fp_precision {
+                Precision::Float32 => FloatPrecision::F32,
+                Precision::Float16 => FloatPrecision::F16,
+                Precision::Bfloat16 => FloatPrecision::BF16,
+            },
+            // bitsandbytes' 8-bit and 4-bit loads map to candle's nearest block formats.
+            quantization: if q.load_in_8bit {
+                Some(LoadQuantization::Q8_0)
+            } else if q.load_in_4bit {
+                Some(LoadQuantization::Q4_0)
+            } else {
+                None
+            },
+        }
     }
 }
 
@@ -395,6 +503,73 @@ impl BaselineCache {
     }
 }
 
+/// What the measured window accumulates, batch by batch, whichever way batches form.
+struct WindowTotals<'a> {
+    records: Vec<RequestRecord>,
+    prefill_ns: u64,
+    decode_ns: u64,
+    flops: FlopsBreakdown,
+    shape: &'a TransformerShape,
+    save_outputs: bool,
+}
+
+/// When a served batch's requests arrived and when the batch started, both from the
+/// window start (`latency_simulation`).
+#[derive(Clone, Copy)]
+struct BatchArrivals<'a> {
+    /// Indexed by prompt index.
+    arrivals_ns: &'a [u64],
+    start_offset_ns: u64,
+}
+
+impl<'a> WindowTotals<'a> {
+    fn new(capacity: usize, shape: &'a TransformerShape, save_outputs: bool) -> Self {
+        Self {
+            records: Vec::with_capacity(capacity),
+            prefill_ns: 0,
+            decode_ns: 0,
+            flops: FlopsBreakdown::default(),
+            shape,
+            save_outputs,
+        }
+    }
+
+    /// Adds one generated batch (`batch[row]` = prompt index). With arrivals, TTFT and e2e
+    /// count from each request's arrival: the engine's times (from the batch start) plus
+    /// the time it queued.
+    fn add_batch(&mut self, batch: &[usize], out: &BatchOutput, arrivals: Option<BatchArrivals>) {
+        self.prefill_ns += out.prefill_ns;
+        self.decode_ns += out.decode_ns;
+        for (seq, &prompt_index) in out.sequences.iter().zip(batch) {
+            let f = lem_common::flops::request_flops(
+                self.shape,
+                seq.input_tokens as u64,
+                seq.output_token_ids.len() as u64,
+            );
+            self.flops.prefill_flops += f.prefill_flops;
+            self.flops.decode_flops += f.decode_flops;
+            let arrival_offset_ns = arrivals.map(|a| a.arrivals_ns[prompt_index]);
+            let queued_ns = arrivals
+                .map(|a| {
+                    a.start_offset_ns
+                        .saturating_sub(a.arrivals_ns[prompt_index])
+                })
+                .unwrap_or(0);
+            self.records.push(RequestRecord {
+                index: prompt_index as u32,
+                input_tokens: seq.input_tokens,
+                output_tokens: seq.output_token_ids.len() as u32,
+                ttft_ns: seq.ttft_ns + queued_ns,
+                itl_ns: seq.itl_ns.clone(),
+                e2e_ns: seq.e2e_ns + queued_ns,
+                stop_reason: seq.stop_reason,
+                output_text: self.save_outputs.then(|| seq.text.clone()),
+                arrival_offset_ns,
+            });
+        }
+    }
+}
+
 fn map_engine_err(model: &str, e: EngineError) -> RunError {
     if matches!(e, EngineError::Interrupted) {
         RunError::Interrupted
@@ -442,6 +617,32 @@ fn config_notes(cfg: &ExperimentConfig, model: &ModelInfo) -> Vec<String> {
             "quantization_config ignored: the GGUF model is already quantised ({})",
             model.weight_dtype
         ));
+    }
+    if model.format == "safetensors" {
+        if q.load_in_8bit {
+            notes.push(format!(
+                "quantization_config.load_in_8bit: weights quantised on load to Q8_0 (blockwise 8-bit, no LLM.int8 outlier decomposition): {}",
+                model.weight_dtype
+            ));
+        }
+        if q.load_in_4bit {
+            let kind = q.bnb_4bit_quant_type.as_deref().unwrap_or("fp4");
+            notes.push(format!(
+                "quantization_config.bnb_4bit_quant_type {kind} has no candle equivalent: weights quantised on load to Q4_0 (4-bit blocks of 32 with an f16 scale) instead: {}",
+                model.weight_dtype
+            ));
+            if let Some(dtype) = &q.bnb_4bit_compute_dtype {
+                notes.push(format!(
+                    "quantization_config.bnb_4bit_compute_dtype {dtype} not applied: Q4_0 matmuls run on 8-bit-quantised activations; compute is {}",
+                    model.compute_dtype
+                ));
+            }
+            if q.bnb_4bit_use_double_quant {
+                notes.push(
+                    "quantization_config.bnb_4bit_use_double_quant not applied: Q4_0 block scales are f16".into(),
+                );
+            }
+        }
     }
     notes
 }
@@ -509,6 +710,34 @@ fn generation_params(cfg: &ExperimentConfig, cycle: u32) -> GenerationParams {
     }
 }
 
+/// The GPUs a job uses, as NVML targets: `gpu_list` indexes the visible devices, which
+/// are `CUDA_VISIBLE_DEVICES` (indices, GPU UUIDs or MIG UUIDs) when set, else all GPUs
+/// by index. An empty or `-1` `CUDA_VISIBLE_DEVICES` hides every GPU.
+pub fn gpu_targets(cuda_visible: Option<&str>, gpu_list: &[u32]) -> Result<Vec<String>, String> {
+    let Some(visible) = cuda_visible else {
+        return Ok(gpu_list.iter().map(u32::to_string).collect());
+    };
+    let visible: Vec<&str> = visible
+        .split(',')
+        .map(str::trim)
+        .take_while(|v| !v.is_empty() && *v != "-1" && *v != "NoDevFiles")
+        .collect();
+    if visible.is_empty() {
+        return Err("CUDA_VISIBLE_DEVICES hides every GPU".into());
+    }
+    gpu_list
+        .iter()
+        .map(|&i| {
+            visible.get(i as usize).map(|v| v.to_string()).ok_or_else(|| {
+                format!(
+                    "gpu_list entry {i} is out of range: CUDA_VISIBLE_DEVICES makes {} device(s) visible",
+                    visible.len()
+                )
+            })
+        })
+        .collect()
+}
+
 /// Groups prompt indices into batches by the config's strategy.
 pub fn plan_batches(cfg: &ExperimentConfig, prompts: &[Vec<u32>]) -> Vec<Vec<usize>> {
     let b = &cfg.batching_options;
@@ -572,6 +801,25 @@ mod tests {
     }
 
     #[test]
+    fn gpu_targets_follow_cuda_visible_devices() {
+        assert_eq!(gpu_targets(None, &[0, 2]).unwrap(), vec!["0", "2"]);
+        assert_eq!(
+            gpu_targets(Some("MIG-aaaa,MIG-bbbb"), &[1]).unwrap(),
+            vec!["MIG-bbbb"]
+        );
+        assert_eq!(gpu_targets(Some("3, 1"), &[0, 1]).unwrap(), vec!["3", "1"]);
+        // CUDA stops at the first invalid entry.
+        assert_eq!(gpu_targets(Some("2,-1,3"), &[0]).unwrap(), vec!["2"]);
+        assert!(gpu_targets(Some("2,-1,3"), &[1])
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(gpu_targets(Some(""), &[0])
+            .unwrap_err()
+            .contains("hides every GPU"));
+        assert!(gpu_targets(Some("-1"), &[0]).is_err());
+    }
+
+    #[test]
     fn static_keeps_order_and_fills_batches() {
         let b = plan_batches(&cfg(2, BatchingStrategy::Static, None), &prompts());
         assert_eq!(b, vec![vec![0, 1], vec![2, 3], vec![4]]);
@@ -616,5 +864,56 @@ mod tests {
             all.sort();
             assert_eq!(all, vec![0, 1, 2, 3, 4], "{strategy:?}");
         }
+    }
+
+    #[test]
+    fn served_requests_count_latency_from_their_arrival() {
+        let shape = TransformerShape {
+            architecture: "llama".into(),
+            hidden_size: 4,
+            intermediate_size: 8,
+            num_layers: 1,
+            num_attention_heads: 2,
+            num_kv_heads: 1,
+            head_dim: 2,
+            vocab_size: 10,
+            gated_mlp: true,
+        };
+        let seq = |ttft_ns, e2e_ns| crate::engine::GeneratedSequence {
+            input_tokens: 3,
+            output_token_ids: vec![1, 2],
+            text: "hi".into(),
+            ttft_ns,
+            itl_ns: vec![e2e_ns - ttft_ns],
+            e2e_ns,
+            stop_reason: lem_common::domain::StopReason::MaxTokens,
+        };
+        let out = BatchOutput {
+            sequences: vec![seq(10, 30), seq(10, 25)],
+            prefill_ns: 10,
+            decode_ns: 20,
+            wall_ns: 30,
+        };
+        // Prompts 1 and 2 arrived at 100 and 140 ns; their batch started at 150 ns.
+        let arrivals_ns = [0, 100, 140];
+        let mut w = WindowTotals::new(2, &shape, false);
+        let arrived = BatchArrivals {
+            arrivals_ns: &arrivals_ns,
+            start_offset_ns: 150,
+        };
+        w.add_batch(&[1, 2], &out, Some(arrived));
+        let got: Vec<_> = w
+            .records
+            .iter()
+            .map(|r| (r.index, r.arrival_offset_ns, r.ttft_ns, r.e2e_ns))
+            .collect();
+        assert_eq!(got, [(1, Some(100), 60, 80), (2, Some(140), 20, 35)]);
+        assert_eq!(w.records[0].itl_ns, [20], "ITL is not shifted");
+        // All at once: the engine's times, no arrival.
+        w.add_batch(&[0], &out, None);
+        let r = &w.records[2];
+        assert_eq!((r.arrival_offset_ns, r.ttft_ns, r.e2e_ns), (None, 10, 30));
+        assert_eq!((w.prefill_ns, w.decode_ns), (20, 40));
+        assert!(w.flops.prefill_flops > 0.0 && w.flops.decode_flops > 0.0);
     }
 }

@@ -175,8 +175,12 @@ fn short_window_error_is_below_one_counter_step_at_peak_power() {
 
 #[test]
 fn not_supported_counter_is_a_labelled_null() {
+    // Without the counter lem falls back to the power trace (tests/nvml_sampler.rs);
+    // with no power reading either, the reading is null.
     let mut g = gpu("GPU-ns", &[(0.0, 250.0)]);
-    g["fail"] = json!({ "nvmlDeviceGetTotalEnergyConsumption": "NOT_SUPPORTED" });
+    g["fail"] = json!({ "nvmlDeviceGetTotalEnergyConsumption": "NOT_SUPPORTED",
+                        "nvmlDeviceGetPowerUsage": "NOT_SUPPORTED",
+                        "nvmlDeviceGetFieldValues": "NOT_SUPPORTED" });
     let fake = Fake::new(&scenario(vec![g]));
     let mut meter = fake.meter();
     let r = window(&fake, &mut meter, 0, 3_000);

@@ -19,6 +19,9 @@ pub enum DeviceKind {
     CpuPackage,
     /// A RAPL `dram` zone.
     Dram,
+    /// A MIG slice (GPU instance) of a physical GPU; its energy is attributed from the
+    /// parent's counter (see `crate::mig`), and totals never add it to the parent's.
+    MigSlice,
 }
 
 /// Where an energy number came from. Every reading names one.
@@ -71,6 +74,68 @@ pub struct EnergyReading {
     /// Driver version of the source where it has one (NVML).
     #[serde(default)]
     pub driver_version: Option<String>,
+    /// The sampler's trace over the window (power, temperature, clocks, throttling),
+    /// where the device has sensors. Kept beside the counter, never instead of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<PowerTrace>,
+    /// Energy split into prefill and decode, labelled with how it was split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<PhaseEnergy>,
+    /// For a MIG slice or a GPU in MIG mode: the mode and every input of the
+    /// attribution, so anyone can recompute it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig: Option<crate::mig::MigAttribution>,
+}
+
+/// One sample of a device's sensors during a window. Each field is `None` where the
+/// device cannot report it (the trace's `unavailable` says why).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PowerSample {
+    /// Since the start of the window.
+    pub t_ns: u64,
+    /// NVML power usage: averaged by the driver (about 1 s on A100/H100).
+    pub power_avg_w: Option<f64>,
+    /// Instantaneous power (NVML field `POWER_INSTANT`) where supported.
+    pub power_instant_w: Option<f64>,
+    /// The total-energy counter at this sample.
+    pub energy_counter_mj: Option<u64>,
+    pub temperature_c: Option<u32>,
+    pub sm_clock_mhz: Option<u32>,
+    /// NVML clock-event (throttle) reason bits.
+    pub throttle_reasons: Option<u64>,
+}
+
+/// The sampler's record of one device over one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PowerTrace {
+    /// Requested sampling period.
+    pub period_ms: f64,
+    pub samples: Vec<PowerSample>,
+    /// Sensor name (`power_instant_w`, ...) → why it could not be read.
+    #[serde(default)]
+    pub unavailable: BTreeMap<String, String>,
+}
+
+/// How a reading's energy was split into phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhaseSplitMethod {
+    /// Counter read at each phase boundary; every phase segment spans enough counter
+    /// updates for the step error to stay small.
+    CounterAtBoundaries,
+    /// Power trace integrated over each phase's intervals (segments too short for the
+    /// counter's update period).
+    TraceIntegral,
+}
+
+/// Energy of one device in the prefill and decode phases of the window. Time between
+/// batches (scheduling, idle waits) is in neither; `other_mj` holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseEnergy {
+    pub method: PhaseSplitMethod,
+    pub prefill_mj: f64,
+    pub decode_mj: f64,
+    pub other_mj: f64,
 }
 
 impl EnergyReading {
@@ -104,6 +169,9 @@ impl EnergyReading {
             net_energy_mj: None,
             simulated: false,
             driver_version: None,
+            trace: None,
+            phases: None,
+            mig: None,
         }
     }
 }
@@ -189,6 +257,10 @@ pub struct RequestRecord {
     pub stop_reason: StopReason,
     /// Generated text, only when `save_outputs` is set.
     pub output_text: Option<String>,
+    /// When the request arrived, from the measured window's start (`latency_simulation`);
+    /// `None` when every request arrived at once. TTFT and e2e then count from here.
+    #[serde(default)]
+    pub arrival_offset_ns: Option<u64>,
 }
 
 /// Analytic FLOPs of one job (see docs/flops.md).

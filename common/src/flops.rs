@@ -226,6 +226,7 @@ mod tests {
             e2e_ns: 0,
             stop_reason: StopReason::MaxTokens,
             output_text: None,
+            arrival_offset_ns: None,
         };
         let j = job_flops(&s, &[rec(3, 2), rec(1, 1)]);
         assert_eq!(j.prefill_flops, 1040.0 + 384.0);

@@ -3,8 +3,11 @@
 //! No IO lives here: config loading takes a file reader from the caller, so every
 //! function can be tested on strings.
 
+pub mod arrivals;
 pub mod config;
 pub mod domain;
 pub mod flops;
+pub mod mig;
+pub mod phases;
 pub mod rng;
 pub mod stats;

@@ -5,7 +5,11 @@
 //! std, Student-t 95% CI and CV per metric. Pure functions of the raw results: running
 //! them again gives identical numbers.
 
-use lem_common::domain::{ComputeDevice, DeviceKind, RawResult};
+use lem_common::arrivals;
+use lem_common::config::CarbonConfig;
+use lem_common::config::LatencySimulation;
+use lem_common::domain::{ComputeDevice, DeviceKind, PhaseEnergy, RawResult};
+use lem_common::mig::MigMode;
 use lem_common::stats::{LatencyPercentiles, Summary};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +33,12 @@ pub struct EnergyTotals {
     /// Each measured device, in reading order.
     #[serde(default)]
     pub devices: Vec<DeviceEnergy>,
+    /// Gross energy in prefill and in decode passes, summed over devices; `None` unless
+    /// every measured device has a phase split.
+    #[serde(default)]
+    pub prefill_j: Option<f64>,
+    #[serde(default)]
+    pub decode_j: Option<f64>,
 }
 
 /// One measured device of one job.
@@ -42,6 +52,12 @@ pub struct DeviceEnergy {
     pub baseline_power_w: Option<f64>,
     pub net_j: Option<f64>,
     pub simulated: bool,
+    /// Prefill/decode split of `gross_j`, with its method.
+    #[serde(default)]
+    pub phases: Option<PhaseEnergy>,
+    /// `exclusive` or `shared` for a GPU in MIG mode or a MIG slice.
+    #[serde(default)]
+    pub mig_mode: Option<MigMode>,
 }
 
 /// Metrics of one job (one cycle's accepted attempt).
@@ -63,7 +79,26 @@ pub struct JobMetrics {
     pub ttft_ms: Option<LatencyPercentiles>,
     pub itl_ms: Option<LatencyPercentiles>,
     pub e2e_ms: Option<LatencyPercentiles>,
+    /// Time per output token after the first, one value per request:
+    /// (e2e − TTFT) / (output tokens − 1); requests with a single token are left out.
+    #[serde(default)]
+    pub tpot_ms: Option<LatencyPercentiles>,
+    /// Requests completed / measured wall time; `None` for a zero-length window.
+    #[serde(default)]
+    pub request_throughput_per_s: Option<f64>,
+    /// How requests arrived: "all at once" or the `latency_simulation` schedule, e.g.
+    /// "poisson 2 req/s (seed 7)". With "all at once", TTFT and e2e count from the start
+    /// of each request's batch (no queueing); otherwise from the request's arrival.
+    #[serde(default = "all_at_once")]
+    pub arrivals: String,
+    /// Arrivals per second actually scheduled: (n − 1) / (last − first arrival); `None`
+    /// when requests arrived all at once or fewer than two arrived at distinct times.
+    #[serde(default)]
+    pub achieved_arrival_rate_per_s: Option<f64>,
     pub energy: EnergyTotals,
+    /// Emissions of the gross energy, from the config's carbon inputs.
+    #[serde(default)]
+    pub carbon: Option<CarbonEstimate>,
     pub j_per_output_token: Option<f64>,
     pub output_tokens_per_j: Option<f64>,
     pub flops_total: f64,
@@ -88,6 +123,71 @@ pub struct ExperimentAggregate {
     pub warnings: Vec<String>,
 }
 
+/// Results stored before arrival schedules existed all had every request at once.
+fn all_at_once() -> String {
+    "all at once".into()
+}
+
+/// The arrival schedule named by a result's effective config (absent = all at once).
+fn arrivals_label(raw: &RawResult) -> String {
+    let cfg = &raw.effective_config;
+    let sim: LatencySimulation = cfg
+        .get("latency_simulation")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    let random_seed = cfg.get("random_seed").and_then(|v| v.as_u64());
+    arrivals::describe(&sim, random_seed)
+}
+
+/// (n − 1) arrivals over the span from the first to the last, per second.
+fn achieved_arrival_rate_per_s(raw: &RawResult) -> Option<f64> {
+    let offsets: Option<Vec<u64>> = raw.requests.iter().map(|r| r.arrival_offset_ns).collect();
+    let offsets = offsets?;
+    let first = *offsets.iter().min()?;
+    let last = *offsets.iter().max()?;
+    (last > first).then(|| (offsets.len() - 1) as f64 / ((last - first) as f64 / 1e9))
+}
+
+/// Carbon of one job: gross energy × PUE × grid intensity, with its inputs. No figure
+/// without a configured grid intensity (no silent default); a missing PUE is 1.0 and
+/// `pue_assumed` says so.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CarbonEstimate {
+    pub co2e_g: Option<f64>,
+    pub energy_kwh: Option<f64>,
+    pub pue: f64,
+    pub pue_assumed: bool,
+    pub grid_intensity_gco2e_per_kwh: Option<f64>,
+    /// Why `co2e_g` is missing, when it is.
+    pub unavailable_reason: Option<String>,
+}
+
+fn carbon_estimate(raw: &RawResult, total_j: Option<f64>) -> CarbonEstimate {
+    let cfg: CarbonConfig = raw
+        .effective_config
+        .get("carbon")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    let pue = cfg.pue.unwrap_or(1.0);
+    let energy_kwh = total_j.map(|j| j / 3.6e6);
+    let (co2e_g, unavailable_reason) = match (cfg.grid_intensity_gco2e_per_kwh, energy_kwh) {
+        (None, _) => (
+            None,
+            Some("no grid intensity configured (carbon.grid_intensity_gco2e_per_kwh)".into()),
+        ),
+        (Some(_), None) => (None, Some("no energy was measured".into())),
+        (Some(g), Some(kwh)) => (Some(kwh * pue * g), None),
+    };
+    CarbonEstimate {
+        co2e_g,
+        energy_kwh,
+        pue,
+        pue_assumed: cfg.pue.is_none(),
+        grid_intensity_gco2e_per_kwh: cfg.grid_intensity_gco2e_per_kwh,
+        unavailable_reason,
+    }
+}
+
 /// Metrics of one raw result.
 pub fn job_metrics(raw: &RawResult) -> JobMetrics {
     let input_tokens = raw.input_tokens();
@@ -105,6 +205,13 @@ pub fn job_metrics(raw: &RawResult) -> JobMetrics {
         .requests
         .iter()
         .flat_map(|r| r.itl_ns.iter().map(|&n| n as f64 / 1e6))
+        .collect();
+    // As `vllm bench serve`: the decode time of a request spread over its later tokens.
+    let tpot: Vec<f64> = raw
+        .requests
+        .iter()
+        .filter(|r| r.output_tokens > 1)
+        .map(|r| r.e2e_ns.saturating_sub(r.ttft_ns) as f64 / 1e6 / (r.output_tokens - 1) as f64)
         .collect();
 
     // The first token of each request comes from prefill; the rest from decode passes.
@@ -144,6 +251,11 @@ pub fn job_metrics(raw: &RawResult) -> JobMetrics {
         ttft_ms: LatencyPercentiles::of(&ttft),
         itl_ms: LatencyPercentiles::of(&itl),
         e2e_ms: LatencyPercentiles::of(&e2e),
+        tpot_ms: LatencyPercentiles::of(&tpot),
+        request_throughput_per_s: (wall_s > 0.0).then(|| raw.requests.len() as f64 / wall_s),
+        arrivals: arrivals_label(raw),
+        achieved_arrival_rate_per_s: achieved_arrival_rate_per_s(raw),
+        carbon: Some(carbon_estimate(raw, energy.total_j)),
         energy,
         j_per_output_token,
         output_tokens_per_j,
@@ -169,7 +281,9 @@ pub fn energy_totals(raw: &RawResult) -> EnergyTotals {
         match r.energy_mj {
             Some(mj) => {
                 let slot = match r.device_kind {
-                    DeviceKind::Gpu => &mut gpu,
+                    // A MIG slice's reading is the job's attributed share of its parent,
+                    // which is then not read as a GPU of this job.
+                    DeviceKind::Gpu | DeviceKind::MigSlice => &mut gpu,
                     DeviceKind::CpuPackage => &mut cpu,
                     DeviceKind::Dram => &mut dram,
                 };
@@ -188,6 +302,8 @@ pub fn energy_totals(raw: &RawResult) -> EnergyTotals {
                     baseline_power_w: r.baseline_power_w,
                     net_j: r.net_energy_mj.map(|n| n / 1000.0),
                     simulated: r.simulated,
+                    phases: r.phases.clone(),
+                    mig_mode: r.mig.as_ref().map(|m| m.mode),
                 });
             }
             None => missing.push(format!(
@@ -206,7 +322,20 @@ pub fn energy_totals(raw: &RawResult) -> EnergyTotals {
     } else {
         devices.iter().map(|d| d.net_j).sum::<Option<f64>>()
     };
+    let phase_sum = |f: fn(&PhaseEnergy) -> f64| -> Option<f64> {
+        if devices.is_empty() {
+            return None;
+        }
+        devices
+            .iter()
+            .map(|d| d.phases.as_ref().map(|p| f(p) / 1000.0))
+            .sum()
+    };
+    let prefill_j = phase_sum(|p| p.prefill_mj);
+    let decode_j = phase_sum(|p| p.decode_mj);
     EnergyTotals {
+        prefill_j,
+        decode_j,
         gpu_j: gpu,
         cpu_j: cpu,
         dram_j: dram,
@@ -271,11 +400,35 @@ pub fn aggregate_experiment(
     add("decode_tokens_per_s", &|m| m.decode_tokens_per_s);
     add("prefill_tokens_per_s", &|m| m.prefill_tokens_per_s);
     add("wall_s", &|m| Some(m.wall_s));
-    add("ttft_p50_ms", &|m| m.ttft_ms.as_ref().map(|p| p.p50));
-    add("itl_p50_ms", &|m| m.itl_ms.as_ref().map(|p| p.p50));
-    add("e2e_p50_ms", &|m| m.e2e_ms.as_ref().map(|p| p.p50));
+    // Latencies as `vllm bench serve` reports them: `{ttft,tpot,itl,e2e}_{mean,p50,p90,p99}_ms`.
+    type Pick = fn(&JobMetrics) -> Option<&LatencyPercentiles>;
+    let latencies: [(&str, Pick); 4] = [
+        ("ttft", |m| m.ttft_ms.as_ref()),
+        ("tpot", |m| m.tpot_ms.as_ref()),
+        ("itl", |m| m.itl_ms.as_ref()),
+        ("e2e", |m| m.e2e_ms.as_ref()),
+    ];
+    type Stat = fn(&LatencyPercentiles) -> f64;
+    let of_each: [(&str, Stat); 4] = [
+        ("mean", |p| p.mean),
+        ("p50", |p| p.p50),
+        ("p90", |p| p.p90),
+        ("p99", |p| p.p99),
+    ];
+    for (metric, pick) in latencies {
+        for (stat, value) in of_each {
+            add(&format!("{metric}_{stat}_ms"), &|m| pick(m).map(value));
+        }
+    }
+    add("request_throughput_per_s", &|m| m.request_throughput_per_s);
+    add("achieved_arrival_rate_per_s", &|m| {
+        m.achieved_arrival_rate_per_s
+    });
     add("energy_total_j", &|m| m.energy.total_j);
     add("energy_net_total_j", &|m| m.energy.net_total_j);
+    add("energy_prefill_j", &|m| m.energy.prefill_j);
+    add("energy_decode_j", &|m| m.energy.decode_j);
+    add("co2e_g", &|m| m.carbon.as_ref().and_then(|c| c.co2e_g));
     add("j_per_output_token", &|m| m.j_per_output_token);
     add("output_tokens_per_j", &|m| m.output_tokens_per_j);
     add("flops_per_s", &|m| Some(m.flops_per_s));
@@ -314,6 +467,9 @@ mod tests {
                 net_energy_mj: None,
                 simulated: false,
                 driver_version: None,
+                trace: None,
+                phases: None,
+                mig: None,
             },
             None => EnergyReading::unavailable(kind, id, "no powercap", 2_000_000_000),
         }
@@ -329,6 +485,7 @@ mod tests {
             e2e_ns: 100_000_000 + 50_000_000 * output.saturating_sub(1) as u64,
             stop_reason: StopReason::MaxTokens,
             output_text: None,
+            arrival_offset_ns: None,
         };
         RawResult {
             schema_version: RAW_RESULT_SCHEMA_VERSION,
@@ -434,6 +591,79 @@ mod tests {
     }
 
     #[test]
+    fn phases_add_up_only_when_every_device_has_a_split() {
+        let split = |p, d| {
+            Some(PhaseEnergy {
+                method: PhaseSplitMethod::CounterAtBoundaries,
+                prefill_mj: p,
+                decode_mj: d,
+                other_mj: 0.0,
+            })
+        };
+        let mut gpu = reading(DeviceKind::Gpu, "gpu-0", Some(500_000.0));
+        gpu.phases = split(100_000.0, 400_000.0);
+        let mut cpu = reading(DeviceKind::CpuPackage, "package-0", Some(40_000.0));
+        cpu.phases = split(10_000.0, 30_000.0);
+        let e = energy_totals(&raw(0, 2_000_000_000, vec![gpu.clone(), cpu.clone()]));
+        assert_eq!(e.prefill_j, Some(110.0));
+        assert_eq!(e.decode_j, Some(430.0));
+        cpu.phases = None;
+        let e = energy_totals(&raw(0, 2_000_000_000, vec![gpu, cpu]));
+        assert_eq!(e.prefill_j, None);
+        assert_eq!(e.decode_j, None);
+    }
+
+    #[test]
+    fn a_mig_slice_counts_as_the_jobs_gpu_energy() {
+        let mut slice = reading(DeviceKind::MigSlice, "MIG-a", Some(3_000.0));
+        slice.mig = Some(
+            lem_common::mig::attribute(
+                "GPU-0",
+                7_000,
+                None,
+                1_000_000_000,
+                7,
+                vec![lem_common::mig::SliceInput {
+                    slice_id: "MIG-a".into(),
+                    profile: "3g.20gb".into(),
+                    compute_slices: 3,
+                    sm_count: 42,
+                    allocated: true,
+                    owned_by_job: true,
+                    sm_activity: None,
+                }],
+            )
+            .unwrap(),
+        );
+        let e = energy_totals(&raw(0, 1_000_000_000, vec![slice]));
+        assert_eq!(e.gpu_j, Some(3.0));
+        assert_eq!(e.devices[0].mig_mode, Some(MigMode::Shared));
+    }
+
+    #[test]
+    fn carbon_needs_a_grid_intensity_and_says_when_pue_is_assumed() {
+        let gpu = reading(DeviceKind::Gpu, "gpu-0", Some(3_600_000.0)); // 3.6 kJ = 1 Wh
+        let mut r = raw(0, 2_000_000_000, vec![gpu]);
+        let c = job_metrics(&r).carbon.unwrap();
+        assert_eq!(c.co2e_g, None);
+        assert!(c.unavailable_reason.unwrap().contains("grid intensity"));
+        r.effective_config = serde_json::json!({"carbon": {"grid_intensity_gco2e_per_kwh": 400.0}});
+        let c = job_metrics(&r).carbon.unwrap();
+        assert!(close(c.co2e_g.unwrap(), 0.4), "{c:?}");
+        assert!(c.pue_assumed);
+        r.effective_config =
+            serde_json::json!({"carbon": {"pue": 1.5, "grid_intensity_gco2e_per_kwh": 400.0}});
+        let c = job_metrics(&r).carbon.unwrap();
+        assert!(close(c.co2e_g.unwrap(), 0.6), "{c:?}");
+        assert!(!c.pue_assumed);
+        // No energy: no carbon, with the reason.
+        r.energy = vec![reading(DeviceKind::Gpu, "gpu-0", None)];
+        let c = job_metrics(&r).carbon.unwrap();
+        assert_eq!(c.co2e_g, None);
+        assert!(c.unavailable_reason.unwrap().contains("no energy"));
+    }
+
+    #[test]
     fn unavailable_energy_stays_null_with_reasons() {
         let r = raw(
             0,
@@ -451,6 +681,93 @@ mod tests {
         assert!(m.energy.missing[0].contains("no powercap"));
         let agg = aggregate_experiment("exp", "c", "m", 1, &[r]);
         assert!(!agg.stats.contains_key("energy_total_j"));
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn serving_latencies_are_computed_as_vllm_bench_serve_does() {
+        let mut r = raw(0, 2_000_000_000, vec![]);
+        let m = job_metrics(&r);
+        assert_eq!(m.arrivals, "all at once");
+        assert_eq!(m.achieved_arrival_rate_per_s, None, "no schedule, no rate");
+        assert_eq!(m.request_throughput_per_s, Some(1.0));
+        // Both requests: (e2e − ttft) / (n − 1) = 50 ms.
+        assert_eq!(m.tpot_ms.as_ref().unwrap().mean, 50.0);
+
+        // Three requests arriving at 0, 0.5 s and 1.5 s under a Poisson schedule; the
+        // single-token one has no TPOT.
+        r.effective_config = serde_json::json!({
+            "random_seed": 3,
+            "latency_simulation": {"enabled": true, "mode": "poisson", "target_qps": 2.0}
+        });
+        r.requests[1].output_tokens = 3;
+        r.requests[1].itl_ns = vec![50_000_000, 150_000_000];
+        r.requests[1].e2e_ns = 300_000_000; // TPOT (300 − 100) / 2 = 100 ms
+        let mut single = r.requests[0].clone();
+        single.index = 2;
+        single.output_tokens = 1;
+        single.itl_ns = vec![];
+        single.ttft_ns = 400_000_000;
+        single.e2e_ns = 400_000_000;
+        r.requests.push(single);
+        for (req, at_ns) in r.requests.iter_mut().zip([0, 500_000_000, 1_500_000_000]) {
+            req.arrival_offset_ns = Some(at_ns);
+        }
+        let m = job_metrics(&r);
+        assert_eq!(m.arrivals, "poisson 2 req/s (seed 3)");
+        assert!(close(m.achieved_arrival_rate_per_s.unwrap(), 2.0 / 1.5));
+        assert_eq!(m.request_throughput_per_s, Some(1.5));
+        let tpot = m.tpot_ms.as_ref().unwrap();
+        assert_eq!((tpot.mean, tpot.p50), (75.0, 75.0));
+        assert!(close(tpot.p90, 95.0) && close(tpot.p99, 99.5), "{tpot:?}");
+        let ttft = m.ttft_ms.as_ref().unwrap();
+        assert_eq!((ttft.mean, ttft.p50), (200.0, 100.0));
+        // ITL pools every gap of every request: 50, 50, 50, 50, 150.
+        let itl = m.itl_ms.as_ref().unwrap();
+        assert_eq!((itl.mean, itl.p50, itl.max), (70.0, 50.0, 150.0));
+        assert_eq!(m.e2e_ms.as_ref().unwrap().p50, 300.0);
+
+        let agg = aggregate_experiment("exp", "c", "m", 1, &[r.clone()]);
+        for metric in ["ttft", "tpot", "itl", "e2e"] {
+            for stat in ["mean", "p50", "p90", "p99"] {
+                assert!(agg.stats.contains_key(&format!("{metric}_{stat}_ms")));
+            }
+        }
+        assert!(close(agg.stats["tpot_p99_ms"].mean, 99.5));
+        assert_eq!(agg.stats["request_throughput_per_s"].mean, 1.5);
+        assert!(agg.stats.contains_key("achieved_arrival_rate_per_s"));
+
+        // Every request single-token: TPOT cannot be computed, so it is absent, not 0.
+        for req in &mut r.requests {
+            req.output_tokens = 1;
+            req.itl_ns.clear();
+        }
+        let m = job_metrics(&r);
+        assert_eq!(m.tpot_ms, None);
+        assert_eq!(m.itl_ms, None);
+        let agg = aggregate_experiment("exp", "c", "m", 1, &[r]);
+        assert!(!agg.stats.contains_key("tpot_p50_ms"));
+        assert!(!agg.stats.contains_key("itl_mean_ms"));
+    }
+
+    #[test]
+    fn aggregates_stored_before_arrivals_still_load() {
+        let m = job_metrics(&raw(0, 1_000_000_000, vec![]));
+        let mut v = serde_json::to_value(&m).unwrap();
+        for field in [
+            "tpot_ms",
+            "request_throughput_per_s",
+            "arrivals",
+            "achieved_arrival_rate_per_s",
+        ] {
+            v.as_object_mut().unwrap().remove(field);
+        }
+        let old: JobMetrics = serde_json::from_value(v).unwrap();
+        assert_eq!(old.arrivals, "all at once");
+        assert_eq!(old.tpot_ms, None);
     }
 
     #[test]

@@ -106,3 +106,60 @@ fn gpus_without_nvml_says_so_and_exits_zero() {
     assert_eq!(v["gpus"], json!([]));
     assert!(v["reason"].as_str().unwrap().contains("cannot load"));
 }
+
+#[test]
+fn gpus_lists_mig_instances_under_their_parent() {
+    let lib = fake_library();
+    let scenario_path = support::repo_root().join("tests/fake-nvml/scenarios/a100-mig.json");
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(&scenario_path).unwrap()).unwrap();
+    let env = [
+        ("FAKE_NVML_SCENARIO", scenario_path.as_path()),
+        ("LEM_NVML_LIB", lib.as_path()),
+    ];
+    let out = lem(&["gpus", "--json"], &env);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gpu = &v["gpus"][0];
+    assert_eq!(gpu["mig_mode"]["current"], true);
+    let want = s["gpus"][0]["mig_instances"].as_array().unwrap();
+    let got = gpu["mig_instances"].as_array().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g["mig_index"], i);
+        assert_eq!(g["parent_index"], 0);
+        assert_eq!(g["parent_uuid"], s["gpus"][0]["uuid"]);
+        assert_eq!(g["uuid"], w["uuid"]);
+        assert_eq!(g["gpu_instance_id"], w["gpu_instance_id"]);
+        assert_eq!(g["compute_instance_id"], w["compute_instance_id"]);
+        assert_eq!(g["compute_slices"], w["slices"]);
+        assert_eq!(g["sm_count"], w["sm_count"]);
+        assert_eq!(g["memory_total_bytes"], w["memory_total_bytes"]);
+        // Derived by lem from slices and memory; the scenario names it for reference.
+        assert_eq!(g["profile"], w["profile"]);
+    }
+
+    let out = lem(&["gpus"], &env);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let parent = lines.iter().position(|l| l.starts_with("0 ")).unwrap();
+    assert!(lines[parent].contains("NVIDIA A100-SXM4-40GB"));
+    // Slices follow their parent, indented, with profile, UUID and instance ids.
+    for (k, w) in want.iter().enumerate() {
+        let l = lines[parent + 1 + k];
+        assert!(l.starts_with(&format!("  0:{k}")), "{l}");
+        assert!(
+            l.contains(&format!("MIG {}", w["profile"].as_str().unwrap())),
+            "{l}"
+        );
+        assert!(l.contains(w["uuid"].as_str().unwrap()), "{l}");
+        assert!(
+            l.contains(&format!("GI {} CI 0", w["gpu_instance_id"])),
+            "{l}"
+        );
+        assert!(
+            l.contains(&format!("{} slices, {} SMs", w["slices"], w["sm_count"])),
+            "{l}"
+        );
+    }
+}

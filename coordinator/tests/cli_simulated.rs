@@ -120,3 +120,228 @@ fn simulated_node_reports_gross_baseline_and_net_energy() {
     assert!((j_per_tok - gross_j / output_tokens).abs() <= 1e-9 * j_per_tok.abs().max(1.0));
     assert!(cycle["energy"]["net_total_j"].is_number());
 }
+
+/// Runs `lem experiment` on `scenario` with extra config lines and env; returns the
+/// aggregate JSON, the first raw result and the human summary of `results show`.
+fn run_simulated(
+    dir: &std::path::Path,
+    scenario: &Value,
+    extra_config: &str,
+    env: &[(&str, &str)],
+) -> (Value, Value, String) {
+    let lib = dir.join("libnvidia-ml.so.1");
+    std::fs::copy(fake_library(), &lib).unwrap();
+    let scenario_path = dir.join("scenario.json");
+    std::fs::write(&scenario_path, scenario.to_string()).unwrap();
+    let config = dir.join("sim.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "_extends: {}\nidle_baseline_s: 0.5\n{extra_config}",
+            repo_root().join("configs/examples/quick.yaml").display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("powercap")).unwrap();
+    let lem = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lem"));
+        c.env_remove("LEM_DATA_DIR")
+            .env_remove("CUDA_VISIBLE_DEVICES")
+            .env("HF_HUB_OFFLINE", "1")
+            .env("LEM_POWERCAP_ROOT", dir.join("powercap"))
+            .env("LEM_NVML_LIB", &lib)
+            .env("FAKE_NVML_SCENARIO", &scenario_path)
+            .arg("--data-dir")
+            .arg(dir.join("results"))
+            .current_dir(repo_root())
+            .args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        eprintln!(
+            "--- lem {args:?}\n{}--- stderr\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "lem {args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let agg: Value = serde_json::from_str(&lem(&[
+        "experiment",
+        config.to_str().unwrap(),
+        "-n",
+        "2",
+        "--max-tokens",
+        "8",
+        "--json",
+    ]))
+    .unwrap();
+    let id = agg["experiment_id"].as_str().unwrap().to_owned();
+    let raws: Value =
+        serde_json::from_str(&lem(&["results", "show", &id, "--raw", "--json"])).unwrap();
+    let summary = lem(&["results", "show", &id]);
+    (agg, raws[0].clone(), summary)
+}
+
+#[test]
+fn phases_trace_and_carbon_on_a_simulated_node() {
+    if !model_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A 1 ms counter, so prefill and decode segments of tens of ms can be split by
+    // the counter itself.
+    let s = json!({ "step_ms": 1,
+        "gpus": [ { "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-00000000-0000-4000-8000-000000000201",
+                    "power": [[0.0, POWER_W]], "temperature_c": [[0.0, 40]] } ] });
+    let (agg, raw, summary) = run_simulated(
+        dir.path(),
+        &s,
+        "sample_period_ms: 20\ncarbon: {pue: 1.5, grid_intensity_gco2e_per_kwh: 400}\n",
+        &[],
+    );
+    let gpu = raw["energy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["device_kind"] == "gpu")
+        .unwrap();
+    let gross_mj = gpu["energy_mj"].as_f64().unwrap();
+    // The sampler's trace rides beside the counter at the configured period.
+    let trace = &gpu["trace"];
+    assert_eq!(trace["period_ms"], 20.0);
+    let samples = trace["samples"].as_array().unwrap();
+    let window_s = gpu["window_ns"].as_f64().unwrap() / 1e9;
+    assert!(
+        samples.len() as f64 >= 0.5 * window_s / 0.02,
+        "{} samples over {window_s} s",
+        samples.len()
+    );
+    assert_eq!(samples[1]["temperature_c"], 40);
+    // Phases: prefill + decode + between-batch time is the gross energy.
+    let p = &gpu["phases"];
+    assert!(p.is_object(), "no phase split: {gpu}");
+    let parts: f64 = ["prefill_mj", "decode_mj", "other_mj"]
+        .iter()
+        .map(|k| p[k].as_f64().unwrap())
+        .sum();
+    assert!(
+        (parts - gross_mj).abs() < 1e-6 * gross_mj,
+        "{p} vs {gross_mj}"
+    );
+    assert!(p["prefill_mj"].as_f64().unwrap() > 0.0 && p["decode_mj"].as_f64().unwrap() > 0.0);
+    let cycle = &agg["cycles"][0];
+    assert!(cycle["energy"]["prefill_j"].is_number());
+    assert!(cycle["energy"]["decode_j"].is_number());
+    // Carbon: gross kWh × 1.5 × 400 g.
+    let total_j = cycle["energy"]["total_j"].as_f64().unwrap();
+    let co2 = cycle["carbon"]["co2e_g"].as_f64().unwrap();
+    assert!((co2 - total_j / 3.6e6 * 1.5 * 400.0).abs() < 1e-9, "{co2}");
+    assert!(summary.contains("energy in prefill"), "{summary}");
+    assert!(summary.contains("decode"), "{summary}");
+    assert!(summary.contains("gCO2e"), "{summary}");
+}
+
+#[test]
+fn a_job_on_one_mig_slice_gets_its_attributed_share() {
+    if !model_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let scenario: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("tests/fake-nvml/scenarios/a100-mig.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let slice = "MIG-a1000000-3g20-4000-8000-000000000001";
+    let (agg, raw, summary) = run_simulated(
+        dir.path(),
+        &scenario,
+        "",
+        &[("CUDA_VISIBLE_DEVICES", slice)],
+    );
+    let readings = raw["energy"].as_array().unwrap();
+    let r = readings
+        .iter()
+        .find(|r| r["device_kind"] == "mig_slice")
+        .unwrap_or_else(|| panic!("no MIG slice reading: {readings:?}"));
+    assert_eq!(r["device_id"], slice);
+    assert!(
+        !readings.iter().any(|r| r["device_kind"] == "gpu"),
+        "the parent is not also charged to the job"
+    );
+    let mig = &r["mig"];
+    assert_eq!(mig["mode"], "shared");
+    // Conservation, exactly, from the stored inputs.
+    let shares: i64 = mig["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["energy_mj"].as_i64().unwrap())
+        .sum();
+    let parent = mig["parent_energy_mj"].as_i64().unwrap();
+    assert_eq!(shares + mig["unattributed_mj"].as_i64().unwrap(), parent);
+    let mine = mig["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["slice_id"] == slice)
+        .unwrap()["energy_mj"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(r["energy_mj"].as_f64().unwrap(), mine);
+    assert!(mine > 0.0 && (mine as i64) < parent);
+    let dev = &agg["cycles"][0]["energy"]["devices"][0];
+    assert_eq!(dev["mig_mode"], "shared");
+    assert!(summary.contains("MIG slice"), "{summary}");
+    assert!(summary.contains("simulated"), "{summary}");
+}
+
+#[test]
+fn gpu_check_window_compares_counter_and_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libnvidia-ml.so.1");
+    std::fs::copy(fake_library(), &lib).unwrap();
+    let scenario = dir.path().join("s.json");
+    let s = json!({ "gpus": [ { "name": "NVIDIA H100 80GB HBM3",
+        "uuid": "GPU-00000000-0000-4000-8000-000000000202", "power": [[0.0, 300.0]] } ] });
+    std::fs::write(&scenario, s.to_string()).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lem"))
+            .env("LEM_NVML_LIB", &lib)
+            .env("FAKE_NVML_SCENARIO", &scenario)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let w = run(&[
+        "gpu-check",
+        "window",
+        "--seconds",
+        "1.5",
+        "--sample-period-ms",
+        "10",
+        "--json",
+    ]);
+    let g = &w[0];
+    assert_eq!(g["simulated"], true);
+    // 300 W steady; the counter moves in 100 ms steps: within one step of 300 W × window.
+    let window_s = g["window_s"].as_f64().unwrap();
+    let counter_j = g["energy_j"].as_f64().unwrap();
+    assert!((counter_j - 300.0 * window_s).abs() <= 30.0 + 1e-3, "{g}");
+    // The trace integral of a steady 300 W is exact; it differs from the counter only by
+    // the counter's step.
+    let trace_j = g["trace_energy_j"].as_f64().unwrap();
+    assert!((trace_j - 300.0 * window_s).abs() < 0.5, "{g}");
+    assert!(g["trace_samples"].as_u64().unwrap() > 50);
+    let p = run(&["gpu-check", "periods", "--seconds", "1.2", "--json"]);
+    let med = p[0]["counter_period_median_ms"].as_f64().unwrap();
+    assert!((med - 100.0).abs() < 15.0, "counter period {med} ms: {p}");
+}

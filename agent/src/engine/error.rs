@@ -32,6 +32,24 @@ pub enum EngineError {
     )]
     UnsupportedArchitecture { path: PathBuf, architecture: String },
 
+    #[error("{path} is not a readable safetensors file: {source}")]
+    Safetensors {
+        path: PathBuf,
+        source: Box<candle_core::Error>,
+    },
+
+    #[error("{path}: `{field}`: {reason}")]
+    Config {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
+
+    #[error(
+        "{path}: unsupported architecture `{architecture}` (`architectures` in config.json); this engine runs LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM"
+    )]
+    UnsupportedHfArchitecture { path: PathBuf, architecture: String },
+
     #[error("{path}: tensor `{name}` is missing")]
     MissingTensor { path: PathBuf, name: String },
 

@@ -184,6 +184,7 @@ impl Engine {
                 ),
             });
         }
+        self.check_window(needed)?;
         let mut cache = self.take_cache(b, needed)?;
 
         let eos = self.tokenizer.eos_token_ids().to_vec();
@@ -309,6 +310,7 @@ impl Engine {
                 self.max_seq_len
             )));
         }
+        self.check_window(width)?;
         let mut cache = self.take_cache(prompts.len(), width)?;
         let (tokens, pads) = left_pad(prompts, width, self.tokenizer.eos_token_ids()[0]);
         let logits = self
@@ -318,6 +320,17 @@ impl Engine {
             .map_err(EngineError::compute("forward pass"))?;
         self.cache = Some(cache);
         Ok(logits)
+    }
+
+    /// Mistral-style sliding-window models: lem attends over the whole context, which
+    /// equals windowed attention only while every sequence fits in the window.
+    fn check_window(&self, positions: usize) -> Result<(), EngineError> {
+        match self.model.config().sliding_window {
+            Some(w) if positions > w => Err(EngineError::InvalidParams(format!(
+                "{positions} positions (prompt + new tokens) exceed the model's sliding_window {w} (config.json); lem does not implement sliding-window attention"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The KV cache for a `batch`-row run of `needed` columns: the previous one when it

@@ -263,6 +263,8 @@ impl GgufFile {
 /// Hyper-parameters of a Llama-family model, from the `llama.*` keys.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct LlamaConfig {
+    /// `llama` for GGUF; `llama`, `mistral` or `qwen2` for safetensors (config.json).
+    pub architecture: String,
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_layers: usize,
@@ -273,6 +275,9 @@ pub(crate) struct LlamaConfig {
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub context_length: Option<u64>,
+    /// Mistral-style sliding-window attention span; lem attends over the full context, so
+    /// sequences longer than this are refused (identical results up to the window).
+    pub sliding_window: Option<usize>,
 }
 
 impl LlamaConfig {
@@ -348,6 +353,7 @@ impl LlamaConfig {
         // 10000 is the Llama default when converters omit the key.
         let rope_theta = g.opt_f64("llama.rope.freq_base")?.unwrap_or(10_000.0);
         Ok(Self {
+            architecture: "llama".into(),
             hidden_size,
             intermediate_size: g.dim("llama.feed_forward_length")?,
             num_layers: g.dim("llama.block_count")?,
@@ -358,6 +364,7 @@ impl LlamaConfig {
             rms_norm_eps,
             rope_theta,
             context_length: g.opt_u64("llama.context_length")?,
+            sliding_window: None,
         })
     }
 }

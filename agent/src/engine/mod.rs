@@ -1,14 +1,19 @@
-//! Inference engine: GGUF loading, tokenizer, batched generation with per-token timing.
+//! Inference engine: model loading, tokenizer, batched generation with per-token timing.
 //!
 //! `Engine::load_gguf` reads a Llama-family GGUF (optionally re-quantising Q4_1 weights to
-//! Q8_0 for candle's AVX2 kernels), builds the tokenizer, and `Engine::generate` runs a
-//! batch of token prompts with a preallocated KV cache. See docs/engine.md.
+//! Q8_0 for candle's AVX2 kernels); `Engine::load_safetensors` reads a Hugging Face
+//! Llama/Mistral/Qwen2 directory at f32/f16/bf16 or quantised on load. Both build the same
+//! model; `Engine::generate` runs a batch of token prompts with a preallocated KV cache.
+//! See docs/engine.md.
 
 mod attention;
 mod error;
 mod generate;
 mod gguf;
 mod model;
+mod safetensors;
+#[cfg(test)]
+mod safetensors_tests;
 pub mod sampling;
 mod tokenizer;
 
@@ -16,12 +21,13 @@ pub use error::EngineError;
 pub use generate::{
     BatchOutput, GeneratedSequence, GenerationObserver, GenerationParams, NoopObserver,
 };
+pub use safetensors::{FloatPrecision, LoadQuantization};
 pub use tokenizer::{ChatFormat, LemTokenizer};
 
 use candle_core::Device;
 use gguf::{GgufFile, LlamaConfig};
 use lem_common::domain::{ComputeDevice, ModelInfo, TransformerShape};
-use model::{KvCache, LlamaModel};
+use model::{KvCache, LlamaModel, MatmulMode};
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::Instant;
@@ -37,6 +43,12 @@ pub struct LoadOptions {
     pub requantize_q4_1_to_q8_0: bool,
     /// KV cache capacity per row (prompt + generated tokens) and rotary table length.
     pub max_seq_len: usize,
+    /// Safetensors models: the dtype weights are stored and multiplied in (norms, softmax,
+    /// attention and the KV cache stay f32). GGUF weights keep their stored types.
+    pub precision: FloatPrecision,
+    /// Safetensors models: quantise the decoder layers' linear weights at load (the
+    /// embedding and LM head stay in `precision`). Ignored for GGUF (already quantised).
+    pub quantization: Option<LoadQuantization>,
 }
 
 impl Default for LoadOptions {
@@ -45,6 +57,8 @@ impl Default for LoadOptions {
             cpu_threads: None,
             requantize_q4_1_to_q8_0: true,
             max_seq_len: 2048,
+            precision: FloatPrecision::F32,
+            quantization: None,
         }
     }
 }
@@ -52,25 +66,27 @@ impl Default for LoadOptions {
 /// What was loaded and how it computes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineInfo {
-    /// The GGUF file.
+    /// The GGUF file or the safetensors model directory.
     pub path: PathBuf,
-    /// `gguf`.
+    /// `gguf` or `safetensors`.
     pub format: String,
-    /// e.g. `Q8_0 (requantised from Q4_1)`.
+    /// e.g. `Q8_0 (requantised from Q4_1)`, `BF16`,
+    /// `Q8_0 (quantised on load from BF16); embeddings and LM head BF16`.
     pub weight_dtype: String,
-    /// `f32`: activations, attention and the KV cache.
+    /// `f32` (activations, attention and the KV cache), or e.g.
+    /// `bf16 matmuls (f32 accumulation), f32 norms/softmax/attention/KV cache`.
     pub compute_dtype: String,
     pub num_parameters: u64,
     pub shape: TransformerShape,
     /// `tokenizer.json` or `gguf-metadata`.
     pub tokenizer_source: String,
     pub eos_token_ids: Vec<u32>,
-    /// `llama.context_length` (what the model was trained for).
+    /// `llama.context_length` / `max_position_embeddings` (what the model was trained for).
     pub context_length: Option<u64>,
     /// KV cache capacity per row in this engine.
     pub max_seq_len: usize,
     pub device: ComputeDevice,
-    /// Time `load_gguf` took.
+    /// Time the load took.
     pub load_ns: u64,
 }
 
@@ -118,7 +134,7 @@ impl Engine {
             &device,
         )?;
         let shape = TransformerShape {
-            architecture: "llama".into(),
+            architecture: cfg.architecture.clone(),
             hidden_size: cfg.hidden_size as u64,
             intermediate_size: cfg.intermediate_size as u64,
             num_layers: cfg.num_layers as u64,
@@ -156,6 +172,108 @@ impl Engine {
             max_seq_len: opts.max_seq_len,
             cache: None,
         })
+    }
+
+    /// Loads a Hugging Face model directory: `config.json` (`LlamaForCausalLM`,
+    /// `MistralForCausalLM` or `Qwen2ForCausalLM`) with `model.safetensors`, or shards
+    /// listed in `model.safetensors.index.json`. The tokenizer is `tokenizer_json` when
+    /// given, else `dir/tokenizer.json`; EOS ids come from `config.json`,
+    /// `generation_config.json` and `tokenizer_config.json`, the chat template from the
+    /// latter. Weights are converted to `opts.precision`, or the decoder layers' linear
+    /// weights quantised to `opts.quantization`; Q/K rows are reordered at load for the
+    /// interleaved rotary the forward pass uses. Errors name the file and the field or
+    /// tensor.
+    pub fn load_safetensors(
+        dir: &Path,
+        tokenizer_json: Option<&Path>,
+        opts: &LoadOptions,
+    ) -> Result<Engine, EngineError> {
+        let t0 = Instant::now();
+        if opts.max_seq_len < 2 {
+            return Err(EngineError::InvalidParams(format!(
+                "max_seq_len {} is too small",
+                opts.max_seq_len
+            )));
+        }
+        let threads = configure_threads(opts.cpu_threads);
+        let device = Device::Cpu;
+        let hf = safetensors::HfConfig::read(dir)?;
+        let default_tokenizer = dir.join("tokenizer.json");
+        let tokenizer_path = tokenizer_json.unwrap_or(&default_tokenizer);
+        let tokenizer = LemTokenizer::from_hf(
+            tokenizer_path,
+            hf.eos_token_ids.clone(),
+            hf.eos_token.as_deref(),
+            hf.chat_template.as_deref(),
+            &hf.config_path,
+        )?;
+        let files = safetensors::SafetensorsSet::open(dir)?;
+        let num_parameters = files.num_parameters();
+        let (weights, report) =
+            safetensors::load_weights(&files, &hf, opts.precision, opts.quantization)?;
+        drop(files);
+        let cfg = hf.cfg.clone();
+        if let Some(w) = cfg.sliding_window.filter(|&w| w < opts.max_seq_len) {
+            tracing::warn!(
+                sliding_window = w,
+                max_seq_len = opts.max_seq_len,
+                "lem attends over the full context; sequences longer than the sliding window are refused"
+            );
+        }
+        let model = LlamaModel::assemble(
+            cfg.clone(),
+            weights,
+            MatmulMode::Native,
+            opts.max_seq_len,
+            &device,
+        )?;
+        let shape = TransformerShape {
+            architecture: cfg.architecture.clone(),
+            hidden_size: cfg.hidden_size as u64,
+            intermediate_size: cfg.intermediate_size as u64,
+            num_layers: cfg.num_layers as u64,
+            num_attention_heads: cfg.num_heads as u64,
+            num_kv_heads: cfg.num_kv_heads as u64,
+            head_dim: cfg.head_dim as u64,
+            vocab_size: cfg.vocab_size as u64,
+            gated_mlp: true,
+        };
+        let info = EngineInfo {
+            path: dir.to_path_buf(),
+            format: "safetensors".into(),
+            weight_dtype: report.weight_dtype(),
+            compute_dtype: report.compute_dtype(),
+            num_parameters,
+            shape,
+            tokenizer_source: tokenizer.source().to_string(),
+            eos_token_ids: tokenizer.eos_token_ids().to_vec(),
+            context_length: cfg.context_length,
+            max_seq_len: opts.max_seq_len,
+            device: cpu_device(threads),
+            load_ns: t0.elapsed().as_nanos() as u64,
+        };
+        tracing::info!(
+            path = %dir.display(),
+            weights = %info.weight_dtype,
+            compute = %info.compute_dtype,
+            params = num_parameters,
+            threads,
+            "model loaded"
+        );
+        Ok(Engine {
+            model,
+            tokenizer,
+            info,
+            max_seq_len: opts.max_seq_len,
+            cache: None,
+        })
+    }
+
+    /// Storage of the matmul weights (layer 0's projections, embedding, LM head), for
+    /// tests that check what precision and quantisation options did.
+    #[cfg(test)]
+    pub(crate) fn weight_storage(&self) -> Vec<(&'static str, model::WeightStorage)> {
+        self.model.weight_storage()
     }
 
     pub fn info(&self) -> &EngineInfo {

@@ -16,36 +16,91 @@ use std::sync::Arc;
 
 struct Layer {
     attn_norm: Tensor,
-    /// Q, K, V.
+    /// Q, K, V (with their biases for Qwen2).
     qkv: Projection,
     wo: QMatMul,
+    wo_bias: Option<Tensor>,
     ffn_norm: Tensor,
     /// Gate, up.
     gate_up: Projection,
     w_down: QMatMul,
 }
 
+/// How the weight matrices are multiplied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MatmulMode {
+    /// candle's `QMatMul::from_arc`: float weights (F32/F16/BF16) are widened to f32 and
+    /// run as gemm, quantised ones through the vec_dot kernels. The GGUF path.
+    Ggml,
+    /// Every weight runs through candle's vec_dot kernels in the type it is stored in, floats
+    /// included: F16/BF16 weights multiply activations rounded to F16/BF16, accumulating in
+    /// f32 (AVX kernels). Each output element is one dot product whatever the number of
+    /// rows, so a row computes the same bits alone and in a batch. The safetensors path.
+    Native,
+}
+
+/// Where one matrix's product is computed, for tests.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WeightStorage {
+    /// Stored as this ggml type and multiplied by its vec_dot kernel.
+    Kernel(GgmlDType),
+    /// A dense candle tensor multiplied by gemm.
+    Dense(DType),
+}
+
+#[cfg(test)]
+fn storage_of(m: &QMatMul) -> WeightStorage {
+    match m {
+        QMatMul::QTensor(t) => WeightStorage::Kernel(t.dtype()),
+        QMatMul::Tensor(t) => WeightStorage::Dense(t.dtype()),
+        QMatMul::TensorF16(_) => WeightStorage::Dense(DType::F16),
+    }
+}
+
+fn build_matmul(t: QTensor, mode: MatmulMode) -> Result<QMatMul, EngineError> {
+    match mode {
+        MatmulMode::Ggml => qmatmul(t),
+        MatmulMode::Native => Ok(QMatMul::QTensor(Arc::new(t))),
+    }
+}
+
 /// Several matrices applied to the same input. When they share a storage type they are
 /// stacked into one quantised matrix: one activation quantisation and one pass over the
 /// thread pool instead of several (each output element is the same dot product, so the
 /// result is bit-identical), which matters at batch 1 where a decode step is mostly
-/// per-op overhead.
-enum Projection {
+/// per-op overhead. `bias` (f32, all parts' biases concatenated) is added after.
+struct Projection {
+    kind: ProjectionKind,
+    bias: Option<Tensor>,
+}
+
+enum ProjectionKind {
     Fused { w: QMatMul, widths: Vec<usize> },
     Separate(Vec<QMatMul>),
 }
 
 impl Projection {
-    fn new(parts: Vec<QTensor>, device: &Device) -> Result<Self, EngineError> {
+    fn new(
+        parts: Vec<QTensor>,
+        bias: Option<Tensor>,
+        mode: MatmulMode,
+        device: &Device,
+    ) -> Result<Self, EngineError> {
         let dtype = parts[0].dtype();
         let cols = parts[0].shape().dims()[1];
         let same = parts
             .iter()
             .all(|t| t.dtype() == dtype && t.shape().dims()[1] == cols);
         if !same || !device.is_cpu() {
-            return Ok(Self::Separate(
-                parts.into_iter().map(qmatmul).collect::<Result<_, _>>()?,
-            ));
+            let ws = parts
+                .into_iter()
+                .map(|t| build_matmul(t, mode))
+                .collect::<Result<_, _>>()?;
+            return Ok(Self {
+                kind: ProjectionKind::Separate(ws),
+                bias,
+            });
         }
         let widths: Vec<usize> = parts.iter().map(|t| t.shape().dims()[0]).collect();
         let mut bytes = Vec::new();
@@ -56,34 +111,90 @@ impl Projection {
                 .map_err(EngineError::compute("reading quantised weights"))?;
             bytes.extend_from_slice(&data);
         }
+        drop(parts);
         let storage = QStorage::from_data(Cow::Owned(bytes), device, dtype)
             .map_err(EngineError::compute("stacking quantised weights"))?;
         let stacked = QTensor::new(storage, (widths.iter().sum::<usize>(), cols))
             .map_err(EngineError::compute("stacking quantised weights"))?;
-        Ok(Self::Fused {
-            w: qmatmul(stacked)?,
-            widths,
+        Ok(Self {
+            kind: ProjectionKind::Fused {
+                w: build_matmul(stacked, mode)?,
+                widths,
+            },
+            bias,
         })
     }
 
     /// One output per matrix, split on the last dimension.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        match self {
-            Self::Separate(ws) => ws.iter().map(|w| w.forward(x)).collect(),
-            Self::Fused { w, widths } => {
-                let y = w.forward(x)?;
-                let mut start = 0;
-                widths
+        let (y, widths) = match &self.kind {
+            ProjectionKind::Separate(ws) => {
+                let ys: Vec<Tensor> = ws.iter().map(|w| w.forward(x)).collect::<Result<_, _>>()?;
+                let Some(bias) = &self.bias else {
+                    return Ok(ys);
+                };
+                let widths: Vec<usize> = ys
                     .iter()
-                    .map(|&n| {
-                        let part = y.narrow(D::Minus1, start, n);
-                        start += n;
-                        part
-                    })
-                    .collect()
+                    .map(|y| y.dim(D::Minus1))
+                    .collect::<Result<_, _>>()?;
+                let y = Tensor::cat(&ys, D::Minus1)?.broadcast_add(bias)?;
+                (y, widths)
             }
+            ProjectionKind::Fused { w, widths } => {
+                let y = w.forward(x)?;
+                let y = match &self.bias {
+                    Some(bias) => y.broadcast_add(bias)?,
+                    None => y,
+                };
+                (y, widths.clone())
+            }
+        };
+        let mut start = 0;
+        widths
+            .iter()
+            .map(|&n| {
+                let part = y.narrow(D::Minus1, start, n);
+                start += n;
+                part
+            })
+            .collect()
+    }
+
+    #[cfg(test)]
+    fn storage(&self) -> Vec<WeightStorage> {
+        match &self.kind {
+            ProjectionKind::Fused { w, .. } => vec![storage_of(w)],
+            ProjectionKind::Separate(ws) => ws.iter().map(storage_of).collect(),
         }
     }
+}
+
+/// One decoder layer's weights as loaded, before they are fused for the forward pass.
+/// Matrices are (out, in); Q and K rows are in the interleaved-rotary (GGUF) order.
+pub(crate) struct LayerWeights {
+    pub attn_norm: Tensor,
+    pub q: QTensor,
+    pub k: QTensor,
+    pub v: QTensor,
+    /// Q, K and V biases concatenated, f32 (Qwen2).
+    pub qkv_bias: Option<Tensor>,
+    pub o: QTensor,
+    pub o_bias: Option<Tensor>,
+    pub ffn_norm: Tensor,
+    pub gate: QTensor,
+    pub up: QTensor,
+    pub down: QTensor,
+}
+
+/// A whole model's weights as loaded from any format.
+pub(crate) struct ModelWeights {
+    pub embed: Arc<QTensor>,
+    pub layers: Vec<LayerWeights>,
+    pub norm: Tensor,
+    /// None: the LM head is the embedding (tied).
+    pub output: Option<QTensor>,
+    /// Divisors of the rotary frequencies (Llama 3 `rope_freqs` / `rope_scaling`).
+    pub rope_freq_factors: Option<Vec<f32>>,
 }
 
 /// What loading did to the weights, for `EngineInfo::weight_dtype`.
@@ -219,45 +330,39 @@ impl LlamaModel {
         for i in 0..cfg.num_layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             let ffn = cfg.intermediate_size;
-            let qkv = vec![
-                weight(g, &n("attn_q"), &[q_out, h])?,
-                weight(g, &n("attn_k"), &[kv_out, h])?,
-                weight(g, &n("attn_v"), &[kv_out, h])?,
-            ];
-            let gate_up = vec![
-                weight(g, &n("ffn_gate"), &[ffn, h])?,
-                weight(g, &n("ffn_up"), &[ffn, h])?,
-            ];
-            layers.push(Layer {
+            layers.push(LayerWeights {
                 attn_norm: vector(g, &n("attn_norm"))?,
-                qkv: Projection::new(qkv, device)?,
-                wo: qmatmul(weight(g, &n("attn_output"), &[h, q_out])?)?,
+                q: weight(g, &n("attn_q"), &[q_out, h])?,
+                k: weight(g, &n("attn_k"), &[kv_out, h])?,
+                v: weight(g, &n("attn_v"), &[kv_out, h])?,
+                qkv_bias: None,
+                o: weight(g, &n("attn_output"), &[h, q_out])?,
+                o_bias: None,
                 ffn_norm: vector(g, &n("ffn_norm"))?,
-                gate_up: Projection::new(gate_up, device)?,
-                w_down: qmatmul(weight(g, &n("ffn_down"), &[h, ffn])?)?,
+                gate: weight(g, &n("ffn_gate"), &[ffn, h])?,
+                up: weight(g, &n("ffn_up"), &[ffn, h])?,
+                down: weight(g, &n("ffn_down"), &[h, ffn])?,
             });
         }
         let norm = vector(g, "output_norm.weight")?;
         let embed = Arc::new(g.tensor_shaped("token_embd.weight", &[cfg.vocab_size, h], device)?);
         let output = if g.has_tensor("output.weight") {
-            qmatmul(weight(g, "output.weight", &[cfg.vocab_size, h])?)?
+            Some(weight(g, "output.weight", &[cfg.vocab_size, h])?)
         } else if requantize && embed.dtype() == GgmlDType::Q4_1 {
             // Tied embeddings: the lookup keeps the stored table, the LM head gets the
             // faster Q8_0 copy.
             report.note(GgmlDType::Q4_1);
             report.requantized += 1;
-            let copy = requantize_q4_1(
+            Some(requantize_q4_1(
                 g.tensor("token_embd.weight", device)?,
                 &path,
                 "token_embd.weight",
-            )?;
-            qmatmul(copy)?
+            )?)
         } else {
-            QMatMul::from_arc(embed.clone())
-                .map_err(EngineError::compute("building the tied output matmul"))?
+            None
         };
 
-        let freq_factors = if g.has_tensor("rope_freqs.weight") {
+        let rope_freq_factors = if g.has_tensor("rope_freqs.weight") {
             let t = g.tensor_shaped("rope_freqs.weight", &[hd / 2], device)?;
             let v = t
                 .dequantize(device)
@@ -271,28 +376,84 @@ impl LlamaModel {
         } else {
             None
         };
+        let weights = ModelWeights {
+            embed,
+            layers,
+            norm,
+            output,
+            rope_freq_factors,
+        };
+        let model = Self::assemble(cfg, weights, MatmulMode::Ggml, max_positions, device)?;
+        Ok((model, report))
+    }
+
+    /// Builds the forward-pass structures (fused projections, rotary tables) from loaded
+    /// weights.
+    pub(crate) fn assemble(
+        cfg: LlamaConfig,
+        w: ModelWeights,
+        mode: MatmulMode,
+        max_positions: usize,
+        device: &Device,
+    ) -> Result<Self, EngineError> {
+        let mut layers = Vec::with_capacity(w.layers.len());
+        for lw in w.layers {
+            layers.push(Layer {
+                attn_norm: lw.attn_norm,
+                qkv: Projection::new(vec![lw.q, lw.k, lw.v], lw.qkv_bias, mode, device)?,
+                wo: build_matmul(lw.o, mode)?,
+                wo_bias: lw.o_bias,
+                ffn_norm: lw.ffn_norm,
+                gate_up: Projection::new(vec![lw.gate, lw.up], None, mode, device)?,
+                w_down: build_matmul(lw.down, mode)?,
+            });
+        }
+        let output = match w.output {
+            Some(t) => build_matmul(t, mode)?,
+            None => match mode {
+                MatmulMode::Ggml => QMatMul::from_arc(w.embed.clone())
+                    .map_err(EngineError::compute("building the tied output matmul"))?,
+                MatmulMode::Native => QMatMul::QTensor(w.embed.clone()),
+            },
+        };
         let (cos, sin) = rope_tables(
-            hd,
+            cfg.head_dim,
             cfg.rope_theta,
-            freq_factors.as_deref(),
+            w.rope_freq_factors.as_deref(),
             max_positions,
             device,
         )
         .map_err(EngineError::compute("building rotary tables"))?;
+        Ok(Self {
+            cfg,
+            embed: w.embed,
+            layers,
+            norm: w.norm,
+            output,
+            cos,
+            sin,
+            device: device.clone(),
+        })
+    }
 
-        Ok((
-            Self {
-                cfg,
-                embed,
-                layers,
-                norm,
-                output,
-                cos,
-                sin,
-                device: device.clone(),
-            },
-            report,
-        ))
+    /// Storage of the matmul weights: (name, storage) for layer 0's projections, the
+    /// embedding table and the LM head. For tests.
+    #[cfg(test)]
+    pub(crate) fn weight_storage(&self) -> Vec<(&'static str, WeightStorage)> {
+        let mut out = Vec::new();
+        if let Some(l) = self.layers.first() {
+            for s in l.qkv.storage() {
+                out.push(("qkv", s));
+            }
+            out.push(("o", storage_of(&l.wo)));
+            for s in l.gate_up.storage() {
+                out.push(("gate_up", s));
+            }
+            out.push(("down", storage_of(&l.w_down)));
+        }
+        out.push(("embed", WeightStorage::Kernel(self.embed.dtype())));
+        out.push(("lm_head", storage_of(&self.output)));
+        out
     }
 
     pub(crate) fn config(&self) -> &LlamaConfig {
@@ -371,7 +532,12 @@ impl LlamaModel {
             cache.k[i].slice_set(&k, 2, offset)?;
             cache.v[i].slice_set(&v, 2, offset)?;
             let y = attention(&q, &cache.k[i], &cache.v[i], offset, pads, heads)?;
-            x = (x + layer.wo.forward(&y)?)?;
+            let o = layer.wo.forward(&y)?;
+            let o = match &layer.wo_bias {
+                Some(bias) => o.broadcast_add(bias)?,
+                None => o,
+            };
+            x = (x + o)?;
 
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
             let [gate, up]: [Tensor; 2] = layer

@@ -32,6 +32,15 @@ pub enum ChatFormat {
     },
 }
 
+/// A tokenizer before its EOS ids and chat format are settled.
+struct Parts {
+    inner: Tokenizer,
+    source: &'static str,
+    origin: String,
+    bos_to_add: Option<u32>,
+    use_post_processor: bool,
+}
+
 pub struct LemTokenizer {
     inner: Tokenizer,
     /// `tokenizer.json` or `gguf-metadata`.
@@ -81,10 +90,65 @@ impl LemTokenizer {
             }
         };
         let chat = chat_format(g.opt_str("tokenizer.chat_template")?);
-        let mut eos_ids = Vec::new();
-        if let Some(id) = g.opt_u64("tokenizer.ggml.eos_token_id")? {
-            eos_ids.push(id as u32);
+        let declared: Vec<u32> = g
+            .opt_u64("tokenizer.ggml.eos_token_id")?
+            .map(|id| id as u32)
+            .into_iter()
+            .collect();
+        let parts = Parts {
+            inner,
+            source,
+            origin,
+            bos_to_add,
+            use_post_processor,
+        };
+        Self::finish(parts, declared, chat).ok_or_else(|| EngineError::MissingKey {
+            path: g.path().to_path_buf(),
+            key: "tokenizer.ggml.eos_token_id".into(),
+        })
+    }
+
+    /// Tokenizer of a Hugging Face model directory: `tokenizer_json` (its post-processor
+    /// decides BOS), EOS ids declared by the model's config files, the chat template from
+    /// `tokenizer_config.json`. `config_path` is named when no EOS id can be found.
+    pub(crate) fn from_hf(
+        tokenizer_json: &Path,
+        declared_eos: Vec<u32>,
+        eos_token: Option<&str>,
+        chat_template: Option<&str>,
+        config_path: &Path,
+    ) -> Result<Self, EngineError> {
+        let origin = tokenizer_json.display().to_string();
+        let inner = Tokenizer::from_file(tokenizer_json).map_err(|e| EngineError::Tokenizer {
+            origin: origin.clone(),
+            message: e.to_string(),
+        })?;
+        let mut declared = declared_eos;
+        if let Some(id) = eos_token.and_then(|t| inner.token_to_id(t)) {
+            if !declared.contains(&id) {
+                declared.push(id);
+            }
         }
+        let parts = Parts {
+            inner,
+            source: "tokenizer.json",
+            origin,
+            bos_to_add: None,
+            use_post_processor: true,
+        };
+        Self::finish(parts, declared, chat_format(chat_template)).ok_or_else(|| {
+            EngineError::Config {
+                path: config_path.to_path_buf(),
+                field: "eos_token_id".into(),
+                reason: "missing, and the tokenizer has no <|endoftext|> token".into(),
+            }
+        })
+    }
+
+    /// Adds the end-of-turn tokens instruct models use to the declared EOS ids; None when
+    /// there is no EOS id at all.
+    fn finish(p: Parts, declared: Vec<u32>, chat: ChatFormat) -> Option<Self> {
+        let mut eos_ids = declared;
         // Instruct models end turns with these even when the file's EOS is another token.
         let mut extra = vec!["<|endoftext|>"];
         if matches!(
@@ -97,24 +161,21 @@ impl LemTokenizer {
             extra.push("<|im_end|>");
         }
         for tok in extra {
-            if let Some(id) = inner.token_to_id(tok) {
+            if let Some(id) = p.inner.token_to_id(tok) {
                 if !eos_ids.contains(&id) {
                     eos_ids.push(id);
                 }
             }
         }
         if eos_ids.is_empty() {
-            return Err(EngineError::MissingKey {
-                path: g.path().to_path_buf(),
-                key: "tokenizer.ggml.eos_token_id".into(),
-            });
+            return None;
         }
-        Ok(Self {
-            inner,
-            source,
-            origin,
-            bos_to_add,
-            use_post_processor,
+        Some(Self {
+            inner: p.inner,
+            source: p.source,
+            origin: p.origin,
+            bos_to_add: p.bos_to_add,
+            use_post_processor: p.use_post_processor,
             eos_ids,
             chat,
         })
@@ -186,6 +247,18 @@ impl LemTokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// The tokenizer a GGUF file's metadata describes, without loading its weights (for
+    /// `convert`, which serialises it as tokenizer.json).
+    pub(crate) fn from_gguf_metadata(path: &Path) -> Result<Self, EngineError> {
+        Self::load(&GgufFile::open(path)?, None)
+    }
+
+    /// The wrapped `tokenizers` pipeline and the BOS id this wrapper prepends itself
+    /// (GGUF metadata path only; a tokenizer.json carries BOS in its post-processor).
+    pub(crate) fn pipeline_and_bos(&self) -> (&Tokenizer, Option<u32>) {
+        (&self.inner, self.bos_to_add)
     }
 
     fn err(&self, message: String) -> EngineError {

@@ -4,8 +4,12 @@
 //! returns one reading per physical device; a device that could not be measured gets a
 //! reading with `energy_mj: None` and a reason — never 0 for "unknown" (DESIGN §4).
 
+pub mod ledger;
 pub mod nvml;
+pub mod phases;
+pub mod probe;
 pub mod rapl;
+pub mod sampler;
 
 pub use rapl::{cpu_meter, open_cpu_meters, CpuMeters, RaplMeter};
 
@@ -40,6 +44,15 @@ pub trait EnergyMeter: Send {
     /// Optional intermediate read, so a counter that wraps during a long window is seen
     /// at most once between two reads. Call it periodically (e.g. every second).
     fn poll(&mut self) {}
+    /// Cumulative energy (mJ) of each device since `start`, read now, by device id;
+    /// `None` for a device that cannot be read. Taken at phase boundaries (see
+    /// `phases.rs`). Empty when the meter is not running or cannot checkpoint.
+    fn checkpoint(&mut self) -> Vec<(String, Option<f64>)> {
+        Vec::new()
+    }
+    /// A (possibly cached) idle power for `device_id`, for meters that use it inside the
+    /// window (NVML's MIG attribution splits the idle part by compute slices).
+    fn set_idle_power_w(&mut self, _device_id: &str, _power_w: f64) {}
     /// Closes the window: one reading per physical device, available or with a reason.
     /// The meter can then start a new window.
     fn stop(&mut self) -> Vec<EnergyReading>;

@@ -1,5 +1,6 @@
 //! GPU energy from NVML (through nvml-wrapper): the total-energy counter of each physical
-//! GPU, differenced over the window, and GPU discovery for `lem gpus`.
+//! GPU, differenced over the window, a sampled power trace beside it (`sampler.rs`), MIG
+//! attribution, and GPU discovery for `lem gpus`.
 //!
 //! `nvmlDeviceGetTotalEnergyConsumption` returns the energy (mJ) used since the driver
 //! was loaded (Volta and later). It advances in steps (about every 100 ms on current data
@@ -14,19 +15,45 @@
 //! (`libnvidia-ml.so.1` through the dynamic loader); functions take an explicit path too.
 //! Tests load a fake library built from `tests/fake-nvml`.
 //!
-//! Not yet here (issue 3): MIG instance enumeration, the power/temperature sampler, the
-//! trace-integral fallback for GPUs without the counter.
+//! **Targets.** [`NvmlMeter::open_targets`] meters the job's devices as
+//! `CUDA_VISIBLE_DEVICES` names them (GPU index, GPU UUID, MIG UUID); the counter is read
+//! on each physical GPU once per window whatever number of its slices are targets.
+//!
+//! **Sampler.** While a window is open a thread samples each metered GPU every period
+//! (default 100 ms): power (1 s average and instant), counter, temperature, SM clock,
+//! throttle reasons, and GPM SM activity per MIG slice. The trace is attached to the
+//! reading; it never replaces the counter.
+//!
+//! **Fallback.** A GPU whose counter is NOT_SUPPORTED at the window's start (or a driver
+//! without the call) gets its energy from the trace integral: `source: nvml-power`,
+//! `sample_period_ms` = the sampler's period, and the trace's
+//! `unavailable["energy_counter_mj"]` says why the counter was not used. The integral is
+//! on instantaneous power where every sample has it, else on the 1 s average (see
+//! [`trace_energy`] for the bounds).
+//!
+//! **MIG.** A GPU in MIG mode is read as a whole and its energy split by
+//! [`lem_common::mig::attribute`]: a job holding every slice (or the whole GPU) gets one
+//! GPU reading in exclusive mode; otherwise each of its slices gets a `mig_slice` reading
+//! with its share. Allocated slices = the job's, plus those with compute processes
+//! (`nvmlDeviceGetComputeRunningProcesses_v3` on the MIG handle). SM activity comes from
+//! GPM where supported, else the split is by compute slices (labelled in
+//! `mig.dynamic_basis`, with the GPM error in the trace's `unavailable`). The idle part
+//! uses the parent's idle power: measured by this meter's `idle_power_w`, or given with
+//! [`NvmlMeter::set_idle_power_w`].
 //!
 //! Each reading carries the driver version; a driver version starting with
 //! [`FAKE_DRIVER_PREFIX`] marks the fake library and every reading is `simulated`.
 
+use super::sampler::{trace_energy, SampledGpu, Sampler, SamplerClock, DEFAULT_SAMPLE_PERIOD};
 use super::{elapsed_ns, EnergyMeter, MeterError};
-use lem_common::domain::{DeviceKind, EnergyReading, EnergySource};
+use lem_common::domain::{DeviceKind, EnergyReading, EnergySource, PowerTrace};
+use lem_common::mig::{attribute, mode_for, MigMode, SliceInput};
 use nvml_wrapper::error::NvmlError;
-use nvml_wrapper::Nvml;
+use nvml_wrapper::{Device, Nvml};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Environment variable naming the NVML library to load.
@@ -77,7 +104,7 @@ pub fn init_nvml(lib: Option<&Path>) -> Result<Nvml, NvmlUnavailable> {
 }
 
 /// A user-facing reason for a failed NVML call.
-fn nvml_reason(call: &str, e: &NvmlError) -> String {
+pub(crate) fn nvml_reason(call: &str, e: &NvmlError) -> String {
     match e {
         NvmlError::LibloadingError(inner) => {
             format!("cannot load the NVML library (no NVIDIA driver?): {inner}")
@@ -94,6 +121,26 @@ pub struct MigModeInfo {
     pub pending: bool,
 }
 
+/// One MIG device (a GPU instance with its compute instance) of a physical GPU. A field
+/// NVML could not give is `None`, with the reason in `unavailable` under its name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MigInstanceInfo {
+    pub parent_index: u32,
+    pub parent_uuid: Option<String>,
+    /// NVML's MIG device index on the parent.
+    pub mig_index: u32,
+    pub uuid: Option<String>,
+    pub gpu_instance_id: Option<u32>,
+    pub compute_instance_id: Option<u32>,
+    /// `{slices}g.{memory}gb`, derived by lem (see [`profile_name`]).
+    pub profile: Option<String>,
+    /// Compute slices of the GPU instance (3 for `3g.20gb`).
+    pub compute_slices: Option<u32>,
+    pub sm_count: Option<u32>,
+    pub memory_total_bytes: Option<u64>,
+    pub unavailable: BTreeMap<String, String>,
+}
+
 /// One physical GPU as NVML describes it. A field NVML could not give is `None`, with
 /// the reason in `unavailable` under the field's name.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -105,18 +152,153 @@ pub struct GpuInfo {
     pub power_limit_w: Option<f64>,
     pub driver_version: Option<String>,
     pub mig_mode: Option<MigModeInfo>,
+    /// MIG devices when MIG is enabled (empty otherwise, or with the reason under
+    /// `unavailable["mig_instances"]` when they could not be listed).
+    pub mig_instances: Vec<MigInstanceInfo>,
     pub unavailable: BTreeMap<String, String>,
 }
 
-/// Lists the GPUs NVML sees (MIG instances are not enumerated yet).
+/// Memory sizes NVIDIA's MIG profile names use (GB).
+const NOMINAL_GB: &[u64] = &[
+    5, 6, 10, 12, 20, 24, 35, 40, 45, 47, 48, 70, 80, 90, 94, 96, 141,
+];
+
+/// A MIG profile name, `{slices}g.{memory}gb`. NVML reports a profile *id*, not its name,
+/// so lem derives the name from the instance's slices and memory: the memory in GiB
+/// rounded up, snapped to NVIDIA's nominal size within 6% (A100 40GB's 3g instance has
+/// 19.5 GiB and is `3g.20gb`; the full H100's 79 GiB is `7g.80gb`).
+pub fn profile_name(compute_slices: u32, memory_bytes: u64) -> String {
+    let gib = memory_bytes as f64 / (1u64 << 30) as f64;
+    let nominal = NOMINAL_GB
+        .iter()
+        .copied()
+        .filter(|&n| (n as f64 - gib).abs() <= 0.06 * n as f64)
+        .min_by(|a, b| (*a as f64 - gib).abs().total_cmp(&(*b as f64 - gib).abs()));
+    let gb = nominal.unwrap_or_else(|| gib.ceil() as u64);
+    format!("{compute_slices}g.{gb}gb")
+}
+
+/// The MIG devices of `parent` (a GPU in MIG mode). Indices NVML reports as NOT_FOUND
+/// are empty places, skipped.
+fn list_mig_instances(
+    parent: &Device<'_>,
+    parent_index: u32,
+    parent_uuid: Option<&str>,
+) -> Result<Vec<MigInstanceInfo>, String> {
+    let max = parent
+        .mig_device_count()
+        .map_err(|e| nvml_reason("nvmlDeviceGetMaxMigDeviceCount", &e))?;
+    let mut out = Vec::new();
+    for mig_index in 0..max {
+        let mut info = MigInstanceInfo {
+            parent_index,
+            parent_uuid: parent_uuid.map(str::to_owned),
+            mig_index,
+            uuid: None,
+            gpu_instance_id: None,
+            compute_instance_id: None,
+            profile: None,
+            compute_slices: None,
+            sm_count: None,
+            memory_total_bytes: None,
+            unavailable: BTreeMap::new(),
+        };
+        let mig = match parent.mig_device_by_index(mig_index) {
+            Ok(m) => m,
+            Err(NvmlError::NotFound) => continue,
+            Err(e) => {
+                let reason = nvml_reason("nvmlDeviceGetMigDeviceHandleByIndex", &e);
+                info.unavailable.insert("uuid".into(), reason);
+                out.push(info);
+                continue;
+            }
+        };
+        let mut note = |field: &str, call: &str, e: &NvmlError| {
+            info.unavailable
+                .insert(field.to_owned(), nvml_reason(call, e));
+        };
+        match mig.uuid() {
+            Ok(v) => info.uuid = Some(v),
+            Err(e) => note("uuid", "nvmlDeviceGetUUID", &e),
+        }
+        match mig_ids(&mig) {
+            Ok((gi, ci)) => {
+                info.gpu_instance_id = Some(gi);
+                info.compute_instance_id = Some(ci);
+            }
+            Err((call, e)) => {
+                note("gpu_instance_id", call, &e);
+                note("compute_instance_id", call, &e);
+            }
+        }
+        let attributes = mig.attributes();
+        match mig.memory_info() {
+            Ok(m) => info.memory_total_bytes = Some(m.total),
+            Err(e) => match &attributes {
+                Ok(a) => info.memory_total_bytes = Some(a.memory_size_mb << 20),
+                Err(_) => note("memory_total_bytes", "nvmlDeviceGetMemoryInfo_v2", &e),
+            },
+        }
+        match &attributes {
+            Ok(a) => {
+                info.sm_count = Some(a.multiprocessor_count);
+                info.compute_slices = Some(a.gpu_instance_slice_count);
+                let bytes = info.memory_total_bytes.unwrap_or(a.memory_size_mb << 20);
+                info.profile = Some(profile_name(a.gpu_instance_slice_count, bytes));
+            }
+            Err(e) => {
+                for field in ["sm_count", "compute_slices", "profile"] {
+                    note(field, "nvmlDeviceGetAttributes_v2", e);
+                }
+            }
+        }
+        out.push(info);
+    }
+    Ok(out)
+}
+
+/// GPU- and compute-instance ids of a MIG device, or the failed call and its error.
+/// nvml-wrapper 0.13 has no safe wrapper for these two calls; they go through its loaded
+/// library, with the handle it gave us.
+fn mig_ids(mig: &Device<'_>) -> Result<(u32, u32), (&'static str, NvmlError)> {
+    let lib = mig.nvml().lib();
+    let gi = instance_id(
+        "nvmlDeviceGetGpuInstanceId",
+        &lib.nvmlDeviceGetGpuInstanceId,
+        |f, out| {
+            // SAFETY: an NVML function of the loaded library, a handle NVML gave us, and a
+            // valid out-pointer.
+            unsafe { f(mig.handle(), out) }
+        },
+    )?;
+    let ci = instance_id(
+        "nvmlDeviceGetComputeInstanceId",
+        &lib.nvmlDeviceGetComputeInstanceId,
+        // SAFETY: as above.
+        |f, out| unsafe { f(mig.handle(), out) },
+    )?;
+    Ok((gi, ci))
+}
+
+fn instance_id<F, E: std::fmt::Display>(
+    name: &'static str,
+    sym: &Result<F, E>,
+    call: impl FnOnce(&F, &mut std::ffi::c_uint) -> std::ffi::c_uint,
+) -> Result<u32, (&'static str, NvmlError)> {
+    let f = sym
+        .as_ref()
+        .map_err(|e| (name, NvmlError::FailedToLoadSymbol(e.to_string())))?;
+    let mut id: std::ffi::c_uint = 0;
+    let rc = call(f, &mut id);
+    nvml_wrapper::error::nvml_try(rc).map_err(|e| (name, e))?;
+    Ok(id)
+}
+
+/// Lists the GPUs NVML sees, with the MIG devices of those in MIG mode.
 pub fn discover_gpus(lib: Option<&Path>) -> Result<Vec<GpuInfo>, NvmlUnavailable> {
     let nvml = init_nvml(lib)?;
-    let library = resolve_lib_path(lib).map_or_else(
-        || "libnvidia-ml.so.1".to_owned(),
-        |p| p.display().to_string(),
-    );
     let count = nvml.device_count().map_err(|e| NvmlUnavailable {
-        library,
+        library: library_name(lib),
         reason: nvml_reason("nvmlDeviceGetCount_v2", &e),
     })?;
     let driver = nvml.sys_driver_version();
@@ -130,6 +312,7 @@ pub fn discover_gpus(lib: Option<&Path>) -> Result<Vec<GpuInfo>, NvmlUnavailable
             power_limit_w: None,
             driver_version: None,
             mig_mode: None,
+            mig_instances: Vec::new(),
             unavailable: BTreeMap::new(),
         };
         let mut note = |field: &str, call: &str, e: &NvmlError| {
@@ -181,16 +364,64 @@ pub fn discover_gpus(lib: Option<&Path>) -> Result<Vec<GpuInfo>, NvmlUnavailable
             }
             Err(e) => note("mig_mode", "nvmlDeviceGetMigMode", &e),
         }
+        if info.mig_mode.as_ref().is_some_and(|m| m.current) {
+            match list_mig_instances(&device, index, info.uuid.as_deref()) {
+                Ok(list) => info.mig_instances = list,
+                Err(reason) => {
+                    info.unavailable.insert("mig_instances".into(), reason);
+                }
+            }
+        }
         gpus.push(info);
     }
     Ok(gpus)
 }
 
+fn library_name(lib: Option<&Path>) -> String {
+    resolve_lib_path(lib).map_or_else(
+        || "libnvidia-ml.so.1".to_owned(),
+        |p| p.display().to_string(),
+    )
+}
+
+/// Compute slices of a whole GPU in MIG mode when NVML does not say: 7 on every MIG-capable
+/// GPU so far (A100, A30 has 4 but reports it, H100, H200, B200).
+const DEFAULT_MIG_SLICES: u32 = 7;
+
 #[derive(Debug)]
 enum CounterState {
     Idle,
-    Running { last_mj: u64, total_mj: u64 },
+    Running {
+        last_mj: u64,
+        total_mj: u64,
+    },
+    /// The GPU has no counter (NOT_SUPPORTED, or a driver without the call): the energy
+    /// comes from the sampler's power trace.
+    Unsupported(String),
     Failed(String),
+}
+
+/// A MIG slice of a metered GPU.
+#[derive(Debug, Clone)]
+struct MeteredSlice {
+    mig_index: u32,
+    uuid: String,
+    gpu_instance_id: u32,
+    profile: String,
+    compute_slices: u32,
+    sm_count: u32,
+    owned_by_job: bool,
+}
+
+/// The MIG layout of a metered GPU in MIG mode, read at open.
+#[derive(Debug)]
+struct MigLayout {
+    total_compute_slices: u32,
+    slices: Vec<MeteredSlice>,
+    /// Why the layout could not be read completely: the job's slices are then unavailable.
+    broken: Option<String>,
+    /// The job targets the whole GPU (not named slices).
+    whole_gpu: bool,
 }
 
 #[derive(Debug)]
@@ -200,14 +431,25 @@ struct MeteredGpu {
     device_id: String,
     name: String,
     state: CounterState,
+    mig: Option<MigLayout>,
 }
 
-/// Meters every physical GPU NVML sees with its total-energy counter.
+/// Meters the physical GPUs of a job with their total-energy counters, samples their
+/// sensors over the window, and attributes a MIG parent's energy to the job's slices.
 pub struct NvmlMeter {
-    nvml: Nvml,
+    nvml: Arc<Nvml>,
     driver_version: Option<String>,
     gpus: Vec<MeteredGpu>,
+    /// Targets that matched no GPU or MIG device: unavailable readings.
+    missing_targets: Vec<String>,
     started: Option<Instant>,
+    sample_period: Duration,
+    clock: SamplerClock,
+    sampler: Option<Sampler>,
+    /// Stepped clock: the time of the last step (the window's length at stop).
+    stepped_ns: u64,
+    /// Idle power of physical GPUs by device id (measured here or given by the runner).
+    idle_power: BTreeMap<String, f64>,
 }
 
 impl std::fmt::Debug for NvmlMeter {
@@ -215,41 +457,186 @@ impl std::fmt::Debug for NvmlMeter {
         f.debug_struct("NvmlMeter")
             .field("driver_version", &self.driver_version)
             .field("gpus", &self.gpus)
+            .field("missing_targets", &self.missing_targets)
             .field("started", &self.started)
+            .field("sample_period", &self.sample_period)
             .finish_non_exhaustive()
     }
 }
 
+/// True for a counter error that means "this GPU has no counter" (fall back to the
+/// trace) rather than a failure of this window.
+fn counter_missing(e: &NvmlError) -> bool {
+    matches!(
+        e,
+        NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_) | NvmlError::FunctionNotFound
+    )
+}
+
+/// What a target names, as `CUDA_VISIBLE_DEVICES` writes it.
+enum Target {
+    Index(u32),
+    Uuid(String),
+}
+
+fn parse_target(t: &str) -> Target {
+    match t.trim().parse::<u32>() {
+        Ok(i) => Target::Index(i),
+        Err(_) => Target::Uuid(t.trim().to_owned()),
+    }
+}
+
+/// `id` matches `target` exactly or as a unique prefix (CUDA accepts UUID prefixes).
+fn id_matches(id: &str, target: &str) -> bool {
+    id == target || (target.len() >= 8 && id.starts_with(target))
+}
+
 impl NvmlMeter {
-    /// Loads NVML from `lib` (see [`resolve_lib_path`]) and finds the GPUs to meter.
+    /// Loads NVML from `lib` (see [`resolve_lib_path`]) and meters every physical GPU.
     pub fn open(lib: Option<&Path>) -> Result<NvmlMeter, NvmlUnavailable> {
+        Self::open_targets(lib, &[])
+    }
+
+    /// Loads NVML from `lib` and meters the job's `targets`: GPU indices, GPU UUIDs or
+    /// MIG UUIDs as `CUDA_VISIBLE_DEVICES` names them (a unique UUID prefix works too);
+    /// empty = every physical GPU. Each physical GPU is read once, however many of its
+    /// slices are targets. A target that matches nothing gives an unavailable reading.
+    pub fn open_targets(
+        lib: Option<&Path>,
+        targets: &[String],
+    ) -> Result<NvmlMeter, NvmlUnavailable> {
         let nvml = init_nvml(lib)?;
         let count = nvml.device_count().map_err(|e| NvmlUnavailable {
-            library: resolve_lib_path(lib)
-                .map_or_else(|| "libnvidia-ml.so.1".into(), |p| p.display().to_string()),
+            library: library_name(lib),
             reason: nvml_reason("nvmlDeviceGetCount_v2", &e),
         })?;
-        let gpus = (0..count)
+        let mut all: Vec<MeteredGpu> = (0..count)
             .map(|index| {
                 let device = nvml.device_by_index(index);
                 let uuid = device.as_ref().ok().and_then(|d| d.uuid().ok());
                 let name = device.as_ref().ok().and_then(|d| d.name().ok());
+                let in_mig = device
+                    .as_ref()
+                    .ok()
+                    .and_then(|d| d.mig_mode().ok())
+                    .is_some_and(|m| m.current != 0);
+                let mig = match (&device, in_mig) {
+                    (Ok(d), true) => Some(mig_layout(d, index, uuid.as_deref())),
+                    _ => None,
+                };
                 let device_id = uuid.unwrap_or_else(|| format!("gpu-{index}"));
                 MeteredGpu {
                     index,
                     name: name.unwrap_or_else(|| device_id.clone()),
                     device_id,
                     state: CounterState::Idle,
+                    mig,
                 }
             })
             .collect();
+        let mut selected = vec![targets.is_empty(); all.len()];
+        let mut missing_targets = Vec::new();
+        for t in targets {
+            let found = match parse_target(t) {
+                Target::Index(i) => {
+                    let hit = (i as usize) < all.len();
+                    if hit {
+                        selected[i as usize] = true;
+                    }
+                    hit
+                }
+                Target::Uuid(u) => {
+                    let mut hit = false;
+                    for (k, gpu) in all.iter_mut().enumerate() {
+                        if id_matches(&gpu.device_id, &u) {
+                            selected[k] = true;
+                            hit = true;
+                        }
+                        for s in gpu.mig.iter_mut().flat_map(|m| m.slices.iter_mut()) {
+                            if id_matches(&s.uuid, &u) {
+                                s.owned_by_job = true;
+                                selected[k] = true;
+                                hit = true;
+                            }
+                        }
+                    }
+                    hit
+                }
+            };
+            if !found {
+                missing_targets.push(t.clone());
+            }
+        }
+        // A whole GPU in MIG mode is the job's: it holds every slice.
+        for (k, gpu) in all.iter_mut().enumerate() {
+            let whole = targets.is_empty()
+                || targets.iter().any(|t| match parse_target(t) {
+                    Target::Index(i) => i == gpu.index,
+                    Target::Uuid(u) => id_matches(&gpu.device_id, &u),
+                });
+            if selected[k] && whole {
+                if let Some(m) = gpu.mig.as_mut() {
+                    m.whole_gpu = true;
+                    m.slices.iter_mut().for_each(|s| s.owned_by_job = true);
+                }
+            }
+        }
+        let gpus = all
+            .into_iter()
+            .zip(selected)
+            .filter_map(|(g, keep)| keep.then_some(g))
+            .collect();
         let driver_version = nvml.sys_driver_version().ok();
         Ok(NvmlMeter {
-            nvml,
+            nvml: Arc::new(nvml),
             driver_version,
             gpus,
+            missing_targets,
             started: None,
+            sample_period: DEFAULT_SAMPLE_PERIOD,
+            clock: SamplerClock::Real,
+            sampler: None,
+            stepped_ns: 0,
+            idle_power: BTreeMap::new(),
         })
+    }
+
+    /// Sets the sampler's period (default 100 ms) for the next windows.
+    /// `Duration::ZERO` turns the sampler off: no trace, and no fallback energy for GPUs
+    /// without the counter.
+    pub fn set_sample_period(&mut self, period: Duration) {
+        self.sample_period = period;
+    }
+
+    /// The sampler's period (`Duration::ZERO` = off).
+    pub fn sample_period(&self) -> Duration {
+        self.sample_period
+    }
+
+    /// For tests and simulated nodes on a virtual clock: sample only on
+    /// [`NvmlMeter::step_to`], with its timestamps; the window's length is the last step.
+    pub fn set_sampler_clock(&mut self, clock: SamplerClock) {
+        self.clock = clock;
+    }
+
+    /// Stepped clock: takes a sample `t` after the window's start and makes `t` the
+    /// window's length so far. Does nothing on a real clock or outside a window.
+    pub fn step_to(&mut self, t: Duration) {
+        if self.clock != SamplerClock::Stepped || self.started.is_none() {
+            return;
+        }
+        let t_ns = u64::try_from(t.as_nanos()).unwrap_or(u64::MAX);
+        self.stepped_ns = t_ns;
+        if let Some(s) = &self.sampler {
+            s.sample_at(t_ns);
+        }
+    }
+
+    /// The idle power of physical GPU `device_id` (its UUID), for the MIG attribution's
+    /// idle part. The meter keeps what its own [`EnergyMeter::idle_power_w`] measured;
+    /// a baseline the runner took from its cache must be given here before `stop()`.
+    pub fn set_idle_power_w(&mut self, device_id: &str, power_w: f64) {
+        self.idle_power.insert(device_id.to_owned(), power_w);
     }
 
     /// True when the loaded library is the fake NVML (a simulated GPU node).
@@ -264,19 +651,24 @@ impl NvmlMeter {
         self.driver_version.as_deref()
     }
 
-    /// Device ids metered (GPU UUIDs), in NVML index order.
+    /// Device ids of the physical GPUs metered (UUIDs), in NVML index order.
     pub fn device_ids(&self) -> Vec<&str> {
         self.gpus.iter().map(|g| g.device_id.as_str()).collect()
     }
 
-    /// Reads GPU `index`'s counter (mJ), or the reason it cannot be read.
-    fn read_counter(nvml: &Nvml, index: u32) -> Result<u64, String> {
+    /// Targets that matched no GPU or MIG device.
+    pub fn missing_targets(&self) -> &[String] {
+        &self.missing_targets
+    }
+
+    /// Reads GPU `index`'s counter (mJ).
+    fn read_counter(nvml: &Nvml, index: u32) -> Result<u64, (&'static str, NvmlError)> {
         let device = nvml
             .device_by_index(index)
-            .map_err(|e| nvml_reason("nvmlDeviceGetHandleByIndex_v2", &e))?;
+            .map_err(|e| ("nvmlDeviceGetHandleByIndex_v2", e))?;
         device
             .total_energy_consumption()
-            .map_err(|e| nvml_reason("nvmlDeviceGetTotalEnergyConsumption", &e))
+            .map_err(|e| ("nvmlDeviceGetTotalEnergyConsumption", e))
     }
 
     /// Reads every running counter and adds its delta since the last read.
@@ -286,7 +678,7 @@ impl NvmlMeter {
                 continue;
             };
             gpu.state = match Self::read_counter(&self.nvml, gpu.index) {
-                Err(reason) => CounterState::Failed(reason),
+                Err((call, e)) => CounterState::Failed(nvml_reason(call, &e)),
                 Ok(now_mj) if now_mj < last_mj => CounterState::Failed(format!(
                     "counter reset: NVML total energy went from {last_mj} mJ to {now_mj} mJ \
                      during the window (driver reload or GPU reset)"
@@ -298,6 +690,70 @@ impl NvmlMeter {
             };
         }
     }
+}
+
+/// The MIG layout of `device` for metering, from [`list_mig_instances`].
+fn mig_layout(device: &Device<'_>, index: u32, uuid: Option<&str>) -> MigLayout {
+    let total_compute_slices = device
+        .attributes()
+        .ok()
+        .map(|a| a.gpu_instance_slice_count)
+        .filter(|&n| n > 0)
+        .unwrap_or(DEFAULT_MIG_SLICES);
+    let mut layout = MigLayout {
+        total_compute_slices,
+        slices: Vec::new(),
+        broken: None,
+        whole_gpu: false,
+    };
+    let list = match list_mig_instances(device, index, uuid) {
+        Ok(l) => l,
+        Err(reason) => {
+            layout.broken = Some(reason);
+            return layout;
+        }
+    };
+    for m in list {
+        match (
+            m.uuid,
+            m.gpu_instance_id,
+            m.compute_slices,
+            m.sm_count,
+            m.profile,
+        ) {
+            (Some(uuid), Some(gi), Some(cs), Some(sm), Some(profile)) => {
+                layout.slices.push(MeteredSlice {
+                    mig_index: m.mig_index,
+                    uuid,
+                    gpu_instance_id: gi,
+                    profile,
+                    compute_slices: cs,
+                    sm_count: sm,
+                    owned_by_job: false,
+                })
+            }
+            _ => {
+                let why: Vec<String> = m
+                    .unavailable
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect();
+                layout.broken = Some(format!(
+                    "MIG device {} of GPU {index} could not be described ({})",
+                    m.mig_index,
+                    why.join("; ")
+                ));
+            }
+        }
+    }
+    layout
+}
+
+/// The energy of one physical GPU over the window, or why there is none.
+struct GpuEnergy {
+    energy_mj: Result<f64, String>,
+    source: EnergySource,
+    sample_period_ms: Option<f64>,
 }
 
 impl EnergyMeter for NvmlMeter {
@@ -315,10 +771,36 @@ impl EnergyMeter for NvmlMeter {
                     last_mj,
                     total_mj: 0,
                 },
-                Err(reason) => CounterState::Failed(reason),
+                Err((call, e)) if counter_missing(&e) => {
+                    CounterState::Unsupported(nvml_reason(call, &e))
+                }
+                Err((call, e)) => CounterState::Failed(nvml_reason(call, &e)),
             };
         }
-        self.started = Some(Instant::now());
+        let now = Instant::now();
+        self.started = Some(now);
+        self.stepped_ns = 0;
+        if !self.sample_period.is_zero() && !self.gpus.is_empty() {
+            let gpus = self
+                .gpus
+                .iter()
+                .map(|g| SampledGpu {
+                    index: g.index,
+                    gpm_instances: g
+                        .mig
+                        .iter()
+                        .flat_map(|m| m.slices.iter().map(|s| s.gpu_instance_id))
+                        .collect(),
+                })
+                .collect();
+            self.sampler = Some(Sampler::start(
+                Arc::clone(&self.nvml),
+                gpus,
+                self.sample_period,
+                self.clock,
+                now,
+            ));
+        }
         Ok(())
     }
 
@@ -328,10 +810,181 @@ impl EnergyMeter for NvmlMeter {
         }
     }
 
+    fn checkpoint(&mut self) -> Vec<(String, Option<f64>)> {
+        if self.started.is_none() {
+            return Vec::new();
+        }
+        self.advance();
+        self.gpus
+            .iter()
+            .map(|gpu| {
+                let mj = match gpu.state {
+                    CounterState::Running { total_mj, .. } => Some(total_mj as f64),
+                    _ => None,
+                };
+                (gpu.device_id.clone(), mj)
+            })
+            .collect()
+    }
+
+    fn set_idle_power_w(&mut self, device_id: &str, power_w: f64) {
+        NvmlMeter::set_idle_power_w(self, device_id, power_w);
+    }
+
     /// The counter moves in steps (~100 ms), so a plain short window would be off by up
     /// to a step at each end: time the energy between the first and the last counter
-    /// change instead, polled every 2 ms (timing error ≈ 4 ms over the span).
+    /// change instead, polled every 2 ms (timing error ≈ 4 ms over the span). The result
+    /// is also kept for the MIG attribution of the next windows.
     fn idle_power_w(&mut self, duration: Duration) -> Vec<(String, f64)> {
+        let measured = self.measure_idle_power(duration);
+        for (id, w) in &measured {
+            self.idle_power.insert(id.clone(), *w);
+        }
+        measured
+    }
+
+    fn stop(&mut self) -> Vec<EnergyReading> {
+        if self.started.is_some() {
+            self.advance();
+        }
+        let window_ns = match self.clock {
+            SamplerClock::Real => elapsed_ns(self.started),
+            SamplerClock::Stepped if self.started.is_some() => self.stepped_ns,
+            SamplerClock::Stepped => 0,
+        };
+        self.started = None;
+        let sampled = self.sampler.take().map(|s| s.stop(None));
+        let period_ms = self.sample_period.as_secs_f64() * 1000.0;
+        let simulated = self.is_simulated();
+        let driver_version = self.driver_version.clone();
+        let mut readings = Vec::new();
+        for (i, gpu) in self.gpus.iter_mut().enumerate() {
+            let state = std::mem::replace(&mut gpu.state, CounterState::Idle);
+            let mut trace = sampled.as_ref().and_then(|s| s.traces.get(i).cloned());
+            let gpm = sampled
+                .as_ref()
+                .and_then(|s| s.gpm_activity.get(i).cloned())
+                .unwrap_or_default();
+            let energy = match state {
+                CounterState::Running { total_mj, .. } => GpuEnergy {
+                    energy_mj: Ok(total_mj as f64),
+                    source: EnergySource::NvmlCounter,
+                    sample_period_ms: Some(NVML_COUNTER_PERIOD_MS),
+                },
+                CounterState::Unsupported(reason) => match trace.as_ref().and_then(trace_energy) {
+                    Some((mj, _)) => GpuEnergy {
+                        energy_mj: Ok(mj),
+                        source: EnergySource::NvmlPower,
+                        sample_period_ms: Some(period_ms),
+                    },
+                    None => GpuEnergy {
+                        energy_mj: Err(format!(
+                            "{reason}; and no complete power trace to integrate instead{}",
+                            trace_gap(trace.as_ref(), self.sample_period)
+                        )),
+                        source: EnergySource::None,
+                        sample_period_ms: None,
+                    },
+                },
+                CounterState::Failed(reason) => GpuEnergy {
+                    energy_mj: Err(reason),
+                    source: EnergySource::None,
+                    sample_period_ms: None,
+                },
+                CounterState::Idle => GpuEnergy {
+                    energy_mj: Err("meter stopped without being started".to_owned()),
+                    source: EnergySource::None,
+                    sample_period_ms: None,
+                },
+            };
+            let base = EnergyReading {
+                device_name: gpu.name.clone(),
+                simulated,
+                driver_version: driver_version.clone(),
+                ..EnergyReading::unavailable(DeviceKind::Gpu, gpu.device_id.clone(), "", window_ns)
+            };
+            let Some(layout) = &gpu.mig else {
+                readings.push(gpu_reading(base, &energy, trace));
+                continue;
+            };
+            // MIG: which slices are in use, and their GPM activity.
+            let busy: Vec<Result<bool, String>> = layout
+                .slices
+                .iter()
+                .map(|s| {
+                    if s.owned_by_job {
+                        Ok(true)
+                    } else {
+                        Self::slice_busy_of(&self.nvml, gpu.index, s.mig_index)
+                    }
+                })
+                .collect();
+            if let Some(t) = trace.as_mut() {
+                for (s, b) in layout.slices.iter().zip(&busy) {
+                    if let Err(reason) = b {
+                        t.unavailable
+                            .insert(format!("compute_processes/{}", s.uuid), reason.clone());
+                    }
+                }
+                for (s, a) in layout.slices.iter().zip(&gpm) {
+                    if let Err(reason) = a {
+                        t.unavailable
+                            .insert(format!("gpm_sm_activity/{}", s.uuid), reason.clone());
+                    }
+                }
+            }
+            let inputs: Vec<SliceInput> = layout
+                .slices
+                .iter()
+                .enumerate()
+                .map(|(k, s)| SliceInput {
+                    slice_id: s.uuid.clone(),
+                    profile: s.profile.clone(),
+                    compute_slices: s.compute_slices,
+                    sm_count: s.sm_count,
+                    allocated: s.owned_by_job || matches!(busy[k], Ok(true)),
+                    owned_by_job: s.owned_by_job,
+                    sm_activity: gpm.get(k).and_then(|a| a.as_ref().ok().copied()),
+                })
+                .collect();
+            let idle = self.idle_power.get(&gpu.device_id).copied();
+            readings.extend(mig_readings(base, layout, inputs, &energy, idle, trace));
+        }
+        for t in &self.missing_targets {
+            let kind = if t.trim().starts_with("MIG-") {
+                DeviceKind::MigSlice
+            } else {
+                DeviceKind::Gpu
+            };
+            readings.push(EnergyReading {
+                simulated,
+                driver_version: driver_version.clone(),
+                ..EnergyReading::unavailable(
+                    kind,
+                    t.clone(),
+                    format!("target device `{t}` matches no GPU or MIG device NVML lists"),
+                    window_ns,
+                )
+            });
+        }
+        readings
+    }
+}
+
+impl NvmlMeter {
+    fn slice_busy_of(nvml: &Nvml, index: u32, mig_index: u32) -> Result<bool, String> {
+        let parent = nvml
+            .device_by_index(index)
+            .map_err(|e| nvml_reason("nvmlDeviceGetHandleByIndex_v2", &e))?;
+        let mig = parent
+            .mig_device_by_index(mig_index)
+            .map_err(|e| nvml_reason("nvmlDeviceGetMigDeviceHandleByIndex", &e))?;
+        mig.running_compute_processes_count()
+            .map(|n| n > 0)
+            .map_err(|e| nvml_reason("nvmlDeviceGetComputeRunningProcesses_v3", &e))
+    }
+
+    fn measure_idle_power(&mut self, duration: Duration) -> Vec<(String, f64)> {
         if self.gpus.is_empty() {
             return Vec::new();
         }
@@ -391,53 +1044,142 @@ impl EnergyMeter for NvmlMeter {
             })
             .collect()
     }
+}
 
-    fn stop(&mut self) -> Vec<EnergyReading> {
-        if self.started.is_some() {
-            self.advance();
+/// Why a trace could not give the energy, for the reason text.
+fn trace_gap(trace: Option<&PowerTrace>, period: Duration) -> String {
+    let Some(t) = trace else {
+        return if period.is_zero() {
+            " (the sampler is off)".to_owned()
+        } else {
+            String::new()
+        };
+    };
+    let why: Vec<String> = ["power_instant_w", "power_avg_w", "trace"]
+        .iter()
+        .filter_map(|k| t.unavailable.get(*k).map(|v| format!("{k}: {v}")))
+        .collect();
+    if why.is_empty() {
+        format!(" ({} samples)", t.samples.len())
+    } else {
+        format!(" ({})", why.join("; "))
+    }
+}
+
+/// The reading of a GPU not in MIG mode: `base` carries its identity and window.
+fn gpu_reading(
+    base: EnergyReading,
+    energy: &GpuEnergy,
+    trace: Option<PowerTrace>,
+) -> EnergyReading {
+    match &energy.energy_mj {
+        Ok(mj) => EnergyReading {
+            source: energy.source,
+            energy_mj: Some(*mj),
+            unavailable_reason: None,
+            sample_period_ms: energy.sample_period_ms,
+            trace,
+            ..base
+        },
+        Err(reason) => EnergyReading {
+            unavailable_reason: Some(reason.clone()),
+            trace,
+            ..base
+        },
+    }
+}
+
+/// The readings of a GPU in MIG mode: the parent with the attribution when the job holds
+/// every slice (exclusive), else one reading per job slice with its attributed share.
+fn mig_readings(
+    base: EnergyReading,
+    layout: &MigLayout,
+    inputs: Vec<SliceInput>,
+    energy: &GpuEnergy,
+    idle_power_w: Option<f64>,
+    trace: Option<PowerTrace>,
+) -> Vec<EnergyReading> {
+    let owned: Vec<SliceInput> = inputs.iter().filter(|s| s.owned_by_job).cloned().collect();
+    let parent_is_the_unit = owned.is_empty()
+        || layout.whole_gpu
+        || mode_for(&inputs, layout.total_compute_slices) == MigMode::Exclusive;
+    let slice_base = |s: &SliceInput| EnergyReading {
+        device_kind: DeviceKind::MigSlice,
+        device_id: s.slice_id.clone(),
+        device_name: format!("{} MIG {}", base.device_name, s.profile),
+        trace: trace.clone(),
+        ..base.clone()
+    };
+    let failed = |reason: String| -> Vec<EnergyReading> {
+        if parent_is_the_unit {
+            return vec![EnergyReading {
+                unavailable_reason: Some(reason),
+                trace: trace.clone(),
+                ..base.clone()
+            }];
         }
-        let window_ns = elapsed_ns(self.started.take());
-        let simulated = self.is_simulated();
-        let driver_version = self.driver_version.clone();
-        self.gpus
-            .iter_mut()
-            .map(|gpu| {
-                let state = std::mem::replace(&mut gpu.state, CounterState::Idle);
-                let reason = match state {
-                    CounterState::Running { total_mj, .. } => {
-                        return EnergyReading {
-                            device_kind: DeviceKind::Gpu,
-                            device_id: gpu.device_id.clone(),
-                            device_name: gpu.name.clone(),
-                            source: EnergySource::NvmlCounter,
-                            energy_mj: Some(total_mj as f64),
-                            unavailable_reason: None,
-                            window_ns,
-                            sample_period_ms: Some(NVML_COUNTER_PERIOD_MS),
-                            estimated: false,
-                            baseline_power_w: None,
-                            net_energy_mj: None,
-                            simulated,
-                            driver_version: driver_version.clone(),
-                        }
-                    }
-                    CounterState::Failed(reason) => reason,
-                    CounterState::Idle => "meter stopped without being started".to_owned(),
-                };
-                EnergyReading {
-                    device_name: gpu.name.clone(),
-                    simulated,
-                    driver_version: driver_version.clone(),
-                    ..EnergyReading::unavailable(
-                        DeviceKind::Gpu,
-                        gpu.device_id.clone(),
-                        reason,
-                        window_ns,
-                    )
-                }
+        owned
+            .iter()
+            .map(|s| EnergyReading {
+                unavailable_reason: Some(format!("MIG parent {}: {reason}", base.device_id)),
+                ..slice_base(s)
             })
             .collect()
+    };
+    if let Some(reason) = &layout.broken {
+        return failed(format!("MIG layout unknown: {reason}"));
     }
+    let parent_mj = match &energy.energy_mj {
+        Ok(mj) => *mj,
+        Err(reason) => return failed(reason.clone()),
+    };
+    let mut attribution = match attribute(
+        &base.device_id,
+        parent_mj.round().max(0.0) as u64,
+        idle_power_w,
+        base.window_ns,
+        layout.total_compute_slices,
+        inputs,
+    ) {
+        Ok(a) => a,
+        Err(e) => return failed(format!("MIG attribution impossible: {e}")),
+    };
+    // A job given the whole GPU holds its free capacity too, so no one else can run
+    // there: exclusive, even when the slices do not fill the GPU.
+    if layout.whole_gpu {
+        attribution.mode = MigMode::Exclusive;
+    }
+    let measured = |r: EnergyReading, mj: f64| EnergyReading {
+        source: energy.source,
+        energy_mj: Some(mj),
+        unavailable_reason: None,
+        sample_period_ms: energy.sample_period_ms,
+        mig: Some(attribution.clone()),
+        ..r
+    };
+    if attribution.mode == MigMode::Exclusive || owned.is_empty() {
+        let parent = EnergyReading {
+            trace: trace.clone(),
+            ..base.clone()
+        };
+        return vec![measured(parent, parent_mj)];
+    }
+    attribution
+        .slices
+        .iter()
+        .zip(&attribution.shares)
+        .filter(|(s, _)| s.owned_by_job)
+        .map(|(s, share)| {
+            let mut r = measured(slice_base(s), share.energy_mj as f64);
+            // The slice's idle power is its compute-slice share of the parent's, so its
+            // net energy is its dynamic share.
+            if let Some(w) = idle_power_w {
+                let frac = f64::from(s.compute_slices) / f64::from(layout.total_compute_slices);
+                r.apply_baseline(w * frac);
+            }
+            r
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -451,6 +1193,21 @@ mod tests {
         assert_eq!(e.library, "/nonexistent/libnvidia-ml.so.1");
         let e = NvmlMeter::open(Some(Path::new("/nonexistent/x.so"))).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/x.so"), "{e}");
+    }
+
+    #[test]
+    fn profile_names_match_nvidias_for_real_instance_sizes() {
+        let mib = |m: u64| m << 20;
+        // A100 40GB, A100 80GB and H100 80GB instance memory as nvidia-smi lists it.
+        assert_eq!(profile_name(1, mib(4_864)), "1g.5gb");
+        assert_eq!(profile_name(2, mib(9_856)), "2g.10gb");
+        assert_eq!(profile_name(3, mib(19_968)), "3g.20gb");
+        assert_eq!(profile_name(7, mib(40_192)), "7g.40gb");
+        assert_eq!(profile_name(3, mib(40_192)), "3g.40gb");
+        assert_eq!(profile_name(7, mib(80_896)), "7g.80gb");
+        assert_eq!(profile_name(1, mib(9_984)), "1g.10gb");
+        // Off the nominal list: GiB rounded up.
+        assert_eq!(profile_name(2, mib(30_000)), "2g.30gb");
     }
 
     #[test]

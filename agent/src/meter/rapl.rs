@@ -365,6 +365,23 @@ impl EnergyMeter for RaplMeter {
         }
     }
 
+    fn checkpoint(&mut self) -> Vec<(String, Option<f64>)> {
+        if self.started.is_none() {
+            return Vec::new();
+        }
+        self.advance();
+        self.zones
+            .iter()
+            .map(|zone| {
+                let mj = match zone.state {
+                    ZoneState::Running { total_uj, .. } => Some(total_uj as f64 / 1000.0),
+                    _ => None,
+                };
+                (zone.device_id.clone(), mj)
+            })
+            .collect()
+    }
+
     fn stop(&mut self) -> Vec<EnergyReading> {
         let was_started = self.started.is_some();
         if was_started {
@@ -389,6 +406,9 @@ impl EnergyMeter for RaplMeter {
                     net_energy_mj: None,
                     simulated: false,
                     driver_version: None,
+                    trace: None,
+                    phases: None,
+                    mig: None,
                 },
                 ZoneState::Failed(reason) => {
                     EnergyReading::unavailable(zone.kind, zone.device_id.clone(), reason, window_ns)

@@ -24,7 +24,7 @@ pub use load::{load_config, parse_config_str, LoadedConfig};
 pub use overrides::{resolve, CliOverrides, ResolvedConfig};
 pub use presets::{preset, presets, Preset};
 pub use schema::{
-    Backend, BatchingOptions, BatchingStrategy, DecoderConfig, DecoderPreset, Device,
+    Backend, BatchingOptions, BatchingStrategy, CarbonConfig, DecoderConfig, DecoderPreset, Device,
     ExperimentConfig, LatencyMode, LatencySimulation, Precision, PromptSource, QuantizationConfig,
     ShardingConfig, ShardingStrategy,
 };

@@ -71,6 +71,27 @@ pub struct ExperimentConfig {
     /// subtract the idle power (net energy); 0 disables.
     #[serde(default = "default_idle_baseline_s")]
     pub idle_baseline_s: f64,
+    /// lem-only: period of the GPU sensor sampler (power, temperature, clocks), ms.
+    #[serde(default = "default_sample_period_ms")]
+    pub sample_period_ms: f64,
+    /// lem-only: carbon accounting inputs; nothing is assumed when absent.
+    #[serde(default)]
+    pub carbon: CarbonConfig,
+}
+
+fn default_sample_period_ms() -> f64 {
+    100.0
+}
+
+/// Carbon = energy × PUE × grid intensity. Without a grid intensity no carbon figure is
+/// given; a missing PUE is taken as 1.0 (device energy only) and said so in the result.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CarbonConfig {
+    /// Power usage effectiveness of the facility, ≥ 1.
+    pub pue: Option<f64>,
+    /// Grid carbon intensity, gCO2e per kWh.
+    pub grid_intensity_gco2e_per_kwh: Option<f64>,
 }
 
 fn default_idle_baseline_s() -> f64 {
@@ -118,6 +139,8 @@ impl ExperimentConfig {
             device: Device::default(),
             cpu_threads: None,
             idle_baseline_s: default_idle_baseline_s(),
+            sample_period_ms: default_sample_period_ms(),
+            carbon: CarbonConfig::default(),
         }
     }
 

@@ -124,6 +124,11 @@ pub(crate) const QUANTIZATION: &[Field] = &[
     f("bnb_4bit_use_double_quant", Ty::Bool),
 ];
 
+pub(crate) const CARBON: &[Field] = &[
+    opt("pue", float(1.0, 10.0)),
+    opt("grid_intensity_gco2e_per_kwh", float(0.0, 10_000.0)),
+];
+
 /// Keys every prompt source takes.
 pub(crate) const PROMPT_COMMON: &[Field] = &[
     req("type", Ty::Enum(PROMPT_TYPES)),
@@ -176,6 +181,8 @@ pub(crate) const TOP: &[Field] = &[
     f("device", Ty::Enum(DEVICES)),
     opt("cpu_threads", uint(1, U32)),
     f("idle_baseline_s", float(0.0, f64::INFINITY)),
+    f("sample_period_ms", float(1.0, 60_000.0)),
+    f("carbon", Ty::Section(CARBON)),
 ];
 
 /// Sections that may be written empty (`decoder_config:` with every key commented out).
@@ -186,6 +193,7 @@ pub(crate) const SECTIONS: &[&str] = &[
     "decoder_config",
     "quantization_config",
     "extra_metadata",
+    "carbon",
 ];
 
 /// Every dotted path of the schema (sections and their keys; prompt source keys of all
@@ -302,6 +310,7 @@ mod tests {
             ("latency_simulation", LATENCY),
             ("decoder_config", DECODER),
             ("quantization_config", QUANTIZATION),
+            ("carbon", CARBON),
         ] {
             let mut keys: Vec<&String> = json[section].as_object().unwrap().keys().collect();
             keys.sort();

@@ -816,15 +816,16 @@ fn unsupported_lists_what_lem_refuses() {
     assert!(unsupported(&c).is_empty());
     c.backend = Backend::Vllm; // a warning from validation, not a refusal
     assert!(unsupported(&c).is_empty());
-    c.sharding_config.strategy = ShardingStrategy::TensorParallel;
+    // Simulated arrivals are honoured (agent::serving), not refused.
     c.latency_simulation.enabled = true;
+    assert!(unsupported(&c).is_empty());
+    c.sharding_config.strategy = ShardingStrategy::TensorParallel;
     c.decoder_config.no_repeat_ngram_size = 3;
     let fields: Vec<String> = unsupported(&c).into_iter().map(|p| p.field).collect();
     assert_eq!(
         fields,
         [
             "sharding_config.strategy",
-            "latency_simulation.enabled",
             "decoder_config.no_repeat_ngram_size"
         ]
     );

@@ -86,12 +86,6 @@ pub fn unsupported(cfg: &ExperimentConfig) -> Vec<Problem> {
             "tensor/pipeline parallel sharding is not supported by lem's candle engine yet".into(),
         );
     }
-    if cfg.latency_simulation.enabled {
-        add(
-            "latency_simulation.enabled",
-            "simulated request arrivals (poisson/constant) are not implemented by lem yet".into(),
-        );
-    }
     if cfg.num_processes > 1 {
         add(
             "num_processes",

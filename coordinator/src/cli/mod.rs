@@ -3,11 +3,15 @@
 
 mod config_cmd;
 mod experiment;
+mod gpu_check;
+mod model_cmd;
 mod reference;
 mod results;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+
+pub use model_cmd::{ConvertArgs, ModelCommand};
 
 /// Exit codes, stable for scripts.
 pub mod exit {
@@ -64,11 +68,19 @@ pub enum Command {
     Datasets(JsonFlag),
     /// Show GPU topology (NVML: index, name, UUID, memory, power limit, MIG mode).
     Gpus(GpusArgs),
+    /// Hardware probes of GPU metering (used by scripts/gpu-check.sh).
+    #[command(subcommand, name = "gpu-check")]
+    GpuCheck(gpu_check::GpuCheckCommand),
     /// Aggregate raw results (late aggregation).
     Aggregate(AggregateArgs),
     /// List and inspect results.
     #[command(subcommand)]
     Results(ResultsCommand),
+    /// List the models lem's model dir and the Hugging Face cache hold.
+    Models(JsonFlag),
+    /// Convert models between GGUF and safetensors at a chosen precision.
+    #[command(subcommand)]
+    Model(ModelCommand),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -250,7 +262,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Presets(f) => reference::presets(f.json),
         Command::Datasets(f) => reference::datasets(f.json),
         Command::Gpus(a) => reference::gpus(a.json, a.nvml_lib.as_deref()),
+        Command::GpuCheck(cmd) => gpu_check::run(cmd),
         Command::Aggregate(args) => results::aggregate(&data_dir, args),
         Command::Results(cmd) => results::run(&data_dir, cmd),
+        Command::Models(f) => model_cmd::models(f.json),
+        Command::Model(cmd) => model_cmd::run(cmd),
     }
 }

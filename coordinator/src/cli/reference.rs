@@ -71,7 +71,6 @@ pub fn gpus(json: bool, lib: Option<&Path>) -> i32 {
                 "driver_version": gpus.iter().find_map(|g| g.driver_version.clone()),
                 "gpus": gpus,
                 "note": if gpus.is_empty() { Some(NO_GPU_NOTE) } else { None },
-                "mig_instances": "not listed yet",
             }),
             Err(e) => serde_json::json!({
                 "nvml_available": false,
@@ -101,32 +100,56 @@ pub fn gpus(json: bool, lib: Option<&Path>) -> i32 {
         }
     };
     let na = || "n/a".to_owned();
-    let rows: Vec<[String; 6]> = gpus
-        .iter()
-        .map(|g| {
-            [
-                g.index.to_string(),
-                g.name.clone().unwrap_or_else(na),
-                g.uuid.clone().unwrap_or_else(na),
-                g.memory_total_bytes
-                    .map_or_else(na, |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)),
-                g.power_limit_w.map_or_else(na, |w| format!("{w:.0} W")),
-                g.mig_mode.as_ref().map_or_else(na, |m| {
-                    let on = |b: bool| if b { "enabled" } else { "disabled" };
-                    if m.current == m.pending {
-                        on(m.current).to_owned()
-                    } else {
-                        format!("{} ({} after reset)", on(m.current), on(m.pending))
-                    }
-                }),
-            ]
-        })
-        .collect();
-    let header = ["IDX", "NAME", "UUID", "MEMORY", "POWER LIMIT", "MIG"];
+    let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+    // One row per GPU, its MIG devices indented under it.
+    let mut rows: Vec<[String; 7]> = Vec::new();
+    for g in &gpus {
+        rows.push([
+            g.index.to_string(),
+            g.name.clone().unwrap_or_else(na),
+            g.uuid.clone().unwrap_or_else(na),
+            g.memory_total_bytes.map_or_else(na, gib),
+            g.power_limit_w.map_or_else(na, |w| format!("{w:.0} W")),
+            g.mig_mode.as_ref().map_or_else(na, |m| {
+                let on = |b: bool| if b { "enabled" } else { "disabled" };
+                if m.current == m.pending {
+                    on(m.current).to_owned()
+                } else {
+                    format!("{} ({} after reset)", on(m.current), on(m.pending))
+                }
+            }),
+            String::new(),
+        ]);
+        for m in &g.mig_instances {
+            let id = |v: Option<u32>| v.map_or_else(na, |v| v.to_string());
+            rows.push([
+                format!("  {}:{}", g.index, m.mig_index),
+                format!("  MIG {}", m.profile.clone().unwrap_or_else(na)),
+                m.uuid.clone().unwrap_or_else(na),
+                m.memory_total_bytes.map_or_else(na, gib),
+                String::new(),
+                format!(
+                    "GI {} CI {}",
+                    id(m.gpu_instance_id),
+                    id(m.compute_instance_id)
+                ),
+                format!("{} slices, {} SMs", id(m.compute_slices), id(m.sm_count)),
+            ]);
+        }
+    }
+    let header = [
+        "IDX",
+        "NAME",
+        "UUID",
+        "MEMORY",
+        "POWER LIMIT",
+        "MIG",
+        "COMPUTE",
+    ];
     let widths: Vec<usize> = (0..header.len())
         .map(|c| {
             rows.iter()
-                .map(|r| r[c].len())
+                .map(|r| r[c].chars().count())
                 .chain([header[c].len()])
                 .max()
                 .unwrap_or(0)
@@ -146,12 +169,23 @@ pub fn gpus(json: bool, lib: Option<&Path>) -> i32 {
     }
     let driver = gpus.iter().find_map(|g| g.driver_version.clone());
     println!(
-        "\nDriver {} · NVML library {library} · MIG instances are not listed yet.",
+        "\nDriver {} · NVML library {library}",
         driver.as_deref().unwrap_or("n/a")
     );
+    if gpus.iter().any(|g| !g.mig_instances.is_empty()) {
+        println!(
+            "MIG profile names are derived from each instance's slices and memory \
+             (NVML reports profile ids)."
+        );
+    }
     for g in &gpus {
         for (field, reason) in &g.unavailable {
             println!("GPU {} {field}: {reason}", g.index);
+        }
+        for m in &g.mig_instances {
+            for (field, reason) in &m.unavailable {
+                println!("MIG {}:{} {field}: {reason}", g.index, m.mig_index);
+            }
         }
     }
     exit::OK

@@ -286,10 +286,96 @@ fn print_device_energy(agg: &ExperimentAggregate, d: &crate::aggregate::DeviceEn
     if let (Some(base), Some(net)) = (mean(&|x| x.baseline_power_w), mean(&|x| x.net_j)) {
         line.push_str(&format!(", baseline {base:.2} W, net {net:.3} J"));
     }
+    if let Some(mode) = d.mig_mode {
+        line.push_str(match mode {
+            lem_common::mig::MigMode::Exclusive => "  MIG exclusive (whole GPU)",
+            lem_common::mig::MigMode::Shared => "  MIG slice (attributed share)",
+        });
+    }
     if d.simulated {
         line.push_str("  simulated");
     }
     println!("{line}");
+    if let (Some(p), Some(dec)) = (
+        mean(&|x| x.phases.as_ref().map(|p| p.prefill_mj / 1000.0)),
+        mean(&|x| x.phases.as_ref().map(|p| p.decode_mj / 1000.0)),
+    ) {
+        let method = d.phases.as_ref().map_or("", |p| match p.method {
+            lem_common::domain::PhaseSplitMethod::CounterAtBoundaries => "counter at boundaries",
+            lem_common::domain::PhaseSplitMethod::TraceIntegral => "power trace",
+        });
+        println!(
+            "    {:<20} prefill {p:.3} J, decode {dec:.3} J ({method})",
+            ""
+        );
+    }
+}
+
+/// The latency block: how requests arrived, request throughput, and TTFT/TPOT/ITL/E2EL
+/// (mean, median, p90, p99 as `vllm bench serve` reports them), each the mean over cycles.
+fn print_latency(agg: &ExperimentAggregate) {
+    let Some(first) = agg.cycles.first() else {
+        return;
+    };
+    let n = agg.cycles.len();
+    let stat = |name: &str| agg.stats.get(name).map(|s| s.mean);
+    let scheduled = first.arrivals != "all at once";
+    println!(
+        "  arrivals               {}",
+        if scheduled {
+            format!(
+                "{}; batch-at-a-time serving, latencies from arrival",
+                first.arrivals
+            )
+        } else {
+            "all at once; latencies from each batch's start".into()
+        }
+    );
+    if let Some(rps) = stat("request_throughput_per_s") {
+        let achieved = stat("achieved_arrival_rate_per_s")
+            .map(|r| format!("  (achieved arrival rate {r:.2} req/s)"))
+            .unwrap_or_default();
+        println!("  request throughput     {rps:.2} req/s{achieved}");
+    }
+    println!(
+        "  {:<20} {:>9} {:>9} {:>9} {:>9}{}",
+        "latency (ms)",
+        "mean",
+        "median",
+        "p90",
+        "p99",
+        if n > 1 {
+            format!("  (mean of {n} cycles)")
+        } else {
+            String::new()
+        }
+    );
+    for (label, metric) in [
+        ("TTFT", "ttft"),
+        ("TPOT", "tpot"),
+        ("ITL", "itl"),
+        ("E2EL", "e2e"),
+    ] {
+        // A metric that cannot be computed (e.g. TPOT with one token per request) is "—".
+        let cells: Vec<String> = ["mean", "p50", "p90", "p99"]
+            .iter()
+            .map(|s| match stat(&format!("{metric}_{s}_ms")) {
+                Some(v) => format!("{v:>9.2}"),
+                None => format!("{:>9}", "—"),
+            })
+            .collect();
+        println!("    {label:<18} {}", cells.join(" "));
+    }
+    if n > 1 {
+        for (label, name) in [
+            ("TTFT median", "ttft_p50_ms"),
+            ("E2EL median", "e2e_p50_ms"),
+        ] {
+            if let Some(s) = agg.stats.get(name) {
+                println!("  {label:<22} {}", fmt_summary(s, "ms", 1));
+            }
+        }
+    }
 }
 
 pub fn print_aggregate(agg: &ExperimentAggregate, rec: &ExperimentRecord) {
@@ -325,7 +411,6 @@ pub fn print_aggregate(agg: &ExperimentAggregate, rec: &ExperimentRecord) {
         println!("  no results");
         return;
     };
-    let n = agg.cycles.len();
     let stat = |name: &str| agg.stats.get(name);
     let show = |label: &str, name: &str, unit: &str, prec: usize| {
         if let Some(s) = stat(name) {
@@ -340,23 +425,15 @@ pub fn print_aggregate(agg: &ExperimentAggregate, rec: &ExperimentRecord) {
     show("throughput (total)", "total_tokens_per_s", "tok/s", 2);
     show("decode", "decode_tokens_per_s", "tok/s", 2);
     show("prefill", "prefill_tokens_per_s", "tok/s", 1);
-    show("TTFT p50", "ttft_p50_ms", "ms", 1);
-    show("ITL p50", "itl_p50_ms", "ms", 2);
-    show("latency p50", "e2e_p50_ms", "ms", 1);
-    if n == 1 {
-        if let (Some(t), Some(e)) = (&first.ttft_ms, &first.e2e_ms) {
-            println!(
-                "  TTFT p90/p99           {:.1} / {:.1} ms;  latency p90/p99 {:.1} / {:.1} ms",
-                t.p90, t.p99, e.p90, e.p99
-            );
-        }
-    }
+    print_latency(agg);
     match stat("energy_total_j") {
         Some(s) => {
             println!("  {:<22} {}", "energy", fmt_summary(s, "J", 3));
             show("energy / output token", "j_per_output_token", "J", 4);
             show("output tokens / J", "output_tokens_per_j", "tok/J", 3);
             show("energy (net of idle)", "energy_net_total_j", "J", 3);
+            show("energy in prefill", "energy_prefill_j", "J", 3);
+            show("energy in decode", "energy_decode_j", "J", 3);
             for d in &first.energy.devices {
                 print_device_energy(agg, d);
             }
@@ -369,6 +446,20 @@ pub fn print_aggregate(agg: &ExperimentAggregate, rec: &ExperimentRecord) {
             for m in &first.energy.missing {
                 println!("                         {m}");
             }
+        }
+    }
+    if let Some(c) = &first.carbon {
+        match (stat("co2e_g"), &c.unavailable_reason) {
+            (Some(s), _) => println!(
+                "  {:<22} {}  (PUE {}{}, {} gCO2e/kWh)",
+                "carbon",
+                fmt_summary(s, "gCO2e", 4),
+                c.pue,
+                if c.pue_assumed { " assumed" } else { "" },
+                c.grid_intensity_gco2e_per_kwh.unwrap_or(f64::NAN)
+            ),
+            (None, Some(why)) => println!("  carbon                 not computed — {why}"),
+            (None, None) => {}
         }
     }
     println!(

@@ -16,29 +16,56 @@
 //!   "fail": { "nvmlSystemGetDriverVersion": "NOT_SUPPORTED" },
 //!   "gpus": [ { "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-...",
 //!               "memory_total_bytes": 85899345920, "memory_used_bytes": 0,
-//!               "power_limit_mw": 700000, "mig_mode": 0,
-//!               "power": [[0.0, 60.0], [1.0, 250.0]],
+//!               "power_limit_mw": 700000, "mig_mode": 0, "sm_count": 132,
+//!               "power": [[0.0, 60.0], [1.0, 250.0]], "power_average_window_s": 1.0,
+//!               "temperature_c": [[0.0, 35]], "sm_clock_mhz": [[0.0, 1980]],
+//!               "throttle_reasons": [[0.0, 0], [5.0, 4]],
 //!               "energy_start_mj": 0, "counter_reset_at_s": null, "lost_at_s": null,
-//!               "fail": { "nvmlDeviceGetTotalEnergyConsumption": "NOT_SUPPORTED" } } ] }
+//!               "fail": { "nvmlDeviceGetTotalEnergyConsumption": "NOT_SUPPORTED",
+//!                         "NVML_FI_DEV_POWER_INSTANT": "NOT_SUPPORTED" },
+//!               "mig_total_slices": 7,
+//!               "mig_instances": [ { "profile": "3g.20gb", "uuid": "MIG-...",
+//!                   "gpu_instance_id": 2, "compute_instance_id": 0, "slices": 3,
+//!                   "sm_count": 42, "memory_total_bytes": 20937965568,
+//!                   "allocated": true, "sm_activity": [[0.0, 0.8]],
+//!                   "fail": { "nvmlGpmMigSampleGet": "NOT_SUPPORTED" } } ] } ] }
 //! ```
+//!
+//! Every field but `gpus`, and per GPU `name` and `uuid`, may be left out.
 //!
 //! * `power`: piecewise-constant watts, `[from_s, watts]` sorted by time, 0 W before the
 //!   first point. Time is virtual seconds since the first `nvmlInit_v2`.
+//! * `nvmlDeviceGetPowerUsage` returns the mean of `power` over the trailing
+//!   `power_average_window_s` (default 1 s, as A100/H100 report it; 0 gives the instant
+//!   value). `nvmlDeviceGetFieldValues` gives `NVML_FI_DEV_POWER_INSTANT` (186, the trace
+//!   value) and `NVML_FI_DEV_POWER_AVERAGE` (185, the trailing mean) in mW; naming either
+//!   field in `fail` makes that field alone fail.
 //! * The energy counter (mJ) advances in steps of `step_ms` (default 100, like real
 //!   hardware): at virtual time `t` it reads `energy_start_mj + floor(∫₀^q P dt)` with
 //!   `q = floor(t / step) · step`. After `counter_reset_at_s` (rounded down to a step) it
 //!   restarts from 0: `floor(∫_r^q P dt)`.
-//! * After `lost_at_s` every call on that GPU returns `NVML_ERROR_GPU_IS_LOST`.
+//! * `temperature_c`, `sm_clock_mhz` (graphics and SM clocks), `throttle_reasons`
+//!   (clock-event reason bits): piecewise-constant like `power`. A trace left out makes its
+//!   call NOT_SUPPORTED.
+//! * `mig_instances` (listed only when `mig_mode` is 1): MIG devices in index order.
+//!   `nvmlDeviceGetMaxMigDeviceCount` returns `mig_total_slices` (like NVML: the most
+//!   there could be; indices past the list are NOT_FOUND). A MIG handle answers UUID, name,
+//!   memory, `nvmlDeviceGetAttributes_v2` (SMs, slices, memory), GPU/compute instance ids,
+//!   its parent, and `nvmlDeviceGetComputeRunningProcesses_v3` (one process when
+//!   `allocated`); power, energy and sensors on it are NOT_SUPPORTED, as on hardware.
+//! * GPM: `nvmlGpmMigSampleGet` on the parent for a GPU instance with an `sm_activity`
+//!   trace (fraction 0..=1); `nvmlGpmMetricsGet` gives `SM_UTIL` (percent) as the trace's
+//!   mean between the two samples. A slice without `sm_activity` is NOT_SUPPORTED.
+//! * After `lost_at_s` every call on that GPU (and its MIG devices) returns
+//!   `NVML_ERROR_GPU_IS_LOST`.
 //! * `fail`: per-function error names (`NOT_SUPPORTED`, `NO_PERMISSION`, `GPU_IS_LOST`,
-//!   `UNKNOWN`, …), global or per GPU.
+//!   `UNKNOWN`, …), global, per GPU or per MIG instance.
 //! * Virtual time = real time since init × `time_scale` (default 1) + milliseconds added
 //!   with [`fakeNvmlAdvanceMs`]. Tests use `time_scale: 0` and advance the clock by hand, so
 //!   a 20 s window takes no real time.
 //!
 //! `nvmlSystemGetDriverVersion` returns `fake-nvml-<driver_version>`, so lem can tell a
 //! simulated node from real hardware.
-//!
-//! `nvmlDeviceGetPowerUsage` returns the instantaneous trace value (no 1 s averaging yet).
 //!
 //! # Unsafe
 //! Only at the FFI boundary: writing results through the caller's out-pointers and
@@ -57,6 +84,7 @@ type NvmlDevice = *mut c_void;
 const SUCCESS: NvmlReturn = 0;
 const ERROR_UNINITIALIZED: NvmlReturn = 1;
 const ERROR_INVALID_ARGUMENT: NvmlReturn = 2;
+const ERROR_NOT_SUPPORTED: NvmlReturn = 3;
 const ERROR_INSUFFICIENT_SIZE: NvmlReturn = 7;
 const ERROR_DRIVER_NOT_LOADED: NvmlReturn = 9;
 const ERROR_GPU_IS_LOST: NvmlReturn = 15;
@@ -132,29 +160,101 @@ struct Gpu {
     lost_at_s: Option<f64>,
     #[serde(default)]
     fail: BTreeMap<String, String>,
+    /// Length of the trailing average `nvmlDeviceGetPowerUsage` reports (A100/H100: 1 s).
+    #[serde(default = "default_avg_window_s")]
+    power_average_window_s: f64,
+    /// `[from_s, °C]`; absent: `nvmlDeviceGetTemperature` is NOT_SUPPORTED.
+    #[serde(default)]
+    temperature_c: Option<Vec<(f64, f64)>>,
+    /// `[from_s, MHz]`; absent: `nvmlDeviceGetClockInfo` is NOT_SUPPORTED.
+    #[serde(default)]
+    sm_clock_mhz: Option<Vec<(f64, f64)>>,
+    /// `[from_s, bits]`; absent: the clock-event reasons call is NOT_SUPPORTED.
+    #[serde(default)]
+    throttle_reasons: Option<Vec<(f64, f64)>>,
+    /// SMs of the whole GPU (`nvmlDeviceGetAttributes_v2`).
+    #[serde(default)]
+    sm_count: u32,
+    /// Compute slices of the whole GPU in MIG mode (7 on A100/H100).
+    #[serde(default = "default_mig_slices")]
+    mig_total_slices: u32,
+    /// MIG devices, in NVML's MIG index order (only listed when `mig_mode` is 1).
+    #[serde(default)]
+    mig_instances: Vec<MigInstance>,
+}
+
+fn default_avg_window_s() -> f64 {
+    1.0
+}
+fn default_mig_slices() -> u32 {
+    7
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigInstance {
+    /// Informational (NVML reports a profile id, not a name).
+    #[serde(default)]
+    profile: Option<String>,
+    uuid: String,
+    gpu_instance_id: u32,
+    #[serde(default)]
+    compute_instance_id: u32,
+    /// Compute (GPU-instance) slices: 3 for `3g.20gb`.
+    slices: u32,
+    sm_count: u32,
+    memory_total_bytes: u64,
+    /// Whether a compute process runs on the slice.
+    #[serde(default)]
+    allocated: bool,
+    /// GPM SM activity, `[from_s, 0..=1]`; absent: GPM NOT_SUPPORTED for this slice.
+    #[serde(default)]
+    sm_activity: Option<Vec<(f64, f64)>>,
+    #[serde(default)]
+    fail: BTreeMap<String, String>,
+}
+
+/// Value of a piecewise-constant trace at `t` (0 before the first point).
+fn step_at(trace: &[(f64, f64)], t: f64) -> f64 {
+    trace
+        .iter()
+        .take_while(|&&(from, _)| from <= t)
+        .last()
+        .map_or(0.0, |&(_, v)| v)
+}
+
+/// ∫₀^t of a piecewise-constant trace (t in seconds; 0 before the first point).
+fn step_integral(trace: &[(f64, f64)], t: f64) -> f64 {
+    let mut sum = 0.0;
+    for (i, &(from, v)) in trace.iter().enumerate() {
+        if from >= t {
+            break;
+        }
+        let to = trace.get(i + 1).map_or(t, |&(next, _)| next.min(t));
+        sum += v * (to - from);
+    }
+    sum
 }
 
 impl Gpu {
     /// ∫₀^t P dt in mJ (t in seconds).
     fn integral_mj(&self, t: f64) -> f64 {
-        let mut joules = 0.0;
-        for (i, &(from, watts)) in self.power.iter().enumerate() {
-            if from >= t {
-                break;
-            }
-            let to = self.power.get(i + 1).map_or(t, |&(next, _)| next.min(t));
-            joules += watts * (to - from);
-        }
-        joules * 1000.0
+        step_integral(&self.power, t) * 1000.0
     }
 
     /// Power in watts at `t` seconds.
     fn power_at(&self, t: f64) -> f64 {
-        self.power
-            .iter()
-            .take_while(|&&(from, _)| from <= t)
-            .last()
-            .map_or(0.0, |&(_, w)| w)
+        step_at(&self.power, t)
+    }
+
+    /// What `nvmlDeviceGetPowerUsage` reports at `t`: the mean over the trailing
+    /// `power_average_window_s` (the time before 0 counts as 0 W).
+    fn power_avg_at(&self, t: f64) -> f64 {
+        let w = self.power_average_window_s;
+        if w <= 0.0 {
+            return self.power_at(t);
+        }
+        (self.integral_mj(t) - self.integral_mj((t - w).max(0.0))) / 1000.0 / w
     }
 }
 
@@ -164,6 +264,9 @@ struct State {
     init_count: u32,
     epoch: Option<Instant>,
     advanced_ms: u64,
+    /// Live GPM samples by handle id.
+    gpm: BTreeMap<usize, GpmData>,
+    gpm_next: usize,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
@@ -172,6 +275,8 @@ static STATE: Mutex<State> = Mutex::new(State {
     init_count: 0,
     epoch: None,
     advanced_ms: 0,
+    gpm: BTreeMap::new(),
+    gpm_next: 0,
 });
 
 fn state() -> MutexGuard<'static, State> {
@@ -213,19 +318,44 @@ fn with_scenario(func: &str, f: impl FnOnce(&Scenario, f64) -> NvmlReturn) -> Nv
     f(scenario, now_s)
 }
 
-/// Runs `f` on the GPU behind `device`, applying configured failures and GPU loss.
-fn with_gpu(
+/// Handles encode indices, never addresses: the low 16 bits are the GPU index + 1, the
+/// bits above the MIG index + 1 (0 for the physical GPU). They are never dereferenced.
+fn gpu_handle(index: usize) -> NvmlDevice {
+    index.saturating_add(1) as NvmlDevice
+}
+
+fn mig_handle(gpu: usize, mig: usize) -> NvmlDevice {
+    (gpu.saturating_add(1) | (mig.saturating_add(1) << 16)) as NvmlDevice
+}
+
+/// The GPU index and, for a MIG handle, the MIG index behind `device`.
+fn decode(device: NvmlDevice) -> Option<(usize, Option<usize>)> {
+    let raw = device as usize;
+    let gpu = (raw & 0xffff).checked_sub(1)?;
+    let mig = (raw >> 16).checked_sub(1);
+    Some((gpu, mig))
+}
+
+/// Runs `f` on the GPU or MIG device behind `device`, applying configured failures (the
+/// GPU's, then the MIG device's) and GPU loss (a lost GPU takes its MIG devices along).
+fn with_device(
     func: &str,
     device: NvmlDevice,
-    f: impl FnOnce(&Scenario, &Gpu, f64) -> NvmlReturn,
+    f: impl FnOnce(&Scenario, &Gpu, Option<&MigInstance>, f64) -> NvmlReturn,
 ) -> NvmlReturn {
     with_scenario(func, |scenario, now_s| {
-        // Handles are `index + 1` cast to a pointer; never dereferenced.
-        let Some(gpu) = (device as usize)
-            .checked_sub(1)
-            .and_then(|i| scenario.gpus.get(i))
-        else {
+        let Some((gi, mi)) = decode(device) else {
             return ERROR_INVALID_ARGUMENT;
+        };
+        let Some(gpu) = scenario.gpus.get(gi) else {
+            return ERROR_INVALID_ARGUMENT;
+        };
+        let mig = match mi {
+            None => None,
+            Some(m) => match gpu.mig_instances.get(m).filter(|_| gpu.mig_mode == 1) {
+                Some(inst) => Some(inst),
+                None => return ERROR_INVALID_ARGUMENT,
+            },
         };
         if gpu.lost_at_s.is_some_and(|lost| now_s >= lost) {
             return ERROR_GPU_IS_LOST;
@@ -233,7 +363,23 @@ fn with_gpu(
         if let Some(e) = gpu.fail.get(func) {
             return error_code(e);
         }
-        f(scenario, gpu, now_s)
+        if let Some(e) = mig.and_then(|m| m.fail.get(func)) {
+            return error_code(e);
+        }
+        f(scenario, gpu, mig, now_s)
+    })
+}
+
+/// Runs `f` on the physical GPU behind `device`; a MIG handle is NOT_SUPPORTED, as on
+/// real hardware for power, energy and sensors.
+fn with_gpu(
+    func: &str,
+    device: NvmlDevice,
+    f: impl FnOnce(&Scenario, &Gpu, f64) -> NvmlReturn,
+) -> NvmlReturn {
+    with_device(func, device, |s, g, mig, now_s| match mig {
+        Some(_) => ERROR_NOT_SUPPORTED,
+        None => f(s, g, now_s),
     })
 }
 
@@ -410,8 +556,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
     index: c_uint,
     device: *mut NvmlDevice,
 ) -> NvmlReturn {
-    // Handles are `index + 1` cast to a pointer: opaque to the caller, never dereferenced.
-    let handle = (index as usize).saturating_add(1) as NvmlDevice;
+    let handle = gpu_handle(index as usize);
     with_gpu("nvmlDeviceGetHandleByIndex_v2", handle, |_, _, _| {
         // SAFETY: forwarded caller contract.
         unsafe { put(device, handle) }
@@ -423,8 +568,9 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetIndex(device: NvmlDevice, index: *mut c_uint) -> NvmlReturn {
     with_gpu("nvmlDeviceGetIndex", device, |_, _, _| {
+        let i = decode(device).map_or(0, |(g, _)| g);
         // SAFETY: forwarded caller contract.
-        unsafe { put(index, (device as usize - 1) as c_uint) }
+        unsafe { put(index, i as c_uint) }
     })
 }
 
@@ -437,8 +583,16 @@ pub unsafe extern "C" fn nvmlDeviceGetName(
     length: c_uint,
 ) -> NvmlReturn {
     // SAFETY: forwarded caller contract.
-    with_gpu("nvmlDeviceGetName", device, |_, g, _| unsafe {
-        put_str(name, length, &g.name)
+    with_device("nvmlDeviceGetName", device, |_, g, mig, _| unsafe {
+        match mig {
+            // Real NVML names a MIG device after its parent and profile.
+            Some(m) => put_str(
+                name,
+                length,
+                &format!("{} MIG {}", g.name, m.profile.as_deref().unwrap_or("?")),
+            ),
+            None => put_str(name, length, &g.name),
+        }
     })
 }
 
@@ -451,8 +605,8 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(
     length: c_uint,
 ) -> NvmlReturn {
     // SAFETY: forwarded caller contract.
-    with_gpu("nvmlDeviceGetUUID", device, |_, g, _| unsafe {
-        put_str(uuid, length, &g.uuid)
+    with_device("nvmlDeviceGetUUID", device, |_, g, mig, _| unsafe {
+        put_str(uuid, length, mig.map_or(&g.uuid, |m| &m.uuid))
     })
 }
 
@@ -473,7 +627,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     device: NvmlDevice,
     memory: *mut NvmlMemoryV2,
 ) -> NvmlReturn {
-    with_gpu("nvmlDeviceGetMemoryInfo_v2", device, |_, g, _| {
+    with_device("nvmlDeviceGetMemoryInfo_v2", device, |_, g, mig, _| {
         if memory.is_null() {
             return ERROR_INVALID_ARGUMENT;
         }
@@ -483,12 +637,17 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
         if unsafe { (*memory).version } != expected {
             return ERROR_ARGUMENT_VERSION_MISMATCH;
         }
-        let used = g.memory_used_bytes.min(g.memory_total_bytes);
+        let total = mig.map_or(g.memory_total_bytes, |m| m.memory_total_bytes);
+        let used = if mig.is_some() {
+            0
+        } else {
+            g.memory_used_bytes.min(total)
+        };
         let value = NvmlMemoryV2 {
             version: expected,
-            total: g.memory_total_bytes,
+            total,
             reserved: 0,
-            free: g.memory_total_bytes - used,
+            free: total - used,
             used,
         };
         // SAFETY: as above.
@@ -517,7 +676,8 @@ pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(
     power: *mut c_uint,
 ) -> NvmlReturn {
     with_gpu("nvmlDeviceGetPowerUsage", device, |_, g, now_s| {
-        let mw = (g.power_at(now_s) * 1000.0).round().max(0.0) as c_uint;
+        // Like A100/H100: the mean over the trailing second, not the instant value.
+        let mw = (g.power_avg_at(now_s) * 1000.0).round().max(0.0) as c_uint;
         // SAFETY: forwarded caller contract.
         unsafe { put(power, mw) }
     })
@@ -567,6 +727,552 @@ pub unsafe extern "C" fn nvmlDeviceGetMigMode(
             put(pending, g.mig_mode)
         }
     })
+}
+
+// ---- sensors ----
+
+/// nvml.h `nvmlFieldValue_t`; `value` holds the union's bytes.
+#[repr(C)]
+pub struct NvmlFieldValue {
+    pub field_id: c_uint,
+    pub scope_id: c_uint,
+    pub timestamp: i64,
+    pub latency_usec: i64,
+    pub value_type: c_uint,
+    pub nvml_return: NvmlReturn,
+    pub value: u64,
+}
+
+const FI_DEV_POWER_AVERAGE: c_uint = 185;
+const FI_DEV_POWER_INSTANT: c_uint = 186;
+/// `NVML_VALUE_TYPE_UNSIGNED_INT`.
+const VALUE_TYPE_UNSIGNED_INT: c_uint = 1;
+
+/// Power fields in mW. A field fails alone when the GPU's `fail` names it
+/// (`NVML_FI_DEV_POWER_INSTANT`, `NVML_FI_DEV_POWER_AVERAGE`); other fields are
+/// NOT_SUPPORTED.
+///
+/// # Safety
+/// `values` must be null or valid for reads and writes of `count` field values.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
+    device: NvmlDevice,
+    count: std::ffi::c_int,
+    values: *mut NvmlFieldValue,
+) -> NvmlReturn {
+    with_gpu("nvmlDeviceGetFieldValues", device, |_, g, now_s| {
+        let Ok(n) = usize::try_from(count) else {
+            return ERROR_INVALID_ARGUMENT;
+        };
+        if values.is_null() || n == 0 {
+            return ERROR_INVALID_ARGUMENT;
+        }
+        // SAFETY: non-null and valid for `count` elements per the caller's contract.
+        let values = unsafe { std::slice::from_raw_parts_mut(values, n) };
+        for v in values {
+            let (name, watts) = match v.field_id {
+                FI_DEV_POWER_INSTANT => ("NVML_FI_DEV_POWER_INSTANT", g.power_at(now_s)),
+                FI_DEV_POWER_AVERAGE => ("NVML_FI_DEV_POWER_AVERAGE", g.power_avg_at(now_s)),
+                _ => {
+                    v.nvml_return = ERROR_NOT_SUPPORTED;
+                    continue;
+                }
+            };
+            v.timestamp = (now_s * 1e6) as i64;
+            v.latency_usec = 0;
+            if let Some(e) = g.fail.get(name) {
+                v.nvml_return = error_code(e);
+                continue;
+            }
+            v.value_type = VALUE_TYPE_UNSIGNED_INT;
+            // The union's `uiVal` is its first 4 bytes (little-endian targets).
+            v.value = u64::from((watts * 1000.0).round().max(0.0) as u32);
+            v.nvml_return = SUCCESS;
+        }
+        SUCCESS
+    })
+}
+
+/// A piecewise-constant sensor trace at `t`, or NOT_SUPPORTED when the scenario has none.
+fn sensor(trace: &Option<Vec<(f64, f64)>>, t: f64) -> Result<f64, NvmlReturn> {
+    trace
+        .as_deref()
+        .map(|tr| step_at(tr, t))
+        .ok_or(ERROR_NOT_SUPPORTED)
+}
+
+/// # Safety
+/// `temp` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetTemperature(
+    device: NvmlDevice,
+    sensor_type: c_uint,
+    temp: *mut c_uint,
+) -> NvmlReturn {
+    with_gpu("nvmlDeviceGetTemperature", device, |_, g, now_s| {
+        if sensor_type != 0 {
+            return ERROR_INVALID_ARGUMENT; // only NVML_TEMPERATURE_GPU exists
+        }
+        match sensor(&g.temperature_c, now_s) {
+            // SAFETY: forwarded caller contract.
+            Ok(c) => unsafe { put(temp, c.round().max(0.0) as c_uint) },
+            Err(e) => e,
+        }
+    })
+}
+
+/// Graphics (0) and SM (1) clocks follow `sm_clock_mhz`; others are NOT_SUPPORTED.
+///
+/// # Safety
+/// `clock` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetClockInfo(
+    device: NvmlDevice,
+    clock_type: c_uint,
+    clock: *mut c_uint,
+) -> NvmlReturn {
+    with_gpu("nvmlDeviceGetClockInfo", device, |_, g, now_s| {
+        if clock_type > 1 {
+            return ERROR_NOT_SUPPORTED;
+        }
+        match sensor(&g.sm_clock_mhz, now_s) {
+            // SAFETY: forwarded caller contract.
+            Ok(mhz) => unsafe { put(clock, mhz.round().max(0.0) as c_uint) },
+            Err(e) => e,
+        }
+    })
+}
+
+fn throttle(func: &str, device: NvmlDevice, reasons: *mut c_ulonglong) -> NvmlReturn {
+    with_gpu(func, device, |_, g, now_s| {
+        match sensor(&g.throttle_reasons, now_s) {
+            // SAFETY: forwarded caller contract (null is checked in `put`).
+            Ok(bits) => unsafe { put(reasons, bits.max(0.0) as c_ulonglong) },
+            Err(e) => e,
+        }
+    })
+}
+
+/// # Safety
+/// `reasons` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksThrottleReasons(
+    device: NvmlDevice,
+    reasons: *mut c_ulonglong,
+) -> NvmlReturn {
+    throttle("nvmlDeviceGetCurrentClocksThrottleReasons", device, reasons)
+}
+
+/// The newer name of the same call (drivers ≥ 535).
+///
+/// # Safety
+/// `reasons` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksEventReasons(
+    device: NvmlDevice,
+    reasons: *mut c_ulonglong,
+) -> NvmlReturn {
+    throttle("nvmlDeviceGetCurrentClocksEventReasons", device, reasons)
+}
+
+// ---- MIG ----
+
+/// Like real NVML: the most MIG devices the GPU can hold (its compute slices), not how
+/// many exist; absent indices are NOT_FOUND.
+///
+/// # Safety
+/// `count` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMaxMigDeviceCount(
+    device: NvmlDevice,
+    count: *mut c_uint,
+) -> NvmlReturn {
+    with_gpu("nvmlDeviceGetMaxMigDeviceCount", device, |_, g, _| {
+        if g.mig_mode != 1 {
+            return ERROR_NOT_SUPPORTED;
+        }
+        let n = g.mig_total_slices.max(g.mig_instances.len() as u32);
+        // SAFETY: forwarded caller contract.
+        unsafe { put(count, n) }
+    })
+}
+
+/// # Safety
+/// `mig` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
+    device: NvmlDevice,
+    index: c_uint,
+    mig: *mut NvmlDevice,
+) -> NvmlReturn {
+    with_gpu("nvmlDeviceGetMigDeviceHandleByIndex", device, |_, g, _| {
+        if g.mig_mode != 1 {
+            return ERROR_NOT_SUPPORTED;
+        }
+        if index as usize >= g.mig_instances.len() {
+            return error_code("NOT_FOUND");
+        }
+        let gi = decode(device).map_or(0, |(gi, _)| gi);
+        // SAFETY: forwarded caller contract.
+        unsafe { put(mig, mig_handle(gi, index as usize)) }
+    })
+}
+
+/// # Safety
+/// `is_mig` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceIsMigDeviceHandle(
+    device: NvmlDevice,
+    is_mig: *mut c_uint,
+) -> NvmlReturn {
+    with_device("nvmlDeviceIsMigDeviceHandle", device, |_, _, mig, _| {
+        // SAFETY: forwarded caller contract.
+        unsafe { put(is_mig, c_uint::from(mig.is_some())) }
+    })
+}
+
+/// # Safety
+/// `id` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceId(
+    device: NvmlDevice,
+    id: *mut c_uint,
+) -> NvmlReturn {
+    with_device(
+        "nvmlDeviceGetGpuInstanceId",
+        device,
+        |_, _, mig, _| match mig {
+            // SAFETY: forwarded caller contract.
+            Some(m) => unsafe { put(id, m.gpu_instance_id) },
+            None => ERROR_NOT_SUPPORTED,
+        },
+    )
+}
+
+/// # Safety
+/// `id` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetComputeInstanceId(
+    device: NvmlDevice,
+    id: *mut c_uint,
+) -> NvmlReturn {
+    with_device(
+        "nvmlDeviceGetComputeInstanceId",
+        device,
+        |_, _, mig, _| match mig {
+            // SAFETY: forwarded caller contract.
+            Some(m) => unsafe { put(id, m.compute_instance_id) },
+            None => ERROR_NOT_SUPPORTED,
+        },
+    )
+}
+
+/// # Safety
+/// `parent` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetDeviceHandleFromMigDeviceHandle(
+    device: NvmlDevice,
+    parent: *mut NvmlDevice,
+) -> NvmlReturn {
+    with_device(
+        "nvmlDeviceGetDeviceHandleFromMigDeviceHandle",
+        device,
+        |_, _, mig, _| match (mig, decode(device)) {
+            // SAFETY: forwarded caller contract.
+            (Some(_), Some((gi, _))) => unsafe { put(parent, gpu_handle(gi)) },
+            _ => ERROR_INVALID_ARGUMENT,
+        },
+    )
+}
+
+/// nvml.h `nvmlDeviceAttributes_t`.
+#[repr(C)]
+pub struct NvmlDeviceAttributes {
+    pub multiprocessor_count: c_uint,
+    pub shared_copy_engine_count: c_uint,
+    pub shared_decoder_count: c_uint,
+    pub shared_encoder_count: c_uint,
+    pub shared_jpeg_count: c_uint,
+    pub shared_ofa_count: c_uint,
+    pub gpu_instance_slice_count: c_uint,
+    pub compute_instance_slice_count: c_uint,
+    pub memory_size_mb: c_ulonglong,
+}
+
+/// A MIG device's slices, SMs and memory; for the physical GPU its SMs, memory and
+/// (in MIG mode) total slices.
+///
+/// # Safety
+/// `attrs` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetAttributes_v2(
+    device: NvmlDevice,
+    attrs: *mut NvmlDeviceAttributes,
+) -> NvmlReturn {
+    with_device("nvmlDeviceGetAttributes_v2", device, |_, g, mig, _| {
+        let (sms, slices, bytes) = match mig {
+            Some(m) => (m.sm_count, m.slices, m.memory_total_bytes),
+            None => (
+                g.sm_count,
+                if g.mig_mode == 1 {
+                    g.mig_total_slices
+                } else {
+                    0
+                },
+                g.memory_total_bytes,
+            ),
+        };
+        let value = NvmlDeviceAttributes {
+            multiprocessor_count: sms,
+            shared_copy_engine_count: 0,
+            shared_decoder_count: 0,
+            shared_encoder_count: 0,
+            shared_jpeg_count: 0,
+            shared_ofa_count: 0,
+            gpu_instance_slice_count: slices,
+            compute_instance_slice_count: slices,
+            memory_size_mb: bytes / (1 << 20),
+        };
+        // SAFETY: forwarded caller contract.
+        unsafe { put(attrs, value) }
+    })
+}
+
+/// nvml.h `nvmlProcessInfo_t` (v2 layout, used by the `_v3` call).
+#[repr(C)]
+pub struct NvmlProcessInfo {
+    pub pid: c_uint,
+    pub used_gpu_memory: c_ulonglong,
+    pub gpu_instance_id: c_uint,
+    pub compute_instance_id: c_uint,
+}
+
+/// One process on each `allocated` MIG device, none elsewhere.
+///
+/// # Safety
+/// `count` must be null or valid for reads and writes; `infos` null or valid for
+/// `*count` writes.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
+    device: NvmlDevice,
+    count: *mut c_uint,
+    infos: *mut NvmlProcessInfo,
+) -> NvmlReturn {
+    with_device(
+        "nvmlDeviceGetComputeRunningProcesses_v3",
+        device,
+        |_, _, mig, _| {
+            if count.is_null() {
+                return ERROR_INVALID_ARGUMENT;
+            }
+            let running: Vec<NvmlProcessInfo> = mig
+                .filter(|m| m.allocated)
+                .map(|m| NvmlProcessInfo {
+                    pid: 4242,
+                    used_gpu_memory: 0,
+                    gpu_instance_id: m.gpu_instance_id,
+                    compute_instance_id: m.compute_instance_id,
+                })
+                .into_iter()
+                .collect();
+            // SAFETY: non-null, valid per the caller's contract.
+            let room = unsafe { count.read() } as usize;
+            let n = running.len() as c_uint;
+            if running.is_empty() {
+                // SAFETY: as above.
+                return unsafe { put(count, 0) };
+            }
+            if infos.is_null() || room < running.len() {
+                // SAFETY: as above.
+                unsafe { put(count, n) };
+                return ERROR_INSUFFICIENT_SIZE;
+            }
+            for (i, p) in running.into_iter().enumerate() {
+                // SAFETY: i < room, and `infos` is valid for `room` writes.
+                unsafe { infos.add(i).write(p) };
+            }
+            // SAFETY: as above.
+            unsafe { put(count, n) }
+        },
+    )
+}
+
+// ---- GPM ----
+//
+// Sample handles are ids into `State::gpm` (never addresses), so a stale or foreign
+// handle is an error, not a dereference.
+
+#[derive(Debug, Clone, Copy)]
+struct GpmData {
+    /// Filled by a `...SampleGet`: (GPU index, GPU-instance id, virtual time in s).
+    taken: Option<(usize, u32, f64)>,
+}
+
+/// nvml.h `nvmlGpmSupport_t`.
+#[repr(C)]
+pub struct NvmlGpmSupport {
+    pub version: c_uint,
+    pub is_supported_device: c_uint,
+}
+
+/// Supported when a MIG device of the GPU has an `sm_activity` trace.
+///
+/// # Safety
+/// `support` must be null or valid for reads and writes.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlGpmQueryDeviceSupport(
+    device: NvmlDevice,
+    support: *mut NvmlGpmSupport,
+) -> NvmlReturn {
+    with_gpu("nvmlGpmQueryDeviceSupport", device, |_, g, _| {
+        if support.is_null() {
+            return ERROR_INVALID_ARGUMENT;
+        }
+        let supported = g.mig_instances.iter().any(|m| m.sm_activity.is_some());
+        // SAFETY: non-null, valid per the caller's contract.
+        unsafe {
+            (*support).is_supported_device = c_uint::from(supported);
+        }
+        SUCCESS
+    })
+}
+
+/// # Safety
+/// `sample` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlGpmSampleAlloc(sample: *mut *mut c_void) -> NvmlReturn {
+    let mut st = state();
+    if st.scenario.is_none() || st.init_count == 0 {
+        return ERROR_UNINITIALIZED;
+    }
+    st.gpm_next += 1;
+    let id = st.gpm_next;
+    st.gpm.insert(id, GpmData { taken: None });
+    // SAFETY: forwarded caller contract.
+    unsafe { put(sample, id as *mut c_void) }
+}
+
+#[no_mangle]
+pub extern "C" fn nvmlGpmSampleFree(sample: *mut c_void) -> NvmlReturn {
+    match state().gpm.remove(&(sample as usize)) {
+        Some(_) => SUCCESS,
+        None => ERROR_INVALID_ARGUMENT,
+    }
+}
+
+/// The whole-GPU sample is not simulated (lem samples per MIG instance).
+#[no_mangle]
+pub extern "C" fn nvmlGpmSampleGet(device: NvmlDevice, _sample: *mut c_void) -> NvmlReturn {
+    with_gpu("nvmlGpmSampleGet", device, |_, _, _| ERROR_NOT_SUPPORTED)
+}
+
+#[no_mangle]
+pub extern "C" fn nvmlGpmMigSampleGet(
+    device: NvmlDevice,
+    gpu_instance_id: c_uint,
+    sample: *mut c_void,
+) -> NvmlReturn {
+    let taken = with_gpu("nvmlGpmMigSampleGet", device, |_, g, _| {
+        match g
+            .mig_instances
+            .iter()
+            .find(|m| m.gpu_instance_id == gpu_instance_id)
+        {
+            None => ERROR_INVALID_ARGUMENT,
+            Some(m) if m.sm_activity.is_none() => ERROR_NOT_SUPPORTED,
+            Some(m) => match m.fail.get("nvmlGpmMigSampleGet") {
+                Some(e) => error_code(e),
+                None => SUCCESS,
+            },
+        }
+    });
+    if taken != SUCCESS {
+        return taken;
+    }
+    let mut st = state();
+    let now_s = st.now_ms(st.scenario.as_ref().map_or(1.0, |s| s.time_scale)) / 1000.0;
+    let gi = decode(device).map_or(0, |(g, _)| g);
+    match st.gpm.get_mut(&(sample as usize)) {
+        Some(d) => {
+            d.taken = Some((gi, gpu_instance_id, now_s));
+            SUCCESS
+        }
+        None => ERROR_INVALID_ARGUMENT,
+    }
+}
+
+/// nvml.h `nvmlGpmMetric_t`.
+#[repr(C)]
+pub struct NvmlGpmMetric {
+    pub metric_id: c_uint,
+    pub nvml_return: NvmlReturn,
+    pub value: f64,
+    pub short_name: *mut c_char,
+    pub long_name: *mut c_char,
+    pub unit: *mut c_char,
+}
+
+/// nvml.h `nvmlGpmMetricsGet_t`.
+#[repr(C)]
+pub struct NvmlGpmMetricsGet {
+    pub version: c_uint,
+    pub num_metrics: c_uint,
+    pub sample1: *mut c_void,
+    pub sample2: *mut c_void,
+    pub metrics: [NvmlGpmMetric; 210],
+}
+
+/// `NVML_GPM_METRIC_SM_UTIL`: percent of time SMs were busy, averaged over the slice.
+const GPM_METRIC_SM_UTIL: c_uint = 2;
+
+/// SM utilisation (%) between two samples of one MIG instance: the mean of its
+/// `sm_activity` trace over the interval. Other metrics are NOT_SUPPORTED.
+///
+/// # Safety
+/// `request` must be null or valid for reads and writes of an `nvmlGpmMetricsGet_t`.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlGpmMetricsGet(request: *mut NvmlGpmMetricsGet) -> NvmlReturn {
+    if request.is_null() {
+        return ERROR_INVALID_ARGUMENT;
+    }
+    // SAFETY: non-null, valid per the caller's contract.
+    let request = unsafe { &mut *request };
+    let st = state();
+    let Some(scenario) = st.scenario.as_ref().filter(|_| st.init_count > 0) else {
+        return ERROR_UNINITIALIZED;
+    };
+    if let Some(code) = global_failure(scenario, "nvmlGpmMetricsGet") {
+        return code;
+    }
+    let taken = |h: *mut c_void| st.gpm.get(&(h as usize)).and_then(|d| d.taken);
+    let (Some((g1, gi1, t1)), Some((g2, gi2, t2))) =
+        (taken(request.sample1), taken(request.sample2))
+    else {
+        return ERROR_INVALID_ARGUMENT;
+    };
+    let activity = scenario
+        .gpus
+        .get(g1)
+        .and_then(|g| g.mig_instances.iter().find(|m| m.gpu_instance_id == gi1))
+        .and_then(|m| m.sm_activity.as_deref());
+    let (Some(activity), true) = (activity, g1 == g2 && gi1 == gi2) else {
+        return ERROR_INVALID_ARGUMENT;
+    };
+    let n = (request.num_metrics as usize).min(request.metrics.len());
+    for m in &mut request.metrics[..n] {
+        if m.metric_id != GPM_METRIC_SM_UTIL {
+            m.nvml_return = ERROR_NOT_SUPPORTED;
+            continue;
+        }
+        let (a, b) = (t1.min(t2), t1.max(t2));
+        if b <= a {
+            m.nvml_return = error_code("NO_DATA");
+            continue;
+        }
+        m.value = 100.0 * (step_integral(activity, b) - step_integral(activity, a)) / (b - a);
+        m.nvml_return = SUCCESS;
+    }
+    SUCCESS
 }
 
 #[cfg(test)]
