@@ -15,7 +15,7 @@
 //! their format. Outputs are written to a temporary sibling and renamed into place, so a
 //! failed conversion never leaves a half-written model where resolution would find it.
 
-use crate::engine::LemTokenizer;
+use crate::engine::{ggml_name, LemTokenizer};
 use candle_core::quantized::gguf_file::{self, Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -227,27 +227,6 @@ fn safetensors_dtype_name(d: DType) -> &'static str {
         DType::F16 => "F16",
         DType::BF16 => "BF16",
         _ => "F32",
-    }
-}
-
-/// ggml's spelling of a storage type (`Q4_K`, not candle's `Q4K`).
-pub fn ggml_type_name(dtype: GgmlDType) -> &'static str {
-    match dtype {
-        GgmlDType::F32 => "F32",
-        GgmlDType::F16 => "F16",
-        GgmlDType::BF16 => "BF16",
-        GgmlDType::Q4_0 => "Q4_0",
-        GgmlDType::Q4_1 => "Q4_1",
-        GgmlDType::Q5_0 => "Q5_0",
-        GgmlDType::Q5_1 => "Q5_1",
-        GgmlDType::Q8_0 => "Q8_0",
-        GgmlDType::Q8_1 => "Q8_1",
-        GgmlDType::Q2K => "Q2_K",
-        GgmlDType::Q3K => "Q3_K",
-        GgmlDType::Q4K => "Q4_K",
-        GgmlDType::Q5K => "Q5_K",
-        GgmlDType::Q6K => "Q6_K",
-        GgmlDType::Q8K => "Q8_K",
     }
 }
 
@@ -929,7 +908,7 @@ impl Source {
                 tensor_err(path, name, "not a Llama tensor lem knows how to convert")
             })?;
             *dtypes
-                .entry(ggml_type_name(info.ggml_dtype).to_string())
+                .entry(ggml_name(info.ggml_dtype).to_string())
                 .or_insert(0) += 1;
             shapes.insert(hf.clone(), info.shape.dims().to_vec());
             names.insert(hf, name.clone());
@@ -1747,14 +1726,12 @@ fn write_gguf_file(
             notes.push(format!(
                 "{gguf_name}: rows of {} do not split into {} blocks; stored as F16",
                 shape[shape.len() - 1],
-                ggml_type_name(target)
+                ggml_name(target)
             ));
         }
         let q = QTensor::quantize(&t, ty)
             .map_err(|e| tensor_err(&src.path, &hf, format!("quantising: {e}")))?;
-        *output_dtypes
-            .entry(ggml_type_name(ty).to_string())
-            .or_insert(0) += 1;
+        *output_dtypes.entry(ggml_name(ty).to_string()).or_insert(0) += 1;
         qtensors.push((gguf_name, q));
     }
     if target != GgmlDType::F32 {
@@ -1907,7 +1884,7 @@ pub fn inspect_stored(format: &str, path: &Path) -> Result<StoredInfo, ConvertEr
         for i in c.tensor_infos.values() {
             *info
                 .dtypes
-                .entry(ggml_type_name(i.ggml_dtype).to_string())
+                .entry(ggml_name(i.ggml_dtype).to_string())
                 .or_insert(0) += 1;
         }
         let key = format!("{PROVENANCE_KEY_PREFIX}source");

@@ -2,8 +2,8 @@
 //! window (meters started, batches generated, meters stopped) → `RawResult`.
 
 use crate::engine::{
-    BatchOutput, Engine, EngineError, FloatPrecision, GenerationObserver, GenerationParams,
-    LoadOptions, LoadQuantization,
+    BatchOutput, DeviceRequest, Engine, EngineError, FloatPrecision, GenerationObserver,
+    GenerationParams, LoadOptions, LoadQuantization,
 };
 use crate::hub::{self, ModelFormat, ResolveOptions};
 use crate::meter::phases::PhaseRecorder;
@@ -134,9 +134,11 @@ impl JobRunner {
     ) -> Result<RawResult, RunError> {
         let cfg = &job.config;
         refuse_unsupported(cfg)?;
-        if cfg.device == Device::Cuda {
+        // Refused before the model is resolved (possibly downloaded); a device that does not
+        // open is the engine's error at load.
+        if cfg.device == Device::Cuda && !crate::engine::cuda_in_build() {
             return Err(RunError::Unsupported(
-                "device: cuda requested, but this lem build runs on the CPU only (a CUDA build is tracked in the engine issue); use device: auto or cpu".into(),
+                "device: cuda requested, but this lem build has no CUDA support; rebuild with `--features cuda` (scripts/build-cuda.sh) or use device: auto or cpu".into(),
             ));
         }
         let started_at = now_rfc3339();
@@ -258,6 +260,11 @@ impl JobRunner {
             for (id, &power_w) in &baselines {
                 m.set_idle_power_w(id, power_w);
             }
+        }
+        // The baseline wait (up to idle_baseline_s) does not watch Ctrl+C; honour it
+        // before the window rather than after.
+        if ctx.stop.load(Ordering::Relaxed) {
+            return Err(RunError::Interrupted);
         }
         progress.phase("measuring");
         progress.prompts_total(token_prompts.len() as u64);
@@ -403,6 +410,8 @@ impl JobRunner {
             max_seq_len: defaults.max_seq_len.max(seq_len_needed),
             precision: key.precision,
             quantization: key.quantization,
+            device: key.device,
+            cuda_ordinal: key.cuda_ordinal,
             ..defaults
         };
         let tokenizer = resolved.tokenizer_json.as_deref();
@@ -429,6 +438,9 @@ struct LoadKey {
     model: String,
     precision: FloatPrecision,
     quantization: Option<LoadQuantization>,
+    device: DeviceRequest,
+    /// CUDA ordinal: `gpu_list[0]` (an index among the visible devices, as CUDA counts).
+    cuda_ordinal: usize,
 }
 
 impl LoadKey {
@@ -449,6 +461,12 @@ impl LoadKey {
             } else {
                 None
             },
+            device: match cfg.device {
+                Device::Auto => DeviceRequest::Auto,
+                Device::Cpu => DeviceRequest::Cpu,
+                Device::Cuda => DeviceRequest::Cuda,
+            },
+            cuda_ordinal: cfg.gpu_list.first().map_or(0, |&g| g as usize),
         }
     }
 }

@@ -17,75 +17,19 @@ use lem_agent::meter::nvml::{discover_gpus, NvmlMeter};
 use lem_agent::meter::EnergyMeter;
 use lem_common::domain::{DeviceKind, EnergyReading, EnergySource};
 use serde_json::json;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
-#[path = "../../tests/support.rs"]
-mod support;
+mod fake_nvml;
+use fake_nvml::{integral_mj, Fake};
 
-/// Builds the fake library once per test binary; returns its path.
-fn fake_library() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(support::build_fake_nvml)
+/// How this file opens a meter on the fake.
+trait OpenMeter {
+    fn meter(&self) -> NvmlMeter;
 }
 
-/// One loaded copy of the fake with its scenario.
-struct Fake {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    lib: libloading::Library,
-}
-
-impl Fake {
-    fn new(scenario: &serde_json::Value) -> Fake {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("libnvidia-ml.so.1");
-        std::fs::copy(fake_library(), &path).unwrap();
-        let scenario_path = dir.path().join("scenario.json");
-        std::fs::write(&scenario_path, scenario.to_string()).unwrap();
-        // SAFETY: loading our own test library, whose initialisers do nothing.
-        let lib = unsafe { libloading::Library::new(&path) }.unwrap();
-        let c_path = std::ffi::CString::new(scenario_path.to_str().unwrap()).unwrap();
-        // SAFETY: the signature matches the fake's export; the string outlives the call.
-        unsafe {
-            let set: libloading::Symbol<unsafe extern "C" fn(*const std::ffi::c_char) -> u32> =
-                lib.get(b"fakeNvmlSetScenario\0").unwrap();
-            assert_eq!(set(c_path.as_ptr()), 0);
-        }
-        Fake {
-            _dir: dir,
-            path,
-            lib,
-        }
-    }
-
-    /// Moves the fake's virtual clock forward.
-    fn advance_ms(&self, ms: u64) {
-        // SAFETY: the signature matches the fake's export.
-        unsafe {
-            let adv: libloading::Symbol<unsafe extern "C" fn(u64)> =
-                self.lib.get(b"fakeNvmlAdvanceMs\0").unwrap();
-            adv(ms);
-        }
-    }
-
+impl OpenMeter for Fake {
     fn meter(&self) -> NvmlMeter {
         NvmlMeter::open(Some(&self.path)).expect("open NVML meter on the fake")
     }
-}
-
-/// ∫ P dt in mJ over [t0, t1] s of a trace of `[from_s, watts]` points (0 W before the
-/// first) — the scenario's own integral, computed independently of lem and the fake.
-fn integral_mj(trace: &[(f64, f64)], t0: f64, t1: f64) -> f64 {
-    let mut joules = 0.0;
-    for (i, &(from, watts)) in trace.iter().enumerate() {
-        let to = trace.get(i + 1).map_or(f64::INFINITY, |p| p.0);
-        let (a, b) = (from.max(t0), to.min(t1));
-        if b > a {
-            joules += watts * (b - a);
-        }
-    }
-    joules * 1000.0
 }
 
 fn gpu(uuid: &str, trace: &[(f64, f64)]) -> serde_json::Value {

@@ -13,67 +13,17 @@ use lem_agent::meter::EnergyMeter;
 use lem_common::domain::{DeviceKind, EnergyReading, EnergySource};
 use lem_common::mig::{DynamicBasis, MigMode};
 use serde_json::{json, Value};
-use std::cell::Cell;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-#[path = "../../tests/support.rs"]
-mod support;
+mod fake_nvml;
+use fake_nvml::{integral_mj, support, Fake};
 
-fn fake_library() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(support::build_fake_nvml)
+/// How this file opens a meter on the fake.
+trait OpenMeter {
+    fn meter(&self, targets: &[&str]) -> NvmlMeter;
 }
 
-/// One loaded copy of the fake (its own state) with its scenario and virtual clock.
-struct Fake {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    lib: libloading::Library,
-    now_ms: Cell<u64>,
-}
-
-impl Fake {
-    fn new(scenario: &Value) -> Fake {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("libnvidia-ml.so.1");
-        std::fs::copy(fake_library(), &path).unwrap();
-        let scenario_path = dir.path().join("scenario.json");
-        std::fs::write(&scenario_path, scenario.to_string()).unwrap();
-        // SAFETY: loading our own test library, whose initialisers do nothing.
-        let lib = unsafe { libloading::Library::new(&path) }.unwrap();
-        let c_path = std::ffi::CString::new(scenario_path.to_str().unwrap()).unwrap();
-        // SAFETY: the signature matches the fake's export; the string outlives the call.
-        unsafe {
-            let set: libloading::Symbol<unsafe extern "C" fn(*const std::ffi::c_char) -> u32> =
-                lib.get(b"fakeNvmlSetScenario\0").unwrap();
-            assert_eq!(set(c_path.as_ptr()), 0);
-        }
-        Fake {
-            _dir: dir,
-            path,
-            lib,
-            now_ms: Cell::new(0),
-        }
-    }
-
-    fn advance_ms(&self, ms: u64) {
-        // SAFETY: the signature matches the fake's export.
-        unsafe {
-            let adv: libloading::Symbol<unsafe extern "C" fn(u64)> =
-                self.lib.get(b"fakeNvmlAdvanceMs\0").unwrap();
-            adv(ms);
-        }
-        self.now_ms.set(self.now_ms.get() + ms);
-    }
-
-    /// Moves the virtual clock to `t_ms` since init.
-    fn goto_ms(&self, t_ms: u64) {
-        assert!(t_ms >= self.now_ms.get());
-        self.advance_ms(t_ms - self.now_ms.get());
-    }
-
+impl OpenMeter for Fake {
     fn meter(&self, targets: &[&str]) -> NvmlMeter {
         let targets: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
         let mut m = NvmlMeter::open_targets(Some(&self.path), &targets).expect("open meter");
@@ -105,19 +55,6 @@ fn window(
         }
     }
     meter.stop()
-}
-
-/// ∫ P dt in mJ over [t0, t1] s of a piecewise-constant `[from_s, watts]` trace.
-fn integral_mj(trace: &[(f64, f64)], t0: f64, t1: f64) -> f64 {
-    let mut joules = 0.0;
-    for (i, &(from, watts)) in trace.iter().enumerate() {
-        let to = trace.get(i + 1).map_or(f64::INFINITY, |p| p.0);
-        let (a, b) = (from.max(t0), to.min(t1));
-        if b > a {
-            joules += watts * (b - a);
-        }
-    }
-    joules * 1000.0
 }
 
 fn h100(uuid: &str, trace: &[(f64, f64)]) -> Value {

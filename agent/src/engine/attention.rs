@@ -40,7 +40,8 @@ pub(crate) fn attention(
 ) -> candle_core::Result<Tensor> {
     let (b, _, l, _) = q.dims4()?;
     let total = offset + l;
-    if l == 1 {
+    // The decode kernel reads CPU slices; other devices take the matmul path below.
+    if l == 1 && q.device().is_cpu() {
         return decode_attention(q, k_cache, v_cache, total, pads, h);
     }
     let y = if pads.iter().all(|&p| p == 0) {

@@ -83,6 +83,11 @@ pub enum EngineError {
 
     #[error("generation interrupted")]
     Interrupted,
+
+    /// The requested compute device cannot be used (`device: cuda` without CUDA support
+    /// in this build, or the CUDA device failed to open).
+    #[error("{0}")]
+    Device(String),
 }
 
 impl EngineError {

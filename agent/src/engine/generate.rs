@@ -5,6 +5,7 @@ use super::error::EngineError;
 use super::model::KvCache;
 use super::sampling::{Sampler, SamplingConfig};
 use super::Engine;
+use candle_core::Tensor;
 use lem_common::domain::StopReason;
 use std::time::Instant;
 
@@ -214,7 +215,7 @@ impl Engine {
         let mut logits = self
             .model
             .forward(&tokens, width, 0, &pads, &mut cache)
-            .and_then(|l| l.to_vec2::<f32>())
+            .and_then(|l| to_host(&l))
             .map_err(EngineError::compute("prefill forward pass"))?;
         let prefill_ns = since(t);
         observer.on_prefill_done(b);
@@ -222,8 +223,12 @@ impl Engine {
         let mut decode_ns = 0u64;
         let mut step_tokens = vec![pad_id; b];
         let mut offset = width;
+        // Batch position → row; finished rows are dropped from the batch (see below).
+        let mut active: Vec<usize> = (0..b).collect();
+        let mut active_pads = pads.clone();
         loop {
-            for (r, row) in rows.iter_mut().enumerate() {
+            for (pos, &r) in active.iter().enumerate() {
+                let row = &mut rows[r];
                 if row.stop.is_some() {
                     continue;
                 }
@@ -233,10 +238,10 @@ impl Engine {
                 } else {
                     &[]
                 };
-                let tok = row.sampler.next(&mut logits[r], &row.context, banned);
+                let tok = row.sampler.next(&mut logits[pos], &row.context, banned);
                 row.context.push(tok);
                 row.times_ns.push(since(t0));
-                step_tokens[r] = tok;
+                step_tokens[pos] = tok;
                 observer.on_token(r, tok);
                 if eos.contains(&tok) {
                     row.stop = Some(StopReason::Eos);
@@ -251,13 +256,26 @@ impl Engine {
                 self.cache = Some(cache);
                 return Err(EngineError::Interrupted);
             }
-            // Finished rows still ride along (their column is computed and ignored): the
-            // batch shape stays fixed, so the cache needs no reshuffling.
+            // Finished rows leave the batch once they are a quarter of it: copying the
+            // cache costs about as much as a few steps of a row, so one straggler is
+            // cheaper to carry. Rows are computed independently, so a row's tokens do not
+            // change when others leave.
+            let keep: Vec<usize> = (0..active.len())
+                .filter(|&pos| rows[active[pos]].stop.is_none())
+                .collect();
+            if (active.len() - keep.len()) * 4 >= active.len() {
+                cache.retain_rows(&keep).map_err(EngineError::compute(
+                    "dropping finished rows from the KV cache",
+                ))?;
+                active = keep.iter().map(|&pos| active[pos]).collect();
+                active_pads = keep.iter().map(|&pos| active_pads[pos]).collect();
+                step_tokens = keep.iter().map(|&pos| step_tokens[pos]).collect();
+            }
             let t = Instant::now();
             logits = self
                 .model
-                .forward(&step_tokens, 1, offset, &pads, &mut cache)
-                .and_then(|l| l.to_vec2::<f32>())
+                .forward(&step_tokens, 1, offset, &active_pads, &mut cache)
+                .and_then(|l| to_host(&l))
                 .map_err(EngineError::compute("decode forward pass"))?;
             decode_ns += since(t);
             offset += 1;
@@ -316,7 +334,7 @@ impl Engine {
         let logits = self
             .model
             .forward(&tokens, width, 0, &pads, &mut cache)
-            .and_then(|l| l.to_vec2::<f32>())
+            .and_then(|l| to_host(&l))
             .map_err(EngineError::compute("forward pass"))?;
         self.cache = Some(cache);
         Ok(logits)
@@ -350,6 +368,14 @@ impl Engine {
         KvCache::new(self.model.config(), batch, capacity, self.model.device())
             .map_err(EngineError::compute("allocating the KV cache"))
     }
+}
+
+/// The logits in host memory, once the device has finished all queued work (a no-op on
+/// the CPU), so the timing stamp taken next, and any energy read at it, covers the step.
+fn to_host(logits: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+    let v = logits.to_vec2::<f32>()?;
+    logits.device().synchronize()?;
+    Ok(v)
 }
 
 /// Row-major (rows × width) tokens with each prompt right-aligned, and each row's number

@@ -370,7 +370,7 @@ impl LlamaConfig {
 }
 
 /// ggml's own spelling of a storage type (`Q4_K`, not candle's `Q4K`).
-pub(crate) fn ggml_name(dtype: GgmlDType) -> &'static str {
+pub fn ggml_name(dtype: GgmlDType) -> &'static str {
     match dtype {
         GgmlDType::F32 => "F32",
         GgmlDType::F16 => "F16",

@@ -11,6 +11,7 @@ mod error;
 mod generate;
 mod gguf;
 mod model;
+mod q8_matmul;
 mod safetensors;
 #[cfg(test)]
 mod safetensors_tests;
@@ -21,6 +22,8 @@ pub use error::EngineError;
 pub use generate::{
     BatchOutput, GeneratedSequence, GenerationObserver, GenerationParams, NoopObserver,
 };
+/// ggml's spelling of a storage type (`Q4_K`, not candle's `Q4K`).
+pub use gguf::ggml_name;
 pub use safetensors::{FloatPrecision, LoadQuantization};
 pub use tokenizer::{ChatFormat, LemTokenizer};
 
@@ -49,6 +52,21 @@ pub struct LoadOptions {
     /// Safetensors models: quantise the decoder layers' linear weights at load (the
     /// embedding and LM head stay in `precision`). Ignored for GGUF (already quantised).
     pub quantization: Option<LoadQuantization>,
+    /// Where the model runs. Default: the CPU.
+    pub device: DeviceRequest,
+    /// CUDA ordinal (among the visible devices) for `Auto` / `Cuda`.
+    pub cuda_ordinal: usize,
+}
+
+/// The compute device asked for (config `device:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceRequest {
+    #[default]
+    Cpu,
+    /// CUDA when this build has it and the device opens, else the CPU with a note why.
+    Auto,
+    /// CUDA, or an error saying why not.
+    Cuda,
 }
 
 impl Default for LoadOptions {
@@ -59,6 +77,8 @@ impl Default for LoadOptions {
             max_seq_len: 2048,
             precision: FloatPrecision::F32,
             quantization: None,
+            device: DeviceRequest::Cpu,
+            cuda_ordinal: 0,
         }
     }
 }
@@ -120,8 +140,8 @@ impl Engine {
                 opts.max_seq_len
             )));
         }
+        let (device, note) = select_device(opts)?;
         let threads = configure_threads(opts.cpu_threads);
-        let device = Device::Cpu;
         let mut g = GgufFile::open(path)?;
         let cfg = LlamaConfig::from_gguf(&g)?;
         let tokenizer = LemTokenizer::load(&g, tokenizer_json)?;
@@ -129,7 +149,8 @@ impl Engine {
         let (model, weights) = LlamaModel::load(
             &mut g,
             cfg.clone(),
-            opts.requantize_q4_1_to_q8_0,
+            // A CPU-kernel choice: candle's CUDA backend has Q4_1 kernels.
+            opts.requantize_q4_1_to_q8_0 && device.is_cpu(),
             opts.max_seq_len,
             &device,
         )?;
@@ -155,7 +176,7 @@ impl Engine {
             eos_token_ids: tokenizer.eos_token_ids().to_vec(),
             context_length: cfg.context_length,
             max_seq_len: opts.max_seq_len,
-            device: cpu_device(threads),
+            device: compute_device(&device, opts.cuda_ordinal, threads, note),
             load_ns: t0.elapsed().as_nanos() as u64,
         };
         tracing::info!(
@@ -195,8 +216,8 @@ impl Engine {
                 opts.max_seq_len
             )));
         }
+        let (device, note) = select_device(opts)?;
         let threads = configure_threads(opts.cpu_threads);
-        let device = Device::Cpu;
         let hf = safetensors::HfConfig::read(dir)?;
         let default_tokenizer = dir.join("tokenizer.json");
         let tokenizer_path = tokenizer_json.unwrap_or(&default_tokenizer);
@@ -242,14 +263,18 @@ impl Engine {
             path: dir.to_path_buf(),
             format: "safetensors".into(),
             weight_dtype: report.weight_dtype(),
-            compute_dtype: report.compute_dtype(),
+            compute_dtype: if device.is_cpu() {
+                report.compute_dtype()
+            } else {
+                gpu_compute_dtype(opts.precision, opts.quantization)
+            },
             num_parameters,
             shape,
             tokenizer_source: tokenizer.source().to_string(),
             eos_token_ids: tokenizer.eos_token_ids().to_vec(),
             context_length: cfg.context_length,
             max_seq_len: opts.max_seq_len,
-            device: cpu_device(threads),
+            device: compute_device(&device, opts.cuda_ordinal, threads, note),
             load_ns: t0.elapsed().as_nanos() as u64,
         };
         tracing::info!(
@@ -338,7 +363,142 @@ fn configure_threads(requested: Option<usize>) -> usize {
     actual
 }
 
-fn cpu_device(threads: usize) -> ComputeDevice {
+/// Whether this build has candle's CUDA backend (`--features cuda`).
+pub fn cuda_in_build() -> bool {
+    candle_core::utils::cuda_is_available()
+}
+
+/// What opening the CUDA device gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CudaProbe {
+    /// This build has no CUDA backend; `gpu_node`: `/dev/nvidia0` exists.
+    NotBuilt {
+        gpu_node: bool,
+    },
+    Opened,
+    /// The CUDA error (no device, no driver, ordinal out of range, ...).
+    Failed(String),
+}
+
+/// Where the model runs and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DeviceDecision {
+    Cpu { note: String },
+    Cuda { note: String },
+}
+
+/// Maps `device:` to a device. `probe` opens CUDA device `ordinal` and is called only when
+/// CUDA is wanted. Err: `device: cuda` cannot be honoured (the message says why).
+fn decide_device(
+    request: DeviceRequest,
+    ordinal: usize,
+    probe: impl FnOnce() -> CudaProbe,
+) -> Result<DeviceDecision, String> {
+    let cpu = |why: String| DeviceDecision::Cpu {
+        note: format!("{why}: running on the CPU"),
+    };
+    if request == DeviceRequest::Cpu {
+        return Ok(cpu("device: cpu requested".into()));
+    }
+    let strict = request == DeviceRequest::Cuda;
+    match probe() {
+        CudaProbe::Opened => Ok(DeviceDecision::Cuda {
+            note: if strict {
+                format!("device: cuda requested: CUDA device {ordinal}")
+            } else {
+                format!("device: auto: CUDA device {ordinal} opened")
+            },
+        }),
+        CudaProbe::NotBuilt { .. } if strict => Err(
+            "device: cuda requested, but this lem build has no CUDA support; rebuild with `--features cuda` (scripts/build-cuda.sh) or use device: auto or cpu".into(),
+        ),
+        CudaProbe::Failed(e) if strict => Err(format!(
+            "device: cuda requested, but CUDA device {ordinal} could not be opened: {e}"
+        )),
+        CudaProbe::NotBuilt { gpu_node: true } => Ok(cpu(
+            "this lem build has no CUDA support (build with --features cuda)".into(),
+        )),
+        CudaProbe::NotBuilt { gpu_node: false } => Ok(cpu("no CUDA device".into())),
+        CudaProbe::Failed(e) => Ok(cpu(format!("CUDA device {ordinal} did not open ({e})"))),
+    }
+}
+
+/// Opens the device `opts` asks for; the note says why it was chosen.
+fn select_device(opts: &LoadOptions) -> Result<(Device, String), EngineError> {
+    let ordinal = opts.cuda_ordinal;
+    let mut opened = None;
+    let decision = decide_device(opts.device, ordinal, || {
+        if !cuda_in_build() {
+            return CudaProbe::NotBuilt {
+                gpu_node: Path::new("/dev/nvidia0").exists(),
+            };
+        }
+        match Device::new_cuda(ordinal) {
+            Ok(d) => {
+                opened = Some(d);
+                CudaProbe::Opened
+            }
+            // candle appends a backtrace when RUST_BACKTRACE is set; the note keeps the
+            // error itself.
+            Err(e) => {
+                CudaProbe::Failed(e.to_string().lines().next().unwrap_or_default().to_string())
+            }
+        }
+    })
+    .map_err(EngineError::Device)?;
+    match (decision, opened) {
+        (DeviceDecision::Cuda { note }, Some(d)) => Ok((d, note)),
+        (DeviceDecision::Cpu { note }, _) => Ok((Device::Cpu, note)),
+        (DeviceDecision::Cuda { .. }, None) => Err(EngineError::Device(
+            "CUDA device reported open but not returned".into(),
+        )),
+    }
+}
+
+/// `compute_dtype` of a safetensors model on a GPU, where `model::device_matmul` decides
+/// the matmul types.
+fn gpu_compute_dtype(precision: FloatPrecision, quantization: Option<LoadQuantization>) -> String {
+    let float = match precision {
+        FloatPrecision::F32 => "f32",
+        FloatPrecision::F16 => "f16 (cuBLAS)",
+        FloatPrecision::BF16 => "f32 (BF16 weights widened to f32 on the GPU)",
+    };
+    let rest = "f32 norms/softmax/attention/KV cache";
+    match quantization {
+        None if precision == FloatPrecision::F32 => "f32".into(),
+        None => format!("{float} matmuls, {rest}"),
+        Some(q) => format!("{q:?} linear matmuls (candle CUDA kernels), {float} LM head, {rest}"),
+    }
+}
+
+fn compute_device(device: &Device, ordinal: usize, threads: usize, note: String) -> ComputeDevice {
+    if device.is_cpu() {
+        return cpu_device(threads, note);
+    }
+    ComputeDevice {
+        kind: "cuda".into(),
+        name: gpu_name(device).unwrap_or_else(|| format!("CUDA device {ordinal}")),
+        ordinal: Some(ordinal as u32),
+        threads: None,
+        note: Some(note),
+    }
+}
+
+/// The GPU's name as the driver reports it (e.g. "NVIDIA H100 80GB HBM3").
+#[cfg(feature = "cuda")]
+fn gpu_name(device: &Device) -> Option<String> {
+    match device {
+        Device::Cuda(d) => d.cuda_stream().context().name().ok(),
+        _ => None,
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_name(_device: &Device) -> Option<String> {
+    None
+}
+
+fn cpu_device(threads: usize, note: String) -> ComputeDevice {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -348,18 +508,105 @@ fn cpu_device(threads: usize) -> ComputeDevice {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    // This build has no CUDA backend; say which of the two reasons applies.
-    let gpu_present = Path::new("/dev/nvidia0").exists();
-    let note = if gpu_present {
-        "this lem build has no CUDA support: running on the CPU"
-    } else {
-        "no CUDA device: running on the CPU"
-    };
     ComputeDevice {
         kind: "cpu".into(),
         name: format!("{model} ({threads} threads)"),
         ordinal: None,
         threads: Some(threads as u32),
-        note: Some(note.into()),
+        note: Some(note),
+    }
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::*;
+
+    fn decide(request: DeviceRequest, probe: CudaProbe) -> Result<DeviceDecision, String> {
+        decide_device(request, 1, || probe)
+    }
+
+    fn cpu_note(d: Result<DeviceDecision, String>) -> String {
+        match d {
+            Ok(DeviceDecision::Cpu { note }) => note,
+            other => panic!("expected the CPU, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cpu_request_never_probes_cuda() {
+        let d = decide_device(DeviceRequest::Cpu, 0, || panic!("probed"));
+        assert_eq!(cpu_note(d), "device: cpu requested: running on the CPU");
+    }
+
+    #[test]
+    fn auto_uses_cuda_when_it_opens() {
+        let d = decide(DeviceRequest::Auto, CudaProbe::Opened).unwrap();
+        assert!(matches!(&d, DeviceDecision::Cuda { note } if note.contains("CUDA device 1")));
+        let d = decide(DeviceRequest::Cuda, CudaProbe::Opened).unwrap();
+        assert!(matches!(&d, DeviceDecision::Cuda { note } if note.contains("cuda requested")));
+    }
+
+    #[test]
+    fn auto_falls_back_to_the_cpu_saying_why() {
+        let n = cpu_note(decide(
+            DeviceRequest::Auto,
+            CudaProbe::NotBuilt { gpu_node: true },
+        ));
+        assert!(
+            n.contains("no CUDA support") && n.contains("--features cuda"),
+            "{n}"
+        );
+        let n = cpu_note(decide(
+            DeviceRequest::Auto,
+            CudaProbe::NotBuilt { gpu_node: false },
+        ));
+        assert_eq!(n, "no CUDA device: running on the CPU");
+        let n = cpu_note(decide(
+            DeviceRequest::Auto,
+            CudaProbe::Failed("CUDA_ERROR_NO_DEVICE".into()),
+        ));
+        assert!(
+            n.contains("CUDA device 1") && n.contains("CUDA_ERROR_NO_DEVICE"),
+            "{n}"
+        );
+        assert!(n.ends_with("running on the CPU"), "{n}");
+    }
+
+    #[test]
+    fn cuda_request_is_refused_with_the_reason() {
+        let e = decide(DeviceRequest::Cuda, CudaProbe::NotBuilt { gpu_node: true }).unwrap_err();
+        assert!(
+            e.contains("no CUDA support") && e.contains("--features cuda"),
+            "{e}"
+        );
+        let e = decide(
+            DeviceRequest::Cuda,
+            CudaProbe::Failed("CUDA_ERROR_NO_DEVICE".into()),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("device 1") && e.contains("CUDA_ERROR_NO_DEVICE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn select_device_follows_the_build() {
+        let opts = LoadOptions {
+            device: DeviceRequest::Auto,
+            ..LoadOptions::default()
+        };
+        let (device, note) = select_device(&opts).unwrap();
+        if !cuda_in_build() {
+            assert!(device.is_cpu());
+            assert!(note.ends_with("running on the CPU"), "{note}");
+            let cuda = LoadOptions {
+                device: DeviceRequest::Cuda,
+                ..LoadOptions::default()
+            };
+            assert!(matches!(select_device(&cuda), Err(EngineError::Device(_))));
+        }
+        let d = compute_device(&device, 0, 2, note);
+        assert_eq!(d.kind, if device.is_cpu() { "cpu" } else { "cuda" });
     }
 }

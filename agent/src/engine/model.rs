@@ -9,8 +9,9 @@
 use super::attention::{attention, Heads};
 use super::error::EngineError;
 use super::gguf::{requantize_q4_1, GgufFile, LlamaConfig};
+use super::q8_matmul;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -58,11 +59,38 @@ fn storage_of(m: &QMatMul) -> WeightStorage {
     }
 }
 
-fn build_matmul(t: QTensor, mode: MatmulMode) -> Result<QMatMul, EngineError> {
+fn build_matmul(t: QTensor, mode: MatmulMode, device: &Device) -> Result<QMatMul, EngineError> {
+    if !device.is_cpu() {
+        return device_matmul(&t, device);
+    }
     match mode {
         MatmulMode::Ggml => qmatmul(t),
         MatmulMode::Native => Ok(QMatMul::QTensor(Arc::new(t))),
     }
+}
+
+/// A CPU-loaded weight as a matmul on a GPU. The vec_dot kernels behind `Native` exist on
+/// the CPU only, so floats become dense tensors for cuBLAS (F16 stays F16, multiplied as
+/// f16; BF16 is widened to f32, having no QMatMul variant) and quantised blocks are
+/// copied as they are for candle's CUDA kernels.
+fn device_matmul(t: &QTensor, device: &Device) -> Result<QMatMul, EngineError> {
+    let moved = match t.dtype() {
+        GgmlDType::F16 => t
+            .dequantize_f16(&Device::Cpu)
+            .and_then(|w| w.to_device(device))
+            .map(QMatMul::TensorF16),
+        GgmlDType::F32 | GgmlDType::BF16 => t.dequantize(device).map(QMatMul::Tensor),
+        dtype => t.data().and_then(|data| {
+            let storage = QStorage::from_data(data, device, dtype)?;
+            Ok(QMatMul::QTensor(Arc::new(QTensor::new(
+                storage,
+                t.shape(),
+            )?)))
+        }),
+    };
+    moved.map_err(EngineError::compute(
+        "copying a weight matrix to the device",
+    ))
 }
 
 /// Several matrices applied to the same input. When they share a storage type they are
@@ -95,7 +123,7 @@ impl Projection {
         if !same || !device.is_cpu() {
             let ws = parts
                 .into_iter()
-                .map(|t| build_matmul(t, mode))
+                .map(|t| build_matmul(t, mode, device))
                 .collect::<Result<_, _>>()?;
             return Ok(Self {
                 kind: ProjectionKind::Separate(ws),
@@ -118,7 +146,7 @@ impl Projection {
             .map_err(EngineError::compute("stacking quantised weights"))?;
         Ok(Self {
             kind: ProjectionKind::Fused {
-                w: build_matmul(stacked, mode)?,
+                w: build_matmul(stacked, mode, device)?,
                 widths,
             },
             bias,
@@ -129,7 +157,10 @@ impl Projection {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
         let (y, widths) = match &self.kind {
             ProjectionKind::Separate(ws) => {
-                let ys: Vec<Tensor> = ws.iter().map(|w| w.forward(x)).collect::<Result<_, _>>()?;
+                let ys: Vec<Tensor> = ws
+                    .iter()
+                    .map(|w| q8_matmul::forward(w, x))
+                    .collect::<Result<_, _>>()?;
                 let Some(bias) = &self.bias else {
                     return Ok(ys);
                 };
@@ -141,7 +172,7 @@ impl Projection {
                 (y, widths)
             }
             ProjectionKind::Fused { w, widths } => {
-                let y = w.forward(x)?;
+                let y = q8_matmul::forward(w, x)?;
                 let y = match &self.bias {
                     Some(bias) => y.broadcast_add(bias)?,
                     None => y,
@@ -285,6 +316,22 @@ impl KvCache {
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
+
+    /// Keeps only the batch rows `keep` (in that order), so finished rows stop costing
+    /// compute. Each row's cached keys and values are copied unchanged.
+    pub(crate) fn retain_rows(&mut self, keep: &[usize]) -> candle_core::Result<()> {
+        let device = self.k.first().map(|t| t.device().clone());
+        let Some(device) = device else {
+            return Ok(());
+        };
+        let ids: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
+        let ids = Tensor::new(ids.as_slice(), &device)?;
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            *t = t.index_select(&ids, 0)?;
+        }
+        self.batch = keep.len();
+        Ok(())
+    }
 }
 
 fn qmatmul(t: QTensor) -> Result<QMatMul, EngineError> {
@@ -301,13 +348,15 @@ impl LlamaModel {
     ) -> Result<(Self, WeightReport), EngineError> {
         let path = g.path().to_path_buf();
         let mut report = WeightReport::default();
+        // Tensors are read into host memory; `assemble` moves them to `device`.
+        let host = &Device::Cpu;
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let q_out = cfg.num_heads * hd;
         let kv_out = cfg.num_kv_heads * hd;
 
         let mut weight =
             |g: &mut GgufFile, name: &str, dims: &[usize]| -> Result<QTensor, EngineError> {
-                let t = g.tensor_shaped(name, dims, device)?;
+                let t = g.tensor_shaped(name, dims, host)?;
                 report.note(t.dtype());
                 if requantize && t.dtype() == GgmlDType::Q4_1 {
                     report.requantized += 1;
@@ -317,8 +366,8 @@ impl LlamaModel {
                 }
             };
         let vector = |g: &mut GgufFile, name: &str| -> Result<Tensor, EngineError> {
-            g.tensor_shaped(name, &[h], device)?
-                .dequantize(device)
+            g.tensor_shaped(name, &[h], host)?
+                .dequantize(host)
                 .map_err(|e| EngineError::BadTensor {
                     path: g.path().to_path_buf(),
                     name: name.to_string(),
@@ -345,7 +394,7 @@ impl LlamaModel {
             });
         }
         let norm = vector(g, "output_norm.weight")?;
-        let embed = Arc::new(g.tensor_shaped("token_embd.weight", &[cfg.vocab_size, h], device)?);
+        let embed = Arc::new(g.tensor_shaped("token_embd.weight", &[cfg.vocab_size, h], host)?);
         let output = if g.has_tensor("output.weight") {
             Some(weight(g, "output.weight", &[cfg.vocab_size, h])?)
         } else if requantize && embed.dtype() == GgmlDType::Q4_1 {
@@ -354,7 +403,7 @@ impl LlamaModel {
             report.note(GgmlDType::Q4_1);
             report.requantized += 1;
             Some(requantize_q4_1(
-                g.tensor("token_embd.weight", device)?,
+                g.tensor("token_embd.weight", host)?,
                 &path,
                 "token_embd.weight",
             )?)
@@ -363,9 +412,9 @@ impl LlamaModel {
         };
 
         let rope_freq_factors = if g.has_tensor("rope_freqs.weight") {
-            let t = g.tensor_shaped("rope_freqs.weight", &[hd / 2], device)?;
+            let t = g.tensor_shaped("rope_freqs.weight", &[hd / 2], host)?;
             let v = t
-                .dequantize(device)
+                .dequantize(host)
                 .and_then(|t| t.to_vec1::<f32>())
                 .map_err(|e| EngineError::BadTensor {
                     path: path.clone(),
@@ -396,20 +445,34 @@ impl LlamaModel {
         max_positions: usize,
         device: &Device,
     ) -> Result<Self, EngineError> {
+        // Weights are loaded into host memory; vectors move here, matrices in
+        // `build_matmul`. A no-op on the CPU.
+        let on_device = |t: Tensor| {
+            t.to_device(device)
+                .map_err(EngineError::compute("copying weights to the device"))
+        };
+        let on_device_opt = |t: Option<Tensor>| t.map(on_device).transpose();
         let mut layers = Vec::with_capacity(w.layers.len());
         for lw in w.layers {
             layers.push(Layer {
-                attn_norm: lw.attn_norm,
-                qkv: Projection::new(vec![lw.q, lw.k, lw.v], lw.qkv_bias, mode, device)?,
-                wo: build_matmul(lw.o, mode)?,
-                wo_bias: lw.o_bias,
-                ffn_norm: lw.ffn_norm,
+                attn_norm: on_device(lw.attn_norm)?,
+                qkv: Projection::new(
+                    vec![lw.q, lw.k, lw.v],
+                    on_device_opt(lw.qkv_bias)?,
+                    mode,
+                    device,
+                )?,
+                wo: build_matmul(lw.o, mode, device)?,
+                wo_bias: on_device_opt(lw.o_bias)?,
+                ffn_norm: on_device(lw.ffn_norm)?,
                 gate_up: Projection::new(vec![lw.gate, lw.up], None, mode, device)?,
-                w_down: build_matmul(lw.down, mode)?,
+                w_down: build_matmul(lw.down, mode, device)?,
             });
         }
         let output = match w.output {
-            Some(t) => build_matmul(t, mode)?,
+            Some(t) => build_matmul(t, mode, device)?,
+            // The embedding table stays in host memory for the lookup; the GPU gets a copy.
+            None if !device.is_cpu() => device_matmul(&w.embed, device)?,
             None => match mode {
                 MatmulMode::Ggml => QMatMul::from_arc(w.embed.clone())
                     .map_err(EngineError::compute("building the tied output matmul"))?,
@@ -428,7 +491,7 @@ impl LlamaModel {
             cfg,
             embed: w.embed,
             layers,
-            norm: w.norm,
+            norm: on_device(w.norm)?,
             output,
             cos,
             sin,
@@ -510,8 +573,10 @@ impl LlamaModel {
 
         let (cos, sin) = self.rotary(offset, l, pads)?;
 
-        let ids = Tensor::from_slice(tokens, (b, l), dev)?;
-        let mut x = self.embed.embedding(&ids)?;
+        // The table is in host memory (dequantising only the rows looked up); on a GPU
+        // the (b, l, hidden) activations are copied over.
+        let ids = Tensor::from_slice(tokens, (b, l), &Device::Cpu)?;
+        let mut x = self.embed.embedding(&ids)?.to_device(dev)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
             // (b, l, heads*hd) -> (b, heads, l, hd); rotary and slice_set need contiguous.
@@ -532,7 +597,7 @@ impl LlamaModel {
             cache.k[i].slice_set(&k, 2, offset)?;
             cache.v[i].slice_set(&v, 2, offset)?;
             let y = attention(&q, &cache.k[i], &cache.v[i], offset, pads, heads)?;
-            let o = layer.wo.forward(&y)?;
+            let o = q8_matmul::forward(&layer.wo, &y)?;
             let o = match &layer.wo_bias {
                 Some(bias) => o.broadcast_add(bias)?,
                 None => o,
@@ -546,11 +611,13 @@ impl LlamaModel {
                 .try_into()
                 .map_err(|_| candle_core::Error::Msg("gate/up projection arity".into()))?;
             let gate = candle_nn::ops::silu(&gate)?;
-            x = (x + layer.w_down.forward(&(gate * up)?)?)?;
+            x = (x + q8_matmul::forward(&layer.w_down, &(gate * up)?)?)?;
         }
         let last = x.narrow(1, l - 1, 1)?.contiguous()?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        self.output.forward(&last)?.squeeze(1)?.to_dtype(DType::F32)
+        q8_matmul::forward(&self.output, &last)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)
     }
 
     /// cos/sin for the new columns: a plain slice of the tables when no row is padded,

@@ -942,3 +942,63 @@ fn tokenizer_and_eos_come_from_the_model_directory() {
     let msg = load_err(dir.path()).to_string();
     assert!(msg.contains("tokenizer.json"), "{msg}");
 }
+
+#[test]
+fn rows_that_stop_early_leave_the_batch_without_changing_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tiny::llama();
+    write_model(dir.path(), &t, &weights(&t, 21));
+    let prompts = vec![
+        PROMPT[..4].to_vec(),
+        PROMPT.to_vec(),
+        PROMPT[1..6].to_vec(),
+        PROMPT[3..].to_vec(),
+    ];
+    // Make the second token of prompt 0's greedy output an end-of-sequence token, so
+    // row 0 stops after two tokens while the others go on (a quarter of the batch: the
+    // engine drops it from the KV cache).
+    let mut e = load(dir.path(), FloatPrecision::F32, None);
+    let first = e
+        .generate(&prompts[..1], &fixed(8), &mut NoopObserver)
+        .unwrap();
+    let stop_token = first.sequences[0].output_token_ids[1];
+    assert_ne!(first.sequences[0].output_token_ids[0], stop_token);
+    std::fs::write(
+        dir.path().join("generation_config.json"),
+        json!({ "eos_token_id": stop_token }).to_string(),
+    )
+    .unwrap();
+    let mut e = load(dir.path(), FloatPrecision::F32, None);
+    let params = GenerationParams {
+        max_new_tokens: 8,
+        ..GenerationParams::default()
+    };
+    let batch = e.generate(&prompts, &params, &mut NoopObserver).unwrap();
+    let lens: Vec<usize> = batch
+        .sequences
+        .iter()
+        .map(|s| s.output_token_ids.len())
+        .collect();
+    assert_eq!(lens[0], 2, "row 0 stops at the chosen token: {lens:?}");
+    assert!(lens.iter().any(|&n| n > 2), "some rows go on: {lens:?}");
+    for (i, prompt) in prompts.iter().enumerate() {
+        let alone = e
+            .generate(std::slice::from_ref(prompt), &params, &mut NoopObserver)
+            .unwrap();
+        assert_eq!(
+            batch.sequences[i].output_token_ids, alone.sequences[0].output_token_ids,
+            "row {i}"
+        );
+        assert_eq!(
+            batch.sequences[i].stop_reason,
+            alone.sequences[0].stop_reason
+        );
+    }
+    // The engine keeps working with a full batch after a shrunken one.
+    let again = e.generate(&prompts, &params, &mut NoopObserver).unwrap();
+    assert_eq!(again.sequences.len(), 4);
+    assert_eq!(
+        again.sequences[1].output_token_ids,
+        batch.sequences[1].output_token_ids
+    );
+}

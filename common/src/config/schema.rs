@@ -71,7 +71,8 @@ pub struct ExperimentConfig {
     /// subtract the idle power (net energy); 0 disables.
     #[serde(default = "default_idle_baseline_s")]
     pub idle_baseline_s: f64,
-    /// lem-only: period of the GPU sensor sampler (power, temperature, clocks), ms.
+    /// lem-only: period of the GPU sensor sampler (power, temperature, clocks), ms;
+    /// 0 turns the sampler off.
     #[serde(default = "default_sample_period_ms")]
     pub sample_period_ms: f64,
     /// lem-only: carbon accounting inputs; nothing is assumed when absent.

@@ -181,7 +181,7 @@ pub(crate) const TOP: &[Field] = &[
     f("device", Ty::Enum(DEVICES)),
     opt("cpu_threads", uint(1, U32)),
     f("idle_baseline_s", float(0.0, f64::INFINITY)),
-    f("sample_period_ms", float(1.0, 60_000.0)),
+    f("sample_period_ms", float(0.0, 60_000.0)),
     f("carbon", Ty::Section(CARBON)),
 ];
 

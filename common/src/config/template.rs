@@ -96,7 +96,7 @@ warmup_prompts: 1           # requests run and discarded before measuring
 device: auto                # auto | cpu | cuda
 # cpu_threads: 2            # CPU inference threads (default: all cores)
 idle_baseline_s: 10.0       # idle power measured before the window (net energy); 0 = off
-sample_period_ms: 100       # GPU sensor sampler period (power trace, temperature, clocks)
+sample_period_ms: 100       # GPU sensor sampler period (power trace, temperature, clocks); 0 = off
 carbon:                     # carbon = energy x PUE x grid intensity; none without intensity
   # pue: 1.2
   # grid_intensity_gco2e_per_kwh: 400

@@ -1,0 +1,227 @@
+//! Q8_0 weight × Q8_0 activation matmul, tiled for AVX2 + FMA.
+//!
+//! A tile of `RM` weight rows × `RN` activation rows shares every load and keeps `RM·RN`
+//! accumulators in flight; the weight tile stays in L1 while a chunk of activation rows
+//! (in L2) streams past it. The arithmetic of each output element is exactly candle 0.11's
+//! `vec_dot_q8_0_q8_0` (see `tile`), so results do not depend on the tile a row lands in or
+//! on the number of rows.
+
+use std::ops::Range;
+
+/// A Q8_0 block as ggml and candle store it (`repr(C)`: f16 scale bits, 32 signed bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Block {
+    pub d: u16,
+    pub qs: [i8; 32],
+}
+const _: () = assert!(std::mem::size_of::<Block>() == 34);
+
+/// Values per block.
+pub const QK: usize = 32;
+
+/// Whether `matmul` can run here (x86-64 with AVX2 and FMA).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Runs `f` over `0..items` split in ranges, possibly on several threads (the caller's
+/// pool); every item must be run exactly once.
+pub type Parallel<'a> = &'a dyn Fn(usize, &(dyn Fn(Range<usize>) + Sync));
+
+/// `out[r·n + c] = Σ_b d_w·d_a · (w[c] · a[r])_b`: `w` is `n` rows of `a.kb` blocks, `a`
+/// holds `m` rows. Panics when the slices do not match the shapes or `available()` is false.
+pub fn matmul(w: &[Block], n: usize, a: &Acts, m: usize, out: &mut [f32], par: Parallel) {
+    assert!(available(), "q8_0 matmul needs AVX2 and FMA");
+    assert_eq!(w.len(), n * a.kb, "weight blocks");
+    assert_eq!(a.blocks.len(), m * a.kb, "activation blocks");
+    assert_eq!(a.scales.len(), m * a.kb, "activation scales");
+    assert_eq!(out.len(), m * n, "output length");
+    run(w, n, a, m, out, par);
+}
+
+/// Quantised activations: rows of `kb` blocks, with their scales widened to f32.
+pub struct Acts<'a> {
+    pub blocks: &'a [Block],
+    pub scales: &'a [f32],
+    pub kb: usize,
+}
+
+/// Weight rows per tile.
+const RM: usize = 4;
+/// Activation rows per tile.
+const RN: usize = 2;
+/// Activation rows per work item: their quantised blocks stay in L2 while a thread runs
+/// its weight tiles past them (64 rows × 1536 columns ≈ 100 KiB).
+const ROW_CHUNK: usize = 64;
+
+/// Splits the output into (row chunk, group of RM weight rows) items over `par`.
+fn run(w: &[Block], n: usize, a: &Acts, m: usize, out: &mut [f32], par: Parallel) {
+    let groups = n.div_ceil(RM);
+    let chunks = m.div_ceil(ROW_CHUNK);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let work = |range: std::ops::Range<usize>| {
+        let out_ptr = &out_ptr;
+        let mut w_scales = Vec::new();
+        for item in range {
+            let (chunk, group) = (item / groups, item % groups);
+            let rows = chunk * ROW_CHUNK..m.min((chunk + 1) * ROW_CHUNK);
+            let cols = group * RM..n.min((group + 1) * RM);
+            // SAFETY: items cover disjoint (row, column) cells of `out`, which outlives the
+            // pool call.
+            unsafe { group_rows(w, &mut w_scales, a, rows, cols, n, out_ptr.0) };
+        }
+    };
+    par(chunks * groups, &work);
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: workers write disjoint elements (see `run`).
+unsafe impl Sync for SendPtr {}
+
+/// Output cells (rows × cols) for one group of ≤ RM weight rows.
+///
+/// # Safety
+/// `out` must hold `m × n` floats and no other thread may write these cells; the CPU must
+/// have AVX2 and FMA.
+unsafe fn group_rows(
+    w: &[Block],
+    w_scales: &mut Vec<f32>,
+    a: &Acts,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    n: usize,
+    out: *mut f32,
+) {
+    let kb = a.kb;
+    let wr = &w[cols.start * kb..cols.end * kb];
+    w_scales.clear();
+    w_scales.extend(wr.iter().map(|b| f16_to_f32(b.d)));
+    let mut r = rows.start;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cols.len() == RM {
+            while r + RN <= rows.end {
+                avx::tile::<RM, RN>(wr, w_scales, a, r, cols.start, n, out);
+                r += RN;
+            }
+            while r < rows.end {
+                avx::tile::<RM, 1>(wr, w_scales, a, r, cols.start, n, out);
+                r += 1;
+            }
+        } else {
+            // The last group of a width that is not a multiple of RM: one column at a time.
+            for c in 0..cols.len() {
+                let wc = &wr[c * kb..(c + 1) * kb];
+                let sc = &w_scales[c * kb..(c + 1) * kb];
+                for row in r..rows.end {
+                    avx::tile::<1, 1>(wc, sc, a, row, cols.start + c, n, out);
+                }
+            }
+        }
+    }
+    let _ = (r, out, n);
+}
+
+/// Exact f16 → f32 (every f16 is representable in f32).
+#[cfg(all(target_arch = "x86_64", target_feature = "f16c"))]
+pub fn f16_to_f32(h: u16) -> f32 {
+    use std::arch::x86_64::{_mm_cvtph_ps, _mm_cvtsi32_si128, _mm_cvtss_f32};
+    // SAFETY: F16C is enabled for the whole build (target_feature checked by cfg).
+    unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32))) }
+}
+
+/// Exact f16 → f32 (every f16 is representable in f32).
+#[cfg(not(all(target_arch = "x86_64", target_feature = "f16c")))]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h as u32) & 0x8000) << 16;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let man = (h & 0x3ff) as u32;
+    let bits = match (exp, man) {
+        (0, 0) => sign,
+        (0, _) => {
+            // Subnormal: value = man · 2^-24.
+            let v = man as f32 * (1.0 / 16_777_216.0);
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, 0) => sign | 0x7f80_0000,
+        (0x1f, _) => sign | 0x7fc0_0000 | (man << 13),
+        _ => sign | ((exp + 112) << 23) | (man << 13),
+    };
+    f32::from_bits(bits)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use super::{Acts, Block};
+    use std::arch::x86_64::*;
+
+    /// Out cells (rows r..r+N, columns c..c+M) of the product: weight rows `w` (M rows of
+    /// `a.kb` blocks, scales `ws`) against activation rows r..r+N.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `out` holds row-major rows of `n` floats covering the cells written.
+    #[target_feature(enable = "avx2,fma")]
+    // Index loops over the const tile dimensions keep the accumulators in registers.
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    pub(super) unsafe fn tile<const M: usize, const N: usize>(
+        w: &[Block],
+        ws: &[f32],
+        a: &Acts,
+        r: usize,
+        c: usize,
+        n: usize,
+        out: *mut f32,
+    ) {
+        let kb = a.kb;
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); N]; M];
+        for b in 0..kb {
+            let mut ys = [_mm256_setzero_si256(); N];
+            let mut dy = [_mm256_setzero_ps(); N];
+            for j in 0..N {
+                let blk = a.blocks.get_unchecked((r + j) * kb + b);
+                ys[j] = _mm256_loadu_si256(blk.qs.as_ptr().cast());
+                dy[j] = _mm256_set1_ps(*a.scales.get_unchecked((r + j) * kb + b));
+            }
+            for i in 0..M {
+                let x = _mm256_loadu_si256(w.get_unchecked(i * kb + b).qs.as_ptr().cast());
+                // Broadcast from memory: a load, no shuffle.
+                let dx = _mm256_set1_ps(*ws.get_unchecked(i * kb + b));
+                // As candle: |w| (unsigned) times a with w's sign, pairs summed to i16,
+                // then to i32 lanes of four products each.
+                let ax = _mm256_sign_epi8(x, x);
+                for j in 0..N {
+                    let sy = _mm256_sign_epi8(ys[j], x);
+                    let dot = _mm256_maddubs_epi16(ax, sy);
+                    let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
+                    // Lane-wise f32(d_w) · f32(d_a): the same product candle forms in scalar.
+                    let d = _mm256_mul_ps(dx, dy[j]);
+                    acc[i][j] = _mm256_fmadd_ps(d, q, acc[i][j]);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                *out.add((r + j) * n + c + i) = hsum(*v);
+            }
+        }
+    }
+
+    /// candle's `hsum_float_8`, same order of additions.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(x: __m256) -> f32 {
+        let res = _mm256_extractf128_ps(x, 1);
+        let res = _mm_add_ps(res, _mm256_castps256_ps128(x));
+        let res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+        let res = _mm_add_ss(res, _mm_movehdup_ps(res));
+        _mm_cvtss_f32(res)
+    }
+}

@@ -1,0 +1,90 @@
+//! A loaded copy of the fake `libnvidia-ml.so` (tests/fake-nvml) for the NVML tests of
+//! this crate, and the scenario integral the expected energies come from.
+//!
+//! The fake is built once per test binary (`cargo build -p fake-nvml`, a no-op when
+//! fresh). Each `Fake` copies it into its own temp dir as `libnvidia-ml.so.1`: a
+//! different file is a separate load with its own state, so tests run in parallel without
+//! sharing a clock or a scenario. The scenario path is handed over with the fake's
+//! `fakeNvmlSetScenario` (not the process-wide `FAKE_NVML_SCENARIO`), and the virtual
+//! clock (`time_scale: 0`) is moved with `fakeNvmlAdvanceMs`.
+
+#![allow(dead_code)] // each test binary uses a subset
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+#[path = "../../../tests/support.rs"]
+pub mod support;
+
+/// Builds the fake library once per test binary; returns its path.
+pub fn fake_library() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(support::build_fake_nvml)
+}
+
+/// One loaded copy of the fake with its scenario and virtual clock.
+pub struct Fake {
+    _dir: tempfile::TempDir,
+    /// The copy to hand to NVML (`NvmlMeter::open`, `discover_gpus`).
+    pub path: PathBuf,
+    lib: libloading::Library,
+    now_ms: Cell<u64>,
+}
+
+impl Fake {
+    pub fn new(scenario: &serde_json::Value) -> Fake {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("libnvidia-ml.so.1");
+        std::fs::copy(fake_library(), &path).unwrap();
+        let scenario_path = dir.path().join("scenario.json");
+        std::fs::write(&scenario_path, scenario.to_string()).unwrap();
+        // SAFETY: loading our own test library, whose initialisers do nothing.
+        let lib = unsafe { libloading::Library::new(&path) }.unwrap();
+        let c_path = std::ffi::CString::new(scenario_path.to_str().unwrap()).unwrap();
+        // SAFETY: the signature matches the fake's export; the string outlives the call.
+        unsafe {
+            let set: libloading::Symbol<unsafe extern "C" fn(*const std::ffi::c_char) -> u32> =
+                lib.get(b"fakeNvmlSetScenario\0").unwrap();
+            assert_eq!(set(c_path.as_ptr()), 0);
+        }
+        Fake {
+            _dir: dir,
+            path,
+            lib,
+            now_ms: Cell::new(0),
+        }
+    }
+
+    /// Moves the fake's virtual clock forward.
+    pub fn advance_ms(&self, ms: u64) {
+        // SAFETY: the signature matches the fake's export.
+        unsafe {
+            let adv: libloading::Symbol<unsafe extern "C" fn(u64)> =
+                self.lib.get(b"fakeNvmlAdvanceMs\0").unwrap();
+            adv(ms);
+        }
+        self.now_ms.set(self.now_ms.get() + ms);
+    }
+
+    /// Moves the virtual clock to `t_ms` since init.
+    pub fn goto_ms(&self, t_ms: u64) {
+        assert!(t_ms >= self.now_ms.get());
+        self.advance_ms(t_ms - self.now_ms.get());
+    }
+}
+
+/// ∫ P dt in mJ over [t0, t1] s of a piecewise-constant trace of `[from_s, watts]` points
+/// (0 W before the first) — the scenario's own integral, computed independently of lem
+/// and the fake.
+pub fn integral_mj(trace: &[(f64, f64)], t0: f64, t1: f64) -> f64 {
+    let mut joules = 0.0;
+    for (i, &(from, watts)) in trace.iter().enumerate() {
+        let to = trace.get(i + 1).map_or(f64::INFINITY, |p| p.0);
+        let (a, b) = (from.max(t0), to.min(t1));
+        if b > a {
+            joules += watts * (b - a);
+        }
+    }
+    joules * 1000.0
+}
