@@ -11,7 +11,9 @@
 #      PyTorch, CuPy, or `gpu_burn`) and meters LOAD_SECONDS (default 25) of it with the
 #      counter and the 100 ms sampler, then compares counter energy with the trace
 #      integral;
-#   4. writes everything (JSON + a short summary) to OUT_DIR (default ./gpu-check-out).
+#   4. with LEM_GPU_MODEL=<a GGUF or model dir> and a `cuda` build of lem
+#      (scripts/build-cuda.sh), runs SmolLM2-style inference on GPU 0 with NVML metering;
+#   5. writes everything (JSON + a short summary) to OUT_DIR (default ./gpu-check-out).
 # Record what it shows in docs/gpu-validation.md (card, driver, figures, date).
 set -euo pipefail
 
@@ -83,5 +85,21 @@ echo "== metered window (${LOAD_S} s): counter vs trace integral"
 
 if [ -n "$LOAD_PID" ]; then
     wait "$LOAD_PID" || true
+fi
+if [ -n "${LEM_GPU_MODEL:-}" ]; then
+    echo "== GPU inference: $LEM_GPU_MODEL (device: cuda, NVML metering)"
+    cat > "$OUT/gpu-run.yaml" <<YAML
+config_name: gpu-check-inference
+model_name: $LEM_GPU_MODEL
+device: cuda
+max_input_tokens: 128
+max_output_tokens: 64
+min_output_tokens: 64
+num_input_prompts: 16
+idle_baseline_s: 5
+batching_options: {batch_size: 8}
+YAML
+    "$LEM" --data-dir "$OUT/results" experiment "$OUT/gpu-run.yaml" --json > "$OUT/gpu-run.json" || true
+    "$LEM" --data-dir "$OUT/results" results list | tee "$OUT/gpu-run.txt" || true
 fi
 echo "== done; results in $OUT"

@@ -228,22 +228,29 @@ impl JobRunner {
             .map_err(|e| RunError::Unsupported(e.to_string()))?;
 
         let mut meters = meter::rapl::open_cpu_meters(&ctx.powercap_root);
-        // GPUs are metered only when a library is named: CPU inference on a GPU box must
-        // not charge the idle GPUs' energy to the job.
-        if let Some(lib) = meter::nvml::resolve_lib_path(None) {
+        // GPUs are metered when inference runs on one (the system's NVML, or the library
+        // named) or when a library is named (a simulated node). CPU inference on a GPU box
+        // is not charged the idle GPUs' energy.
+        let nvml_lib = meter::nvml::resolve_lib_path(None);
+        let on_gpu = engine.info().device.kind == "cuda";
+        if nvml_lib.is_some() || on_gpu {
             let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
             match gpu_targets(visible.as_deref(), &cfg.gpu_list) {
                 Err(why) => warnings.push(format!("GPU energy not measured: {why}")),
-                Ok(targets) => match meter::nvml::NvmlMeter::open_targets(Some(&lib), &targets) {
-                    Ok(mut m) => {
-                        if m.is_simulated() {
-                            warnings.push(SIMULATED_WARNING.to_owned());
+                Ok(targets) => {
+                    match meter::nvml::NvmlMeter::open_targets(nvml_lib.as_deref(), &targets) {
+                        Ok(mut m) => {
+                            if m.is_simulated() {
+                                warnings.push(SIMULATED_WARNING.to_owned());
+                            }
+                            m.set_sample_period(Duration::from_secs_f64(
+                                cfg.sample_period_ms / 1000.0,
+                            ));
+                            meters.meters.push(Box::new(m));
                         }
-                        m.set_sample_period(Duration::from_secs_f64(cfg.sample_period_ms / 1000.0));
-                        meters.meters.push(Box::new(m));
+                        Err(e) => warnings.push(format!("GPU energy not measured: {e}")),
                     }
-                    Err(e) => warnings.push(format!("GPU energy not measured: {e}")),
-                },
+                }
             }
         }
         let baselines = if cfg.idle_baseline_s > 0.0 {
