@@ -369,6 +369,24 @@ impl LlamaConfig {
     }
 }
 
+impl LlamaConfig {
+    /// The architecture numbers results and FLOPs are computed from.
+    pub(crate) fn shape(&self) -> lem_common::domain::TransformerShape {
+        lem_common::domain::TransformerShape {
+            architecture: self.architecture.clone(),
+            hidden_size: self.hidden_size as u64,
+            intermediate_size: self.intermediate_size as u64,
+            num_layers: self.num_layers as u64,
+            num_attention_heads: self.num_heads as u64,
+            num_kv_heads: self.num_kv_heads as u64,
+            head_dim: self.head_dim as u64,
+            vocab_size: self.vocab_size as u64,
+            // SwiGLU (gate, up, down) in every supported architecture.
+            gated_mlp: true,
+        }
+    }
+}
+
 /// ggml's own spelling of a storage type (`Q4_K`, not candle's `Q4K`).
 pub fn ggml_name(dtype: GgmlDType) -> &'static str {
     match dtype {

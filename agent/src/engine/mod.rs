@@ -134,14 +134,7 @@ impl Engine {
         opts: &LoadOptions,
     ) -> Result<Engine, EngineError> {
         let t0 = Instant::now();
-        if opts.max_seq_len < 2 {
-            return Err(EngineError::InvalidParams(format!(
-                "max_seq_len {} is too small",
-                opts.max_seq_len
-            )));
-        }
-        let (device, note) = select_device(opts)?;
-        let threads = configure_threads(opts.cpu_threads);
+        let (device, note, threads) = prepare(opts)?;
         let mut g = GgufFile::open(path)?;
         let cfg = LlamaConfig::from_gguf(&g)?;
         let tokenizer = LemTokenizer::load(&g, tokenizer_json)?;
@@ -154,17 +147,7 @@ impl Engine {
             opts.max_seq_len,
             &device,
         )?;
-        let shape = TransformerShape {
-            architecture: cfg.architecture.clone(),
-            hidden_size: cfg.hidden_size as u64,
-            intermediate_size: cfg.intermediate_size as u64,
-            num_layers: cfg.num_layers as u64,
-            num_attention_heads: cfg.num_heads as u64,
-            num_kv_heads: cfg.num_kv_heads as u64,
-            head_dim: cfg.head_dim as u64,
-            vocab_size: cfg.vocab_size as u64,
-            gated_mlp: true,
-        };
+        let shape = cfg.shape();
         let info = EngineInfo {
             path: path.to_path_buf(),
             format: "gguf".into(),
@@ -210,14 +193,7 @@ impl Engine {
         opts: &LoadOptions,
     ) -> Result<Engine, EngineError> {
         let t0 = Instant::now();
-        if opts.max_seq_len < 2 {
-            return Err(EngineError::InvalidParams(format!(
-                "max_seq_len {} is too small",
-                opts.max_seq_len
-            )));
-        }
-        let (device, note) = select_device(opts)?;
-        let threads = configure_threads(opts.cpu_threads);
+        let (device, note, threads) = prepare(opts)?;
         let hf = safetensors::HfConfig::read(dir)?;
         let default_tokenizer = dir.join("tokenizer.json");
         let tokenizer_path = tokenizer_json.unwrap_or(&default_tokenizer);
@@ -248,17 +224,7 @@ impl Engine {
             opts.max_seq_len,
             &device,
         )?;
-        let shape = TransformerShape {
-            architecture: cfg.architecture.clone(),
-            hidden_size: cfg.hidden_size as u64,
-            intermediate_size: cfg.intermediate_size as u64,
-            num_layers: cfg.num_layers as u64,
-            num_attention_heads: cfg.num_heads as u64,
-            num_kv_heads: cfg.num_kv_heads as u64,
-            head_dim: cfg.head_dim as u64,
-            vocab_size: cfg.vocab_size as u64,
-            gated_mlp: true,
-        };
+        let shape = cfg.shape();
         let info = EngineInfo {
             path: dir.to_path_buf(),
             format: "safetensors".into(),
@@ -330,6 +296,19 @@ impl Engine {
             context_length: self.info.context_length,
         }
     }
+}
+
+/// Checks `opts` and opens the device and thread pool a load uses: (device, the note on
+/// why it was chosen, CPU threads).
+fn prepare(opts: &LoadOptions) -> Result<(Device, String, usize), EngineError> {
+    if opts.max_seq_len < 2 {
+        return Err(EngineError::InvalidParams(format!(
+            "max_seq_len {} is too small",
+            opts.max_seq_len
+        )));
+    }
+    let (device, note) = select_device(opts)?;
+    Ok((device, note, configure_threads(opts.cpu_threads)))
 }
 
 /// Sets candle's CPU thread count and returns the count actually in use.
