@@ -15,7 +15,7 @@
 //! their format. Outputs are written to a temporary sibling and renamed into place, so a
 //! failed conversion never leaves a half-written model where resolution would find it.
 
-use crate::engine::{ggml_name, LemTokenizer};
+use crate::engine::{ggml_name, gguf_unsigned, LemTokenizer};
 use candle_core::quantized::gguf_file::{self, Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -365,23 +365,13 @@ fn meta_u64(c: &Content, path: &Path, key: &str) -> Result<Option<u64>, ConvertE
     let Some(v) = meta(c, key) else {
         return Ok(None);
     };
-    let n = match v {
-        Value::U8(x) => *x as u64,
-        Value::U16(x) => *x as u64,
-        Value::U32(x) => *x as u64,
-        Value::U64(x) => *x,
-        Value::I8(x) if *x >= 0 => *x as u64,
-        Value::I16(x) if *x >= 0 => *x as u64,
-        Value::I32(x) if *x >= 0 => *x as u64,
-        Value::I64(x) if *x >= 0 => *x as u64,
-        other => {
-            return Err(key_err(
-                path,
-                key,
-                format!("expected an unsigned integer, got {other:?}"),
-            ))
-        }
-    };
+    let n = gguf_unsigned(v).ok_or_else(|| {
+        key_err(
+            path,
+            key,
+            format!("expected an unsigned integer, got {v:?}"),
+        )
+    })?;
     Ok(Some(n))
 }
 

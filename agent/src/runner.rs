@@ -228,30 +228,9 @@ impl JobRunner {
             .map_err(|e| RunError::Unsupported(e.to_string()))?;
 
         let mut meters = meter::rapl::open_cpu_meters(&ctx.powercap_root);
-        // GPUs are metered when inference runs on one (the system's NVML, or the library
-        // named) or when a library is named (a simulated node). CPU inference on a GPU box
-        // is not charged the idle GPUs' energy.
-        let nvml_lib = meter::nvml::resolve_lib_path(None);
         let on_gpu = engine.info().device.kind == "cuda";
-        if nvml_lib.is_some() || on_gpu {
-            let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-            match gpu_targets(visible.as_deref(), &cfg.gpu_list) {
-                Err(why) => warnings.push(format!("GPU energy not measured: {why}")),
-                Ok(targets) => {
-                    match meter::nvml::NvmlMeter::open_targets(nvml_lib.as_deref(), &targets) {
-                        Ok(mut m) => {
-                            if m.is_simulated() {
-                                warnings.push(SIMULATED_WARNING.to_owned());
-                            }
-                            m.set_sample_period(Duration::from_secs_f64(
-                                cfg.sample_period_ms / 1000.0,
-                            ));
-                            meters.meters.push(Box::new(m));
-                        }
-                        Err(e) => warnings.push(format!("GPU energy not measured: {e}")),
-                    }
-                }
-            }
+        if let Some(m) = open_gpu_meter(cfg, on_gpu, &mut warnings) {
+            meters.meters.push(Box::new(m));
         }
         let baselines = if cfg.idle_baseline_s > 0.0 {
             progress.phase("idle baseline");
@@ -733,6 +712,38 @@ fn generation_params(cfg: &ExperimentConfig, cycle: u32) -> GenerationParams {
             .unwrap_or(0)
             .wrapping_add(cycle as u64 * 1_000_003),
     }
+}
+
+/// The NVML meter for the job's GPUs, when they are to be metered: inference runs on a
+/// GPU (the system's NVML, or the library named) or `LEM_NVML_LIB` names a library (a
+/// simulated node). CPU inference on a GPU box is not charged the idle GPUs' energy.
+/// Why GPUs go unmetered is pushed to `warnings`.
+fn open_gpu_meter(
+    cfg: &ExperimentConfig,
+    on_gpu: bool,
+    warnings: &mut Vec<String>,
+) -> Option<meter::nvml::NvmlMeter> {
+    let nvml_lib = meter::nvml::resolve_lib_path(None);
+    if nvml_lib.is_none() && !on_gpu {
+        return None;
+    }
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let opened = gpu_targets(visible.as_deref(), &cfg.gpu_list).and_then(|targets| {
+        meter::nvml::NvmlMeter::open_targets(nvml_lib.as_deref(), &targets)
+            .map_err(|e| e.to_string())
+    });
+    let mut m = match opened {
+        Ok(m) => m,
+        Err(why) => {
+            warnings.push(format!("GPU energy not measured: {why}"));
+            return None;
+        }
+    };
+    if m.is_simulated() {
+        warnings.push(SIMULATED_WARNING.to_owned());
+    }
+    m.set_sample_period(Duration::from_secs_f64(cfg.sample_period_ms / 1000.0));
+    Some(m)
 }
 
 /// The GPUs a job uses, as NVML targets: `gpu_list` indexes the visible devices, which

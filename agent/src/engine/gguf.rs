@@ -96,21 +96,8 @@ impl GgufFile {
         let Some(v) = self.value(key) else {
             return Ok(None);
         };
-        let n = match v {
-            Value::U8(x) => *x as u64,
-            Value::U16(x) => *x as u64,
-            Value::U32(x) => *x as u64,
-            Value::U64(x) => *x,
-            Value::I8(x) if *x >= 0 => *x as u64,
-            Value::I16(x) if *x >= 0 => *x as u64,
-            Value::I32(x) if *x >= 0 => *x as u64,
-            Value::I64(x) if *x >= 0 => *x as u64,
-            other => {
-                return Err(
-                    self.bad_key(key, format!("expected an unsigned integer, got {other:?}"))
-                )
-            }
-        };
+        let n = unsigned(v)
+            .ok_or_else(|| self.bad_key(key, format!("expected an unsigned integer, got {v:?}")))?;
         Ok(Some(n))
     }
 
@@ -384,6 +371,22 @@ impl LlamaConfig {
             // SwiGLU (gate, up, down) in every supported architecture.
             gated_mlp: true,
         }
+    }
+}
+
+/// A GGUF integer of any width as u64; `None` for a negative or non-integer value.
+/// Converters write integer keys in whatever width they like.
+pub fn unsigned(v: &Value) -> Option<u64> {
+    match v {
+        Value::U8(x) => Some(*x as u64),
+        Value::U16(x) => Some(*x as u64),
+        Value::U32(x) => Some(*x as u64),
+        Value::U64(x) => Some(*x),
+        Value::I8(x) => u64::try_from(*x).ok(),
+        Value::I16(x) => u64::try_from(*x).ok(),
+        Value::I32(x) => u64::try_from(*x).ok(),
+        Value::I64(x) => u64::try_from(*x).ok(),
+        _ => None,
     }
 }
 

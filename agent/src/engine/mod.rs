@@ -24,6 +24,8 @@ pub use generate::{
 };
 /// ggml's spelling of a storage type (`Q4_K`, not candle's `Q4K`).
 pub use gguf::ggml_name;
+/// A GGUF integer of any width as u64 (`None` if negative or not an integer).
+pub use gguf::unsigned as gguf_unsigned;
 pub use safetensors::{FloatPrecision, LoadQuantization};
 pub use tokenizer::{ChatFormat, LemTokenizer};
 
