@@ -404,7 +404,7 @@ mod tests {
             source: std::io::Error,
         }
         let err = Wraps {
-            source: std::io::Error::new(std::io::ErrorKind::Other, "disk full"),
+            source: std::io::Error::other("disk full"),
         };
         assert!(error_chain(&err).is_empty());
     }
