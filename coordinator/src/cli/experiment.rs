@@ -451,3 +451,7 @@ impl CycleSink for CliSink {
         &mut self.progress
     }
 }
+
+#[cfg(test)]
+#[path = "experiment_tests.rs"]
+mod tests;

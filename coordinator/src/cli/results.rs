@@ -166,15 +166,19 @@ fn show(store: &StoreHandle, id: &str, raw: bool, json: bool) -> Result<Outcome,
             }
             Ok(Outcome::Success)
         }
-        None if json => Err(CliError::failure(format!(
-            "experiment {} ({}) has no aggregate{}",
-            rec.id,
-            rec.status.as_str(),
-            rec.error
-                .as_deref()
-                .map(|e| format!("; it failed: {e}"))
-                .unwrap_or_default()
-        ))),
+        None if json => {
+            // Nothing to print as JSON; say why where a script's log will show it.
+            eprintln!(
+                "experiment {} ({}) has no aggregate{}",
+                rec.id,
+                rec.status.as_str(),
+                rec.error
+                    .as_deref()
+                    .map(|e| format!("; it failed: {e}"))
+                    .unwrap_or_default()
+            );
+            Ok(Outcome::Partial)
+        }
         None => {
             let done = store.read(|s| s.raw_cycles(&rec.id))?.len();
             print_failure(&rec)?;
