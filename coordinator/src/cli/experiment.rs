@@ -256,19 +256,18 @@ pub fn run_batch(data_dir: &Path, args: BatchArgs) -> Result<Outcome, CliError> 
     // surface after nine experiments have run.
     let check_ctx = RunContext::from_env(stop.clone());
     let mut resolved = Vec::new();
+    let invalid = |path: &Path, msg: String| {
+        CliError::usage(format!(
+            "{msg}\n{}: invalid; nothing was run",
+            path.display()
+        ))
+    };
     for path in &args.configs {
-        let checked = resolve_config(Some(path), None, &overrides)
-            .and_then(|r| preflight(&r, &check_ctx).map(|()| r));
-        match checked {
-            Ok(r) => resolved.push((path.clone(), r)),
-            Err(e) => {
-                return Err(CliError::usage(format!(
-                    "{}: {e}\n{}: invalid; nothing was run",
-                    path.display(),
-                    path.display()
-                )))
-            }
-        }
+        // Config errors name the file already; model errors get it in front.
+        let r = resolve_config(Some(path), None, &overrides)
+            .map_err(|e| invalid(path, e.to_string()))?;
+        preflight(&r, &check_ctx).map_err(|e| invalid(path, format!("{}: {e}", path.display())))?;
+        resolved.push((path.clone(), r));
     }
     let store = StoreHandle::new(data_dir);
     let parallel = args.parallel.max(1);
