@@ -1,5 +1,5 @@
 //! Helpers shared by test binaries of several crates (included with `#[path]`):
-//! where the real model is, and how to get the fake NVML library.
+//! where the real model is (fetched when absent), and how to get the fake NVML library.
 
 #![allow(dead_code)] // each test binary uses a subset
 
@@ -28,23 +28,46 @@ pub fn smollm2_path() -> PathBuf {
     dir.join("HuggingFaceTB--SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
-/// The model's path; `None` (with a skip message) when absent, a panic under `CI`.
-pub fn model_path() -> Option<PathBuf> {
+/// The real model's path. When it is absent, `scripts/fetch-model.sh` fetches it (as
+/// `.ci/run` does), once per test binary; if that fails, the test fails with the one
+/// command to run. Tests never pass by skipping.
+pub fn model() -> PathBuf {
+    static FETCHED: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let path = smollm2_path();
     if path.exists() {
-        return Some(path);
+        return path;
     }
-    if std::env::var_os("CI").is_some() {
+    if let Some(p) = std::env::var_os("LEM_TEST_MODEL") {
         panic!(
-            "CI is set but the test model is missing at {} (set LEM_TEST_MODEL or run scripts/fetch-model.sh)",
-            path.display()
+            "LEM_TEST_MODEL names {}, which does not exist; point it at the SmolLM2 GGUF or unset it",
+            PathBuf::from(p).display()
         );
     }
+    // One fetch at a time within this binary; the script itself moves the file into
+    // place atomically, so other binaries racing it are safe.
+    let _guard = FETCHED.lock().unwrap_or_else(|e| e.into_inner());
+    if path.exists() {
+        return path;
+    }
+    let script = repo_root().join("scripts/fetch-model.sh");
     eprintln!(
-        "SKIPPED: SmolLM2 GGUF not found at {} (set LEM_TEST_MODEL or run scripts/fetch-model.sh)",
-        path.display()
+        "test model missing at {}; fetching it with {}",
+        path.display(),
+        script.display()
     );
-    None
+    let fetched = Command::new("bash").arg(&script).status();
+    match fetched {
+        Ok(status) if status.success() && path.exists() => path,
+        outcome => panic!(
+            "the test model is missing at {} and fetching it failed ({outcome:?}); run:\n  scripts/fetch-model.sh",
+            path.display()
+        ),
+    }
+}
+
+/// [`model`] for callers written when an absent model skipped the test: never `None`.
+pub fn model_path() -> Option<PathBuf> {
+    Some(model())
 }
 
 /// Builds the fake `libnvidia-ml` (tests/fake-nvml) into the target directory this test

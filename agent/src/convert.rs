@@ -15,7 +15,7 @@
 //! their format. Outputs are written to a temporary sibling and renamed into place, so a
 //! failed conversion never leaves a half-written model where resolution would find it.
 
-use crate::engine::{ggml_name, gguf_unsigned, LemTokenizer};
+use crate::engine::{ggml_name, gguf_unsigned, without_backtrace, LemTokenizer};
 use candle_core::quantized::gguf_file::{self, Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -879,7 +879,7 @@ impl Source {
         let mut reader = BufReader::new(file);
         let content = Content::read(&mut reader).map_err(|e| ConvertError::Gguf {
             path: path.to_path_buf(),
-            source: Box::new(e),
+            source: Box::new(without_backtrace(e)),
         })?;
         let params = LlamaParams::from_gguf(&content, path)?;
         let mut names = BTreeMap::new();
@@ -977,9 +977,13 @@ impl Source {
                 let q = content
                     .tensor(reader, &src_name, &Device::Cpu)
                     .map_err(|e| tensor_err(&self.path, &src_name, e))?;
-                let t = q
-                    .dequantize(&Device::Cpu)
-                    .map_err(|e| tensor_err(&self.path, &src_name, format!("dequantising: {e}")))?;
+                let t = q.dequantize(&Device::Cpu).map_err(|e| {
+                    tensor_err(
+                        &self.path,
+                        &src_name,
+                        format!("dequantising: {}", without_backtrace(e)),
+                    )
+                })?;
                 (t, self.path.clone())
             }
             Weights::Safetensors { entries } => {
@@ -990,7 +994,13 @@ impl Source {
         match heads {
             // GGUF rows are interleaved; safetensors rows are already rotate-half.
             Some(n) if matches!(self.weights, Weights::Gguf { .. }) => qk_gguf_to_hf(&t, n)
-                .map_err(|e| tensor_err(&err_path, &src_name, format!("un-permuting: {e}"))),
+                .map_err(|e| {
+                    tensor_err(
+                        &err_path,
+                        &src_name,
+                        format!("un-permuting: {}", without_backtrace(e)),
+                    )
+                }),
             _ => Ok(t),
         }
     }
@@ -1869,7 +1879,7 @@ pub fn inspect_stored(format: &str, path: &Path) -> Result<StoredInfo, ConvertEr
         let mut r = BufReader::new(File::open(path).map_err(io_err(path))?);
         let c = Content::read(&mut r).map_err(|e| ConvertError::Gguf {
             path: path.to_path_buf(),
-            source: Box::new(e),
+            source: Box::new(without_backtrace(e)),
         })?;
         for i in c.tensor_infos.values() {
             *info

@@ -585,6 +585,27 @@ fn map_engine_err(model: &str, e: EngineError) -> RunError {
     }
 }
 
+/// Checks before anything is stored that `cfg` can run here: nothing it asks for is
+/// refused, and its model resolves, opens and has an architecture the engine runs.
+/// Reads headers only; the weights load when the job runs.
+pub fn preflight(cfg: &ExperimentConfig, resolve: &ResolveOptions) -> Result<(), RunError> {
+    refuse_unsupported(cfg)?;
+    let model = cfg.model_name.as_str();
+    let resolved = hub::resolve_model(model, resolve).map_err(|source| RunError::Model {
+        model: model.to_string(),
+        source: Box::new(source),
+    })?;
+    match &resolved.format {
+        ModelFormat::Gguf { file } => Engine::check_gguf(file),
+        ModelFormat::Safetensors { dir } => Engine::check_safetensors(dir),
+    }
+    .map_err(|source| RunError::Engine {
+        model: model.to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
 /// Config features lem accepts but cannot honour yet are refused, not silently ignored.
 fn refuse_unsupported(cfg: &ExperimentConfig) -> Result<(), RunError> {
     let problems = lem_common::config::unsupported(cfg);

@@ -2,8 +2,8 @@
 //! independent implementation, greedy answers, determinism, batching, sampling, stops.
 //!
 //! The model comes from `LEM_TEST_MODEL` or the lem model cache
-//! (`scripts/` fetches it). Without it these tests print a skip message and pass, except
-//! under `CI`, where a missing model is a failure.
+//! (`scripts/fetch-model.sh`, which the test support runs when the model is absent; a
+//! failed fetch fails the tests with the command to run).
 
 use lem_agent::engine::{Engine, GenerationObserver, GenerationParams, LoadOptions, NoopObserver};
 use lem_common::domain::StopReason;

@@ -17,7 +17,8 @@ const STORE_WAIT: Duration = Duration::from_secs(30);
 pub enum EmbeddedError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("experiment {id} cycle {cycle}: {source}")]
+    /// `cycle` counts from 0 as stored; people read cycles from 1.
+    #[error("experiment {id} cycle {}: {source}", .cycle + 1)]
     Run {
         id: String,
         cycle: u32,
@@ -43,11 +44,22 @@ impl StoreHandle {
             data_dir: data_dir.to_path_buf(),
         }
     }
+    /// Opens the store (creating the data dir if needed) for one operation.
     pub fn with<T>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let store = Store::open(&self.data_dir, STORE_WAIT)?;
+        f(&store)
+    }
+
+    /// Like [`with`](Self::with), but fails with [`StoreError::NoStore`] instead of
+    /// creating a data dir: for commands that only read.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let store = Store::open_existing(&self.data_dir, STORE_WAIT)?;
         f(&store)
     }
 }
@@ -99,6 +111,7 @@ pub fn create_experiment(
         pid: std::process::id(),
         hostname: lem_agent::sysinfo::hostname(),
         error: None,
+        error_chain: Vec::new(),
         origin: origin.to_string(),
     };
     store.with(|s| s.put_experiment(&rec))?;
@@ -118,19 +131,28 @@ fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Experiments with the same config that did not complete and are not running now.
+/// True when the run stopped from outside (Ctrl+C, kill, crash) rather than on its own
+/// input or an error: only such runs are offered for resuming.
+pub fn is_resumable(rec: &ExperimentRecord) -> bool {
+    rec.status == ExperimentStatus::Interrupted || is_dead_run(rec)
+}
+
+/// Interrupted or killed experiments with the same config, oldest first. Failed runs
+/// are not offered: running them again would fail the same way.
 pub fn incomplete_matches(
     store: &StoreHandle,
     cfg: &ExperimentConfig,
 ) -> Result<Vec<(ExperimentRecord, u32)>, EmbeddedError> {
     let fp = config_fingerprint(cfg);
     let mut out = Vec::new();
-    for rec in store.with(|s| s.experiments())? {
-        let resumable = matches!(
-            rec.status,
-            ExperimentStatus::Interrupted | ExperimentStatus::Failed
-        ) || is_dead_run(&rec);
-        if rec.config_fingerprint == fp && resumable {
+    // Nothing stored yet means nothing to resume; do not create the data dir for it.
+    let recs = match store.read(|s| s.experiments()) {
+        Ok(recs) => recs,
+        Err(StoreError::NoStore { .. }) => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for rec in recs {
+        if rec.config_fingerprint == fp && is_resumable(&rec) {
             let done = completed_cycles(store, &rec.id)?.len() as u32;
             out.push((rec, done));
         }
@@ -151,11 +173,42 @@ pub fn set_status(
 ) -> Result<(), EmbeddedError> {
     rec.status = status;
     rec.error = error;
+    rec.error_chain.clear();
     rec.updated_at = now_rfc3339();
     rec.pid = std::process::id();
     rec.hostname = lem_agent::sysinfo::hostname();
     store.with(|s| s.put_experiment(rec))?;
     Ok(())
+}
+
+/// Marks `rec` failed, storing the error and its chain of causes so that
+/// `lem results show` can say why later.
+pub fn record_failure(
+    store: &StoreHandle,
+    rec: &mut ExperimentRecord,
+    err: &(dyn std::error::Error + 'static),
+) -> Result<(), EmbeddedError> {
+    set_status(store, rec, ExperimentStatus::Failed, Some(err.to_string()))?;
+    rec.error_chain = error_chain(err);
+    store.with(|s| s.put_experiment(rec))?;
+    Ok(())
+}
+
+/// The causes under `err`, outermost first. A cause whose text its parent already
+/// includes (wrappers that print `{source}`) is left out, so nothing is said twice.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut chain = Vec::new();
+    let mut shown = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !shown.contains(&text) {
+            shown.push_str(&text);
+            chain.push(text);
+        }
+        next = cause.source();
+    }
+    chain
 }
 
 /// Reports each stored cycle to the caller (e.g. to print a line).
@@ -234,4 +287,159 @@ pub fn aggregate_and_store(
     );
     store.with(|s| s.put_aggregate(&rec.id, &agg))?;
     Ok(agg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_fixtures::{raw_result, resolved_config};
+
+    fn handle() -> (tempfile::TempDir, StoreHandle) {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = StoreHandle::new(&dir.path().join("results"));
+        (dir, handle)
+    }
+
+    #[test]
+    fn a_new_experiment_is_stored_running_by_this_process() {
+        let (_dir, store) = handle();
+        let resolved = resolved_config("org/model");
+        let rec = create_experiment(&store, &resolved, "preset quick-test").unwrap();
+        let back = store.with(|s| s.find_experiment(&rec.id)).unwrap();
+        assert_eq!(back, rec);
+        assert_eq!(back.status, ExperimentStatus::Running);
+        assert_eq!(back.pid, std::process::id());
+        assert_eq!(back.model_name, "org/model");
+        assert_eq!(back.num_cycles, resolved.config.num_cycles);
+        assert_eq!(back.effective_config, resolved.config.to_json());
+        // Running in this (live) process: not dead, not offered for resume.
+        assert!(!is_dead_run(&back));
+        assert!(!is_resumable(&back));
+    }
+
+    #[test]
+    fn only_interrupted_or_killed_runs_of_the_same_config_are_offered_for_resume() {
+        let (_dir, store) = handle();
+        let resolved = resolved_config("org/model");
+        let other = resolved_config("org/other");
+
+        let mut interrupted = create_experiment(&store, &resolved, "a").unwrap();
+        store
+            .with(|s| s.put_raw(&raw_result(&interrupted.id, 0, 4, 1_000)))
+            .unwrap();
+        set_status(
+            &store,
+            &mut interrupted,
+            ExperimentStatus::Interrupted,
+            None,
+        )
+        .unwrap();
+
+        let mut failed = create_experiment(&store, &resolved, "b").unwrap();
+        let err = std::io::Error::new(std::io::ErrorKind::InvalidData, "bad header");
+        record_failure(&store, &mut failed, &err).unwrap();
+
+        // A record that says running, from a process that no longer exists.
+        let mut killed = create_experiment(&store, &resolved, "c").unwrap();
+        killed.hostname = format!("{}-elsewhere", killed.hostname);
+        store.with(|s| s.put_experiment(&killed)).unwrap();
+
+        let mut completed = create_experiment(&store, &resolved, "d").unwrap();
+        set_status(&store, &mut completed, ExperimentStatus::Completed, None).unwrap();
+        let mut other_cfg = create_experiment(&store, &other, "e").unwrap();
+        set_status(&store, &mut other_cfg, ExperimentStatus::Interrupted, None).unwrap();
+
+        let offered: Vec<(String, u32)> = incomplete_matches(&store, &resolved.config)
+            .unwrap()
+            .into_iter()
+            .map(|(r, done)| (r.id, done))
+            .collect();
+        let mut expected = vec![(interrupted.id.clone(), 1), (killed.id.clone(), 0)];
+        expected.sort();
+        let mut offered_sorted = offered.clone();
+        offered_sorted.sort();
+        assert_eq!(offered_sorted, expected);
+        assert!(!offered.iter().any(|(id, _)| *id == failed.id));
+    }
+
+    #[test]
+    fn looking_for_runs_to_resume_does_not_create_the_store() {
+        let (dir, store) = handle();
+        let resolved = resolved_config("org/model");
+        assert!(incomplete_matches(&store, &resolved.config)
+            .unwrap()
+            .is_empty());
+        assert!(!dir.path().join("results").exists());
+    }
+
+    #[test]
+    fn a_failure_is_stored_with_its_causes_and_cleared_by_a_later_status() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("model `m`: cannot open m.gguf")]
+        struct Outer {
+            source: std::io::Error,
+        }
+        let (_dir, store) = handle();
+        let mut rec = create_experiment(&store, &resolved_config("m"), "x").unwrap();
+        let err = Outer {
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        };
+        record_failure(&store, &mut rec, &err).unwrap();
+        let back = store.with(|s| s.experiment(&rec.id)).unwrap().unwrap();
+        assert_eq!(back.status, ExperimentStatus::Failed);
+        assert_eq!(back.error.as_deref(), Some("model `m`: cannot open m.gguf"));
+        assert_eq!(back.error_chain, ["no such file"]);
+
+        let mut rec = back;
+        set_status(&store, &mut rec, ExperimentStatus::Running, None).unwrap();
+        let back = store.with(|s| s.experiment(&rec.id)).unwrap().unwrap();
+        assert_eq!((back.error, back.error_chain.len()), (None, 0));
+    }
+
+    #[test]
+    fn a_cause_already_in_its_parents_text_is_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cycle 1: {source}")]
+        struct Wraps {
+            source: std::io::Error,
+        }
+        let err = Wraps {
+            source: std::io::Error::other("disk full"),
+        };
+        assert!(error_chain(&err).is_empty());
+    }
+
+    #[test]
+    fn run_errors_count_cycles_from_one() {
+        let e = EmbeddedError::Run {
+            id: "exp_x".into(),
+            cycle: 0,
+            source: Box::new(RunError::Interrupted),
+        };
+        assert_eq!(e.to_string(), "experiment exp_x cycle 1: interrupted");
+        assert!(e.is_interrupted());
+    }
+
+    #[test]
+    fn aggregation_reads_the_stored_cycles() {
+        let (_dir, store) = handle();
+        let mut resolved = resolved_config("m");
+        resolved.config.num_cycles = 3;
+        let rec = create_experiment(&store, &resolved, "x").unwrap();
+        // Two of three cycles: 8 and 16 output tokens over 1 s each.
+        store
+            .with(|s| s.put_raw(&raw_result(&rec.id, 0, 4, 1_000_000_000)))
+            .unwrap();
+        store
+            .with(|s| s.put_raw(&raw_result(&rec.id, 2, 8, 1_000_000_000)))
+            .unwrap();
+        assert_eq!(completed_cycles(&store, &rec.id).unwrap(), [0, 2]);
+        let agg = aggregate_and_store(&store, &rec).unwrap();
+        assert!(!agg.complete);
+        assert_eq!(agg.cycles.len(), 2);
+        let outputs: Vec<u64> = agg.cycles.iter().map(|c| c.output_tokens).collect();
+        assert_eq!(outputs, [2 * 4, 2 * 8]);
+        let stored: ExperimentAggregate = store.with(|s| s.aggregate(&rec.id)).unwrap().unwrap();
+        assert_eq!(stored.cycles.len(), 2);
+    }
 }

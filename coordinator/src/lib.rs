@@ -5,3 +5,5 @@ pub mod aggregate;
 pub mod cli;
 pub mod embedded;
 pub mod store;
+#[cfg(test)]
+mod test_fixtures;

@@ -1,7 +1,22 @@
 use clap::Parser;
+use lem_coordinator::cli::{self, CliError};
+use std::process::ExitCode;
 
-fn main() {
-    let cli = lem_coordinator::cli::Cli::parse();
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        // The reader went away (`lem results show X | head -1`): end quietly, as CLI
+        // tools do.
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn run() -> Result<ExitCode, CliError> {
+    let cli = cli::Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -14,5 +29,5 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    std::process::exit(lem_coordinator::cli::run(cli));
+    Ok(cli::run(cli)?.exit_code())
 }

@@ -34,8 +34,13 @@ pub enum StoreError {
     BadKey { tree: &'static str, key: String },
     #[error("raw result {key} already exists; raw results are immutable")]
     RawExists { key: String },
-    #[error("no experiment `{0}` in the store")]
-    UnknownExperiment(String),
+    #[error("no experiment `{id}` in the result store at {}", .path.display())]
+    UnknownExperiment { id: String, path: PathBuf },
+    #[error(
+        "no result store at {}: nothing has run with this data dir yet (--data-dir or LEM_DATA_DIR; default ./results under the current directory)",
+        .path.display()
+    )]
+    NoStore { path: PathBuf },
     #[error("experiment id `{prefix}` is ambiguous: {matches:?}")]
     AmbiguousExperiment {
         prefix: String,
@@ -83,7 +88,12 @@ pub struct ExperimentRecord {
     /// PID and host of the process that last ran it (to tell a live run from a dead one).
     pub pid: u32,
     pub hostname: String,
+    /// Why it failed: the top-level message.
     pub error: Option<String>,
+    /// The causes under `error`, outermost first (empty for records written before
+    /// lem stored them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub error_chain: Vec<String>,
     /// Where the config came from (file path or preset), for display.
     pub origin: String,
 }
@@ -93,6 +103,8 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// The sled directory inside a data dir.
+const STORE_DIR: &str = "lem.sled";
 const EXPERIMENTS: &str = "experiments";
 const RAW: &str = "raw";
 const AGGREGATES: &str = "aggregates";
@@ -105,11 +117,27 @@ impl Store {
     /// Opens (creating if needed) the store under `data_dir`, waiting up to `wait` for
     /// another lem process to release it.
     pub fn open(data_dir: &Path, wait: Duration) -> Result<Store, StoreError> {
-        let path = data_dir.join("lem.sled");
+        let path = data_dir.join(STORE_DIR);
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Open {
             path: path.clone(),
             source: sled::Error::Io(e),
         })?;
+        Self::open_path(path, wait)
+    }
+
+    /// Opens the store under `data_dir` only if it exists: read-only commands never
+    /// create a data dir.
+    pub fn open_existing(data_dir: &Path, wait: Duration) -> Result<Store, StoreError> {
+        let path = data_dir.join(STORE_DIR);
+        if !path.is_dir() {
+            return Err(StoreError::NoStore {
+                path: display_path(data_dir),
+            });
+        }
+        Self::open_path(path, wait)
+    }
+
+    fn open_path(path: PathBuf, wait: Duration) -> Result<Store, StoreError> {
         let started = Instant::now();
         loop {
             match sled::Config::new().path(&path).open() {
@@ -160,7 +188,10 @@ impl Store {
             matches.push(from_json::<ExperimentRecord>(EXPERIMENTS, &key, &v)?);
         }
         match matches.len() {
-            0 => Err(StoreError::UnknownExperiment(id_or_prefix.to_string())),
+            0 => Err(StoreError::UnknownExperiment {
+                id: id_or_prefix.to_string(),
+                path: display_path(&self.path),
+            }),
             1 => Ok(matches.remove(0)),
             _ => Err(StoreError::AmbiguousExperiment {
                 prefix: id_or_prefix.to_string(),
@@ -258,6 +289,12 @@ impl Store {
     }
 }
 
+/// `path` made absolute (without resolving links) so a message names the store
+/// whatever directory the user stands in.
+fn display_path(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 fn is_lock_error(e: &std::io::Error) -> bool {
     // sled reports a held `flock` as WouldBlock ("could not acquire lock").
     e.kind() == std::io::ErrorKind::WouldBlock
@@ -279,4 +316,163 @@ fn from_json<T: for<'de> Deserialize<'de>>(
         key: key.to_string(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_fixtures::raw_result;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn record(id: &str, status: ExperimentStatus) -> ExperimentRecord {
+        ExperimentRecord {
+            id: id.to_string(),
+            config_name: "c".into(),
+            model_name: "m".into(),
+            config_fingerprint: "fp".into(),
+            effective_config: serde_json::json!({"model_name": "m"}),
+            cli_overrides: BTreeMap::new(),
+            num_cycles: 2,
+            status,
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            updated_at: "2026-01-01T00:00:00.000Z".into(),
+            pid: 1,
+            hostname: "h".into(),
+            error: None,
+            error_chain: Vec::new(),
+            origin: "test".into(),
+        }
+    }
+
+    #[test]
+    fn raw_results_are_written_once_and_read_back_in_cycle_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), WAIT).unwrap();
+        // Stored out of order; read back by cycle.
+        for cycle in [1, 0] {
+            store
+                .put_raw(&raw_result("exp_a", cycle, 4, 1_000))
+                .unwrap();
+        }
+        store.put_raw(&raw_result("exp_b", 0, 4, 1_000)).unwrap();
+        let again = store
+            .put_raw(&raw_result("exp_a", 1, 9, 2_000))
+            .unwrap_err();
+        assert!(
+            matches!(&again, StoreError::RawExists { key } if key == &raw_key("exp_a", 1, 0)),
+            "{again}"
+        );
+        let back = store.raw_results("exp_a").unwrap();
+        let cycles: Vec<u32> = back.iter().map(|r| r.cycle).collect();
+        assert_eq!(cycles, [0, 1]);
+        // The refused overwrite left the first value.
+        assert_eq!(back[1].wall_ns, 1_000);
+        assert_eq!(store.raw_cycles("exp_a").unwrap(), [0, 1]);
+        assert_eq!(store.raw_cycles("exp_b").unwrap(), [0]);
+        assert!(store.raw_cycles("exp_c").unwrap().is_empty());
+    }
+
+    #[test]
+    fn experiments_are_found_by_id_or_unique_prefix_and_misses_name_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), WAIT).unwrap();
+        store
+            .put_experiment(&record(
+                "exp_20260101_000000_aaaaaa",
+                ExperimentStatus::Completed,
+            ))
+            .unwrap();
+        store
+            .put_experiment(&record(
+                "exp_20260101_000000_aabbbb",
+                ExperimentStatus::Failed,
+            ))
+            .unwrap();
+        assert_eq!(
+            store.find_experiment("exp_20260101_000000_aab").unwrap().id,
+            "exp_20260101_000000_aabbbb"
+        );
+        let ambiguous = store.find_experiment("exp_20260101_000000_aa").unwrap_err();
+        assert!(
+            matches!(ambiguous, StoreError::AmbiguousExperiment { ref matches, .. } if matches.len() == 2)
+        );
+        let missing = store.find_experiment("exp_nope").unwrap_err().to_string();
+        let store_path = std::path::absolute(dir.path().join("lem.sled")).unwrap();
+        assert_eq!(
+            missing,
+            format!(
+                "no experiment `exp_nope` in the result store at {}",
+                store_path.display()
+            )
+        );
+        let ids: Vec<String> = store
+            .experiments()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(
+            ids,
+            ["exp_20260101_000000_aaaaaa", "exp_20260101_000000_aabbbb"]
+        );
+    }
+
+    #[test]
+    fn a_failed_record_keeps_its_error_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), WAIT).unwrap();
+        let mut rec = record("exp_f", ExperimentStatus::Failed);
+        rec.error = Some("experiment exp_f cycle 1: model `m`: bad".into());
+        rec.error_chain = vec!["unexpected end of file".into()];
+        store.put_experiment(&rec).unwrap();
+        assert_eq!(store.experiment("exp_f").unwrap(), Some(rec));
+    }
+
+    #[test]
+    fn records_from_before_error_chains_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), WAIT).unwrap();
+        let mut old = serde_json::to_value(record("exp_old", ExperimentStatus::Failed)).unwrap();
+        old.as_object_mut().unwrap().remove("error_chain");
+        let tree = store.db.open_tree(EXPERIMENTS).unwrap();
+        tree.insert("exp_old", serde_json::to_vec(&old).unwrap())
+            .unwrap();
+        let back = store.experiment("exp_old").unwrap().unwrap();
+        assert!(back.error_chain.is_empty());
+    }
+
+    #[test]
+    fn opening_for_reading_never_creates_a_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("results");
+        let err = Store::open_existing(&data, WAIT)
+            .err()
+            .expect("no store yet");
+        assert!(
+            matches!(&err, StoreError::NoStore { path } if path.ends_with("results")),
+            "{err}"
+        );
+        assert!(!data.exists(), "a read created {}", data.display());
+        // Once a run created it, readers open it.
+        drop(Store::open(&data, WAIT).unwrap());
+        assert!(Store::open_existing(&data, WAIT).is_ok());
+    }
+
+    #[test]
+    fn aggregates_are_replaced_when_recomputed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), WAIT).unwrap();
+        assert_eq!(store.aggregate::<serde_json::Value>("exp").unwrap(), None);
+        store
+            .put_aggregate("exp", &serde_json::json!({"n": 1}))
+            .unwrap();
+        store
+            .put_aggregate("exp", &serde_json::json!({"n": 2}))
+            .unwrap();
+        assert_eq!(
+            store.aggregate::<serde_json::Value>("exp").unwrap(),
+            Some(serde_json::json!({"n": 2}))
+        );
+    }
 }

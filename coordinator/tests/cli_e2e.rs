@@ -1,7 +1,7 @@
 //! The `lem` binary end to end, embedded mode, on the real SmolLM2 model.
 //!
-//! Model-dependent tests skip with a message when the model is absent, except under CI
-//! (env `CI` set), where its absence is a failure: `.ci/run` fetches it.
+//! The model is fetched by the test support when absent (`scripts/fetch-model.sh`, as
+//! `.ci/run` does); a failed fetch fails the tests with the command to run.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

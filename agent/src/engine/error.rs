@@ -95,7 +95,47 @@ impl EngineError {
     pub(crate) fn compute(op: &'static str) -> impl FnOnce(candle_core::Error) -> Self {
         move |source| EngineError::Compute {
             op,
-            source: Box::new(source),
+            source: Box::new(without_backtrace(source)),
         }
+    }
+}
+
+/// `e` without the backtrace candle attaches when `RUST_BACKTRACE` is set: its text
+/// ends up in a user-facing message, where a 17-frame backtrace inside "bad file" only
+/// hides what is wrong.
+pub fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        E::Context { inner, context } => E::Context {
+            inner: Box::new(without_backtrace(*inner)),
+            context,
+        },
+        E::WithPath { inner, path } => E::WithPath {
+            inner: Box::new(without_backtrace(*inner)),
+            path,
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_captured_backtrace_never_reaches_the_message() {
+        let inner =
+            candle_core::Error::Msg("unknown magic 0x6c6c6568".into()).context("reading header");
+        let wrapped = candle_core::Error::WithBacktrace {
+            inner: Box::new(inner),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert!(
+            wrapped.to_string().lines().count() > 2,
+            "the fixture carries a backtrace"
+        );
+        let clean = without_backtrace(wrapped).to_string();
+        assert_eq!(clean, "reading header\nunknown magic 0x6c6c6568");
     }
 }

@@ -28,7 +28,7 @@ impl GgufFile {
         let mut reader = BufReader::new(file);
         let content = Content::read(&mut reader).map_err(|source| EngineError::Gguf {
             path: path.to_path_buf(),
-            source: Box::new(source),
+            source: Box::new(super::error::without_backtrace(source)),
         })?;
         let g = Self {
             path: path.to_path_buf(),
@@ -420,7 +420,10 @@ pub(crate) fn requantize_q4_1(t: QTensor, path: &Path, name: &str) -> Result<QTe
     let bad = |e: candle_core::Error| EngineError::BadTensor {
         path: path.to_path_buf(),
         name: name.to_string(),
-        reason: format!("re-quantising Q4_1 to Q8_0: {e}"),
+        reason: format!(
+            "re-quantising Q4_1 to Q8_0: {}",
+            super::error::without_backtrace(e)
+        ),
     };
     let f = t.dequantize(&Device::Cpu).map_err(bad)?;
     QTensor::quantize(&f, GgmlDType::Q8_0).map_err(bad)

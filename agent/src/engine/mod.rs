@@ -18,7 +18,7 @@ mod safetensors_tests;
 pub mod sampling;
 mod tokenizer;
 
-pub use error::EngineError;
+pub use error::{without_backtrace, EngineError};
 pub use generate::{
     BatchOutput, GeneratedSequence, GenerationObserver, GenerationParams, NoopObserver,
 };
@@ -260,6 +260,22 @@ impl Engine {
             max_seq_len: opts.max_seq_len,
             cache: None,
         })
+    }
+
+    /// Reads a GGUF's header (metadata and tensor table, no weights) and checks that the
+    /// file is whole and its architecture is one this engine runs: the cheap check made
+    /// before an experiment is stored.
+    pub fn check_gguf(path: &Path) -> Result<TransformerShape, EngineError> {
+        let g = GgufFile::open(path)?;
+        Ok(LlamaConfig::from_gguf(&g)?.shape())
+    }
+
+    /// The safetensors counterpart of [`check_gguf`](Self::check_gguf): `config.json`'s
+    /// architecture and the weight files' headers, no weights.
+    pub fn check_safetensors(dir: &Path) -> Result<TransformerShape, EngineError> {
+        let hf = safetensors::HfConfig::read(dir)?;
+        safetensors::SafetensorsSet::open(dir)?;
+        Ok(hf.cfg.shape())
     }
 
     /// Storage of the matmul weights (layer 0's projections, embedding, LM head), for

@@ -478,7 +478,7 @@ impl SafetensorsSet {
             let st =
                 unsafe { MmapedSafetensors::new(&p) }.map_err(|e| EngineError::Safetensors {
                     path: p.clone(),
-                    source: Box::new(e),
+                    source: Box::new(super::error::without_backtrace(e)),
                 })?;
             for (name, _) in st.tensors() {
                 routing.insert(name, i);
@@ -613,7 +613,7 @@ pub(crate) fn load_weights(
     let bad = |name: &str, what: &str, e: candle_core::Error| EngineError::BadTensor {
         path: hf.config_path.clone(),
         name: name.to_string(),
-        reason: format!("{what}: {e}"),
+        reason: format!("{what}: {}", super::error::without_backtrace(e)),
     };
 
     // A linear weight, optionally re-ordered for interleaved rotary (Some(heads)).

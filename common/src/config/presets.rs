@@ -20,11 +20,13 @@ pub struct Preset {
 const PRESETS: &[Preset] = &[
     Preset {
         name: "quick-test",
-        description: "Fast validation: batch 1, 64 input / 32 output tokens, greedy",
+        description: "Fast validation: batch 1, 64 input / 32 output tokens, float32, greedy",
         batch_size: 1,
         max_input_tokens: 64,
         max_output_tokens: 32,
-        fp_precision: None,
+        // float32: what the CPU computes in, and no precision note on GGUF weights
+        // (which keep their own types) for a choice the user never made.
+        fp_precision: Some(Precision::Float32),
         batching_strategy: None,
         decoder_preset: Some(DecoderPreset::Deterministic),
     },

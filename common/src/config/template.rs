@@ -85,7 +85,7 @@ sharding_config:
   num_shards: 1             # <= len(gpu_list)
 
 latency_simulation:
-  enabled: false            # lem does not simulate arrivals yet
+  enabled: false            # true: requests arrive on this schedule (docs/latency.md)
   mode: poisson             # poisson | constant
   target_qps: 1.0           # > 0
 

@@ -279,6 +279,7 @@ fn every_preset_resolves_to_its_settings() {
         q.config.decoder_config.preset,
         Some(DecoderPreset::Deterministic)
     );
+    assert_eq!(q.config.fp_precision, Precision::Float32);
     assert_eq!(q.config.decoder_config.temperature, 0.0);
     assert!(q.config.decoder_config.is_greedy());
 

@@ -1,11 +1,12 @@
 //! `lem config validate|show|new|generate-grid`.
 
+use super::error::{out, outln};
 use super::experiment::load_file;
-use super::{exit, ConfigCommand};
+use super::{CliError, ConfigCommand, Outcome};
 use lem_common::config::{self, CliOverrides, ResolvedConfig};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-pub fn run(cmd: ConfigCommand) -> i32 {
+pub fn run(cmd: ConfigCommand) -> Result<Outcome, CliError> {
     match cmd {
         ConfigCommand::Validate { config } => validate(&config),
         ConfigCommand::Show { config, json } => show(&config, json),
@@ -14,27 +15,22 @@ pub fn run(cmd: ConfigCommand) -> i32 {
             base,
             vary,
             output_dir,
+            force,
             validate,
             strict,
-        } => generate_grid(&base, &vary, &output_dir, validate, strict),
+        } => generate_grid(&base, &vary, &output_dir, force, validate, strict),
     }
 }
 
-/// Loads and resolves a config file with no CLI overrides; prints errors.
-fn load_resolved(path: &Path) -> Result<ResolvedConfig, i32> {
-    let resolved = load_file(path)
-        .and_then(|loaded| config::resolve(None, Some(&loaded), &CliOverrides::default()));
-    resolved.map_err(|e| {
-        eprintln!("{e}");
-        exit::USAGE
-    })
+/// Loads and resolves a config file with no CLI overrides.
+fn load_resolved(path: &Path) -> Result<ResolvedConfig, CliError> {
+    load_file(path)
+        .and_then(|loaded| config::resolve(None, Some(&loaded), &CliOverrides::default()))
+        .map_err(|e| CliError::usage(e.to_string()))
 }
 
-fn validate(path: &Path) -> i32 {
-    let r = match load_resolved(path) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
+fn validate(path: &Path) -> Result<Outcome, CliError> {
+    let r = load_resolved(path)?;
     for w in &r.warnings {
         eprintln!("warning: {w}");
     }
@@ -44,73 +40,54 @@ fn validate(path: &Path) -> i32 {
             p.field, p.message
         );
     }
-    println!("{}: valid", path.display());
-    exit::OK
+    outln!("{}: valid", path.display());
+    Ok(Outcome::Success)
 }
 
-fn show(path: &Path, json: bool) -> i32 {
-    let r = match load_resolved(path) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
+fn show(path: &Path, json: bool) -> Result<Outcome, CliError> {
+    let r = load_resolved(path)?;
     let v = r.config.to_json();
     if json {
-        println!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
+        outln!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
     } else {
-        print!("{}", serde_yaml::to_string(&v).expect("plain data"));
+        out!("{}", serde_yaml::to_string(&v).expect("plain data"));
     }
-    exit::OK
+    Ok(Outcome::Success)
 }
 
-fn new(preset: Option<&str>, output: Option<&Path>) -> i32 {
-    let text = match config::new_config_yaml(preset) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
+fn new(preset: Option<&str>, output: Option<&Path>) -> Result<Outcome, CliError> {
+    let text = config::new_config_yaml(preset).map_err(|e| CliError::usage(e.to_string()))?;
     match output {
-        None => {
-            print!("{text}");
-            exit::OK
-        }
+        None => out!("{text}"),
         Some(p) => {
             if p.exists() {
-                eprintln!("error: {} exists; not overwriting", p.display());
-                return exit::USAGE;
+                return Err(CliError::usage(format!(
+                    "{} exists; not overwriting",
+                    p.display()
+                )));
             }
-            match std::fs::write(p, text) {
-                Ok(()) => {
-                    println!("wrote {}", p.display());
-                    exit::OK
-                }
-                Err(e) => {
-                    eprintln!("error: cannot write {}: {e}", p.display());
-                    exit::FAILURE
-                }
-            }
+            std::fs::write(p, text)
+                .map_err(|e| CliError::failure(format!("cannot write {}: {e}", p.display())))?;
+            outln!("wrote {}", p.display());
         }
     }
+    Ok(Outcome::Success)
 }
 
-fn generate_grid(base: &Path, vary: &[String], out: &Path, validate: bool, strict: bool) -> i32 {
-    let loaded = match load_file(base) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::USAGE;
-        }
-    };
+fn generate_grid(
+    base: &Path,
+    vary: &[String],
+    out: &Path,
+    force: bool,
+    validate: bool,
+    strict: bool,
+) -> Result<Outcome, CliError> {
+    let loaded = load_file(base).map_err(|e| CliError::usage(e.to_string()))?;
     let mut axes = Vec::new();
     for spec in vary {
-        match config::parse_vary(spec) {
-            Ok(a) => axes.push(a),
-            Err(e) => {
-                eprintln!("error: --vary {spec}: {e}");
-                return exit::USAGE;
-            }
-        }
+        let axis =
+            config::parse_vary(spec).map_err(|e| CliError::usage(format!("--vary {spec}: {e}")))?;
+        axes.push(axis);
     }
     let points = config::expand_grid(&loaded, &axes);
     let invalid: Vec<_> = points.iter().filter(|p| !p.problems.is_empty()).collect();
@@ -121,30 +98,24 @@ fn generate_grid(base: &Path, vary: &[String], out: &Path, validate: bool, stric
         }
     }
     if strict && !invalid.is_empty() {
-        eprintln!(
-            "error: {} of {} combinations are invalid (--strict); nothing written",
+        return Err(CliError::usage(format!(
+            "{} of {} combinations are invalid (--strict); nothing written",
             invalid.len(),
             points.len()
-        );
-        return exit::USAGE;
+        )));
     }
-    if let Err(e) = std::fs::create_dir_all(out) {
-        eprintln!("error: cannot create {}: {e}", out.display());
-        return exit::FAILURE;
-    }
+    prepare_output_dir(out, force)?;
     let mut written = 0;
     for p in &points {
         if validate && !p.problems.is_empty() {
             continue;
         }
         let path = out.join(&p.file_name);
-        if let Err(e) = std::fs::write(&path, &p.yaml) {
-            eprintln!("error: cannot write {}: {e}", path.display());
-            return exit::FAILURE;
-        }
+        std::fs::write(&path, &p.yaml)
+            .map_err(|e| CliError::failure(format!("cannot write {}: {e}", path.display())))?;
         written += 1;
     }
-    println!(
+    outln!(
         "wrote {written} of {} configs to {}{}",
         points.len(),
         out.display(),
@@ -159,9 +130,60 @@ fn generate_grid(base: &Path, vary: &[String], out: &Path, validate: bool, stric
             String::new()
         }
     );
-    if invalid.is_empty() || validate {
-        exit::OK
+    Ok(if invalid.is_empty() || validate {
+        Outcome::Success
     } else {
-        exit::PARTIAL
+        Outcome::Partial
+    })
+}
+
+/// Makes `out` ready for a fresh grid: created if missing; refused if it holds anything,
+/// unless `force`, which removes its `.yaml`/`.yml`/`.json` files (a stale config would
+/// otherwise be run by `lem batch DIR/*.yaml`). Anything else in it is never deleted.
+fn prepare_output_dir(out: &Path, force: bool) -> Result<(), CliError> {
+    let cannot = |what: &str, e: std::io::Error| {
+        CliError::failure(format!("cannot {what} {}: {e}", out.display()))
+    };
+    if !out.exists() {
+        return std::fs::create_dir_all(out).map_err(|e| cannot("create", e));
     }
+    if !out.is_dir() {
+        return Err(CliError::usage(format!(
+            "{} exists and is not a folder",
+            out.display()
+        )));
+    }
+    let entries: Vec<PathBuf> = std::fs::read_dir(out)
+        .map_err(|e| cannot("read", e))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| cannot("read", e))?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    if !force {
+        return Err(CliError::usage(format!(
+            "{} is not empty ({} entries); choose a new folder, or add --force to remove its config files first",
+            out.display(),
+            entries.len()
+        )));
+    }
+    let is_config = |p: &Path| {
+        p.is_file()
+            && p.extension()
+                .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+    };
+    let others: Vec<&PathBuf> = entries.iter().filter(|p| !is_config(p)).collect();
+    if let Some(other) = others.first() {
+        return Err(CliError::usage(format!(
+            "{} holds {} besides config files; --force removes only .yaml/.yml/.json files, so choose a new folder",
+            out.display(),
+            other.display()
+        )));
+    }
+    for p in &entries {
+        std::fs::remove_file(p)
+            .map_err(|e| CliError::failure(format!("cannot remove {}: {e}", p.display())))?;
+    }
+    Ok(())
 }

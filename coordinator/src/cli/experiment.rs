@@ -1,7 +1,8 @@
 //! `lem experiment` and `lem batch`: resolve the config, find or create the experiment,
 //! run its pending cycles in embedded mode, aggregate, print the summary.
 
-use super::{exit, BatchArgs, ExperimentArgs, OverrideArgs};
+use super::error::outln;
+use super::{exit, lem_hint, BatchArgs, CliError, ExperimentArgs, Outcome, OverrideArgs};
 use crate::embedded::{self, CycleSink, EmbeddedError, StoreHandle};
 use crate::store::{ExperimentRecord, ExperimentStatus};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -25,7 +26,7 @@ fn stop_flag() -> Arc<AtomicBool> {
         let installed = ctrlc::set_handler(move || {
             if presses.fetch_add(1, Ordering::SeqCst) >= 1 {
                 eprintln!("\nlem: second interrupt, exiting now");
-                std::process::exit(exit::INTERRUPTED);
+                std::process::exit(exit::INTERRUPTED.into());
             }
             eprintln!("\nlem: interrupt received, stopping after the current token (Ctrl+C again to force)");
             f.store(true, Ordering::SeqCst);
@@ -66,40 +67,38 @@ pub(crate) fn load_file(path: &Path) -> Result<config::LoadedConfig, config::Con
     config::load_config(path, &|p: &Path| std::fs::read_to_string(p))
 }
 
-/// Resolves a config from file/preset/CLI, printing errors. `Err(code)` on failure.
+/// Resolves a config from file/preset/CLI, printing its warnings.
 fn resolve_config(
     file: Option<&PathBuf>,
     preset: Option<&str>,
     overrides: &CliOverrides,
-) -> Result<ResolvedConfig, i32> {
+) -> Result<ResolvedConfig, CliError> {
     if file.is_none() && preset.is_none() {
-        eprintln!(
-            "error: give a config file or --preset <name> --model <model> (see `lem presets`)"
-        );
-        return Err(exit::USAGE);
+        return Err(CliError::usage(
+            "give a config file or --preset <name> --model <model> (see `lem presets`)",
+        ));
     }
-    let loaded = match file.map(|p| load_file(p)).transpose() {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Err(exit::USAGE);
-        }
-    };
-    match config::resolve(preset, loaded.as_ref(), overrides) {
-        Ok(r) => {
-            for w in &r.warnings {
-                eprintln!("warning: {w}");
-            }
-            Ok(r)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            Err(exit::USAGE)
-        }
+    let loaded = file
+        .map(|p| load_file(p))
+        .transpose()
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    let r = config::resolve(preset, loaded.as_ref(), overrides)
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
     }
+    Ok(r)
 }
 
-pub fn run_experiment(data_dir: &Path, args: ExperimentArgs) -> i32 {
+/// Checks that the config's model resolves, opens and has a supported architecture, and
+/// that nothing it asks for is refused, before any experiment record is stored: a bad
+/// input is a usage error, not a failed experiment.
+fn preflight(resolved: &ResolvedConfig, ctx: &RunContext) -> Result<(), CliError> {
+    lem_agent::runner::preflight(&resolved.config, &ctx.resolve)
+        .map_err(|e| CliError::usage(e.to_string()))
+}
+
+pub fn run_experiment(data_dir: &Path, args: ExperimentArgs) -> Result<Outcome, CliError> {
     let store = StoreHandle::new(data_dir);
     let stop = stop_flag();
     let ctx = RunContext::from_env(stop.clone());
@@ -110,58 +109,34 @@ pub fn run_experiment(data_dir: &Path, args: ExperimentArgs) -> i32 {
                 "warning: --resume runs the stored config; the config file/preset given is ignored"
             );
         }
-        match store.with(|s| s.find_experiment(id)) {
-            Ok(rec) => {
-                if rec.status == ExperimentStatus::Completed {
-                    println!("Experiment {} is already complete.", rec.id);
-                    return finish(&store, rec, args.no_aggregate, args.json);
-                }
-                if rec.status == ExperimentStatus::Running && !embedded::is_dead_run(&rec) {
-                    eprintln!(
-                        "error: experiment {} is running in process {} on {}",
-                        rec.id, rec.pid, rec.hostname
-                    );
-                    return exit::FAILURE;
-                }
-                rec
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::USAGE;
-            }
+        let rec = store.read(|s| s.find_experiment(id))?;
+        if rec.status == ExperimentStatus::Completed {
+            outln!("Experiment {} is already complete.", rec.id);
+            return finish(&store, rec, args.no_aggregate, args.json);
         }
+        if rec.status == ExperimentStatus::Running && !embedded::is_dead_run(&rec) {
+            return Err(CliError::failure(format!(
+                "experiment {} is running in process {} on {}",
+                rec.id, rec.pid, rec.hostname
+            )));
+        }
+        rec
     } else {
         let overrides = to_cli_overrides(&args.overrides, args.cycles);
-        let resolved =
-            match resolve_config(args.config.as_ref(), args.preset.as_deref(), &overrides) {
-                Ok(r) => r,
-                Err(code) => return code,
-            };
+        let resolved = resolve_config(args.config.as_ref(), args.preset.as_deref(), &overrides)?;
+        preflight(&resolved, &ctx)?;
         let origin = match (&args.config, &args.preset) {
             (Some(p), _) => p.display().to_string(),
             (None, Some(p)) => format!("preset {p}"),
             (None, None) => String::new(),
         };
-        match check_incomplete(&store, &resolved, args.fresh) {
-            Ok(Some(rec)) => rec,
-            Ok(None) => match embedded::create_experiment(&store, &resolved, &origin) {
-                Ok(rec) => rec,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return exit::FAILURE;
-                }
-            },
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::FAILURE;
-            }
+        match check_incomplete(&store, &resolved, args.fresh)? {
+            Some(rec) => rec,
+            None => embedded::create_experiment(&store, &resolved, &origin)?,
         }
     };
 
-    if let Err(e) = embedded::set_status(&store, &mut rec, ExperimentStatus::Running, None) {
-        eprintln!("error: {e}");
-        return exit::FAILURE;
-    }
+    embedded::set_status(&store, &mut rec, ExperimentStatus::Running, None)?;
     eprintln!(
         "Experiment {} — {} on {} ({} cycle{})",
         rec.id,
@@ -176,12 +151,7 @@ pub fn run_experiment(data_dir: &Path, args: ExperimentArgs) -> i32 {
     sink.bar.finish_and_clear();
     match outcome {
         Ok(()) => {
-            if let Err(e) =
-                embedded::set_status(&store, &mut rec, ExperimentStatus::Completed, None)
-            {
-                eprintln!("error: {e}");
-                return exit::FAILURE;
-            }
+            embedded::set_status(&store, &mut rec, ExperimentStatus::Completed, None)?;
             finish(&store, rec, args.no_aggregate, args.json)
         }
         Err(e) if e.is_interrupted() => {
@@ -190,33 +160,26 @@ pub fn run_experiment(data_dir: &Path, args: ExperimentArgs) -> i32 {
                 .unwrap_or(0);
             let _ = embedded::set_status(&store, &mut rec, ExperimentStatus::Interrupted, None);
             eprintln!(
-                "Interrupted: {done} of {} cycles saved. Resume with:\n  lem --data-dir {} experiment --resume {}",
+                "Interrupted: {done} of {} cycles saved. Resume with:\n  {}",
                 rec.num_cycles,
-                data_dir.display(),
-                rec.id
+                lem_hint(data_dir, &format!("experiment --resume {}", rec.id))
             );
-            exit::INTERRUPTED
+            Ok(Outcome::Interrupted)
         }
         Err(e) => {
-            let msg = e.to_string();
-            let _ = embedded::set_status(
-                &store,
-                &mut rec,
-                ExperimentStatus::Failed,
-                Some(msg.clone()),
-            );
-            eprintln!("error: {msg}");
-            if e.is_unsupported() {
-                exit::USAGE
-            } else {
-                exit::FAILURE
+            if let Err(store_err) = embedded::record_failure(&store, &mut rec, &e) {
+                eprintln!("warning: the failure could not be stored: {store_err}");
             }
+            Err(CliError::failure(format!(
+                "{e}\n(stored with the experiment: {})",
+                lem_hint(data_dir, &format!("results show {}", rec.id))
+            )))
         }
     }
 }
 
-/// Looks for an incomplete experiment with the same config. On a terminal, asks whether
-/// to resume it; otherwise says how to, and starts fresh.
+/// Looks for an interrupted or killed experiment with the same config. On a terminal,
+/// asks whether to resume it; otherwise says how to, and starts fresh.
 fn check_incomplete(
     store: &StoreHandle,
     resolved: &ResolvedConfig,
@@ -252,56 +215,61 @@ fn check_incomplete(
         eprintln!("Starting a new experiment.");
     } else {
         eprintln!(
-            "Starting a new experiment (not a terminal). To continue that one instead: lem experiment --resume {}; --fresh silences this.",
-            rec.id
+            "Starting a new experiment (not a terminal). To continue that one instead: {}; --fresh silences this.",
+            lem_hint(&store.data_dir, &format!("experiment --resume {}", rec.id))
         );
     }
     Ok(None)
 }
 
-fn finish(store: &StoreHandle, rec: ExperimentRecord, no_aggregate: bool, json: bool) -> i32 {
+fn finish(
+    store: &StoreHandle,
+    rec: ExperimentRecord,
+    no_aggregate: bool,
+    json: bool,
+) -> Result<Outcome, CliError> {
     if no_aggregate {
-        println!(
-            "Experiment {} complete; raw results stored. Aggregate with: lem aggregate {}",
-            rec.id, rec.id
+        outln!(
+            "Experiment {} complete; raw results stored. Aggregate with: {}",
+            rec.id,
+            lem_hint(&store.data_dir, &format!("aggregate {}", rec.id))
         );
-        return exit::OK;
+        return Ok(Outcome::Success);
     }
-    match embedded::aggregate_and_store(store, &rec) {
-        Ok(agg) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&agg).expect("plain data")
-                );
-            } else {
-                super::results::print_aggregate(&agg, &rec);
-            }
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("error: aggregation failed: {e}");
-            exit::FAILURE
-        }
+    let agg = embedded::aggregate_and_store(store, &rec)
+        .map_err(|e| CliError::failure(format!("aggregation failed: {e}")))?;
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&agg).expect("plain data")
+        );
+    } else {
+        super::results::print_summary(store, &agg, &rec)?;
     }
+    Ok(Outcome::Success)
 }
 
-pub fn run_batch(data_dir: &Path, args: BatchArgs) -> i32 {
+pub fn run_batch(data_dir: &Path, args: BatchArgs) -> Result<Outcome, CliError> {
     let overrides = to_cli_overrides(&args.overrides, args.cycles);
-    // Validate every config first: a typo in the tenth file should not surface after
-    // nine experiments have run.
+    let stop = stop_flag();
+    // Validate every config and its model first: a typo in the tenth file should not
+    // surface after nine experiments have run.
+    let check_ctx = RunContext::from_env(stop.clone());
     let mut resolved = Vec::new();
+    let invalid = |path: &Path, msg: String| {
+        CliError::usage(format!(
+            "{msg}\n{}: invalid; nothing was run",
+            path.display()
+        ))
+    };
     for path in &args.configs {
-        match resolve_config(Some(path), None, &overrides) {
-            Ok(r) => resolved.push((path.clone(), r)),
-            Err(code) => {
-                eprintln!("error: {}: invalid; nothing was run", path.display());
-                return code;
-            }
-        }
+        // Config errors name the file already; model errors get it in front.
+        let r = resolve_config(Some(path), None, &overrides)
+            .map_err(|e| invalid(path, e.to_string()))?;
+        preflight(&r, &check_ctx).map_err(|e| invalid(path, format!("{}: {e}", path.display())))?;
+        resolved.push((path.clone(), r));
     }
     let store = StoreHandle::new(data_dir);
-    let stop = stop_flag();
     let parallel = args.parallel.max(1);
     let queue = std::sync::Mutex::new(resolved.into_iter().enumerate().collect::<Vec<_>>());
     let failures = AtomicUsize::new(0);
@@ -338,18 +306,21 @@ pub fn run_batch(data_dir: &Path, args: BatchArgs) -> i32 {
     });
     let failed = failures.load(Ordering::Relaxed);
     if stop.load(Ordering::Relaxed) {
-        eprintln!("Interrupted; see `lem results list --all` for experiments to resume.");
-        return exit::INTERRUPTED;
+        eprintln!(
+            "Interrupted; `{}` lists the experiments to resume.",
+            lem_hint(data_dir, "results list --all")
+        );
+        return Ok(Outcome::Interrupted);
     }
     eprintln!(
         "Batch done: {} of {total} experiments succeeded.",
         total - failed
     );
-    if failed == 0 {
-        exit::OK
+    Ok(if failed == 0 {
+        Outcome::Success
     } else {
-        exit::PARTIAL
-    }
+        Outcome::Partial
+    })
 }
 
 fn run_one(
@@ -376,19 +347,22 @@ fn run_one(
             let _ = embedded::set_status(store, &mut rec, ExperimentStatus::Completed, None);
             if !no_aggregate {
                 match embedded::aggregate_and_store(store, &rec) {
-                    Ok(agg) => super::results::print_aggregate(&agg, &rec),
+                    Ok(agg) => {
+                        if let Err(e) = super::results::print_summary(store, &agg, &rec) {
+                            eprintln!("error: {}: {e}", path.display());
+                        }
+                    }
                     Err(e) => eprintln!("error: {}: aggregation failed: {e}", path.display()),
                 }
             }
             true
         }
         Err(e) => {
-            let status = if e.is_interrupted() {
-                ExperimentStatus::Interrupted
+            let _ = if e.is_interrupted() {
+                embedded::set_status(store, &mut rec, ExperimentStatus::Interrupted, None)
             } else {
-                ExperimentStatus::Failed
+                embedded::record_failure(store, &mut rec, &e)
             };
-            let _ = embedded::set_status(store, &mut rec, status, Some(e.to_string()));
             eprintln!("error: {}: {e}", path.display());
             false
         }
@@ -409,15 +383,16 @@ impl CliSink {
             ProgressBar::new(0)
         };
         // A spinner until the number of prompts is known, then a bar.
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg:12} {elapsed_precise}")
-                .expect("valid template"),
-        );
+        bar.set_style(spinner_style());
         Self {
             progress: BarProgress { bar: bar.clone() },
             bar,
         }
     }
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {msg:12} {elapsed_precise}").expect("valid template")
 }
 
 struct BarProgress {
@@ -447,6 +422,11 @@ impl RunProgress for BarProgress {
 
 impl CycleSink for CliSink {
     fn cycle_started(&mut self, cycle: u32, of: u32) {
+        // Back to a spinner: the previous cycle's full bar must not show during this
+        // cycle's model load and idle baseline.
+        self.bar.set_style(spinner_style());
+        self.bar.set_length(0);
+        self.bar.set_position(0);
         self.bar.set_message(format!("cycle {}/{of}", cycle + 1));
     }
     fn cycle_done(&mut self, raw: &RawResult) {
@@ -470,3 +450,7 @@ impl CycleSink for CliSink {
         &mut self.progress
     }
 }
+
+#[cfg(test)]
+#[path = "experiment_tests.rs"]
+mod tests;

@@ -4,7 +4,8 @@
 //! * `window`: meters a window with the counter and the sampler, and compares the
 //!   counter's energy with the trace integral (what the fallback would have reported).
 
-use super::exit;
+use super::error::outln;
+use super::{CliError, Outcome};
 use clap::{Args, Subcommand};
 use lem_agent::meter::nvml::NvmlMeter;
 use lem_agent::meter::probe::measure_update_periods;
@@ -30,6 +31,7 @@ pub struct GpuCheckArgs {
     /// Sampler period for `window`, ms.
     #[arg(long, default_value_t = 100.0)]
     pub sample_period_ms: f64,
+    /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
     /// NVML library to load instead of the system's libnvidia-ml.so.1.
@@ -37,33 +39,32 @@ pub struct GpuCheckArgs {
     pub nvml_lib: Option<PathBuf>,
 }
 
-pub fn run(cmd: GpuCheckCommand) -> i32 {
+pub fn run(cmd: GpuCheckCommand) -> Result<Outcome, CliError> {
     match cmd {
         GpuCheckCommand::Periods(a) => periods(&a),
         GpuCheckCommand::Window(a) => window(&a),
     }
 }
 
-fn duration(a: &GpuCheckArgs) -> Result<Duration, i32> {
+fn duration(a: &GpuCheckArgs) -> Result<Duration, CliError> {
     if !(a.seconds > 0.0 && a.seconds <= 3600.0) {
-        eprintln!("error: --seconds must be in (0, 3600], got {}", a.seconds);
-        return Err(exit::USAGE);
+        return Err(CliError::usage(format!(
+            "--seconds must be in (0, 3600], got {}",
+            a.seconds
+        )));
     }
     Ok(Duration::from_secs_f64(a.seconds))
 }
 
-fn periods(a: &GpuCheckArgs) -> i32 {
-    let d = match duration(a) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
+fn periods(a: &GpuCheckArgs) -> Result<Outcome, CliError> {
+    let d = duration(a)?;
     match measure_update_periods(a.nvml_lib.as_deref(), d) {
         Ok(p) => {
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&p).expect("plain data"));
+                outln!("{}", serde_json::to_string_pretty(&p).expect("plain data"));
             } else {
                 for g in &p {
-                    println!(
+                    outln!(
                         "GPU {}: {:.0} polls/s; energy counter changed {} times, median every {}; power every {}",
                         g.gpu_index,
                         g.poll_hz,
@@ -73,12 +74,9 @@ fn periods(a: &GpuCheckArgs) -> i32 {
                     );
                 }
             }
-            exit::OK
+            Ok(Outcome::Success)
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::FAILURE
-        }
+        Err(e) => Err(CliError::failure(e.to_string())),
     }
 }
 
@@ -109,31 +107,23 @@ struct WindowCheck {
     driver_version: Option<String>,
 }
 
-fn window(a: &GpuCheckArgs) -> i32 {
-    let d = match duration(a) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
+fn window(a: &GpuCheckArgs) -> Result<Outcome, CliError> {
+    let d = duration(a)?;
     let lib: Option<&Path> = a.nvml_lib.as_deref();
     let mut meter = match NvmlMeter::open(lib) {
         Ok(m) => m,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::FAILURE;
-        }
+        Err(e) => return Err(CliError::failure(e.to_string())),
     };
     if !(a.sample_period_ms >= 1.0 && a.sample_period_ms <= 60_000.0) {
-        eprintln!(
-            "error: --sample-period-ms must be in [1, 60000], got {}",
+        return Err(CliError::usage(format!(
+            "--sample-period-ms must be in [1, 60000], got {}",
             a.sample_period_ms
-        );
-        return exit::USAGE;
+        )));
     }
     meter.set_sample_period(Duration::from_secs_f64(a.sample_period_ms / 1000.0));
-    if let Err(e) = meter.start() {
-        eprintln!("error: {e}");
-        return exit::FAILURE;
-    }
+    meter
+        .start()
+        .map_err(|e| CliError::failure(e.to_string()))?;
     std::thread::sleep(d);
     let checks: Vec<WindowCheck> = meter
         .stop()
@@ -168,13 +158,13 @@ fn window(a: &GpuCheckArgs) -> i32 {
         })
         .collect();
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&checks).expect("plain data")
         );
     } else {
         for c in &checks {
-            println!(
+            outln!(
                 "{} ({}): {:.1} s, counter {} J ({} W mean), trace integral {} J over {} samples, trace vs counter {}{}",
                 c.device_name,
                 c.device_id,
@@ -187,9 +177,9 @@ fn window(a: &GpuCheckArgs) -> i32 {
                 if c.simulated { " [simulated]" } else { "" },
             );
             if let Some(why) = &c.unavailable_reason {
-                println!("  energy unavailable: {why}");
+                outln!("  energy unavailable: {why}");
             }
         }
     }
-    exit::OK
+    Ok(Outcome::Success)
 }

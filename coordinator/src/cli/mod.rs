@@ -1,7 +1,9 @@
 //! The `lem` command line: argument definitions (clap) and a dispatcher to the command
-//! handlers. Handlers return an [`ExitCode`]-like integer; `main` only maps it.
+//! handlers. Handlers return an [`Outcome`] or a [`CliError`]; `main` maps them to exit
+//! codes.
 
 mod config_cmd;
+mod error;
 mod experiment;
 mod gpu_check;
 mod model_cmd;
@@ -9,23 +11,13 @@ mod reference;
 mod results;
 
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+pub use error::{exit, CliError, Outcome};
 pub use model_cmd::{ConvertArgs, ModelCommand};
 
-/// Exit codes, stable for scripts.
-pub mod exit {
-    pub const OK: i32 = 0;
-    /// The run or command failed (model, IO, store, inference).
-    pub const FAILURE: i32 = 1;
-    /// Bad usage or invalid config (also clap's own code).
-    pub const USAGE: i32 = 2;
-    /// Finished, but something asked for is incomplete (partial aggregate, invalid grid
-    /// points written, some batch configs failed).
-    pub const PARTIAL: i32 = 3;
-    /// Interrupted by Ctrl+C / SIGTERM; state saved, resumable.
-    pub const INTERRUPTED: i32 = 130;
-}
+/// The data dir used when neither `--data-dir` nor `LEM_DATA_DIR` names one.
+pub const DEFAULT_DATA_DIR: &str = "results";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,16 +25,16 @@ pub mod exit {
     version,
     about = "Measure the energy, throughput, latency and FLOPs of LLM inference",
     long_about = "Measure the energy, throughput, latency and FLOPs of LLM inference.\n\n\
-Without --coordinator, lem runs embedded: coordinator and agent in this process, results \
-in a local store (--data-dir, default ./results)."
+lem runs embedded: coordinator and agent in this process, results in a local store \
+(--data-dir, default ./results). Cluster mode (a remote coordinator) is not available yet."
 )]
 pub struct Cli {
-    /// Where results are stored.
-    #[arg(long, global = true, env = "LEM_DATA_DIR", default_value = "results")]
+    /// Where results are stored (used by experiment, batch, results, aggregate).
+    #[arg(long, env = "LEM_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 
-    /// A remote coordinator (host:port). Not yet available: lem runs embedded.
-    #[arg(long, global = true, env = "LEM_COORDINATOR")]
+    /// Cluster mode is not available yet; lem always runs embedded.
+    #[arg(long, global = true, env = "LEM_COORDINATOR", hide = true)]
     pub coordinator: Option<String>,
 
     /// More log output (-v info, -vv debug).
@@ -51,6 +43,48 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--data-dir` on the commands that use the store, so it may follow the subcommand.
+#[derive(Debug, Args, Clone, Default)]
+pub struct StoreArgs {
+    /// Where results are stored (overrides the one before the subcommand and
+    /// LEM_DATA_DIR; default ./results).
+    #[arg(long = "data-dir", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// This command's data dir: its own flag, else the top-level one (env, default).
+    fn resolve(&self, top: &Path) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| top.to_path_buf())
+    }
+}
+
+/// A count that must be at least 1; negative input gets this message rather than
+/// clap's "to pass '-3' as a value, use '-- -3'".
+fn positive_u32(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n >= 1 && n <= u32::MAX as i64 => Ok(n as u32),
+        Ok(n) => Err(format!("must be a positive integer, got {n}")),
+        Err(_) => Err(format!("must be a positive integer, got `{s}`")),
+    }
+}
+
+/// `--cycles`: 1 to 10.
+fn cycles_1_to_10(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if (1..=10).contains(&n) => Ok(n as u32),
+        Ok(n) => Err(format!("must be between 1 and 10, got {n}")),
+        Err(_) => Err(format!("must be an integer between 1 and 10, got `{s}`")),
+    }
+}
+
+/// `--seed`: a non-negative integer.
+fn seed_u64(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<u64>()
+        .map_err(|_| format!("must be a non-negative integer, got `{s}`"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,35 +137,42 @@ pub struct GpusArgs {
 /// Flags that override config values (precedence: CLI > config file > preset > defaults).
 #[derive(Debug, Args, Clone, Default)]
 pub struct OverrideArgs {
-    /// Model: Hugging Face repo id or local path (required with --preset).
-    #[arg(long, short = 'm')]
+    /// Model: Hugging Face repo id (optionally `:QUANT` or `:FILE.gguf`) or a local path
+    /// (required with --preset).
+    #[arg(long, short = 'm', value_name = "MODEL")]
     pub model: Option<String>,
     /// Prompt dataset: alias (alpaca, gsm8k, mmlu, sharegpt), HF repo id, or a file.
-    #[arg(long, short = 'd')]
+    #[arg(long, short = 'd', value_name = "DATASET")]
     pub dataset: Option<String>,
     /// Number of prompts.
-    #[arg(short = 'n', long = "num-prompts")]
+    #[arg(short = 'n', long = "num-prompts", value_name = "N", value_parser = positive_u32, allow_negative_numbers = true)]
     pub num_prompts: Option<u32>,
-    #[arg(long, short = 'b')]
+    /// Prompts per batch (batching_options.batch_size).
+    #[arg(long, short = 'b', value_name = "N", value_parser = positive_u32, allow_negative_numbers = true)]
     pub batch_size: Option<u32>,
-    /// float32 | float16 | bfloat16
-    #[arg(long)]
+    /// Weight and compute precision for safetensors models: float32 | float16 | bfloat16
+    /// (GGUF models compute as their quantisation allows; the summary says how).
+    #[arg(long, value_name = "PRECISION")]
     pub precision: Option<String>,
     /// Maximum output tokens per prompt.
-    #[arg(long)]
+    #[arg(long, value_name = "N", value_parser = positive_u32, allow_negative_numbers = true)]
     pub max_tokens: Option<u32>,
-    #[arg(long)]
+    /// Random seed for prompt sampling, shuffles and sampled decoding (random_seed).
+    #[arg(long, value_name = "N", value_parser = seed_u64, allow_negative_numbers = true)]
     pub seed: Option<u64>,
-    #[arg(long)]
+    /// Inference processes (num_processes); lem runs one and refuses more.
+    #[arg(long, value_name = "N", value_parser = positive_u32, allow_negative_numbers = true)]
     pub num_processes: Option<u32>,
     /// Comma-separated GPU indices.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
     pub gpu_list: Option<Vec<u32>>,
-    #[arg(long)]
+    /// Sampling temperature (decoder_config.temperature; 0 = greedy).
+    #[arg(long, value_name = "T", allow_negative_numbers = true)]
     pub temperature: Option<f64>,
     /// Enable quantisation (4-bit unless the config picks 8-bit).
     #[arg(long, overrides_with = "no_quantization")]
     pub quantization: bool,
+    /// Disable quantisation even if the config enables it.
     #[arg(long, overrides_with = "quantization")]
     pub no_quantization: bool,
 }
@@ -140,70 +181,88 @@ pub struct OverrideArgs {
 pub struct ExperimentArgs {
     /// Experiment config (YAML or JSON).
     pub config: Option<PathBuf>,
-    /// Built-in preset (quick-test, benchmark, throughput).
-    #[arg(long)]
+    /// Built-in preset (quick-test, benchmark, throughput; see `lem presets`).
+    #[arg(long, value_name = "NAME")]
     pub preset: Option<String>,
     #[command(flatten)]
     pub overrides: OverrideArgs,
     /// Number of cycles (1-10) for statistics across repeated runs.
-    #[arg(long, short = 'c', value_parser = clap::value_parser!(u32).range(1..=10))]
+    #[arg(long, short = 'c', value_name = "N", value_parser = cycles_1_to_10, allow_negative_numbers = true)]
     pub cycles: Option<u32>,
-    /// Do not aggregate after the run.
+    /// Do not aggregate after the run (`lem aggregate <ID>` later).
     #[arg(long)]
     pub no_aggregate: bool,
-    /// Ignore incomplete experiments with the same config and start a new one.
+    /// Ignore interrupted experiments with the same config and start a new one.
     #[arg(long, conflicts_with = "resume")]
     pub fresh: bool,
     /// Resume an interrupted experiment by id (completed cycles are not re-run).
-    #[arg(long)]
+    #[arg(long, value_name = "ID")]
     pub resume: Option<String>,
     /// Print the result summary as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct BatchArgs {
-    /// Experiment configs.
-    #[arg(required = true)]
+    /// Experiment configs, run in the order given.
+    #[arg(required = true, value_name = "CONFIG")]
     pub configs: Vec<PathBuf>,
     /// Experiments run at once.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub parallel: usize,
     #[command(flatten)]
     pub overrides: OverrideArgs,
-    #[arg(long, short = 'c', value_parser = clap::value_parser!(u32).range(1..=10))]
+    /// Number of cycles (1-10) of every experiment, for statistics across repeated runs.
+    #[arg(long, short = 'c', value_name = "N", value_parser = cycles_1_to_10, allow_negative_numbers = true)]
     pub cycles: Option<u32>,
+    /// Do not aggregate after each run (`lem aggregate --all` later).
     #[arg(long)]
     pub no_aggregate: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Check a config; errors name file, line and field.
-    Validate { config: PathBuf },
+    Validate {
+        /// The config file (YAML or JSON).
+        config: PathBuf,
+    },
     /// Print the effective config (after inheritance, preset and defaults).
     Show {
+        /// The config file (YAML or JSON).
         config: PathBuf,
+        /// Print JSON instead of YAML.
         #[arg(long)]
         json: bool,
     },
     /// Print (or write) a new commented config.
     New {
-        #[arg(long)]
+        /// Start from a built-in preset (see `lem presets`).
+        #[arg(long, value_name = "NAME")]
         preset: Option<String>,
         /// Write to this file instead of stdout.
-        #[arg(long, short = 'o')]
+        #[arg(long, short = 'o', value_name = "FILE")]
         output: Option<PathBuf>,
     },
     /// Write one config per point of a parameter grid.
     GenerateGrid {
+        /// The config every point starts from.
         base: PathBuf,
         /// key=v1,v2,... (repeatable); e.g. batch_size=1,2,4 or decoder_config.temperature=0,0.7
-        #[arg(long, required = true)]
+        #[arg(long, required = true, value_name = "KEY=V1,V2")]
         vary: Vec<String>,
-        #[arg(long, short = 'o', default_value = "grid")]
+        /// Folder to write the configs into; it must be empty or new (see --force).
+        #[arg(long, short = 'o', default_value = "grid", value_name = "DIR")]
         output_dir: PathBuf,
+        /// Clear the folder's existing .yaml files first, so no stale config is left
+        /// for `lem batch DIR/*.yaml` to run.
+        #[arg(long)]
+        force: bool,
         /// Skip invalid combinations instead of writing them.
         #[arg(long, conflicts_with = "strict")]
         validate: bool,
@@ -216,56 +275,175 @@ pub enum ConfigCommand {
 #[derive(Debug, Args)]
 pub struct AggregateArgs {
     /// Experiment id (or unique prefix).
-    #[arg(required_unless_present = "all")]
+    #[arg(required_unless_present = "all", value_name = "ID")]
     pub id: Option<String>,
-    /// Aggregate every experiment.
+    /// Aggregate every experiment that has results; report the ones skipped.
     #[arg(long, conflicts_with = "id")]
     pub all: bool,
     /// Aggregate even when cycles are missing (partial) or an aggregate exists.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ResultsCommand {
-    /// List experiments (completed ones; --all includes incomplete).
+    /// List experiments (completed ones; --all includes failed and incomplete).
     List {
+        /// Include failed, interrupted and running experiments.
         #[arg(long)]
         all: bool,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
-    /// Show one experiment's results.
+    /// Show one experiment's results (or why it failed).
     Show {
+        /// Experiment id (or unique prefix).
+        #[arg(value_name = "ID")]
         id: String,
         /// Per-cycle raw results instead of the aggregate.
         #[arg(long)]
         raw: bool,
+        /// Machine-readable output (the aggregate, or the raw results with --raw).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
-/// Runs a parsed command line; returns the process exit code.
-pub fn run(cli: Cli) -> i32 {
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<Outcome, CliError> {
     if let Some(addr) = &cli.coordinator {
-        eprintln!(
-            "error: remote coordinators ({addr}) are not supported yet; run without --coordinator (embedded mode)"
-        );
-        return exit::USAGE;
+        return Err(CliError::usage(format!(
+            "remote coordinators ({addr}) are not supported yet; run without --coordinator (embedded mode)"
+        )));
     }
-    let data_dir = cli.data_dir.clone();
+    let top = cli.data_dir.clone();
     match cli.command {
-        Command::Experiment(args) => experiment::run_experiment(&data_dir, args),
-        Command::Batch(args) => experiment::run_batch(&data_dir, args),
+        Command::Experiment(args) => experiment::run_experiment(&args.store.resolve(&top), args),
+        Command::Batch(args) => experiment::run_batch(&args.store.resolve(&top), args),
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Presets(f) => reference::presets(f.json),
         Command::Datasets(f) => reference::datasets(f.json),
         Command::Gpus(a) => reference::gpus(a.json, a.nvml_lib.as_deref()),
         Command::GpuCheck(cmd) => gpu_check::run(cmd),
-        Command::Aggregate(args) => results::aggregate(&data_dir, args),
-        Command::Results(cmd) => results::run(&data_dir, cmd),
+        Command::Aggregate(args) => results::aggregate(&args.store.resolve(&top), args),
+        Command::Results(cmd) => {
+            let dir = match &cmd {
+                ResultsCommand::List { store, .. } | ResultsCommand::Show { store, .. } => {
+                    store.resolve(&top)
+                }
+            };
+            results::run(&dir, cmd)
+        }
         Command::Models(f) => model_cmd::models(f.json),
         Command::Model(cmd) => model_cmd::run(cmd),
+    }
+}
+
+/// A `lem` command line to print as a hint, with the data dir this run used, so it works
+/// as printed from the same directory.
+pub(crate) fn lem_hint(data_dir: &Path, rest: &str) -> String {
+    let dir = data_dir.display().to_string();
+    let quoted = if dir
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@".contains(c))
+    {
+        dir
+    } else {
+        format!("'{}'", dir.replace('\'', "'\\''"))
+    };
+    format!("lem --data-dir {quoted} {rest}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_refuse_zero_and_negatives_in_words() {
+        assert_eq!(positive_u32("8"), Ok(8));
+        assert_eq!(
+            positive_u32("-3"),
+            Err("must be a positive integer, got -3".to_string())
+        );
+        assert!(positive_u32("0").is_err());
+        assert!(cycles_1_to_10("11").is_err());
+        assert_eq!(cycles_1_to_10("10"), Ok(10));
+    }
+
+    /// Every subcommand, with its path (`config generate-grid`).
+    fn all_commands() -> Vec<(String, clap::Command)> {
+        use clap::CommandFactory;
+        let mut out = Vec::new();
+        let mut stack = vec![(String::new(), Cli::command())];
+        while let Some((path, cmd)) = stack.pop() {
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name()).trim().to_string();
+                stack.push((name, sub.clone()));
+            }
+            out.push((path, cmd));
+        }
+        out
+    }
+
+    #[test]
+    fn every_flag_and_argument_has_help() {
+        let mut missing = Vec::new();
+        for (path, cmd) in all_commands() {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" || arg.is_hide_set() {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("lem {path}: {id}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    #[test]
+    fn data_dir_is_offered_only_where_the_store_is_used_and_coordinator_nowhere() {
+        let store_users = [
+            "",
+            "experiment",
+            "batch",
+            "aggregate",
+            "results list",
+            "results show",
+        ];
+        for (path, cmd) in all_commands() {
+            let mut cmd = cmd;
+            cmd.build();
+            let shown = |long: &str| {
+                cmd.get_arguments()
+                    .any(|a| a.get_long() == Some(long) && !a.is_hide_set())
+            };
+            assert_eq!(
+                shown("data-dir"),
+                store_users.contains(&path.as_str()),
+                "`lem {path}` and --data-dir"
+            );
+            assert!(!shown("coordinator"), "`lem {path}` shows --coordinator");
+        }
+    }
+
+    #[test]
+    fn hints_quote_a_data_dir_the_shell_would_split() {
+        assert_eq!(
+            lem_hint(Path::new("results"), "results list"),
+            "lem --data-dir results results list"
+        );
+        assert_eq!(
+            lem_hint(Path::new("/tmp/my runs"), "results list"),
+            "lem --data-dir '/tmp/my runs' results list"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! `lem models` (what the caches hold) and `lem model convert` (GGUF ⇄ safetensors at a
 //! chosen precision, into lem's model dir so the result resolves by name).
 
-use super::exit;
+use super::error::outln;
+use super::{CliError, Outcome};
 use clap::{Args, Subcommand};
 use lem_agent::convert::{self, TargetDtype, TargetFormat};
 use lem_agent::hub::{self, ResolveOptions};
@@ -41,7 +42,7 @@ fn parse_dtype(s: &str) -> Result<TargetDtype, String> {
     s.parse()
 }
 
-pub fn run(cmd: ModelCommand) -> i32 {
+pub fn run(cmd: ModelCommand) -> Result<Outcome, CliError> {
     match cmd {
         ModelCommand::Convert(args) => convert_cmd(args, &ResolveOptions::from_env()),
     }
@@ -104,23 +105,17 @@ fn usable_name(path: &Path, opts: &ResolveOptions) -> String {
     first_resolving(&candidates, path, opts).unwrap_or_else(|| path.display().to_string())
 }
 
-fn convert_cmd(args: ConvertArgs, opts: &ResolveOptions) -> i32 {
+fn convert_cmd(args: ConvertArgs, opts: &ResolveOptions) -> Result<Outcome, CliError> {
     if !args.dtype.supported_by(args.to) {
-        eprintln!(
-            "error: --to {} cannot hold {} weights; use --dtype {}",
+        return Err(CliError::usage(format!(
+            "--to {} cannot hold {} weights; use --dtype {}",
             args.to.name(),
             args.dtype.name(),
             TargetDtype::names_for(args.to)
-        );
-        return exit::USAGE;
+        )));
     }
-    let resolved = match hub::resolve_model(&args.input, opts) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::FAILURE;
-        }
-    };
+    let resolved =
+        hub::resolve_model(&args.input, opts).map_err(|e| CliError::failure(e.to_string()))?;
     let input = resolved.format.path().to_path_buf();
     let base = convert::base_model_id(&args.input, &input, &opts.lem_model_dir, &opts.hf_cache_dir);
     let output = match &args.out {
@@ -143,20 +138,15 @@ fn convert_cmd(args: ConvertArgs, opts: &ResolveOptions) -> i32 {
         args.to.name(),
         args.dtype.name()
     );
-    let report = match convert::convert(&input, args.to, args.dtype, &output, args.force) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::FAILURE;
-        }
-    };
+    let report = convert::convert(&input, args.to, args.dtype, &output, args.force)
+        .map_err(|e| CliError::failure(e.to_string()))?;
     let counts = |m: &std::collections::BTreeMap<String, usize>| {
         m.iter()
             .map(|(k, v)| format!("{k}×{v}"))
             .collect::<Vec<_>>()
             .join(" ")
     };
-    println!(
+    outln!(
         "wrote {} ({} tensors: {}; {} from {}) in {:.1} s",
         report.output.display(),
         report.tensors,
@@ -166,12 +156,12 @@ fn convert_cmd(args: ConvertArgs, opts: &ResolveOptions) -> i32 {
         report.elapsed_s
     );
     for note in &report.notes {
-        println!("note: {note}");
+        outln!("note: {note}");
     }
     let name = usable_name(&report.output, opts);
-    println!("use it in a config:  model_name: {name}");
-    println!("or:                  lem experiment --preset quick-test --model {name}");
-    exit::OK
+    outln!("use it in a config:  model_name: {name}");
+    outln!("or:                  lem experiment --preset quick-test --model {name}");
+    Ok(Outcome::Success)
 }
 
 fn human_bytes(n: u64) -> String {
@@ -218,11 +208,11 @@ fn cached_name(m: &hub::CachedModel, opts: &ResolveOptions) -> String {
     first_resolving(&candidates, &m.path, opts).unwrap_or_else(|| m.path.display().to_string())
 }
 
-pub fn models(json: bool) -> i32 {
+pub fn models(json: bool) -> Result<Outcome, CliError> {
     models_with(json, &ResolveOptions::from_env())
 }
 
-fn models_with(json: bool, opts: &ResolveOptions) -> i32 {
+fn models_with(json: bool, opts: &ResolveOptions) -> Result<Outcome, CliError> {
     let rows: Vec<ModelRow> = hub::list_cached_models(opts)
         .iter()
         .map(|m| {
@@ -252,33 +242,36 @@ fn models_with(json: bool, opts: &ResolveOptions) -> i32 {
             "hf_cache_dir": opts.hf_cache_dir.display().to_string(),
             "models": rows,
         });
-        println!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
-        return exit::OK;
+        outln!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
+        return Ok(Outcome::Success);
     }
     if rows.is_empty() {
-        println!(
+        outln!(
             "No models in lem's model dir ({}) or the Hugging Face cache ({}).",
             opts.lem_model_dir.display(),
             opts.hf_cache_dir.display()
         );
-        println!("To get one:");
-        println!("  scripts/fetch-model.sh        installs SmolLM2-135M-Instruct (Q4_1 GGUF)");
-        println!("  lem model convert <MODEL> --to safetensors|gguf --dtype <DTYPE>");
-        println!("                                makes other precisions of a model you have");
-        println!("  a run with a Hugging Face repo id downloads it (unless HF_HUB_OFFLINE=1)");
-        return exit::OK;
+        outln!("To get one:");
+        outln!("  scripts/fetch-model.sh        installs SmolLM2-135M-Instruct (Q4_1 GGUF)");
+        outln!("  lem model convert <MODEL> --to safetensors|gguf --dtype <DTYPE>");
+        outln!("                                makes other precisions of a model you have");
+        outln!("  a run with a Hugging Face repo id downloads it (unless HF_HUB_OFFLINE=1)");
+        return Ok(Outcome::Success);
     }
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
-    println!(
+    outln!(
         "{:<width$}  {:<11}  {:<16}  {:>9}  PATH",
-        "NAME", "FORMAT", "DTYPE", "SIZE"
+        "NAME",
+        "FORMAT",
+        "DTYPE",
+        "SIZE"
     );
     for r in &rows {
         let dtype = match &r.error {
             Some(_) => "unreadable".to_string(),
             None => r.dtypes.join("+"),
         };
-        println!(
+        outln!(
             "{:<width$}  {:<11}  {:<16}  {:>9}  {}",
             r.name,
             r.format,
@@ -287,12 +280,12 @@ fn models_with(json: bool, opts: &ResolveOptions) -> i32 {
             r.path
         );
         if let Some(e) = &r.error {
-            println!("  error: {e}");
+            outln!("  error: {e}");
         }
     }
-    println!("\nUse NAME as `model_name` in a config or with --model. Other precisions:");
-    println!("  lem model convert <NAME> --to safetensors|gguf --dtype f32|f16|bf16|q8_0|q4_0");
-    exit::OK
+    outln!("\nUse NAME as `model_name` in a config or with --model. Other precisions:");
+    outln!("  lem model convert <NAME> --to safetensors|gguf --dtype f32|f16|bf16|q8_0|q4_0");
+    Ok(Outcome::Success)
 }
 
 #[cfg(test)]

@@ -1,29 +1,30 @@
 //! `lem presets`, `lem datasets`, `lem gpus`.
 
-use super::exit;
+use super::error::outln;
+use super::{CliError, Outcome};
 use lem_agent::meter::nvml::{discover_gpus, resolve_lib_path};
 use lem_common::config::datasets::DATASET_ALIASES;
 use std::path::Path;
 
-pub fn presets(json: bool) -> i32 {
+pub fn presets(json: bool) -> Result<Outcome, CliError> {
     let presets = lem_common::config::presets();
     if json {
         let v: Vec<serde_json::Value> = presets
             .iter()
             .map(|p| serde_json::json!({ "name": p.name, "description": p.description }))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
-        return exit::OK;
+        outln!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
+        return Ok(Outcome::Success);
     }
-    println!("{:<12} DESCRIPTION", "PRESET");
+    outln!("{:<12} DESCRIPTION", "PRESET");
     for p in presets {
-        println!("{:<12} {}", p.name, p.description);
+        outln!("{:<12} {}", p.name, p.description);
     }
-    println!("\nUse: lem experiment --preset <name> --model <model>");
-    exit::OK
+    outln!("\nUse: lem experiment --preset <name> --model <model>");
+    Ok(Outcome::Success)
 }
 
-pub fn datasets(json: bool) -> i32 {
+pub fn datasets(json: bool) -> Result<Outcome, CliError> {
     if json {
         let v: Vec<serde_json::Value> = DATASET_ALIASES
             .iter()
@@ -32,32 +33,39 @@ pub fn datasets(json: bool) -> i32 {
                     "split": a.split, "column": a.column, "description": a.description })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
-        return exit::OK;
+        outln!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
+        return Ok(Outcome::Success);
     }
-    println!(
+    outln!(
         "{:<10} {:<45} {:<8} {:<14} DESCRIPTION",
-        "ALIAS", "DATASET", "SPLIT", "COLUMN"
+        "ALIAS",
+        "DATASET",
+        "SPLIT",
+        "COLUMN"
     );
     for a in DATASET_ALIASES {
         let repo = match a.subset {
             Some(s) => format!("{} ({s})", a.repo),
             None => a.repo.to_string(),
         };
-        println!(
+        outln!(
             "{:<10} {:<45} {:<8} {:<14} {}",
-            a.alias, repo, a.split, a.column, a.description
+            a.alias,
+            repo,
+            a.split,
+            a.column,
+            a.description
         );
     }
-    println!("\nAlso: any Hugging Face dataset id, a local .txt/.jsonl/.json/.csv file, or");
-    println!("`prompt_source: {{type: synthetic}}` (no download). Datasets are read from the");
-    println!("Hugging Face cache ($HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub).");
-    exit::OK
+    outln!("\nAlso: any Hugging Face dataset id, a local .txt/.jsonl/.json/.csv file, or");
+    outln!("`prompt_source: {{type: synthetic}}` (no download). Datasets are read from the");
+    outln!("Hugging Face cache ($HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub).");
+    Ok(Outcome::Success)
 }
 
 /// GPU topology from NVML (`lib`, else `LEM_NVML_LIB`, else the system library).
 /// Without NVIDIA it says so and succeeds: lem then runs on the CPU.
-pub fn gpus(json: bool, lib: Option<&Path>) -> i32 {
+pub fn gpus(json: bool, lib: Option<&Path>) -> Result<Outcome, CliError> {
     let library = resolve_lib_path(lib).map_or_else(
         || "libnvidia-ml.so.1".to_owned(),
         |p| p.display().to_string(),
@@ -80,23 +88,23 @@ pub fn gpus(json: bool, lib: Option<&Path>) -> i32 {
                 "note": NO_GPU_NOTE,
             }),
         };
-        println!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
-        return exit::OK;
+        outln!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
+        return Ok(Outcome::Success);
     }
     let gpus = match found {
         Ok(gpus) if !gpus.is_empty() => gpus,
         Ok(_) => {
-            println!("No NVIDIA GPU found (NVML at {library} reports 0 devices).");
-            println!("lem runs inference on the CPU; GPU energy is not measured.");
-            return exit::OK;
+            outln!("No NVIDIA GPU found (NVML at {library} reports 0 devices).");
+            outln!("lem runs inference on the CPU; GPU energy is not measured.");
+            return Ok(Outcome::Success);
         }
         Err(e) => {
-            println!("No NVIDIA GPU found: {}", e.reason);
-            println!(
+            outln!("No NVIDIA GPU found: {}", e.reason);
+            outln!(
                 "(NVML library tried: {library}; set --nvml-lib or LEM_NVML_LIB to use another.)"
             );
-            println!("lem runs inference on the CPU; GPU energy is not measured.");
-            return exit::OK;
+            outln!("lem runs inference on the CPU; GPU energy is not measured.");
+            return Ok(Outcome::Success);
         }
     };
     let na = || "n/a".to_owned();
@@ -155,40 +163,41 @@ pub fn gpus(json: bool, lib: Option<&Path>) -> i32 {
                 .unwrap_or(0)
         })
         .collect();
-    let line = |cells: &[String]| {
+    let line = |cells: &[String]| -> std::io::Result<()> {
         let parts: Vec<String> = cells
             .iter()
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        outln!("{}", parts.join("  ").trim_end());
+        Ok(())
     };
-    line(&header.map(String::from));
+    line(&header.map(String::from))?;
     for r in &rows {
-        line(r);
+        line(r)?;
     }
     let driver = gpus.iter().find_map(|g| g.driver_version.clone());
-    println!(
+    outln!(
         "\nDriver {} · NVML library {library}",
         driver.as_deref().unwrap_or("n/a")
     );
     if gpus.iter().any(|g| !g.mig_instances.is_empty()) {
-        println!(
+        outln!(
             "MIG profile names are derived from each instance's slices and memory \
              (NVML reports profile ids)."
         );
     }
     for g in &gpus {
         for (field, reason) in &g.unavailable {
-            println!("GPU {} {field}: {reason}", g.index);
+            outln!("GPU {} {field}: {reason}", g.index);
         }
         for m in &g.mig_instances {
             for (field, reason) in &m.unavailable {
-                println!("MIG {}:{} {field}: {reason}", g.index, m.mig_index);
+                outln!("MIG {}:{} {field}: {reason}", g.index, m.mig_index);
             }
         }
     }
-    exit::OK
+    Ok(Outcome::Success)
 }
 
 const NO_GPU_NOTE: &str = "no NVIDIA GPU found; lem runs inference on the CPU";

@@ -1,23 +1,34 @@
 //! `lem results list|show` and `lem aggregate`.
 
-use super::{exit, AggregateArgs, ResultsCommand};
+use super::error::outln;
+use super::{lem_hint, AggregateArgs, CliError, Outcome, ResultsCommand};
 use crate::aggregate::{ExperimentAggregate, JobMetrics};
 use crate::embedded::{self, StoreHandle};
-use crate::store::{ExperimentRecord, ExperimentStatus};
+use crate::store::{ExperimentRecord, ExperimentStatus, StoreError};
+use lem_common::domain::ModelInfo;
 use lem_common::stats::Summary;
+use std::collections::BTreeMap;
 use std::path::Path;
 
-pub fn run(data_dir: &Path, cmd: ResultsCommand) -> i32 {
+pub fn run(data_dir: &Path, cmd: ResultsCommand) -> Result<Outcome, CliError> {
     let store = StoreHandle::new(data_dir);
     match cmd {
-        ResultsCommand::List { all, json } => list(&store, all, json),
-        ResultsCommand::Show { id, raw, json } => show(&store, &id, raw, json),
+        ResultsCommand::List { all, json, .. } => list(&store, all, json),
+        ResultsCommand::Show { id, raw, json, .. } => show(&store, &id, raw, json),
     }
 }
 
-fn list(store: &StoreHandle, all: bool, json: bool) -> i32 {
-    // One store open for the whole listing.
-    let listed = store.with(|s| {
+/// One row of `lem results list`.
+struct ListRow {
+    rec: ExperimentRecord,
+    cycles_done: usize,
+    /// `killed` for a running record whose process is gone, else the stored status.
+    status: &'static str,
+}
+
+fn list(store: &StoreHandle, all: bool, json: bool) -> Result<Outcome, CliError> {
+    // One store open for the whole listing; none at all when there is no store yet.
+    let listed = store.read(|s| {
         s.experiments()?
             .into_iter()
             .map(|r| Ok((s.raw_cycles(&r.id)?.len(), r)))
@@ -25,210 +36,297 @@ fn list(store: &StoreHandle, all: bool, json: bool) -> i32 {
     });
     let recs = match listed {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::FAILURE;
-        }
+        Err(StoreError::NoStore { .. }) => Vec::new(),
+        Err(e) => return Err(e.into()),
     };
-    let rows: Vec<(ExperimentRecord, usize, &'static str)> = recs
+    let (rows, hidden): (Vec<ListRow>, Vec<ListRow>) = recs
         .into_iter()
-        .filter_map(|(done, r)| {
-            let status = if embedded::is_dead_run(&r) {
+        .map(|(cycles_done, rec)| ListRow {
+            status: if embedded::is_dead_run(&rec) {
                 "killed"
             } else {
-                r.status.as_str()
-            };
-            (all || r.status == ExperimentStatus::Completed).then_some((r, done, status))
+                rec.status.as_str()
+            },
+            rec,
+            cycles_done,
         })
-        .collect();
+        .partition(|row| all || row.rec.status == ExperimentStatus::Completed);
     if json {
         let v: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(r, done, status)| {
+            .map(|row| {
+                let r = &row.rec;
                 serde_json::json!({
                     "id": r.id, "config_name": r.config_name, "model_name": r.model_name,
-                    "status": status, "cycles_done": done, "num_cycles": r.num_cycles,
-                    "created_at": r.created_at, "origin": r.origin,
+                    "status": row.status, "cycles_done": row.cycles_done,
+                    "num_cycles": r.num_cycles, "created_at": r.created_at,
+                    "origin": r.origin, "error": r.error,
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
-        return exit::OK;
+        outln!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
+        return Ok(Outcome::Success);
     }
     if rows.is_empty() {
-        println!(
+        outln!(
             "No {}experiments in {}.",
             if all { "" } else { "completed " },
             store.data_dir.display()
         );
-        if !all {
-            println!("(`lem results list --all` includes incomplete ones)");
-        }
-        return exit::OK;
+    } else {
+        print_rows(&rows)?;
     }
-    println!(
-        "{:<30} {:<11} {:>6}  {:<24} MODEL",
-        "ID", "STATUS", "CYCLES", "CONFIG"
-    );
-    for (r, done, status) in rows {
-        println!(
-            "{:<30} {:<11} {:>6}  {:<24} {}",
-            r.id,
-            status,
-            format!("{done}/{}", r.num_cycles),
-            r.config_name,
-            r.model_name
+    if !hidden.is_empty() {
+        let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+        for row in &hidden {
+            *by_status.entry(row.status).or_default() += 1;
+        }
+        let counts: Vec<String> = by_status
+            .iter()
+            .map(|(status, n)| format!("{n} {status}"))
+            .collect();
+        outln!(
+            "({} more not shown: {}; `{}` lists them)",
+            hidden.len(),
+            counts.join(", "),
+            lem_hint(&store.data_dir, "results list --all")
         );
     }
-    exit::OK
+    Ok(Outcome::Success)
 }
 
-fn show(store: &StoreHandle, id: &str, raw: bool, json: bool) -> i32 {
-    let rec = match store.with(|s| s.find_experiment(id)) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
+/// The table, each column as wide as its longest cell.
+fn print_rows(rows: &[ListRow]) -> std::io::Result<()> {
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|row| {
+            [
+                row.rec.id.clone(),
+                row.status.to_string(),
+                format!("{}/{}", row.cycles_done, row.rec.num_cycles),
+                row.rec.config_name.clone(),
+                row.rec.model_name.clone(),
+            ]
+        })
+        .collect();
+    let header = ["ID", "STATUS", "CYCLES", "CONFIG", "MODEL"].map(String::from);
+    let width = |c: usize| {
+        cells
+            .iter()
+            .chain([&header])
+            .map(|r| r[c].chars().count())
+            .max()
+            .unwrap_or(0)
     };
+    let (w0, w1, w2, w3) = (width(0), width(1), width(2), width(3));
+    for r in [&header].into_iter().chain(&cells) {
+        outln!(
+            "{:<w0$}  {:<w1$}  {:>w2$}  {:<w3$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4]
+        );
+    }
+    Ok(())
+}
+
+fn show(store: &StoreHandle, id: &str, raw: bool, json: bool) -> Result<Outcome, CliError> {
+    let rec = store.read(|s| s.find_experiment(id))?;
     if raw {
-        let raws = match store.with(|s| s.raw_results(&rec.id)) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::FAILURE;
-            }
-        };
+        let raws = store.read(|s| s.raw_results(&rec.id))?;
         if json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&raws).expect("plain data")
             );
-        } else {
-            if raws.is_empty() {
-                println!("Experiment {} has no raw results yet.", rec.id);
-            }
-            for r in &raws {
-                print_job(&crate::aggregate::job_metrics(r));
-                println!(
-                    "    started {}  finished {}  attempt {}  job {}",
-                    r.started_at, r.finished_at, r.attempt, r.job_key
-                );
-                for e in &r.energy {
-                    match e.energy_mj {
-                        Some(mj) => println!(
-                            "    energy {:<16} {:>10.3} J  ({:?}){}{}",
-                            e.device_id,
-                            mj / 1000.0,
-                            e.source,
-                            match (e.baseline_power_w, e.net_energy_mj) {
-                                (Some(w), Some(net)) =>
-                                    format!("  baseline {w:.2} W, net {:.3} J", net / 1000.0),
-                                _ => String::new(),
-                            },
-                            if e.simulated { "  simulated" } else { "" }
-                        ),
-                        None => println!(
-                            "    energy {:<16} unavailable: {}",
-                            e.device_id,
-                            e.unavailable_reason.as_deref().unwrap_or("?")
-                        ),
-                    }
-                }
-            }
+            return Ok(Outcome::Success);
         }
-        return exit::OK;
+        print_failure(&rec)?;
+        if raws.is_empty() {
+            outln!("Experiment {} has no raw results.", rec.id);
+        }
+        for r in &raws {
+            print_raw(r)?;
+        }
+        return Ok(Outcome::Success);
     }
-    let stored: Result<Option<ExperimentAggregate>, _> = store.with(|s| s.aggregate(&rec.id));
+    let stored: Option<ExperimentAggregate> = store.read(|s| s.aggregate(&rec.id))?;
     match stored {
-        Ok(Some(agg)) => {
+        Some(agg) => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&agg).expect("plain data")
                 );
             } else {
-                print_aggregate(&agg, &rec);
+                print_failure(&rec)?;
+                print_summary(store, &agg, &rec)?;
             }
-            exit::OK
+            Ok(Outcome::Success)
         }
-        Ok(None) => {
+        None if json => {
+            // Nothing to print as JSON; say why where a script's log will show it.
             eprintln!(
-                "Experiment {} ({}) has no aggregate yet. Run `lem aggregate {}` (add --force for a partial one), or `lem results show {} --raw`.",
+                "experiment {} ({}) has no aggregate{}",
                 rec.id,
                 rec.status.as_str(),
-                rec.id,
-                rec.id
+                rec.error
+                    .as_deref()
+                    .map(|e| format!("; it failed: {e}"))
+                    .unwrap_or_default()
             );
-            exit::PARTIAL
+            Ok(Outcome::Partial)
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::FAILURE
+        None => {
+            let done = store.read(|s| s.raw_cycles(&rec.id))?.len();
+            print_failure(&rec)?;
+            outln!(
+                "Experiment {} ({}, {} of {} cycles have results) has no aggregate.",
+                rec.id,
+                rec.status.as_str(),
+                done,
+                rec.num_cycles
+            );
+            if done > 0 {
+                let force = if done < rec.num_cycles as usize {
+                    " --force"
+                } else {
+                    ""
+                };
+                outln!(
+                    "  aggregate it: {}",
+                    lem_hint(&store.data_dir, &format!("aggregate {}{force}", rec.id))
+                );
+                outln!(
+                    "  per cycle:    {}",
+                    lem_hint(&store.data_dir, &format!("results show {} --raw", rec.id))
+                );
+            }
+            if embedded::is_resumable(&rec) {
+                outln!(
+                    "  resume it:    {}",
+                    lem_hint(&store.data_dir, &format!("experiment --resume {}", rec.id))
+                );
+            }
+            Ok(Outcome::Partial)
         }
     }
 }
 
-pub fn aggregate(data_dir: &Path, args: AggregateArgs) -> i32 {
+/// Why a failed experiment failed: its stored error and the causes under it.
+fn print_failure(rec: &ExperimentRecord) -> std::io::Result<()> {
+    if rec.status != ExperimentStatus::Failed {
+        return Ok(());
+    }
+    outln!(
+        "Experiment {} failed: {}",
+        rec.id,
+        rec.error.as_deref().unwrap_or("(no reason was stored)")
+    );
+    for cause in &rec.error_chain {
+        outln!("  caused by: {cause}");
+    }
+    Ok(())
+}
+
+fn print_raw(r: &lem_common::domain::RawResult) -> std::io::Result<()> {
+    print_job(&crate::aggregate::job_metrics(r))?;
+    outln!(
+        "    started {}  finished {}  attempt {}  job {}",
+        r.started_at,
+        r.finished_at,
+        r.attempt,
+        r.job_key
+    );
+    for e in &r.energy {
+        match e.energy_mj {
+            Some(mj) => outln!(
+                "    energy {:<16} {:>10.3} J  ({:?}){}{}",
+                e.device_id,
+                mj / 1000.0,
+                e.source,
+                match (e.baseline_power_w, e.net_energy_mj) {
+                    (Some(w), Some(net)) =>
+                        format!("  baseline {w:.2} W, net {:.3} J", net / 1000.0),
+                    _ => String::new(),
+                },
+                if e.simulated { "  simulated" } else { "" }
+            ),
+            None => outln!(
+                "    energy {:<16} unavailable: {}",
+                e.device_id,
+                e.unavailable_reason.as_deref().unwrap_or("?")
+            ),
+        }
+    }
+    Ok(())
+}
+
+pub fn aggregate(data_dir: &Path, args: AggregateArgs) -> Result<Outcome, CliError> {
     let store = StoreHandle::new(data_dir);
     let recs = if args.all {
-        match store.with(|s| s.experiments()) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::FAILURE;
-            }
-        }
+        store.read(|s| s.experiments())?
     } else {
         let id = args.id.as_deref().expect("clap requires id without --all");
-        match store.with(|s| s.find_experiment(id)) {
-            Ok(r) => vec![r],
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::USAGE;
-            }
-        }
+        vec![store.read(|s| s.find_experiment(id))?]
     };
-    let mut code = exit::OK;
+    let mut outcome = Outcome::Success;
+    let mut skipped: Vec<String> = Vec::new();
     for rec in recs {
-        let done = embedded::completed_cycles(&store, &rec.id)
-            .map(|c| c.len())
-            .unwrap_or(0);
+        let done = embedded::completed_cycles(&store, &rec.id)?.len();
         let has_agg = store
-            .with(|s| s.aggregate::<ExperimentAggregate>(&rec.id))
-            .map(|a| a.is_some())
-            .unwrap_or(false);
+            .read(|s| s.aggregate::<ExperimentAggregate>(&rec.id))?
+            .is_some();
+        if done == 0 {
+            // Nothing to aggregate (failed before its first cycle, or just started):
+            // under --all that is not a failure of this command, only a skip to report.
+            let why = match rec.status {
+                ExperimentStatus::Failed => "failed before any cycle finished",
+                _ => "no cycle has finished",
+            };
+            if args.all {
+                skipped.push(format!("{} ({why})", rec.id));
+                continue;
+            }
+            return Err(CliError::failure(format!(
+                "{}: nothing to aggregate: {why}{}",
+                rec.id,
+                rec.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            )));
+        }
         if done < rec.num_cycles as usize && !args.force {
             eprintln!(
-                "{}: {done} of {} cycles have results; skipped (use --force for a partial aggregate)",
+                "{}: {done} of {} cycles have results; skipped (add --force for a partial aggregate)",
                 rec.id, rec.num_cycles
             );
-            code = exit::PARTIAL;
-            continue;
-        }
-        if done == 0 {
-            eprintln!("{}: no raw results; nothing to aggregate", rec.id);
-            code = exit::PARTIAL;
+            outcome = Outcome::Partial;
             continue;
         }
         if has_agg && !args.force && args.all {
-            eprintln!("{}: already aggregated (use --force to recompute)", rec.id);
+            outln!("{}: already aggregated (--force recomputes)", rec.id);
             continue;
         }
-        match embedded::aggregate_and_store(&store, &rec) {
-            Ok(agg) => println!(
-                "{}: aggregated {} cycle(s){}",
-                rec.id,
-                agg.cycles.len(),
-                if agg.complete { "" } else { " (partial)" }
-            ),
-            Err(e) => {
-                eprintln!("error: {}: {e}", rec.id);
-                code = exit::FAILURE;
-            }
-        }
+        let agg = embedded::aggregate_and_store(&store, &rec)?;
+        outln!(
+            "{}: aggregated {} cycle(s){}",
+            rec.id,
+            agg.cycles.len(),
+            if agg.complete { "" } else { " (partial)" }
+        );
     }
-    code
+    if !skipped.is_empty() {
+        eprintln!(
+            "skipped {} experiment(s) with nothing to aggregate: {}",
+            skipped.len(),
+            skipped.join(", ")
+        );
+    }
+    Ok(outcome)
 }
 
 fn fmt_summary(s: &Summary, unit: &str, prec: usize) -> String {
@@ -247,8 +345,8 @@ fn fmt_summary(s: &Summary, unit: &str, prec: usize) -> String {
     }
 }
 
-fn print_job(m: &JobMetrics) {
-    println!(
+fn print_job(m: &JobMetrics) -> std::io::Result<()> {
+    outln!(
         "  cycle {}: {} prompts, {} in / {} out tokens, {:.2} s, {:.2} out tok/s",
         m.cycle + 1,
         m.num_requests,
@@ -257,11 +355,14 @@ fn print_job(m: &JobMetrics) {
         m.wall_s,
         m.output_tokens_per_s
     );
+    Ok(())
 }
 
-/// The human summary printed after a run and by `results show`.
 /// One device's gross energy, idle baseline and net energy, averaged over the cycles.
-fn print_device_energy(agg: &ExperimentAggregate, d: &crate::aggregate::DeviceEnergy) {
+fn print_device_energy(
+    agg: &ExperimentAggregate,
+    d: &crate::aggregate::DeviceEnergy,
+) -> std::io::Result<()> {
     let same: Vec<_> = agg
         .cycles
         .iter()
@@ -295,7 +396,7 @@ fn print_device_energy(agg: &ExperimentAggregate, d: &crate::aggregate::DeviceEn
     if d.simulated {
         line.push_str("  simulated");
     }
-    println!("{line}");
+    outln!("{line}");
     if let (Some(p), Some(dec)) = (
         mean(&|x| x.phases.as_ref().map(|p| p.prefill_mj / 1000.0)),
         mean(&|x| x.phases.as_ref().map(|p| p.decode_mj / 1000.0)),
@@ -304,23 +405,24 @@ fn print_device_energy(agg: &ExperimentAggregate, d: &crate::aggregate::DeviceEn
             lem_common::domain::PhaseSplitMethod::CounterAtBoundaries => "counter at boundaries",
             lem_common::domain::PhaseSplitMethod::TraceIntegral => "power trace",
         });
-        println!(
+        outln!(
             "    {:<20} prefill {p:.3} J, decode {dec:.3} J ({method})",
             ""
         );
     }
+    Ok(())
 }
 
 /// The latency block: how requests arrived, request throughput, and TTFT/TPOT/ITL/E2EL
 /// (mean, median, p90, p99 as `vllm bench serve` reports them), each the mean over cycles.
-fn print_latency(agg: &ExperimentAggregate) {
+fn print_latency(agg: &ExperimentAggregate) -> std::io::Result<()> {
     let Some(first) = agg.cycles.first() else {
-        return;
+        return Ok(());
     };
     let n = agg.cycles.len();
     let stat = |name: &str| agg.stats.get(name).map(|s| s.mean);
     let scheduled = first.arrivals != "all at once";
-    println!(
+    outln!(
         "  arrivals               {}",
         if scheduled {
             format!(
@@ -335,9 +437,9 @@ fn print_latency(agg: &ExperimentAggregate) {
         let achieved = stat("achieved_arrival_rate_per_s")
             .map(|r| format!("  (achieved arrival rate {r:.2} req/s)"))
             .unwrap_or_default();
-        println!("  request throughput     {rps:.2} req/s{achieved}");
+        outln!("  request throughput     {rps:.2} req/s{achieved}");
     }
-    println!(
+    outln!(
         "  {:<20} {:>9} {:>9} {:>9} {:>9}{}",
         "latency (ms)",
         "mean",
@@ -364,7 +466,7 @@ fn print_latency(agg: &ExperimentAggregate) {
                 None => format!("{:>9}", "—"),
             })
             .collect();
-        println!("    {label:<18} {}", cells.join(" "));
+        outln!("    {label:<18} {}", cells.join(" "));
     }
     if n > 1 {
         for (label, name) in [
@@ -372,22 +474,63 @@ fn print_latency(agg: &ExperimentAggregate) {
             ("E2EL median", "e2e_p50_ms"),
         ] {
             if let Some(s) = agg.stats.get(name) {
-                println!("  {label:<22} {}", fmt_summary(s, "ms", 1));
+                outln!("  {label:<22} {}", fmt_summary(s, "ms", 1));
             }
         }
     }
+    Ok(())
 }
 
-pub fn print_aggregate(agg: &ExperimentAggregate, rec: &ExperimentRecord) {
-    println!();
-    println!("Experiment {}  ({})", agg.experiment_id, rec.config_name);
-    println!("  model      {}", agg.model_name);
+/// The summary of `agg`, with the model line read from the experiment's first stored
+/// raw result (which weights and compute dtypes were actually used).
+pub fn print_summary(
+    store: &StoreHandle,
+    agg: &ExperimentAggregate,
+    rec: &ExperimentRecord,
+) -> Result<(), CliError> {
+    let model = store
+        .read(|s| s.raw_results(&rec.id))?
+        .into_iter()
+        .next()
+        .map(|r| r.model);
+    print_aggregate(agg, rec, model.as_ref())?;
+    outln!(
+        "  details: {}",
+        lem_hint(
+            &store.data_dir,
+            &format!("results show {} --raw", agg.experiment_id)
+        )
+    );
+    Ok(())
+}
+
+/// `SmolLM2 (gguf; weights Q8_0 (requantised from Q4_1), compute f32)`: what ran, not
+/// only what was asked for.
+fn model_line(name: &str, model: Option<&ModelInfo>) -> String {
+    match model {
+        Some(m) => format!(
+            "{name} ({}; weights {}, compute {})",
+            m.format, m.weight_dtype, m.compute_dtype
+        ),
+        None => name.to_string(),
+    }
+}
+
+/// The human summary printed after a run and by `results show`.
+fn print_aggregate(
+    agg: &ExperimentAggregate,
+    rec: &ExperimentRecord,
+    model: Option<&ModelInfo>,
+) -> std::io::Result<()> {
+    outln!();
+    outln!("Experiment {}  ({})", agg.experiment_id, rec.config_name);
+    outln!("  model      {}", model_line(&agg.model_name, model));
     if let Some(d) = &agg.compute_device {
         let simulated = agg
             .cycles
             .iter()
             .any(|c| c.energy.devices.iter().any(|e| e.simulated));
-        println!(
+        outln!(
             "  device     {} — {}{}",
             d.kind,
             d.name,
@@ -398,59 +541,62 @@ pub fn print_aggregate(agg: &ExperimentAggregate, rec: &ExperimentRecord) {
             }
         );
         if let Some(note) = &d.note {
-            println!("             {note}");
+            outln!("             {note}");
         }
     }
-    println!(
+    outln!(
         "  cycles     {} of {}{}",
         agg.cycles.len(),
         agg.num_cycles_expected,
         if agg.complete { "" } else { " (partial)" }
     );
     let Some(first) = agg.cycles.first() else {
-        println!("  no results");
-        return;
+        outln!("  no results");
+        return Ok(());
     };
     let stat = |name: &str| agg.stats.get(name);
-    let show = |label: &str, name: &str, unit: &str, prec: usize| {
+    let show = |label: &str, name: &str, unit: &str, prec: usize| -> std::io::Result<()> {
         if let Some(s) = stat(name) {
-            println!("  {label:<22} {}", fmt_summary(s, unit, prec));
+            outln!("  {label:<22} {}", fmt_summary(s, unit, prec));
         }
+        Ok(())
     };
-    println!(
+    outln!(
         "  tokens                 {} in / {} out per cycle ({} prompts)",
-        first.input_tokens, first.output_tokens, first.num_requests
+        first.input_tokens,
+        first.output_tokens,
+        first.num_requests
     );
-    show("throughput (output)", "output_tokens_per_s", "tok/s", 2);
-    show("throughput (total)", "total_tokens_per_s", "tok/s", 2);
-    show("decode", "decode_tokens_per_s", "tok/s", 2);
-    show("prefill", "prefill_tokens_per_s", "tok/s", 1);
-    print_latency(agg);
+    show("throughput (output)", "output_tokens_per_s", "tok/s", 2)?;
+    show("throughput (total)", "total_tokens_per_s", "tok/s", 2)?;
+    show("decode", "decode_tokens_per_s", "tok/s", 2)?;
+    show("prefill", "prefill_tokens_per_s", "tok/s", 1)?;
+    print_latency(agg)?;
     match stat("energy_total_j") {
         Some(s) => {
-            println!("  {:<22} {}", "energy", fmt_summary(s, "J", 3));
-            show("energy / output token", "j_per_output_token", "J", 4);
-            show("output tokens / J", "output_tokens_per_j", "tok/J", 3);
-            show("energy (net of idle)", "energy_net_total_j", "J", 3);
-            show("energy in prefill", "energy_prefill_j", "J", 3);
-            show("energy in decode", "energy_decode_j", "J", 3);
+            outln!("  {:<22} {}", "energy", fmt_summary(s, "J", 3));
+            show("energy / output token", "j_per_output_token", "J", 4)?;
+            show("output tokens / J", "output_tokens_per_j", "tok/J", 3)?;
+            show("energy (net of idle)", "energy_net_total_j", "J", 3)?;
+            show("energy in prefill", "energy_prefill_j", "J", 3)?;
+            show("energy in decode", "energy_decode_j", "J", 3)?;
             for d in &first.energy.devices {
-                print_device_energy(agg, d);
+                print_device_energy(agg, d)?;
             }
-            for m in &first.energy.missing {
-                println!("  {:<22} not measured — {m}", "");
+            for m in missing_by_reason(&first.energy.missing) {
+                outln!("  {:<22} not measured — {m}", "");
             }
         }
         None => {
-            println!("  energy                 unavailable (null, not zero):");
-            for m in &first.energy.missing {
-                println!("                         {m}");
+            outln!("  energy                 unavailable (null, not zero):");
+            for m in missing_by_reason(&first.energy.missing) {
+                outln!("                         {m}");
             }
         }
     }
     if let Some(c) = &first.carbon {
         match (stat("co2e_g"), &c.unavailable_reason) {
-            (Some(s), _) => println!(
+            (Some(s), _) => outln!(
                 "  {:<22} {}  (PUE {}{}, {} gCO2e/kWh)",
                 "carbon",
                 fmt_summary(s, "gCO2e", 4),
@@ -458,24 +604,48 @@ pub fn print_aggregate(agg: &ExperimentAggregate, rec: &ExperimentRecord) {
                 if c.pue_assumed { " assumed" } else { "" },
                 c.grid_intensity_gco2e_per_kwh.unwrap_or(f64::NAN)
             ),
-            (None, Some(why)) => println!("  carbon                 not computed — {why}"),
+            (None, Some(why)) => outln!("  carbon                 not computed — {why}"),
             (None, None) => {}
         }
     }
-    println!(
+    outln!(
         "  FLOPs                  {:.3e} per cycle ({:.3e} per output token, analytic)",
         first.flops_total,
         first.flops_per_output_token.unwrap_or(f64::NAN)
     );
     match first.peak_memory_bytes {
-        Some(b) => println!(
+        Some(b) => outln!(
             "  peak memory            {:.1} MiB (process RSS)",
             b as f64 / 1048576.0
         ),
-        None => println!("  peak memory            unavailable"),
+        None => outln!("  peak memory            unavailable"),
     }
     for w in &agg.warnings {
-        println!("  warning: {w}");
+        outln!("  warning: {w}");
     }
-    println!("  details: lem results show {} --raw", agg.experiment_id);
+    Ok(())
+}
+
+/// `device: reason` lines with one line per reason: `package-0, package-0/dram: no
+/// RAPL` rather than the same reason twice.
+fn missing_by_reason(missing: &[String]) -> Vec<String> {
+    let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
+    for m in missing {
+        let (device, reason) = m.split_once(": ").unwrap_or(("", m.as_str()));
+        match grouped.iter_mut().find(|(r, _)| r == reason) {
+            Some((_, devices)) => devices.push(device.to_string()),
+            None => grouped.push((reason.to_string(), vec![device.to_string()])),
+        }
+    }
+    grouped
+        .into_iter()
+        .map(|(reason, devices)| {
+            let devices: Vec<String> = devices.into_iter().filter(|d| !d.is_empty()).collect();
+            if devices.is_empty() {
+                reason
+            } else {
+                format!("{}: {reason}", devices.join(", "))
+            }
+        })
+        .collect()
 }
