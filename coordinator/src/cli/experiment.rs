@@ -1,7 +1,8 @@
-//! `lem experiment` and `lem batch`: resolve the config, find or create the experiment,
-//! run its pending cycles in embedded mode, aggregate, print the summary.
+//! `lem experiment`: resolve the config, find or create the experiment, run its pending
+//! cycles in embedded mode, aggregate, print the summary. Also the pieces `lem batch`
+//! shares: config resolution, the stop flag, the cycle printer.
 
-use super::{exit, BatchArgs, ExperimentArgs, OverrideArgs};
+use super::{exit, ExperimentArgs, OverrideArgs};
 use crate::embedded::{self, CycleSink, EmbeddedError, StoreHandle};
 use crate::store::{ExperimentRecord, ExperimentStatus};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// The process-wide stop flag, set by Ctrl+C / SIGTERM.
-fn stop_flag() -> Arc<AtomicBool> {
+pub(super) fn stop_flag() -> Arc<AtomicBool> {
     static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
     FLAG.get_or_init(|| {
         let flag = Arc::new(AtomicBool::new(false));
@@ -67,7 +68,7 @@ pub(crate) fn load_file(path: &Path) -> Result<config::LoadedConfig, config::Con
 }
 
 /// Resolves a config from file/preset/CLI, printing errors. `Err(code)` on failure.
-fn resolve_config(
+pub(super) fn resolve_config(
     file: Option<&PathBuf>,
     preset: Option<&str>,
     overrides: &CliOverrides,
@@ -286,119 +287,12 @@ fn finish(store: &StoreHandle, rec: ExperimentRecord, no_aggregate: bool, json: 
     }
 }
 
-pub fn run_batch(data_dir: &Path, args: BatchArgs) -> i32 {
-    let overrides = to_cli_overrides(&args.overrides, args.cycles);
-    // Validate every config first: a typo in the tenth file should not surface after
-    // nine experiments have run.
-    let mut resolved = Vec::new();
-    for path in &args.configs {
-        match resolve_config(Some(path), None, &overrides) {
-            Ok(r) => resolved.push((path.clone(), r)),
-            Err(code) => {
-                eprintln!("error: {}: invalid; nothing was run", path.display());
-                return code;
-            }
-        }
-    }
-    let store = StoreHandle::new(data_dir);
-    let stop = stop_flag();
-    let parallel = args.parallel.max(1);
-    let queue = std::sync::Mutex::new(resolved.into_iter().enumerate().collect::<Vec<_>>());
-    let failures = AtomicUsize::new(0);
-    let total = args.configs.len();
-    std::thread::scope(|scope| {
-        for _ in 0..parallel.min(total) {
-            scope.spawn(|| {
-                let ctx = RunContext::from_env(stop.clone());
-                let mut runner = JobRunner::new();
-                loop {
-                    let next = queue.lock().expect("queue lock").pop();
-                    let Some((i, (path, resolved))) = next else {
-                        break;
-                    };
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    eprintln!("[{}/{}] {}", i + 1, total, path.display());
-                    let ok = run_one(
-                        &store,
-                        &resolved,
-                        &path,
-                        &mut runner,
-                        &ctx,
-                        args.no_aggregate,
-                        parallel > 1,
-                    );
-                    if !ok {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-    });
-    let failed = failures.load(Ordering::Relaxed);
-    if stop.load(Ordering::Relaxed) {
-        eprintln!("Interrupted; see `lem results list --all` for experiments to resume.");
-        return exit::INTERRUPTED;
-    }
-    eprintln!(
-        "Batch done: {} of {total} experiments succeeded.",
-        total - failed
-    );
-    if failed == 0 {
-        exit::OK
-    } else {
-        exit::PARTIAL
-    }
-}
-
-fn run_one(
-    store: &StoreHandle,
-    resolved: &ResolvedConfig,
-    path: &Path,
-    runner: &mut JobRunner,
-    ctx: &RunContext,
-    no_aggregate: bool,
-    quiet: bool,
-) -> bool {
-    let mut rec = match embedded::create_experiment(store, resolved, &path.display().to_string()) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {}: {e}", path.display());
-            return false;
-        }
-    };
-    let mut sink = CliSink::new(quiet);
-    let outcome = embedded::run_pending_cycles(store, &rec, runner, ctx, &mut sink);
-    sink.bar.finish_and_clear();
-    match outcome {
-        Ok(()) => {
-            let _ = embedded::set_status(store, &mut rec, ExperimentStatus::Completed, None);
-            if !no_aggregate {
-                match embedded::aggregate_and_store(store, &rec) {
-                    Ok(agg) => super::results::print_aggregate(&agg, &rec),
-                    Err(e) => eprintln!("error: {}: aggregation failed: {e}", path.display()),
-                }
-            }
-            true
-        }
-        Err(e) => {
-            let status = if e.is_interrupted() {
-                ExperimentStatus::Interrupted
-            } else {
-                ExperimentStatus::Failed
-            };
-            let _ = embedded::set_status(store, &mut rec, status, Some(e.to_string()));
-            eprintln!("error: {}: {e}", path.display());
-            false
-        }
-    }
-}
-
 /// Prints cycle lines and drives a progress bar (hidden when stderr is not a terminal).
-struct CliSink {
-    bar: ProgressBar,
+pub(super) struct CliSink {
+    pub(super) bar: ProgressBar,
     progress: BarProgress,
+    /// Starts every line and the bar (`[2/4 b.yaml]` under `lem batch --parallel`).
+    label: Option<String>,
 }
 
 impl CliSink {
@@ -408,14 +302,23 @@ impl CliSink {
         } else {
             ProgressBar::new(0)
         };
+        Self::with_bar(bar, None)
+    }
+
+    /// Drives `bar` (e.g. one of a batch's bars); `label` starts every line.
+    pub(super) fn with_bar(bar: ProgressBar, label: Option<String>) -> Self {
+        if let Some(l) = &label {
+            bar.set_prefix(format!("{l} "));
+        }
         // A spinner until the number of prompts is known, then a bar.
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg:12} {elapsed_precise}")
+            ProgressStyle::with_template("{prefix}{spinner} {msg:12} {elapsed_precise}")
                 .expect("valid template"),
         );
         Self {
             progress: BarProgress { bar: bar.clone() },
             bar,
+            label,
         }
     }
 }
@@ -432,7 +335,7 @@ impl RunProgress for BarProgress {
     fn prompts_total(&mut self, n: u64) {
         self.bar.set_style(
             ProgressStyle::with_template(
-                "{spinner} {msg:12} [{bar:30}] {pos}/{len} prompts {elapsed_precise} (eta {eta})",
+                "{prefix}{spinner} {msg:12} [{bar:30}] {pos}/{len} prompts {elapsed_precise} (eta {eta})",
             )
             .expect("valid template")
             .progress_chars("=> "),
@@ -455,9 +358,13 @@ impl CycleSink for CliSink {
             Some(j) => format!("{j:.2} J"),
             None => "energy unavailable".to_string(),
         };
+        let label = self
+            .label
+            .as_deref()
+            .map_or(String::new(), |l| format!("{l} "));
         self.bar.suspend(|| {
             eprintln!(
-                "  cycle {}: {} prompts, {} output tokens in {:.2} s ({:.1} tok/s), {energy}",
+                "{label}  cycle {}: {} prompts, {} output tokens in {:.2} s ({:.1} tok/s), {energy}",
                 raw.cycle + 1,
                 m.num_requests,
                 m.output_tokens,

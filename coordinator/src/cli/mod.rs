@@ -1,6 +1,7 @@
 //! The `lem` command line: argument definitions (clap) and a dispatcher to the command
 //! handlers. Handlers return an [`ExitCode`]-like integer; `main` only maps it.
 
+mod batch;
 mod config_cmd;
 mod experiment;
 mod gpu_check;
@@ -257,7 +258,7 @@ pub fn run(cli: Cli) -> i32 {
     let data_dir = cli.data_dir.clone();
     match cli.command {
         Command::Experiment(args) => experiment::run_experiment(&data_dir, args),
-        Command::Batch(args) => experiment::run_batch(&data_dir, args),
+        Command::Batch(args) => batch::run_batch(&data_dir, args),
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Presets(f) => reference::presets(f.json),
         Command::Datasets(f) => reference::datasets(f.json),
