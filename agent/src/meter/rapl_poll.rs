@@ -78,10 +78,10 @@ impl Poller {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("lem-rapl-poll".into())
-            .spawn(move || loop {
-                match stopped.recv_timeout(period) {
-                    Err(RecvTimeoutError::Timeout) => read(),
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            // A message or a dropped sender ends it; each quiet period is one read.
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
+                    read();
                 }
             })
             .ok()?;

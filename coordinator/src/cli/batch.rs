@@ -133,12 +133,14 @@ pub fn run_batch(data_dir: &Path, args: BatchArgs) -> i32 {
                         Outcome::Failed => {
                             failures.fetch_add(1, Ordering::Relaxed);
                         }
-                        Outcome::Done(Some((agg, rec))) if parallel > 1 => {
-                            say(format!("{} done: experiment {}", entry.label, rec.id));
-                            s.summaries.push((i, agg, rec));
-                        }
-                        Outcome::Done(Some((agg, rec))) => {
-                            multi.suspend(|| super::results::print_aggregate(&agg, &rec));
+                        Outcome::Done(Some(done)) => {
+                            let (agg, rec) = *done;
+                            if parallel > 1 {
+                                say(format!("{} done: experiment {}", entry.label, rec.id));
+                                s.summaries.push((i, agg, rec));
+                            } else {
+                                multi.suspend(|| super::results::print_aggregate(&agg, &rec));
+                            }
                         }
                         Outcome::Done(None) => {}
                     }
@@ -223,7 +225,7 @@ fn next_turn(
 enum Outcome {
     Failed,
     /// Done; the aggregate unless `--no-aggregate` (or its aggregation failed).
-    Done(Option<(ExperimentAggregate, ExperimentRecord)>),
+    Done(Option<Box<(ExperimentAggregate, ExperimentRecord)>>),
 }
 
 fn run_one(
@@ -251,7 +253,7 @@ fn run_one(
                 return Outcome::Done(None);
             }
             match embedded::aggregate_and_store(store, &rec) {
-                Ok(agg) => Outcome::Done(Some((agg, rec))),
+                Ok(agg) => Outcome::Done(Some(Box::new((agg, rec)))),
                 Err(e) => {
                     say(format!(
                         "{} error: {name}: aggregation failed: {e}",
