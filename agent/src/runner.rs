@@ -232,6 +232,18 @@ impl JobRunner {
         if let Some(m) = open_gpu_meter(cfg, on_gpu, &mut warnings) {
             meters.meters.push(Box::new(m));
         }
+        // Every metered device is this job's alone from before the baseline until the
+        // window closes (`_claim` drops at return; invariant 4).
+        let holder = format!("experiment {} ({})", job.experiment_id, cfg.config_name);
+        let _claim = meter::claims::claim_for_job(
+            cfg,
+            &ctx.powercap_root,
+            on_gpu,
+            &holder,
+            &ctx.stop,
+            &mut warnings,
+        )
+        .ok_or(RunError::Interrupted)?;
         let baselines = if cfg.idle_baseline_s > 0.0 {
             progress.phase("idle baseline");
             baseline_cache.ensure(

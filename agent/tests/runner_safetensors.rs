@@ -1,7 +1,8 @@
 //! The job runner on a tiny random-weight safetensors model written by the test: the
 //! config's `fp_precision` and `quantization_config` reach the loader, the result records
 //! what was used, nf4 draws a warning naming the substitute, and a cached model is
-//! reloaded when precision or quantisation change.
+//! reloaded when precision or quantisation change. Also: the runner claims the devices
+//! it meters before its idle baseline, so a job waits while another holds one.
 
 use candle_core::{Device, Tensor};
 use lem_agent::runner::{JobRunner, NoProgress, RunContext};
@@ -208,4 +209,72 @@ fn config_precision_and_quantisation_reach_the_safetensors_loader() {
         .warnings
         .iter()
         .any(|w| w.contains("load_in_8bit") && w.contains("Q8_0")));
+}
+
+#[test]
+fn the_runner_waits_for_a_metered_package_another_job_holds() {
+    use lem_agent::meter::claims::DeviceClaims;
+    use lem_agent::meter::ownership::{Access, DeviceKey, MeteredDevice};
+    use std::time::{Duration, Instant};
+
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("tiny-llama");
+    write_model(&model);
+    // A fake powercap tree with one package.
+    let powercap = root.path().join("powercap");
+    let zone = powercap.join("intel-rapl:0");
+    std::fs::create_dir_all(&zone).unwrap();
+    std::fs::write(zone.join("name"), "package-0\n").unwrap();
+    std::fs::write(zone.join("energy_uj"), "1000\n").unwrap();
+    let mut ctx = RunContext::from_env(Arc::new(AtomicBool::new(false)));
+    ctx.resolve.offline = true;
+    ctx.resolve.lem_model_dir = root.path().join("lem-models");
+    ctx.resolve.hf_cache_dir = root.path().join("hf");
+    ctx.powercap_root = powercap.clone();
+    let mut cfg = ExperimentConfig::default_for("claims", model.to_str().unwrap());
+    cfg.num_input_prompts = Some(1);
+    cfg.max_input_tokens = 8;
+    cfg.max_output_tokens = 2;
+    cfg.warmup_prompts = 0;
+    cfg.idle_baseline_s = 0.0;
+    cfg.cpu_threads = Some(1);
+
+    // Another job of this process meters the package.
+    let key = DeviceKey::rapl(Some(&powercap.display().to_string()), "package-0");
+    let held = DeviceClaims::global()
+        .try_claim(
+            "the other job",
+            &[MeteredDevice {
+                key: key.clone(),
+                access: Access::Exclusive,
+            }],
+        )
+        .unwrap();
+    let job = std::thread::spawn(move || run(&mut JobRunner::new(), &ctx, cfg));
+    // Bounded wait until the runner asks for the package (model load first).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while DeviceClaims::global().waiting() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        DeviceClaims::global().waiting(),
+        1,
+        "the runner never asked"
+    );
+    assert!(!job.is_finished(), "it ran while the package was held");
+    drop(held);
+    let r = job.join().unwrap();
+    let warning = r
+        .warnings
+        .iter()
+        .find(|w| w.starts_with("waited"))
+        .unwrap_or_else(|| panic!("no wait said in {:?}", r.warnings));
+    assert!(warning.contains(key.as_str()), "{warning}");
+    assert!(warning.contains("the other job"), "{warning}");
+    // Released when the job returned.
+    assert!(DeviceClaims::global().holders(&key).is_empty());
+    assert!(r
+        .energy
+        .iter()
+        .any(|e| e.device_id == "package-0" && e.energy_mj.is_some()));
 }

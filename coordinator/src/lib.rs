@@ -2,6 +2,7 @@
 //! In embedded mode (the default) it drives a local `lem-agent` runner in-process.
 
 pub mod aggregate;
+pub mod batch_schedule;
 pub mod cli;
 pub mod embedded;
 pub mod store;

@@ -4,11 +4,14 @@
 //! returns one reading per physical device; a device that could not be measured gets a
 //! reading with `energy_mj: None` and a reason — never 0 for "unknown" (DESIGN §4).
 
+pub mod claims;
 pub mod ledger;
 pub mod nvml;
+pub mod ownership;
 pub mod phases;
 pub mod probe;
 pub mod rapl;
+pub mod rapl_poll;
 pub mod sampler;
 
 pub use rapl::{cpu_meter, open_cpu_meters, CpuMeters, RaplMeter};

@@ -15,19 +15,22 @@
 //! the same package counter on recent Intel client CPUs: counting it would double).
 //!
 //! `energy_uj` wraps at `max_energy_range_uj`; a negative delta adds the range. One wrap
-//! per read interval is recoverable: with typical ranges (~262 kJ per package) that is
-//! minutes at full power, so `poll()` every few seconds is ample.
+//! per read interval is recoverable, so while a window is open a thread reads every
+//! counter well under the fastest wrap interval (`rapl_poll.rs`); `poll()` and
+//! checkpoints read too.
 //!
 //! Since Linux 5.10 `energy_uj` is readable by root only (CVE-2020-8694); a permission
 //! error becomes an unavailable reading that names the file and the fix. All file reads
 //! go through [`SysfsRead`], so tests inject failures that root (who ignores mode 000)
 //! would never see.
 
+use super::rapl_poll::{self, Poller};
 use super::{elapsed_ns, EnergyMeter, MeterError, UnavailableMeter};
 use lem_common::domain::{DeviceKind, EnergyReading, EnergySource};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Where the kernel exposes powercap zones.
 pub const DEFAULT_POWERCAP_ROOT: &str = "/sys/class/powercap";
@@ -114,6 +117,8 @@ struct Zone {
     device_id: String,
     energy_path: PathBuf,
     max_energy_range_uj: Option<u64>,
+    /// Upper bound of the zone's power (W), for the read period.
+    power_bound_w: f64,
     state: ZoneState,
 }
 
@@ -124,20 +129,29 @@ enum ZoneState {
     Failed(String),
 }
 
+/// The zones and how to read them; shared with the polling thread during a window.
+struct Counters {
+    zones: Vec<Zone>,
+    fs: Box<dyn SysfsRead>,
+}
+
 /// RAPL package and DRAM counters found under a powercap root.
 pub struct RaplMeter {
-    zones: Vec<Zone>,
+    counters: Arc<Mutex<Counters>>,
     /// Packages without a `dram` subzone: reported as unavailable DRAM readings.
     missing_dram: Vec<String>,
-    fs: Box<dyn SysfsRead>,
+    /// How often the counters are read during a window; `None`: no zone has a range.
+    poll_period: Option<Duration>,
+    poller: Option<Poller>,
     started: Option<Instant>,
 }
 
 impl std::fmt::Debug for RaplMeter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RaplMeter")
-            .field("zones", &self.zones)
+            .field("zones", &self.lock().zones)
             .field("missing_dram", &self.missing_dram)
+            .field("poll_period", &self.poll_period)
             .field("started", &self.started)
             .finish_non_exhaustive()
     }
@@ -233,6 +247,7 @@ impl RaplMeter {
                 device_id,
                 energy_path: dir.join("energy_uj"),
                 max_energy_range_uj,
+                power_bound_w: rapl_poll::power_bound_w(dir, fs.as_ref()),
                 state: ZoneState::Idle,
             });
         }
@@ -257,17 +272,39 @@ impl RaplMeter {
                     .any(|z| z.kind == DeviceKind::Dram && z.device_id == format!("{p}/dram"))
             })
             .collect();
+        let poll_period = rapl_poll::poll_period(
+            &zones
+                .iter()
+                .map(|z| (z.max_energy_range_uj, z.power_bound_w))
+                .collect::<Vec<_>>(),
+        );
         Ok(RaplMeter {
-            zones,
+            counters: Arc::new(Mutex::new(Counters { zones, fs })),
             missing_dram,
-            fs,
+            poll_period,
+            poller: None,
             started: None,
         })
     }
 
+    fn lock(&self) -> MutexGuard<'_, Counters> {
+        // Every update of a zone is one assignment: a panic elsewhere leaves it whole.
+        self.counters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Device ids metered, in reading order (`package-0`, `package-0/dram`, ...).
-    pub fn device_ids(&self) -> Vec<&str> {
-        self.zones.iter().map(|z| z.device_id.as_str()).collect()
+    pub fn device_ids(&self) -> Vec<String> {
+        self.lock()
+            .zones
+            .iter()
+            .map(|z| z.device_id.clone())
+            .collect()
+    }
+
+    /// How often the counters are read while a window is open (`None`: no zone has a
+    /// `max_energy_range_uj`, so a wrap could not be corrected however often).
+    pub fn poll_period(&self) -> Option<Duration> {
+        self.poll_period
     }
 
     /// Reads one counter; an error is turned into a reason for the user.
@@ -283,14 +320,16 @@ impl RaplMeter {
             Err(e) => Err(read_error_reason(path, &e)),
         }
     }
+}
 
+impl Counters {
     /// Reads every running zone and adds its delta since the last read.
     fn advance(&mut self) {
         for zone in &mut self.zones {
             let ZoneState::Running { last_uj, total_uj } = zone.state else {
                 continue;
             };
-            zone.state = match Self::read_counter(self.fs.as_ref(), &zone.energy_path) {
+            zone.state = match RaplMeter::read_counter(self.fs.as_ref(), &zone.energy_path) {
                 Err(reason) => ZoneState::Failed(reason),
                 Ok(now_uj) => match counter_delta_uj(last_uj, now_uj, zone.max_energy_range_uj) {
                     Ok(delta) => ZoneState::Running {
@@ -346,22 +385,32 @@ impl EnergyMeter for RaplMeter {
         if self.started.is_some() {
             return Err(MeterError::AlreadyStarted(self.name().into()));
         }
-        for zone in &mut self.zones {
-            zone.state = match Self::read_counter(self.fs.as_ref(), &zone.energy_path) {
-                Ok(last_uj) => ZoneState::Running {
-                    last_uj,
-                    total_uj: 0,
-                },
-                Err(reason) => ZoneState::Failed(reason),
-            };
+        {
+            let mut counters = self.lock();
+            let Counters { zones, fs } = &mut *counters;
+            for zone in zones.iter_mut() {
+                zone.state = match Self::read_counter(fs.as_ref(), &zone.energy_path) {
+                    Ok(last_uj) => ZoneState::Running {
+                        last_uj,
+                        total_uj: 0,
+                    },
+                    Err(reason) => ZoneState::Failed(reason),
+                };
+            }
         }
         self.started = Some(Instant::now());
+        if let Some(period) = self.poll_period {
+            let counters = Arc::clone(&self.counters);
+            self.poller = Poller::spawn(period, move || {
+                counters.lock().unwrap_or_else(|e| e.into_inner()).advance()
+            });
+        }
         Ok(())
     }
 
     fn poll(&mut self) {
         if self.started.is_some() {
-            self.advance();
+            self.lock().advance();
         }
     }
 
@@ -369,8 +418,10 @@ impl EnergyMeter for RaplMeter {
         if self.started.is_none() {
             return Vec::new();
         }
-        self.advance();
-        self.zones
+        let mut counters = self.lock();
+        counters.advance();
+        counters
+            .zones
             .iter()
             .map(|zone| {
                 let mj = match zone.state {
@@ -383,13 +434,16 @@ impl EnergyMeter for RaplMeter {
     }
 
     fn stop(&mut self) -> Vec<EnergyReading> {
+        // The poller stops first, so the last read below is the window's last.
+        self.poller = None;
         let was_started = self.started.is_some();
-        if was_started {
-            self.advance();
-        }
         let window_ns = elapsed_ns(self.started.take());
-        let mut readings = Vec::with_capacity(self.zones.len() + self.missing_dram.len());
-        for zone in &mut self.zones {
+        let mut counters = self.lock();
+        if was_started {
+            counters.advance();
+        }
+        let mut readings = Vec::with_capacity(counters.zones.len() + self.missing_dram.len());
+        for zone in &mut counters.zones {
             let state = std::mem::replace(&mut zone.state, ZoneState::Idle);
             let reading = match state {
                 ZoneState::Running { total_uj, .. } => EnergyReading {
@@ -455,8 +509,12 @@ mod tests {
         }
     }
 
+    /// Replaces the counter in one step (write, then rename), as sysfs reads are atomic:
+    /// the window's polling thread never sees a half-written file.
     fn set_energy(root: &Path, dir: &str, energy_uj: u64) {
-        fs::write(root.join(dir).join("energy_uj"), format!("{energy_uj}\n")).unwrap();
+        let tmp = root.join(dir).join("energy_uj.tmp");
+        fs::write(&tmp, format!("{energy_uj}\n")).unwrap();
+        fs::rename(tmp, root.join(dir).join("energy_uj")).unwrap();
     }
 
     fn by_id<'a>(readings: &'a [EnergyReading], id: &str) -> &'a EnergyReading {
@@ -523,6 +581,78 @@ mod tests {
         m.start().unwrap();
         set_energy(root, "intel-rapl:0", 260);
         assert_eq!(by_id(&m.stop(), "package-0").energy_mj, Some(0.06));
+    }
+
+    /// A powercap tree whose package counter moves `step_uj` between two reads of it, on
+    /// disk, so the energy over a window is `step_uj` × the reads after the start read,
+    /// however the reads are timed.
+    struct AdvancingFs {
+        counter: PathBuf,
+        range_uj: u64,
+        step_uj: u64,
+        reads: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl SysfsRead for AdvancingFs {
+        fn read(&self, path: &Path) -> io::Result<String> {
+            let text = StdFs.read(path)?;
+            if path == self.counter {
+                self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let now: u64 = text.trim().parse().expect("test counter");
+                let tmp = path.with_extension("tmp");
+                fs::write(&tmp, format!("{}\n", (now + self.step_uj) % self.range_uj))?;
+                fs::rename(tmp, path)?;
+            }
+            Ok(text)
+        }
+    }
+
+    #[test]
+    fn the_polling_thread_follows_a_counter_that_wraps_between_start_and_stop() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        // A 1 J range and a 50 W limit: at the 100 W bound it wraps every 10 ms, so the
+        // thread reads every millisecond.
+        let range_uj = 1_000_000;
+        zone(root, "intel-rapl:0", "package-0", 900_000, Some(range_uj));
+        fs::write(
+            root.join("intel-rapl:0/constraint_0_power_limit_uw"),
+            "50000000\n",
+        )
+        .unwrap();
+        let step_uj = 300_000;
+        let reads = Arc::new(AtomicU64::new(0));
+        let fs_ = AdvancingFs {
+            counter: root.join("intel-rapl:0/energy_uj"),
+            range_uj,
+            step_uj,
+            reads: reads.clone(),
+        };
+        let mut m = RaplMeter::discover_with(root, Box::new(fs_)).unwrap();
+        assert_eq!(m.poll_period(), Some(Duration::from_millis(1)));
+        m.start().unwrap();
+        // Nothing but the thread reads now; wait (bounded) until it has read enough for
+        // the counter to wrap at least twice: 8 reads × 0.3 J = 2.4 J over a 1 J range.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while reads.load(Ordering::SeqCst) < 9 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let r = m.stop();
+        // Reads after the start read, the stop's included; none after stop.
+        let reads_after_start = reads.load(Ordering::SeqCst) - 1;
+        assert!(
+            reads_after_start >= 8,
+            "the thread read {reads_after_start} times"
+        );
+        let expected_mj = (reads_after_start * step_uj) as f64 / 1000.0;
+        assert_eq!(by_id(&r, "package-0").energy_mj, Some(expected_mj));
+        assert!(
+            expected_mj >= 2.0 * range_uj as f64 / 1000.0,
+            "wrapped twice"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(reads.load(Ordering::SeqCst), reads_after_start + 1);
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! `lem experiment` and `lem batch`: resolve the config, find or create the experiment,
-//! run its pending cycles in embedded mode, aggregate, print the summary.
+//! `lem experiment`: resolve the config, find or create the experiment, run its pending
+//! cycles in embedded mode, aggregate, print the summary. Also the pieces `lem batch`
+//! shares: config resolution, the model preflight, the stop flag, the cycle printer.
 
 use super::error::outln;
-use super::{exit, lem_hint, BatchArgs, CliError, ExperimentArgs, Outcome, OverrideArgs};
+use super::{exit, lem_hint, CliError, ExperimentArgs, Outcome, OverrideArgs};
 use crate::embedded::{self, CycleSink, EmbeddedError, StoreHandle};
 use crate::store::{ExperimentRecord, ExperimentStatus};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// The process-wide stop flag, set by Ctrl+C / SIGTERM.
-fn stop_flag() -> Arc<AtomicBool> {
+pub(super) fn stop_flag() -> Arc<AtomicBool> {
     static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
     FLAG.get_or_init(|| {
         let flag = Arc::new(AtomicBool::new(false));
@@ -68,7 +69,7 @@ pub(crate) fn load_file(path: &Path) -> Result<config::LoadedConfig, config::Con
 }
 
 /// Resolves a config from file/preset/CLI, printing its warnings.
-fn resolve_config(
+pub(super) fn resolve_config(
     file: Option<&PathBuf>,
     preset: Option<&str>,
     overrides: &CliOverrides,
@@ -93,7 +94,7 @@ fn resolve_config(
 /// Checks that the config's model resolves, opens and has a supported architecture, and
 /// that nothing it asks for is refused, before any experiment record is stored: a bad
 /// input is a usage error, not a failed experiment.
-fn preflight(resolved: &ResolvedConfig, ctx: &RunContext) -> Result<(), CliError> {
+pub(super) fn preflight(resolved: &ResolvedConfig, ctx: &RunContext) -> Result<(), CliError> {
     lem_agent::runner::preflight(&resolved.config, &ctx.resolve)
         .map_err(|e| CliError::usage(e.to_string()))
 }
@@ -249,130 +250,12 @@ fn finish(
     Ok(Outcome::Success)
 }
 
-pub fn run_batch(data_dir: &Path, args: BatchArgs) -> Result<Outcome, CliError> {
-    let overrides = to_cli_overrides(&args.overrides, args.cycles);
-    let stop = stop_flag();
-    // Validate every config and its model first: a typo in the tenth file should not
-    // surface after nine experiments have run.
-    let check_ctx = RunContext::from_env(stop.clone());
-    let mut resolved = Vec::new();
-    let invalid = |path: &Path, msg: String| {
-        CliError::usage(format!(
-            "{msg}\n{}: invalid; nothing was run",
-            path.display()
-        ))
-    };
-    for path in &args.configs {
-        // Config errors name the file already; model errors get it in front.
-        let r = resolve_config(Some(path), None, &overrides)
-            .map_err(|e| invalid(path, e.to_string()))?;
-        preflight(&r, &check_ctx).map_err(|e| invalid(path, format!("{}: {e}", path.display())))?;
-        resolved.push((path.clone(), r));
-    }
-    let store = StoreHandle::new(data_dir);
-    let parallel = args.parallel.max(1);
-    let queue = std::sync::Mutex::new(resolved.into_iter().enumerate().collect::<Vec<_>>());
-    let failures = AtomicUsize::new(0);
-    let total = args.configs.len();
-    std::thread::scope(|scope| {
-        for _ in 0..parallel.min(total) {
-            scope.spawn(|| {
-                let ctx = RunContext::from_env(stop.clone());
-                let mut runner = JobRunner::new();
-                loop {
-                    let next = queue.lock().expect("queue lock").pop();
-                    let Some((i, (path, resolved))) = next else {
-                        break;
-                    };
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    eprintln!("[{}/{}] {}", i + 1, total, path.display());
-                    let ok = run_one(
-                        &store,
-                        &resolved,
-                        &path,
-                        &mut runner,
-                        &ctx,
-                        args.no_aggregate,
-                        parallel > 1,
-                    );
-                    if !ok {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-    });
-    let failed = failures.load(Ordering::Relaxed);
-    if stop.load(Ordering::Relaxed) {
-        eprintln!(
-            "Interrupted; `{}` lists the experiments to resume.",
-            lem_hint(data_dir, "results list --all")
-        );
-        return Ok(Outcome::Interrupted);
-    }
-    eprintln!(
-        "Batch done: {} of {total} experiments succeeded.",
-        total - failed
-    );
-    Ok(if failed == 0 {
-        Outcome::Success
-    } else {
-        Outcome::Partial
-    })
-}
-
-fn run_one(
-    store: &StoreHandle,
-    resolved: &ResolvedConfig,
-    path: &Path,
-    runner: &mut JobRunner,
-    ctx: &RunContext,
-    no_aggregate: bool,
-    quiet: bool,
-) -> bool {
-    let mut rec = match embedded::create_experiment(store, resolved, &path.display().to_string()) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {}: {e}", path.display());
-            return false;
-        }
-    };
-    let mut sink = CliSink::new(quiet);
-    let outcome = embedded::run_pending_cycles(store, &rec, runner, ctx, &mut sink);
-    sink.bar.finish_and_clear();
-    match outcome {
-        Ok(()) => {
-            let _ = embedded::set_status(store, &mut rec, ExperimentStatus::Completed, None);
-            if !no_aggregate {
-                match embedded::aggregate_and_store(store, &rec) {
-                    Ok(agg) => {
-                        if let Err(e) = super::results::print_summary(store, &agg, &rec) {
-                            eprintln!("error: {}: {e}", path.display());
-                        }
-                    }
-                    Err(e) => eprintln!("error: {}: aggregation failed: {e}", path.display()),
-                }
-            }
-            true
-        }
-        Err(e) => {
-            let _ = if e.is_interrupted() {
-                embedded::set_status(store, &mut rec, ExperimentStatus::Interrupted, None)
-            } else {
-                embedded::record_failure(store, &mut rec, &e)
-            };
-            eprintln!("error: {}: {e}", path.display());
-            false
-        }
-    }
-}
-
 /// Prints cycle lines and drives a progress bar (hidden when stderr is not a terminal).
-struct CliSink {
-    bar: ProgressBar,
+pub(super) struct CliSink {
+    pub(super) bar: ProgressBar,
     progress: BarProgress,
+    /// Starts every line and the bar (`[2/4 b.yaml]` under `lem batch --parallel`).
+    label: Option<String>,
 }
 
 impl CliSink {
@@ -382,17 +265,26 @@ impl CliSink {
         } else {
             ProgressBar::new(0)
         };
+        Self::with_bar(bar, None)
+    }
+
+    /// Drives `bar` (e.g. one of a batch's bars); `label` starts every line.
+    pub(super) fn with_bar(bar: ProgressBar, label: Option<String>) -> Self {
+        if let Some(l) = &label {
+            bar.set_prefix(format!("{l} "));
+        }
         // A spinner until the number of prompts is known, then a bar.
         bar.set_style(spinner_style());
         Self {
             progress: BarProgress { bar: bar.clone() },
             bar,
+            label,
         }
     }
 }
 
 fn spinner_style() -> ProgressStyle {
-    ProgressStyle::with_template("{spinner} {msg:12} {elapsed_precise}").expect("valid template")
+    ProgressStyle::with_template("{prefix}{spinner} {msg:12} {elapsed_precise}").expect("valid template")
 }
 
 struct BarProgress {
@@ -407,7 +299,7 @@ impl RunProgress for BarProgress {
     fn prompts_total(&mut self, n: u64) {
         self.bar.set_style(
             ProgressStyle::with_template(
-                "{spinner} {msg:12} [{bar:30}] {pos}/{len} prompts {elapsed_precise} (eta {eta})",
+                "{prefix}{spinner} {msg:12} [{bar:30}] {pos}/{len} prompts {elapsed_precise} (eta {eta})",
             )
             .expect("valid template")
             .progress_chars("=> "),
@@ -435,9 +327,13 @@ impl CycleSink for CliSink {
             Some(j) => format!("{j:.2} J"),
             None => "energy unavailable".to_string(),
         };
+        let label = self
+            .label
+            .as_deref()
+            .map_or(String::new(), |l| format!("{l} "));
         self.bar.suspend(|| {
             eprintln!(
-                "  cycle {}: {} prompts, {} output tokens in {:.2} s ({:.1} tok/s), {energy}",
+                "{label}  cycle {}: {} prompts, {} output tokens in {:.2} s ({:.1} tok/s), {energy}",
                 raw.cycle + 1,
                 m.num_requests,
                 m.output_tokens,

@@ -2,6 +2,7 @@
 //! handlers. Handlers return an [`Outcome`] or a [`CliError`]; `main` maps them to exit
 //! codes.
 
+mod batch;
 mod config_cmd;
 mod error;
 mod experiment;
@@ -326,7 +327,7 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
     let top = cli.data_dir.clone();
     match cli.command {
         Command::Experiment(args) => experiment::run_experiment(&args.store.resolve(&top), args),
-        Command::Batch(args) => experiment::run_batch(&args.store.resolve(&top), args),
+        Command::Batch(args) => batch::run_batch(&args.store.resolve(&top), args),
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Presets(f) => reference::presets(f.json),
         Command::Datasets(f) => reference::datasets(f.json),
