@@ -141,7 +141,7 @@ mod tests {
     fn short_windows_warn_with_their_uncertainty() {
         // 0.5 s at a 100 ms counter: below 10 periods.
         let r = counter(100_000.0, 500_000_000, trace(&[200.0; 6], 100));
-        let w = warnings(&[r.clone()], 10.0);
+        let w = warnings(std::slice::from_ref(&r), 10.0);
         assert_eq!(w.len(), 1);
         assert!(
             w[0].contains("0.500 s window is shorter than 10 × its counter period (100.0 ms)"),
