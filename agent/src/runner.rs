@@ -931,6 +931,93 @@ mod tests {
         c
     }
 
+    fn baseline(id: &str, power_w: Option<f64>, age_ns: u64) -> meter::IdleBaseline {
+        meter::IdleBaseline {
+            device_id: id.into(),
+            info: lem_common::domain::BaselineInfo {
+                power_w,
+                unavailable_reason: power_w.is_none().then(|| "did not move".to_string()),
+                method: "counter-changes".into(),
+                measured_ns: 2_000_000_000,
+                settle_ns: Some(1_000_000_000),
+                settled: Some(true),
+                spread_w: Some(0.5),
+                age_ns,
+                note: None,
+            },
+            counter_period: None,
+        }
+    }
+
+    #[test]
+    fn baselines_reach_readings_with_net_energy_age_and_the_shared_mig_caveat() {
+        use lem_common::domain::{DeviceKind, EnergyReading, EnergySource};
+        use lem_common::mig::{attribute, MigMode, SliceInput};
+        let window_ns = 4_000_000_000;
+        let measured = |kind, id: &str, mj: f64| EnergyReading {
+            source: EnergySource::NvmlCounter,
+            energy_mj: Some(mj),
+            unavailable_reason: None,
+            ..EnergyReading::unavailable(kind, id, "", window_ns)
+        };
+        let slice = |id: &str, owned: bool| SliceInput {
+            slice_id: id.into(),
+            profile: "3g.40gb".into(),
+            compute_slices: 3,
+            sm_count: 42,
+            allocated: true,
+            owned_by_job: owned,
+            sm_activity: None,
+        };
+        let mut shared = measured(DeviceKind::MigSlice, "MIG-a", 500_000.0);
+        let a = attribute(
+            "GPU-p",
+            1_000_000,
+            Some(50.0),
+            window_ns,
+            7,
+            vec![slice("MIG-a", true), slice("MIG-b", false)],
+        )
+        .unwrap();
+        assert_eq!(a.mode, MigMode::Shared);
+        shared.mig = Some(a);
+        let mut energy = vec![
+            measured(DeviceKind::Gpu, "GPU-0", 800_000.0),
+            measured(DeviceKind::Gpu, "GPU-still", 100.0),
+            shared,
+        ];
+        let baselines = BTreeMap::from([
+            ("GPU-0".to_string(), baseline("GPU-0", Some(60.0), 7_000)),
+            ("GPU-still".to_string(), baseline("GPU-still", None, 0)),
+            ("GPU-p".to_string(), baseline("GPU-p", Some(50.0), 9_000)),
+        ]);
+        apply_baselines(&mut energy, &baselines);
+        // 800 J − 60 W × 4 s = 560 J.
+        assert_eq!(energy[0].net_energy_mj, Some(800_000.0 - 60.0 * 4_000.0));
+        assert_eq!(energy[0].baseline.as_ref().unwrap().age_ns, 7_000);
+        // No baseline power: no net, the reason kept, not 0 W.
+        assert_eq!(energy[1].baseline_power_w, None);
+        assert_eq!(energy[1].net_energy_mj, None);
+        assert_eq!(
+            energy[1]
+                .baseline
+                .as_ref()
+                .unwrap()
+                .unavailable_reason
+                .as_deref(),
+            Some("did not move")
+        );
+        // The shared slice carries the parent's baseline and says idle had other tenants.
+        let b = energy[2].baseline.as_ref().unwrap();
+        assert_eq!(b.power_w, Some(50.0));
+        assert_eq!(b.age_ns, 9_000);
+        let note = b.note.as_deref().unwrap();
+        assert!(
+            note.contains("other tenants") && note.contains("3/7"),
+            "{note}"
+        );
+    }
+
     /// Prompts of lengths 5, 1, 4, 2, 3 (index = position).
     fn prompts() -> Vec<Vec<u32>> {
         [5usize, 1, 4, 2, 3].iter().map(|&n| vec![7; n]).collect()

@@ -9,7 +9,7 @@
 
 use lem_agent::meter::nvml::NvmlMeter;
 use lem_agent::meter::sampler::SamplerClock;
-use lem_agent::meter::EnergyMeter;
+use lem_agent::meter::{checks, EnergyMeter};
 use lem_common::domain::{EnergyReading, EnergySource, PhaseSplitMethod};
 use lem_common::phases::{split, Phase, Segment};
 use serde_json::{json, Value};
@@ -333,5 +333,36 @@ fn phase_split_follows_prefill_and_decode_power() {
     assert_eq!(
         p.expect("a split").method,
         PhaseSplitMethod::TimeApportioned
+    );
+}
+
+#[test]
+fn a_counter_that_disagrees_with_the_power_trace_is_a_warning() {
+    // 300 W steady; one counter reads 12% high. The trace (instantaneous power every
+    // 100 ms) integrates the truth.
+    let power = [(0.0, 300.0)];
+    let mut bad = h100("GPU-bad", &power);
+    bad["counter_scale"] = json!(1.12);
+    let fake = Fake::new(&scenario(vec![h100("GPU-good", &power), bad], 21));
+    let mut meter = NvmlMeter::open(Some(&fake.path)).unwrap();
+    meter.set_sampler_clock(SamplerClock::Stepped);
+    meter.set_sample_period(Duration::from_millis(100));
+    fake.goto_ms(1_000);
+    meter.start().unwrap();
+    for k in 1..=100u64 {
+        fake.goto_ms(1_000 + k * 100);
+        meter.step_to(Duration::from_millis(k * 100));
+    }
+    let r = meter.stop();
+    let good = r[0].counter_trace_ratio.expect("a ratio");
+    let high = r[1].counter_trace_ratio.expect("a ratio");
+    // Over 10 s the counter's step at the edges is ≤ 1%: the ratios are 1 and 1.12.
+    assert!((good - 1.0).abs() < 0.01, "{good}");
+    assert!((high - 1.12).abs() < 0.015, "{high}");
+    let w = checks::warnings(&r, 10.0);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("device GPU-bad: energy counter and power-trace integral disagree"),
+        "{w:?}"
     );
 }

@@ -146,12 +146,14 @@ fn real_clock_sampler_samples_every_period_and_stops_with_the_window() {
     let r = meter.stop();
     let t = r[0].trace.as_ref().unwrap();
     assert_eq!(t.period_ms, 50.0);
-    // 600 ms at 50 ms: 12 ticks plus the first and the last sample, give or take the
-    // scheduler on a loaded machine.
+    // One sample per tick over the span the sampler ran, plus the first and the last; a
+    // loaded machine may skip ticks (never burst them), so only the upper bound is
+    // tight: first, at least one tick (600 ms ≫ 50 ms), last.
     let n = t.samples.len();
-    assert!((8..=15).contains(&n), "{n} samples");
-    assert!(t.samples.windows(2).all(|w| w[1].t_ns > w[0].t_ns));
     let last = t.samples.last().unwrap().t_ns;
+    let ticks = (last / 50_000_000) as usize;
+    assert!(n >= 3 && n <= ticks + 2, "{n} samples over {last} ns");
+    assert!(t.samples.windows(2).all(|w| w[1].t_ns > w[0].t_ns));
     assert!(
         last <= r[0].window_ns + 5_000_000,
         "{last} vs {}",

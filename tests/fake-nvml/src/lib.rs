@@ -50,7 +50,8 @@
 //!   or with `counter_phase_seed` a pseudo-random phase in `[0, step)` per GPU
 //!   (SplitMix64 of seed + GPU index, in µs), so the grid does not line up with a reader's
 //!   first read. After `counter_reset_at_s` (rounded down to a step) it restarts from 0:
-//!   `floor(∫_r^q P dt)`.
+//!   `floor(∫_r^q P dt)`. `counter_scale` (default 1) multiplies what the counter adds,
+//!   for a counter that disagrees with the power readings.
 //! * `temperature_c`, `sm_clock_mhz` (graphics and SM clocks), `throttle_reasons`
 //!   (clock-event reason bits): piecewise-constant like `power`. A trace left out makes its
 //!   call NOT_SUPPORTED.
@@ -166,6 +167,10 @@ struct Gpu {
     power: Vec<(f64, f64)>,
     #[serde(default)]
     energy_start_mj: u64,
+    /// Factor on what the energy counter adds (1 = true): a miscalibrated counter that
+    /// disagrees with the power readings.
+    #[serde(default = "default_counter_scale")]
+    counter_scale: f64,
     #[serde(default)]
     counter_reset_at_s: Option<f64>,
     #[serde(default)]
@@ -198,6 +203,10 @@ struct Gpu {
     /// MIG devices, in NVML's MIG index order (only listed when `mig_mode` is 1).
     #[serde(default)]
     mig_instances: Vec<MigInstance>,
+}
+
+fn default_counter_scale() -> f64 {
+    1.0
 }
 
 /// Whether `nvmlDeviceGetPowerUsage` averages over 1 s on this architecture: NVML documents
@@ -769,9 +778,10 @@ pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
                 (k * step_us + phase_us).max(0) as f64 / 1e6
             };
             let q = quantise_s(now_s);
+            let k = g.counter_scale;
             let value = match g.counter_reset_at_s.map(quantise_s) {
-                Some(r) if q >= r => (g.integral_mj(q) - g.integral_mj(r)).floor() as u64,
-                _ => g.energy_start_mj + g.integral_mj(q).floor() as u64,
+                Some(r) if q >= r => (k * (g.integral_mj(q) - g.integral_mj(r))).floor() as u64,
+                _ => g.energy_start_mj + (k * g.integral_mj(q)).floor() as u64,
             };
             // SAFETY: forwarded caller contract.
             unsafe { put(energy, value) }
