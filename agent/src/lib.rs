@@ -8,3 +8,4 @@ pub mod prompts;
 pub mod runner;
 pub mod serving;
 pub mod sysinfo;
+pub mod warmup;

@@ -222,18 +222,13 @@ impl JobRunner {
                 .map_err(|e| map_engine_err(&cfg.model_name, e))?;
         }
 
-        let Observer { progress, .. } = observer;
-        let batches = plan_batches(cfg, &token_prompts);
-        let arrivals_ns = lem_common::arrivals::schedule_for(cfg, token_prompts.len())
-            .map_err(|e| RunError::Unsupported(e.to_string()))?;
-
         let mut meters = meter::rapl::open_cpu_meters(&ctx.powercap_root);
         let on_gpu = engine.info().device.kind == "cuda";
         if let Some(m) = open_gpu_meter(cfg, on_gpu, &mut warnings) {
             meters.meters.push(Box::new(m));
         }
-        // Every metered device is this job's alone from before the baseline until the
-        // window closes (`_claim` drops at return; invariant 4).
+        // Every metered device is this job's alone from before the metered warmup and
+        // the baseline until the window closes (`_claim` drops at return; invariant 4).
         let holder = format!("experiment {} ({})", job.experiment_id, cfg.config_name);
         let _claim = meter::claims::claim_for_job(
             cfg,
@@ -244,6 +239,38 @@ impl JobRunner {
             &mut warnings,
         )
         .ok_or(RunError::Interrupted)?;
+        let warmup_record = if cfg.warmup_until_stable.enabled {
+            observer.progress.phase("warmup until stable");
+            let round_prompts = &token_prompts[..warmup.max(1)];
+            let round_params = GenerationParams {
+                max_new_tokens: params.max_new_tokens.min(32),
+                ..params.clone()
+            };
+            let record = crate::warmup::until_stable(&cfg.warmup_until_stable, || {
+                steady_warmup_round(
+                    engine,
+                    round_prompts,
+                    &round_params,
+                    &mut meters.meters,
+                    &mut observer,
+                )
+            })
+            .map_err(|e| map_engine_err(&cfg.model_name, e))?;
+            if !record.stable {
+                warnings.push(format!(
+                    "warmup did not reach steady state within {} rounds (throughput per round: {:?} tok/s); measuring anyway",
+                    record.rounds, record.output_tokens_per_s
+                ));
+            }
+            Some(record)
+        } else {
+            None
+        };
+
+        let Observer { progress, .. } = observer;
+        let batches = plan_batches(cfg, &token_prompts);
+        let arrivals_ns = lem_common::arrivals::schedule_for(cfg, token_prompts.len())
+            .map_err(|e| RunError::Unsupported(e.to_string()))?;
         let baselines = if cfg.idle_baseline_s > 0.0 {
             progress.phase("idle baseline");
             baseline_cache.ensure(
@@ -255,8 +282,13 @@ impl JobRunner {
             BTreeMap::new()
         };
         for m in meters.meters.iter_mut() {
-            for (id, &power_w) in &baselines {
-                m.set_idle_power_w(id, power_w);
+            for (id, b) in &baselines {
+                if let Some(power_w) = b.info.power_w {
+                    m.set_idle_power_w(id, power_w);
+                }
+                if let Some((ms, how)) = &b.counter_period {
+                    m.set_counter_period_ms(id, *ms, how);
+                }
             }
         }
         // The baseline wait (up to idle_baseline_s) does not watch Ctrl+C; honour it
@@ -266,7 +298,9 @@ impl JobRunner {
         }
         progress.phase("measuring");
         progress.prompts_total(token_prompts.len() as u64);
-        for m in meters.meters.iter_mut() {
+        // GPU meters (pushed last) start first: they wait for a counter update, which
+        // the RAPL window, started right before inference, should not include.
+        for m in meters.meters.iter_mut().rev() {
             if let Err(e) = m.start() {
                 warnings.push(format!("energy meter {}: {e}", m.name()));
             }
@@ -345,11 +379,11 @@ impl JobRunner {
         if let Some(recorder) = &phases {
             recorder.apply(&mut energy);
         }
-        for reading in &mut energy {
-            if let Some(&power_w) = baselines.get(&reading.device_id) {
-                reading.apply_baseline(power_w);
-            }
-        }
+        apply_baselines(&mut energy, &baselines);
+        warnings.extend(meter::checks::warnings(
+            &energy,
+            cfg.min_window_counter_periods,
+        ));
         records.sort_by_key(|r| r.index);
 
         let mut model = model_info.clone();
@@ -374,6 +408,7 @@ impl JobRunner {
             flops,
             peak_memory_bytes: crate::sysinfo::peak_rss_bytes(),
             warmup_requests: warmup as u32,
+            warmup: warmup_record,
             warnings,
             hostname: crate::sysinfo::hostname(),
             lem_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -478,7 +513,7 @@ impl BaselineCache {
         meters: &mut [Box<dyn EnergyMeter>],
         duration: Duration,
         now: Instant,
-    ) -> BTreeMap<String, f64> {
+    ) -> BTreeMap<String, meter::IdleBaseline> {
         // A zero-length window says which devices can be read at all.
         let mut available = Vec::new();
         for m in meters.iter_mut() {
@@ -496,10 +531,10 @@ impl BaselineCache {
         }
         if !self.all_fresh(&available, now, BASELINE_TTL) {
             // Measured in parallel so the wait is `duration`, not one per meter.
-            let measured: Vec<(String, f64)> = std::thread::scope(|s| {
+            let measured: Vec<meter::IdleBaseline> = std::thread::scope(|s| {
                 let handles: Vec<_> = meters
                     .iter_mut()
-                    .map(|m| s.spawn(move || m.idle_power_w(duration)))
+                    .map(|m| s.spawn(move || m.idle_baselines(duration)))
                     .collect();
                 handles
                     .into_iter()
@@ -507,15 +542,80 @@ impl BaselineCache {
                     .collect()
             });
             let at = Instant::now();
-            for (id, power_w) in measured {
-                self.insert(id, power_w, at);
+            for b in measured {
+                self.insert_baseline(b, at);
             }
         }
         let now = Instant::now();
         available
             .into_iter()
-            .filter_map(|id| Some((id.clone(), self.get(&id, now, BASELINE_TTL)?)))
+            .filter_map(|id| Some((id.clone(), self.entry(&id, now, BASELINE_TTL)?)))
             .collect()
+    }
+}
+
+/// One round of warmup until steady state: the prompts generated inside a metered window;
+/// mean power = Σ over readable devices of energy / window.
+fn steady_warmup_round(
+    engine: &mut Engine,
+    prompts: &[Vec<u32>],
+    params: &GenerationParams,
+    meters: &mut [Box<dyn EnergyMeter>],
+    observer: &mut Observer<'_>,
+) -> Result<crate::warmup::Round, crate::engine::EngineError> {
+    let metered: Vec<bool> = meters.iter_mut().map(|m| m.start().is_ok()).collect();
+    let out = engine.generate(prompts, params, observer);
+    let mut watts = Vec::new();
+    for (m, started) in meters.iter_mut().zip(metered) {
+        if started {
+            watts.extend(m.stop().into_iter().filter_map(|r| {
+                let mj = r.energy_mj?;
+                (r.window_ns > 0).then(|| mj * 1e6 / r.window_ns as f64)
+            }));
+        }
+    }
+    let out = out?;
+    Ok(crate::warmup::Round {
+        output_tokens: out
+            .sequences
+            .iter()
+            .map(|s| s.output_token_ids.len() as u64)
+            .sum(),
+        wall_ns: out.wall_ns,
+        power_w: (!watts.is_empty()).then(|| watts.iter().sum()),
+    })
+}
+
+/// Sets each reading's baseline from `baselines` (net energy where there is a power): a
+/// device's own, or for a MIG slice its parent's, which in shared mode was measured while
+/// other tenants may have run on the other slices.
+fn apply_baselines(
+    energy: &mut [lem_common::domain::EnergyReading],
+    baselines: &BTreeMap<String, meter::IdleBaseline>,
+) {
+    for reading in energy.iter_mut() {
+        if let Some(b) = baselines.get(&reading.device_id) {
+            if let Some(power_w) = b.info.power_w {
+                reading.apply_baseline(power_w);
+            }
+            reading.baseline = Some(b.info.clone());
+        } else if let Some(a) = &reading.mig {
+            // The slice's net energy was set by the meter from the parent's power.
+            if let Some(b) = baselines.get(&a.parent_id) {
+                let mut info = b.info.clone();
+                if a.mode == lem_common::mig::MigMode::Shared {
+                    info.note = Some(format!(
+                        "shared MIG: the parent's idle baseline includes whatever other tenants ran on its other slices while it was measured; this slice's idle is its {}/{} compute-slice share",
+                        a.slices
+                            .iter()
+                            .find(|s| s.slice_id == reading.device_id)
+                            .map_or(0, |s| s.compute_slices),
+                        a.total_compute_slices
+                    ));
+                }
+                reading.baseline = Some(info);
+            }
+        }
     }
 }
 
@@ -772,8 +872,8 @@ fn open_gpu_meter(
             return None;
         }
     };
-    if m.is_simulated() {
-        warnings.push(SIMULATED_WARNING.to_owned());
+    if let Some(why) = m.simulation_reason() {
+        warnings.push(format!("{SIMULATED_WARNING} ({why})"));
     }
     m.set_sample_period(Duration::from_secs_f64(cfg.sample_period_ms / 1000.0));
     Some(m)
@@ -862,6 +962,93 @@ mod tests {
         c.batching_options.strategy = strategy;
         c.batching_options.max_tokens_per_batch = max_tokens;
         c
+    }
+
+    fn baseline(id: &str, power_w: Option<f64>, age_ns: u64) -> meter::IdleBaseline {
+        meter::IdleBaseline {
+            device_id: id.into(),
+            info: lem_common::domain::BaselineInfo {
+                power_w,
+                unavailable_reason: power_w.is_none().then(|| "did not move".to_string()),
+                method: "counter-changes".into(),
+                measured_ns: 2_000_000_000,
+                settle_ns: Some(1_000_000_000),
+                settled: Some(true),
+                spread_w: Some(0.5),
+                age_ns,
+                note: None,
+            },
+            counter_period: None,
+        }
+    }
+
+    #[test]
+    fn baselines_reach_readings_with_net_energy_age_and_the_shared_mig_caveat() {
+        use lem_common::domain::{DeviceKind, EnergyReading, EnergySource};
+        use lem_common::mig::{attribute, MigMode, SliceInput};
+        let window_ns = 4_000_000_000;
+        let measured = |kind, id: &str, mj: f64| EnergyReading {
+            source: EnergySource::NvmlCounter,
+            energy_mj: Some(mj),
+            unavailable_reason: None,
+            ..EnergyReading::unavailable(kind, id, "", window_ns)
+        };
+        let slice = |id: &str, owned: bool| SliceInput {
+            slice_id: id.into(),
+            profile: "3g.40gb".into(),
+            compute_slices: 3,
+            sm_count: 42,
+            allocated: true,
+            owned_by_job: owned,
+            sm_activity: None,
+        };
+        let mut shared = measured(DeviceKind::MigSlice, "MIG-a", 500_000.0);
+        let a = attribute(
+            "GPU-p",
+            1_000_000,
+            Some(50.0),
+            window_ns,
+            7,
+            vec![slice("MIG-a", true), slice("MIG-b", false)],
+        )
+        .unwrap();
+        assert_eq!(a.mode, MigMode::Shared);
+        shared.mig = Some(a);
+        let mut energy = vec![
+            measured(DeviceKind::Gpu, "GPU-0", 800_000.0),
+            measured(DeviceKind::Gpu, "GPU-still", 100.0),
+            shared,
+        ];
+        let baselines = BTreeMap::from([
+            ("GPU-0".to_string(), baseline("GPU-0", Some(60.0), 7_000)),
+            ("GPU-still".to_string(), baseline("GPU-still", None, 0)),
+            ("GPU-p".to_string(), baseline("GPU-p", Some(50.0), 9_000)),
+        ]);
+        apply_baselines(&mut energy, &baselines);
+        // 800 J − 60 W × 4 s = 560 J.
+        assert_eq!(energy[0].net_energy_mj, Some(800_000.0 - 60.0 * 4_000.0));
+        assert_eq!(energy[0].baseline.as_ref().unwrap().age_ns, 7_000);
+        // No baseline power: no net, the reason kept, not 0 W.
+        assert_eq!(energy[1].baseline_power_w, None);
+        assert_eq!(energy[1].net_energy_mj, None);
+        assert_eq!(
+            energy[1]
+                .baseline
+                .as_ref()
+                .unwrap()
+                .unavailable_reason
+                .as_deref(),
+            Some("did not move")
+        );
+        // The shared slice carries the parent's baseline and says idle had other tenants.
+        let b = energy[2].baseline.as_ref().unwrap();
+        assert_eq!(b.power_w, Some(50.0));
+        assert_eq!(b.age_ns, 9_000);
+        let note = b.note.as_deref().unwrap();
+        assert!(
+            note.contains("other tenants") && note.contains("3/7"),
+            "{note}"
+        );
     }
 
     /// Prompts of lengths 5, 1, 4, 2, 3 (index = position).

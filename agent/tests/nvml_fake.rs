@@ -28,7 +28,11 @@ trait OpenMeter {
 
 impl OpenMeter for Fake {
     fn meter(&self) -> NvmlMeter {
-        NvmlMeter::open(Some(&self.path)).expect("open NVML meter on the fake")
+        let mut m = NvmlMeter::open(Some(&self.path)).expect("open NVML meter on the fake");
+        // Edges read where the window starts and stops, not on counter updates: the
+        // unaligned path and its documented bound (tests/nvml_edges.rs covers alignment).
+        m.set_edge_alignment(false);
+        m
     }
 }
 

@@ -54,6 +54,11 @@ pub struct EnergyReading {
     pub unavailable_reason: Option<String>,
     /// Length of the window this reading covers.
     pub window_ns: u64,
+    /// Start of this reading's window relative to the meters' start (negative: earlier).
+    /// Set where the edges are placed on the counter's own updates (NVML), so a device's
+    /// window can differ from the job's by up to one counter period at each end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_start_offset_ns: Option<i64>,
     /// Sampling period of the source where it has one (counter update or poll period).
     pub sample_period_ms: Option<f64>,
     /// True only for modelled numbers (`EnergySource::Estimate`).
@@ -85,6 +90,54 @@ pub struct EnergyReading {
     /// attribution, so anyone can recompute it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mig: Option<crate::mig::MigAttribution>,
+    /// Half-width of the interval the true energy of the window lies in (mJ), from the
+    /// source's resolution at the window's edges; `uncertainty_method` says how it was
+    /// derived. `None` for unavailable readings and results written before lem had it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncertainty_mj: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncertainty_method: Option<String>,
+    /// How `sample_period_ms` was obtained for a counter: measured on this device, or
+    /// the nominal value when it could not be measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_period_method: Option<String>,
+    /// Counter energy ÷ power-trace integral over the same window, where the device has
+    /// both (agreement check; `docs/measurement.md` gives the bound beyond which the
+    /// result warns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counter_trace_ratio: Option<f64>,
+    /// How the idle baseline behind `baseline_power_w` was taken (or why there is none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineInfo>,
+}
+
+/// How an idle baseline was measured, for the reading it is applied to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineInfo {
+    /// `None` when no baseline could be measured; `unavailable_reason` says why.
+    pub power_w: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable_reason: Option<String>,
+    /// How the power was derived (e.g. `counter-changes`, `window-average`).
+    pub method: String,
+    /// Length of the span the power was measured over.
+    pub measured_ns: u64,
+    /// Time spent waiting for power to become steady before measuring; `None` where the
+    /// meter has no settle step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle_ns: Option<u64>,
+    /// Whether power was steady when the settle step ended (`false`: it hit its bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled: Option<bool>,
+    /// Sample standard deviation of the power over sub-spans of the baseline (W).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_w: Option<f64>,
+    /// Age of the baseline when the window started (cached baselines are reused).
+    #[serde(default)]
+    pub age_ns: u64,
+    /// A caveat on what "idle" means here (e.g. other MIG tenants were running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// One sample of a device's sensors during a window. Each field is `None` where the
@@ -93,7 +146,8 @@ pub struct EnergyReading {
 pub struct PowerSample {
     /// Since the start of the window.
     pub t_ns: u64,
-    /// NVML power usage: averaged by the driver (about 1 s on A100/H100).
+    /// NVML power usage: a 1 s average on Hopper and newer, instantaneous on GA100 and
+    /// older (as NVML documents `nvmlDeviceGetPowerUsage`).
     pub power_avg_w: Option<f64>,
     /// Instantaneous power (NVML field `POWER_INSTANT`) where supported.
     pub power_instant_w: Option<f64>,
@@ -126,6 +180,11 @@ pub enum PhaseSplitMethod {
     /// Power trace integrated over each phase's intervals (segments too short for the
     /// counter's update period).
     TraceIntegral,
+    /// The trace integral, but the trace cannot resolve the phases (every prefill and
+    /// decode segment is shorter than its resolution: the sample period, or the 1 s
+    /// averaging window of averaged power), so the split is in effect the window's power
+    /// apportioned by time.
+    TimeApportioned,
 }
 
 /// Energy of one device in the prefill and decode phases of the window. Time between
@@ -163,6 +222,7 @@ impl EnergyReading {
             energy_mj: None,
             unavailable_reason: Some(reason.into()),
             window_ns,
+            window_start_offset_ns: None,
             sample_period_ms: None,
             estimated: false,
             baseline_power_w: None,
@@ -172,6 +232,11 @@ impl EnergyReading {
             trace: None,
             phases: None,
             mig: None,
+            uncertainty_mj: None,
+            uncertainty_method: None,
+            sample_period_method: None,
+            counter_trace_ratio: None,
+            baseline: None,
         }
     }
 }
@@ -309,6 +374,25 @@ pub struct OverrideRecord {
     pub new: serde_json::Value,
 }
 
+/// Warmup until steady state: the rounds run after the fixed warmup and whether they
+/// settled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmupRecord {
+    /// The rule, in words (tolerance, bound, what was compared).
+    pub rule: String,
+    /// Rounds run (each the warmup prompts once).
+    pub rounds: u32,
+    /// `false`: the bound was reached before two consecutive rounds agreed.
+    pub stable: bool,
+    /// Output tokens per second of each round.
+    pub output_tokens_per_s: Vec<f64>,
+    /// Mean metered power of each round (W, summed over the devices read), `None` where
+    /// no meter could read.
+    pub power_w: Vec<Option<f64>>,
+    /// Wall time of all rounds.
+    pub wall_ns: u64,
+}
+
 /// What one attempt of one job measured. Immutable once stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RawResult {
@@ -337,6 +421,9 @@ pub struct RawResult {
     pub flops: FlopsBreakdown,
     pub peak_memory_bytes: Measured<u64>,
     pub warmup_requests: u32,
+    /// How warmup ended when it ran until steady state (`warmup_until_stable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<WarmupRecord>,
     pub warnings: Vec<String>,
     /// Host the attempt ran on.
     pub hostname: String,

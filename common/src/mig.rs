@@ -77,6 +77,10 @@ pub struct MigAttribution {
     pub window_ns: u64,
     /// Compute slices the parent has in all (7 on A100/H100).
     pub total_compute_slices: u32,
+    /// Set when NVML could not give `total_compute_slices` and lem assumed it: why, and
+    /// what was assumed. The idle split (and so every share) rests on that assumption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_compute_slices_assumed: Option<String>,
     pub slices: Vec<SliceInput>,
     pub dynamic_basis: DynamicBasis,
     /// One share per entry of `slices`, same order.
@@ -243,6 +247,7 @@ pub fn attribute(
         parent_idle_power_w,
         window_ns,
         total_compute_slices,
+        total_compute_slices_assumed: None,
         slices,
         dynamic_basis,
         shares,

@@ -7,13 +7,23 @@
 //! Otherwise a counter that moves every ~100 ms cannot tell a 30 ms prefill from the
 //! decode around it, and the split comes from the power trace: the trace's energy in
 //! each segment, scaled so the phases add up to the counter's total
-//! (`trace-integral`). Without a usable trace there is no split (`None`).
+//! (`trace-integral`). When the trace cannot resolve a phase either — none of its segments
+//! holds two samples, or the trace is the 1 s averaged power and every segment is shorter
+//! than 1 s — the numbers are the window's power apportioned by time, and say so
+//! (`time-apportioned`). Without a usable trace there is no split (`None`).
+//!
+//! `counter_period_ms` is the device's measured counter period where lem measured it
+//! (the idle baseline does), else the nominal one.
 
 use crate::domain::{PhaseEnergy, PhaseSplitMethod, PowerTrace};
 
 /// Counter updates a segment must span for its counter difference to be used: the
 /// step error at each end is then at most 2 of ≥ 10 steps of energy.
 pub const MIN_COUNTER_UPDATES: f64 = 10.0;
+
+/// The span of NVML's averaged power on Hopper and newer (1 s); a trace of it cannot
+/// resolve shorter phases.
+const AVERAGE_WINDOW_NS: u64 = 1_000_000_000;
 
 /// What a stretch of the window was spent on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,10 +76,30 @@ pub fn split(
             other_mj: sum(Phase::Other),
         });
     }
-    let points = power_points(trace?);
+    let trace = trace?;
+    let points = power_points(trace);
     if points.len() < 2 {
         return None;
     }
+    let averaged = !trace.samples.iter().all(|s| s.power_instant_w.is_some());
+    // A segment the trace resolves: two samples inside it, and on averaged power at
+    // least the 1 s the average spans.
+    let resolves = |s: &Segment| {
+        let inside = points
+            .iter()
+            .filter(|p| p.0 >= s.start_ns && p.0 <= s.end_ns)
+            .count();
+        inside >= 2 && (!averaged || s.end_ns.saturating_sub(s.start_ns) >= AVERAGE_WINDOW_NS)
+    };
+    let phase_resolved = |phase| {
+        let mut of_phase = segments.iter().filter(|s| s.phase == phase).peekable();
+        of_phase.peek().is_none() || of_phase.any(resolves)
+    };
+    let method = if phase_resolved(Phase::Prefill) && phase_resolved(Phase::Decode) {
+        PhaseSplitMethod::TraceIntegral
+    } else {
+        PhaseSplitMethod::TimeApportioned
+    };
     let trace_sum = |phase| {
         segments
             .iter()
@@ -89,7 +119,7 @@ pub fn split(
         _ => 1.0,
     };
     Some(PhaseEnergy {
-        method: PhaseSplitMethod::TraceIntegral,
+        method,
         prefill_mj: p * scale,
         decode_mj: d * scale,
         other_mj: o * scale,
@@ -204,7 +234,10 @@ mod tests {
     fn short_segments_use_the_trace_scaled_to_the_counter() {
         // Prefill 50 ms at 300 W, decode 450 ms at 100 W: too short for a 100 ms counter.
         // Samples 2 ms apart around the step, as a 1 kHz-ish sampler would see it.
-        let t = trace(&[(0, 300.0), (49, 300.0), (51, 100.0), (500, 100.0)]);
+        let mut t = trace(&[(0, 300.0), (49, 300.0), (51, 100.0), (500, 100.0)]);
+        for s in &mut t.samples {
+            s.power_instant_w = s.power_avg_w;
+        }
         let s = [
             seg(Phase::Prefill, 0, 50, Some(0.0)),
             seg(Phase::Decode, 50, 500, Some(60_000.0)),
@@ -214,6 +247,27 @@ mod tests {
         // Trace: 14.95 J prefill + 45.05 J decode = 60 J, the counter's total.
         assert!((p.prefill_mj - 14_950.0).abs() < 1.0, "{p:?}");
         assert!((p.decode_mj - 45_050.0).abs() < 1.0, "{p:?}");
+        assert!((p.prefill_mj + p.decode_mj + p.other_mj - 60_000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_trace_that_cannot_resolve_the_phases_is_labelled_time_apportioned() {
+        // The same phases, but the 1 s averaged power only: it cannot see a 50 ms prefill.
+        let t = trace(&[(0, 300.0), (49, 300.0), (51, 100.0), (500, 100.0)]);
+        let s = [
+            seg(Phase::Prefill, 0, 50, Some(0.0)),
+            seg(Phase::Decode, 50, 500, Some(60_000.0)),
+        ];
+        let p = split(&s, Some(100.0), Some(&t)).unwrap();
+        assert_eq!(p.method, PhaseSplitMethod::TimeApportioned);
+        // Instant power sampled every 100 ms: no sample inside the 50 ms prefill but its
+        // start.
+        let mut sparse = trace(&[(0, 300.0), (100, 100.0), (200, 100.0), (500, 100.0)]);
+        for x in &mut sparse.samples {
+            x.power_instant_w = x.power_avg_w;
+        }
+        let p = split(&s, Some(100.0), Some(&sparse)).unwrap();
+        assert_eq!(p.method, PhaseSplitMethod::TimeApportioned);
         assert!((p.prefill_mj + p.decode_mj + p.other_mj - 60_000.0).abs() < 1e-6);
     }
 

@@ -58,6 +58,9 @@ pub struct DeviceEnergy {
     /// `exclusive` or `shared` for a GPU in MIG mode or a MIG slice.
     #[serde(default)]
     pub mig_mode: Option<MigMode>,
+    /// Half-width of the reading's interval (J), from the source's edge resolution.
+    #[serde(default)]
+    pub uncertainty_j: Option<f64>,
 }
 
 /// Metrics of one job (one cycle's accepted attempt).
@@ -304,6 +307,7 @@ pub fn energy_totals(raw: &RawResult) -> EnergyTotals {
                     simulated: r.simulated,
                     phases: r.phases.clone(),
                     mig_mode: r.mig.as_ref().map(|m| m.mode),
+                    uncertainty_j: r.uncertainty_mj.map(|u| u / 1000.0),
                 });
             }
             None => missing.push(format!(
@@ -470,6 +474,7 @@ mod tests {
                 trace: None,
                 phases: None,
                 mig: None,
+                ..EnergyReading::unavailable(kind, "", "", 0)
             },
             None => EnergyReading::unavailable(kind, id, "no powercap", 2_000_000_000),
         }
@@ -538,6 +543,7 @@ mod tests {
             },
             peak_memory_bytes: Measured::unavailable("test"),
             warmup_requests: 0,
+            warmup: None,
             warnings: vec!["same everywhere".into()],
             hostname: "h".into(),
             lem_version: "0".into(),

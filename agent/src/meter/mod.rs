@@ -4,7 +4,11 @@
 //! returns one reading per physical device; a device that could not be measured gets a
 //! reading with `energy_mj: None` and a reason — never 0 for "unknown" (DESIGN §4).
 
+pub mod baseline;
+pub mod checks;
 pub mod claims;
+pub mod clock;
+pub mod edges;
 pub mod ledger;
 pub mod nvml;
 pub mod ownership;
@@ -16,7 +20,7 @@ pub mod sampler;
 
 pub use rapl::{cpu_meter, open_cpu_meters, CpuMeters, RaplMeter};
 
-use lem_common::domain::{DeviceKind, EnergyReading};
+use lem_common::domain::{BaselineInfo, DeviceKind, EnergyReading};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -56,53 +60,132 @@ pub trait EnergyMeter: Send {
     /// A (possibly cached) idle power for `device_id`, for meters that use it inside the
     /// window (NVML's MIG attribution splits the idle part by compute slices).
     fn set_idle_power_w(&mut self, _device_id: &str, _power_w: f64) {}
+    /// A (possibly cached) measured update period of `device_id`'s counter, with how it
+    /// was measured, for meters that place edges or choose phase splits by it.
+    fn set_counter_period_ms(&mut self, _device_id: &str, _period_ms: f64, _method: &str) {}
     /// Closes the window: one reading per physical device, available or with a reason.
     /// The meter can then start a new window.
     fn stop(&mut self) -> Vec<EnergyReading>;
-    /// Mean idle power (W) of each device that can be measured, over about `duration`,
-    /// by device id. The default is one plain window; a meter whose counter moves in
-    /// coarse steps overrides it to time the energy between counter updates.
-    fn idle_power_w(&mut self, duration: Duration) -> Vec<(String, f64)> {
+    /// The idle baseline of each device that can be read, over about `duration`. The
+    /// default is one plain window: power = energy / window, and no baseline (with the
+    /// reason) when the counter did not move; a meter whose counter moves in coarse steps
+    /// overrides it to time the energy between counter updates (`baseline.rs`).
+    fn idle_baselines(&mut self, duration: Duration) -> Vec<IdleBaseline> {
         if self.start().is_err() {
             return Vec::new();
         }
         std::thread::sleep(duration);
         self.stop()
             .into_iter()
-            .filter_map(|r| {
-                let mj = r.energy_mj?;
-                (r.window_ns > 0).then(|| (r.device_id, mj * 1e6 / r.window_ns as f64))
-            })
+            .filter_map(|r| window_baseline(&r))
             .collect()
     }
+}
+
+/// One device's idle baseline as a meter measured it (`info.age_ns` is 0: just taken).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdleBaseline {
+    pub device_id: String,
+    pub info: BaselineInfo,
+    /// The counter's update period measured on the way (ms, how), where the meter does.
+    pub counter_period: Option<(f64, String)>,
+}
+
+/// The baseline a plain idle window gives: mean power = energy / window; `None` for a
+/// device that could not be read or an empty window.
+pub fn window_baseline(r: &EnergyReading) -> Option<IdleBaseline> {
+    let mj = r.energy_mj?;
+    if r.window_ns == 0 {
+        return None;
+    }
+    let (power_w, unavailable_reason) = if mj > 0.0 {
+        (Some(mj * 1e6 / r.window_ns as f64), None)
+    } else {
+        (
+            None,
+            Some(format!(
+                "the energy counter did not move during the {:.1} s idle baseline: idle power unknown (not 0 W)",
+                r.window_ns as f64 / 1e9
+            )),
+        )
+    };
+    Some(IdleBaseline {
+        device_id: r.device_id.clone(),
+        info: BaselineInfo {
+            power_w,
+            unavailable_reason,
+            method: "window-average: energy over one idle window / its length".into(),
+            measured_ns: r.window_ns,
+            settle_ns: None,
+            settled: None,
+            spread_w: None,
+            age_ns: 0,
+            note: None,
+        },
+        counter_period: None,
+    })
 }
 
 /// How long a measured idle baseline is reused: cycles of one experiment share it, a
 /// later experiment (the machine may have warmed or idled down) measures again.
 pub const BASELINE_TTL: Duration = Duration::from_secs(600);
 
-/// Idle power per device id with the time it was measured.
+/// Idle baselines (and measured counter periods) per device id with the time they were
+/// measured.
 #[derive(Debug, Default)]
 pub struct BaselineCache {
-    entries: BTreeMap<String, (f64, Instant)>,
+    entries: BTreeMap<String, (IdleBaseline, Instant)>,
 }
 
 impl BaselineCache {
-    /// The baseline of `device_id` if measured less than `ttl` before `now`.
+    /// The baseline power of `device_id` if measured less than `ttl` before `now` (and
+    /// the measurement gave one).
     pub fn get(&self, device_id: &str, now: Instant, ttl: Duration) -> Option<f64> {
-        self.entries
-            .get(device_id)
-            .filter(|(_, at)| now.saturating_duration_since(*at) < ttl)
-            .map(|(power_w, _)| *power_w)
+        self.entry(device_id, now, ttl).and_then(|b| b.info.power_w)
     }
 
-    /// True when every one of `device_ids` has a fresh baseline.
+    /// The whole baseline of `device_id`, with its age at `now` in `info.age_ns`, if
+    /// measured less than `ttl` before `now` (a null baseline is an entry too).
+    pub fn entry(&self, device_id: &str, now: Instant, ttl: Duration) -> Option<IdleBaseline> {
+        let (b, at) = self.entries.get(device_id)?;
+        let age = now.saturating_duration_since(*at);
+        (age < ttl).then(|| {
+            let mut b = b.clone();
+            b.info.age_ns = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
+            b
+        })
+    }
+
+    /// True when every one of `device_ids` has a fresh entry.
     pub fn all_fresh(&self, device_ids: &[String], now: Instant, ttl: Duration) -> bool {
-        device_ids.iter().all(|id| self.get(id, now, ttl).is_some())
+        device_ids
+            .iter()
+            .all(|id| self.entry(id, now, ttl).is_some())
     }
 
+    /// Caches a measured power (with nothing else known about how).
     pub fn insert(&mut self, device_id: String, power_w: f64, at: Instant) {
-        self.entries.insert(device_id, (power_w, at));
+        let b = IdleBaseline {
+            device_id: device_id.clone(),
+            info: BaselineInfo {
+                power_w: Some(power_w),
+                unavailable_reason: None,
+                method: "given".into(),
+                measured_ns: 0,
+                settle_ns: None,
+                settled: None,
+                spread_w: None,
+                age_ns: 0,
+                note: None,
+            },
+            counter_period: None,
+        };
+        self.insert_baseline(b, at);
+    }
+
+    pub fn insert_baseline(&mut self, baseline: IdleBaseline, at: Instant) {
+        self.entries
+            .insert(baseline.device_id.clone(), (baseline, at));
     }
 }
 
@@ -184,11 +267,66 @@ mod tests {
         assert_eq!(cache.get("gpu-0", t0 + ttl, ttl), Some(70.0));
     }
 
+    /// A meter whose windows report a fixed energy over the real window length.
+    struct Fixed {
+        energy_mj: f64,
+        started: Option<Instant>,
+    }
+
+    impl EnergyMeter for Fixed {
+        fn name(&self) -> &str {
+            "fixed"
+        }
+        fn start(&mut self) -> Result<(), MeterError> {
+            self.started = Some(Instant::now());
+            Ok(())
+        }
+        fn stop(&mut self) -> Vec<EnergyReading> {
+            let window_ns = elapsed_ns(self.started.take());
+            vec![EnergyReading {
+                source: lem_common::domain::EnergySource::Rapl,
+                energy_mj: Some(self.energy_mj),
+                unavailable_reason: None,
+                ..EnergyReading::unavailable(DeviceKind::CpuPackage, "package-0", "", window_ns)
+            }]
+        }
+    }
+
     #[test]
     fn default_idle_power_is_energy_over_the_window() {
         // An unavailable meter has no energy, so no baseline.
         let mut m = UnavailableMeter::new(vec![(DeviceKind::Gpu, "g".into())], "none");
-        assert!(m.idle_power_w(Duration::from_millis(1)).is_empty());
+        assert!(m.idle_baselines(Duration::from_millis(1)).is_empty());
+        // 5 J over the window: P = 5 J / window, the window as the reading states it.
+        let mut m = Fixed {
+            energy_mj: 5_000.0,
+            started: None,
+        };
+        let b = m.idle_baselines(Duration::from_millis(20));
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].device_id, "package-0");
+        let window_s = b[0].info.measured_ns as f64 / 1e9;
+        assert!(window_s >= 0.020, "{window_s}");
+        let expected_w = 5.0 / window_s;
+        let got = b[0].info.power_w.unwrap();
+        assert!(
+            (got - expected_w).abs() <= 1e-9 * expected_w,
+            "{got} vs {expected_w}"
+        );
+        assert!(b[0].info.method.starts_with("window-average"));
+        // A counter that did not move: no baseline, with the reason, not 0 W.
+        let mut m = Fixed {
+            energy_mj: 0.0,
+            started: None,
+        };
+        let b = m.idle_baselines(Duration::from_millis(1));
+        assert_eq!(b[0].info.power_w, None);
+        assert!(b[0]
+            .info
+            .unavailable_reason
+            .as_deref()
+            .unwrap()
+            .contains("did not move"));
     }
 
     #[test]

@@ -38,15 +38,19 @@
 //! (`nvmlDeviceGetComputeRunningProcesses_v3` on the MIG handle). SM activity comes from
 //! GPM where supported, else the split is by compute slices (labelled in
 //! `mig.dynamic_basis`, with the GPM error in the trace's `unavailable`). The idle part
-//! uses the parent's idle power: measured by this meter's `idle_power_w`, or given with
+//! uses the parent's idle power: measured by this meter's `idle_baselines`, or given with
 //! [`NvmlMeter::set_idle_power_w`].
 //!
 //! Each reading carries the driver version; a driver version starting with
 //! [`FAKE_DRIVER_PREFIX`] marks the fake library and every reading is `simulated`.
 
-use super::sampler::{trace_energy, SampledGpu, Sampler, SamplerClock, DEFAULT_SAMPLE_PERIOD};
-use super::{elapsed_ns, EnergyMeter, MeterError};
-use lem_common::domain::{DeviceKind, EnergyReading, EnergySource, PowerTrace};
+use super::clock::{MeterClock, RealClock};
+use super::edges::{Edge, EdgeOutcome, EdgeWait, EDGE_POLL};
+use super::sampler::{
+    trace_energy, trace_uncertainty_mj, SampledGpu, Sampler, SamplerClock, DEFAULT_SAMPLE_PERIOD,
+};
+use super::{EnergyMeter, IdleBaseline, MeterError};
+use lem_common::domain::{BaselineInfo, DeviceKind, EnergyReading, EnergySource, PowerTrace};
 use lem_common::mig::{attribute, mode_for, MigMode, SliceInput};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
@@ -59,13 +63,56 @@ use std::time::{Duration, Instant};
 /// Environment variable naming the NVML library to load.
 pub const NVML_LIB_ENV: &str = "LEM_NVML_LIB";
 
-/// Nominal update period of the NVML energy counter, recorded on each reading. NVML does
-/// not report it; `scripts/gpu-check.sh` is to measure it on real hardware.
+/// Nominal update period of the NVML energy counter, used until the device's own period
+/// is measured (the idle baseline measures it; NVML does not report it).
 pub const NVML_COUNTER_PERIOD_MS: f64 = 100.0;
 
 /// Driver-version prefix of the fake library (tests/fake-nvml): readings from it are
 /// labelled simulated.
 pub const FAKE_DRIVER_PREFIX: &str = "fake-nvml";
+
+/// Symbol the fake library exports (tests/fake-nvml): readings from a library that has
+/// it are labelled simulated whatever its driver version says.
+pub const FAKE_MARKER_SYMBOL: &str = "lem_fake_nvml_marker";
+
+/// Why readings from NVML loaded from `lib` (see [`resolve_lib_path`]) are simulated, or
+/// `None` for the system's library. Any library named explicitly (`--nvml-lib`,
+/// `LEM_NVML_LIB`) counts as simulated, as does one exporting [`FAKE_MARKER_SYMBOL`] or
+/// reporting a driver version starting with [`FAKE_DRIVER_PREFIX`]: the label never
+/// depends on a call the library may fail.
+pub fn simulation_reason(lib: Option<&Path>, driver_version: Option<&str>) -> Option<String> {
+    let named = resolve_lib_path(lib);
+    let file = named
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("libnvidia-ml.so.1"));
+    if exports_fake_marker(&file) {
+        return Some(format!(
+            "{} exports {FAKE_MARKER_SYMBOL} (the fake NVML)",
+            file.display()
+        ));
+    }
+    if let Some(p) = named {
+        return Some(format!(
+            "the NVML library is named explicitly ({}, by --nvml-lib or {NVML_LIB_ENV})",
+            p.display()
+        ));
+    }
+    driver_version
+        .filter(|v| v.starts_with(FAKE_DRIVER_PREFIX))
+        .map(|v| format!("driver version {v} is the fake NVML's"))
+}
+
+/// True when the library at `file` exports the fake's marker symbol.
+fn exports_fake_marker(file: &Path) -> bool {
+    // SAFETY: the library NVML loads (or loaded) from the same path: opening it again
+    // only bumps the loader's reference count; its initialisers have run already.
+    let Ok(lib) = (unsafe { libloading::Library::new(file) }) else {
+        return false;
+    };
+    let name = format!("{FAKE_MARKER_SYMBOL}\0");
+    // SAFETY: only the symbol's presence is checked; it is never called.
+    unsafe { lib.get::<unsafe extern "C" fn() -> u32>(name.as_bytes()) }.is_ok()
+}
 
 /// NVML could not be loaded or initialised.
 #[derive(Debug, thiserror::Error)]
@@ -385,7 +432,7 @@ fn library_name(lib: Option<&Path>) -> String {
 }
 
 /// Compute slices of a whole GPU in MIG mode when NVML does not say: 7 on every MIG-capable
-/// GPU so far (A100, A30 has 4 but reports it, H100, H200, B200).
+/// GPU so far but A30 (A100, H100, H200, B200). An assumption, labelled on the reading.
 const DEFAULT_MIG_SLICES: u32 = 7;
 
 #[derive(Debug)]
@@ -417,6 +464,8 @@ struct MeteredSlice {
 #[derive(Debug)]
 struct MigLayout {
     total_compute_slices: u32,
+    /// Why `total_compute_slices` is assumed rather than NVML's, when it is.
+    slices_assumed: Option<String>,
     slices: Vec<MeteredSlice>,
     /// Why the layout could not be read completely: the job's slices are then unavailable.
     broken: Option<String>,
@@ -432,6 +481,18 @@ struct MeteredGpu {
     name: String,
     state: CounterState,
     mig: Option<MigLayout>,
+    /// The counter's update period: measured (ms, how) or `None` = nominal.
+    counter_period: Option<(f64, String)>,
+    /// Where the current window starts on this GPU's counter.
+    start_edge: Option<Edge>,
+}
+
+impl MeteredGpu {
+    fn period_ms(&self) -> f64 {
+        self.counter_period
+            .as_ref()
+            .map_or(NVML_COUNTER_PERIOD_MS, |(ms, _)| *ms)
+    }
 }
 
 /// Meters the physical GPUs of a job with their total-energy counters, samples their
@@ -439,6 +500,14 @@ struct MeteredGpu {
 pub struct NvmlMeter {
     nvml: Arc<Nvml>,
     driver_version: Option<String>,
+    /// Why readings are labelled simulated (`None`: real hardware).
+    simulated: Option<String>,
+    /// What edges, baselines and windows are timed on.
+    time: Arc<dyn MeterClock>,
+    /// Place window edges on observed counter updates (real sampler clock only).
+    align_edges: bool,
+    /// `time` when `start()` returned: the window's start for the job.
+    window_start_ns: u64,
     gpus: Vec<MeteredGpu>,
     /// Targets that matched no GPU or MIG device: unavailable readings.
     missing_targets: Vec<String>,
@@ -531,6 +600,8 @@ impl NvmlMeter {
                     device_id,
                     state: CounterState::Idle,
                     mig,
+                    counter_period: None,
+                    start_edge: None,
                 }
             })
             .collect();
@@ -587,9 +658,14 @@ impl NvmlMeter {
             .filter_map(|(g, keep)| keep.then_some(g))
             .collect();
         let driver_version = nvml.sys_driver_version().ok();
+        let simulated = simulation_reason(lib, driver_version.as_deref());
         Ok(NvmlMeter {
             nvml: Arc::new(nvml),
             driver_version,
+            simulated,
+            time: Arc::new(RealClock::new()),
+            align_edges: true,
+            window_start_ns: 0,
             gpus,
             missing_targets,
             started: None,
@@ -633,17 +709,44 @@ impl NvmlMeter {
     }
 
     /// The idle power of physical GPU `device_id` (its UUID), for the MIG attribution's
-    /// idle part. The meter keeps what its own [`EnergyMeter::idle_power_w`] measured;
+    /// idle part. The meter keeps what its own [`EnergyMeter::idle_baselines`] measured;
     /// a baseline the runner took from its cache must be given here before `stop()`.
     pub fn set_idle_power_w(&mut self, device_id: &str, power_w: f64) {
         self.idle_power.insert(device_id.to_owned(), power_w);
     }
 
-    /// True when the loaded library is the fake NVML (a simulated GPU node).
+    /// True when readings are labelled simulated (see [`simulation_reason`]).
     pub fn is_simulated(&self) -> bool {
-        self.driver_version
-            .as_deref()
-            .is_some_and(|v| v.starts_with(FAKE_DRIVER_PREFIX))
+        self.simulated.is_some()
+    }
+
+    /// Why readings are labelled simulated, if they are.
+    pub fn simulation_reason(&self) -> Option<&str> {
+        self.simulated.as_deref()
+    }
+
+    /// Times edges, baselines and (on the real sampler clock) windows on `clock`, e.g. a
+    /// test's virtual clock. The sampler thread keeps the machine's clock.
+    pub fn set_time_source(&mut self, clock: Arc<dyn MeterClock>) {
+        self.time = clock;
+    }
+
+    /// Whether window edges are placed on observed counter updates (default on; the
+    /// stepped sampler clock never aligns, its edges are where the caller steps).
+    pub fn set_edge_alignment(&mut self, on: bool) {
+        self.align_edges = on;
+    }
+
+    /// Gives GPU `device_id` its measured counter update period (e.g. cached from an
+    /// earlier baseline), with how it was measured.
+    pub fn set_counter_period_ms(&mut self, device_id: &str, period_ms: f64, method: &str) {
+        if let Some(g) = self.gpus.iter_mut().find(|g| g.device_id == device_id) {
+            g.counter_period = Some((period_ms, method.to_owned()));
+        }
+    }
+
+    fn aligning(&self) -> bool {
+        self.align_edges && self.clock == SamplerClock::Real
     }
 
     /// The driver version NVML reported, if any.
@@ -694,14 +797,25 @@ impl NvmlMeter {
 
 /// The MIG layout of `device` for metering, from [`list_mig_instances`].
 fn mig_layout(device: &Device<'_>, index: u32, uuid: Option<&str>) -> MigLayout {
-    let total_compute_slices = device
-        .attributes()
-        .ok()
-        .map(|a| a.gpu_instance_slice_count)
-        .filter(|&n| n > 0)
-        .unwrap_or(DEFAULT_MIG_SLICES);
+    let assumed = |why: String| {
+        Some(format!(
+            "{why}; assumed {DEFAULT_MIG_SLICES} compute slices (every MIG-capable GPU so far but A30)"
+        ))
+    };
+    let (total_compute_slices, slices_assumed) = match device.attributes() {
+        Ok(a) if a.gpu_instance_slice_count > 0 => (a.gpu_instance_slice_count, None),
+        Ok(_) => (
+            DEFAULT_MIG_SLICES,
+            assumed("NVML nvmlDeviceGetAttributes_v2 gave 0 compute slices for the GPU".into()),
+        ),
+        Err(e) => (
+            DEFAULT_MIG_SLICES,
+            assumed(nvml_reason("nvmlDeviceGetAttributes_v2", &e)),
+        ),
+    };
     let mut layout = MigLayout {
         total_compute_slices,
+        slices_assumed,
         slices: Vec::new(),
         broken: None,
         whole_gpu: false,
@@ -754,6 +868,57 @@ struct GpuEnergy {
     energy_mj: Result<f64, String>,
     source: EnergySource,
     sample_period_ms: Option<f64>,
+    /// Half-width (mJ) and how it was derived.
+    uncertainty: Option<(f64, String)>,
+}
+
+/// The counter value of a GPU whose counter is running.
+fn running_value(gpu: &MeteredGpu) -> Option<u64> {
+    match gpu.state {
+        CounterState::Running { last_mj, .. } => Some(last_mj),
+        _ => None,
+    }
+}
+
+/// The window starts on the observed update: the energy counts from its value.
+fn apply_start_edge(gpu: &mut MeteredGpu, outcome: EdgeOutcome) {
+    match outcome {
+        EdgeOutcome::Moved { edge, value } => {
+            gpu.state = CounterState::Running {
+                last_mj: value,
+                total_mj: 0,
+            };
+            gpu.start_edge = Some(edge);
+        }
+        EdgeOutcome::Still => {}
+        EdgeOutcome::Failed(reason) => gpu.state = CounterState::Failed(reason),
+    }
+}
+
+/// The window ends on the observed update: its step is added to the energy.
+fn apply_end_edge(gpu: &mut MeteredGpu, outcome: EdgeOutcome, edge: &mut Option<Edge>) {
+    match outcome {
+        EdgeOutcome::Moved { edge: e, value } => {
+            if let CounterState::Running { last_mj, total_mj } = gpu.state {
+                gpu.state = CounterState::Running {
+                    last_mj: value,
+                    total_mj: total_mj + value.saturating_sub(last_mj),
+                };
+                *edge = Some(e);
+            }
+        }
+        EdgeOutcome::Still => {}
+        EdgeOutcome::Failed(reason) => gpu.state = CounterState::Failed(reason),
+    }
+}
+
+/// The highest power in a trace (instantaneous where every sample has it, else the
+/// averaged series), 0 for none.
+fn max_trace_power_w(trace: &PowerTrace) -> f64 {
+    lem_common::phases::power_points(trace)
+        .iter()
+        .map(|p| p.1)
+        .fold(0.0, f64::max)
 }
 
 impl EnergyMeter for NvmlMeter {
@@ -777,6 +942,26 @@ impl EnergyMeter for NvmlMeter {
                 Err((call, e)) => CounterState::Failed(nvml_reason(call, &e)),
             };
         }
+        let read_ns = self.time.now_ns() as i64;
+        let aligning = self.aligning();
+        for gpu in &mut self.gpus {
+            let period_ns = (gpu.period_ms() * 1e6) as u64;
+            // The stepped clock's window starts at 0 on the caller's timeline.
+            let at = if aligning { read_ns } else { 0 };
+            gpu.start_edge = Some(Edge::unaligned(at, period_ns));
+        }
+        if aligning {
+            // Start on each GPU's next counter update, so no part of a step is lost.
+            let last: Vec<Option<u64>> = self.gpus.iter().map(running_value).collect();
+            let outcomes = self.edge_wait().run(&*self.time, read_ns, &last, |i| {
+                Self::read_counter(&self.nvml, self.gpus[i].index)
+                    .map_err(|(call, e)| nvml_reason(call, &e))
+            });
+            for (gpu, outcome) in self.gpus.iter_mut().zip(outcomes) {
+                apply_start_edge(gpu, outcome);
+            }
+        }
+        self.window_start_ns = self.time.now_ns();
         let now = Instant::now();
         self.started = Some(now);
         self.stepped_ns = 0;
@@ -831,51 +1016,138 @@ impl EnergyMeter for NvmlMeter {
         NvmlMeter::set_idle_power_w(self, device_id, power_w);
     }
 
-    /// The counter moves in steps (~100 ms), so a plain short window would be off by up
-    /// to a step at each end: time the energy between the first and the last counter
-    /// change instead, polled every 2 ms (timing error ≈ 4 ms over the span). The result
-    /// is also kept for the MIG attribution of the next windows.
-    fn idle_power_w(&mut self, duration: Duration) -> Vec<(String, f64)> {
-        let measured = self.measure_idle_power(duration);
-        for (id, w) in &measured {
-            self.idle_power.insert(id.clone(), *w);
+    fn set_counter_period_ms(&mut self, device_id: &str, period_ms: f64, method: &str) {
+        NvmlMeter::set_counter_period_ms(self, device_id, period_ms, method);
+    }
+
+    /// See [`super::baseline`]: a settle step, then the energy between the first and
+    /// the last counter update, which also measures the counter's update period. The
+    /// result is kept for the MIG attribution of the next windows.
+    fn idle_baselines(&mut self, duration: Duration) -> Vec<IdleBaseline> {
+        let measured = self.measure_idle(duration);
+        for (gpu, b) in self.gpus.iter_mut().zip(&measured) {
+            if let Some(p) = &b.counter_period {
+                gpu.counter_period = Some(p.clone());
+            }
+        }
+        for b in &measured {
+            if let Some(w) = b.info.power_w {
+                self.idle_power.insert(b.device_id.clone(), w);
+            }
         }
         measured
     }
 
     fn stop(&mut self) -> Vec<EnergyReading> {
-        if self.started.is_some() {
+        let was_started = self.started.is_some();
+        if was_started {
             self.advance();
         }
+        let read_ns = self.time.now_ns() as i64;
         let window_ns = match self.clock {
-            SamplerClock::Real => elapsed_ns(self.started),
-            SamplerClock::Stepped if self.started.is_some() => self.stepped_ns,
+            SamplerClock::Real if was_started => {
+                (read_ns - self.window_start_ns as i64).max(0) as u64
+            }
+            SamplerClock::Real => 0,
+            SamplerClock::Stepped if was_started => self.stepped_ns,
             SamplerClock::Stepped => 0,
         };
-        self.started = None;
+        // The trace covers the job's window: stop sampling before the end-edge wait.
         let sampled = self.sampler.take().map(|s| s.stop(None));
+        // End edges: on each GPU's next counter update when aligning.
+        let aligning = self.aligning();
+        let mut end_edges: Vec<Option<Edge>> = self
+            .gpus
+            .iter()
+            .map(|g| {
+                let at = if aligning { read_ns } else { window_ns as i64 };
+                was_started.then(|| Edge::unaligned(at, (g.period_ms() * 1e6) as u64))
+            })
+            .collect();
+        if aligning && was_started {
+            let last: Vec<Option<u64>> = self.gpus.iter().map(running_value).collect();
+            let outcomes = self.edge_wait().run(&*self.time, read_ns, &last, |i| {
+                Self::read_counter(&self.nvml, self.gpus[i].index)
+                    .map_err(|(call, e)| nvml_reason(call, &e))
+            });
+            for ((gpu, outcome), edge) in self.gpus.iter_mut().zip(outcomes).zip(&mut end_edges) {
+                apply_end_edge(gpu, outcome, edge);
+            }
+        }
+        let origin_ns = if aligning {
+            self.window_start_ns as i64
+        } else {
+            0
+        };
+        self.started = None;
         let period_ms = self.sample_period.as_secs_f64() * 1000.0;
         let simulated = self.is_simulated();
         let driver_version = self.driver_version.clone();
         let mut readings = Vec::new();
         for (i, gpu) in self.gpus.iter_mut().enumerate() {
             let state = std::mem::replace(&mut gpu.state, CounterState::Idle);
+            let start_edge = gpu.start_edge.take();
             let mut trace = sampled.as_ref().and_then(|s| s.traces.get(i).cloned());
+            // The counter's own window: between its edges, which may lie up to a period
+            // outside the meter's.
+            let edges = match (&state, start_edge, end_edges[i]) {
+                (CounterState::Running { .. }, Some(a), Some(b)) => Some((a, b)),
+                _ => None,
+            };
+            let (gpu_window_ns, offset_ns) = match edges {
+                Some((a, b)) => ((b.t_ns - a.t_ns).max(0) as u64, Some(a.t_ns - origin_ns)),
+                None => (window_ns, None),
+            };
             let gpm = sampled
                 .as_ref()
                 .and_then(|s| s.gpm_activity.get(i).cloned())
                 .unwrap_or_default();
             let energy = match state {
-                CounterState::Running { total_mj, .. } => GpuEnergy {
-                    energy_mj: Ok(total_mj as f64),
-                    source: EnergySource::NvmlCounter,
-                    sample_period_ms: Some(NVML_COUNTER_PERIOD_MS),
-                },
+                CounterState::Running { total_mj, .. } => {
+                    let (a, b) = edges.expect("a running counter has both edges");
+                    let mean_w = if gpu_window_ns > 0 {
+                        total_mj as f64 * 1e6 / gpu_window_ns as f64
+                    } else {
+                        0.0
+                    };
+                    let peak_w = trace.as_ref().map_or(0.0, max_trace_power_w).max(mean_w);
+                    let brackets_ms = (a.half_width_ns + b.half_width_ns) as f64 / 1e6;
+                    let edge_kind = |e: &Edge| {
+                        if e.aligned {
+                            "on an observed update"
+                        } else {
+                            "placed half a counter period before the read (no update seen)"
+                        }
+                    };
+                    GpuEnergy {
+                        energy_mj: Ok(total_mj as f64),
+                        source: EnergySource::NvmlCounter,
+                        sample_period_ms: Some(gpu.period_ms()),
+                        // The edges' time brackets at the highest power seen, plus the
+                        // counter's integer mJ.
+                        uncertainty: Some((
+                            peak_w * brackets_ms + 1.0,
+                            format!(
+                                "counter edges: start {}, end {}; ± {peak_w:.1} W (peak of trace and mean) × {brackets_ms:.2} ms (half-brackets of both edges) + 1 mJ resolution",
+                                edge_kind(&a),
+                                edge_kind(&b)
+                            ),
+                        )),
+                    }
+                }
                 CounterState::Unsupported(reason) => match trace.as_ref().and_then(trace_energy) {
-                    Some((mj, _)) => GpuEnergy {
+                    Some((mj, basis)) => GpuEnergy {
                         energy_mj: Ok(mj),
                         source: EnergySource::NvmlPower,
                         sample_period_ms: Some(period_ms),
+                        uncertainty: trace.as_ref().map(|t| {
+                            (
+                                trace_uncertainty_mj(t, basis),
+                                format!(
+                                    "trace-integral bound on {basis:?} power (docs/measurement.md)"
+                                ),
+                            )
+                        }),
                     },
                     None => GpuEnergy {
                         energy_mj: Err(format!(
@@ -884,24 +1156,50 @@ impl EnergyMeter for NvmlMeter {
                         )),
                         source: EnergySource::None,
                         sample_period_ms: None,
+                        uncertainty: None,
                     },
                 },
                 CounterState::Failed(reason) => GpuEnergy {
                     energy_mj: Err(reason),
                     source: EnergySource::None,
                     sample_period_ms: None,
+                    uncertainty: None,
                 },
                 CounterState::Idle => GpuEnergy {
                     energy_mj: Err("meter stopped without being started".to_owned()),
                     source: EnergySource::None,
                     sample_period_ms: None,
+                    uncertainty: None,
                 },
+            };
+            let counter_ratio = match (&energy.energy_mj, energy.source, trace.as_ref()) {
+                (Ok(mj), EnergySource::NvmlCounter, Some(t)) => {
+                    super::checks::counter_trace_ratio(*mj, gpu_window_ns, t)
+                }
+                _ => None,
             };
             let base = EnergyReading {
                 device_name: gpu.name.clone(),
                 simulated,
                 driver_version: driver_version.clone(),
-                ..EnergyReading::unavailable(DeviceKind::Gpu, gpu.device_id.clone(), "", window_ns)
+                window_start_offset_ns: offset_ns,
+                sample_period_method: (energy.source == EnergySource::NvmlCounter).then(|| {
+                    gpu.counter_period.as_ref().map_or_else(
+                        || {
+                            format!(
+                                "nominal {NVML_COUNTER_PERIOD_MS} ms (not measured on this device)"
+                            )
+                        },
+                        |(_, how)| how.clone(),
+                    )
+                }),
+                counter_trace_ratio: counter_ratio,
+                ..EnergyReading::unavailable(
+                    DeviceKind::Gpu,
+                    gpu.device_id.clone(),
+                    "",
+                    gpu_window_ns,
+                )
             };
             let Some(layout) = &gpu.mig else {
                 readings.push(gpu_reading(base, &energy, trace));
@@ -984,65 +1282,75 @@ impl NvmlMeter {
             .map_err(|e| nvml_reason("nvmlDeviceGetComputeRunningProcesses_v3", &e))
     }
 
-    fn measure_idle_power(&mut self, duration: Duration) -> Vec<(String, f64)> {
-        if self.gpus.is_empty() {
-            return Vec::new();
-        }
-        let margin = Duration::from_secs_f64(2.0 * NVML_COUNTER_PERIOD_MS / 1000.0);
-        let n = self.gpus.len();
-        let mut initial: Vec<Option<(Instant, u64)>> = vec![None; n];
-        let mut first_change = initial.clone();
-        let mut last_change = initial.clone();
-        let mut prev: Vec<Option<(Instant, u64)>> = vec![None; n];
-        let mut broken = vec![false; n];
-        let begin = Instant::now();
-        loop {
-            for (i, gpu) in self.gpus.iter().enumerate() {
-                if broken[i] {
-                    continue;
-                }
-                let now = Instant::now();
-                match Self::read_counter(&self.nvml, gpu.index) {
-                    Err(_) => broken[i] = true,
-                    Ok(mj) => {
-                        match prev[i] {
-                            None => initial[i] = Some((now, mj)),
-                            Some((_, p)) if mj < p => broken[i] = true,
-                            Some((_, p)) if mj > p => {
-                                if first_change[i].is_none() {
-                                    first_change[i] = Some((now, mj));
-                                } else {
-                                    last_change[i] = Some((now, mj));
-                                }
-                            }
-                            Some(_) => {}
-                        }
-                        prev[i] = Some((now, mj));
-                    }
-                }
-            }
-            if begin.elapsed() >= duration + margin {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let power_w = |(t0, e0): (Instant, u64), (t1, e1): (Instant, u64)| {
-            let secs = t1.saturating_duration_since(t0).as_secs_f64();
-            (secs > 0.0).then(|| e1.saturating_sub(e0) as f64 / 1000.0 / secs)
-        };
+    /// Settles and measures each GPU's idle power on its counter (see
+    /// [`super::baseline`]); a GPU without a working counter gets no baseline.
+    fn measure_idle(&mut self, duration: Duration) -> Vec<IdleBaseline> {
+        let periods: Vec<f64> = self.gpus.iter().map(MeteredGpu::period_ms).collect();
+        let nvml = &self.nvml;
+        let indices: Vec<u32> = self.gpus.iter().map(|g| g.index).collect();
+        let measured = super::baseline::measure(&*self.time, &periods, duration, |i| {
+            Self::read_counter(nvml, indices[i]).map_err(|(call, e)| nvml_reason(call, &e))
+        });
         self.gpus
             .iter()
-            .enumerate()
-            .filter(|(i, _)| !broken[*i])
-            .filter_map(|(i, gpu)| {
-                // Fewer than two changes: (near) zero power; use the whole span.
-                let w = match (first_change[i], last_change[i]) {
-                    (Some(a), Some(b)) => power_w(a, b),
-                    _ => power_w(initial[i]?, prev[i]?),
-                }?;
-                Some((gpu.device_id.clone(), w))
+            .zip(measured)
+            .map(|(gpu, m)| {
+                let (power_w, unavailable_reason) = match m.power_w {
+                    Ok(w) => (Some(w), None),
+                    Err(why) => (None, Some(why)),
+                };
+                IdleBaseline {
+                    device_id: gpu.device_id.clone(),
+                    info: BaselineInfo {
+                        power_w,
+                        unavailable_reason,
+                        method: format!(
+                            "counter-changes: energy between the first and last counter update after settling, polled every {} ms",
+                            m.poll.as_millis()
+                        ),
+                        measured_ns: m.measured_ns,
+                        settle_ns: Some(m.settle_ns),
+                        settled: Some(m.settled),
+                        spread_w: m.spread_w,
+                        age_ns: 0,
+                        note: None,
+                    },
+                    counter_period: m.period_ms.map(|ms| {
+                        let poll_ms = m.poll.as_secs_f64() * 1000.0;
+                        if ms < 2.0 * poll_ms {
+                            // Updates on (nearly) every poll: only a bound is known.
+                            (
+                                poll_ms,
+                                format!(
+                                    "measured upper bound: the counter updated on (nearly) every {poll_ms:.0} ms poll of the idle baseline"
+                                ),
+                            )
+                        } else {
+                            (
+                                ms,
+                                format!(
+                                    "measured: mean interval between counter updates over the idle baseline (each timed to ±{:.1} ms)",
+                                    poll_ms / 2.0
+                                ),
+                            )
+                        }
+                    }),
+                }
             })
             .collect()
+    }
+
+    /// How long an edge waits for the counter to move: two of the slowest periods.
+    fn edge_wait(&self) -> EdgeWait {
+        let longest = self
+            .gpus
+            .iter()
+            .map(MeteredGpu::period_ms)
+            .fold(NVML_COUNTER_PERIOD_MS.min(1.0), f64::max);
+        EdgeWait {
+            poll: EDGE_POLL,
+            bound: Duration::from_secs_f64(2.0 * longest / 1000.0) + 2 * EDGE_POLL,
+        }
     }
 }
 
@@ -1078,11 +1386,14 @@ fn gpu_reading(
             energy_mj: Some(*mj),
             unavailable_reason: None,
             sample_period_ms: energy.sample_period_ms,
+            uncertainty_mj: energy.uncertainty.as_ref().map(|u| u.0),
+            uncertainty_method: energy.uncertainty.as_ref().map(|u| u.1.clone()),
             trace,
             ..base
         },
         Err(reason) => EnergyReading {
             unavailable_reason: Some(reason.clone()),
+            sample_period_method: None,
             trace,
             ..base
         },
@@ -1144,6 +1455,9 @@ fn mig_readings(
         Ok(a) => a,
         Err(e) => return failed(format!("MIG attribution impossible: {e}")),
     };
+    attribution
+        .total_compute_slices_assumed
+        .clone_from(&layout.slices_assumed);
     // A job given the whole GPU holds its free capacity too, so no one else can run
     // there: exclusive, even when the slices do not fill the GPU.
     if layout.whole_gpu {
@@ -1154,6 +1468,22 @@ fn mig_readings(
         energy_mj: Some(mj),
         unavailable_reason: None,
         sample_period_ms: energy.sample_period_ms,
+        // A share carries the parent's uncertainty in proportion; the attribution
+        // model's own error is not in it.
+        uncertainty_mj: energy.uncertainty.as_ref().map(|u| {
+            if parent_mj > 0.0 {
+                u.0 * mj / parent_mj
+            } else {
+                u.0
+            }
+        }),
+        uncertainty_method: energy.uncertainty.as_ref().map(|u| {
+            if mj == parent_mj {
+                u.1.clone()
+            } else {
+                format!("the parent's, × this share of its energy ({})", u.1)
+            }
+        }),
         mig: Some(attribution.clone()),
         ..r
     };

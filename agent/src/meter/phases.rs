@@ -64,7 +64,10 @@ impl PhaseRecorder {
             let mj = m.cumulative_mj.get(id).copied().flatten();
             points.push((m.t_ns, m.phase, mj));
         }
-        let end = (reading.window_ns, Phase::Other, reading.energy_mj);
+        // A window placed on counter updates ends at its offset + length.
+        let end_ns =
+            (reading.window_ns as i64 + reading.window_start_offset_ns.unwrap_or(0)).max(0) as u64;
+        let end = (end_ns, Phase::Other, reading.energy_mj);
         points
             .iter()
             .zip(points.iter().skip(1).chain(std::iter::once(&end)))

@@ -463,6 +463,14 @@ impl EnergyMeter for RaplMeter {
                     trace: None,
                     phases: None,
                     mig: None,
+                    // Edges read anywhere between ~1 ms updates: half a period each.
+                    uncertainty_mj: (window_ns > 0).then(|| {
+                        total_uj as f64 / 1000.0 * 1e6 / window_ns as f64 * RAPL_UPDATE_PERIOD_MS
+                    }),
+                    uncertainty_method: Some(
+                        "RAPL edges not aligned to its ~1 ms updates: ± mean power × one update period".into(),
+                    ),
+                    ..EnergyReading::unavailable(zone.kind, String::new(), "", 0)
                 },
                 ZoneState::Failed(reason) => {
                     EnergyReading::unavailable(zone.kind, zone.device_id.clone(), reason, window_ns)

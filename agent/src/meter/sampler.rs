@@ -1,9 +1,9 @@
 //! The NVML sampler: a background thread that reads each metered GPU's sensors every
 //! `period` (default 100 ms) into a [`PowerTrace`] over the window.
 //!
-//! Per sample and GPU: power (`nvmlDeviceGetPowerUsage`, which A100/H100 average over
-//! the last second), instantaneous power (field `NVML_FI_DEV_POWER_INSTANT` where
-//! supported), the total-energy counter, GPU temperature, SM clock and the clock-event
+//! Per sample and GPU: power (`nvmlDeviceGetPowerUsage`: NVML documents it as the
+//! instantaneous power on GA100 and older and as a 1 s average on newer parts, Hopper
+//! on), instantaneous power (field `NVML_FI_DEV_POWER_INSTANT` where supported), the total-energy counter, GPU temperature, SM clock and the clock-event
 //! (throttle) reason bits. A sensor that fails is recorded once in the trace's
 //! `unavailable` with the NVML call and error, then no longer read, so a missing sensor
 //! costs nothing after the first sample. For MIG slices it also takes a GPM sample per GPU
@@ -465,7 +465,8 @@ fn run(
 pub enum TraceBasis {
     /// `power_instant_w`, present in every sample.
     Instant,
-    /// `power_avg_w` (NVML's 1 s trailing average on A100/H100).
+    /// `power_avg_w` (NVML's power usage: a 1 s trailing average on Hopper and newer,
+    /// instantaneous on GA100 and older).
     Average,
 }
 
@@ -475,7 +476,7 @@ pub enum TraceBasis {
 ///
 /// Bounds against the true ∫P dt over the same span, for piecewise-constant power:
 /// * instant: each step of size ΔP adds at most ΔP × period / 2; a steady load is exact;
-/// * average: the 1 s mean lags the power by about 0.5 s, so a window gains the energy of
+/// * average (Hopper and newer): the 1 s mean lags the power by about 0.5 s, so a window gains the energy of
 ///   the second before it and loses that of its last second: |error| ≤ 0.5 s ×
 ///   (P_max − P_min) over [start − 1 s, stop], plus ΔP × period / 2 per step; a steady
 ///   load (steady for 1 s before the window too) is exact.
@@ -496,6 +497,40 @@ pub fn trace_energy(trace: &PowerTrace) -> Option<(f64, TraceBasis)> {
     integrate(|p| p.power_instant_w)
         .map(|e| (e, TraceBasis::Instant))
         .or_else(|| integrate(|p| p.power_avg_w).map(|e| (e, TraceBasis::Average)))
+}
+
+/// The documented bound (mJ) on [`trace_energy`]'s error for `basis`: each change of
+/// power between two samples adds at most |ΔP| × Δt / 2; the average series adds
+/// 0.5 s × (P_max − P_min) for the lag of a 1 s mean (Hopper and newer average; on
+/// GA100 and older the "average" is the instantaneous value and the term is
+/// conservative).
+pub fn trace_uncertainty_mj(trace: &PowerTrace, basis: TraceBasis) -> f64 {
+    let power = |p: &PowerSample| match basis {
+        TraceBasis::Instant => p.power_instant_w,
+        TraceBasis::Average => p.power_avg_w,
+    };
+    let points: Vec<(u64, f64)> = trace
+        .samples
+        .iter()
+        .filter_map(|p| Some((p.t_ns, power(p)?)))
+        .collect();
+    let steps_mj: f64 = points
+        .windows(2)
+        .map(|w| (w[1].1 - w[0].1).abs() * w[1].0.saturating_sub(w[0].0) as f64 / 1e6 / 2.0)
+        .sum();
+    let lag_mj = match basis {
+        TraceBasis::Instant => 0.0,
+        TraceBasis::Average => {
+            let max = points.iter().map(|p| p.1).fold(f64::MIN, f64::max);
+            let min = points.iter().map(|p| p.1).fold(f64::MAX, f64::min);
+            if points.is_empty() {
+                0.0
+            } else {
+                0.5 * (max - min) * 1000.0
+            }
+        }
+    };
+    steps_mj + lag_mj
 }
 
 /// [`trace_energy`] without the basis.

@@ -10,9 +10,11 @@
 
 #![allow(dead_code)] // each test binary uses a subset
 
-use std::cell::Cell;
+use lem_agent::meter::clock::MeterClock;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 #[path = "../../../tests/support.rs"]
 pub mod support;
@@ -23,13 +25,39 @@ pub fn fake_library() -> &'static Path {
     LIB.get_or_init(support::build_fake_nvml)
 }
 
+/// The fake's virtual clock as a meter clock: sleeping advances it (whole ms, at least
+/// one), so a meter polling for counter updates runs without real sleeping. Valid while
+/// its `Fake` lives.
+pub struct FakeClock {
+    advance: unsafe extern "C" fn(u64),
+    now_ms: AtomicU64,
+}
+
+impl FakeClock {
+    fn advance_ms(&self, ms: u64) {
+        // SAFETY: the fake's export, with its signature; the library outlives the clock
+        // in every test (the `Fake` is dropped last).
+        unsafe { (self.advance)(ms) };
+        self.now_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl MeterClock for FakeClock {
+    fn now_ns(&self) -> u64 {
+        self.now_ms.load(Ordering::SeqCst) * 1_000_000
+    }
+    fn sleep(&self, d: Duration) {
+        self.advance_ms((d.as_millis() as u64).max(1));
+    }
+}
+
 /// One loaded copy of the fake with its scenario and virtual clock.
 pub struct Fake {
     _dir: tempfile::TempDir,
     /// The copy to hand to NVML (`NvmlMeter::open`, `discover_gpus`).
     pub path: PathBuf,
-    lib: libloading::Library,
-    now_ms: Cell<u64>,
+    _lib: libloading::Library,
+    clock: Arc<FakeClock>,
 }
 
 impl Fake {
@@ -48,29 +76,42 @@ impl Fake {
                 lib.get(b"fakeNvmlSetScenario\0").unwrap();
             assert_eq!(set(c_path.as_ptr()), 0);
         }
+        // SAFETY: the signature matches the fake's export.
+        let advance = unsafe {
+            *lib.get::<unsafe extern "C" fn(u64)>(b"fakeNvmlAdvanceMs\0")
+                .unwrap()
+        };
         Fake {
             _dir: dir,
             path,
-            lib,
-            now_ms: Cell::new(0),
+            _lib: lib,
+            clock: Arc::new(FakeClock {
+                advance,
+                now_ms: AtomicU64::new(0),
+            }),
         }
     }
 
     /// Moves the fake's virtual clock forward.
     pub fn advance_ms(&self, ms: u64) {
-        // SAFETY: the signature matches the fake's export.
-        unsafe {
-            let adv: libloading::Symbol<unsafe extern "C" fn(u64)> =
-                self.lib.get(b"fakeNvmlAdvanceMs\0").unwrap();
-            adv(ms);
-        }
-        self.now_ms.set(self.now_ms.get() + ms);
+        self.clock.advance_ms(ms);
     }
 
     /// Moves the virtual clock to `t_ms` since init.
     pub fn goto_ms(&self, t_ms: u64) {
-        assert!(t_ms >= self.now_ms.get());
-        self.advance_ms(t_ms - self.now_ms.get());
+        let now = self.now_ms();
+        assert!(t_ms >= now, "{t_ms} ms is before now ({now} ms)");
+        self.advance_ms(t_ms - now);
+    }
+
+    /// Virtual milliseconds since init.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms.load(Ordering::SeqCst)
+    }
+
+    /// The virtual clock, for `NvmlMeter::set_time_source`.
+    pub fn clock(&self) -> Arc<FakeClock> {
+        Arc::clone(&self.clock)
     }
 }
 

@@ -26,7 +26,7 @@ pub use presets::{preset, presets, Preset};
 pub use schema::{
     Backend, BatchingOptions, BatchingStrategy, CarbonConfig, DecoderConfig, DecoderPreset, Device,
     ExperimentConfig, LatencyMode, LatencySimulation, Precision, PromptSource, QuantizationConfig,
-    ShardingConfig, ShardingStrategy,
+    ShardingConfig, ShardingStrategy, SteadyWarmupConfig,
 };
 pub use template::new_config_yaml;
 pub use validate::{unsupported, validate, validate_tree, Validation};

@@ -75,13 +75,48 @@ pub struct ExperimentConfig {
     /// 0 turns the sampler off.
     #[serde(default = "default_sample_period_ms")]
     pub sample_period_ms: f64,
+    /// lem-only: a device window shorter than this many of its counter's update periods
+    /// gets a warning on the result (its edge uncertainty is then a large share).
+    #[serde(default = "default_min_window_counter_periods")]
+    pub min_window_counter_periods: f64,
     /// lem-only: carbon accounting inputs; nothing is assumed when absent.
     #[serde(default)]
     pub carbon: CarbonConfig,
+    /// lem-only: after the fixed `warmup_prompts`, keep warming up until throughput (and
+    /// metered power) is stable, bounded.
+    #[serde(default)]
+    pub warmup_until_stable: SteadyWarmupConfig,
+}
+
+/// Warmup until steady state: rounds of `warmup_prompts` prompts (at least one) until two
+/// consecutive rounds' output throughput — and mean metered power, where a meter reads —
+/// differ by at most `tolerance`, or `max_rounds` ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SteadyWarmupConfig {
+    pub enabled: bool,
+    /// Most rounds before measuring anyway (the result says it did not settle).
+    pub max_rounds: u32,
+    /// Largest relative change between consecutive rounds that counts as stable.
+    pub tolerance: f64,
+}
+
+impl Default for SteadyWarmupConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_rounds: 10,
+            tolerance: 0.05,
+        }
+    }
 }
 
 fn default_sample_period_ms() -> f64 {
     100.0
+}
+
+fn default_min_window_counter_periods() -> f64 {
+    10.0
 }
 
 /// Carbon = energy × PUE × grid intensity. Without a grid intensity no carbon figure is
@@ -141,7 +176,9 @@ impl ExperimentConfig {
             cpu_threads: None,
             idle_baseline_s: default_idle_baseline_s(),
             sample_period_ms: default_sample_period_ms(),
+            min_window_counter_periods: default_min_window_counter_periods(),
             carbon: CarbonConfig::default(),
+            warmup_until_stable: SteadyWarmupConfig::default(),
         }
     }
 

@@ -124,6 +124,12 @@ pub(crate) const QUANTIZATION: &[Field] = &[
     f("bnb_4bit_use_double_quant", Ty::Bool),
 ];
 
+pub(crate) const STEADY_WARMUP: &[Field] = &[
+    f("enabled", Ty::Bool),
+    f("max_rounds", uint(1, 1_000)),
+    f("tolerance", float(0.0, 1.0)),
+];
+
 pub(crate) const CARBON: &[Field] = &[
     opt("pue", float(1.0, 10.0)),
     opt("grid_intensity_gco2e_per_kwh", float(0.0, 10_000.0)),
@@ -182,7 +188,9 @@ pub(crate) const TOP: &[Field] = &[
     opt("cpu_threads", uint(1, U32)),
     f("idle_baseline_s", float(0.0, f64::INFINITY)),
     f("sample_period_ms", float(0.0, 60_000.0)),
+    f("min_window_counter_periods", float(0.0, 1e9)),
     f("carbon", Ty::Section(CARBON)),
+    f("warmup_until_stable", Ty::Section(STEADY_WARMUP)),
 ];
 
 /// Sections that may be written empty (`decoder_config:` with every key commented out).
@@ -194,6 +202,7 @@ pub(crate) const SECTIONS: &[&str] = &[
     "quantization_config",
     "extra_metadata",
     "carbon",
+    "warmup_until_stable",
 ];
 
 /// Every dotted path of the schema (sections and their keys; prompt source keys of all
@@ -311,6 +320,7 @@ mod tests {
             ("decoder_config", DECODER),
             ("quantization_config", QUANTIZATION),
             ("carbon", CARBON),
+            ("warmup_until_stable", STEADY_WARMUP),
         ] {
             let mut keys: Vec<&String> = json[section].as_object().unwrap().keys().collect();
             keys.sort();

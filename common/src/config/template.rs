@@ -97,6 +97,11 @@ device: auto                # auto | cpu | cuda
 # cpu_threads: 2            # CPU inference threads (default: all cores)
 idle_baseline_s: 10.0       # idle power measured before the window (net energy); 0 = off
 sample_period_ms: 100       # GPU sensor sampler period (power trace, temperature, clocks); 0 = off
+min_window_counter_periods: 10  # warn when a device window is shorter than this many counter updates
+warmup_until_stable:        # after warmup_prompts, warm up until throughput (and power) are steady
+  enabled: false
+  max_rounds: 10            # bound: measure anyway after this many rounds (recorded)
+  tolerance: 0.05           # largest relative change between consecutive rounds
 carbon:                     # carbon = energy x PUE x grid intensity; none without intensity
   # pue: 1.2
   # grid_intensity_gco2e_per_kwh: 400

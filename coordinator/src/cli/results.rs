@@ -378,8 +378,11 @@ fn print_device_energy(
         v.filter(|v| !v.is_empty())
             .map(|v| v.iter().sum::<f64>() / v.len() as f64)
     };
+    let plus_minus = mean(&|x| x.uncertainty_j)
+        .map(|u| format!(" ± {u:.3}"))
+        .unwrap_or_default();
     let mut line = format!(
-        "    {:<20} {:.3} J gross ({})",
+        "    {:<20} {:.3}{plus_minus} J gross ({})",
         d.device_name,
         mean(&|x| Some(x.gross_j)).unwrap_or(f64::NAN),
         d.source
@@ -404,6 +407,9 @@ fn print_device_energy(
         let method = d.phases.as_ref().map_or("", |p| match p.method {
             lem_common::domain::PhaseSplitMethod::CounterAtBoundaries => "counter at boundaries",
             lem_common::domain::PhaseSplitMethod::TraceIntegral => "power trace",
+            lem_common::domain::PhaseSplitMethod::TimeApportioned => {
+                "time-apportioned: the trace cannot resolve the phases"
+            }
         });
         outln!(
             "    {:<20} prefill {p:.3} J, decode {dec:.3} J ({method})",

@@ -13,11 +13,13 @@
 //!
 //! ```json
 //! { "driver_version": "550.54.15", "step_ms": 100, "time_scale": 1.0,
+//!   "counter_phase_seed": 7,
 //!   "fail": { "nvmlSystemGetDriverVersion": "NOT_SUPPORTED" },
 //!   "gpus": [ { "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-...",
 //!               "memory_total_bytes": 85899345920, "memory_used_bytes": 0,
 //!               "power_limit_mw": 700000, "mig_mode": 0, "sm_count": 132,
-//!               "power": [[0.0, 60.0], [1.0, 250.0]], "power_average_window_s": 1.0,
+//!               "power": [[0.0, 60.0], [1.0, 250.0]], "architecture": "hopper",
+//!               "power_average_window_s": 1.0,
 //!               "temperature_c": [[0.0, 35]], "sm_clock_mhz": [[0.0, 1980]],
 //!               "throttle_reasons": [[0.0, 0], [5.0, 4]],
 //!               "energy_start_mj": 0, "counter_reset_at_s": null, "lost_at_s": null,
@@ -36,14 +38,20 @@
 //! * `power`: piecewise-constant watts, `[from_s, watts]` sorted by time, 0 W before the
 //!   first point. Time is virtual seconds since the first `nvmlInit_v2`.
 //! * `nvmlDeviceGetPowerUsage` returns the mean of `power` over the trailing
-//!   `power_average_window_s` (default 1 s, as A100/H100 report it; 0 gives the instant
-//!   value). `nvmlDeviceGetFieldValues` gives `NVML_FI_DEV_POWER_INSTANT` (186, the trace
+//!   `power_average_window_s` (0 = the instant value). Its default follows the GPU's
+//!   `architecture` (or, absent, its name): NVML documents the call as instantaneous on
+//!   GA100 and older (`ampere`, `volta`, `turing`: 0) and as a 1 s average on newer parts
+//!   (`hopper`, `blackwell`: 1 s). `nvmlDeviceGetFieldValues` gives `NVML_FI_DEV_POWER_INSTANT` (186, the trace
 //!   value) and `NVML_FI_DEV_POWER_AVERAGE` (185, the trailing mean) in mW; naming either
 //!   field in `fail` makes that field alone fail.
 //! * The energy counter (mJ) advances in steps of `step_ms` (default 100, like real
 //!   hardware): at virtual time `t` it reads `energy_start_mj + floor(∫₀^q P dt)` with
-//!   `q = floor(t / step) · step`. After `counter_reset_at_s` (rounded down to a step) it
-//!   restarts from 0: `floor(∫_r^q P dt)`.
+//!   `q = φ + floor((t − φ) / step) · step` (clamped at 0), `φ` the GPU's grid phase: 0,
+//!   or with `counter_phase_seed` a pseudo-random phase in `[0, step)` per GPU
+//!   (SplitMix64 of seed + GPU index, in µs), so the grid does not line up with a reader's
+//!   first read. After `counter_reset_at_s` (rounded down to a step) it restarts from 0:
+//!   `floor(∫_r^q P dt)`. `counter_scale` (default 1) multiplies what the counter adds,
+//!   for a counter that disagrees with the power readings.
 //! * `temperature_c`, `sm_clock_mhz` (graphics and SM clocks), `throttle_reasons`
 //!   (clock-event reason bits): piecewise-constant like `power`. A trace left out makes its
 //!   call NOT_SUPPORTED.
@@ -64,8 +72,9 @@
 //!   with [`fakeNvmlAdvanceMs`]. Tests use `time_scale: 0` and advance the clock by hand, so
 //!   a 20 s window takes no real time.
 //!
-//! `nvmlSystemGetDriverVersion` returns `fake-nvml-<driver_version>`, so lem can tell a
-//! simulated node from real hardware.
+//! `nvmlSystemGetDriverVersion` returns `fake-nvml-<driver_version>`, and the library
+//! exports `lem_fake_nvml_marker`, so lem can tell a simulated node from real hardware
+//! even when the driver-version call is made to fail.
 //!
 //! # Unsafe
 //! Only at the FFI boundary: writing results through the caller's out-pointers and
@@ -120,6 +129,10 @@ struct Scenario {
     step_ms: u64,
     #[serde(default = "default_time_scale")]
     time_scale: f64,
+    /// Seed of each GPU's counter-grid phase (see the module docs); absent: the grid starts
+    /// at t = 0 on every GPU.
+    #[serde(default)]
+    counter_phase_seed: Option<u64>,
     #[serde(default)]
     fail: BTreeMap<String, String>,
     gpus: Vec<Gpu>,
@@ -154,15 +167,24 @@ struct Gpu {
     power: Vec<(f64, f64)>,
     #[serde(default)]
     energy_start_mj: u64,
+    /// Factor on what the energy counter adds (1 = true): a miscalibrated counter that
+    /// disagrees with the power readings.
+    #[serde(default = "default_counter_scale")]
+    counter_scale: f64,
     #[serde(default)]
     counter_reset_at_s: Option<f64>,
     #[serde(default)]
     lost_at_s: Option<f64>,
     #[serde(default)]
     fail: BTreeMap<String, String>,
-    /// Length of the trailing average `nvmlDeviceGetPowerUsage` reports (A100/H100: 1 s).
-    #[serde(default = "default_avg_window_s")]
-    power_average_window_s: f64,
+    /// `ampere` (and older: `volta`, `turing`) or `hopper` (and newer: `blackwell`); absent:
+    /// taken from the name (A100/A30/A10/V100/T4 are Ampere or older, anything else Hopper).
+    #[serde(default)]
+    architecture: Option<String>,
+    /// Length of the trailing average `nvmlDeviceGetPowerUsage` reports; absent: by
+    /// architecture (0 = instantaneous up to Ampere, 1 s from Hopper on).
+    #[serde(default)]
+    power_average_window_s: Option<f64>,
     /// `[from_s, °C]`; absent: `nvmlDeviceGetTemperature` is NOT_SUPPORTED.
     #[serde(default)]
     temperature_c: Option<Vec<(f64, f64)>>,
@@ -183,8 +205,35 @@ struct Gpu {
     mig_instances: Vec<MigInstance>,
 }
 
-fn default_avg_window_s() -> f64 {
+fn default_counter_scale() -> f64 {
     1.0
+}
+
+/// Whether `nvmlDeviceGetPowerUsage` averages over 1 s on this architecture: NVML documents
+/// it as instantaneous on GA100 and older, a 1 s average on newer parts.
+fn averages_power(architecture: &str) -> bool {
+    !matches!(
+        architecture.to_ascii_lowercase().as_str(),
+        "ampere" | "volta" | "turing" | "pascal"
+    )
+}
+
+/// The architecture a GPU name implies, for scenarios that do not say.
+fn architecture_from_name(name: &str) -> &'static str {
+    const OLDER: &[&str] = &["A100", "A30", "A10", "A40", "V100", "T4"];
+    if OLDER.iter().any(|m| name.contains(m)) {
+        "ampere"
+    } else {
+        "hopper"
+    }
+}
+
+/// SplitMix64, so a seed gives the same phases on every platform.
+fn splitmix64(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 fn default_mig_slices() -> u32 {
     7
@@ -247,10 +296,25 @@ impl Gpu {
         step_at(&self.power, t)
     }
 
-    /// What `nvmlDeviceGetPowerUsage` reports at `t`: the mean over the trailing
-    /// `power_average_window_s` (the time before 0 counts as 0 W).
+    /// Length of the trailing mean `nvmlDeviceGetPowerUsage` reports (0 = instantaneous).
+    fn average_window_s(&self) -> f64 {
+        self.power_average_window_s.unwrap_or_else(|| {
+            let arch = self
+                .architecture
+                .clone()
+                .unwrap_or_else(|| architecture_from_name(&self.name).to_owned());
+            if averages_power(&arch) {
+                1.0
+            } else {
+                0.0
+            }
+        })
+    }
+
+    /// What `nvmlDeviceGetPowerUsage` reports at `t`: the instant value, or the mean over
+    /// the trailing averaging window (the time before 0 counts as 0 W).
     fn power_avg_at(&self, t: f64) -> f64 {
-        let w = self.power_average_window_s;
+        let w = self.average_window_s();
         if w <= 0.0 {
             return self.power_at(t);
         }
@@ -445,6 +509,13 @@ fn load_scenario(st: &mut State) -> NvmlReturn {
 }
 
 // ---- test controls (not NVML) ----
+
+/// Marker: lem probes for this symbol and labels every reading from a library that
+/// exports it `simulated`, whatever its driver version says.
+#[no_mangle]
+pub extern "C" fn lem_fake_nvml_marker() -> c_uint {
+    1
+}
 
 /// Test control: read the scenario from `path` (a C string) at the next init, instead of
 /// `FAKE_NVML_SCENARIO`. Returns 0, or 2 for an invalid argument.
@@ -676,7 +747,7 @@ pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(
     power: *mut c_uint,
 ) -> NvmlReturn {
     with_gpu("nvmlDeviceGetPowerUsage", device, |_, g, now_s| {
-        // Like A100/H100: the mean over the trailing second, not the instant value.
+        // Hopper and newer: the mean over the trailing second; Ampere and older: instant.
         let mw = (g.power_avg_at(now_s) * 1000.0).round().max(0.0) as c_uint;
         // SAFETY: forwarded caller contract.
         unsafe { put(power, mw) }
@@ -694,14 +765,23 @@ pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
         "nvmlDeviceGetTotalEnergyConsumption",
         device,
         |s, g, now_s| {
-            // Quantise in milliseconds so step boundaries are exact (0.3 s / 0.1 s is not 3).
-            let step_ms = s.step_ms as f64;
-            let quantise_s =
-                |t_s: f64| ((t_s * 1000.0).round() / step_ms).floor() * step_ms / 1000.0;
+            // Quantise in integer microseconds so step boundaries are exact (0.3 s / 0.1 s
+            // is not 3); the grid is shifted by this GPU's phase.
+            let step_us = s.step_ms.saturating_mul(1000) as i64;
+            let index = s.gpus.iter().position(|x| std::ptr::eq(x, g)).unwrap_or(0);
+            let phase_us = s.counter_phase_seed.map_or(0, |seed| {
+                (splitmix64(seed.wrapping_add(index as u64)) % step_us as u64) as i64
+            });
+            let quantise_s = |t_s: f64| {
+                let t_us = (t_s * 1e6).round() as i64;
+                let k = (t_us - phase_us).div_euclid(step_us);
+                (k * step_us + phase_us).max(0) as f64 / 1e6
+            };
             let q = quantise_s(now_s);
+            let k = g.counter_scale;
             let value = match g.counter_reset_at_s.map(quantise_s) {
-                Some(r) if q >= r => (g.integral_mj(q) - g.integral_mj(r)).floor() as u64,
-                _ => g.energy_start_mj + g.integral_mj(q).floor() as u64,
+                Some(r) if q >= r => (k * (g.integral_mj(q) - g.integral_mj(r))).floor() as u64,
+                _ => g.energy_start_mj + (k * g.integral_mj(q)).floor() as u64,
             };
             // SAFETY: forwarded caller contract.
             unsafe { put(energy, value) }
@@ -1297,6 +1377,28 @@ mod tests {
         assert_eq!(late.integral_mj(0.5), 0.0);
         assert_eq!(late.integral_mj(3.0), 100_000.0);
         assert_eq!(late.power_at(0.5), 0.0);
+    }
+
+    #[test]
+    fn power_usage_averages_by_architecture() {
+        // 100 W, then 500 W from 10 s: half a second later the 1 s mean is 300 W.
+        let at = |v: serde_json::Value| {
+            let g: Gpu = serde_json::from_value(v).unwrap();
+            g.power_avg_at(10.5)
+        };
+        let power = serde_json::json!([[0.0, 100.0], [10.0, 500.0]]);
+        let h100 =
+            serde_json::json!({"name": "NVIDIA H100 80GB HBM3", "uuid": "u", "power": power});
+        let a100 =
+            serde_json::json!({"name": "NVIDIA A100-SXM4-40GB", "uuid": "u", "power": power});
+        assert!((at(h100) - 300.0).abs() < 1e-9);
+        assert_eq!(at(a100), 500.0);
+        let named =
+            serde_json::json!({"name": "x", "uuid": "u", "power": power, "architecture": "ampere"});
+        assert_eq!(at(named), 500.0);
+        let explicit = serde_json::json!({"name": "NVIDIA A100", "uuid": "u", "power": power,
+            "power_average_window_s": 1.0});
+        assert!((at(explicit) - 300.0).abs() < 1e-9);
     }
 
     #[test]
