@@ -5,3 +5,4 @@ pub mod aggregate;
 pub mod cli;
 pub mod embedded;
 pub mod store;
+pub mod window_energy;

@@ -249,14 +249,115 @@ fn fmt_summary(s: &Summary, unit: &str, prec: usize) -> String {
 
 fn print_job(m: &JobMetrics) {
     println!(
-        "  cycle {}: {} prompts, {} in / {} out tokens, {:.2} s, {:.2} out tok/s",
+        "  cycle {}: {} prompts, {} in / {} out tokens, {:.2} s, {} out tok/s",
         m.cycle + 1,
         m.num_requests,
         m.input_tokens,
         m.output_tokens,
         m.wall_s,
         m.output_tokens_per_s
+            .map_or("—".into(), |r| format!("{r:.2}"))
     );
+}
+
+/// " (over n of N cycles; cycle 2 left out: reason)" when a statistic leaves cycles out.
+fn cycles_used(agg: &ExperimentAggregate, name: &str) -> String {
+    match (agg.energy_cycles_left_out.get(name), agg.stats.get(name)) {
+        (Some(out), Some(s)) => {
+            let list: Vec<String> = out
+                .iter()
+                .map(|c| format!("cycle {}: {}", c.cycle, c.reason))
+                .collect();
+            format!(
+                "  (over {} of {} cycles; left out {})",
+                s.n,
+                agg.cycles.len(),
+                list.join("; ")
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+/// Energy per output token, per request and per 1,000 queries over the whole window and
+/// the steady-state window, for every device and for the GPUs (means over cycles).
+fn print_windows(agg: &ExperimentAggregate) {
+    let Some(first) = agg.cycles.first() else {
+        return;
+    };
+    let steady = first.steady_state.as_ref();
+    let has_gpu = first.whole_window.as_ref().is_some_and(|w| w.gpu.is_some());
+    let rows: [(&str, &str, &str, usize, bool); 4] = [
+        (
+            "J / output token",
+            "j_per_output_token",
+            "steady_state_j_per_output_token",
+            4,
+            true,
+        ),
+        (
+            "Wh / 1000 queries",
+            "wh_per_1000_queries",
+            "steady_state_wh_per_1000_queries",
+            4,
+            true,
+        ),
+        (
+            "GPU J / output token",
+            "gpu_j_per_output_token",
+            "steady_state_gpu_j_per_output_token",
+            4,
+            has_gpu,
+        ),
+        (
+            "GPU Wh / 1000 queries",
+            "gpu_wh_per_1000_queries",
+            "steady_state_gpu_wh_per_1000_queries",
+            4,
+            has_gpu,
+        ),
+    ];
+    let cell = |name: &str, prec: usize| match agg.stats.get(name) {
+        Some(s) => format!("{:>14.p$}", s.mean, p = prec),
+        None => format!("{:>14}", "—"),
+    };
+    if rows
+        .iter()
+        .all(|r| !agg.stats.contains_key(r.1) && !agg.stats.contains_key(r.2))
+    {
+        return;
+    }
+    let steady_span = steady
+        .and_then(|w| Some((w.start_offset_ns?, w.end_offset_ns?)))
+        .map(|(a, b)| format!("{:.2}–{:.2} s", a as f64 / 1e9, b as f64 / 1e9))
+        .unwrap_or_default();
+    println!(
+        "  {:<22} {:>14} {:>14}  {}",
+        "energy by window",
+        "whole run",
+        "steady state",
+        if steady_span.is_empty() {
+            String::new()
+        } else {
+            format!("(cycle {}: steady {steady_span})", first.cycle + 1)
+        }
+    );
+    for (label, whole, steady_name, prec, shown) in rows {
+        if shown {
+            println!(
+                "    {label:<20} {} {}",
+                cell(whole, prec),
+                cell(steady_name, prec)
+            );
+        }
+    }
+    if let Some(why) = steady.and_then(|w| {
+        w.unavailable_reason
+            .as_deref()
+            .or(w.all_devices.unavailable_reason.as_deref())
+    }) {
+        println!("    {:<20} steady state: {why}", "");
+    }
 }
 
 /// The human summary printed after a run and by `results show`.
@@ -381,6 +482,11 @@ fn print_latency(agg: &ExperimentAggregate) {
 pub fn print_aggregate(agg: &ExperimentAggregate, rec: &ExperimentRecord) {
     println!();
     println!("Experiment {}  ({})", agg.experiment_id, rec.config_name);
+    if agg.simulated {
+        println!(
+            "  SIMULATED  energy comes from a simulated device (fake NVML scenario), not hardware"
+        );
+    }
     println!("  model      {}", agg.model_name);
     if let Some(d) = &agg.compute_device {
         let simulated = agg
@@ -428,26 +534,51 @@ pub fn print_aggregate(agg: &ExperimentAggregate, rec: &ExperimentRecord) {
     print_latency(agg);
     match stat("energy_total_j") {
         Some(s) => {
-            println!("  {:<22} {}", "energy", fmt_summary(s, "J", 3));
+            println!(
+                "  {:<22} {}{}",
+                "energy",
+                fmt_summary(s, "J", 3),
+                cycles_used(agg, "energy_total_j")
+            );
             show("energy / output token", "j_per_output_token", "J", 4);
             show("output tokens / J", "output_tokens_per_j", "tok/J", 3);
             show("energy (net of idle)", "energy_net_total_j", "J", 3);
             show("energy in prefill", "energy_prefill_j", "J", 3);
             show("energy in decode", "energy_decode_j", "J", 3);
-            for d in &first.energy.devices {
-                print_device_energy(agg, d);
-            }
-            for m in &first.energy.missing {
-                println!("  {:<22} not measured — {m}", "");
-            }
         }
         None => {
-            println!("  energy                 unavailable (null, not zero):");
-            for m in &first.energy.missing {
-                println!("                         {m}");
+            println!(
+                "  energy                 no total (null, not zero): {}",
+                first
+                    .energy
+                    .total_unavailable_reason
+                    .as_deref()
+                    .unwrap_or("no energy was measured")
+            );
+            if let Some(j) = first.energy.partial_total_j {
+                println!(
+                    "  {:<22} {j:.3} J over the devices read (cycle {}; not the job's total)",
+                    "partial",
+                    first.cycle + 1
+                );
+            }
+            if let Some(s) = stat("gpu_energy_j") {
+                println!(
+                    "  {:<22} {}{}",
+                    "GPU energy",
+                    fmt_summary(s, "J", 3),
+                    cycles_used(agg, "gpu_energy_j")
+                );
             }
         }
     }
+    for d in &first.energy.devices {
+        print_device_energy(agg, d);
+    }
+    for m in &first.energy.missing {
+        println!("  {:<22} not measured — {m}", "");
+    }
+    print_windows(agg);
     if let Some(c) = &first.carbon {
         match (stat("co2e_g"), &c.unavailable_reason) {
             (Some(s), _) => println!(
