@@ -1174,7 +1174,7 @@ pub(crate) mod tests {
         );
         // Each kind is one sort of reading, so each keeps its own total.
         assert_eq!((e.gpu_j, e.cpu_j), (Some(500.0), Some(40.0)));
-        let agg = aggregate_experiment("exp", "c", "m", 1, &[r.clone()]);
+        let agg = aggregate_experiment("exp", "c", "m", 1, std::slice::from_ref(&r));
         assert!(agg.simulated, "marked at the top level");
         assert!(!agg.stats.contains_key("energy_total_j"));
         assert_eq!(agg.stats["gpu_energy_j"].mean, 500.0);

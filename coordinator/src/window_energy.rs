@@ -6,7 +6,10 @@
 //! (`RequestRecord::{start,finish}_offset_ns`). The steady-state window runs from the first
 //! moment the number of requests in flight reaches its maximum to the last moment it leaves
 //! that maximum: batches smaller than the largest before it (ramp-up) and the rows still
-//! finishing after it (drain) are left out. A job that ran as a single batch has no steady
+//! finishing after it (drain) are left out. The end is the decode step in which that
+//! request finished: rows of one step are stamped one after another, so tokens stamped
+//! within half that request's last inter-token gap after its finish belong to the same step
+//! and the window ends at the last of them. A job that ran as a single batch has no steady
 //! part (its prefill is the ramp-up, its rows finishing the drain), so its steady-state
 //! figures are null with that reason.
 //!
@@ -246,37 +249,58 @@ pub fn steady_window(requests: &[RequestRecord]) -> Result<SteadyWindow, String>
             end_ns = Some(t);
         }
     }
-    match (start_ns, end_ns) {
-        (Some(start_ns), Some(end_ns)) if end_ns > start_ns => Ok(SteadyWindow {
-            start_ns,
-            end_ns,
-            max_in_flight: max as usize,
-        }),
-        _ => Err("the steady-state window has zero length".into()),
+    let (Some(start_ns), Some(drop_ns)) = (start_ns, end_ns) else {
+        return Err("the steady-state window has zero length".into());
+    };
+    let end_ns = end_of_step(requests, drop_ns);
+    if end_ns <= start_ns {
+        return Err("the steady-state window has zero length".into());
     }
+    Ok(SteadyWindow {
+        start_ns,
+        end_ns,
+        max_in_flight: max as usize,
+    })
 }
 
-/// Output tokens produced in (start, end]: each request's last token at its finish, the
-/// earlier ones spaced back by its inter-token gaps.
-pub fn tokens_in(requests: &[RequestRecord], start_ns: u64, end_ns: u64) -> u64 {
-    let mut n = 0;
-    for r in requests {
-        let (Some(finish), true) = (r.finish_offset_ns, r.output_tokens > 0) else {
-            continue;
-        };
-        let mut t = finish;
-        let mut gaps = r.itl_ns.iter().rev();
-        loop {
-            if t > start_ns && t <= end_ns {
-                n += 1;
-            }
-            match gaps.next() {
-                Some(&gap) => t = t.saturating_sub(gap),
-                None => break,
-            }
-        }
+/// The last token stamp of the decode step in which a request finished at `finish_ns`:
+/// stamps within half that request's last inter-token gap after it.
+fn end_of_step(requests: &[RequestRecord], finish_ns: u64) -> u64 {
+    let half_gap = requests
+        .iter()
+        .filter(|r| r.finish_offset_ns == Some(finish_ns))
+        .filter_map(|r| r.itl_ns.last())
+        .max()
+        .map_or(0, |gap| gap / 2);
+    requests
+        .iter()
+        .flat_map(token_times)
+        .filter(|&t| t > finish_ns && t <= finish_ns + half_gap)
+        .fold(finish_ns, u64::max)
+}
+
+/// When each output token of `r` was produced: the last at its finish, the earlier ones
+/// placed back by its inter-token gaps. Empty without a finish time or tokens.
+fn token_times(r: &RequestRecord) -> Vec<u64> {
+    let (Some(finish), true) = (r.finish_offset_ns, r.output_tokens > 0) else {
+        return Vec::new();
+    };
+    let mut times = vec![finish];
+    let mut t = finish;
+    for &gap in r.itl_ns.iter().rev() {
+        t = t.saturating_sub(gap);
+        times.push(t);
     }
-    n
+    times
+}
+
+/// Output tokens produced in (start, end] (see `token_times`).
+pub fn tokens_in(requests: &[RequestRecord], start_ns: u64, end_ns: u64) -> u64 {
+    requests
+        .iter()
+        .flat_map(token_times)
+        .filter(|&t| t > start_ns && t <= end_ns)
+        .count() as u64
 }
 
 /// One device's energy over `[start_ns, end_ns]` from its trace (see the module docs).
@@ -366,6 +390,15 @@ mod tests {
         // finishing (2200 ms) starts the drain.
         let w = steady_window(&requests(&OFFLINE_MS)).unwrap();
         assert_eq!((w.start_ns, w.end_ns, w.max_in_flight), (0, 2200 * MS, 2));
+        // Rows of the last full batch's final step stamped 1 ms apart (gap 100 ms): the
+        // window ends at the later stamp, so both tokens of that step are inside it.
+        // Request 3's tokens: 1300..=2100 ms every 100 ms, then 2201 (the step in which
+        // request 2 finishes at 2200), 2300 and 2400.
+        let mut stamped = requests(&OFFLINE_MS);
+        stamped[3].itl_ns = [vec![100 * MS; 8], vec![101 * MS, 99 * MS, 100 * MS]].concat();
+        let w = steady_window(&stamped).unwrap();
+        assert_eq!((w.start_ns, w.end_ns), (0, 2201 * MS));
+        assert_eq!(tokens_in(&stamped[3..4], 0, w.end_ns), 10);
         // Served on arrival: one request alone first (ramp-up), then full batches of 2.
         let served = [
             (0, 500),

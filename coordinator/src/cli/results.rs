@@ -351,12 +351,16 @@ fn print_windows(agg: &ExperimentAggregate) {
             );
         }
     }
-    if let Some(why) = steady.and_then(|w| {
-        w.unavailable_reason
-            .as_deref()
-            .or(w.all_devices.unavailable_reason.as_deref())
-    }) {
-        println!("    {:<20} steady state: {why}", "");
+    // Say why a steady-state column is empty, unless it is the whole run's reason again.
+    let Some(w) = steady else {
+        return;
+    };
+    if let Some(why) = &w.unavailable_reason {
+        println!("    {:<20} no steady state: {why}", "");
+    } else if let Some(why) = &w.all_devices.unavailable_reason {
+        if first.energy.total_unavailable_reason.as_ref() != Some(why) {
+            println!("    {:<20} steady state, all devices: {why}", "");
+        }
     }
 }
 
