@@ -1079,7 +1079,7 @@ pub(crate) mod tests {
     }
 
     /// Two GPUs of `gross_j` each (`None` = not read); 6 output tokens (see `raw`).
-    fn two_gpus(cycle: u32, gross_j: [Option<f64>; 2]) -> RawResult {
+    pub(crate) fn two_gpus(cycle: u32, gross_j: [Option<f64>; 2]) -> RawResult {
         let readings = gross_j
             .iter()
             .enumerate()

@@ -614,3 +614,28 @@ pub fn print_aggregate(agg: &ExperimentAggregate, rec: &ExperimentRecord) {
     }
     println!("  details: lem results show {} --raw", agg.experiment_id);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{aggregate_experiment, tests::two_gpus};
+
+    #[test]
+    fn an_energy_statistic_over_fewer_cycles_says_which_were_left_out() {
+        let raws = [
+            two_gpus(0, [Some(100.0), Some(200.0)]),
+            two_gpus(1, [Some(900.0), None]),
+            two_gpus(2, [Some(150.0), Some(250.0)]),
+        ];
+        let agg = aggregate_experiment("exp", "c", "m", 3, &raws);
+        let note = cycles_used(&agg, "energy_total_j");
+        assert!(note.contains("over 2 of 3 cycles"), "{note}");
+        assert!(
+            note.contains("cycle 2: 1 of 2 devices not read (gpu-1"),
+            "{note}"
+        );
+        // Every cycle complete: no note.
+        let agg = aggregate_experiment("exp", "c", "m", 1, &raws[..1]);
+        assert_eq!(cycles_used(&agg, "energy_total_j"), "");
+    }
+}
