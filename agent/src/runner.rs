@@ -337,7 +337,12 @@ impl JobRunner {
                         arrivals_ns,
                         start_offset_ns: served.start_offset_ns,
                     };
-                    window.add_batch(&batch, &served.output, Some(arrived));
+                    window.add_batch(
+                        &batch,
+                        &served.output,
+                        served.start_offset_ns,
+                        Some(arrived),
+                    );
                     obs.after_batch(batch.len());
                 },
             )
@@ -347,10 +352,11 @@ impl JobRunner {
                 let inputs: Vec<Vec<u32>> =
                     batch.iter().map(|&i| token_prompts[i].clone()).collect();
                 observer.mark(Phase::Prefill);
+                let start_offset_ns = window_start.elapsed().as_nanos() as u64;
                 let out: BatchOutput = engine
                     .generate(&inputs, &params, &mut observer)
                     .map_err(|e| map_engine_err(&cfg.model_name, e))?;
-                window.add_batch(batch, &out, None);
+                window.add_batch(batch, &out, start_offset_ns, None);
                 observer.after_batch(batch.len());
             }
         }
@@ -652,8 +658,14 @@ impl<'a> WindowTotals<'a> {
 
     /// Adds one generated batch (`batch[row]` = prompt index). With arrivals, TTFT and e2e
     /// count from each request's arrival: the engine's times (from the batch start) plus
-    /// the time it queued.
-    fn add_batch(&mut self, batch: &[usize], out: &BatchOutput, arrivals: Option<BatchArrivals>) {
+    /// the time it queued. `start_offset_ns`: when the batch started, from the window start.
+    fn add_batch(
+        &mut self,
+        batch: &[usize],
+        out: &BatchOutput,
+        start_offset_ns: u64,
+        arrivals: Option<BatchArrivals>,
+    ) {
         self.prefill_ns += out.prefill_ns;
         self.decode_ns += out.decode_ns;
         for (seq, &prompt_index) in out.sequences.iter().zip(batch) {
@@ -681,6 +693,8 @@ impl<'a> WindowTotals<'a> {
                 stop_reason: seq.stop_reason,
                 output_text: self.save_outputs.then(|| seq.text.clone()),
                 arrival_offset_ns,
+                start_offset_ns: Some(start_offset_ns),
+                finish_offset_ns: Some(start_offset_ns + seq.e2e_ns),
             });
         }
     }
@@ -1157,7 +1171,7 @@ mod tests {
             arrivals_ns: &arrivals_ns,
             start_offset_ns: 150,
         };
-        w.add_batch(&[1, 2], &out, Some(arrived));
+        w.add_batch(&[1, 2], &out, 150, Some(arrived));
         let got: Vec<_> = w
             .records
             .iter()
@@ -1165,10 +1179,21 @@ mod tests {
             .collect();
         assert_eq!(got, [(1, Some(100), 60, 80), (2, Some(140), 20, 35)]);
         assert_eq!(w.records[0].itl_ns, [20], "ITL is not shifted");
+        // In the window: batch start 150 ns + the engine's e2e (30 and 25 ns).
+        let placed: Vec<_> = w
+            .records
+            .iter()
+            .map(|r| (r.start_offset_ns, r.finish_offset_ns))
+            .collect();
+        assert_eq!(placed, [(Some(150), Some(180)), (Some(150), Some(175))]);
         // All at once: the engine's times, no arrival.
-        w.add_batch(&[0], &out, None);
+        w.add_batch(&[0], &out, 400, None);
         let r = &w.records[2];
         assert_eq!((r.arrival_offset_ns, r.ttft_ns, r.e2e_ns), (None, 10, 30));
+        assert_eq!(
+            (r.start_offset_ns, r.finish_offset_ns),
+            (Some(400), Some(430))
+        );
         assert_eq!((w.prefill_ns, w.decode_ns), (20, 40));
         assert!(w.flops.prefill_flops > 0.0 && w.flops.decode_flops > 0.0);
     }

@@ -326,6 +326,14 @@ pub struct RequestRecord {
     /// `None` when every request arrived at once. TTFT and e2e then count from here.
     #[serde(default)]
     pub arrival_offset_ns: Option<u64>,
+    /// When the request's batch started generating, from the measured window's start;
+    /// `None` in results stored before lem recorded it.
+    #[serde(default)]
+    pub start_offset_ns: Option<u64>,
+    /// When the request's last token was produced, from the measured window's start.
+    /// With `itl_ns` this places every output token in the window (steady-state energy).
+    #[serde(default)]
+    pub finish_offset_ns: Option<u64>,
 }
 
 /// Analytic FLOPs of one job (see docs/flops.md).

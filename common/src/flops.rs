@@ -227,6 +227,8 @@ mod tests {
             stop_reason: StopReason::MaxTokens,
             output_text: None,
             arrival_offset_ns: None,
+            start_offset_ns: None,
+            finish_offset_ns: None,
         };
         let j = job_flops(&s, &[rec(3, 2), rec(1, 1)]);
         assert_eq!(j.prefill_flops, 1040.0 + 384.0);

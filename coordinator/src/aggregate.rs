@@ -1,10 +1,14 @@
 //! Late aggregation: derived numbers computed from stored raw results only.
 //!
 //! Within a job: energy summed over distinct physical devices, tokens summed, wall time
-//! is the window's length, throughput = tokens / wall time. Across cycles: mean, sample
-//! std, Student-t 95% CI and CV per metric. Pure functions of the raw results: running
-//! them again gives identical numbers.
+//! is the window's length, throughput = tokens / wall time. A total over devices is null
+//! unless every device was read and all are simulated or all real (`sum_devices`); the
+//! readable part stays visible as `partial_total_j`. Across cycles: mean, sample std,
+//! Student-t 95% CI and CV per metric; energy statistics use only the cycles where the
+//! figure exists and list the others (`energy_cycles_left_out`). Pure functions of the
+//! raw results: running them again gives identical numbers.
 
+use crate::window_energy::{self, WindowEnergy};
 use lem_common::arrivals;
 use lem_common::config::CarbonConfig;
 use lem_common::config::LatencySimulation;
@@ -14,31 +18,99 @@ use lem_common::stats::{LatencyPercentiles, Summary};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Energy of one job by device kind. `None` = no reading of that kind was available.
+/// Energy of one job by device kind. A kind's total is `None` when the job has no
+/// device of that kind or one of them could not be read (see `sum_devices`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnergyTotals {
     pub gpu_j: Option<f64>,
     pub cpu_j: Option<f64>,
     pub dram_j: Option<f64>,
-    /// Sum of the available kinds; `None` when nothing was measured.
+    /// Sum over every device of the job; `None` when any device's reading is missing,
+    /// when simulated and real readings would be mixed, or when nothing was measured.
     pub total_j: Option<f64>,
+    /// Why `total_j` is null, when it is.
+    #[serde(default)]
+    pub total_unavailable_reason: Option<String>,
+    /// Why `gpu_j` is null while the job has GPU readings.
+    #[serde(default)]
+    pub gpu_unavailable_reason: Option<String>,
+    /// Sum of the devices that were read, only when `total_j` is null because some were
+    /// not (those are in `missing`). Never a whole-job figure.
+    #[serde(default)]
+    pub partial_total_j: Option<f64>,
     /// One line per device whose reading was unavailable: "device: reason".
     pub missing: Vec<String>,
+    /// True when any reading comes from a simulated device.
+    #[serde(default)]
+    pub simulated: bool,
     /// Sources that contributed, e.g. ["rapl"].
     pub sources: Vec<String>,
-    /// Sum of net energies (gross − idle baseline × window); `None` unless every
-    /// available reading has one. May be negative (see `EnergyReading::net_energy_mj`).
+    /// Sum of net energies (gross − idle baseline × window); `None` unless `total_j`
+    /// exists and every reading has a net value. May be negative (see
+    /// `EnergyReading::net_energy_mj`).
     #[serde(default)]
     pub net_total_j: Option<f64>,
     /// Each measured device, in reading order.
     #[serde(default)]
     pub devices: Vec<DeviceEnergy>,
     /// Gross energy in prefill and in decode passes, summed over devices; `None` unless
-    /// every measured device has a phase split.
+    /// `total_j` exists and every device has a phase split.
     #[serde(default)]
     pub prefill_j: Option<f64>,
     #[serde(default)]
     pub decode_j: Option<f64>,
+}
+
+/// One device's contribution to a sum over devices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DevicePart {
+    pub device_id: String,
+    pub energy_j: Option<f64>,
+    pub simulated: bool,
+    pub unavailable_reason: Option<String>,
+}
+
+/// The sum over `parts`, or why there is none: a device that was not read makes the sum
+/// partial, and simulated and real readings are never added into one figure.
+pub fn sum_devices(parts: &[DevicePart]) -> Result<f64, String> {
+    if parts.is_empty() {
+        return Err("no device was measured".into());
+    }
+    let missing: Vec<String> = parts
+        .iter()
+        .filter(|p| p.energy_j.is_none())
+        .map(|p| {
+            format!(
+                "{}: {}",
+                p.device_id,
+                p.unavailable_reason.as_deref().unwrap_or("unavailable")
+            )
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} of {} devices not read ({})",
+            missing.len(),
+            parts.len(),
+            missing.join("; ")
+        ));
+    }
+    let ids = |simulated: bool| -> Vec<&str> {
+        parts
+            .iter()
+            .filter(|p| p.simulated == simulated)
+            .map(|p| p.device_id.as_str())
+            .collect()
+    };
+    let (simulated, real) = (ids(true), ids(false));
+    if !simulated.is_empty() && !real.is_empty() {
+        return Err(format!(
+            "simulated and real readings are not added together (simulated: {}; real: {})",
+            simulated.join(", "),
+            real.join(", ")
+        ));
+    }
+    Ok(parts.iter().filter_map(|p| p.energy_j).sum())
 }
 
 /// One measured device of one job.
@@ -73,8 +145,9 @@ pub struct JobMetrics {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub wall_s: f64,
-    pub output_tokens_per_s: f64,
-    pub total_tokens_per_s: f64,
+    /// Tokens / measured wall time; `None` for a zero-length window (not 0).
+    pub output_tokens_per_s: Option<f64>,
+    pub total_tokens_per_s: Option<f64>,
     /// Prompt tokens / time in prefill passes.
     pub prefill_tokens_per_s: Option<f64>,
     /// Output tokens produced by decode passes / time in decode passes.
@@ -106,8 +179,16 @@ pub struct JobMetrics {
     pub output_tokens_per_j: Option<f64>,
     pub flops_total: f64,
     pub flops_per_output_token: Option<f64>,
-    pub flops_per_s: f64,
+    /// `None` for a zero-length window.
+    pub flops_per_s: Option<f64>,
     pub peak_memory_bytes: Option<u64>,
+    /// Energy over the whole measured window, per output token, per request and per
+    /// 1,000 queries, for every device and for the GPUs.
+    #[serde(default)]
+    pub whole_window: Option<WindowEnergy>,
+    /// The same over the steady-state window (see `window_energy`).
+    #[serde(default)]
+    pub steady_state: Option<WindowEnergy>,
 }
 
 /// An experiment's aggregate: per-cycle metrics plus statistics across cycles.
@@ -121,9 +202,26 @@ pub struct ExperimentAggregate {
     pub cycles: Vec<JobMetrics>,
     /// True when every expected cycle has a result.
     pub complete: bool,
-    /// Metric name → summary across cycles (only metrics available in every cycle).
+    /// Metric name → summary across cycles. Energy metrics: over the cycles where the
+    /// figure exists (see `energy_cycles_left_out`); other metrics: only when available
+    /// in every cycle.
     pub stats: BTreeMap<String, Summary>,
+    /// Energy statistic name → the cycles it leaves out, with why. Only statistics that
+    /// exist (over at least one cycle) and leave a cycle out.
+    #[serde(default)]
+    pub energy_cycles_left_out: BTreeMap<String, Vec<CycleLeftOut>>,
+    /// True when any cycle has a reading from a simulated device.
+    #[serde(default)]
+    pub simulated: bool,
     pub warnings: Vec<String>,
+}
+
+/// A cycle left out of an energy statistic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CycleLeftOut {
+    /// 1-based, as the summary numbers cycles.
+    pub cycle: u32,
+    pub reason: String,
 }
 
 /// Results stored before arrival schedules existed all had every request at once.
@@ -165,7 +263,11 @@ pub struct CarbonEstimate {
     pub unavailable_reason: Option<String>,
 }
 
-fn carbon_estimate(raw: &RawResult, total_j: Option<f64>) -> CarbonEstimate {
+fn carbon_estimate(
+    raw: &RawResult,
+    total_j: Option<f64>,
+    total_unavailable_reason: Option<&str>,
+) -> CarbonEstimate {
     let cfg: CarbonConfig = raw
         .effective_config
         .get("carbon")
@@ -178,7 +280,13 @@ fn carbon_estimate(raw: &RawResult, total_j: Option<f64>) -> CarbonEstimate {
             None,
             Some("no grid intensity configured (carbon.grid_intensity_gco2e_per_kwh)".into()),
         ),
-        (Some(_), None) => (None, Some("no energy was measured".into())),
+        (Some(_), None) => (
+            None,
+            Some(format!(
+                "no energy total: {}",
+                total_unavailable_reason.unwrap_or("no energy was measured")
+            )),
+        ),
         (Some(g), Some(kwh)) => (Some(kwh * pue * g), None),
     };
     CarbonEstimate {
@@ -196,7 +304,7 @@ pub fn job_metrics(raw: &RawResult) -> JobMetrics {
     let input_tokens = raw.input_tokens();
     let output_tokens = raw.output_tokens();
     let wall_s = raw.wall_ns as f64 / 1e9;
-    let per_s = |n: f64| if wall_s > 0.0 { n / wall_s } else { 0.0 };
+    let per_s = |n: f64| (wall_s > 0.0).then(|| n / wall_s);
 
     let ttft: Vec<f64> = raw
         .requests
@@ -258,7 +366,13 @@ pub fn job_metrics(raw: &RawResult) -> JobMetrics {
         request_throughput_per_s: (wall_s > 0.0).then(|| raw.requests.len() as f64 / wall_s),
         arrivals: arrivals_label(raw),
         achieved_arrival_rate_per_s: achieved_arrival_rate_per_s(raw),
-        carbon: Some(carbon_estimate(raw, energy.total_j)),
+        carbon: Some(carbon_estimate(
+            raw,
+            energy.total_j,
+            energy.total_unavailable_reason.as_deref(),
+        )),
+        whole_window: Some(window_energy::whole_window(raw, &energy)),
+        steady_state: Some(window_energy::steady_state(raw)),
         energy,
         j_per_output_token,
         output_tokens_per_j,
@@ -270,27 +384,28 @@ pub fn job_metrics(raw: &RawResult) -> JobMetrics {
 }
 
 /// Sums energy over distinct physical devices: a device read twice (e.g. by two ranks)
-/// counts once.
+/// counts once. Totals follow `sum_devices`: null unless every device was read.
 pub fn energy_totals(raw: &RawResult) -> EnergyTotals {
     let mut seen = BTreeSet::new();
-    let (mut gpu, mut cpu, mut dram) = (None::<f64>, None::<f64>, None::<f64>);
     let mut missing = Vec::new();
     let mut sources = BTreeSet::new();
     let mut devices = Vec::new();
+    let mut parts: Vec<(DeviceKind, DevicePart)> = Vec::new();
     for r in &raw.energy {
         if !seen.insert((r.device_kind, r.device_id.clone())) {
             continue;
         }
+        parts.push((
+            r.device_kind,
+            DevicePart {
+                device_id: r.device_id.clone(),
+                energy_j: r.energy_mj.map(|mj| mj / 1000.0),
+                simulated: r.simulated,
+                unavailable_reason: r.unavailable_reason.clone(),
+            },
+        ));
         match r.energy_mj {
             Some(mj) => {
-                let slot = match r.device_kind {
-                    // A MIG slice's reading is the job's attributed share of its parent,
-                    // which is then not read as a GPU of this job.
-                    DeviceKind::Gpu | DeviceKind::MigSlice => &mut gpu,
-                    DeviceKind::CpuPackage => &mut cpu,
-                    DeviceKind::Dram => &mut dram,
-                };
-                *slot = Some(slot.unwrap_or(0.0) + mj / 1000.0);
                 let source = serde_json::to_value(r.source)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_string))
@@ -317,19 +432,33 @@ pub fn energy_totals(raw: &RawResult) -> EnergyTotals {
             )),
         }
     }
-    let total_j = [gpu, cpu, dram]
-        .into_iter()
-        .flatten()
-        .fold(None, |acc: Option<f64>, j| Some(acc.unwrap_or(0.0) + j));
-    let net_total_j = if devices.is_empty() {
-        None
-    } else {
-        devices.iter().map(|d| d.net_j).sum::<Option<f64>>()
+    // A MIG slice's reading is the job's attributed share of its parent, which is then
+    // not read as a GPU of this job: slices count as the job's GPU energy.
+    let of_kinds = |kinds: &[DeviceKind]| -> Option<Result<f64, String>> {
+        let selected: Vec<DevicePart> = parts
+            .iter()
+            .filter(|(k, _)| kinds.contains(k))
+            .map(|(_, p)| p.clone())
+            .collect();
+        (!selected.is_empty()).then(|| sum_devices(&selected))
     };
+    let gpu = of_kinds(&[DeviceKind::Gpu, DeviceKind::MigSlice]);
+    let all: Vec<DevicePart> = parts.iter().map(|(_, p)| p.clone()).collect();
+    let total = sum_devices(&all);
+    let total_j = total.as_ref().ok().copied();
+    let readable: Vec<&DevicePart> = all.iter().filter(|p| p.energy_j.is_some()).collect();
+    // The readable part is shown only when it is one kind of reading (all simulated or
+    // all real); a mix has no sum at all.
+    let partial_total_j = (total_j.is_none()
+        && !missing.is_empty()
+        && !readable.is_empty()
+        && readable
+            .iter()
+            .all(|p| p.simulated == readable[0].simulated))
+    .then(|| readable.iter().filter_map(|p| p.energy_j).sum());
+    let net_total_j = total_j.and_then(|_| devices.iter().map(|d| d.net_j).sum::<Option<f64>>());
     let phase_sum = |f: fn(&PhaseEnergy) -> f64| -> Option<f64> {
-        if devices.is_empty() {
-            return None;
-        }
+        total_j?;
         devices
             .iter()
             .map(|d| d.phases.as_ref().map(|p| f(p) / 1000.0))
@@ -340,11 +469,15 @@ pub fn energy_totals(raw: &RawResult) -> EnergyTotals {
     EnergyTotals {
         prefill_j,
         decode_j,
-        gpu_j: gpu,
-        cpu_j: cpu,
-        dram_j: dram,
+        gpu_j: gpu.as_ref().and_then(|r| r.as_ref().ok().copied()),
+        cpu_j: of_kinds(&[DeviceKind::CpuPackage]).and_then(Result::ok),
+        dram_j: of_kinds(&[DeviceKind::Dram]).and_then(Result::ok),
         total_j,
+        total_unavailable_reason: total.err(),
+        gpu_unavailable_reason: gpu.and_then(Result::err),
+        partial_total_j,
         missing,
+        simulated: raw.energy.iter().any(|r| r.simulated),
         sources: sources.into_iter().collect(),
         net_total_j,
         devices,
@@ -399,8 +532,8 @@ pub fn aggregate_experiment(
             }
         }
     };
-    add("output_tokens_per_s", &|m| Some(m.output_tokens_per_s));
-    add("total_tokens_per_s", &|m| Some(m.total_tokens_per_s));
+    add("output_tokens_per_s", &|m| m.output_tokens_per_s);
+    add("total_tokens_per_s", &|m| m.total_tokens_per_s);
     add("decode_tokens_per_s", &|m| m.decode_tokens_per_s);
     add("prefill_tokens_per_s", &|m| m.prefill_tokens_per_s);
     add("wall_s", &|m| Some(m.wall_s));
@@ -428,15 +561,31 @@ pub fn aggregate_experiment(
     add("achieved_arrival_rate_per_s", &|m| {
         m.achieved_arrival_rate_per_s
     });
-    add("energy_total_j", &|m| m.energy.total_j);
-    add("energy_net_total_j", &|m| m.energy.net_total_j);
-    add("energy_prefill_j", &|m| m.energy.prefill_j);
-    add("energy_decode_j", &|m| m.energy.decode_j);
-    add("co2e_g", &|m| m.carbon.as_ref().and_then(|c| c.co2e_g));
-    add("j_per_output_token", &|m| m.j_per_output_token);
-    add("output_tokens_per_j", &|m| m.output_tokens_per_j);
-    add("flops_per_s", &|m| Some(m.flops_per_s));
+    add("flops_per_s", &|m| m.flops_per_s);
 
+    // Energy: over the cycles where the figure exists; the others are listed with why.
+    let mut energy_cycles_left_out = BTreeMap::new();
+    for (name, figure) in energy_metrics() {
+        let mut vals = Vec::new();
+        let mut left_out = Vec::new();
+        for m in &cycles {
+            match figure(m) {
+                Ok(v) => vals.push(v),
+                Err(reason) => left_out.push(CycleLeftOut {
+                    cycle: m.cycle + 1,
+                    reason,
+                }),
+            }
+        }
+        if let Some(s) = Summary::of(&vals) {
+            stats.insert(name.to_string(), s);
+            if !left_out.is_empty() {
+                energy_cycles_left_out.insert(name.to_string(), left_out);
+            }
+        }
+    }
+
+    let simulated = cycles.iter().any(|c| c.energy.simulated);
     ExperimentAggregate {
         experiment_id: experiment_id.to_string(),
         config_name: config_name.to_string(),
@@ -446,16 +595,132 @@ pub fn aggregate_experiment(
         cycles,
         complete,
         stats,
+        energy_cycles_left_out,
+        simulated,
         warnings,
     }
 }
 
+/// One energy figure of a cycle, or why the cycle has none.
+type EnergyFigure = fn(&JobMetrics) -> Result<f64, String>;
+
+/// The energy statistics across cycles: name → figure of one cycle.
+fn energy_metrics() -> Vec<(&'static str, EnergyFigure)> {
+    fn total_reason(m: &JobMetrics) -> String {
+        m.energy
+            .total_unavailable_reason
+            .clone()
+            .unwrap_or_else(|| "no energy total".into())
+    }
+    fn need(v: Option<f64>, why: impl FnOnce() -> String) -> Result<f64, String> {
+        v.ok_or_else(why)
+    }
+    /// A figure of one window's scope; `gpu` picks the GPU scope.
+    fn window(
+        m: &JobMetrics,
+        steady: bool,
+        gpu: bool,
+        f: fn(&window_energy::ScopeEnergy) -> Option<f64>,
+    ) -> Result<f64, String> {
+        let w = if steady {
+            m.steady_state.as_ref()
+        } else {
+            m.whole_window.as_ref()
+        };
+        let Some(w) = w else {
+            return Err("not in this aggregate (stored by an older lem)".into());
+        };
+        let scope = if gpu {
+            w.gpu.as_ref().ok_or("no GPU reading")?
+        } else {
+            &w.all_devices
+        };
+        f(scope).ok_or_else(|| {
+            scope
+                .unavailable_reason
+                .clone()
+                .unwrap_or_else(|| "no output token or request".into())
+        })
+    }
+    vec![
+        ("energy_total_j", |m| {
+            need(m.energy.total_j, || total_reason(m))
+        }),
+        ("energy_net_total_j", |m| {
+            need(m.energy.net_total_j, || {
+                m.energy
+                    .total_unavailable_reason
+                    .clone()
+                    .unwrap_or_else(|| "a reading has no idle baseline".into())
+            })
+        }),
+        ("energy_prefill_j", |m| {
+            need(m.energy.prefill_j, || {
+                m.energy
+                    .total_unavailable_reason
+                    .clone()
+                    .unwrap_or_else(|| "a reading has no phase split".into())
+            })
+        }),
+        ("energy_decode_j", |m| {
+            need(m.energy.decode_j, || {
+                m.energy
+                    .total_unavailable_reason
+                    .clone()
+                    .unwrap_or_else(|| "a reading has no phase split".into())
+            })
+        }),
+        ("co2e_g", |m| {
+            need(m.carbon.as_ref().and_then(|c| c.co2e_g), || {
+                m.carbon
+                    .as_ref()
+                    .and_then(|c| c.unavailable_reason.clone())
+                    .unwrap_or_else(|| "no carbon estimate".into())
+            })
+        }),
+        ("j_per_output_token", |m| {
+            need(m.j_per_output_token, || total_reason(m))
+        }),
+        ("output_tokens_per_j", |m| {
+            need(m.output_tokens_per_j, || total_reason(m))
+        }),
+        ("j_per_request", |m| {
+            window(m, false, false, |s| s.j_per_request)
+        }),
+        ("wh_per_1000_queries", |m| {
+            window(m, false, false, |s| s.wh_per_1000_queries)
+        }),
+        ("gpu_energy_j", |m| window(m, false, true, |s| s.energy_j)),
+        ("gpu_j_per_output_token", |m| {
+            window(m, false, true, |s| s.j_per_output_token)
+        }),
+        ("gpu_wh_per_1000_queries", |m| {
+            window(m, false, true, |s| s.wh_per_1000_queries)
+        }),
+        ("steady_state_energy_j", |m| {
+            window(m, true, false, |s| s.energy_j)
+        }),
+        ("steady_state_j_per_output_token", |m| {
+            window(m, true, false, |s| s.j_per_output_token)
+        }),
+        ("steady_state_wh_per_1000_queries", |m| {
+            window(m, true, false, |s| s.wh_per_1000_queries)
+        }),
+        ("steady_state_gpu_j_per_output_token", |m| {
+            window(m, true, true, |s| s.j_per_output_token)
+        }),
+        ("steady_state_gpu_wh_per_1000_queries", |m| {
+            window(m, true, true, |s| s.wh_per_1000_queries)
+        }),
+    ]
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use lem_common::domain::*;
 
-    fn reading(kind: DeviceKind, id: &str, mj: Option<f64>) -> EnergyReading {
+    pub(crate) fn reading(kind: DeviceKind, id: &str, mj: Option<f64>) -> EnergyReading {
         match mj {
             Some(mj) => EnergyReading {
                 device_kind: kind,
@@ -480,7 +745,7 @@ mod tests {
         }
     }
 
-    fn raw(cycle: u32, wall_ns: u64, energy: Vec<EnergyReading>) -> RawResult {
+    pub(crate) fn raw(cycle: u32, wall_ns: u64, energy: Vec<EnergyReading>) -> RawResult {
         let req = |index, input, output: u32| RequestRecord {
             index,
             input_tokens: input,
@@ -491,6 +756,8 @@ mod tests {
             stop_reason: StopReason::MaxTokens,
             output_text: None,
             arrival_offset_ns: None,
+            start_offset_ns: None,
+            finish_offset_ns: None,
         };
         RawResult {
             schema_version: RAW_RESULT_SCHEMA_VERSION,
@@ -570,8 +837,8 @@ mod tests {
         let m = job_metrics(&r);
         assert_eq!(m.output_tokens, 6);
         assert_eq!(m.input_tokens, 16);
-        assert_eq!(m.output_tokens_per_s, 3.0);
-        assert_eq!(m.total_tokens_per_s, 11.0);
+        assert_eq!(m.output_tokens_per_s, Some(3.0));
+        assert_eq!(m.total_tokens_per_s, Some(11.0));
         assert_eq!(m.j_per_output_token, Some(2.0));
         assert_eq!(m.output_tokens_per_j, Some(0.5));
         // 16 prompt tokens in 0.2 s; 4 decode tokens (first tokens come from prefill) in 0.4 s.
@@ -581,19 +848,23 @@ mod tests {
     }
 
     #[test]
-    fn net_total_needs_a_net_value_on_every_available_reading() {
+    fn net_total_needs_a_net_value_on_every_reading() {
         let mut gpu = reading(DeviceKind::Gpu, "gpu-0", Some(500_000.0));
         gpu.apply_baseline(100.0); // 2 s window: net = 500 J − 200 J
         let cpu = reading(DeviceKind::CpuPackage, "package-0", Some(40_000.0));
         let missing = reading(DeviceKind::Dram, "package-0/dram", None);
-        let e = energy_totals(&raw(0, 2_000_000_000, vec![gpu.clone(), missing.clone()]));
+        let e = energy_totals(&raw(0, 2_000_000_000, vec![gpu.clone()]));
         assert_eq!(e.total_j, Some(500.0));
         assert_eq!(e.net_total_j, Some(300.0));
-        assert_eq!(e.devices.len(), 1);
         assert_eq!(e.devices[0].baseline_power_w, Some(100.0));
-        let e = energy_totals(&raw(0, 2_000_000_000, vec![gpu, cpu, missing]));
+        let e = energy_totals(&raw(0, 2_000_000_000, vec![gpu.clone(), cpu]));
         assert_eq!(e.total_j, Some(540.0));
         assert_eq!(e.net_total_j, None, "the CPU reading has no baseline");
+        // A device not read: no total and no net total, the readable part labelled.
+        let e = energy_totals(&raw(0, 2_000_000_000, vec![gpu, missing]));
+        assert_eq!((e.total_j, e.net_total_j), (None, None));
+        assert_eq!(e.partial_total_j, Some(500.0));
+        assert_eq!(e.devices.len(), 1);
     }
 
     #[test]
@@ -614,9 +885,13 @@ mod tests {
         assert_eq!(e.prefill_j, Some(110.0));
         assert_eq!(e.decode_j, Some(430.0));
         cpu.phases = None;
-        let e = energy_totals(&raw(0, 2_000_000_000, vec![gpu, cpu]));
+        let e = energy_totals(&raw(0, 2_000_000_000, vec![gpu.clone(), cpu]));
         assert_eq!(e.prefill_j, None);
         assert_eq!(e.decode_j, None);
+        // Every readable device split, one device not read: no phase totals either.
+        let missing = reading(DeviceKind::Gpu, "gpu-1", None);
+        let e = energy_totals(&raw(0, 2_000_000_000, vec![gpu, missing]));
+        assert_eq!((e.prefill_j, e.decode_j), (None, None));
     }
 
     #[test]
@@ -807,5 +1082,129 @@ mod tests {
             aggregate_experiment("exp", "c", "m", 4, &with_dup).stats["wall_s"].mean,
             2.0
         );
+    }
+
+    /// Two GPUs of `gross_j` each (`None` = not read); 6 output tokens (see `raw`).
+    pub(crate) fn two_gpus(cycle: u32, gross_j: [Option<f64>; 2]) -> RawResult {
+        let readings = gross_j
+            .iter()
+            .enumerate()
+            .map(|(i, j)| reading(DeviceKind::Gpu, &format!("gpu-{i}"), j.map(|j| j * 1e3)))
+            .collect();
+        raw(cycle, 2_000_000_000, readings)
+    }
+
+    #[test]
+    fn a_total_over_two_gpus_with_one_unread_is_null_and_the_read_part_is_labelled() {
+        let mut r = two_gpus(0, [Some(300.0), None]);
+        r.effective_config = serde_json::json!({"carbon": {"grid_intensity_gco2e_per_kwh": 400.0}});
+        let m = job_metrics(&r);
+        let e = &m.energy;
+        assert_eq!(e.total_j, None);
+        assert_eq!(e.gpu_j, None, "the GPU kind is incomplete too");
+        assert_eq!(e.partial_total_j, Some(300.0));
+        assert_eq!(e.missing, ["gpu-1: no powercap"]);
+        let why = e.total_unavailable_reason.as_deref().unwrap();
+        assert!(
+            why.contains("1 of 2 devices") && why.contains("gpu-1"),
+            "{why}"
+        );
+        // Everything derived from the total is null, with the reason carried along.
+        assert_eq!((m.j_per_output_token, m.output_tokens_per_j), (None, None));
+        let c = m.carbon.as_ref().unwrap();
+        assert_eq!(c.co2e_g, None);
+        assert!(c.unavailable_reason.as_deref().unwrap().contains("gpu-1"));
+        let whole = m.whole_window.as_ref().unwrap();
+        assert_eq!(whole.all_devices.energy_j, None);
+        assert_eq!(whole.gpu.as_ref().unwrap().j_per_output_token, None);
+        // Both read: the sum, and per-token / per-request figures from it.
+        let m = job_metrics(&two_gpus(0, [Some(300.0), Some(180.0)]));
+        assert_eq!(m.energy.total_j, Some(480.0));
+        assert_eq!(m.energy.partial_total_j, None);
+        let gpu = m.whole_window.as_ref().unwrap().gpu.clone().unwrap();
+        assert_eq!(gpu.energy_j, Some(480.0));
+        assert_eq!(gpu.j_per_output_token, Some(480.0 / 6.0));
+        assert_eq!(gpu.j_per_request, Some(480.0 / 2.0));
+        assert!(close(
+            gpu.wh_per_1000_queries.unwrap(),
+            240.0 / 3600.0 * 1000.0
+        ));
+    }
+
+    #[test]
+    fn energy_statistics_use_only_complete_cycles_and_say_which_were_left_out() {
+        let raws = vec![
+            two_gpus(0, [Some(100.0), Some(200.0)]),
+            two_gpus(1, [Some(150.0), Some(250.0)]),
+            two_gpus(2, [Some(900.0), None]),
+        ];
+        let agg = aggregate_experiment("exp", "c", "m", 3, &raws);
+        let total = &agg.stats["energy_total_j"];
+        assert_eq!(total.n, 2);
+        assert!(close(total.mean, (300.0 + 400.0) / 2.0));
+        let per_token = &agg.stats["j_per_output_token"];
+        assert!(close(per_token.mean, (300.0 / 6.0 + 400.0 / 6.0) / 2.0));
+        let left = &agg.energy_cycles_left_out["energy_total_j"];
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].cycle, 3);
+        assert!(left[0].reason.contains("gpu-1"), "{}", left[0].reason);
+        assert_eq!(
+            agg.energy_cycles_left_out["gpu_j_per_output_token"][0].cycle,
+            3
+        );
+        // Metrics that are not energy still cover every cycle.
+        assert_eq!(agg.stats["wall_s"].n, 3);
+        // Every cycle complete: nothing left out.
+        let agg = aggregate_experiment("exp", "c", "m", 2, &raws[..2]);
+        assert!(!agg.energy_cycles_left_out.contains_key("energy_total_j"));
+        assert_eq!(agg.stats["energy_total_j"].n, 2);
+    }
+
+    #[test]
+    fn simulated_and_real_readings_are_never_summed() {
+        let mut gpu = reading(DeviceKind::Gpu, "gpu-0", Some(500_000.0));
+        gpu.simulated = true;
+        let cpu = reading(DeviceKind::CpuPackage, "package-0", Some(40_000.0));
+        let r = raw(0, 2_000_000_000, vec![gpu, cpu]);
+        let e = energy_totals(&r);
+        assert!(e.simulated);
+        assert_eq!(e.total_j, None);
+        assert_eq!(
+            e.partial_total_j, None,
+            "a mix has no readable-part sum either"
+        );
+        let why = e.total_unavailable_reason.as_deref().unwrap();
+        assert!(
+            why.contains("simulated: gpu-0") && why.contains("real: package-0"),
+            "{why}"
+        );
+        // Each kind is one sort of reading, so each keeps its own total.
+        assert_eq!((e.gpu_j, e.cpu_j), (Some(500.0), Some(40.0)));
+        let agg = aggregate_experiment("exp", "c", "m", 1, std::slice::from_ref(&r));
+        assert!(agg.simulated, "marked at the top level");
+        assert!(!agg.stats.contains_key("energy_total_j"));
+        assert_eq!(agg.stats["gpu_energy_j"].mean, 500.0);
+        // Nothing simulated: not marked.
+        let real = raw(
+            0,
+            2_000_000_000,
+            vec![reading(DeviceKind::Gpu, "gpu-0", Some(1.0))],
+        );
+        assert!(!aggregate_experiment("exp", "c", "m", 1, &[real]).simulated);
+    }
+
+    #[test]
+    fn rates_over_a_zero_length_window_are_null_not_zero() {
+        let r = raw(0, 0, vec![]);
+        let m = job_metrics(&r);
+        assert_eq!(m.output_tokens_per_s, None);
+        assert_eq!(m.total_tokens_per_s, None);
+        assert_eq!(m.flops_per_s, None);
+        assert_eq!(m.request_throughput_per_s, None);
+        let v = serde_json::to_value(&m).unwrap();
+        assert!(v["output_tokens_per_s"].is_null() && v["flops_per_s"].is_null());
+        let agg = aggregate_experiment("exp", "c", "m", 1, &[r]);
+        assert!(!agg.stats.contains_key("output_tokens_per_s"));
+        assert!(!agg.stats.contains_key("flops_per_s"));
     }
 }

@@ -8,3 +8,4 @@ pub mod embedded;
 pub mod store;
 #[cfg(test)]
 mod test_fixtures;
+pub mod window_energy;

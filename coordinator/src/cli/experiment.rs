@@ -323,9 +323,10 @@ impl CycleSink for CliSink {
     }
     fn cycle_done(&mut self, raw: &RawResult) {
         let m = crate::aggregate::job_metrics(raw);
-        let energy = match m.energy.total_j {
-            Some(j) => format!("{j:.2} J"),
-            None => "energy unavailable".to_string(),
+        let energy = match (m.energy.total_j, m.energy.partial_total_j) {
+            (Some(j), _) => format!("{j:.2} J"),
+            (None, Some(j)) => format!("no energy total ({j:.2} J over the devices read)"),
+            (None, None) => "energy unavailable".to_string(),
         };
         let label = self
             .label
@@ -333,12 +334,13 @@ impl CycleSink for CliSink {
             .map_or(String::new(), |l| format!("{l} "));
         self.bar.suspend(|| {
             eprintln!(
-                "{label}  cycle {}: {} prompts, {} output tokens in {:.2} s ({:.1} tok/s), {energy}",
+                "{label}  cycle {}: {} prompts, {} output tokens in {:.2} s ({} tok/s), {energy}",
                 raw.cycle + 1,
                 m.num_requests,
                 m.output_tokens,
                 m.wall_s,
                 m.output_tokens_per_s
+                    .map_or("—".into(), |r| format!("{r:.1}"))
             )
         });
     }

@@ -347,14 +347,120 @@ fn fmt_summary(s: &Summary, unit: &str, prec: usize) -> String {
 
 fn print_job(m: &JobMetrics) -> std::io::Result<()> {
     outln!(
-        "  cycle {}: {} prompts, {} in / {} out tokens, {:.2} s, {:.2} out tok/s",
+        "  cycle {}: {} prompts, {} in / {} out tokens, {:.2} s, {} out tok/s",
         m.cycle + 1,
         m.num_requests,
         m.input_tokens,
         m.output_tokens,
         m.wall_s,
         m.output_tokens_per_s
+            .map_or("—".into(), |r| format!("{r:.2}"))
     );
+    Ok(())
+}
+
+/// " (over n of N cycles; cycle 2 left out: reason)" when a statistic leaves cycles out.
+fn cycles_used(agg: &ExperimentAggregate, name: &str) -> String {
+    match (agg.energy_cycles_left_out.get(name), agg.stats.get(name)) {
+        (Some(out), Some(s)) => {
+            let list: Vec<String> = out
+                .iter()
+                .map(|c| format!("cycle {}: {}", c.cycle, c.reason))
+                .collect();
+            format!(
+                "  (over {} of {} cycles; left out {})",
+                s.n,
+                agg.cycles.len(),
+                list.join("; ")
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+/// Energy per output token, per request and per 1,000 queries over the whole window and
+/// the steady-state window, for every device and for the GPUs (means over cycles).
+fn print_windows(agg: &ExperimentAggregate) -> std::io::Result<()> {
+    let Some(first) = agg.cycles.first() else {
+        return Ok(());
+    };
+    let steady = first.steady_state.as_ref();
+    let has_gpu = first.whole_window.as_ref().is_some_and(|w| w.gpu.is_some());
+    let rows: [(&str, &str, &str, usize, bool); 4] = [
+        (
+            "J / output token",
+            "j_per_output_token",
+            "steady_state_j_per_output_token",
+            4,
+            true,
+        ),
+        (
+            "Wh / 1000 queries",
+            "wh_per_1000_queries",
+            "steady_state_wh_per_1000_queries",
+            4,
+            true,
+        ),
+        (
+            "GPU J / output token",
+            "gpu_j_per_output_token",
+            "steady_state_gpu_j_per_output_token",
+            4,
+            has_gpu,
+        ),
+        (
+            "GPU Wh / 1000 queries",
+            "gpu_wh_per_1000_queries",
+            "steady_state_gpu_wh_per_1000_queries",
+            4,
+            has_gpu,
+        ),
+    ];
+    let cell = |name: &str, prec: usize| match agg.stats.get(name) {
+        Some(s) => format!("{:>14.p$}", s.mean, p = prec),
+        None => format!("{:>14}", "—"),
+    };
+    if rows
+        .iter()
+        .all(|r| !agg.stats.contains_key(r.1) && !agg.stats.contains_key(r.2))
+    {
+        return Ok(());
+    }
+    let steady_span = steady
+        .and_then(|w| Some((w.start_offset_ns?, w.end_offset_ns?)))
+        .map(|(a, b)| format!("{:.2}–{:.2} s", a as f64 / 1e9, b as f64 / 1e9))
+        .unwrap_or_default();
+    outln!(
+        "  {:<22} {:>14} {:>14}  {}",
+        "energy by window",
+        "whole run",
+        "steady state",
+        if steady_span.is_empty() {
+            String::new()
+        } else {
+            format!("(cycle {}: steady {steady_span})", first.cycle + 1)
+        }
+    );
+    for (label, whole, steady_name, prec, shown) in rows {
+        if shown {
+            outln!(
+                "    {label:<20} {} {}",
+                cell(whole, prec),
+                cell(steady_name, prec)
+            );
+        }
+    }
+    // Say why a steady-state column is empty, unless it is the whole run's reason again.
+    let Some(w) = steady else {
+        return Ok(());
+    };
+    if let Some(why) = &w.unavailable_reason {
+        outln!("    {:<20} no steady state: {why}", "");
+    } else if let Some(why) = &w.all_devices.unavailable_reason {
+        if first.energy.total_unavailable_reason.as_ref() != Some(why) {
+            outln!("    {:<20} steady state, all devices: {why}", "");
+        }
+    }
     Ok(())
 }
 
@@ -530,6 +636,11 @@ fn print_aggregate(
 ) -> std::io::Result<()> {
     outln!();
     outln!("Experiment {}  ({})", agg.experiment_id, rec.config_name);
+    if agg.simulated {
+        outln!(
+            "  SIMULATED  energy comes from a simulated device (fake NVML scenario), not hardware"
+        );
+    }
     outln!("  model      {}", model_line(&agg.model_name, model));
     if let Some(d) = &agg.compute_device {
         let simulated = agg
@@ -580,26 +691,51 @@ fn print_aggregate(
     print_latency(agg)?;
     match stat("energy_total_j") {
         Some(s) => {
-            outln!("  {:<22} {}", "energy", fmt_summary(s, "J", 3));
+            outln!(
+                "  {:<22} {}{}",
+                "energy",
+                fmt_summary(s, "J", 3),
+                cycles_used(agg, "energy_total_j")
+            );
             show("energy / output token", "j_per_output_token", "J", 4)?;
             show("output tokens / J", "output_tokens_per_j", "tok/J", 3)?;
             show("energy (net of idle)", "energy_net_total_j", "J", 3)?;
             show("energy in prefill", "energy_prefill_j", "J", 3)?;
             show("energy in decode", "energy_decode_j", "J", 3)?;
-            for d in &first.energy.devices {
-                print_device_energy(agg, d)?;
-            }
-            for m in missing_by_reason(&first.energy.missing) {
-                outln!("  {:<22} not measured — {m}", "");
-            }
         }
         None => {
-            outln!("  energy                 unavailable (null, not zero):");
-            for m in missing_by_reason(&first.energy.missing) {
-                outln!("                         {m}");
+            outln!(
+                "  energy                 no total (null, not zero): {}",
+                first
+                    .energy
+                    .total_unavailable_reason
+                    .as_deref()
+                    .unwrap_or("no energy was measured")
+            );
+            if let Some(j) = first.energy.partial_total_j {
+                outln!(
+                    "  {:<22} {j:.3} J over the devices read (cycle {}; not the job's total)",
+                    "partial",
+                    first.cycle + 1
+                );
+            }
+            if let Some(s) = stat("gpu_energy_j") {
+                outln!(
+                    "  {:<22} {}{}",
+                    "GPU energy",
+                    fmt_summary(s, "J", 3),
+                    cycles_used(agg, "gpu_energy_j")
+                );
             }
         }
     }
+    for d in &first.energy.devices {
+        print_device_energy(agg, d)?;
+    }
+    for m in missing_by_reason(&first.energy.missing) {
+        outln!("  {:<22} not measured — {m}", "");
+    }
+    print_windows(agg)?;
     if let Some(c) = &first.carbon {
         match (stat("co2e_g"), &c.unavailable_reason) {
             (Some(s), _) => outln!(
@@ -654,4 +790,29 @@ fn missing_by_reason(missing: &[String]) -> Vec<String> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{aggregate_experiment, tests::two_gpus};
+
+    #[test]
+    fn an_energy_statistic_over_fewer_cycles_says_which_were_left_out() {
+        let raws = [
+            two_gpus(0, [Some(100.0), Some(200.0)]),
+            two_gpus(1, [Some(900.0), None]),
+            two_gpus(2, [Some(150.0), Some(250.0)]),
+        ];
+        let agg = aggregate_experiment("exp", "c", "m", 3, &raws);
+        let note = cycles_used(&agg, "energy_total_j");
+        assert!(note.contains("over 2 of 3 cycles"), "{note}");
+        assert!(
+            note.contains("cycle 2: 1 of 2 devices not read (gpu-1"),
+            "{note}"
+        );
+        // Every cycle complete: no note.
+        let agg = aggregate_experiment("exp", "c", "m", 1, &raws[..1]);
+        assert_eq!(cycles_used(&agg, "energy_total_j"), "");
+    }
 }
