@@ -4,4 +4,5 @@
 pub mod aggregate;
 pub mod cli;
 pub mod embedded;
+pub mod scheduler;
 pub mod store;
