@@ -13,9 +13,8 @@
 
 use lem_common::rng::SplitMix64;
 use lem_coordinator::scheduler::{
-    Action, AgentId, DeviceKey, DeviceNeeds, Event, ExperimentSubmission, GpuDevice,
-    HeldAttempt, Inventory, Outcome, RequestId, Scheduler, SchedulerConfig, SweepSubmission,
-    TimeMs, ToAgent,
+    Action, AgentId, DeviceKey, DeviceNeeds, Event, ExperimentSubmission, GpuDevice, HeldAttempt,
+    Inventory, Outcome, RequestId, Scheduler, SchedulerConfig, SweepSubmission, TimeMs, ToAgent,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -212,6 +211,8 @@ fn main() {
         percentile(&lat, 0.99).as_secs_f64() * 1e6,
         lat.last().expect("grants happened").as_secs_f64() * 1e6
     );
-    let p = b.s.sweep_progress(lem_coordinator::scheduler::SweepId(0)).expect("sweep");
+    let p =
+        b.s.sweep_progress(lem_coordinator::scheduler::SweepId(0))
+            .expect("sweep");
     assert_eq!(p.accepted, total_jobs, "every job accepted once: {p:?}");
 }

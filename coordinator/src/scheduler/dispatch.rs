@@ -47,10 +47,6 @@ impl JobQueue {
         self.class_of.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.class_of.is_empty()
-    }
-
     /// Classes ordered by their oldest job, so older work is placed first.
     fn classes_by_age(&self) -> Vec<Class> {
         let mut heads: Vec<(JobId, &Class)> = self
@@ -63,7 +59,9 @@ impl JobQueue {
     }
 
     fn head(&self, class: &Class) -> Option<JobId> {
-        self.by_class.get(class).and_then(|jobs| jobs.first().copied())
+        self.by_class
+            .get(class)
+            .and_then(|jobs| jobs.first().copied())
     }
 }
 
@@ -114,7 +112,8 @@ impl Scheduler {
         let mut found = None;
         for id in &self.maybe_free {
             let agent = &self.agents[id];
-            if let Some(p) = find_placement(id, &agent.inventory, needs, model.as_deref(), &self.claims)
+            if let Some(p) =
+                find_placement(id, &agent.inventory, needs, model.as_deref(), &self.claims)
             {
                 found = Some(p);
                 break;

@@ -70,10 +70,18 @@ pub enum Action {
     /// `ResultAccepted`/`ResultSuperseded` the driver stores the result body it holds
     /// for that attempt alongside.
     Persist(Record),
-    Send { agent: AgentId, msg: ToAgent },
-    Reply { request: RequestId, reply: Reply },
+    Send {
+        agent: AgentId,
+        msg: ToAgent,
+    },
+    Reply {
+        request: RequestId,
+        reply: Reply,
+    },
     /// Every job of the sweep is terminal (accepted, failed or cancelled): aggregate it.
-    SweepFinished { sweep: SweepId },
+    SweepFinished {
+        sweep: SweepId,
+    },
 }
 
 /// A message for one agent.

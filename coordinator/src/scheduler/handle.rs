@@ -78,8 +78,7 @@ impl Scheduler {
                     let reason = if lease.reclaimed {
                         "lease expired without renewal".to_string()
                     } else {
-                        "not re-announced within the grace after a coordinator restart"
-                            .to_string()
+                        "not re-announced within the grace after a coordinator restart".to_string()
                     };
                     self.end_attempt(attempt, AttemptEnd::Lost { reason }, out);
                 }
@@ -106,12 +105,17 @@ impl Scheduler {
     }
 
     /// Ends a live attempt without a result; fails the job when its budget is spent.
-    pub(super) fn end_attempt(&mut self, attempt: AttemptId, end: AttemptEnd, out: &mut Vec<Action>) {
+    pub(super) fn end_attempt(
+        &mut self,
+        attempt: AttemptId,
+        end: AttemptEnd,
+        out: &mut Vec<Action>,
+    ) {
         let job = self.attempts[&attempt].job;
         self.commit(Record::AttemptEnded { attempt, job, end }, out);
         let j = &self.jobs[job.0 as usize];
-        let exhausted = j.failures >= self.config.max_failures
-            || j.ended_attempts >= self.config.max_attempts;
+        let exhausted =
+            j.failures >= self.config.max_failures || j.ended_attempts >= self.config.max_attempts;
         if j.status == JobStatus::Pending && exhausted {
             let errors = j.errors.clone();
             self.commit(Record::JobFailed { job, errors }, out);
@@ -124,7 +128,12 @@ impl Scheduler {
             .is_some_and(|l| &l.agent == agent && l.epoch == epoch)
     }
 
-    fn on_submit(&mut self, request: RequestId, submission: SweepSubmission, out: &mut Vec<Action>) {
+    fn on_submit(
+        &mut self,
+        request: RequestId,
+        submission: SweepSubmission,
+        out: &mut Vec<Action>,
+    ) {
         let reply = match validate(&submission) {
             Err(e) => Reply::Refused(e),
             Ok(()) => match self.tokens.get(&submission.idempotency_token) {
@@ -209,7 +218,12 @@ impl Scheduler {
 
     fn on_drain(&mut self, request: RequestId, agent: AgentId, out: &mut Vec<Action>) {
         if !self.drained.contains(&agent) {
-            self.commit(Record::AgentDrained { agent: agent.clone() }, out);
+            self.commit(
+                Record::AgentDrained {
+                    agent: agent.clone(),
+                },
+                out,
+            );
         }
         if self.agents.get(&agent).is_some_and(|a| a.alive) {
             out.push(Action::Send {
@@ -291,7 +305,8 @@ impl Scheduler {
         let deadline = self.now.plus_ms(self.config.agent_timeout_ms);
         let a = self.agents.get_mut(agent).expect("touched agent exists");
         let old = a.deadline.replace(deadline);
-        self.timers.reset(Timer::Agent(agent.clone()), old, deadline);
+        self.timers
+            .reset(Timer::Agent(agent.clone()), old, deadline);
     }
 
     /// Renews the held attempts that are this agent's live leases; cancels the rest and
@@ -306,7 +321,8 @@ impl Scheduler {
                 let old = lease.expires;
                 lease.expires = expires;
                 lease.reclaimed = true;
-                self.timers.reset(Timer::Lease(h.attempt), Some(old), expires);
+                self.timers
+                    .reset(Timer::Lease(h.attempt), Some(old), expires);
                 renewed.push(*h);
             } else if h.running {
                 // Fenced but still running: stop it, and keep its devices out of
@@ -386,7 +402,14 @@ impl Scheduler {
         } else {
             match outcome {
                 Outcome::Succeeded => {
-                    self.commit(Record::ResultSuperseded { attempt, job, epoch }, out);
+                    self.commit(
+                        Record::ResultSuperseded {
+                            attempt,
+                            job,
+                            epoch,
+                        },
+                        out,
+                    );
                     AckVerdict::Superseded
                 }
                 // The attempt already ended; a late failure changes nothing.

@@ -44,6 +44,6 @@ pub use record::{AttemptEnd, Record};
 pub use state::{JobStatus, RecoverError, Scheduler};
 pub use sweep::{ExperimentSubmission, JobRecord, SweepCreated, SweepSubmission};
 pub use types::{
-    AgentId, AttemptId, Claim, ClaimMode, DeviceKey, DeviceNeeds, Epoch, GpuDevice,
-    HeldAttempt, Inventory, JobId, MigSlice, Outcome, Placement, RequestId, SweepId, TimeMs,
+    AgentId, AttemptId, Claim, ClaimMode, DeviceKey, DeviceNeeds, Epoch, GpuDevice, HeldAttempt,
+    Inventory, JobId, MigSlice, Outcome, Placement, RequestId, SweepId, TimeMs,
 };

@@ -20,7 +20,11 @@ pub fn find_placement(
     match needs {
         DeviceNeeds::CpuPackages => {
             let keys = &inventory.cpu_packages;
-            if keys.is_empty() || !keys.iter().all(|k| claims.can_claim(k, ClaimMode::Exclusive)) {
+            if keys.is_empty()
+                || !keys
+                    .iter()
+                    .all(|k| claims.can_claim(k, ClaimMode::Exclusive))
+            {
                 return None;
             }
             Some(Placement {
@@ -37,7 +41,7 @@ pub fn find_placement(
                 if tried.contains(&first.model.as_str()) || !model_ok(first) {
                     continue;
                 }
-                tried.push(&first.model);
+                tried.push(first.model.as_str());
                 let free: Vec<DeviceKey> = inventory
                     .gpus
                     .iter()
@@ -99,9 +103,10 @@ pub fn find_placement(
 /// True when some device of the agent is not held at all (a cheap "worth trying" test).
 pub fn has_idle_device(inventory: &Inventory, claims: &ClaimTable) -> bool {
     inventory.cpu_packages.iter().any(|k| claims.is_idle(k))
-        || inventory.gpus.iter().any(|g| {
-            claims.is_idle(&g.key) || g.mig_slices.iter().any(|s| claims.is_idle(&s.key))
-        })
+        || inventory
+            .gpus
+            .iter()
+            .any(|g| claims.is_idle(&g.key) || g.mig_slices.iter().any(|s| claims.is_idle(&s.key)))
 }
 
 /// Checks an announced inventory: keys present and distinct.
@@ -112,7 +117,8 @@ pub fn check_inventory(inventory: &Inventory) -> Result<(), String> {
         .iter()
         .map(|k| (k, "cpu package"))
         .chain(inventory.gpus.iter().flat_map(|g| {
-            std::iter::once((&g.key, "gpu")).chain(g.mig_slices.iter().map(|s| (&s.key, "mig slice")))
+            std::iter::once((&g.key, "gpu"))
+                .chain(g.mig_slices.iter().map(|s| (&s.key, "mig slice")))
         }));
     for (key, what) in all {
         if key.0.trim().is_empty() {
@@ -124,7 +130,10 @@ pub fn check_inventory(inventory: &Inventory) -> Result<(), String> {
     }
     for g in &inventory.gpus {
         if let Some(s) = g.mig_slices.iter().find(|s| s.profile.trim().is_empty()) {
-            return Err(format!("mig slice {} of {} has an empty profile", s.key, g.key));
+            return Err(format!(
+                "mig slice {} of {} has an empty profile",
+                s.key, g.key
+            ));
         }
     }
     Ok(())

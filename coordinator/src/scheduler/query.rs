@@ -81,6 +81,10 @@ impl Scheduler {
         self.sweeps.keys().copied()
     }
 
+    pub fn sweep_name(&self, sweep: SweepId) -> Option<&str> {
+        self.sweeps.get(&sweep).map(|s| s.name.as_str())
+    }
+
     pub fn sweep_progress(&self, sweep: SweepId) -> Option<SweepProgress> {
         let s = self.sweeps.get(&sweep)?;
         let mut p = SweepProgress::default();
@@ -103,7 +107,10 @@ impl Scheduler {
 
     /// Agents currently connected (heard from within the timeout).
     pub fn live_agents(&self) -> impl Iterator<Item = &AgentId> {
-        self.agents.iter().filter(|(_, a)| a.alive).map(|(id, _)| id)
+        self.agents
+            .iter()
+            .filter(|(_, a)| a.alive)
+            .map(|(id, _)| id)
     }
 
     pub fn is_drained(&self, agent: &AgentId) -> bool {

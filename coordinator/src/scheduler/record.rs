@@ -23,7 +23,10 @@ pub enum Record {
         end: AttemptEnd,
     },
     /// The job's one accepted attempt; written (with the result body) before the Ack.
-    ResultAccepted { attempt: AttemptId, job: JobId },
+    ResultAccepted {
+        attempt: AttemptId,
+        job: JobId,
+    },
     /// A result from a fenced attempt, kept for audit and never aggregated.
     ResultSuperseded {
         attempt: AttemptId,
@@ -31,10 +34,19 @@ pub enum Record {
         epoch: Epoch,
     },
     /// Retries exhausted; every attempt's error is listed.
-    JobFailed { job: JobId, errors: Vec<String> },
-    SweepCancelled { sweep: SweepId },
-    SweepResumed { sweep: SweepId },
-    AgentDrained { agent: AgentId },
+    JobFailed {
+        job: JobId,
+        errors: Vec<String>,
+    },
+    SweepCancelled {
+        sweep: SweepId,
+    },
+    SweepResumed {
+        sweep: SweepId,
+    },
+    AgentDrained {
+        agent: AgentId,
+    },
 }
 
 /// Why an attempt ended without an accepted result.

@@ -9,8 +9,7 @@ use super::event::Action;
 use super::record::{AttemptEnd, Record};
 use super::timers::{Timer, Timers};
 use super::types::{
-    AgentId, AttemptId, DeviceKey, DeviceNeeds, Epoch, Inventory, JobId, Placement, SweepId,
-    TimeMs,
+    AgentId, AttemptId, DeviceKey, DeviceNeeds, Epoch, Inventory, JobId, Placement, SweepId, TimeMs,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -52,7 +51,6 @@ pub struct Scheduler {
 #[derive(Debug, Clone)]
 pub struct SweepState {
     pub name: String,
-    pub token: String,
     pub fingerprint: String,
     pub pin_device_model: bool,
     pub experiments: Vec<ExperimentState>,
@@ -108,7 +106,6 @@ pub struct JobState {
 #[derive(Debug, Clone)]
 pub struct AttemptState {
     pub job: JobId,
-    pub epoch: Epoch,
     pub placement: Placement,
     pub ended: bool,
 }
@@ -224,7 +221,11 @@ impl Scheduler {
                     .collect();
                 for j in &created.jobs {
                     if j.job.0 != self.jobs.len() as u64 {
-                        return Err(format!("{} out of sequence (expected job-{})", j.job, self.jobs.len()));
+                        return Err(format!(
+                            "{} out of sequence (expected job-{})",
+                            j.job,
+                            self.jobs.len()
+                        ));
                     }
                     let exp = experiments
                         .get_mut(j.experiment as usize)
@@ -247,7 +248,6 @@ impl Scheduler {
                     created.sweep,
                     SweepState {
                         name: created.name.clone(),
-                        token: created.idempotency_token.clone(),
                         fingerprint: created.submission_fingerprint.clone(),
                         pin_device_model: created.pin_device_model,
                         experiments,
@@ -270,7 +270,7 @@ impl Scheduler {
                 epoch,
                 placement,
             } => {
-                self.job(*job)?;
+                self.check_job(*job)?;
                 if self.attempts.contains_key(attempt) {
                     return Err(format!("{attempt} started twice"));
                 }
@@ -278,7 +278,6 @@ impl Scheduler {
                     *attempt,
                     AttemptState {
                         job: *job,
-                        epoch: *epoch,
                         placement: placement.clone(),
                         ended: false,
                     },
@@ -314,7 +313,8 @@ impl Scheduler {
                 }
                 j.errors.push(format!("{attempt}: {}", end.describe()));
                 if j.status == JobStatus::Leased(*attempt) {
-                    let cancelled = self.sweeps[&j.sweep].cancelled || *end == AttemptEnd::Cancelled;
+                    let cancelled =
+                        self.sweeps[&j.sweep].cancelled || *end == AttemptEnd::Cancelled;
                     let next = if cancelled {
                         JobStatus::Cancelled
                     } else {
@@ -331,11 +331,11 @@ impl Scheduler {
                 self.set_status(*job, JobStatus::Accepted(*attempt));
             }
             Record::ResultSuperseded { attempt, job, .. } => {
-                self.job(*job)?;
+                self.check_job(*job)?;
                 self.superseded.insert(*attempt);
             }
             Record::JobFailed { job, errors } => {
-                self.job(*job)?;
+                self.check_job(*job)?;
                 self.jobs[job.0 as usize].errors = errors.clone();
                 self.set_status(*job, JobStatus::Failed);
             }
@@ -375,13 +375,15 @@ impl Scheduler {
         Ok(())
     }
 
-    fn job(&self, job: JobId) -> Result<&JobState, String> {
-        self.jobs.get(job.0 as usize).ok_or_else(|| format!("no {job}"))
+    fn check_job(&self, job: JobId) -> Result<&JobState, String> {
+        self.jobs
+            .get(job.0 as usize)
+            .ok_or_else(|| format!("no {job}"))
     }
 
     /// Marks an attempt ended and drops its lease and claims.
     fn end_attempt_state(&mut self, attempt: AttemptId, job: JobId) -> Result<(), String> {
-        self.job(job)?;
+        self.check_job(job)?;
         let a = self
             .attempts
             .get_mut(&attempt)
@@ -426,7 +428,10 @@ impl Scheduler {
             self.dispatch_needed = true;
             self.rescan_agents = true;
         }
-        let sweep = self.sweeps.get_mut(&sweep_id).expect("a job's sweep exists");
+        let sweep = self
+            .sweeps
+            .get_mut(&sweep_id)
+            .expect("a job's sweep exists");
         match (old.is_terminal(), status.is_terminal()) {
             (true, false) => sweep.open_jobs += 1,
             (false, true) => {

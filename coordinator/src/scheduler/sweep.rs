@@ -86,7 +86,9 @@ pub fn validate(submission: &SweepSubmission) -> Result<(), SchedulerError> {
             reason: format!("experiments[{index}] ({}): {reason}", exp.name),
         };
         match &exp.needs {
-            DeviceNeeds::Gpus { count: 0, .. } => return Err(bad("`needs.count` must be at least 1")),
+            DeviceNeeds::Gpus { count: 0, .. } => {
+                return Err(bad("`needs.count` must be at least 1"))
+            }
             DeviceNeeds::Gpus { model: Some(m), .. } if m.trim().is_empty() => {
                 return Err(bad("`needs.model` is empty"))
             }

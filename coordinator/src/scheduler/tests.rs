@@ -173,7 +173,11 @@ fn a_sweep_is_persisted_with_its_job_keys_before_any_lease() {
     let expected: Vec<(u32, String)> = (0..3)
         .map(|c| (c, job_key(&sub.experiments[0].config, c)))
         .collect();
-    let got: Vec<(u32, String)> = created.jobs.iter().map(|j| (j.cycle, j.key.clone())).collect();
+    let got: Vec<(u32, String)> = created
+        .jobs
+        .iter()
+        .map(|j| (j.cycle, j.key.clone()))
+        .collect();
     assert_eq!(got, expected);
     // Two GPUs: two leases, each after its own AttemptStarted record.
     let granted = leases(&out);
@@ -190,7 +194,14 @@ fn a_sweep_is_persisted_with_its_job_keys_before_any_lease() {
         assert!(persist_at < send_at);
     }
     assert_ne!(granted[0].placement.devices, granted[1].placement.devices);
-    assert_eq!(reply(&out), Reply::SweepSubmitted { sweep: SweepId(0), created: true, jobs: 3 });
+    assert_eq!(
+        reply(&out),
+        Reply::SweepSubmitted {
+            sweep: SweepId(0),
+            created: true,
+            jobs: 3
+        }
+    );
 }
 
 #[test]
@@ -200,12 +211,22 @@ fn resubmitting_with_the_same_token_creates_nothing_and_a_changed_one_is_refused
     let _ = submit(&mut s, sub.clone(), 0);
     let again = submit(&mut s, sub.clone(), 1);
     assert!(persisted(&again).is_empty());
-    assert_eq!(reply(&again), Reply::SweepSubmitted { sweep: SweepId(0), created: false, jobs: 4 });
+    assert_eq!(
+        reply(&again),
+        Reply::SweepSubmitted {
+            sweep: SweepId(0),
+            created: false,
+            jobs: 4
+        }
+    );
     let mut changed = sub;
     changed.cycles = 3;
     let out = submit(&mut s, changed, 2);
     assert!(persisted(&out).is_empty());
-    assert!(matches!(reply(&out), Reply::Refused(SchedulerError::TokenReused { .. })));
+    assert!(matches!(
+        reply(&out),
+        Reply::Refused(SchedulerError::TokenReused { .. })
+    ));
     assert_eq!(s.jobs().count(), 4);
 }
 
@@ -215,12 +236,33 @@ fn bad_submissions_are_refused_naming_the_experiment() {
     let mut dup = submission("t", &[one_gpu(), one_gpu()], 1);
     dup.experiments[1].config = dup.experiments[0].config.clone();
     let out = submit(&mut s, dup, 0);
-    let Reply::Refused(e) = reply(&out) else { panic!() };
-    assert!(e.to_string().contains("experiments[1] (exp1): same config as experiments[0]"), "{e}");
-    let zero = submission("t", &[DeviceNeeds::Gpus { count: 0, model: None }], 1);
-    let Reply::Refused(e) = reply(&submit(&mut s, zero, 0)) else { panic!() };
-    assert!(e.to_string().contains("experiments[0] (exp0): `needs.count`"), "{e}");
-    let Reply::Refused(e) = reply(&submit(&mut s, submission("t", &[one_gpu()], 0), 0)) else { panic!() };
+    let Reply::Refused(e) = reply(&out) else {
+        panic!()
+    };
+    assert!(
+        e.to_string()
+            .contains("experiments[1] (exp1): same config as experiments[0]"),
+        "{e}"
+    );
+    let zero = submission(
+        "t",
+        &[DeviceNeeds::Gpus {
+            count: 0,
+            model: None,
+        }],
+        1,
+    );
+    let Reply::Refused(e) = reply(&submit(&mut s, zero, 0)) else {
+        panic!()
+    };
+    assert!(
+        e.to_string()
+            .contains("experiments[0] (exp0): `needs.count`"),
+        "{e}"
+    );
+    let Reply::Refused(e) = reply(&submit(&mut s, submission("t", &[one_gpu()], 0), 0)) else {
+        panic!()
+    };
     assert!(e.to_string().contains("`cycles`"), "{e}");
     assert_eq!(s.jobs().count(), 0);
 }
@@ -229,26 +271,45 @@ fn bad_submissions_are_refused_naming_the_experiment() {
 fn mig_shared_slices_run_together_and_an_exclusive_parent_waits_for_them() {
     let mut s = Scheduler::new(SchedulerConfig::default());
     let _ = hello(&mut s, "m", mig_node("m", "3g.40gb", 2), 0);
-    let shared = DeviceNeeds::MigSlice { profile: "3g.40gb".into(), exclusive_parent: false };
-    let exclusive = DeviceNeeds::MigSlice { profile: "3g.40gb".into(), exclusive_parent: true };
+    let shared = DeviceNeeds::MigSlice {
+        profile: "3g.40gb".into(),
+        exclusive_parent: false,
+    };
+    let exclusive = DeviceNeeds::MigSlice {
+        profile: "3g.40gb".into(),
+        exclusive_parent: true,
+    };
     let out = submit(&mut s, submission("t", &[shared, exclusive], 1), 1);
     let granted = leases(&out);
     // Only the shared job fits while it holds a slice; the exclusive one needs the parent.
     assert_eq!(granted.len(), 1);
-    assert_eq!(granted[0].placement.devices, vec![DeviceKey("mig:m-0-0".into())]);
+    assert_eq!(
+        granted[0].placement.devices,
+        vec![DeviceKey("mig:m-0-0".into())]
+    );
     let out = finish(&mut s, &granted[0], Outcome::Succeeded, 2);
     let next = leases(&out);
     assert_eq!(next.len(), 1);
-    assert!(next[0].placement.claims.contains(&Claim { key: DeviceKey("gpu:m-0".into()), mode: ClaimMode::Exclusive }));
+    assert!(next[0].placement.claims.contains(&Claim {
+        key: DeviceKey("gpu:m-0".into()),
+        mode: ClaimMode::Exclusive
+    }));
 }
 
 #[test]
 fn cpu_jobs_meter_the_package_one_at_a_time() {
     let mut s = Scheduler::new(SchedulerConfig::default());
     let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
-    let out = submit(&mut s, submission("t", &[DeviceNeeds::CpuPackages, one_gpu()], 2), 1);
+    let out = submit(
+        &mut s,
+        submission("t", &[DeviceNeeds::CpuPackages, one_gpu()], 2),
+        1,
+    );
     let granted = leases(&out);
-    let cpu: Vec<_> = granted.iter().filter(|l| l.placement.devices[0].0.starts_with("rapl:")).collect();
+    let cpu: Vec<_> = granted
+        .iter()
+        .filter(|l| l.placement.devices[0].0.starts_with("rapl:"))
+        .collect();
     assert_eq!(cpu.len(), 1, "two CPU jobs on one package: {granted:?}");
     assert_eq!(granted.len(), 2, "the GPU job runs beside the CPU job");
 }
@@ -302,9 +363,29 @@ fn a_result_is_accepted_once_and_its_resend_is_acked_again() {
     let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
     let l = leases(&submit(&mut s, submission("t", &[one_gpu()], 1), 0)).remove(0);
     let out = finish(&mut s, &l, Outcome::Succeeded, 5);
-    assert_eq!(persisted(&out), vec![Record::ResultAccepted { attempt: l.attempt, job: l.job }]);
-    let persist_at = out.iter().position(|a| matches!(a, Action::Persist(_))).unwrap();
-    let ack_at = out.iter().position(|a| matches!(a, Action::Send { msg: ToAgent::Ack { .. }, .. })).unwrap();
+    assert_eq!(
+        persisted(&out),
+        vec![Record::ResultAccepted {
+            attempt: l.attempt,
+            job: l.job
+        }]
+    );
+    let persist_at = out
+        .iter()
+        .position(|a| matches!(a, Action::Persist(_)))
+        .unwrap();
+    let ack_at = out
+        .iter()
+        .position(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    msg: ToAgent::Ack { .. },
+                    ..
+                }
+            )
+        })
+        .unwrap();
     assert!(persist_at < ack_at, "persist, then ack");
     assert!(out.contains(&Action::SweepFinished { sweep: SweepId(0) }));
     let resend = finish(&mut s, &l, Outcome::Succeeded, 6);
@@ -329,10 +410,17 @@ fn a_result_from_a_fenced_epoch_is_superseded_and_never_accepted() {
     let out = finish(&mut s, &old, Outcome::Succeeded, cfg.agent_timeout_ms + 3);
     assert_eq!(
         persisted(&out),
-        vec![Record::ResultSuperseded { attempt: old.attempt, job: old.job, epoch: old.epoch }]
+        vec![Record::ResultSuperseded {
+            attempt: old.attempt,
+            job: old.job,
+            epoch: old.epoch
+        }]
     );
     assert_eq!(ack_verdicts(&out), vec![AckVerdict::Superseded]);
-    assert_eq!(s.job(old.job).unwrap().status, JobStatus::Leased(new.attempt));
+    assert_eq!(
+        s.job(old.job).unwrap().status,
+        JobStatus::Leased(new.attempt)
+    );
     let out = finish(&mut s, &new, Outcome::Succeeded, cfg.agent_timeout_ms + 4);
     assert_eq!(ack_verdicts(&out), vec![AckVerdict::Accepted]);
 }
@@ -345,7 +433,14 @@ fn a_job_failing_every_time_is_failed_after_max_failures_with_each_error() {
     let mut out = submit(&mut s, submission("t", &[one_gpu()], 1), 0);
     for n in 0..cfg.max_failures {
         let l = leases(&out).remove(0);
-        out = finish(&mut s, &l, Outcome::Failed { error: format!("oom {n}") }, 1 + n as u64);
+        out = finish(
+            &mut s,
+            &l,
+            Outcome::Failed {
+                error: format!("oom {n}"),
+            },
+            1 + n as u64,
+        );
     }
     assert!(leases(&out).is_empty());
     let failed = persisted(&out)
@@ -373,7 +468,12 @@ fn recovery_rebuilds_the_state_and_unclaimed_leases_requeue_after_the_grace() {
     let out = submit(&mut s, submission("t", &[one_gpu()], 3), 0);
     log.extend(persisted(&out));
     let granted = leases(&out);
-    log.extend(persisted(&finish(&mut s, &granted[0], Outcome::Succeeded, 1)));
+    log.extend(persisted(&finish(
+        &mut s,
+        &granted[0],
+        Outcome::Succeeded,
+        1,
+    )));
     let third = s.leases().map(|l| l.attempt).max().unwrap();
 
     // Restart: a fresh clock, only the log survives.
@@ -386,28 +486,59 @@ fn recovery_rebuilds_the_state_and_unclaimed_leases_requeue_after_the_grace() {
         Event::AgentHello {
             agent: agent("a"),
             inventory: gpus("a", 2, "H100"),
-            held: vec![HeldAttempt { attempt: granted[1].attempt, epoch: granted[1].epoch, running: true }],
+            held: vec![HeldAttempt {
+                attempt: granted[1].attempt,
+                epoch: granted[1].epoch,
+                running: true,
+            }],
             lost: vec![],
         },
         TimeMs(2_000),
     );
-    assert!(out.iter().any(|a| matches!(a, Action::Send { msg: ToAgent::Renewed { .. }, .. })));
-    let _ = heartbeat(&mut r, "a", &[&granted[1]], 1_000 + cfg.restart_grace_ms - 1);
-    assert!(r.leases().any(|l| l.attempt == third), "requeued before the grace ran out");
+    assert!(out.iter().any(|a| matches!(
+        a,
+        Action::Send {
+            msg: ToAgent::Renewed { .. },
+            ..
+        }
+    )));
+    let _ = heartbeat(
+        &mut r,
+        "a",
+        &[&granted[1]],
+        1_000 + cfg.restart_grace_ms - 1,
+    );
+    assert!(
+        r.leases().any(|l| l.attempt == third),
+        "requeued before the grace ran out"
+    );
     let out = heartbeat(&mut r, "a", &[&granted[1]], 1_000 + cfg.restart_grace_ms);
-    assert!(persisted(&out).iter().any(|rec| matches!(rec, Record::AttemptEnded { attempt, .. } if *attempt == third)));
+    assert!(persisted(&out)
+        .iter()
+        .any(|rec| matches!(rec, Record::AttemptEnded { attempt, .. } if *attempt == third)));
     let again = leases(&out);
     assert_eq!(again.len(), 1);
     assert!(again[0].attempt > third, "a new attempt id after recovery");
-    assert!(r.leases().any(|l| l.attempt == granted[1].attempt && l.reclaimed));
+    assert!(r
+        .leases()
+        .any(|l| l.attempt == granted[1].attempt && l.reclaimed));
 }
 
 #[test]
 fn a_drained_agent_gets_no_new_leases() {
     let mut s = Scheduler::new(SchedulerConfig::default());
     let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
-    let out = s.handle(Event::DrainAgent { request: RequestId(7), agent: agent("a") }, TimeMs(0));
-    assert_eq!(persisted(&out), vec![Record::AgentDrained { agent: agent("a") }]);
+    let out = s.handle(
+        Event::DrainAgent {
+            request: RequestId(7),
+            agent: agent("a"),
+        },
+        TimeMs(0),
+    );
+    assert_eq!(
+        persisted(&out),
+        vec![Record::AgentDrained { agent: agent("a") }]
+    );
     assert!(leases(&submit(&mut s, submission("t", &[one_gpu()], 2), 1)).is_empty());
     // Drain outlives a reconnect.
     assert!(s.is_drained(&agent("a")));
@@ -419,15 +550,41 @@ fn cancel_stops_leases_and_resume_requeues_what_was_cancelled() {
     let mut s = Scheduler::new(SchedulerConfig::default());
     let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
     let l = leases(&submit(&mut s, submission("t", &[one_gpu()], 3), 0)).remove(0);
-    let out = s.handle(Event::CancelSweep { request: RequestId(2), sweep: SweepId(0) }, TimeMs(1));
-    assert_eq!(reply(&out), Reply::SweepCancelled { sweep: SweepId(0), jobs_cancelled: 3 });
-    assert!(out.iter().any(|a| matches!(a, Action::Send { msg: ToAgent::Cancel(h), .. } if h.attempt == l.attempt)));
+    let out = s.handle(
+        Event::CancelSweep {
+            request: RequestId(2),
+            sweep: SweepId(0),
+        },
+        TimeMs(1),
+    );
+    assert_eq!(
+        reply(&out),
+        Reply::SweepCancelled {
+            sweep: SweepId(0),
+            jobs_cancelled: 3
+        }
+    );
+    assert!(out.iter().any(
+        |a| matches!(a, Action::Send { msg: ToAgent::Cancel(h), .. } if h.attempt == l.attempt)
+    ));
     assert!(leases(&out).is_empty());
     // The cancelled attempt's late result is superseded.
     let late = finish(&mut s, &l, Outcome::Succeeded, 2);
     assert_eq!(ack_verdicts(&late), vec![AckVerdict::Superseded]);
-    let out = s.handle(Event::ResumeSweep { request: RequestId(3), sweep: SweepId(0) }, TimeMs(3));
-    assert_eq!(reply(&out), Reply::SweepResumed { sweep: SweepId(0), jobs_requeued: 3 });
+    let out = s.handle(
+        Event::ResumeSweep {
+            request: RequestId(3),
+            sweep: SweepId(0),
+        },
+        TimeMs(3),
+    );
+    assert_eq!(
+        reply(&out),
+        Reply::SweepResumed {
+            sweep: SweepId(0),
+            jobs_requeued: 3
+        }
+    );
     assert_eq!(leases(&out).len(), 1);
 }
 
@@ -438,7 +595,10 @@ fn a_clock_stepping_back_does_not_move_deadlines_back() {
     let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 10_000);
     let _ = heartbeat(&mut s, "a", &[], 5_000);
     // The agent deadline is still measured from 10 s, not from the earlier 5 s.
-    assert_eq!(s.poll_timeout(), Some(TimeMs(10_000 + cfg.agent_timeout_ms)));
+    assert_eq!(
+        s.poll_timeout(),
+        Some(TimeMs(10_000 + cfg.agent_timeout_ms))
+    );
     assert_eq!(s.live_agents().count(), 1);
 }
 
@@ -448,7 +608,13 @@ fn an_inventory_with_a_repeated_key_is_refused() {
     let mut inv = gpus("a", 2, "H100");
     inv.gpus[1].key = inv.gpus[0].key.clone();
     let out = hello(&mut s, "a", inv, 0);
-    assert!(matches!(&out[..], [Action::Send { msg: ToAgent::Refused(SchedulerError::BadInventory { .. }), .. }]));
+    assert!(matches!(
+        &out[..],
+        [Action::Send {
+            msg: ToAgent::Refused(SchedulerError::BadInventory { .. }),
+            ..
+        }]
+    ));
     assert_eq!(s.live_agents().count(), 0);
 }
 

@@ -48,7 +48,12 @@ pub struct SimAgent {
 }
 
 impl SimAgent {
-    pub fn new(id: AgentId, inventory: Inventory, clock_rate_permille: u64, fail_permille: u64) -> Self {
+    pub fn new(
+        id: AgentId,
+        inventory: Inventory,
+        clock_rate_permille: u64,
+        fail_permille: u64,
+    ) -> Self {
         Self {
             id,
             inventory,
@@ -202,16 +207,22 @@ impl SimAgent {
                 }
             }
             ToAgent::Cancel(h) => {
-                if self.runs.get(&h.attempt).is_some_and(|r| r.epoch == h.epoch) {
+                if self
+                    .runs
+                    .get(&h.attempt)
+                    .is_some_and(|r| r.epoch == h.epoch)
+                {
                     self.runs.remove(&h.attempt);
                 }
             }
             ToAgent::Ack { attempt, verdict } => {
-                if let Some((epoch, outcome)) = self.spool.get(&attempt.attempt) {
-                    if *epoch == attempt.epoch {
-                        out.acks.push((attempt, verdict, outcome.clone()));
-                        self.spool.remove(&attempt.attempt);
-                    }
+                let matches = self
+                    .spool
+                    .get(&attempt.attempt)
+                    .is_some_and(|(epoch, _)| *epoch == attempt.epoch);
+                if matches {
+                    let (_, outcome) = self.spool.remove(&attempt.attempt).expect("spooled");
+                    out.acks.push((attempt, verdict, outcome));
                 }
             }
             ToAgent::HelloRequired => self.hello(&mut out),

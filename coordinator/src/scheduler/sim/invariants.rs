@@ -94,24 +94,54 @@ impl LogChecker {
         Ok(())
     }
 
-    /// No acknowledged outcome is lost: what an agent saw acked is in the durable log.
-    pub fn check_ack(
+    /// Persist, then ack: an ack is only ever sent for an outcome already in the log.
+    pub fn check_ack_sent(&self, held: HeldAttempt, verdict: AckVerdict) -> Result<(), String> {
+        let a = held.attempt;
+        let stored = match verdict {
+            AckVerdict::Accepted => self.accepted_attempts.contains(&a),
+            AckVerdict::Superseded => self.superseded.contains(&a),
+            AckVerdict::FailureRecorded => self.ended.contains(&a),
+        };
+        if stored {
+            Ok(())
+        } else {
+            Err(format!(
+                "{a} acked as {verdict:?} before it was in the durable log"
+            ))
+        }
+    }
+
+    /// No acknowledged outcome is lost: what an agent saw acked is in the durable log, and
+    /// the verdict fits the outcome it had spooled.
+    pub fn check_ack_received(
         &self,
         held: HeldAttempt,
         verdict: AckVerdict,
         outcome: &Outcome,
     ) -> Result<(), String> {
-        let a = held.attempt;
-        let stored = match (verdict, outcome) {
-            (AckVerdict::Accepted, Outcome::Succeeded) => self.accepted_attempts.contains(&a),
-            (AckVerdict::Superseded, Outcome::Succeeded) => self.superseded.contains(&a),
-            (AckVerdict::FailureRecorded, Outcome::Failed { .. }) => self.ended.contains(&a),
-            _ => false,
-        };
-        if stored {
-            Ok(())
-        } else {
-            Err(format!("{a} acked as {verdict:?} for {outcome:?} but not in the durable log"))
+        let fits = matches!(
+            (verdict, outcome),
+            (
+                AckVerdict::Accepted | AckVerdict::Superseded,
+                Outcome::Succeeded
+            ) | (AckVerdict::FailureRecorded, Outcome::Failed { .. })
+        );
+        if !fits {
+            return Err(format!(
+                "{} acked as {verdict:?} for {outcome:?}",
+                held.attempt
+            ));
+        }
+        self.check_ack_sent(held, verdict)
+    }
+
+    /// Persist, then lease: a lease is only sent for the job's latest persisted attempt.
+    pub fn check_lease_sent(&self, job: JobId, attempt: AttemptId) -> Result<(), String> {
+        match self.latest.get(&job) {
+            Some((latest, _)) if *latest == attempt => Ok(()),
+            other => Err(format!(
+                "lease {attempt} of {job} sent before it was persisted (latest {other:?})"
+            )),
         }
     }
 

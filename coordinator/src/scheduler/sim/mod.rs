@@ -55,10 +55,18 @@ fn seeded_faults_keep_every_invariant_and_the_sweep_completes() {
         }
     }
     eprintln!("scheduler sim: {} seeds; {totals}", seeds.len());
-    assert!(failures.is_empty(), "{} seed(s) failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} seed(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     // The faults must actually have happened, or the run proves nothing.
     if seeds.len() >= 50 {
-        assert!(totals.coordinator_restarts > 0, "no coordinator restart was simulated");
+        assert!(
+            totals.coordinator_restarts > 0,
+            "no coordinator restart was simulated"
+        );
         assert!(totals.agent_crashes > 0, "no agent crash was simulated");
         assert!(totals.superseded > 0, "no stale result was ever fenced");
         assert!(totals.requeued > 0, "no lease was ever requeued");
@@ -68,9 +76,16 @@ fn seeded_faults_keep_every_invariant_and_the_sweep_completes() {
 #[test]
 fn a_seed_replays_exactly() {
     for seed in [3, 17] {
-        let a = World::new(seed, SimParams::for_seed(seed)).run().expect("seed runs");
-        let b = World::new(seed, SimParams::for_seed(seed)).run().expect("seed runs");
-        assert_eq!(a.trace_hash, b.trace_hash, "seed {seed} is not deterministic");
+        let a = World::new(seed, SimParams::for_seed(seed))
+            .run()
+            .expect("seed runs");
+        let b = World::new(seed, SimParams::for_seed(seed))
+            .run()
+            .expect("seed runs");
+        assert_eq!(
+            a.trace_hash, b.trace_hash,
+            "seed {seed} is not deterministic"
+        );
         assert_eq!(a, b);
     }
 }

@@ -2,7 +2,7 @@
 //! may be dropped, duplicated or delayed past later ones (reordered); a partitioned agent
 //! neither sends nor receives.
 
-use super::super::{Event, Reply, ToAgent, TimeMs};
+use super::super::{Event, Reply, TimeMs, ToAgent};
 use lem_common::rng::SplitMix64;
 use std::collections::BTreeMap;
 

@@ -3,14 +3,14 @@
 //! PRNG in virtual time. One step handles one due thing; invariants are checked after
 //! every step.
 
+use super::super::{
+    Action, AgentId, AttemptEnd, DeviceKey, DeviceNeeds, Event, ExperimentSubmission, GpuDevice,
+    Inventory, JobStatus, MigSlice, Record, Reply, RequestId, Scheduler, SchedulerConfig, SweepId,
+    SweepSubmission, TimeMs, ToAgent,
+};
 use super::agent::SimAgent;
 use super::invariants::{check_device_exclusivity, LogChecker};
 use super::net::{Msg, Net, NetFaults};
-use super::super::{
-    Action, AgentId, AttemptEnd, DeviceKey, DeviceNeeds, Event, ExperimentSubmission,
-    GpuDevice, Inventory, JobStatus, MigSlice, Record, Reply, RequestId, Scheduler,
-    SchedulerConfig, SweepId, SweepSubmission, TimeMs,
-};
 use lem_common::rng::SplitMix64;
 use std::fmt;
 
@@ -44,7 +44,7 @@ impl SimParams {
         let faults_until = TimeMs(60_000 + r.below(120_000));
         Self {
             agents: 2 + r.below(6) as usize,
-            experiments: 3 + r.below(8) as usize,
+            experiments: 3 + r.below(9) as usize,
             cycles: 1 + r.below(3) as u32,
             faults_until,
             horizon: faults_until.plus_ms(3_600_000),
@@ -196,7 +196,7 @@ fn a100_mig_node(name: &str) -> Inventory {
 
 /// Needs cycle through every kind of placement both node types can serve.
 fn needs_for(i: usize) -> DeviceNeeds {
-    match i % 6 {
+    match i % 7 {
         0 => DeviceNeeds::Gpus {
             count: 1,
             model: None,
@@ -210,13 +210,18 @@ fn needs_for(i: usize) -> DeviceNeeds {
             profile: "3g.40gb".into(),
             exclusive_parent: false,
         },
+        // Competes with the shared 3g.40gb jobs for the same parent.
         4 => DeviceNeeds::MigSlice {
-            profile: "1g.10gb".into(),
+            profile: "3g.40gb".into(),
             exclusive_parent: true,
         },
-        _ => DeviceNeeds::Gpus {
+        5 => DeviceNeeds::Gpus {
             count: 1,
             model: Some("A100".into()),
+        },
+        _ => DeviceNeeds::MigSlice {
+            profile: "1g.10gb".into(),
+            exclusive_parent: false,
         },
     }
 }
@@ -335,11 +340,18 @@ impl World {
             match job.status {
                 JobStatus::Accepted(attempt) => {
                     if self.checker.accepted_jobs().get(&job.job) != Some(&attempt) {
-                        return Err(format!("{} accepted {attempt} but the log says otherwise", job.job));
+                        return Err(format!(
+                            "{} accepted {attempt} but the log says otherwise",
+                            job.job
+                        ));
                     }
                 }
                 JobStatus::Failed => {
-                    let failures = job.errors.iter().filter(|e| e.contains(": failed: ")).count();
+                    let failures = job
+                        .errors
+                        .iter()
+                        .filter(|e| e.contains(": failed: "))
+                        .count();
                     if failures < self.config.max_failures as usize {
                         return Err(format!(
                             "{} failed with only {failures} runner failures: {:?}",
@@ -420,13 +432,17 @@ impl World {
             self.inject_faults();
         } else if self.coordinator_up_at.is_some_and(|t| t <= now) {
             self.coordinator_up_at = None;
-            let recovered = Scheduler::recover(self.config.clone(), self.log.clone(), self.coordinator_now())
-                .map_err(|e| format!("recover failed: {e}"))?;
+            let recovered = Scheduler::recover(
+                self.config.clone(),
+                self.log.clone(),
+                self.coordinator_now(),
+            )
+            .map_err(|e| format!("recover failed: {e}"))?;
             self.coordinator = Some(recovered);
         } else if let Some(msg) = self.net.pop_due(now) {
             self.deliver(msg)?;
         } else if coordinator_timer.is_some_and(|t| t <= now) {
-            self.to_coordinator(Event::Tick);
+            self.to_coordinator(Event::Tick)?;
         } else if let Some((_, i)) = agent_wake.filter(|(t, _)| *t <= now) {
             let out = self.agents[i].wake(now, &mut self.rng);
             for event in out.to_coordinator {
@@ -502,7 +518,7 @@ impl World {
 
     fn deliver(&mut self, msg: Msg) -> Result<(), String> {
         match msg {
-            Msg::ToCoordinator(event) => self.to_coordinator(event),
+            Msg::ToCoordinator(event) => self.to_coordinator(event)?,
             Msg::ToAgent(i, m) => {
                 if self.partitioned(i) {
                     return Ok(());
@@ -511,7 +527,7 @@ impl World {
                 // The coordinator persisted before it sent; the log must show every ack.
                 self.checker.advance(&self.log)?;
                 for (held, verdict, outcome) in &out.acks {
-                    self.checker.check_ack(*held, *verdict, outcome)?;
+                    self.checker.check_ack_received(*held, *verdict, outcome)?;
                 }
                 for event in out.to_coordinator {
                     self.send_from_agent(i, event);
@@ -524,10 +540,10 @@ impl World {
 
     /// One coordinator step: handle, then execute the actions in order (persist, then
     /// send). Under faults it may crash after executing only a prefix.
-    fn to_coordinator(&mut self, event: Event) {
+    fn to_coordinator(&mut self, event: Event) -> Result<(), String> {
         let now = self.coordinator_now();
         let Some(c) = self.coordinator.as_mut() else {
-            return;
+            return Ok(());
         };
         let actions = c.handle(event, now);
         let crash_after = (self.faults_on()
@@ -536,11 +552,19 @@ impl World {
         for (i, action) in actions.into_iter().enumerate() {
             if crash_after == Some(i) {
                 self.crash_coordinator();
-                return;
+                return Ok(());
             }
             match action {
                 Action::Persist(record) => self.log.push(record),
                 Action::Send { agent, msg } => {
+                    self.checker.advance(&self.log)?;
+                    match &msg {
+                        ToAgent::Ack { attempt, verdict } => {
+                            self.checker.check_ack_sent(*attempt, *verdict)?
+                        }
+                        ToAgent::Lease(l) => self.checker.check_lease_sent(l.job, l.attempt)?,
+                        _ => {}
+                    }
                     let i = self.agent_index(&agent);
                     let faults = self.net_faults();
                     self.net
@@ -549,7 +573,12 @@ impl World {
                 // The client's link is reliable and ordered (a CLI over one stream); it
                 // loses only what a coordinator crash cuts off.
                 Action::Reply { reply, .. } => {
-                    self.net.send(self.now, Msg::ToClient(reply), None, &mut SplitMix64::new(0));
+                    self.net.send(
+                        self.now,
+                        Msg::ToClient(reply),
+                        None,
+                        &mut SplitMix64::new(0),
+                    );
                 }
                 Action::SweepFinished { .. } => {}
             }
@@ -557,6 +586,7 @@ impl World {
         if crash_after.is_some() {
             self.crash_coordinator();
         }
+        Ok(())
     }
 
     fn agent_index(&self, agent: &AgentId) -> usize {
@@ -585,8 +615,12 @@ impl World {
             (ClientStep::Resume, Some(sweep)) => Event::ResumeSweep { request, sweep },
             _ => return,
         };
-        self.net
-            .send(self.now, Msg::ToCoordinator(event), None, &mut SplitMix64::new(0));
+        self.net.send(
+            self.now,
+            Msg::ToCoordinator(event),
+            None,
+            &mut SplitMix64::new(0),
+        );
     }
 
     fn client_receive(&mut self, reply: Reply) -> Result<(), String> {
@@ -608,7 +642,9 @@ impl World {
                 };
                 self.client_next_try = self.now;
             }
-            (ClientStep::Submit, Reply::Refused(e)) => return Err(format!("submission refused: {e}")),
+            (ClientStep::Submit, Reply::Refused(e)) => {
+                return Err(format!("submission refused: {e}"))
+            }
             (ClientStep::Cancel { .. }, Reply::SweepCancelled { .. }) => {
                 self.client = ClientStep::Resume;
                 self.client_next_try = self.now.plus_ms(10_000);
