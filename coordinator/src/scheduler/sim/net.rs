@@ -7,10 +7,11 @@ use lem_common::rng::SplitMix64;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone)]
+/// A message in flight, by destination.
 pub enum Msg {
-    ToCoordinator(Event),
-    ToAgent(usize, ToAgent),
-    ToClient(Reply),
+    Coordinator(Event),
+    Agent(usize, ToAgent),
+    Client(Reply),
 }
 
 /// Fault rates in per-mille while faults are on.
@@ -63,6 +64,6 @@ impl Net {
     /// Drops everything addressed to the coordinator (it crashed; connections are gone).
     pub fn drop_to_coordinator(&mut self) {
         self.in_flight
-            .retain(|_, m| !matches!(m, Msg::ToCoordinator(_)));
+            .retain(|_, m| !matches!(m, Msg::Coordinator(_)));
     }
 }

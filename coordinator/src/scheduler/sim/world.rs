@@ -40,7 +40,7 @@ pub struct SimParams {
 
 impl SimParams {
     pub fn for_seed(seed: u64) -> Self {
-        let mut r = SplitMix64::new(seed ^ 0x5eed_0f_5eed);
+        let mut r = SplitMix64::new(seed ^ 0x005e_ed0f_5eed);
         let faults_until = TimeMs(60_000 + r.below(120_000));
         Self {
             agents: 2 + r.below(6) as usize,
@@ -442,7 +442,7 @@ impl World {
         } else if let Some(msg) = self.net.pop_due(now) {
             self.deliver(msg)?;
         } else if coordinator_timer.is_some_and(|t| t <= now) {
-            self.to_coordinator(Event::Tick)?;
+            self.coordinator_step(Event::Tick)?;
         } else if let Some((_, i)) = agent_wake.filter(|(t, _)| *t <= now) {
             let out = self.agents[i].wake(now, &mut self.rng);
             for event in out.to_coordinator {
@@ -512,14 +512,14 @@ impl World {
         if !self.partitioned(agent) {
             let faults = self.net_faults();
             self.net
-                .send(self.now, Msg::ToCoordinator(event), faults, &mut self.rng);
+                .send(self.now, Msg::Coordinator(event), faults, &mut self.rng);
         }
     }
 
     fn deliver(&mut self, msg: Msg) -> Result<(), String> {
         match msg {
-            Msg::ToCoordinator(event) => self.to_coordinator(event)?,
-            Msg::ToAgent(i, m) => {
+            Msg::Coordinator(event) => self.coordinator_step(event)?,
+            Msg::Agent(i, m) => {
                 if self.partitioned(i) {
                     return Ok(());
                 }
@@ -533,14 +533,14 @@ impl World {
                     self.send_from_agent(i, event);
                 }
             }
-            Msg::ToClient(reply) => self.client_receive(reply)?,
+            Msg::Client(reply) => self.client_receive(reply)?,
         }
         Ok(())
     }
 
     /// One coordinator step: handle, then execute the actions in order (persist, then
     /// send). Under faults it may crash after executing only a prefix.
-    fn to_coordinator(&mut self, event: Event) -> Result<(), String> {
+    fn coordinator_step(&mut self, event: Event) -> Result<(), String> {
         let now = self.coordinator_now();
         let Some(c) = self.coordinator.as_mut() else {
             return Ok(());
@@ -568,17 +568,13 @@ impl World {
                     let i = self.agent_index(&agent);
                     let faults = self.net_faults();
                     self.net
-                        .send(self.now, Msg::ToAgent(i, msg), faults, &mut self.rng);
+                        .send(self.now, Msg::Agent(i, msg), faults, &mut self.rng);
                 }
                 // The client's link is reliable and ordered (a CLI over one stream); it
                 // loses only what a coordinator crash cuts off.
                 Action::Reply { reply, .. } => {
-                    self.net.send(
-                        self.now,
-                        Msg::ToClient(reply),
-                        None,
-                        &mut SplitMix64::new(0),
-                    );
+                    self.net
+                        .send(self.now, Msg::Client(reply), None, &mut SplitMix64::new(0));
                 }
                 Action::SweepFinished { .. } => {}
             }
@@ -617,7 +613,7 @@ impl World {
         };
         self.net.send(
             self.now,
-            Msg::ToCoordinator(event),
+            Msg::Coordinator(event),
             None,
             &mut SplitMix64::new(0),
         );
