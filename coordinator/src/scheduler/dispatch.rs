@@ -8,7 +8,7 @@ use super::event::{Action, Lease, ToAgent};
 use super::placement::{find_placement, has_idle_device};
 use super::record::Record;
 use super::state::Scheduler;
-use super::types::{AttemptId, DeviceNeeds, Epoch, JobId};
+use super::types::{AgentId, AttemptId, DeviceNeeds, Epoch, JobId, Placement};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -80,6 +80,10 @@ impl Scheduler {
                 .map(|(id, _)| id.clone());
             self.maybe_free = live.collect();
         }
+        // Within one dispatch devices are only taken, never freed, so an agent that
+        // failed a class stays failed: each class resumes its search where it last
+        // succeeded, which keeps a pass linear in agents + grants.
+        let mut cursors: HashMap<Class, AgentId> = HashMap::new();
         loop {
             let mut granted = false;
             for class in self.queue.classes_by_age() {
@@ -87,9 +91,10 @@ impl Scheduler {
                     if self.maybe_free.is_empty() {
                         return;
                     }
-                    let Some(placement) = self.place(&class) else {
+                    let Some(placement) = self.place(&class, cursors.get(&class)) else {
                         break;
                     };
+                    cursors.insert(class.clone(), placement.agent.clone());
                     self.grant(job, placement, out);
                     granted = true;
                 }
@@ -104,17 +109,20 @@ impl Scheduler {
         }
     }
 
-    /// The first agent with room for `class`; agents found with nothing idle are dropped
-    /// from the candidates.
-    fn place(&mut self, class: &Class) -> Option<super::types::Placement> {
+    /// The first agent from `from` on with room for `class`; agents found with nothing
+    /// idle are dropped from the candidates.
+    fn place(&mut self, class: &Class, from: Option<&AgentId>) -> Option<Placement> {
         let (needs, model) = class;
         let mut full = Vec::new();
         let mut found = None;
-        for id in &self.maybe_free {
+        let candidates = match from {
+            Some(start) => self.maybe_free.range(start.clone()..),
+            None => self.maybe_free.range::<AgentId, _>(..),
+        };
+        for id in candidates {
             let agent = &self.agents[id];
-            if let Some(p) =
-                find_placement(id, &agent.inventory, needs, model.as_deref(), &self.claims)
-            {
+            let fit = find_placement(id, &agent.inventory, needs, model.as_deref(), &self.claims);
+            if let Some(p) = fit {
                 found = Some(p);
                 break;
             }
@@ -129,7 +137,7 @@ impl Scheduler {
     }
 
     /// Persists the attempt, then sends the lease.
-    fn grant(&mut self, job: JobId, placement: super::types::Placement, out: &mut Vec<Action>) {
+    fn grant(&mut self, job: JobId, placement: Placement, out: &mut Vec<Action>) {
         let attempt = AttemptId(self.next_attempt);
         let epoch = Epoch(self.jobs[job.0 as usize].epoch.0 + 1);
         let agent = placement.agent.clone();
