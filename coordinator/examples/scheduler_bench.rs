@@ -40,6 +40,9 @@ struct Bench {
     /// Per agent: attempt → epoch of what it runs.
     running: Vec<BTreeMap<u64, u64>>,
     grant_latencies: Vec<Duration>,
+    /// The same calls in this thread's CPU time: what the scheduler itself cost, without
+    /// the waits of a preempted thread on a loaded machine.
+    grant_cpu: Vec<Duration>,
     grants: usize,
     busy: Duration,
     calls: usize,
@@ -52,9 +55,11 @@ impl Bench {
     }
 
     fn call(&mut self, event: Event, now: TimeMs) {
+        let cpu_started = thread_cpu_time();
         let started = Instant::now();
         let actions = self.s.handle(event, now);
         let took = started.elapsed();
+        let cpu = thread_cpu_time().saturating_sub(cpu_started);
         self.busy += took;
         self.calls += 1;
         let mut granted = 0;
@@ -75,6 +80,7 @@ impl Bench {
         // Every lease of one call waited the whole call.
         self.grant_latencies
             .extend(std::iter::repeat_n(took, granted));
+        self.grant_cpu.extend(std::iter::repeat_n(cpu, granted));
     }
 }
 
@@ -89,6 +95,17 @@ fn inventory(i: usize) -> Inventory {
             .collect(),
         cpu_packages: vec![DeviceKey(format!("rapl:node{i}:package-0"))],
     }
+}
+
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -109,6 +126,7 @@ fn main() {
         seq: 0,
         running: vec![BTreeMap::new(); AGENTS],
         grant_latencies: Vec::new(),
+        grant_cpu: Vec::new(),
         grants: 0,
         busy: Duration::ZERO,
         calls: 0,
@@ -156,6 +174,7 @@ fn main() {
         submit_took.as_secs_f64() * 1e3
     );
     b.grant_latencies.clear();
+    b.grant_cpu.clear();
     let (grants_before, busy_before, calls_before) = (b.grants, b.busy, b.calls);
 
     let total_jobs = EXPERIMENTS * CYCLES as usize;
@@ -205,11 +224,26 @@ fn main() {
         "grants/s (all events counted): {:.0}",
         grants as f64 / busy.as_secs_f64()
     );
+    let mut cpu = std::mem::take(&mut b.grant_cpu);
+    cpu.sort();
+    let in_grant_calls: Duration = lat.iter().sum();
     println!(
-        "grant latency: p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+        "grants/s (time in grant-producing calls only): {:.0}",
+        grants as f64 / in_grant_calls.as_secs_f64()
+    );
+    println!(
+        "grant latency: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.1} µs",
         percentile(&lat, 0.50).as_secs_f64() * 1e6,
         percentile(&lat, 0.99).as_secs_f64() * 1e6,
+        percentile(&lat, 0.999).as_secs_f64() * 1e6,
         lat.last().expect("grants happened").as_secs_f64() * 1e6
+    );
+    println!(
+        "grant latency in thread CPU time: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.1} µs",
+        percentile(&cpu, 0.50).as_secs_f64() * 1e6,
+        percentile(&cpu, 0.99).as_secs_f64() * 1e6,
+        percentile(&cpu, 0.999).as_secs_f64() * 1e6,
+        cpu.last().expect("grants happened").as_secs_f64() * 1e6
     );
     let p =
         b.s.sweep_progress(lem_coordinator::scheduler::SweepId(0))

@@ -22,14 +22,19 @@ pub struct JobQueue {
 }
 
 impl JobQueue {
-    pub fn push(&mut self, job: JobId, needs: DeviceNeeds, pinned_model: Option<String>) {
+    /// Queues `job`; true when its class had no queued job (so no agent has been tried
+    /// for it yet).
+    pub fn push(&mut self, job: JobId, needs: DeviceNeeds, pinned_model: Option<String>) -> bool {
         let model = match &needs {
             DeviceNeeds::Gpus { model: Some(m), .. } => Some(m.clone()),
             _ => pinned_model,
         };
         let class = (needs, model);
-        self.by_class.entry(class.clone()).or_default().insert(job);
+        let jobs = self.by_class.entry(class.clone()).or_default();
+        let new_class = jobs.is_empty();
+        jobs.insert(job);
         self.class_of.insert(job, class);
+        new_class
     }
 
     pub fn remove(&mut self, job: JobId) {

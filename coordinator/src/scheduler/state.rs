@@ -40,7 +40,7 @@ pub struct Scheduler {
     pub(super) maybe_free: BTreeSet<AgentId>,
     /// Something that can make a placement possible changed since the last dispatch.
     pub(super) dispatch_needed: bool,
-    /// A job was queued: every live agent is a candidate again for the next dispatch.
+    /// A job was queued in a new class: every live agent is a candidate again.
     pub(super) rescan_agents: bool,
     /// Sweeps whose last open job just became terminal.
     pub(super) newly_finished: Vec<SweepId>,
@@ -423,10 +423,13 @@ impl Scheduler {
         }
         if status == JobStatus::Pending {
             let exp = &self.sweeps[&sweep_id].experiments[experiment];
-            self.queue
+            // Agents dropped from the candidates failed every queued class; only a class
+            // new to the queue needs them all tried again.
+            let new_class = self
+                .queue
                 .push(job, exp.needs.clone(), exp.pinned_model.clone());
+            self.rescan_agents |= new_class;
             self.dispatch_needed = true;
-            self.rescan_agents = true;
         }
         let sweep = self
             .sweeps
@@ -462,11 +465,13 @@ impl Scheduler {
         for sibling in exp.jobs.clone() {
             if self.jobs[sibling.0 as usize].status == JobStatus::Pending {
                 self.queue.remove(sibling);
-                self.queue
+                // A pinned class is narrower than the unpinned one: no agent that failed
+                // the siblings before can fit them now, so no rescan.
+                let _ = self
+                    .queue
                     .push(sibling, exp.needs.clone(), exp.pinned_model.clone());
             }
         }
         self.dispatch_needed = true;
-        self.rescan_agents = true;
     }
 }

@@ -695,3 +695,58 @@ mod properties {
         }
     }
 }
+
+/// The shape embedded mode will have: one in-process agent, a driver loop that persists,
+/// runs each lease to completion and feeds the outcome back, until the sweep finishes.
+#[test]
+fn an_in_process_agent_drives_a_sweep_to_completion() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let mut store: Vec<Record> = Vec::new();
+    let mut inbox: Vec<Event> = vec![
+        Event::AgentHello {
+            agent: agent("local"),
+            inventory: gpus("local", 0, "-"),
+            held: vec![],
+            lost: vec![],
+        },
+        Event::SubmitSweep {
+            request: RequestId(0),
+            submission: submission("embedded", &[DeviceNeeds::CpuPackages], 3),
+        },
+    ];
+    let mut now = 0;
+    let mut finished = None;
+    let mut runs = Vec::new();
+    while let Some(event) = inbox.pop() {
+        now += 10;
+        for action in s.handle(event, TimeMs(now)) {
+            match action {
+                Action::Persist(r) => store.push(r),
+                Action::Send {
+                    msg: ToAgent::Lease(l),
+                    ..
+                } => {
+                    runs.push(l.cycle);
+                    inbox.push(Event::AttemptFinished {
+                        agent: l.placement.agent,
+                        attempt: l.attempt,
+                        epoch: l.epoch,
+                        outcome: Outcome::Succeeded,
+                    });
+                }
+                Action::SweepFinished { sweep } => finished = Some(sweep),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(finished, Some(SweepId(0)));
+    // One CPU package: the cycles ran one after another, each once.
+    assert_eq!(runs, vec![0, 1, 2]);
+    let accepted = store
+        .iter()
+        .filter(|r| matches!(r, Record::ResultAccepted { .. }))
+        .count();
+    assert_eq!(accepted, 3);
+    let recovered = Scheduler::recover(SchedulerConfig::default(), store, TimeMs(0)).unwrap();
+    assert_eq!(recovered.sweep_progress(SweepId(0)).unwrap().accepted, 3);
+}
