@@ -371,8 +371,9 @@ impl Scheduler {
     ) {
         let Some(a) = self.attempts.get(&attempt) else {
             // Never acknowledge what is not ours: nothing is stored for it.
-            let msg = ToAgent::Refused(SchedulerError::BadSubmission {
-                reason: format!("result for unknown {attempt}"),
+            let msg = ToAgent::Refused(SchedulerError::UnknownAttempt {
+                agent: agent.clone(),
+                attempt,
             });
             out.push(Action::Send { agent, msg });
             return;

@@ -603,6 +603,31 @@ fn a_clock_stepping_back_does_not_move_deadlines_back() {
 }
 
 #[test]
+fn a_result_for_an_unknown_attempt_is_refused_and_not_acked() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
+    let out = s.handle(
+        Event::AttemptFinished {
+            agent: agent("a"),
+            attempt: AttemptId(41),
+            epoch: Epoch(1),
+            outcome: Outcome::Succeeded,
+        },
+        TimeMs(1),
+    );
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            agent: agent("a"),
+            msg: ToAgent::Refused(SchedulerError::UnknownAttempt {
+                agent: agent("a"),
+                attempt: AttemptId(41)
+            }),
+        }]
+    );
+}
+
+#[test]
 fn an_inventory_with_a_repeated_key_is_refused() {
     let mut s = Scheduler::new(SchedulerConfig::default());
     let mut inv = gpus("a", 2, "H100");
