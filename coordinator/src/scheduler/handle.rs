@@ -207,7 +207,17 @@ impl Scheduler {
             return;
         };
         let open_before = s.open_jobs;
-        self.commit(Record::SweepResumed { sweep }, out);
+        let resumable = s.cancelled
+            || s.jobs.iter().any(|j| {
+                matches!(
+                    self.jobs[j.0 as usize].status,
+                    JobStatus::Failed | JobStatus::Cancelled
+                )
+            });
+        // A repeated resume (a client retry) writes nothing.
+        if resumable {
+            self.commit(Record::SweepResumed { sweep }, out);
+        }
         let jobs_requeued = self.sweeps[&sweep].open_jobs - open_before;
         let reply = Reply::SweepResumed {
             sweep,

@@ -586,6 +586,24 @@ fn cancel_stops_leases_and_resume_requeues_what_was_cancelled() {
         }
     );
     assert_eq!(leases(&out).len(), 1);
+    let again = s.handle(
+        Event::ResumeSweep {
+            request: RequestId(4),
+            sweep: SweepId(0),
+        },
+        TimeMs(4),
+    );
+    assert!(
+        persisted(&again).is_empty(),
+        "a repeated resume wrote {again:?}"
+    );
+    assert_eq!(
+        reply(&again),
+        Reply::SweepResumed {
+            sweep: SweepId(0),
+            jobs_requeued: 0
+        }
+    );
 }
 
 #[test]
