@@ -1,0 +1,69 @@
+//! The simulated network: messages in flight with delivery times. Under faults a message
+//! may be dropped, duplicated or delayed past later ones (reordered); a partitioned agent
+//! neither sends nor receives.
+
+use super::super::{Event, Reply, TimeMs, ToAgent};
+use lem_common::rng::SplitMix64;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone)]
+/// A message in flight, by destination.
+pub enum Msg {
+    Coordinator(Event),
+    Agent(usize, ToAgent),
+    Client(Reply),
+}
+
+/// Fault rates in per-mille while faults are on.
+#[derive(Debug, Clone, Copy)]
+pub struct NetFaults {
+    pub drop_permille: u64,
+    pub duplicate_permille: u64,
+    pub reorder_permille: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Net {
+    in_flight: BTreeMap<(TimeMs, u64), Msg>,
+    seq: u64,
+}
+
+impl Net {
+    pub fn send(&mut self, now: TimeMs, msg: Msg, faults: Option<NetFaults>, rng: &mut SplitMix64) {
+        let copies = match faults {
+            Some(f) if rng.below(1000) < f.drop_permille => 0,
+            Some(f) if rng.below(1000) < f.duplicate_permille => 2,
+            _ => 1,
+        };
+        for _ in 0..copies {
+            let mut delay_ms = 1 + rng.below(20);
+            if let Some(f) = faults {
+                if rng.below(1000) < f.reorder_permille {
+                    delay_ms += rng.below(3_000);
+                }
+            }
+            self.seq += 1;
+            self.in_flight
+                .insert((now.plus_ms(delay_ms), self.seq), msg.clone());
+        }
+    }
+
+    pub fn next_time(&self) -> Option<TimeMs> {
+        self.in_flight.keys().next().map(|(t, _)| *t)
+    }
+
+    pub fn pop_due(&mut self, now: TimeMs) -> Option<Msg> {
+        let key = *self.in_flight.keys().next()?;
+        if key.0 <= now {
+            self.in_flight.remove(&key)
+        } else {
+            None
+        }
+    }
+
+    /// Drops everything addressed to the coordinator (it crashed; connections are gone).
+    pub fn drop_to_coordinator(&mut self) {
+        self.in_flight
+            .retain(|_, m| !matches!(m, Msg::Coordinator(_)));
+    }
+}

@@ -1,0 +1,654 @@
+//! The simulated world: one coordinator (scheduler + durable log), N agents, a client
+//! submitting one sweep, a faulty network and a fault schedule, all driven by one seeded
+//! PRNG in virtual time. One step handles one due thing; invariants are checked after
+//! every step.
+
+use super::super::{
+    Action, AgentId, AttemptEnd, DeviceKey, DeviceNeeds, Event, ExperimentSubmission, GpuDevice,
+    Inventory, JobStatus, MigSlice, Record, Reply, RequestId, Scheduler, SchedulerConfig, SweepId,
+    SweepSubmission, TimeMs, ToAgent,
+};
+use super::agent::SimAgent;
+use super::invariants::{check_device_exclusivity, LogChecker};
+use super::net::{Msg, Net, NetFaults};
+use lem_common::rng::SplitMix64;
+use std::fmt;
+
+/// Per-seed shape of the run, drawn from the seed.
+#[derive(Debug, Clone)]
+pub struct SimParams {
+    pub agents: usize,
+    pub experiments: usize,
+    pub cycles: u32,
+    /// Faults happen before this time; after it the network is clean and every crashed
+    /// node comes back, so the sweep must complete.
+    pub faults_until: TimeMs,
+    /// The sweep must be complete (and every outcome acked) by this time.
+    pub horizon: TimeMs,
+    pub net: NetFaults,
+    /// Per fault check (once a virtual second).
+    pub agent_crash_permille: u64,
+    pub partition_permille: u64,
+    pub coordinator_restart_permille: u64,
+    /// Per coordinator step during faults: crash after executing only part of its actions.
+    pub mid_batch_crash_permille: u64,
+    pub clock_step_back_permille: u64,
+    pub runner_fail_permille: u64,
+    /// One seed in three also cancels the sweep mid-way and resumes it.
+    pub cancel_and_resume: bool,
+}
+
+impl SimParams {
+    pub fn for_seed(seed: u64) -> Self {
+        let mut r = SplitMix64::new(seed ^ 0x005e_ed0f_5eed);
+        let faults_until = TimeMs(60_000 + r.below(120_000));
+        Self {
+            agents: 2 + r.below(6) as usize,
+            experiments: 3 + r.below(9) as usize,
+            cycles: 1 + r.below(3) as u32,
+            faults_until,
+            horizon: faults_until.plus_ms(3_600_000),
+            net: NetFaults {
+                drop_permille: r.below(150),
+                duplicate_permille: r.below(150),
+                reorder_permille: r.below(300),
+            },
+            agent_crash_permille: r.below(40),
+            partition_permille: r.below(40),
+            coordinator_restart_permille: r.below(30),
+            mid_batch_crash_permille: r.below(10),
+            clock_step_back_permille: r.below(50),
+            runner_fail_permille: r.below(100),
+            cancel_and_resume: r.below(3) == 0,
+        }
+    }
+}
+
+/// What one run did; compared whole to check determinism.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub jobs: usize,
+    pub accepted: usize,
+    pub failed: usize,
+    pub superseded: usize,
+    pub requeued: usize,
+    pub coordinator_restarts: usize,
+    pub agent_crashes: usize,
+    pub partitions: usize,
+    pub steps: u64,
+    pub virtual_ms: u64,
+    pub trace_hash: u64,
+}
+
+impl Summary {
+    pub fn add(&mut self, o: &Summary) {
+        self.jobs += o.jobs;
+        self.accepted += o.accepted;
+        self.failed += o.failed;
+        self.superseded += o.superseded;
+        self.requeued += o.requeued;
+        self.coordinator_restarts += o.coordinator_restarts;
+        self.agent_crashes += o.agent_crashes;
+        self.partitions += o.partitions;
+        self.steps += o.steps;
+        self.virtual_ms += o.virtual_ms;
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "jobs {} (accepted {}, failed {}), superseded results {}, requeued attempts {}, \
+             coordinator restarts {}, agent crashes {}, partitions {}, steps {}, virtual {} s",
+            self.jobs,
+            self.accepted,
+            self.failed,
+            self.superseded,
+            self.requeued,
+            self.coordinator_restarts,
+            self.agent_crashes,
+            self.partitions,
+            self.steps,
+            self.virtual_ms / 1000
+        )
+    }
+}
+
+/// The client's requests, in order; each is retried until its reply arrives.
+#[derive(Debug, Clone)]
+enum ClientStep {
+    Submit,
+    Cancel { at: TimeMs },
+    Resume,
+    Done,
+}
+
+const CLIENT_RETRY_MS: u64 = 5_000;
+const FAULT_CHECK_MS: u64 = 1_000;
+const MAX_STEPS: u64 = 5_000_000;
+
+pub struct World {
+    p: SimParams,
+    rng: SplitMix64,
+    now: TimeMs,
+    config: SchedulerConfig,
+    coordinator: Option<Scheduler>,
+    coordinator_up_at: Option<TimeMs>,
+    /// How far the coordinator's clock lags (a clock stepped back; the scheduler clamps).
+    coordinator_lag_ms: u64,
+    log: Vec<Record>,
+    agents: Vec<SimAgent>,
+    net: Net,
+    submission: SweepSubmission,
+    sweep: Option<SweepId>,
+    client: ClientStep,
+    client_next_try: TimeMs,
+    next_request: u64,
+    next_fault_check: TimeMs,
+    checker: LogChecker,
+    summary: Summary,
+}
+
+fn h100_node(name: &str) -> Inventory {
+    Inventory {
+        gpus: (0..4)
+            .map(|i| GpuDevice {
+                key: DeviceKey(format!("gpu:{name}-{i}")),
+                model: "H100".into(),
+                mig_slices: vec![],
+            })
+            .collect(),
+        cpu_packages: vec![DeviceKey(format!("rapl:{name}:package-0"))],
+    }
+}
+
+fn a100_mig_node(name: &str) -> Inventory {
+    let slices = |gpu: usize, profile: &str, n: usize| {
+        (0..n)
+            .map(|i| MigSlice {
+                key: DeviceKey(format!("mig:{name}-{gpu}-{i}")),
+                profile: profile.into(),
+            })
+            .collect()
+    };
+    Inventory {
+        gpus: vec![
+            GpuDevice {
+                key: DeviceKey(format!("gpu:{name}-0")),
+                model: "A100".into(),
+                mig_slices: vec![],
+            },
+            GpuDevice {
+                key: DeviceKey(format!("gpu:{name}-1")),
+                model: "A100".into(),
+                mig_slices: slices(1, "3g.40gb", 2),
+            },
+            GpuDevice {
+                key: DeviceKey(format!("gpu:{name}-2")),
+                model: "A100".into(),
+                mig_slices: slices(2, "1g.10gb", 3),
+            },
+        ],
+        cpu_packages: vec![DeviceKey(format!("rapl:{name}:package-0"))],
+    }
+}
+
+/// Needs cycle through every kind of placement both node types can serve.
+fn needs_for(i: usize) -> DeviceNeeds {
+    match i % 7 {
+        0 => DeviceNeeds::Gpus {
+            count: 1,
+            model: None,
+        },
+        1 => DeviceNeeds::Gpus {
+            count: 2,
+            model: Some("H100".into()),
+        },
+        2 => DeviceNeeds::CpuPackages,
+        3 => DeviceNeeds::MigSlice {
+            profile: "3g.40gb".into(),
+            exclusive_parent: false,
+        },
+        // Competes with the shared 3g.40gb jobs for the same parent.
+        4 => DeviceNeeds::MigSlice {
+            profile: "3g.40gb".into(),
+            exclusive_parent: true,
+        },
+        5 => DeviceNeeds::Gpus {
+            count: 1,
+            model: Some("A100".into()),
+        },
+        _ => DeviceNeeds::MigSlice {
+            profile: "1g.10gb".into(),
+            exclusive_parent: false,
+        },
+    }
+}
+
+impl World {
+    pub fn new(seed: u64, p: SimParams) -> Self {
+        let mut rng = SplitMix64::new(seed);
+        // At least one node of each kind, so every need can be placed.
+        let agents = (0..p.agents.max(2))
+            .map(|i| {
+                let name = format!("node{i}");
+                let inventory = if i % 2 == 0 {
+                    h100_node(&name)
+                } else {
+                    a100_mig_node(&name)
+                };
+                let rate = 800 + rng.below(450);
+                SimAgent::new(AgentId(name), inventory, rate, p.runner_fail_permille)
+            })
+            .collect();
+        let submission = SweepSubmission {
+            idempotency_token: format!("sim-{seed}"),
+            name: "sim".into(),
+            experiments: (0..p.experiments)
+                .map(|i| ExperimentSubmission {
+                    name: format!("exp{i}"),
+                    config: serde_json::json!({ "experiment": i }),
+                    needs: needs_for(i),
+                })
+                .collect(),
+            cycles: p.cycles,
+            pin_device_model: true,
+        };
+        let config = SchedulerConfig {
+            lease_ttl_ms: 15_000,
+            agent_timeout_ms: 10_000,
+            restart_grace_ms: 12_000,
+            max_failures: 3,
+            max_attempts: 1_000,
+        };
+        Self {
+            rng,
+            now: TimeMs(0),
+            coordinator: Some(Scheduler::new(config.clone())),
+            config,
+            coordinator_up_at: None,
+            coordinator_lag_ms: 0,
+            log: Vec::new(),
+            agents,
+            net: Net::default(),
+            submission,
+            sweep: None,
+            client: ClientStep::Submit,
+            client_next_try: TimeMs(0),
+            next_request: 0,
+            next_fault_check: TimeMs(FAULT_CHECK_MS),
+            checker: LogChecker::default(),
+            summary: Summary::default(),
+            p,
+        }
+    }
+
+    fn faults_on(&self) -> bool {
+        self.now < self.p.faults_until
+    }
+
+    fn coordinator_now(&self) -> TimeMs {
+        TimeMs(self.now.0.saturating_sub(self.coordinator_lag_ms))
+    }
+
+    /// Runs to completion; `Err` names the first violated invariant.
+    pub fn run(&mut self) -> Result<Summary, String> {
+        loop {
+            self.summary.steps += 1;
+            if self.summary.steps > MAX_STEPS || self.now > self.p.horizon {
+                return Err(format!(
+                    "the sweep did not complete by {} ms ({} steps): {}",
+                    self.now.0,
+                    self.summary.steps,
+                    self.progress()
+                ));
+            }
+            if self.is_complete()? {
+                return Ok(self.finish());
+            }
+            self.step()?;
+            self.check()?;
+        }
+    }
+
+    fn progress(&self) -> String {
+        match (&self.coordinator, self.sweep) {
+            (Some(c), Some(s)) => format!("{:?}", c.sweep_progress(s)),
+            (None, _) => "coordinator down".into(),
+            (_, None) => "sweep not created".into(),
+        }
+    }
+
+    /// Complete: faults over, sweep finished, client done and every outcome acked.
+    fn is_complete(&self) -> Result<bool, String> {
+        if self.faults_on() || !matches!(self.client, ClientStep::Done) {
+            return Ok(false);
+        }
+        let (Some(c), Some(sweep)) = (&self.coordinator, self.sweep) else {
+            return Ok(false);
+        };
+        let progress = c.sweep_progress(sweep).ok_or("the sweep vanished")?;
+        if !progress.is_finished() || self.agents.iter().any(|a| a.has_unacked() || !a.up) {
+            return Ok(false);
+        }
+        if progress.cancelled != 0 {
+            return Err(format!("jobs left cancelled after resume: {progress:?}"));
+        }
+        // Every accepted job in the scheduler is the one accepted in the durable log.
+        for job in c.jobs() {
+            match job.status {
+                JobStatus::Accepted(attempt) => {
+                    if self.checker.accepted_jobs().get(&job.job) != Some(&attempt) {
+                        return Err(format!(
+                            "{} accepted {attempt} but the log says otherwise",
+                            job.job
+                        ));
+                    }
+                }
+                JobStatus::Failed => {
+                    let failures = job
+                        .errors
+                        .iter()
+                        .filter(|e| e.contains(": failed: "))
+                        .count();
+                    if failures < self.config.max_failures as usize {
+                        return Err(format!(
+                            "{} failed with only {failures} runner failures: {:?}",
+                            job.job, job.errors
+                        ));
+                    }
+                }
+                other => return Err(format!("{} ended as {other:?}", job.job)),
+            }
+        }
+        if self.checker.accepted_jobs().len() != progress.accepted {
+            return Err("accepted jobs in the log and in the scheduler differ".into());
+        }
+        Ok(true)
+    }
+
+    fn finish(&mut self) -> Summary {
+        let c = self.coordinator.as_ref().expect("complete implies up");
+        let sweep = self.sweep.expect("complete implies created");
+        let progress = c.sweep_progress(sweep).expect("sweep exists");
+        let mut s = self.summary.clone();
+        s.jobs = progress.total();
+        s.accepted = progress.accepted;
+        s.failed = progress.failed;
+        for r in &self.log {
+            match r {
+                Record::ResultSuperseded { .. } => s.superseded += 1,
+                Record::AttemptEnded {
+                    end: AttemptEnd::Lost { .. } | AttemptEnd::Rejected { .. },
+                    ..
+                } => s.requeued += 1,
+                _ => {}
+            }
+        }
+        s.virtual_ms = self.now.0;
+        // FNV-1a over the durable log: equal logs from equal seeds.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in format!("{:?}", self.log).bytes() {
+            h = (h ^ byte as u64).wrapping_mul(0x100_0000_01b3);
+        }
+        s.trace_hash = h ^ self.summary.steps;
+        s
+    }
+
+    /// Advances virtual time to the next due thing and handles exactly one.
+    fn step(&mut self) -> Result<(), String> {
+        let coordinator_timer = self
+            .coordinator
+            .as_ref()
+            .and_then(|c| c.poll_timeout())
+            .map(|t| t.plus_ms(self.coordinator_lag_ms));
+        let agent_wake = self
+            .agents
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.next_wake().map(|t| (t, i)))
+            .min();
+        let fault_check = self.faults_on().then_some(self.next_fault_check);
+        let client = (!matches!(self.client, ClientStep::Done)).then_some(self.client_next_try);
+        let candidates = [
+            fault_check,
+            self.coordinator_up_at,
+            self.net.next_time(),
+            coordinator_timer,
+            agent_wake.map(|(t, _)| t),
+            client,
+        ];
+        let next = candidates
+            .iter()
+            .flatten()
+            .min()
+            .copied()
+            .ok_or("nothing left to happen but the sweep is not complete")?;
+        self.now = self.now.max(next);
+        let now = self.now;
+        if fault_check.is_some_and(|t| t <= now) {
+            self.next_fault_check = now.plus_ms(FAULT_CHECK_MS);
+            self.inject_faults();
+        } else if self.coordinator_up_at.is_some_and(|t| t <= now) {
+            self.coordinator_up_at = None;
+            let recovered = Scheduler::recover(
+                self.config.clone(),
+                self.log.clone(),
+                self.coordinator_now(),
+            )
+            .map_err(|e| format!("recover failed: {e}"))?;
+            self.coordinator = Some(recovered);
+        } else if let Some(msg) = self.net.pop_due(now) {
+            self.deliver(msg)?;
+        } else if coordinator_timer.is_some_and(|t| t <= now) {
+            self.coordinator_step(Event::Tick)?;
+        } else if let Some((_, i)) = agent_wake.filter(|(t, _)| *t <= now) {
+            let out = self.agents[i].wake(now, &mut self.rng);
+            for event in out.to_coordinator {
+                self.send_from_agent(i, event);
+            }
+        } else if client.is_some_and(|t| t <= now) {
+            self.client_act();
+        }
+        Ok(())
+    }
+
+    fn check(&mut self) -> Result<(), String> {
+        self.checker.advance(&self.log)?;
+        if let Some(c) = &self.coordinator {
+            check_device_exclusivity(c)?;
+        }
+        Ok(())
+    }
+
+    fn inject_faults(&mut self) {
+        let p = self.p.clone();
+        let now = self.now;
+        let n = self.agents.len() as u64;
+        if self.rng.below(1000) < p.agent_crash_permille {
+            let i = self.rng.below(n) as usize;
+            if self.agents[i].up {
+                let down_ms = 2_000 + self.rng.below(40_000);
+                self.agents[i].crash(now, down_ms);
+                self.summary.agent_crashes += 1;
+            }
+        }
+        if self.rng.below(1000) < p.partition_permille {
+            let i = self.rng.below(n) as usize;
+            self.agents[i].partitioned_until = now.plus_ms(2_000 + self.rng.below(40_000));
+            self.summary.partitions += 1;
+        }
+        if self.coordinator.is_some() && self.rng.below(1000) < p.coordinator_restart_permille {
+            self.crash_coordinator();
+        }
+        if self.rng.below(1000) < p.clock_step_back_permille {
+            self.coordinator_lag_ms = self.rng.below(3_000);
+        } else if self.rng.below(10) == 0 {
+            self.coordinator_lag_ms = 0;
+        }
+        if self.now.plus_ms(FAULT_CHECK_MS) >= p.faults_until {
+            self.coordinator_lag_ms = 0;
+        }
+    }
+
+    fn crash_coordinator(&mut self) {
+        self.coordinator = None;
+        self.net.drop_to_coordinator();
+        let down_ms = 500 + self.rng.below(8_000);
+        self.coordinator_up_at = Some(self.now.plus_ms(down_ms));
+        self.summary.coordinator_restarts += 1;
+    }
+
+    fn net_faults(&self) -> Option<NetFaults> {
+        self.faults_on().then_some(self.p.net)
+    }
+
+    fn partitioned(&self, agent: usize) -> bool {
+        self.agents[agent].partitioned_until > self.now
+    }
+
+    fn send_from_agent(&mut self, agent: usize, event: Event) {
+        if !self.partitioned(agent) {
+            let faults = self.net_faults();
+            self.net
+                .send(self.now, Msg::Coordinator(event), faults, &mut self.rng);
+        }
+    }
+
+    fn deliver(&mut self, msg: Msg) -> Result<(), String> {
+        match msg {
+            Msg::Coordinator(event) => self.coordinator_step(event)?,
+            Msg::Agent(i, m) => {
+                if self.partitioned(i) {
+                    return Ok(());
+                }
+                let out = self.agents[i].receive(self.now, m, &mut self.rng);
+                // The coordinator persisted before it sent; the log must show every ack.
+                self.checker.advance(&self.log)?;
+                for (held, verdict, outcome) in &out.acks {
+                    self.checker.check_ack_received(*held, *verdict, outcome)?;
+                }
+                for event in out.to_coordinator {
+                    self.send_from_agent(i, event);
+                }
+            }
+            Msg::Client(reply) => self.client_receive(reply)?,
+        }
+        Ok(())
+    }
+
+    /// One coordinator step: handle, then execute the actions in order (persist, then
+    /// send). Under faults it may crash after executing only a prefix.
+    fn coordinator_step(&mut self, event: Event) -> Result<(), String> {
+        let now = self.coordinator_now();
+        let Some(c) = self.coordinator.as_mut() else {
+            return Ok(());
+        };
+        let actions = c.handle(event, now);
+        let crash_after = (self.faults_on()
+            && self.rng.below(1000) < self.p.mid_batch_crash_permille)
+            .then(|| self.rng.below(actions.len() as u64 + 1) as usize);
+        for (i, action) in actions.into_iter().enumerate() {
+            if crash_after == Some(i) {
+                self.crash_coordinator();
+                return Ok(());
+            }
+            match action {
+                Action::Persist(record) => self.log.push(record),
+                Action::Send { agent, msg } => {
+                    self.checker.advance(&self.log)?;
+                    match &msg {
+                        ToAgent::Ack { attempt, verdict } => {
+                            self.checker.check_ack_sent(*attempt, *verdict)?
+                        }
+                        ToAgent::Lease(l) => self.checker.check_lease_sent(l.job, l.attempt)?,
+                        _ => {}
+                    }
+                    let i = self.agent_index(&agent);
+                    let faults = self.net_faults();
+                    self.net
+                        .send(self.now, Msg::Agent(i, msg), faults, &mut self.rng);
+                }
+                // The client's link is reliable and ordered (a CLI over one stream); it
+                // loses only what a coordinator crash cuts off.
+                Action::Reply { reply, .. } => {
+                    self.net
+                        .send(self.now, Msg::Client(reply), None, &mut SplitMix64::new(0));
+                }
+                Action::SweepFinished { .. } => {}
+            }
+        }
+        if crash_after.is_some() {
+            self.crash_coordinator();
+        }
+        Ok(())
+    }
+
+    fn agent_index(&self, agent: &AgentId) -> usize {
+        self.agents
+            .iter()
+            .position(|a| &a.id == agent)
+            .expect("the scheduler only addresses agents that said hello")
+    }
+
+    fn client_act(&mut self) {
+        self.client_next_try = self.now.plus_ms(CLIENT_RETRY_MS);
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        let event = match (&self.client, self.sweep) {
+            (ClientStep::Submit, _) => Event::SubmitSweep {
+                request,
+                submission: self.submission.clone(),
+            },
+            (ClientStep::Cancel { at }, Some(sweep)) => {
+                if self.now < *at {
+                    self.client_next_try = *at;
+                    return;
+                }
+                Event::CancelSweep { request, sweep }
+            }
+            (ClientStep::Resume, Some(sweep)) => Event::ResumeSweep { request, sweep },
+            _ => return,
+        };
+        self.net.send(
+            self.now,
+            Msg::Coordinator(event),
+            None,
+            &mut SplitMix64::new(0),
+        );
+    }
+
+    fn client_receive(&mut self, reply: Reply) -> Result<(), String> {
+        match (&self.client, reply) {
+            (ClientStep::Submit, Reply::SweepSubmitted { sweep, jobs, .. }) => {
+                let expected = self.p.experiments * self.p.cycles as usize;
+                if jobs != expected {
+                    return Err(format!("sweep has {jobs} jobs, expected {expected}"));
+                }
+                if self.sweep.is_some_and(|s| s != sweep) {
+                    return Err(format!("resubmission created a second sweep {sweep}"));
+                }
+                self.sweep = Some(sweep);
+                self.client = if self.p.cancel_and_resume {
+                    let at = self.now.plus_ms(self.rng.below(self.p.faults_until.0));
+                    ClientStep::Cancel { at }
+                } else {
+                    ClientStep::Done
+                };
+                self.client_next_try = self.now;
+            }
+            (ClientStep::Submit, Reply::Refused(e)) => {
+                return Err(format!("submission refused: {e}"))
+            }
+            (ClientStep::Cancel { .. }, Reply::SweepCancelled { .. }) => {
+                self.client = ClientStep::Resume;
+                self.client_next_try = self.now.plus_ms(10_000);
+            }
+            (ClientStep::Resume, Reply::SweepResumed { .. }) => self.client = ClientStep::Done,
+            // Replies to earlier retries of a finished step.
+            _ => {}
+        }
+        Ok(())
+    }
+}

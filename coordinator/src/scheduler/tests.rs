@@ -1,0 +1,795 @@
+//! Scenario tests of the scheduler: each builds a small cluster by events and checks the
+//! actions against values derived in the test.
+
+use super::*;
+use lem_common::domain::job_key;
+use serde_json::json;
+
+fn agent(name: &str) -> AgentId {
+    AgentId(name.into())
+}
+
+fn gpus(name: &str, n: usize, model: &str) -> Inventory {
+    Inventory {
+        gpus: (0..n)
+            .map(|i| GpuDevice {
+                key: DeviceKey(format!("gpu:{name}-{i}")),
+                model: model.into(),
+                mig_slices: vec![],
+            })
+            .collect(),
+        cpu_packages: vec![DeviceKey(format!("rapl:{name}:package-0"))],
+    }
+}
+
+fn mig_node(name: &str, profile: &str, slices: usize) -> Inventory {
+    Inventory {
+        gpus: vec![GpuDevice {
+            key: DeviceKey(format!("gpu:{name}-0")),
+            model: "A100".into(),
+            mig_slices: (0..slices)
+                .map(|i| MigSlice {
+                    key: DeviceKey(format!("mig:{name}-0-{i}")),
+                    profile: profile.into(),
+                })
+                .collect(),
+        }],
+        cpu_packages: vec![],
+    }
+}
+
+fn submission(token: &str, needs: &[DeviceNeeds], cycles: u32) -> SweepSubmission {
+    SweepSubmission {
+        idempotency_token: token.into(),
+        name: "test".into(),
+        experiments: needs
+            .iter()
+            .enumerate()
+            .map(|(i, n)| ExperimentSubmission {
+                name: format!("exp{i}"),
+                config: json!({ "model": "m", "i": i }),
+                needs: n.clone(),
+            })
+            .collect(),
+        cycles,
+        pin_device_model: true,
+    }
+}
+
+fn one_gpu() -> DeviceNeeds {
+    DeviceNeeds::Gpus {
+        count: 1,
+        model: None,
+    }
+}
+
+fn hello(s: &mut Scheduler, name: &str, inventory: Inventory, now: u64) -> Vec<Action> {
+    s.handle(
+        Event::AgentHello {
+            agent: agent(name),
+            inventory,
+            held: vec![],
+            lost: vec![],
+        },
+        TimeMs(now),
+    )
+}
+
+fn submit(s: &mut Scheduler, sub: SweepSubmission, now: u64) -> Vec<Action> {
+    s.handle(
+        Event::SubmitSweep {
+            request: RequestId(1),
+            submission: sub,
+        },
+        TimeMs(now),
+    )
+}
+
+fn leases(actions: &[Action]) -> Vec<Lease> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                msg: ToAgent::Lease(l),
+                ..
+            } => Some(l.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn persisted(actions: &[Action]) -> Vec<Record> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Persist(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reply(actions: &[Action]) -> Reply {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Reply { reply, .. } => Some(reply.clone()),
+            _ => None,
+        })
+        .expect("a reply")
+}
+
+fn finish(s: &mut Scheduler, l: &Lease, outcome: Outcome, now: u64) -> Vec<Action> {
+    s.handle(
+        Event::AttemptFinished {
+            agent: l.placement.agent.clone(),
+            attempt: l.attempt,
+            epoch: l.epoch,
+            outcome,
+        },
+        TimeMs(now),
+    )
+}
+
+fn ack_verdicts(actions: &[Action]) -> Vec<AckVerdict> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                msg: ToAgent::Ack { verdict, .. },
+                ..
+            } => Some(*verdict),
+            _ => None,
+        })
+        .collect()
+}
+
+fn heartbeat(s: &mut Scheduler, name: &str, held: &[&Lease], now: u64) -> Vec<Action> {
+    let held = held
+        .iter()
+        .map(|l| HeldAttempt {
+            attempt: l.attempt,
+            epoch: l.epoch,
+            running: true,
+        })
+        .collect();
+    s.handle(
+        Event::Heartbeat {
+            agent: agent(name),
+            held,
+        },
+        TimeMs(now),
+    )
+}
+
+#[test]
+fn a_sweep_is_persisted_with_its_job_keys_before_any_lease() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let _ = hello(&mut s, "a", gpus("a", 2, "H100"), 0);
+    let sub = submission("t1", &[one_gpu()], 3);
+    let out = submit(&mut s, sub.clone(), 1);
+    let Action::Persist(Record::SweepCreated(created)) = &out[0] else {
+        panic!("first action must persist the sweep: {out:?}");
+    };
+    let expected: Vec<(u32, String)> = (0..3)
+        .map(|c| (c, job_key(&sub.experiments[0].config, c)))
+        .collect();
+    let got: Vec<(u32, String)> = created
+        .jobs
+        .iter()
+        .map(|j| (j.cycle, j.key.clone()))
+        .collect();
+    assert_eq!(got, expected);
+    // Two GPUs: two leases, each after its own AttemptStarted record.
+    let granted = leases(&out);
+    assert_eq!(granted.len(), 2);
+    for l in &granted {
+        let persist_at = out
+            .iter()
+            .position(|a| matches!(a, Action::Persist(Record::AttemptStarted { attempt, .. }) if *attempt == l.attempt))
+            .expect("attempt persisted");
+        let send_at = out
+            .iter()
+            .position(|a| matches!(a, Action::Send { msg: ToAgent::Lease(x), .. } if x.attempt == l.attempt))
+            .unwrap();
+        assert!(persist_at < send_at);
+    }
+    assert_ne!(granted[0].placement.devices, granted[1].placement.devices);
+    assert_eq!(
+        reply(&out),
+        Reply::SweepSubmitted {
+            sweep: SweepId(0),
+            created: true,
+            jobs: 3
+        }
+    );
+}
+
+#[test]
+fn resubmitting_with_the_same_token_creates_nothing_and_a_changed_one_is_refused() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let sub = submission("t1", &[one_gpu(), DeviceNeeds::CpuPackages], 2);
+    let _ = submit(&mut s, sub.clone(), 0);
+    let again = submit(&mut s, sub.clone(), 1);
+    assert!(persisted(&again).is_empty());
+    assert_eq!(
+        reply(&again),
+        Reply::SweepSubmitted {
+            sweep: SweepId(0),
+            created: false,
+            jobs: 4
+        }
+    );
+    let mut changed = sub;
+    changed.cycles = 3;
+    let out = submit(&mut s, changed, 2);
+    assert!(persisted(&out).is_empty());
+    assert!(matches!(
+        reply(&out),
+        Reply::Refused(SchedulerError::TokenReused { .. })
+    ));
+    assert_eq!(s.jobs().count(), 4);
+}
+
+#[test]
+fn bad_submissions_are_refused_naming_the_experiment() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let mut dup = submission("t", &[one_gpu(), one_gpu()], 1);
+    dup.experiments[1].config = dup.experiments[0].config.clone();
+    let out = submit(&mut s, dup, 0);
+    let Reply::Refused(e) = reply(&out) else {
+        panic!()
+    };
+    assert!(
+        e.to_string()
+            .contains("experiments[1] (exp1): same config as experiments[0]"),
+        "{e}"
+    );
+    let zero = submission(
+        "t",
+        &[DeviceNeeds::Gpus {
+            count: 0,
+            model: None,
+        }],
+        1,
+    );
+    let Reply::Refused(e) = reply(&submit(&mut s, zero, 0)) else {
+        panic!()
+    };
+    assert!(
+        e.to_string()
+            .contains("experiments[0] (exp0): `needs.count`"),
+        "{e}"
+    );
+    let Reply::Refused(e) = reply(&submit(&mut s, submission("t", &[one_gpu()], 0), 0)) else {
+        panic!()
+    };
+    assert!(e.to_string().contains("`cycles`"), "{e}");
+    assert_eq!(s.jobs().count(), 0);
+}
+
+#[test]
+fn mig_shared_slices_run_together_and_an_exclusive_parent_waits_for_them() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let _ = hello(&mut s, "m", mig_node("m", "3g.40gb", 2), 0);
+    let shared = DeviceNeeds::MigSlice {
+        profile: "3g.40gb".into(),
+        exclusive_parent: false,
+    };
+    let exclusive = DeviceNeeds::MigSlice {
+        profile: "3g.40gb".into(),
+        exclusive_parent: true,
+    };
+    let out = submit(&mut s, submission("t", &[shared, exclusive], 1), 1);
+    let granted = leases(&out);
+    // Only the shared job fits while it holds a slice; the exclusive one needs the parent.
+    assert_eq!(granted.len(), 1);
+    assert_eq!(
+        granted[0].placement.devices,
+        vec![DeviceKey("mig:m-0-0".into())]
+    );
+    let out = finish(&mut s, &granted[0], Outcome::Succeeded, 2);
+    let next = leases(&out);
+    assert_eq!(next.len(), 1);
+    assert!(next[0].placement.claims.contains(&Claim {
+        key: DeviceKey("gpu:m-0".into()),
+        mode: ClaimMode::Exclusive
+    }));
+}
+
+#[test]
+fn cpu_jobs_meter_the_package_one_at_a_time() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
+    let out = submit(
+        &mut s,
+        submission("t", &[DeviceNeeds::CpuPackages, one_gpu()], 2),
+        1,
+    );
+    let granted = leases(&out);
+    let cpu: Vec<_> = granted
+        .iter()
+        .filter(|l| l.placement.devices[0].0.starts_with("rapl:"))
+        .collect();
+    assert_eq!(cpu.len(), 1, "two CPU jobs on one package: {granted:?}");
+    assert_eq!(granted.len(), 2, "the GPU job runs beside the CPU job");
+}
+
+#[test]
+fn cycles_of_an_experiment_stay_on_the_model_of_their_first_lease() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
+    let _ = hello(&mut s, "b", gpus("b", 1, "A100"), 0);
+    let out = submit(&mut s, submission("t", &[one_gpu()], 3), 1);
+    let granted = leases(&out);
+    assert_eq!(granted.len(), 1, "the A100 must stay idle: {granted:?}");
+    let model = granted[0].placement.device_model.clone();
+    let out = finish(&mut s, &granted[0], Outcome::Succeeded, 2);
+    assert_eq!(leases(&out)[0].placement.device_model, model);
+
+    // Without pinning both nodes are used.
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
+    let _ = hello(&mut s, "b", gpus("b", 1, "A100"), 0);
+    let mut sub = submission("t", &[one_gpu()], 3);
+    sub.pin_device_model = false;
+    assert_eq!(leases(&submit(&mut s, sub, 1)).len(), 2);
+}
+
+#[test]
+fn an_expired_lease_requeues_with_a_new_attempt_and_a_higher_epoch() {
+    let cfg = SchedulerConfig::default();
+    let mut s = Scheduler::new(cfg.clone());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
+    let first = leases(&submit(&mut s, submission("t", &[one_gpu()], 1), 0)).remove(0);
+    assert_eq!(s.poll_timeout(), Some(TimeMs(cfg.agent_timeout_ms)));
+    // The agent stays alive but never renews this lease.
+    let mut t = 0;
+    let mut out = Vec::new();
+    while t <= cfg.lease_ttl_ms {
+        t += cfg.agent_timeout_ms / 4;
+        out.extend(heartbeat(&mut s, "a", &[], t));
+    }
+    let ended = persisted(&out);
+    assert!(ended.iter().any(|r| matches!(r, Record::AttemptEnded { attempt, end: AttemptEnd::Lost { .. }, .. } if *attempt == first.attempt)));
+    let second = leases(&out).remove(0);
+    assert_ne!(second.attempt, first.attempt);
+    assert_eq!(second.epoch.0, first.epoch.0 + 1);
+    assert_eq!(second.job, first.job);
+}
+
+#[test]
+fn a_result_is_accepted_once_and_its_resend_is_acked_again() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
+    let l = leases(&submit(&mut s, submission("t", &[one_gpu()], 1), 0)).remove(0);
+    let out = finish(&mut s, &l, Outcome::Succeeded, 5);
+    assert_eq!(
+        persisted(&out),
+        vec![Record::ResultAccepted {
+            attempt: l.attempt,
+            job: l.job
+        }]
+    );
+    let persist_at = out
+        .iter()
+        .position(|a| matches!(a, Action::Persist(_)))
+        .unwrap();
+    let ack_at = out
+        .iter()
+        .position(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    msg: ToAgent::Ack { .. },
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    assert!(persist_at < ack_at, "persist, then ack");
+    assert!(out.contains(&Action::SweepFinished { sweep: SweepId(0) }));
+    let resend = finish(&mut s, &l, Outcome::Succeeded, 6);
+    assert!(persisted(&resend).is_empty());
+    assert_eq!(ack_verdicts(&resend), vec![AckVerdict::Accepted]);
+    assert_eq!(s.job(l.job).unwrap().status, JobStatus::Accepted(l.attempt));
+}
+
+#[test]
+fn a_result_from_a_fenced_epoch_is_superseded_and_never_accepted() {
+    let cfg = SchedulerConfig::default();
+    let mut s = Scheduler::new(cfg.clone());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
+    let old = leases(&submit(&mut s, submission("t", &[one_gpu()], 1), 0)).remove(0);
+    // Agent a goes silent and is lost; b takes the job.
+    let out = hello(&mut s, "b", gpus("b", 1, "H100"), cfg.agent_timeout_ms + 1);
+    let new = leases(&out).remove(0);
+    assert_eq!(new.placement.agent, agent("b"));
+    assert!(new.epoch > old.epoch);
+    // a comes back and delivers its old result.
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), cfg.agent_timeout_ms + 2);
+    let out = finish(&mut s, &old, Outcome::Succeeded, cfg.agent_timeout_ms + 3);
+    assert_eq!(
+        persisted(&out),
+        vec![Record::ResultSuperseded {
+            attempt: old.attempt,
+            job: old.job,
+            epoch: old.epoch
+        }]
+    );
+    assert_eq!(ack_verdicts(&out), vec![AckVerdict::Superseded]);
+    assert_eq!(
+        s.job(old.job).unwrap().status,
+        JobStatus::Leased(new.attempt)
+    );
+    let out = finish(&mut s, &new, Outcome::Succeeded, cfg.agent_timeout_ms + 4);
+    assert_eq!(ack_verdicts(&out), vec![AckVerdict::Accepted]);
+}
+
+#[test]
+fn a_job_failing_every_time_is_failed_after_max_failures_with_each_error() {
+    let cfg = SchedulerConfig::default();
+    let mut s = Scheduler::new(cfg.clone());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
+    let mut out = submit(&mut s, submission("t", &[one_gpu()], 1), 0);
+    for n in 0..cfg.max_failures {
+        let l = leases(&out).remove(0);
+        out = finish(
+            &mut s,
+            &l,
+            Outcome::Failed {
+                error: format!("oom {n}"),
+            },
+            1 + n as u64,
+        );
+    }
+    assert!(leases(&out).is_empty());
+    let failed = persisted(&out)
+        .into_iter()
+        .find_map(|r| match r {
+            Record::JobFailed { errors, .. } => Some(errors),
+            _ => None,
+        })
+        .expect("job failed");
+    assert_eq!(failed.len(), cfg.max_failures as usize);
+    assert!(failed[2].ends_with("failed: oom 2"), "{failed:?}");
+    assert_eq!(s.sweep_progress(SweepId(0)).unwrap().failed, 1);
+}
+
+#[test]
+fn recovery_rebuilds_the_state_and_unclaimed_leases_requeue_after_the_grace() {
+    // Agents outlive the grace here, so only the grace decides.
+    let cfg = SchedulerConfig {
+        agent_timeout_ms: 60_000,
+        ..SchedulerConfig::default()
+    };
+    let mut s = Scheduler::new(cfg.clone());
+    let mut log = Vec::new();
+    log.extend(persisted(&hello(&mut s, "a", gpus("a", 2, "H100"), 0)));
+    let out = submit(&mut s, submission("t", &[one_gpu()], 3), 0);
+    log.extend(persisted(&out));
+    let granted = leases(&out);
+    log.extend(persisted(&finish(
+        &mut s,
+        &granted[0],
+        Outcome::Succeeded,
+        1,
+    )));
+    let third = s.leases().map(|l| l.attempt).max().unwrap();
+
+    // Restart: a fresh clock, only the log survives.
+    let mut r = Scheduler::recover(cfg.clone(), log, TimeMs(1_000)).unwrap();
+    let p = r.sweep_progress(SweepId(0)).unwrap();
+    assert_eq!((p.accepted, p.leased, p.pending), (1, 2, 0));
+    assert!(r.leases().all(|l| !l.reclaimed));
+    // Agent a re-announces the second attempt only; the third stays unclaimed.
+    let out = r.handle(
+        Event::AgentHello {
+            agent: agent("a"),
+            inventory: gpus("a", 2, "H100"),
+            held: vec![HeldAttempt {
+                attempt: granted[1].attempt,
+                epoch: granted[1].epoch,
+                running: true,
+            }],
+            lost: vec![],
+        },
+        TimeMs(2_000),
+    );
+    assert!(out.iter().any(|a| matches!(
+        a,
+        Action::Send {
+            msg: ToAgent::Renewed { .. },
+            ..
+        }
+    )));
+    let _ = heartbeat(
+        &mut r,
+        "a",
+        &[&granted[1]],
+        1_000 + cfg.restart_grace_ms - 1,
+    );
+    assert!(
+        r.leases().any(|l| l.attempt == third),
+        "requeued before the grace ran out"
+    );
+    let out = heartbeat(&mut r, "a", &[&granted[1]], 1_000 + cfg.restart_grace_ms);
+    assert!(persisted(&out)
+        .iter()
+        .any(|rec| matches!(rec, Record::AttemptEnded { attempt, .. } if *attempt == third)));
+    let again = leases(&out);
+    assert_eq!(again.len(), 1);
+    assert!(again[0].attempt > third, "a new attempt id after recovery");
+    assert!(r
+        .leases()
+        .any(|l| l.attempt == granted[1].attempt && l.reclaimed));
+}
+
+#[test]
+fn a_drained_agent_gets_no_new_leases() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
+    let out = s.handle(
+        Event::DrainAgent {
+            request: RequestId(7),
+            agent: agent("a"),
+        },
+        TimeMs(0),
+    );
+    assert_eq!(
+        persisted(&out),
+        vec![Record::AgentDrained { agent: agent("a") }]
+    );
+    assert!(leases(&submit(&mut s, submission("t", &[one_gpu()], 2), 1)).is_empty());
+    // Drain outlives a reconnect.
+    assert!(s.is_drained(&agent("a")));
+    assert!(leases(&hello(&mut s, "a", gpus("a", 1, "H100"), 2)).is_empty());
+}
+
+#[test]
+fn cancel_stops_leases_and_resume_requeues_what_was_cancelled() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
+    let l = leases(&submit(&mut s, submission("t", &[one_gpu()], 3), 0)).remove(0);
+    let out = s.handle(
+        Event::CancelSweep {
+            request: RequestId(2),
+            sweep: SweepId(0),
+        },
+        TimeMs(1),
+    );
+    assert_eq!(
+        reply(&out),
+        Reply::SweepCancelled {
+            sweep: SweepId(0),
+            jobs_cancelled: 3
+        }
+    );
+    assert!(out.iter().any(
+        |a| matches!(a, Action::Send { msg: ToAgent::Cancel(h), .. } if h.attempt == l.attempt)
+    ));
+    assert!(leases(&out).is_empty());
+    // The cancelled attempt's late result is superseded.
+    let late = finish(&mut s, &l, Outcome::Succeeded, 2);
+    assert_eq!(ack_verdicts(&late), vec![AckVerdict::Superseded]);
+    let out = s.handle(
+        Event::ResumeSweep {
+            request: RequestId(3),
+            sweep: SweepId(0),
+        },
+        TimeMs(3),
+    );
+    assert_eq!(
+        reply(&out),
+        Reply::SweepResumed {
+            sweep: SweepId(0),
+            jobs_requeued: 3
+        }
+    );
+    assert_eq!(leases(&out).len(), 1);
+    let again = s.handle(
+        Event::ResumeSweep {
+            request: RequestId(4),
+            sweep: SweepId(0),
+        },
+        TimeMs(4),
+    );
+    assert!(
+        persisted(&again).is_empty(),
+        "a repeated resume wrote {again:?}"
+    );
+    assert_eq!(
+        reply(&again),
+        Reply::SweepResumed {
+            sweep: SweepId(0),
+            jobs_requeued: 0
+        }
+    );
+}
+
+#[test]
+fn a_clock_stepping_back_does_not_move_deadlines_back() {
+    let cfg = SchedulerConfig::default();
+    let mut s = Scheduler::new(cfg.clone());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 10_000);
+    let _ = heartbeat(&mut s, "a", &[], 5_000);
+    // The agent deadline is still measured from 10 s, not from the earlier 5 s.
+    assert_eq!(
+        s.poll_timeout(),
+        Some(TimeMs(10_000 + cfg.agent_timeout_ms))
+    );
+    assert_eq!(s.live_agents().count(), 1);
+}
+
+#[test]
+fn a_result_for_an_unknown_attempt_is_refused_and_not_acked() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
+    let out = s.handle(
+        Event::AttemptFinished {
+            agent: agent("a"),
+            attempt: AttemptId(41),
+            epoch: Epoch(1),
+            outcome: Outcome::Succeeded,
+        },
+        TimeMs(1),
+    );
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            agent: agent("a"),
+            msg: ToAgent::Refused(SchedulerError::UnknownAttempt {
+                agent: agent("a"),
+                attempt: AttemptId(41)
+            }),
+        }]
+    );
+}
+
+#[test]
+fn an_inventory_with_a_repeated_key_is_refused() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let mut inv = gpus("a", 2, "H100");
+    inv.gpus[1].key = inv.gpus[0].key.clone();
+    let out = hello(&mut s, "a", inv, 0);
+    assert!(matches!(
+        &out[..],
+        [Action::Send {
+            msg: ToAgent::Refused(SchedulerError::BadInventory { .. }),
+            ..
+        }]
+    ));
+    assert_eq!(s.live_agents().count(), 0);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn needs_strategy() -> impl Strategy<Value = DeviceNeeds> {
+        prop_oneof![
+            Just(DeviceNeeds::CpuPackages),
+            (1u32..4).prop_map(|count| DeviceNeeds::Gpus { count, model: None }),
+            any::<bool>().prop_map(|exclusive_parent| DeviceNeeds::MigSlice {
+                profile: "3g.40gb".into(),
+                exclusive_parent
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Expansion is a function of the submission: experiments × cycles jobs, each
+        /// keyed by job_key(config, cycle), in the same order every time.
+        #[test]
+        fn expansion_is_deterministic_and_keyed_by_spec_and_cycle(
+            needs in proptest::collection::vec(needs_strategy(), 1..6),
+            cycles in 1u32..5,
+        ) {
+            let sub = submission("p", &needs, cycles);
+            let mut a = Scheduler::new(SchedulerConfig::default());
+            let mut b = Scheduler::new(SchedulerConfig::default());
+            let ra = persisted(&submit(&mut a, sub.clone(), 0));
+            let rb = persisted(&submit(&mut b, sub.clone(), 99));
+            prop_assert_eq!(&ra, &rb);
+            let Record::SweepCreated(created) = &ra[0] else { panic!() };
+            prop_assert_eq!(created.jobs.len(), needs.len() * cycles as usize);
+            for j in &created.jobs {
+                let cfg = &sub.experiments[j.experiment as usize].config;
+                prop_assert_eq!(&j.key, &job_key(cfg, j.cycle));
+            }
+        }
+
+        /// Whatever the event sequence, recovering from the persisted records gives the
+        /// same jobs (status, epoch) and the same leases as the live scheduler.
+        #[test]
+        fn recovery_matches_the_live_state(ops in proptest::collection::vec(0u8..6, 1..60)) {
+            let cfg = SchedulerConfig::default();
+            let mut s = Scheduler::new(cfg.clone());
+            let mut log = Vec::new();
+            let mut now = 0u64;
+            log.extend(persisted(&hello(&mut s, "a", gpus("a", 2, "H100"), now)));
+            log.extend(persisted(&hello(&mut s, "m", mig_node("m", "3g.40gb", 2), now)));
+            let needs = [one_gpu(), DeviceNeeds::CpuPackages, DeviceNeeds::MigSlice { profile: "3g.40gb".into(), exclusive_parent: false }];
+            log.extend(persisted(&submit(&mut s, submission("p", &needs, 3), now)));
+            for op in ops {
+                now += 1_000;
+                let live: Vec<Lease> = s.leases().map(|l| Lease {
+                    attempt: l.attempt, epoch: l.epoch, job: l.job, sweep: SweepId(0),
+                    experiment_name: String::new(), cycle: 0, job_key: String::new(),
+                    config: std::sync::Arc::new(json!(null)), placement: l.placement.clone(), ttl_ms: 0,
+                }).collect();
+                let out = match (op, live.first()) {
+                    (0, Some(l)) => finish(&mut s, l, Outcome::Succeeded, now),
+                    (1, Some(l)) => finish(&mut s, l, Outcome::Failed { error: "x".into() }, now),
+                    (2, _) => s.handle(Event::Tick, TimeMs(now + 25_000)),
+                    (3, _) => hello(&mut s, "a", gpus("a", 2, "H100"), now),
+                    (4, _) => s.handle(Event::CancelSweep { request: RequestId(0), sweep: SweepId(0) }, TimeMs(now)),
+                    _ => s.handle(Event::ResumeSweep { request: RequestId(0), sweep: SweepId(0) }, TimeMs(now)),
+                };
+                now = s.now.0;
+                log.extend(persisted(&out));
+            }
+            let r = Scheduler::recover(cfg, log, TimeMs(now)).unwrap();
+            let view = |s: &Scheduler| s.jobs().map(|j| (j.job, j.status, j.epoch, j.errors.to_vec())).collect::<Vec<_>>();
+            prop_assert_eq!(view(&s), view(&r));
+            let leased = |s: &Scheduler| s.leases().map(|l| (l.attempt, l.job, l.epoch, l.placement.clone())).collect::<Vec<_>>();
+            prop_assert_eq!(leased(&s), leased(&r));
+        }
+    }
+}
+
+/// The shape embedded mode will have: one in-process agent, a driver loop that persists,
+/// runs each lease to completion and feeds the outcome back, until the sweep finishes.
+#[test]
+fn an_in_process_agent_drives_a_sweep_to_completion() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let mut store: Vec<Record> = Vec::new();
+    let mut inbox: Vec<Event> = vec![
+        Event::AgentHello {
+            agent: agent("local"),
+            inventory: gpus("local", 0, "-"),
+            held: vec![],
+            lost: vec![],
+        },
+        Event::SubmitSweep {
+            request: RequestId(0),
+            submission: submission("embedded", &[DeviceNeeds::CpuPackages], 3),
+        },
+    ];
+    let mut now = 0;
+    let mut finished = None;
+    let mut runs = Vec::new();
+    while let Some(event) = inbox.pop() {
+        now += 10;
+        for action in s.handle(event, TimeMs(now)) {
+            match action {
+                Action::Persist(r) => store.push(r),
+                Action::Send {
+                    msg: ToAgent::Lease(l),
+                    ..
+                } => {
+                    runs.push(l.cycle);
+                    inbox.push(Event::AttemptFinished {
+                        agent: l.placement.agent,
+                        attempt: l.attempt,
+                        epoch: l.epoch,
+                        outcome: Outcome::Succeeded,
+                    });
+                }
+                Action::SweepFinished { sweep } => finished = Some(sweep),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(finished, Some(SweepId(0)));
+    // One CPU package: the cycles ran one after another, each once.
+    assert_eq!(runs, vec![0, 1, 2]);
+    let accepted = store
+        .iter()
+        .filter(|r| matches!(r, Record::ResultAccepted { .. }))
+        .count();
+    assert_eq!(accepted, 3);
+    let recovered = Scheduler::recover(SchedulerConfig::default(), store, TimeMs(0)).unwrap();
+    assert_eq!(recovered.sweep_progress(SweepId(0)).unwrap().accepted, 3);
+}
