@@ -26,6 +26,8 @@ pub fn raw_result(experiment_id: &str, cycle: u32, output_tokens: u32, wall_ns: 
         stop_reason: StopReason::MaxTokens,
         output_text: None,
         arrival_offset_ns: None,
+        start_offset_ns: None,
+        finish_offset_ns: None,
     };
     RawResult {
         schema_version: RAW_RESULT_SCHEMA_VERSION,
@@ -82,6 +84,7 @@ pub fn raw_result(experiment_id: &str, cycle: u32, output_tokens: u32, wall_ns: 
             decode_flops: 500.0,
         },
         peak_memory_bytes: Measured::unavailable("test"),
+        warmup: None,
         warmup_requests: 0,
         warnings: Vec::new(),
         hostname: "test-host".into(),
