@@ -704,14 +704,26 @@ fn print_aggregate(
             show("energy in decode", "energy_decode_j", "J", 3)?;
         }
         None => {
-            outln!(
-                "  energy                 no total (null, not zero): {}",
-                first
-                    .energy
-                    .total_unavailable_reason
-                    .as_deref()
-                    .unwrap_or("no energy was measured")
-            );
+            let e = &first.energy;
+            if e.missing.is_empty() {
+                outln!(
+                    "  energy                 no total (null, not zero): {}",
+                    e.total_unavailable_reason
+                        .as_deref()
+                        .unwrap_or("no energy was measured")
+                );
+            } else if e.devices.is_empty() {
+                outln!("  energy                 unavailable (null, not zero):");
+                for m in missing_by_reason(&e.missing) {
+                    outln!("                         {m}");
+                }
+            } else {
+                outln!(
+                    "  energy                 no total (null, not zero): {} of {} devices not read",
+                    e.missing.len(),
+                    e.missing.len() + e.devices.len()
+                );
+            }
             if let Some(j) = first.energy.partial_total_j {
                 outln!(
                     "  {:<22} {j:.3} J over the devices read (cycle {}; not the job's total)",
@@ -732,8 +744,11 @@ fn print_aggregate(
     for d in &first.energy.devices {
         print_device_energy(agg, d)?;
     }
-    for m in missing_by_reason(&first.energy.missing) {
-        outln!("  {:<22} not measured — {m}", "");
+    // Listed under the energy line already when nothing at all was read.
+    if !first.energy.devices.is_empty() {
+        for m in missing_by_reason(&first.energy.missing) {
+            outln!("  {:<22} not measured — {m}", "");
+        }
     }
     print_windows(agg)?;
     if let Some(c) = &first.carbon {
