@@ -712,10 +712,19 @@ fn map_engine_err(model: &str, e: EngineError) -> RunError {
 }
 
 /// Checks before anything is stored that `cfg` can run here: nothing it asks for is
-/// refused, and its model resolves, opens and has an architecture the engine runs.
+/// refused, a prompt file opens, and its model resolves, opens and has an architecture
+/// the engine runs.
 /// Reads headers only; the weights load when the job runs.
 pub fn preflight(cfg: &ExperimentConfig, resolve: &ResolveOptions) -> Result<(), RunError> {
     refuse_unsupported(cfg)?;
+    // A prompt file that cannot be opened is the user's input too, found before a record
+    // exists; its content is checked when the prompts load.
+    if let Some(PromptSource::File { path, .. }) = &cfg.prompt_source {
+        let path = PathBuf::from(path);
+        if let Err(source) = std::fs::File::open(&path) {
+            return Err(RunError::Prompts(prompts::PromptError::Io { path, source }));
+        }
+    }
     let model = cfg.model_name.as_str();
     let resolved = hub::resolve_model(model, resolve).map_err(|source| RunError::Model {
         model: model.to_string(),

@@ -386,6 +386,25 @@ bad.yaml: invalid; nothing was run
     assert!(!sb.results().exists());
 }
 
+#[test]
+fn a_missing_prompt_file_is_a_usage_error_and_stores_nothing() {
+    let sb = Sandbox::new();
+    std::fs::write(
+        sb.path().join("file-prompts.yaml"),
+        "config_name: fp\nmodel_name: missing.gguf\nprompt_source:\n  type: file\n  path: prompts.txt\n",
+    )
+    .unwrap();
+    sb.lem()
+        .args(["experiment", "file-prompts.yaml"])
+        .assert()
+        .code(2)
+        .stderr_eq(str![[r#"
+error: prompts: prompt file prompts.txt: No such file or directory (os error 2)
+
+"#]]);
+    assert!(!sb.results().exists());
+}
+
 // ---------------------------------------------------------------- the store
 
 #[test]
