@@ -386,38 +386,34 @@ fn print_windows(agg: &ExperimentAggregate) -> std::io::Result<()> {
     };
     let steady = first.steady_state.as_ref();
     let has_gpu = first.whole_window.as_ref().is_some_and(|w| w.gpu.is_some());
-    let rows: [(&str, &str, &str, usize, bool); 4] = [
+    let rows: [(&str, &str, &str, bool); 4] = [
         (
             "J / output token",
             "j_per_output_token",
             "steady_state_j_per_output_token",
-            4,
             true,
         ),
         (
             "Wh / 1000 queries",
             "wh_per_1000_queries",
             "steady_state_wh_per_1000_queries",
-            4,
             true,
         ),
         (
             "GPU J / output token",
             "gpu_j_per_output_token",
             "steady_state_gpu_j_per_output_token",
-            4,
             has_gpu,
         ),
         (
             "GPU Wh / 1000 queries",
             "gpu_wh_per_1000_queries",
             "steady_state_gpu_wh_per_1000_queries",
-            4,
             has_gpu,
         ),
     ];
-    let cell = |name: &str, prec: usize| match agg.stats.get(name) {
-        Some(s) => format!("{:>14.p$}", s.mean, p = prec),
+    let cell = |name: &str| match agg.stats.get(name) {
+        Some(s) => format!("{:>14.4}", s.mean),
         None => format!("{:>14}", "—"),
     };
     if rows
@@ -441,13 +437,9 @@ fn print_windows(agg: &ExperimentAggregate) -> std::io::Result<()> {
             format!("(cycle {}: steady {steady_span})", first.cycle + 1)
         }
     );
-    for (label, whole, steady_name, prec, shown) in rows {
+    for (label, whole, steady_name, shown) in rows {
         if shown {
-            outln!(
-                "    {label:<20} {} {}",
-                cell(whole, prec),
-                cell(steady_name, prec)
-            );
+            outln!("    {label:<20} {} {}", cell(whole), cell(steady_name));
         }
     }
     // Say why a steady-state column is empty, unless it is the whole run's reason again.
