@@ -3,7 +3,7 @@
 //! parent under attributed energy) coexist only with each other.
 
 use super::types::{AttemptId, Claim, ClaimMode, DeviceKey};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Default, Clone)]
 struct Holders {
@@ -13,10 +13,10 @@ struct Holders {
 
 #[derive(Debug, Default, Clone)]
 pub struct ClaimTable {
-    by_device: HashMap<DeviceKey, Holders>,
+    by_device: BTreeMap<DeviceKey, Holders>,
     /// Devices a fenced attempt still occupies on its agent (the agent reported it
     /// running after its lease ended): not leasable until the agent stops it.
-    stale_busy: HashMap<DeviceKey, u32>,
+    stale_busy: BTreeMap<DeviceKey, u32>,
 }
 
 impl ClaimTable {

@@ -9,7 +9,7 @@ use super::placement::{find_placement, has_idle_device};
 use super::record::Record;
 use super::state::Scheduler;
 use super::types::{AgentId, AttemptId, DeviceNeeds, Epoch, JobId, Placement};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Needs plus the GPU model the job is held to (its own need or its experiment's pin).
@@ -18,7 +18,7 @@ type Class = (DeviceNeeds, Option<String>);
 #[derive(Debug, Default, Clone)]
 pub struct JobQueue {
     by_class: BTreeMap<Class, BTreeSet<JobId>>,
-    class_of: HashMap<JobId, Class>,
+    class_of: BTreeMap<JobId, Class>,
 }
 
 impl JobQueue {
@@ -88,7 +88,7 @@ impl Scheduler {
         // Within one dispatch devices are only taken, never freed, so an agent that
         // failed a class stays failed: each class resumes its search where it last
         // succeeded, which keeps a pass linear in agents + grants.
-        let mut cursors: HashMap<Class, AgentId> = HashMap::new();
+        let mut cursors: BTreeMap<Class, AgentId> = BTreeMap::new();
         loop {
             let mut granted = false;
             for class in self.queue.classes_by_age() {

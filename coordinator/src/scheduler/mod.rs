@@ -3,7 +3,8 @@
 //!
 //! `Scheduler::handle(event, now)` returns actions; `poll_timeout()` says when to call it
 //! again with `Event::Tick`. It never reads a clock, touches a socket, a thread, a file or
-//! randomness: a driver (the server, or embedded mode with an in-process agent) owns all
+//! randomness (ordered maps only, so even iteration order is a function of the inputs): a
+//! driver (the server, or embedded mode with an in-process agent) owns all
 //! of those, executes the actions in order — a `Persist` is made durable before anything
 //! after it — and feeds replies back in as events.
 //!

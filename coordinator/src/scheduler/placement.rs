@@ -111,7 +111,7 @@ pub fn has_idle_device(inventory: &Inventory, claims: &ClaimTable) -> bool {
 
 /// Checks an announced inventory: keys present and distinct.
 pub fn check_inventory(inventory: &Inventory) -> Result<(), String> {
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = std::collections::BTreeSet::new();
     let all = inventory
         .cpu_packages
         .iter()

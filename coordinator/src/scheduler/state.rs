@@ -11,7 +11,7 @@ use super::timers::{Timer, Timers};
 use super::types::{
     AgentId, AttemptId, DeviceKey, DeviceNeeds, Epoch, Inventory, JobId, Placement, SweepId, TimeMs,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// The sans-IO scheduler. Feed it `handle(event, now)`, execute the actions it returns in
@@ -23,17 +23,17 @@ pub struct Scheduler {
     /// steps back is clamped).
     pub(super) now: TimeMs,
     pub(super) sweeps: BTreeMap<SweepId, SweepState>,
-    pub(super) tokens: HashMap<String, SweepId>,
+    pub(super) tokens: BTreeMap<String, SweepId>,
     /// Indexed by `JobId`: job ids are minted densely from 0.
     pub(super) jobs: Vec<JobState>,
-    pub(super) attempts: HashMap<AttemptId, AttemptState>,
+    pub(super) attempts: BTreeMap<AttemptId, AttemptState>,
     pub(super) leases: BTreeMap<AttemptId, LiveLease>,
     pub(super) claims: ClaimTable,
     pub(super) agents: BTreeMap<AgentId, AgentState>,
     pub(super) drained: BTreeSet<AgentId>,
     pub(super) queue: JobQueue,
     pub(super) timers: Timers,
-    pub(super) superseded: HashSet<AttemptId>,
+    pub(super) superseded: BTreeSet<AttemptId>,
     pub(super) next_sweep: u64,
     pub(super) next_attempt: u64,
     /// Agents that may have room; dispatch drops the ones found full.
@@ -144,16 +144,16 @@ impl Scheduler {
             config,
             now: TimeMs(0),
             sweeps: BTreeMap::new(),
-            tokens: HashMap::new(),
+            tokens: BTreeMap::new(),
             jobs: Vec::new(),
-            attempts: HashMap::new(),
+            attempts: BTreeMap::new(),
             leases: BTreeMap::new(),
             claims: ClaimTable::default(),
             agents: BTreeMap::new(),
             drained: BTreeSet::new(),
             queue: JobQueue::default(),
             timers: Timers::default(),
-            superseded: HashSet::new(),
+            superseded: BTreeSet::new(),
             next_sweep: 0,
             next_attempt: 0,
             maybe_free: BTreeSet::new(),

@@ -80,7 +80,7 @@ pub fn validate(submission: &SweepSubmission) -> Result<(), SchedulerError> {
             reason: "`experiments` is empty".into(),
         });
     }
-    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut seen: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     for (index, exp) in submission.experiments.iter().enumerate() {
         let bad = |reason: &str| SchedulerError::BadSubmission {
             reason: format!("experiments[{index}] ({}): {reason}", exp.name),

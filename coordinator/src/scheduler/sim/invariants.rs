@@ -3,8 +3,8 @@
 //! over the live leases.
 
 use super::super::{
-    AckVerdict, AttemptEnd, AttemptId, ClaimMode, Epoch, HeldAttempt, JobId, Outcome, Record,
-    Scheduler,
+    AckVerdict, AgentId, AttemptEnd, AttemptId, ClaimMode, Epoch, HeldAttempt, JobId, Outcome,
+    Record, Scheduler,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -20,6 +20,7 @@ pub struct LogChecker {
     superseded: BTreeSet<AttemptId>,
     failed_outcome_recorded: BTreeSet<AttemptId>,
     sweep_created: bool,
+    drained: BTreeSet<AgentId>,
 }
 
 impl LogChecker {
@@ -40,8 +41,11 @@ impl LogChecker {
                 attempt,
                 job,
                 epoch,
-                ..
+                placement,
             } => {
+                if self.drained.contains(&placement.agent) {
+                    return Err(format!("leased to {}, which was drained", placement.agent));
+                }
                 if !self.sweep_created {
                     return Err("an attempt started before its sweep was persisted".into());
                 }
@@ -86,10 +90,12 @@ impl LogChecker {
                 }
                 self.superseded.insert(*attempt);
             }
+            Record::AgentDrained { agent } => {
+                self.drained.insert(agent.clone());
+            }
             Record::JobFailed { .. }
             | Record::SweepCancelled { .. }
-            | Record::SweepResumed { .. }
-            | Record::AgentDrained { .. } => {}
+            | Record::SweepResumed { .. } => {}
         }
         Ok(())
     }

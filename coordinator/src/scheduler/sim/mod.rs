@@ -70,6 +70,7 @@ fn seeded_faults_keep_every_invariant_and_the_sweep_completes() {
         assert!(totals.agent_crashes > 0, "no agent crash was simulated");
         assert!(totals.superseded > 0, "no stale result was ever fenced");
         assert!(totals.requeued > 0, "no lease was ever requeued");
+        assert!(totals.drains > 0, "no agent was ever drained");
     }
 }
 

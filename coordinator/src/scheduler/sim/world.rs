@@ -36,13 +36,16 @@ pub struct SimParams {
     pub runner_fail_permille: u64,
     /// One seed in three also cancels the sweep mid-way and resumes it.
     pub cancel_and_resume: bool,
+    /// An operator drains this agent during the faults (never one of the first two, so
+    /// every need stays placeable).
+    pub drain_agent: Option<usize>,
 }
 
 impl SimParams {
     pub fn for_seed(seed: u64) -> Self {
         let mut r = SplitMix64::new(seed ^ 0x005e_ed0f_5eed);
         let faults_until = TimeMs(60_000 + r.below(120_000));
-        Self {
+        let mut p = Self {
             agents: 2 + r.below(6) as usize,
             experiments: 3 + r.below(9) as usize,
             cycles: 1 + r.below(3) as u32,
@@ -60,7 +63,12 @@ impl SimParams {
             clock_step_back_permille: r.below(50),
             runner_fail_permille: r.below(100),
             cancel_and_resume: r.below(3) == 0,
+            drain_agent: None,
+        };
+        if p.agents > 2 && r.below(2) == 0 {
+            p.drain_agent = Some(2 + r.below(p.agents as u64 - 2) as usize);
         }
+        p
     }
 }
 
@@ -75,6 +83,7 @@ pub struct Summary {
     pub coordinator_restarts: usize,
     pub agent_crashes: usize,
     pub partitions: usize,
+    pub drains: usize,
     pub steps: u64,
     pub virtual_ms: u64,
     pub trace_hash: u64,
@@ -90,6 +99,7 @@ impl Summary {
         self.coordinator_restarts += o.coordinator_restarts;
         self.agent_crashes += o.agent_crashes;
         self.partitions += o.partitions;
+        self.drains += o.drains;
         self.steps += o.steps;
         self.virtual_ms += o.virtual_ms;
     }
@@ -100,7 +110,8 @@ impl fmt::Display for Summary {
         write!(
             f,
             "jobs {} (accepted {}, failed {}), superseded results {}, requeued attempts {}, \
-             coordinator restarts {}, agent crashes {}, partitions {}, steps {}, virtual {} s",
+             coordinator restarts {}, agent crashes {}, partitions {}, drains {}, steps {}, \
+             virtual {} s",
             self.jobs,
             self.accepted,
             self.failed,
@@ -109,6 +120,7 @@ impl fmt::Display for Summary {
             self.coordinator_restarts,
             self.agent_crashes,
             self.partitions,
+            self.drains,
             self.steps,
             self.virtual_ms / 1000
         )
@@ -146,6 +158,8 @@ pub struct World {
     client_next_try: TimeMs,
     next_request: u64,
     next_fault_check: TimeMs,
+    /// The operator's drain request: sent (and resent) until answered.
+    drain_answered: bool,
     checker: LogChecker,
     summary: Summary,
 }
@@ -278,6 +292,7 @@ impl World {
             client_next_try: TimeMs(0),
             next_request: 0,
             next_fault_check: TimeMs(FAULT_CHECK_MS),
+            drain_answered: false,
             checker: LogChecker::default(),
             summary: Summary::default(),
             p,
@@ -379,6 +394,7 @@ impl World {
         for r in &self.log {
             match r {
                 Record::ResultSuperseded { .. } => s.superseded += 1,
+                Record::AgentDrained { .. } => s.drains += 1,
                 Record::AttemptEnded {
                     end: AttemptEnd::Lost { .. } | AttemptEnd::Rejected { .. },
                     ..
@@ -466,6 +482,16 @@ impl World {
         let p = self.p.clone();
         let now = self.now;
         let n = self.agents.len() as u64;
+        if let Some(i) = p.drain_agent.filter(|_| !self.drain_answered) {
+            if self.rng.below(20) == 0 {
+                let event = Event::DrainAgent {
+                    request: RequestId(u64::MAX),
+                    agent: self.agents[i].id.clone(),
+                };
+                let msg = Msg::Coordinator(event);
+                self.net.send(now, msg, None, &mut SplitMix64::new(0));
+            }
+        }
         if self.rng.below(1000) < p.agent_crash_permille {
             let i = self.rng.below(n) as usize;
             if self.agents[i].up {
@@ -620,6 +646,10 @@ impl World {
     }
 
     fn client_receive(&mut self, reply: Reply) -> Result<(), String> {
+        if let Reply::AgentDraining { .. } = reply {
+            self.drain_answered = true;
+            return Ok(());
+        }
         match (&self.client, reply) {
             (ClientStep::Submit, Reply::SweepSubmitted { sweep, jobs, .. }) => {
                 let expected = self.p.experiments * self.p.cycles as usize;
