@@ -101,6 +101,26 @@ fn simulated_node_reports_gross_baseline_and_net_energy() {
         (gross_j - expected_j).abs() <= 0.01 * expected_j + step_j,
         "gross {gross_j} J vs {expected_j} J over {window_s} s"
     );
+    // The window's edges sit on the fake's counter updates: at a constant 200 W the
+    // energy over the stated window is 200 W × window within the stated uncertainty
+    // (the updates' timing), which is far below one counter step.
+    let u_j = reading["uncertainty_mj"].as_f64().expect("an uncertainty") / 1000.0;
+    assert!(
+        (gross_j - expected_j).abs() <= u_j,
+        "gross {gross_j} J vs {expected_j} J ± {u_j} J"
+    );
+    assert!(u_j < 0.5 * step_j, "aligned edges: ± {u_j} J");
+    // The counter period was measured by the baseline (the fake's 100 ms step).
+    let period_ms = reading["sample_period_ms"].as_f64().unwrap();
+    assert!((period_ms - STEP_S * 1000.0).abs() < 2.0, "{period_ms} ms");
+    assert!(reading["sample_period_method"]
+        .as_str()
+        .unwrap()
+        .starts_with("measured"));
+    let b = &reading["baseline"];
+    assert_eq!(b["settled"], true, "{b}");
+    assert!(b["spread_w"].is_number(), "{b}");
+    assert!(b["age_ns"].is_number(), "{b}");
     let baseline_w = reading["baseline_power_w"].as_f64().expect("baseline");
     assert!(
         (baseline_w - POWER_W).abs() <= 0.02 * POWER_W,

@@ -119,13 +119,16 @@ pub fn measure(
     let mut log: Vec<Vec<(i64, u64)>> = vec![Vec::new(); n];
     let mut prev: Vec<Option<(i64, u64)>> = vec![None; n];
     let mut broken: Vec<Option<String>> = vec![None; n];
+    // `prev[i]`: when the last read of counter i began, and its value.
     let mut poll_all = |log: &mut Vec<Vec<(i64, u64)>>, broken: &mut Vec<Option<String>>| {
-        let now = clock.now_ns() as i64;
         for i in 0..n {
             if broken[i].is_some() {
                 continue;
             }
-            match read(i) {
+            let began = clock.now_ns() as i64;
+            let value = read(i);
+            let ended = clock.now_ns() as i64;
+            match value {
                 Err(reason) => broken[i] = Some(reason),
                 Ok(v) => {
                     match prev[i] {
@@ -135,15 +138,16 @@ pub fn measure(
                             ));
                             continue;
                         }
-                        // An update happened since the last poll: place it mid-bracket.
-                        Some((t, p)) if v > p => log[i].push((t + (now - t) / 2, v)),
+                        // An update happened after the previous read began and before
+                        // this one ended: place it mid-bracket.
+                        Some((t, p)) if v > p => log[i].push((t + (ended - t) / 2, v)),
                         _ => {}
                     }
-                    prev[i] = Some((now, v));
+                    prev[i] = Some((began, v));
                 }
             }
         }
-        now
+        clock.now_ns() as i64
     };
     let begin = poll_all(&mut log, &mut broken);
     let block_ns: Vec<i64> = periods_ms

@@ -67,8 +67,9 @@ pub struct EdgeWait {
 
 impl EdgeWait {
     /// Waits for each counter with `Some(last value)` in `last` to move; `read(i)` reads
-    /// counter `i`; `since_ns` is when the `last` values were read. Counters with `None`
-    /// are not watched (their outcome is `Still`).
+    /// counter `i`; `since_ns` is a time before the `last` values were read. Counters
+    /// with `None` are not watched (their outcome is `Still`). An update seen by a read
+    /// happened after the previous read began and before this one ended: that bracket.
     pub fn run(
         &self,
         clock: &dyn MeterClock,
@@ -78,17 +79,20 @@ impl EdgeWait {
     ) -> Vec<EdgeOutcome> {
         let mut out = vec![EdgeOutcome::Still; last.len()];
         let mut pending: Vec<usize> = (0..last.len()).filter(|&i| last[i].is_some()).collect();
-        let mut before_ns = since_ns;
+        // When the last read of each counter that saw no update began.
+        let mut before_ns = vec![since_ns; last.len()];
         let bound_ns = i64::try_from(self.bound.as_nanos()).unwrap_or(i64::MAX);
         while !pending.is_empty() {
             clock.sleep(self.poll);
-            let now = clock.now_ns() as i64;
             pending.retain(|&i| {
                 let prev = last[i].unwrap_or(0);
-                match read(i) {
+                let began = clock.now_ns() as i64;
+                let value = read(i);
+                let ended = clock.now_ns() as i64;
+                match value {
                     Ok(v) if v > prev => {
                         out[i] = EdgeOutcome::Moved {
-                            edge: Edge::observed(before_ns, now),
+                            edge: Edge::observed(before_ns[i], ended),
                             value: v,
                         };
                         false
@@ -100,15 +104,17 @@ impl EdgeWait {
                         ));
                         false
                     }
-                    Ok(_) => true,
+                    Ok(_) => {
+                        before_ns[i] = began;
+                        true
+                    }
                     Err(reason) => {
                         out[i] = EdgeOutcome::Failed(reason);
                         false
                     }
                 }
             });
-            before_ns = now;
-            if now - since_ns >= bound_ns {
+            if clock.now_ns() as i64 - since_ns >= bound_ns {
                 break;
             }
         }

@@ -4,8 +4,13 @@
 //!
 //! `nvmlDeviceGetTotalEnergyConsumption` returns the energy (mJ) used since the driver
 //! was loaded (Volta and later). It advances in steps (about every 100 ms on current data
-//! centre GPUs), so one window's error is below one step of energy at the highest power
-//! in the window, whatever its length: ±1% needs windows ≥ 10 s at a steady load.
+//! centre GPUs), so the window's edges are placed on observed updates (`edges.rs`): each
+//! GPU's reading covers its own window between two updates, exact to 1 mJ, with the
+//! updates' timing (half the 1 ms poll bracket each) as its `uncertainty_mj`. An edge
+//! that sees no update within two periods (or the stepped test clock) is placed half a
+//! period before its read, ± half a period. The counter's period is measured by the idle
+//! baseline (`baseline.rs`) and given back with [`NvmlMeter::set_counter_period_ms`];
+//! until then it is [`NVML_COUNTER_PERIOD_MS`], labelled nominal.
 //!
 //! Every failure is a reading with `energy_mj: None` and the NVML error as its reason:
 //! the call that failed and NVML's own error (e.g. `NotSupported`, `GpuLost`). A counter
@@ -41,8 +46,10 @@
 //! uses the parent's idle power: measured by this meter's `idle_baselines`, or given with
 //! [`NvmlMeter::set_idle_power_w`].
 //!
-//! Each reading carries the driver version; a driver version starting with
-//! [`FAKE_DRIVER_PREFIX`] marks the fake library and every reading is `simulated`.
+//! Each reading carries the driver version. Readings are `simulated` when the library
+//! was named explicitly, exports [`FAKE_MARKER_SYMBOL`] or reports a driver version
+//! starting with [`FAKE_DRIVER_PREFIX`] ([`simulation_reason`]). Where a GPU has both a
+//! counter and a trace, `counter_trace_ratio` compares them (`checks.rs`).
 
 use super::clock::{MeterClock, RealClock};
 use super::edges::{Edge, EdgeOutcome, EdgeWait, EDGE_POLL};
@@ -930,6 +937,8 @@ impl EnergyMeter for NvmlMeter {
         if self.started.is_some() {
             return Err(MeterError::AlreadyStarted(self.name().into()));
         }
+        // Before the reads: an update they miss happened after this.
+        let read_ns = self.time.now_ns() as i64;
         for gpu in &mut self.gpus {
             gpu.state = match Self::read_counter(&self.nvml, gpu.index) {
                 Ok(last_mj) => CounterState::Running {
@@ -942,7 +951,6 @@ impl EnergyMeter for NvmlMeter {
                 Err((call, e)) => CounterState::Failed(nvml_reason(call, &e)),
             };
         }
-        let read_ns = self.time.now_ns() as i64;
         let aligning = self.aligning();
         for gpu in &mut self.gpus {
             let period_ns = (gpu.period_ms() * 1e6) as u64;
@@ -1040,10 +1048,10 @@ impl EnergyMeter for NvmlMeter {
 
     fn stop(&mut self) -> Vec<EnergyReading> {
         let was_started = self.started.is_some();
+        let read_ns = self.time.now_ns() as i64;
         if was_started {
             self.advance();
         }
-        let read_ns = self.time.now_ns() as i64;
         let window_ns = match self.clock {
             SamplerClock::Real if was_started => {
                 (read_ns - self.window_start_ns as i64).max(0) as u64
@@ -1342,11 +1350,12 @@ impl NvmlMeter {
 
     /// How long an edge waits for the counter to move: two of the slowest periods.
     fn edge_wait(&self) -> EdgeWait {
+        // At least 1 ms, so a GPU-less meter still polls once.
         let longest = self
             .gpus
             .iter()
             .map(MeteredGpu::period_ms)
-            .fold(NVML_COUNTER_PERIOD_MS.min(1.0), f64::max);
+            .fold(1.0, f64::max);
         EdgeWait {
             poll: EDGE_POLL,
             bound: Duration::from_secs_f64(2.0 * longest / 1000.0) + 2 * EDGE_POLL,
