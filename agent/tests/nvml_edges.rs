@@ -74,6 +74,8 @@ fn net_energy_over_60_windows_is_unbiased_to_within_2_percent_of_a_step() {
         t_ms += len + 800 + splitmix(&mut rng) % 700;
     }
     let fake = Fake::new(&scenario(vec![h100("GPU-e", &power)], 42));
+    // Polls overrun by 0–3 ms, so the poll grid does not keep one offset to the counter's.
+    fake.set_sleep_jitter(3, 9);
     let mut meter = virtual_meter(&fake);
 
     // Idle baseline on the counter's updates: the scenario's idle power and step.
@@ -108,7 +110,7 @@ fn net_energy_over_60_windows_is_unbiased_to_within_2_percent_of_a_step() {
         let got = r.energy_mj.unwrap();
         let u = r.uncertainty_mj.expect("an uncertainty");
         assert!((got - expected).abs() <= u, "{got} vs {expected} ± {u}");
-        assert!(u < 0.01 * step_mj, "aligned edges: {u} mJ");
+        assert!(u < 0.05 * step_mj, "aligned edges: {u} mJ");
         assert!(r
             .uncertainty_method
             .as_deref()
@@ -122,6 +124,8 @@ fn net_energy_over_60_windows_is_unbiased_to_within_2_percent_of_a_step() {
         net_errors.push(r.net_energy_mj.unwrap() - expected_net);
     }
     let bias = net_errors.iter().sum::<f64>() / net_errors.len() as f64;
+    let worst = net_errors.iter().map(|e| e.abs()).fold(0.0, f64::max);
+    eprintln!("net energy over {} windows: bias {bias:.1} mJ, worst {worst:.1} mJ (one step = {step_mj} mJ)", net_errors.len());
     assert!(
         bias.abs() <= 0.02 * step_mj,
         "bias {bias} mJ over {} windows (one step = {step_mj} mJ)",

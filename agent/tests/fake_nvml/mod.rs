@@ -26,11 +26,14 @@ pub fn fake_library() -> &'static Path {
 }
 
 /// The fake's virtual clock as a meter clock: sleeping advances it (whole ms, at least
-/// one), so a meter polling for counter updates runs without real sleeping. Valid while
-/// its `Fake` lives.
+/// one, plus a seeded 0..=`jitter_ms` overshoot, as sleeps on a loaded machine overrun),
+/// so a meter polling for counter updates runs without real sleeping. Valid while its
+/// `Fake` lives.
 pub struct FakeClock {
     advance: unsafe extern "C" fn(u64),
     now_ms: AtomicU64,
+    jitter_ms: AtomicU64,
+    jitter_state: AtomicU64,
 }
 
 impl FakeClock {
@@ -47,7 +50,20 @@ impl MeterClock for FakeClock {
         self.now_ms.load(Ordering::SeqCst) * 1_000_000
     }
     fn sleep(&self, d: Duration) {
-        self.advance_ms((d.as_millis() as u64).max(1));
+        let jitter = self.jitter_ms.load(Ordering::SeqCst);
+        let extra = if jitter == 0 {
+            0
+        } else {
+            // SplitMix64 step.
+            let mut z = self
+                .jitter_state
+                .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::SeqCst)
+                .wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) % (jitter + 1)
+        };
+        self.advance_ms((d.as_millis() as u64).max(1) + extra);
     }
 }
 
@@ -88,6 +104,8 @@ impl Fake {
             clock: Arc::new(FakeClock {
                 advance,
                 now_ms: AtomicU64::new(0),
+                jitter_ms: AtomicU64::new(0),
+                jitter_state: AtomicU64::new(0),
             }),
         }
     }
@@ -112,6 +130,12 @@ impl Fake {
     /// The virtual clock, for `NvmlMeter::set_time_source`.
     pub fn clock(&self) -> Arc<FakeClock> {
         Arc::clone(&self.clock)
+    }
+
+    /// Makes every meter sleep overrun by a seeded 0..=`max_ms` ms.
+    pub fn set_sleep_jitter(&self, max_ms: u64, seed: u64) {
+        self.clock.jitter_ms.store(max_ms, Ordering::SeqCst);
+        self.clock.jitter_state.store(seed, Ordering::SeqCst);
     }
 }
 
