@@ -143,9 +143,9 @@ pub fn run_batch(data_dir: &Path, args: BatchArgs) -> Result<Outcome, CliError> 
                             if parallel > 1 {
                                 say(format!("{} done: experiment {}", entry.label, rec.id));
                                 s.summaries.push((i, agg, rec));
-                            } else if let Err(e) = multi.suspend(|| {
-                                super::results::print_summary(&store, &agg, &rec)
-                            }) {
+                            } else if let Err(e) =
+                                multi.suspend(|| super::results::print_summary(&store, &agg, &rec))
+                            {
                                 say(format!("{} error: {e}", entry.label));
                             }
                         }

@@ -284,7 +284,8 @@ impl CliSink {
 }
 
 fn spinner_style() -> ProgressStyle {
-    ProgressStyle::with_template("{prefix}{spinner} {msg:12} {elapsed_precise}").expect("valid template")
+    ProgressStyle::with_template("{prefix}{spinner} {msg:12} {elapsed_precise}")
+        .expect("valid template")
 }
 
 struct BarProgress {
