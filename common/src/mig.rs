@@ -1,4 +1,4 @@
-//! Attribution of a MIG-mode GPU's measured energy to its slices (DESIGN §4).
+//! Attribution of a MIG-mode GPU's measured energy to its slices.
 //!
 //! NVML's energy counter exists only on the physical GPU; slices have none. Two labelled
 //! modes:

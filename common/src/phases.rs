@@ -1,4 +1,4 @@
-//! Splitting a device's window energy into prefill and decode (DESIGN §4).
+//! Splitting a device's window energy into prefill and decode.
 //!
 //! The runner reads every meter's cumulative energy at each phase boundary (batch start,
 //! end of prefill, end of batch), which gives one counter difference per segment. When

@@ -1,6 +1,6 @@
 //! Summary statistics (mean, sample std, Student-t 95% CI, CV) and percentiles. Pure.
 //!
-//! Used for statistics across cycles (DESIGN §5) and for latency percentiles within a job.
+//! Used for statistics across cycles and for latency percentiles within a job.
 
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};

@@ -1,6 +1,6 @@
 //! The tokenizer: from `tokenizer.json` when one is given, else built from the GGUF
 //! metadata keys. candle's own `TokenizerFromGguf` adds a prefix space after special
-//! tokens (DESIGN §9), so the GGUF path builds the `tokenizers` pipeline itself:
+//! tokens, so the GGUF path builds the `tokenizers` pipeline itself:
 //! BPE from `tokenizer.ggml.tokens` + `merges`; pre-tokenizer = (single digits, for the
 //! `smollm` pre-tokenizer) then byte-level without prefix space; byte-level decoder;
 //! control tokens registered as special so `<|im_start|>` encodes as one id.

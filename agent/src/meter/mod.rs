@@ -1,8 +1,9 @@
-//! Energy meters: the `EnergyMeter` trait and its readers (RAPL now; NVML later).
+//! Energy meters: the `EnergyMeter` trait and its readers (RAPL, NVML), device ownership,
+//! window edges, idle baselines and the checks made on readings.
 //!
 //! A meter covers one measured window: `start`, optional periodic `poll`, `stop`. `stop`
 //! returns one reading per physical device; a device that could not be measured gets a
-//! reading with `energy_mj: None` and a reason — never 0 for "unknown" (DESIGN §4).
+//! reading with `energy_mj: None` and a reason — never 0 for "unknown".
 
 pub mod baseline;
 pub mod checks;
