@@ -423,7 +423,7 @@ error: no result store at [TMP]/results: nothing has run with this data dir yet 
         .assert()
         .success()
         .stdout_eq(str![[r#"
-No completed experiments in results.
+No experiments: no result store at [TMP]/results: nothing has run with this data dir yet (--data-dir or LEM_DATA_DIR; default ./results under the current directory)
 
 "#]]);
     sb.lem().args(["aggregate", "--all"]).assert().code(2);

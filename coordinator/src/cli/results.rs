@@ -34,9 +34,9 @@ fn list(store: &StoreHandle, all: bool, json: bool) -> Result<Outcome, CliError>
             .map(|r| Ok((s.raw_cycles(&r.id)?.len(), r)))
             .collect::<Result<Vec<_>, _>>()
     });
-    let recs = match listed {
-        Ok(r) => r,
-        Err(StoreError::NoStore { .. }) => Vec::new(),
+    let (recs, no_store) = match listed {
+        Ok(r) => (r, None),
+        Err(e @ StoreError::NoStore { .. }) => (Vec::new(), Some(e)),
         Err(e) => return Err(e.into()),
     };
     let (rows, hidden): (Vec<ListRow>, Vec<ListRow>) = recs
@@ -67,7 +67,10 @@ fn list(store: &StoreHandle, all: bool, json: bool) -> Result<Outcome, CliError>
         outln!("{}", serde_json::to_string_pretty(&v).expect("plain data"));
         return Ok(Outcome::Success);
     }
-    if rows.is_empty() {
+    if let Some(no_store) = no_store {
+        // Same words as `results show`: where lem looked, and how to point it elsewhere.
+        outln!("No experiments: {no_store}");
+    } else if rows.is_empty() {
         outln!(
             "No {}experiments in {}.",
             if all { "" } else { "completed " },
