@@ -36,10 +36,11 @@ fn f32_logits_match_numpy_reference() {
         .unwrap()
         .remove(0);
 
-    // From a ~60-line numpy forward pass in float64 over `gguf.quants.dequantize`d
-    // tensors of this file (interleaved rotary, theta 1e5, eps 1e-5, tied embeddings),
-    // written for this check; the neox rotation instead ranks <|im_end|> first, so the
-    // interleaved convention is the right one.
+    // Printed by `scripts/reference/smollm2_logits.py` (numpy forward pass in float64 over
+    // `gguf.quants.dequantize`d tensors of this file: interleaved rotary, theta 1e5, eps
+    // 1e-5, tied embeddings; rerun with numpy 2.4.6 + gguf 0.19.0 on 2026-12-01, same
+    // values). The neox rotation instead ranks <|im_end|> first, so the interleaved
+    // convention is the right one.
     let want_top: [(usize, f64); 5] = [
         (504, 25.325383),
         (60, 25.243283),

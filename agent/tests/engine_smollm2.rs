@@ -76,10 +76,10 @@ fn info_describes_the_model() {
 fn tokenizer_matches_transformers_reference() {
     let Some(e) = engine() else { return };
     let t = e.tokenizer();
-    // Reference ids: transformers 5.24's own GGUF -> tokenizer conversion of this file,
-    // `AutoTokenizer.from_pretrained(dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")`
-    // then `tok.encode(s, add_special_tokens=True)` (no PyTorch installed: a stub `torch`
-    // module satisfied imports; the tokenizer path touches no tensors).
+    // Reference ids: transformers' own GGUF -> tokenizer conversion of this file, printed
+    // by `scripts/reference/smollm2_tokens.py` (transformers 5.24.0, gguf 0.19.0; the
+    // converter `AutoTokenizer.from_pretrained(dir, gguf_file=...)` uses, then
+    // `encode(s, add_special_tokens=True)`).
     let cases: &[(&str, &[u32])] = &[
         (
             "The quick brown fox jumps over the lazy dog.",
