@@ -89,7 +89,14 @@ pub(crate) fn check_msgpack(body: &[u8], max_depth: usize) -> Result<(), Malform
 /// nested values follow (array length, or twice a map's length).
 fn read_header(body: &[u8], pos: &mut usize) -> Result<u64, MalformedReason> {
     let at = *pos;
-    let marker = body[at];
+    // An enclosing collection may still expect values after the body ends.
+    let Some(&marker) = body.get(at) else {
+        return Err(MalformedReason::Truncated {
+            offset: at,
+            needed_bytes: 1,
+            left_bytes: 0,
+        });
+    };
     *pos += 1;
     let (payload_bytes, children) = match marker {
         0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
@@ -192,6 +199,19 @@ mod tests {
             Err(MalformedReason::TrailingBytes {
                 offset: 1,
                 trailing_bytes: 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_collection_missing_values_at_the_end_is_truncated() {
+        // [[1], <missing>]: each declared length fits the bytes left when read.
+        assert_eq!(
+            check_msgpack(&[0x92, 0x91, 0x01], 4),
+            Err(MalformedReason::Truncated {
+                offset: 3,
+                needed_bytes: 1,
+                left_bytes: 0
             })
         );
     }
