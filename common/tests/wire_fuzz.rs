@@ -140,6 +140,29 @@ proptest! {
 }
 
 #[test]
+fn no_element_type_of_the_protocol_exceeds_the_per_byte_allowance() {
+    use lem_common::domain::{EnergyReading, PowerSample, RequestRecord};
+    use lem_common::mig::{SliceInput, SliceShare};
+    let sizes = [
+        ("EnergyReading", std::mem::size_of::<EnergyReading>()),
+        ("PowerSample", std::mem::size_of::<PowerSample>()),
+        ("RequestRecord", std::mem::size_of::<RequestRecord>()),
+        ("SliceInput", std::mem::size_of::<SliceInput>()),
+        ("SliceShare", std::mem::size_of::<SliceShare>()),
+        (
+            "serde_json::Value",
+            std::mem::size_of::<serde_json::Value>(),
+        ),
+        ("Gpu", std::mem::size_of::<Gpu>()),
+        ("HeldAttempt", std::mem::size_of::<HeldAttempt>()),
+        ("DeviceClaim", std::mem::size_of::<DeviceClaim>()),
+    ];
+    for (name, bytes) in sizes {
+        assert!(bytes <= 1024, "{name} is {bytes} bytes");
+    }
+}
+
+#[test]
 fn nested_collections_declaring_huge_lengths_are_refused_unallocated() {
     // 200 nested array32 headers each declaring 2^32 - 1 elements: unchecked, serde would
     // reserve up to 1 MiB at every level.

@@ -228,6 +228,37 @@ mod tests {
     }
 
     #[test]
+    fn the_limit_holds_a_ten_minute_10_ms_trace_of_eight_gpus() {
+        use crate::domain::{PowerSample, PowerTrace};
+        // Every sensor present, values of realistic width (an H100 near 700 W).
+        let samples_per_gpu = 10 * 60 * 100;
+        let sample = |i: u64| PowerSample {
+            t_ns: i * 10_000_000,
+            power_avg_w: Some(612.25 + i as f64 * 1e-3),
+            power_instant_w: Some(640.5 + i as f64 * 1e-3),
+            energy_counter_mj: Some(81_234_567_890 + i * 6_400),
+            temperature_c: Some(71),
+            sm_clock_mhz: Some(1_980),
+            throttle_reasons: Some(4),
+        };
+        // Encode 1,000 samples and scale: a whole trace would take long in a debug build.
+        let probe = PowerTrace {
+            period_ms: 10.0,
+            samples: (0..1_000).map(sample).collect(),
+            unavailable: Default::default(),
+        };
+        let probe_bytes = rmp_serde::to_vec_named(&probe).unwrap().len() as u64;
+        let eight_gpus_bytes = 8 * probe_bytes * samples_per_gpu / 1_000;
+        assert!(
+            eight_gpus_bytes < u64::from(MAX_FRAME_BYTES),
+            "{eight_gpus_bytes} bytes"
+        );
+        // The figure docs/protocol.md gives (about 70 MiB).
+        let mib = eight_gpus_bytes as f64 / (1024.0 * 1024.0);
+        assert!((60.0..80.0).contains(&mib), "{mib:.1} MiB");
+    }
+
+    #[test]
     fn buffer_yields_back_to_back_frames_in_order() {
         let drain = CoordinatorMessage::Drain;
         let mut bytes = encode_frame(&ack(), MAX_FRAME_BYTES).unwrap();
