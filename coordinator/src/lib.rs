@@ -10,3 +10,4 @@ pub mod store;
 #[cfg(test)]
 mod test_fixtures;
 pub mod window_energy;
+pub mod wire_edge;

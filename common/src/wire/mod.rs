@@ -1,0 +1,27 @@
+//! `common::wire`: the only types that cross the network between the coordinator, its
+//! agents and the CLI, and how they are framed. No IO: the transport hands bytes in and
+//! takes bytes out.
+//!
+//! These are deliberately not the scheduler's internal types: the wire is a contract
+//! with peers of other builds, so it changes only with [`PROTOCOL_VERSION`], while the
+//! scheduler's state may change freely. `docs/protocol.md` describes the protocol.
+
+mod check;
+mod frame;
+mod handshake;
+mod messages;
+
+pub use check::MalformedReason;
+pub use frame::{
+    decode_frame, encode_frame, Decoded, FrameBuffer, FrameError, FRAME_HEADER_BYTES,
+    MAX_FRAME_BYTES, MAX_NESTING_DEPTH,
+};
+pub use handshake::{answer_handshake, Handshake, HandshakeReply, PeerRole, VersionRefusal};
+pub use messages::{
+    AckVerdict, AgentMessage, AttemptRef, ClaimMode, CoordinatorMessage, DeviceClaim, Gpu,
+    HeldAttempt, Inventory, LeaseGrant, MigSlice,
+};
+
+/// Version of the messages and framing in this module. Bump on any change a peer of the
+/// previous version could not decode; the handshake refuses a peer with another one.
+pub const PROTOCOL_VERSION: u32 = 1;
