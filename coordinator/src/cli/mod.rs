@@ -3,10 +3,12 @@
 //! codes.
 
 mod batch;
+mod completions;
 mod config_cmd;
 mod error;
 mod experiment;
 mod gpu_check;
+mod man_page;
 mod model_cmd;
 mod reference;
 mod results;
@@ -116,6 +118,25 @@ pub enum Command {
     /// Convert models between GGUF and safetensors at a chosen precision.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Print a shell completion script (e.g. `lem completions bash > ~/.local/share/bash-completion/completions/lem`).
+    Completions(CompletionsArgs),
+    /// Print the lem(1) man page (roff), or write one page per command with --out-dir.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ManArgs {
+    /// Write lem.1 and a page per command (lem-config-validate.1, ...) into this folder
+    /// instead of printing lem.1.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -344,6 +365,8 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         }
         Command::Models(f) => model_cmd::models(f.json),
         Command::Model(cmd) => model_cmd::run(cmd),
+        Command::Completions(a) => completions::run(a.shell),
+        Command::Man(a) => man_page::run(a.out_dir.as_deref()),
     }
 }
 
