@@ -109,6 +109,16 @@ fn placeholder_devices() -> Vec<(DeviceKind, String)> {
     ]
 }
 
+/// One zone's counter read once by [`RaplMeter::check_counters`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterCheck {
+    /// `package-0` or `package-0/dram`.
+    pub device_id: String,
+    pub energy_path: PathBuf,
+    /// The counter in µJ, or why it could not be read.
+    pub read: Result<u64, String>,
+}
+
 /// One counter being metered.
 #[derive(Debug)]
 struct Zone {
@@ -298,6 +308,21 @@ impl RaplMeter {
             .zones
             .iter()
             .map(|z| z.device_id.clone())
+            .collect()
+    }
+
+    /// Reads every zone's counter once, outside any window: what `lem doctor` reports
+    /// (a permission error carries the fix, as in a reading).
+    pub fn check_counters(&self) -> Vec<CounterCheck> {
+        let counters = self.lock();
+        counters
+            .zones
+            .iter()
+            .map(|z| CounterCheck {
+                device_id: z.device_id.clone(),
+                energy_path: z.energy_path.clone(),
+                read: Self::read_counter(counters.fs.as_ref(), &z.energy_path),
+            })
             .collect()
     }
 
@@ -809,6 +834,30 @@ mod tests {
         let r = m.stop();
         assert_eq!(by_id(&r, "package-0").energy_mj, Some(0.0));
         assert_eq!(by_id(&r, "package-0/dram").energy_mj, None);
+    }
+
+    #[test]
+    fn check_counters_reads_each_zone_once_and_names_the_fix_when_denied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        zone(root, "intel-rapl:0", "package-0", 1_234, Some(RANGE));
+        zone(root, "intel-rapl:0:0", "dram", 5_678, Some(RANGE));
+        let dram_energy = root.join("intel-rapl:0:0/energy_uj");
+        let fs = DenyFs {
+            denied: Arc::new(Mutex::new(HashSet::from([dram_energy.clone()]))),
+        };
+        let m = RaplMeter::discover_with(root, Box::new(fs)).unwrap();
+        let checks = m.check_counters();
+        assert_eq!(checks.len(), 2);
+        assert_eq!(checks[0].device_id, "package-0");
+        assert_eq!(checks[0].read, Ok(1_234));
+        assert_eq!(checks[1].device_id, "package-0/dram");
+        assert_eq!(checks[1].energy_path, dram_energy);
+        let why = checks[1].read.as_ref().unwrap_err();
+        assert!(
+            why.contains("permission denied") && why.contains("chmod"),
+            "{why}"
+        );
     }
 
     /// The same mapping through the real filesystem; only meaningful when not root
