@@ -117,6 +117,8 @@ pub struct CounterCheck {
     pub energy_path: PathBuf,
     /// The counter in µJ, or why it could not be read.
     pub read: Result<u64, String>,
+    /// The read failed with EACCES (root-only since Linux 5.10): a chmod fixes it.
+    pub permission_denied: bool,
 }
 
 /// One counter being metered.
@@ -318,10 +320,20 @@ impl RaplMeter {
         counters
             .zones
             .iter()
-            .map(|z| CounterCheck {
-                device_id: z.device_id.clone(),
-                energy_path: z.energy_path.clone(),
-                read: Self::read_counter(counters.fs.as_ref(), &z.energy_path),
+            .map(|z| {
+                let (read, permission_denied) = match counters.fs.read(&z.energy_path) {
+                    Ok(text) => (parse_counter(&text, &z.energy_path), false),
+                    Err(e) => (
+                        Err(read_error_reason(&z.energy_path, &e)),
+                        e.kind() == io::ErrorKind::PermissionDenied,
+                    ),
+                };
+                CounterCheck {
+                    device_id: z.device_id.clone(),
+                    energy_path: z.energy_path.clone(),
+                    read,
+                    permission_denied,
+                }
             })
             .collect()
     }
@@ -335,16 +347,21 @@ impl RaplMeter {
     /// Reads one counter; an error is turned into a reason for the user.
     fn read_counter(fs: &dyn SysfsRead, path: &Path) -> Result<u64, String> {
         match fs.read(path) {
-            Ok(text) => text.trim().parse().map_err(|_| {
-                format!(
-                    "cannot parse {:?} from {} as an energy counter",
-                    text.trim(),
-                    path.display()
-                )
-            }),
+            Ok(text) => parse_counter(&text, path),
             Err(e) => Err(read_error_reason(path, &e)),
         }
     }
+}
+
+/// An `energy_uj` file's text as µJ; garbage becomes a reason naming the file.
+fn parse_counter(text: &str, path: &Path) -> Result<u64, String> {
+    text.trim().parse().map_err(|_| {
+        format!(
+            "cannot parse {:?} from {} as an energy counter",
+            text.trim(),
+            path.display()
+        )
+    })
 }
 
 impl Counters {
@@ -858,6 +875,7 @@ mod tests {
             why.contains("permission denied") && why.contains("chmod"),
             "{why}"
         );
+        assert!(checks[1].permission_denied && !checks[0].permission_denied);
     }
 
     /// The same mapping through the real filesystem; only meaningful when not root

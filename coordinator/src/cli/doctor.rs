@@ -232,6 +232,12 @@ fn rapl_checks(root: &Path, fs: Box<dyn SysfsRead>) -> Vec<Check> {
                 "rapl",
                 format!("{}: {} is readable", c.device_id, c.energy_path.display()),
             ),
+            Err(why) if !c.permission_denied => Check::warning(
+                "rapl",
+                format!("{}: energy unavailable: {why}", c.device_id),
+                "the kernel's powercap file looks wrong (compare `cat` of it with \
+                 `dmesg | grep -i rapl`); lem reports this zone unavailable",
+            ),
             Err(why) => Check::warning(
                 "rapl",
                 format!("{}: energy unavailable: {why}", c.device_id),

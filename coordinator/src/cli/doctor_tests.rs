@@ -68,6 +68,19 @@ fn a_root_only_counter_is_a_warning_with_the_chmod_fix() {
 }
 
 #[test]
+fn a_garbage_counter_is_a_warning_without_the_chmod_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    zone(root, "intel-rapl:0", "package-0", 10);
+    std::fs::write(root.join("intel-rapl:0/energy_uj"), "not a number\n").unwrap();
+    let checks = rapl_checks(root, Box::new(StdFs));
+    assert_eq!(checks.len(), 1);
+    assert_eq!(checks[0].status, Status::Warning);
+    assert!(checks[0].message.contains("cannot parse"), "{checks:?}");
+    assert!(!checks[0].remedy.as_deref().unwrap().contains("chmod"));
+}
+
+#[test]
 fn no_powercap_tree_is_one_warning_naming_the_root() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("absent");
