@@ -109,6 +109,18 @@ fn placeholder_devices() -> Vec<(DeviceKind, String)> {
     ]
 }
 
+/// One zone's counter read once by [`RaplMeter::check_counters`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterCheck {
+    /// `package-0` or `package-0/dram`.
+    pub device_id: String,
+    pub energy_path: PathBuf,
+    /// The counter in µJ, or why it could not be read.
+    pub read: Result<u64, String>,
+    /// The read failed with EACCES (root-only since Linux 5.10): a chmod fixes it.
+    pub permission_denied: bool,
+}
+
 /// One counter being metered.
 #[derive(Debug)]
 struct Zone {
@@ -301,6 +313,31 @@ impl RaplMeter {
             .collect()
     }
 
+    /// Reads every zone's counter once, outside any window: what `lem doctor` reports
+    /// (a permission error carries the fix, as in a reading).
+    pub fn check_counters(&self) -> Vec<CounterCheck> {
+        let counters = self.lock();
+        counters
+            .zones
+            .iter()
+            .map(|z| {
+                let (read, permission_denied) = match counters.fs.read(&z.energy_path) {
+                    Ok(text) => (parse_counter(&text, &z.energy_path), false),
+                    Err(e) => (
+                        Err(read_error_reason(&z.energy_path, &e)),
+                        e.kind() == io::ErrorKind::PermissionDenied,
+                    ),
+                };
+                CounterCheck {
+                    device_id: z.device_id.clone(),
+                    energy_path: z.energy_path.clone(),
+                    read,
+                    permission_denied,
+                }
+            })
+            .collect()
+    }
+
     /// How often the counters are read while a window is open (`None`: no zone has a
     /// `max_energy_range_uj`, so a wrap could not be corrected however often).
     pub fn poll_period(&self) -> Option<Duration> {
@@ -310,16 +347,21 @@ impl RaplMeter {
     /// Reads one counter; an error is turned into a reason for the user.
     fn read_counter(fs: &dyn SysfsRead, path: &Path) -> Result<u64, String> {
         match fs.read(path) {
-            Ok(text) => text.trim().parse().map_err(|_| {
-                format!(
-                    "cannot parse {:?} from {} as an energy counter",
-                    text.trim(),
-                    path.display()
-                )
-            }),
+            Ok(text) => parse_counter(&text, path),
             Err(e) => Err(read_error_reason(path, &e)),
         }
     }
+}
+
+/// An `energy_uj` file's text as µJ; garbage becomes a reason naming the file.
+fn parse_counter(text: &str, path: &Path) -> Result<u64, String> {
+    text.trim().parse().map_err(|_| {
+        format!(
+            "cannot parse {:?} from {} as an energy counter",
+            text.trim(),
+            path.display()
+        )
+    })
 }
 
 impl Counters {
@@ -809,6 +851,31 @@ mod tests {
         let r = m.stop();
         assert_eq!(by_id(&r, "package-0").energy_mj, Some(0.0));
         assert_eq!(by_id(&r, "package-0/dram").energy_mj, None);
+    }
+
+    #[test]
+    fn check_counters_reads_each_zone_once_and_names_the_fix_when_denied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        zone(root, "intel-rapl:0", "package-0", 1_234, Some(RANGE));
+        zone(root, "intel-rapl:0:0", "dram", 5_678, Some(RANGE));
+        let dram_energy = root.join("intel-rapl:0:0/energy_uj");
+        let fs = DenyFs {
+            denied: Arc::new(Mutex::new(HashSet::from([dram_energy.clone()]))),
+        };
+        let m = RaplMeter::discover_with(root, Box::new(fs)).unwrap();
+        let checks = m.check_counters();
+        assert_eq!(checks.len(), 2);
+        assert_eq!(checks[0].device_id, "package-0");
+        assert_eq!(checks[0].read, Ok(1_234));
+        assert_eq!(checks[1].device_id, "package-0/dram");
+        assert_eq!(checks[1].energy_path, dram_energy);
+        let why = checks[1].read.as_ref().unwrap_err();
+        assert!(
+            why.contains("permission denied") && why.contains("chmod"),
+            "{why}"
+        );
+        assert!(checks[1].permission_denied && !checks[0].permission_denied);
     }
 
     /// The same mapping through the real filesystem; only meaningful when not root

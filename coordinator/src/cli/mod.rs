@@ -3,10 +3,13 @@
 //! codes.
 
 mod batch;
+mod completions;
 mod config_cmd;
+mod doctor;
 mod error;
 mod experiment;
 mod gpu_check;
+mod man_page;
 mod model_cmd;
 mod reference;
 mod results;
@@ -116,6 +119,40 @@ pub enum Command {
     /// Convert models between GGUF and safetensors at a chosen precision.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// What lem can measure on this machine and why not (NVML, GPUs/MIG, RAPL, caches,
+    /// data dir, store); exit 1 only on an error line.
+    Doctor(DoctorArgs),
+    /// Print a shell completion script (e.g. `lem completions bash > ~/.local/share/bash-completion/completions/lem`).
+    Completions(CompletionsArgs),
+    /// Print the lem(1) man page (roff), or write one page per command with --out-dir.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DoctorArgs {
+    /// Machine-readable output: a list of {area, status, message, remedy}.
+    #[arg(long)]
+    pub json: bool,
+    /// NVML library to load instead of the system's libnvidia-ml.so.1.
+    #[arg(long, env = "LEM_NVML_LIB", value_name = "PATH")]
+    pub nvml_lib: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ManArgs {
+    /// Write lem.1 and a page per command (lem-config-validate.1, ...) into this folder
+    /// instead of printing lem.1.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -344,6 +381,9 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         }
         Command::Models(f) => model_cmd::models(f.json),
         Command::Model(cmd) => model_cmd::run(cmd),
+        Command::Doctor(a) => doctor::run(&a.store.resolve(&top), a.nvml_lib.as_deref(), a.json),
+        Command::Completions(a) => completions::run(a.shell),
+        Command::Man(a) => man_page::run(a.out_dir.as_deref()),
     }
 }
 
@@ -419,6 +459,7 @@ mod tests {
             "aggregate",
             "results list",
             "results show",
+            "doctor",
         ];
         for (path, cmd) in all_commands() {
             let mut cmd = cmd;
