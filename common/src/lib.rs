@@ -11,3 +11,4 @@ pub mod mig;
 pub mod phases;
 pub mod rng;
 pub mod stats;
+pub mod welch;
