@@ -526,7 +526,7 @@ pub fn aggregate_experiment(
     let mut stats = BTreeMap::new();
     for (name, figure) in plain_metrics() {
         // Only when available in every cycle.
-        let vals: Vec<f64> = cycles.iter().filter_map(|m| figure(m)).collect();
+        let vals: Vec<f64> = cycles.iter().filter_map(&figure).collect();
         if !vals.is_empty() && vals.len() == cycles.len() {
             if let Some(s) = Summary::of(&vals) {
                 stats.insert(name, s);
@@ -641,7 +641,7 @@ pub fn metric_cycle_values(cycles: &[JobMetrics], name: &str) -> Option<Result<V
             .map(|m| (m.cycle + 1).to_string())
             .collect();
         return Some(if missing.is_empty() {
-            Ok(cycles.iter().filter_map(|m| figure(m)).collect())
+            Ok(cycles.iter().filter_map(&figure).collect())
         } else {
             Err(format!("not measured in cycle {}", missing.join(", ")))
         });
