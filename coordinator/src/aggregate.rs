@@ -1256,6 +1256,23 @@ pub(crate) mod tests {
             metric_cycle_values(&[], "wall_s"),
             Some(Err("no cycle has results".into()))
         );
+        // A non-energy figure missing in one cycle: no values, and the cycle named.
+        let agg = aggregate_experiment(
+            "exp",
+            "c",
+            "m",
+            2,
+            &[raw(0, 2_000_000_000, vec![]), raw(1, 0, vec![])],
+        );
+        assert!(!agg.stats.contains_key("output_tokens_per_s"));
+        assert_eq!(
+            metric_cycle_values(&agg.cycles, "output_tokens_per_s"),
+            Some(Err("not measured in cycle 2".into()))
+        );
+        assert_eq!(
+            metric_cycle_values(&agg.cycles, "wall_s"),
+            Some(Ok(vec![2.0, 0.0]))
+        );
     }
 
     #[test]
