@@ -438,6 +438,7 @@ mod tests {
             "aggregate",
             "results list",
             "results show",
+            "results compare",
         ];
         for (path, cmd) in all_commands() {
             let mut cmd = cmd;
