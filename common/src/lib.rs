@@ -11,4 +11,5 @@ pub mod mig;
 pub mod phases;
 pub mod rng;
 pub mod stats;
+pub mod welch;
 pub mod wire;

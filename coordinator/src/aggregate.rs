@@ -524,44 +524,15 @@ pub fn aggregate_experiment(
     }
 
     let mut stats = BTreeMap::new();
-    let mut add = |name: &str, f: &dyn Fn(&JobMetrics) -> Option<f64>| {
-        let vals: Vec<f64> = cycles.iter().filter_map(f).collect();
+    for (name, figure) in plain_metrics() {
+        // Only when available in every cycle.
+        let vals: Vec<f64> = cycles.iter().filter_map(&figure).collect();
         if !vals.is_empty() && vals.len() == cycles.len() {
             if let Some(s) = Summary::of(&vals) {
-                stats.insert(name.to_string(), s);
+                stats.insert(name, s);
             }
         }
-    };
-    add("output_tokens_per_s", &|m| m.output_tokens_per_s);
-    add("total_tokens_per_s", &|m| m.total_tokens_per_s);
-    add("decode_tokens_per_s", &|m| m.decode_tokens_per_s);
-    add("prefill_tokens_per_s", &|m| m.prefill_tokens_per_s);
-    add("wall_s", &|m| Some(m.wall_s));
-    // Latencies as `vllm bench serve` reports them: `{ttft,tpot,itl,e2e}_{mean,p50,p90,p99}_ms`.
-    type Pick = fn(&JobMetrics) -> Option<&LatencyPercentiles>;
-    let latencies: [(&str, Pick); 4] = [
-        ("ttft", |m| m.ttft_ms.as_ref()),
-        ("tpot", |m| m.tpot_ms.as_ref()),
-        ("itl", |m| m.itl_ms.as_ref()),
-        ("e2e", |m| m.e2e_ms.as_ref()),
-    ];
-    type Stat = fn(&LatencyPercentiles) -> f64;
-    let of_each: [(&str, Stat); 4] = [
-        ("mean", |p| p.mean),
-        ("p50", |p| p.p50),
-        ("p90", |p| p.p90),
-        ("p99", |p| p.p99),
-    ];
-    for (metric, pick) in latencies {
-        for (stat, value) in of_each {
-            add(&format!("{metric}_{stat}_ms"), &|m| pick(m).map(value));
-        }
     }
-    add("request_throughput_per_s", &|m| m.request_throughput_per_s);
-    add("achieved_arrival_rate_per_s", &|m| {
-        m.achieved_arrival_rate_per_s
-    });
-    add("flops_per_s", &|m| m.flops_per_s);
 
     // Energy: over the cycles where the figure exists; the others are listed with why.
     let mut energy_cycles_left_out = BTreeMap::new();
@@ -599,6 +570,99 @@ pub fn aggregate_experiment(
         simulated,
         warnings,
     }
+}
+
+/// One non-energy figure of a cycle (`None` when the cycle has none).
+type PlainFigure = Box<dyn Fn(&JobMetrics) -> Option<f64>>;
+
+/// The non-energy statistics across cycles: name → figure of one cycle.
+fn plain_metrics() -> Vec<(String, PlainFigure)> {
+    let mut out: Vec<(String, PlainFigure)> = Vec::new();
+    let mut add = |name: &str, f: PlainFigure| out.push((name.to_string(), f));
+    add("output_tokens_per_s", Box::new(|m| m.output_tokens_per_s));
+    add("total_tokens_per_s", Box::new(|m| m.total_tokens_per_s));
+    add("decode_tokens_per_s", Box::new(|m| m.decode_tokens_per_s));
+    add("prefill_tokens_per_s", Box::new(|m| m.prefill_tokens_per_s));
+    add("wall_s", Box::new(|m| Some(m.wall_s)));
+    // Latencies as `vllm bench serve` reports them: `{ttft,tpot,itl,e2e}_{mean,p50,p90,p99}_ms`.
+    type Pick = fn(&JobMetrics) -> Option<&LatencyPercentiles>;
+    let latencies: [(&str, Pick); 4] = [
+        ("ttft", |m| m.ttft_ms.as_ref()),
+        ("tpot", |m| m.tpot_ms.as_ref()),
+        ("itl", |m| m.itl_ms.as_ref()),
+        ("e2e", |m| m.e2e_ms.as_ref()),
+    ];
+    type Stat = fn(&LatencyPercentiles) -> f64;
+    let of_each: [(&str, Stat); 4] = [
+        ("mean", |p| p.mean),
+        ("p50", |p| p.p50),
+        ("p90", |p| p.p90),
+        ("p99", |p| p.p99),
+    ];
+    for (metric, pick) in latencies {
+        for (stat, value) in of_each {
+            add(
+                &format!("{metric}_{stat}_ms"),
+                Box::new(move |m| pick(m).map(value)),
+            );
+        }
+    }
+    add(
+        "request_throughput_per_s",
+        Box::new(|m| m.request_throughput_per_s),
+    );
+    add(
+        "achieved_arrival_rate_per_s",
+        Box::new(|m| m.achieved_arrival_rate_per_s),
+    );
+    add("flops_per_s", Box::new(|m| m.flops_per_s));
+
+    out
+}
+
+/// Every statistic name an aggregate can hold, non-energy first.
+pub fn metric_names() -> Vec<String> {
+    let mut names: Vec<String> = plain_metrics().into_iter().map(|(n, _)| n).collect();
+    names.extend(energy_metrics().into_iter().map(|(n, _)| n.to_string()));
+    names
+}
+
+/// The per-cycle values statistic `name` is computed from (as `aggregate_experiment`
+/// picks them), or why there are none. `None` for a name that is not a statistic.
+pub fn metric_cycle_values(cycles: &[JobMetrics], name: &str) -> Option<Result<Vec<f64>, String>> {
+    if cycles.is_empty() {
+        return Some(Err("no cycle has results".into()));
+    }
+    if let Some((_, figure)) = plain_metrics().into_iter().find(|(n, _)| n == name) {
+        // Non-energy statistics need every cycle.
+        let missing: Vec<String> = cycles
+            .iter()
+            .filter(|m| figure(m).is_none())
+            .map(|m| (m.cycle + 1).to_string())
+            .collect();
+        return Some(if missing.is_empty() {
+            Ok(cycles.iter().filter_map(&figure).collect())
+        } else {
+            Err(format!("not measured in cycle {}", missing.join(", ")))
+        });
+    }
+    let (_, figure) = energy_metrics().into_iter().find(|(n, _)| *n == name)?;
+    // Energy statistics use the cycles that have the figure.
+    let mut vals = Vec::new();
+    let mut first_reason = None;
+    for m in cycles {
+        match figure(m) {
+            Ok(v) => vals.push(v),
+            Err(why) => {
+                first_reason.get_or_insert(why);
+            }
+        }
+    }
+    Some(if vals.is_empty() {
+        Err(first_reason.unwrap_or_else(|| "no cycle has the figure".into()))
+    } else {
+        Ok(vals)
+    })
 }
 
 /// One energy figure of a cycle, or why the cycle has none.
@@ -1158,6 +1222,57 @@ pub(crate) mod tests {
         let agg = aggregate_experiment("exp", "c", "m", 2, &raws[..2]);
         assert!(!agg.energy_cycles_left_out.contains_key("energy_total_j"));
         assert_eq!(agg.stats["energy_total_j"].n, 2);
+    }
+
+    #[test]
+    fn cycle_values_are_the_ones_each_statistic_summarises() {
+        let raws = vec![
+            two_gpus(0, [Some(100.0), Some(200.0)]),
+            two_gpus(1, [Some(150.0), Some(250.0)]),
+            two_gpus(2, [Some(900.0), None]),
+        ];
+        let agg = aggregate_experiment("exp", "c", "m", 3, &raws);
+        assert!(agg.stats.len() > 10, "{:?}", agg.stats.keys());
+        for (name, summary) in &agg.stats {
+            let vals = metric_cycle_values(&agg.cycles, name)
+                .unwrap_or_else(|| panic!("{name} is a statistic"))
+                .unwrap_or_else(|why| panic!("{name}: {why}"));
+            assert_eq!(Summary::of(&vals).as_ref(), Some(summary), "{name}");
+        }
+        // Energy: the cycles that have the figure (cycle 3 has no gpu-1 reading).
+        let total = metric_cycle_values(&agg.cycles, "energy_total_j").unwrap();
+        assert_eq!(total, Ok(vec![300.0, 400.0]));
+        // Every name the aggregate may hold is known, and nothing else is.
+        let names = metric_names();
+        assert!(agg.stats.keys().all(|k| names.contains(k)));
+        assert_eq!(metric_cycle_values(&agg.cycles, "no_such_metric"), None);
+        // A statistic with no value in any cycle says why instead of giving zero.
+        let why = metric_cycle_values(&agg.cycles, "co2e_g")
+            .unwrap()
+            .unwrap_err();
+        assert!(!why.is_empty());
+        assert!(!agg.stats.contains_key("co2e_g"));
+        assert_eq!(
+            metric_cycle_values(&[], "wall_s"),
+            Some(Err("no cycle has results".into()))
+        );
+        // A non-energy figure missing in one cycle: no values, and the cycle named.
+        let agg = aggregate_experiment(
+            "exp",
+            "c",
+            "m",
+            2,
+            &[raw(0, 2_000_000_000, vec![]), raw(1, 0, vec![])],
+        );
+        assert!(!agg.stats.contains_key("output_tokens_per_s"));
+        assert_eq!(
+            metric_cycle_values(&agg.cycles, "output_tokens_per_s"),
+            Some(Err("not measured in cycle 2".into()))
+        );
+        assert_eq!(
+            metric_cycle_values(&agg.cycles, "wall_s"),
+            Some(Ok(vec![2.0, 0.0]))
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod batch;
 mod completions;
+mod compare;
 mod config_cmd;
 mod doctor;
 mod error;
@@ -352,6 +353,24 @@ pub enum ResultsCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Compare two experiments metric by metric: B − A, its 95% CI and whether it is
+    /// significant (Welch's t-test on per-cycle values).
+    Compare {
+        /// The baseline experiment (id or unique prefix).
+        #[arg(value_name = "A")]
+        a: String,
+        /// The experiment compared with it.
+        #[arg(value_name = "B")]
+        b: String,
+        /// Only this metric (repeatable; default: every metric either side has).
+        #[arg(long = "metric", value_name = "NAME")]
+        metrics: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// Runs a parsed command line.
@@ -373,9 +392,9 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Aggregate(args) => results::aggregate(&args.store.resolve(&top), args),
         Command::Results(cmd) => {
             let dir = match &cmd {
-                ResultsCommand::List { store, .. } | ResultsCommand::Show { store, .. } => {
-                    store.resolve(&top)
-                }
+                ResultsCommand::List { store, .. }
+                | ResultsCommand::Show { store, .. }
+                | ResultsCommand::Compare { store, .. } => store.resolve(&top),
             };
             results::run(&dir, cmd)
         }
@@ -460,6 +479,7 @@ mod tests {
             "results list",
             "results show",
             "doctor",
+            "results compare",
         ];
         for (path, cmd) in all_commands() {
             let mut cmd = cmd;

@@ -1,4 +1,4 @@
-//! `lem results list|show` and `lem aggregate`.
+//! `lem results list|show` and `lem aggregate` (`results compare` is in `compare.rs`).
 
 use super::error::outln;
 use super::{lem_hint, AggregateArgs, CliError, Outcome, ResultsCommand};
@@ -15,6 +15,13 @@ pub fn run(data_dir: &Path, cmd: ResultsCommand) -> Result<Outcome, CliError> {
     match cmd {
         ResultsCommand::List { all, json, .. } => list(&store, all, json),
         ResultsCommand::Show { id, raw, json, .. } => show(&store, &id, raw, json),
+        ResultsCommand::Compare {
+            a,
+            b,
+            metrics,
+            json,
+            ..
+        } => super::compare::compare(&store, &a, &b, &metrics, json),
     }
 }
 
