@@ -6,6 +6,7 @@ mod batch;
 mod config_cmd;
 mod error;
 mod experiment;
+mod export_cmd;
 mod gpu_check;
 mod model_cmd;
 mod reference;
@@ -315,6 +316,32 @@ pub enum ResultsCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Export results as CSV or JSON Lines for pandas and other tools (columns: docs/export.md).
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Experiment ids (or unique prefixes).
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub ids: Vec<String>,
+    /// Every experiment that has an aggregate; the others are named on stderr.
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long, value_enum)]
+    pub format: crate::export::ExportFormat,
+    /// One row per request, per cycle or per experiment.
+    #[arg(long, value_enum)]
+    pub level: crate::export::ExportLevel,
+    /// Write to this file (replaced whole, never half-written) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Runs a parsed command line.
@@ -336,9 +363,9 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Aggregate(args) => results::aggregate(&args.store.resolve(&top), args),
         Command::Results(cmd) => {
             let dir = match &cmd {
-                ResultsCommand::List { store, .. } | ResultsCommand::Show { store, .. } => {
-                    store.resolve(&top)
-                }
+                ResultsCommand::List { store, .. }
+                | ResultsCommand::Show { store, .. }
+                | ResultsCommand::Export(ExportArgs { store, .. }) => store.resolve(&top),
             };
             results::run(&dir, cmd)
         }

@@ -1,4 +1,4 @@
-//! `lem results list|show` and `lem aggregate`.
+//! `lem results list|show` and `lem aggregate` (`results export` is in `export_cmd`).
 
 use super::error::outln;
 use super::{lem_hint, AggregateArgs, CliError, Outcome, ResultsCommand};
@@ -15,6 +15,7 @@ pub fn run(data_dir: &Path, cmd: ResultsCommand) -> Result<Outcome, CliError> {
     match cmd {
         ResultsCommand::List { all, json, .. } => list(&store, all, json),
         ResultsCommand::Show { id, raw, json, .. } => show(&store, &id, raw, json),
+        ResultsCommand::Export(args) => super::export_cmd::export(&store, args),
     }
 }
 
