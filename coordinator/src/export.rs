@@ -368,13 +368,21 @@ mod tests {
 
     #[test]
     fn every_statistic_the_aggregate_produces_has_experiment_columns() {
-        // Two cycles with spread in wall time so every stat with data exists.
-        let raws = [
-            raw_result("e", 0, 3, 2_000_000),
-            raw_result("e", 1, 3, 4_000_000),
-        ];
+        // Two cycles with energy read (a simulated GPU) so the energy statistics exist too.
+        let raws: Vec<RawResult> = [(0, 2_000_000, 5.0), (1, 4_000_000, 9.0)]
+            .into_iter()
+            .map(|(cycle, wall_ns, energy_mj)| {
+                let mut raw = raw_result("e", cycle, 3, wall_ns);
+                let r = &mut raw.energy[0];
+                r.energy_mj = Some(energy_mj);
+                r.unavailable_reason = None;
+                r.source = lem_common::domain::EnergySource::NvmlCounter;
+                r.simulated = true;
+                raw
+            })
+            .collect();
         let agg = aggregate_experiment("e", "c", "m", 2, &raws);
-        assert!(!agg.stats.is_empty());
+        assert!(agg.stats.contains_key("energy_total_j"));
         for name in agg.stats.keys() {
             assert!(
                 EXPERIMENT_STATS.contains(&name.as_str()),
