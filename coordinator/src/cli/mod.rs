@@ -332,6 +332,7 @@ pub struct ExportArgs {
     /// Every experiment that has an aggregate; the others are named on stderr.
     #[arg(long)]
     pub all: bool,
+    /// CSV (null = empty cell) or JSON Lines (null = `null`).
     #[arg(long, value_enum)]
     pub format: crate::export::ExportFormat,
     /// One row per request, per cycle or per experiment.
@@ -446,6 +447,7 @@ mod tests {
             "aggregate",
             "results list",
             "results show",
+            "results export",
         ];
         for (path, cmd) in all_commands() {
             let mut cmd = cmd;
