@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod batch_schedule;
 pub mod cli;
 pub mod embedded;
+pub mod export;
 pub mod scheduler;
 pub mod store;
 #[cfg(test)]

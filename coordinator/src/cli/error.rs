@@ -56,6 +56,8 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Embedded(#[from] EmbeddedError),
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
 }
 
 impl CliError {

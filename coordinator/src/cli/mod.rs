@@ -9,6 +9,7 @@ mod config_cmd;
 mod doctor;
 mod error;
 mod experiment;
+mod export_cmd;
 mod gpu_check;
 mod man_page;
 mod model_cmd;
@@ -371,6 +372,33 @@ pub enum ResultsCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Export results as CSV or JSON Lines for pandas and other tools (columns: docs/export.md).
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Experiment ids (or unique prefixes).
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub ids: Vec<String>,
+    /// Every experiment that has an aggregate; the others are named on stderr.
+    #[arg(long)]
+    pub all: bool,
+    /// CSV (null = empty cell) or JSON Lines (null = `null`).
+    #[arg(long, value_enum)]
+    pub format: crate::export::ExportFormat,
+    /// One row per request, per cycle or per experiment.
+    #[arg(long, value_enum)]
+    pub level: crate::export::ExportLevel,
+    /// Write to this file (replaced whole, never half-written) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Runs a parsed command line.
@@ -394,7 +422,8 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
             let dir = match &cmd {
                 ResultsCommand::List { store, .. }
                 | ResultsCommand::Show { store, .. }
-                | ResultsCommand::Compare { store, .. } => store.resolve(&top),
+                | ResultsCommand::Compare { store, .. }
+                | ResultsCommand::Export(ExportArgs { store, .. }) => store.resolve(&top),
             };
             results::run(&dir, cmd)
         }
@@ -480,6 +509,7 @@ mod tests {
             "results show",
             "doctor",
             "results compare",
+            "results export",
         ];
         for (path, cmd) in all_commands() {
             let mut cmd = cmd;

@@ -1,4 +1,5 @@
-//! `lem results list|show` and `lem aggregate` (`results compare` is in `compare.rs`).
+//! `lem results list|show` and `lem aggregate` (`results compare` is in `compare.rs`,
+//! `results export` in `export_cmd.rs`).
 
 use super::error::outln;
 use super::{lem_hint, AggregateArgs, CliError, Outcome, ResultsCommand};
@@ -22,6 +23,7 @@ pub fn run(data_dir: &Path, cmd: ResultsCommand) -> Result<Outcome, CliError> {
             json,
             ..
         } => super::compare::compare(&store, &a, &b, &metrics, json),
+        ResultsCommand::Export(args) => super::export_cmd::export(&store, args),
     }
 }
 

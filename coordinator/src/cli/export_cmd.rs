@@ -1,0 +1,102 @@
+//! `lem results export`: stored aggregates (and, per request, the raw results they used)
+//! as CSV or JSON Lines, to stdout or atomically to a file. The store is only read.
+
+use super::{CliError, ExportArgs, Outcome};
+use crate::aggregate::ExperimentAggregate;
+use crate::embedded::StoreHandle;
+use crate::export::{self, ExportLevel};
+use crate::store::ExperimentRecord;
+use lem_common::domain::RawResult;
+use std::io::Write;
+use std::path::Path;
+
+pub fn export(store: &StoreHandle, args: ExportArgs) -> Result<Outcome, CliError> {
+    let need_raw = args.level == ExportLevel::Request;
+    // One store open for every record, aggregate and raw result.
+    let (found, skipped) = store.read(|s| {
+        let recs: Vec<ExperimentRecord> = if args.all {
+            s.experiments()?
+        } else {
+            let mut recs: Vec<ExperimentRecord> = Vec::new();
+            for id in &args.ids {
+                let rec = s.find_experiment(id)?;
+                // The same experiment named twice (id and prefix) is exported once.
+                if !recs.iter().any(|r| r.id == rec.id) {
+                    recs.push(rec);
+                }
+            }
+            recs
+        };
+        let mut found: Vec<(ExperimentAggregate, Vec<RawResult>)> = Vec::new();
+        let mut skipped: Vec<ExperimentRecord> = Vec::new();
+        for rec in recs {
+            match s.aggregate::<ExperimentAggregate>(&rec.id)? {
+                Some(agg) => {
+                    let raws = if need_raw {
+                        s.raw_results(&rec.id)?
+                    } else {
+                        Vec::new()
+                    };
+                    found.push((agg, raws));
+                }
+                None => skipped.push(rec),
+            }
+        }
+        Ok((found, skipped))
+    })?;
+    if !args.all {
+        if let Some(rec) = skipped.first() {
+            return Err(CliError::failure(format!(
+                "experiment {} ({}) has no aggregate to export; aggregate it first: {}",
+                rec.id,
+                rec.status.as_str(),
+                super::lem_hint(&store.data_dir, &format!("aggregate {}", rec.id))
+            )));
+        }
+    }
+    for rec in &skipped {
+        eprintln!("skipped {} ({}): no aggregate", rec.id, rec.status.as_str());
+    }
+    if found.is_empty() {
+        return Err(CliError::failure(format!(
+            "nothing to export: no experiment in {} has an aggregate",
+            store.data_dir.display()
+        )));
+    }
+    let table = export::build_table(args.level, &found)?;
+    match &args.out {
+        None => export::write_table(&table, args.format, &mut std::io::stdout().lock())?,
+        Some(path) => write_atomically(path, |f| export::write_table(&table, args.format, f))
+            .map_err(|e| CliError::failure(format!("cannot write {}: {e}", path.display())))?,
+    }
+    Ok(Outcome::Success)
+}
+
+/// Writes `path` through a temporary file beside it and a rename, so a reader never sees
+/// half a file and a failed export leaves an earlier file as it was.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<(), export::ExportError>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or("the path names no file")?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.lem-export-{}", std::process::id()));
+    let result = (|| -> Result<(), Box<dyn std::error::Error>> {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        write(&mut file)?;
+        let file = file.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -1,0 +1,364 @@
+//! `lem results export` at the command line: rows, columns and nulls of each level and
+//! format over a store filled through the library (no model), its errors, and a check
+//! that pandas loads both formats with the values `lem results show --json` prints.
+
+use lem_common::domain::{DeviceKind, EnergyReading, EnergySource};
+use lem_coordinator::embedded::{self, StoreHandle};
+use lem_coordinator::store::{ExperimentRecord, ExperimentStatus, Store};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+#[path = "../../tests/support.rs"]
+mod support;
+
+#[path = "../src/test_fixtures.rs"]
+#[allow(dead_code)]
+mod fixtures;
+
+/// Simulated GPU energy of exp_a's cycles (mJ) and their wall times (ns).
+const GPU_MJ: [f64; 2] = [40_000.0, 46_000.0];
+const WALL_NS: [u64; 2] = [2_000_000_000, 3_000_000_000];
+
+/// A data dir with: `exp_a` (2 cycles, simulated GPU energy), `exp_b` (1 cycle, energy
+/// unavailable), both aggregated; `exp_c` failed before any result.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+}
+
+fn record(id: &str, cycles: u32, status: ExperimentStatus) -> ExperimentRecord {
+    let mut resolved = fixtures::resolved_config("org/model");
+    resolved.config.num_cycles = cycles;
+    let cfg = &resolved.config;
+    ExperimentRecord {
+        id: id.to_string(),
+        config_name: format!("cfg-{id}"),
+        model_name: cfg.model_name.clone(),
+        config_fingerprint: embedded::config_fingerprint(cfg),
+        effective_config: cfg.to_json(),
+        cli_overrides: resolved.cli_overrides.clone(),
+        num_cycles: cycles,
+        status,
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        updated_at: "2026-01-01T00:00:00.000Z".into(),
+        pid: std::process::id(),
+        hostname: "test-host".into(),
+        error: (status == ExperimentStatus::Failed).then(|| "cycle 1: no prompts".into()),
+        error_chain: Vec::new(),
+        origin: "test".into(),
+    }
+}
+
+fn simulated_gpu(energy_mj: f64, window_ns: u64) -> EnergyReading {
+    let mut r = EnergyReading::unavailable(DeviceKind::Gpu, "GPU-fake-0", "", window_ns);
+    r.source = EnergySource::NvmlCounter;
+    r.energy_mj = Some(energy_mj);
+    r.unavailable_reason = None;
+    r.simulated = true;
+    r
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("results");
+        let recs = [
+            record("exp_a", 2, ExperimentStatus::Completed),
+            record("exp_b", 1, ExperimentStatus::Completed),
+            record("exp_c", 1, ExperimentStatus::Failed),
+        ];
+        {
+            let store = Store::open(&data, Duration::from_secs(10)).unwrap();
+            for rec in &recs {
+                store.put_experiment(rec).unwrap();
+            }
+            for cycle in 0..2 {
+                let mut raw = fixtures::raw_result("exp_a", cycle, 4, WALL_NS[cycle as usize]);
+                raw.energy = vec![simulated_gpu(
+                    GPU_MJ[cycle as usize],
+                    WALL_NS[cycle as usize],
+                )];
+                store.put_raw(&raw).unwrap();
+            }
+            store
+                .put_raw(&fixtures::raw_result("exp_b", 0, 1, 1_000_000_000))
+                .unwrap();
+        } // closed: the aggregation below opens it again
+        let handle = StoreHandle::new(&data);
+        for rec in &recs[..2] {
+            embedded::aggregate_and_store(&handle, rec).unwrap();
+        }
+        Self { _dir: dir, data }
+    }
+
+    fn lem(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_lem"))
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(args)
+            .env_remove("LEM_DATA_DIR")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    }
+
+    /// `lem results export ARGS`, which must succeed; its stdout.
+    fn export(&self, args: &[&str]) -> String {
+        let out = self.lem(&[&["results", "export"], args].concat());
+        assert!(
+            out.status.success(),
+            "export {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// CSV text as rows of column → cell.
+fn csv_rows(text: &str) -> Vec<BTreeMap<String, String>> {
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            assert_eq!(rec.len(), header.len(), "a row as wide as the header");
+            header
+                .iter()
+                .cloned()
+                .zip(rec.iter().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+fn jsonl_rows(text: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    text.lines()
+        .map(|l| match serde_json::from_str(l).unwrap() {
+            serde_json::Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+}
+
+#[test]
+fn cycle_csv_has_one_row_per_cycle_with_energy_or_an_empty_cell() {
+    let fx = Fixture::new();
+    let rows = csv_rows(&fx.export(&["exp_a", "exp_b", "--format", "csv", "--level", "cycle"]));
+    assert_eq!(rows.len(), 3, "2 cycles of exp_a + 1 of exp_b");
+    for (i, row) in rows[..2].iter().enumerate() {
+        assert_eq!(row["experiment_id"], "exp_a");
+        assert_eq!(row["cycle"], i.to_string());
+        assert_eq!(row["simulated"], "true");
+        assert_eq!(row["energy_method"], "nvml-counter");
+        let energy_j: f64 = row["energy_total_j"].parse().unwrap();
+        assert!(close(energy_j, GPU_MJ[i] / 1000.0), "{energy_j}");
+        let wall_s: f64 = row["wall_s"].parse().unwrap();
+        assert!(close(wall_s, WALL_NS[i] as f64 / 1e9), "{wall_s}");
+        // 2 requests × 4 output tokens per cycle (the fixture).
+        let per_token: f64 = row["j_per_output_token"].parse().unwrap();
+        assert!(close(per_token, GPU_MJ[i] / 1000.0 / 8.0), "{per_token}");
+        assert_eq!(row["energy_unavailable_reason"], "");
+    }
+    let b = &rows[2];
+    assert_eq!(b["experiment_id"], "exp_b");
+    assert_eq!(b["simulated"], "false");
+    for column in [
+        "energy_total_j",
+        "energy_gpu_j",
+        "j_per_output_token",
+        "energy_method",
+        "tpot_mean_ms",
+        "peak_memory_bytes",
+    ] {
+        assert_eq!(b[column], "", "{column} is null, not zero");
+    }
+    assert!(!b["energy_unavailable_reason"].is_empty());
+}
+
+#[test]
+fn request_jsonl_has_one_object_per_request_with_nulls() {
+    let fx = Fixture::new();
+    let rows =
+        jsonl_rows(&fx.export(&["exp_a", "exp_b", "--format", "jsonl", "--level", "request"]));
+    // Two requests per cycle, three cycles.
+    assert_eq!(rows.len(), 6);
+    let raw = fixtures::raw_result("exp_a", 0, 4, WALL_NS[0]);
+    let first = &rows[0];
+    assert_eq!(first["experiment_id"], "exp_a");
+    assert_eq!(first["request_index"], 0);
+    assert_eq!(first["output_tokens"], 4);
+    assert_eq!(first["stop_reason"], "max_tokens");
+    assert!(close(
+        first["ttft_ms"].as_f64().unwrap(),
+        raw.requests[0].ttft_ns as f64 / 1e6
+    ));
+    assert!(close(
+        first["e2e_ms"].as_f64().unwrap(),
+        raw.requests[0].e2e_ns as f64 / 1e6
+    ));
+    assert!(first["arrival_offset_ms"].is_null());
+    // exp_b's requests have one token: no gap between tokens, no TPOT.
+    let b = &rows[5];
+    assert_eq!(b["experiment_id"], "exp_b");
+    assert!(b["itl_mean_ms"].is_null() && b["tpot_ms"].is_null());
+    // Every object has the same keys in the same order.
+    let keys =
+        |m: &serde_json::Map<String, serde_json::Value>| m.keys().cloned().collect::<Vec<_>>();
+    assert!(rows.iter().all(|r| keys(r) == keys(first)));
+}
+
+#[test]
+fn experiment_export_of_all_writes_the_file_and_names_what_it_skipped() {
+    let fx = Fixture::new();
+    let out_path = fx.data.parent().unwrap().join("exp.csv");
+    std::fs::write(&out_path, "an older export\n").unwrap();
+    let out_arg = out_path.display().to_string();
+    let out = fx.lem(&[
+        "results",
+        "export",
+        "--all",
+        "--format",
+        "csv",
+        "--level",
+        "experiment",
+        "--out",
+        &out_arg,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "the table went to the file");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("skipped exp_c (failed): no aggregate"),
+        "{stderr}"
+    );
+    let rows = csv_rows(&std::fs::read_to_string(&out_path).unwrap());
+    assert_eq!(rows.len(), 2);
+    let a = &rows[0];
+    assert_eq!(a["experiment_id"], "exp_a");
+    assert_eq!(a["config_name"], "cfg-exp_a");
+    assert_eq!(a["num_cycles"], "2");
+    let mean_j: f64 = a["energy_total_j_mean"].parse().unwrap();
+    assert!(close(mean_j, (GPU_MJ[0] + GPU_MJ[1]) / 2000.0), "{mean_j}");
+    assert_eq!(a["energy_total_j_n"], "2");
+    // Sample std of two values: |a − b| / √2.
+    let std_j: f64 = a["energy_total_j_std"].parse().unwrap();
+    assert!(close(
+        std_j,
+        (GPU_MJ[1] - GPU_MJ[0]).abs() / 1000.0 / 2f64.sqrt()
+    ));
+    let b = &rows[1];
+    assert_eq!(b["experiment_id"], "exp_b");
+    assert_eq!(b["energy_total_j_mean"], "");
+    assert_eq!(b["energy_total_j_n"], "");
+    // One cycle: a mean but no spread.
+    assert!(!b["wall_s_mean"].is_empty());
+    assert_eq!(b["wall_s_ci95_half_width"], "");
+    // No temporary file is left beside the output.
+    let left: Vec<_> = std::fs::read_dir(out_path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("lem-export"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn bad_requests_are_refused_naming_what_is_wrong() {
+    let fx = Fixture::new();
+    let failed = fx.lem(&[
+        "results", "export", "exp_c", "--format", "csv", "--level", "cycle",
+    ]);
+    assert_eq!(failed.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        err.contains("experiment exp_c (failed) has no aggregate"),
+        "{err}"
+    );
+    assert!(err.contains("aggregate exp_c"), "{err}");
+    assert!(failed.stdout.is_empty());
+
+    let unknown = fx.lem(&[
+        "results", "export", "exp_z", "--format", "csv", "--level", "cycle",
+    ]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no experiment `exp_z`"));
+
+    let no_ids = fx.lem(&["results", "export", "--format", "csv", "--level", "cycle"]);
+    assert_eq!(no_ids.status.code(), Some(2));
+    let bad_level = fx.lem(&[
+        "results", "export", "--all", "--format", "csv", "--level", "job",
+    ]);
+    assert_eq!(bad_level.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_level.stderr).contains("job"));
+
+    // Read-only: a data dir that does not exist is named, not created.
+    let missing = fx.data.parent().unwrap().join("nowhere");
+    let out = Command::new(env!("CARGO_BIN_EXE_lem"))
+        .arg("--data-dir")
+        .arg(&missing)
+        .args([
+            "results", "export", "--all", "--format", "csv", "--level", "cycle",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no result store"));
+    assert!(!missing.exists());
+}
+
+/// The interpreter of the pandas environment (`scripts/test-python.sh` creates it).
+/// Without one the test fails: under CI always; elsewhere only LEM_SKIP_PANDAS=1 skips.
+fn pandas_python() -> Option<PathBuf> {
+    let script = support::repo_root().join("scripts/test-python.sh");
+    let out = Command::new(&script).output().unwrap();
+    if out.status.success() {
+        let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        return Some(PathBuf::from(path));
+    }
+    let why = String::from_utf8_lossy(&out.stderr).into_owned();
+    if std::env::var_os("LEM_SKIP_PANDAS").is_some() && std::env::var_os("CI").is_none() {
+        eprintln!("skipped: no pandas environment ({why})");
+        return None;
+    }
+    panic!(
+        "{} failed (set up pandas or, outside CI, LEM_SKIP_PANDAS=1): {why}",
+        script.display()
+    );
+}
+
+#[test]
+fn pandas_loads_both_formats_with_the_values_results_show_prints() {
+    let Some(python) = pandas_python() else {
+        return;
+    };
+    let fx = Fixture::new();
+    let check = support::repo_root().join("tests/export_pandas.py");
+    let out = Command::new(python)
+        .arg(&check)
+        .arg(env!("CARGO_BIN_EXE_lem"))
+        .arg(&fx.data)
+        .args(["exp_a", "exp_b"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The script reports each comparison it made; it must have made some of each level.
+    let said = String::from_utf8_lossy(&out.stdout);
+    for level in ["request", "cycle", "experiment"] {
+        assert!(said.contains(&format!("{level}: ")), "{said}");
+    }
+}
