@@ -3,8 +3,8 @@
 //! codes.
 
 mod batch;
-mod completions;
 mod compare;
+mod completions;
 mod config_cmd;
 mod doctor;
 mod error;
