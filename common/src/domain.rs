@@ -159,6 +159,22 @@ pub struct PowerSample {
     pub throttle_reasons: Option<u64>,
 }
 
+impl PowerSample {
+    /// A sample with only the power usage reading (`power_avg_w`), every other sensor
+    /// absent: what traces built from a power profile need.
+    pub fn power_usage_only(t_ns: u64, power_w: f64) -> Self {
+        Self {
+            t_ns,
+            power_avg_w: Some(power_w),
+            power_instant_w: None,
+            energy_counter_mj: None,
+            temperature_c: None,
+            sm_clock_mhz: None,
+            throttle_reasons: None,
+        }
+    }
+}
+
 /// The sampler's record of one device over one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PowerTrace {

@@ -200,15 +200,7 @@ mod tests {
             period_ms: 100.0,
             samples: points
                 .iter()
-                .map(|&(t_ms, w)| PowerSample {
-                    t_ns: t_ms * 1_000_000,
-                    power_avg_w: Some(w),
-                    power_instant_w: None,
-                    energy_counter_mj: None,
-                    temperature_c: None,
-                    sm_clock_mhz: None,
-                    throttle_reasons: None,
-                })
+                .map(|&(t_ms, w)| PowerSample::power_usage_only(t_ms * 1_000_000, w))
                 .collect(),
             unavailable: Default::default(),
         }

@@ -438,15 +438,7 @@ mod tests {
         PowerTrace {
             period_ms: 100.0,
             samples: (0..=30)
-                .map(|i| PowerSample {
-                    t_ns: i * 100 * MS,
-                    power_avg_w: Some(power_w(i * 100)),
-                    power_instant_w: None,
-                    energy_counter_mj: None,
-                    temperature_c: None,
-                    sm_clock_mhz: None,
-                    throttle_reasons: None,
-                })
+                .map(|i| PowerSample::power_usage_only(i * 100 * MS, power_w(i * 100)))
                 .collect(),
             unavailable: Default::default(),
         }

@@ -229,17 +229,7 @@ pub fn measure(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    struct Virtual(AtomicU64);
-    impl MeterClock for Virtual {
-        fn now_ns(&self) -> u64 {
-            self.0.load(Ordering::SeqCst)
-        }
-        fn sleep(&self, d: Duration) {
-            self.0.fetch_add(d.as_nanos() as u64, Ordering::SeqCst);
-        }
-    }
+    use crate::meter::clock::VirtualClock;
 
     /// A counter updating every `period_ms` from `phase_ms`, integrating `power(t_s)`
     /// (W) by the rectangle rule at 1 ms (the test's own model of a stepping counter).
@@ -254,7 +244,7 @@ mod tests {
 
     #[test]
     fn settles_after_a_decay_then_measures_the_idle_power_and_period() {
-        let clock = Virtual(AtomicU64::new(0));
+        let clock = VirtualClock::default();
         // 300 W falling to 60 W over the first 3 s (after warmup), then 60 W.
         let power = |t: f64| if t < 3.0 { 300.0 - 80.0 * t } else { 60.0 };
         let out = measure(&clock, &[100.0], Duration::from_secs(2), |_| {
@@ -284,7 +274,7 @@ mod tests {
 
     #[test]
     fn a_counter_that_never_moves_has_no_baseline() {
-        let clock = Virtual(AtomicU64::new(0));
+        let clock = VirtualClock::default();
         let out = measure(&clock, &[100.0], Duration::from_secs(1), |_| Ok(5));
         let why = out[0].power_w.as_ref().unwrap_err();
         assert!(

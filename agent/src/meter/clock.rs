@@ -42,6 +42,23 @@ impl MeterClock for RealClock {
     }
 }
 
+/// A clock that moves only when slept on: unit tests of code that polls until a counter
+/// moves, without real time passing.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct VirtualClock(std::sync::atomic::AtomicU64);
+
+#[cfg(test)]
+impl MeterClock for VirtualClock {
+    fn now_ns(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn sleep(&self, d: Duration) {
+        self.0
+            .fetch_add(d.as_nanos() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -125,22 +125,11 @@ impl EdgeWait {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    /// A clock that moves only when slept on.
-    struct Virtual(AtomicU64);
-    impl MeterClock for Virtual {
-        fn now_ns(&self) -> u64 {
-            self.0.load(Ordering::SeqCst)
-        }
-        fn sleep(&self, d: Duration) {
-            self.0.fetch_add(d.as_nanos() as u64, Ordering::SeqCst);
-        }
-    }
+    use crate::meter::clock::VirtualClock;
 
     #[test]
     fn an_update_between_polls_is_placed_mid_bracket() {
-        let clock = Virtual(AtomicU64::new(0));
+        let clock = VirtualClock::default();
         // Counter 0 updates at 37.4 ms, counter 1 never, counter 2 is not watched.
         let read = |i: usize| -> Result<u64, String> {
             let t = clock.now_ns();
@@ -174,7 +163,7 @@ mod tests {
 
     #[test]
     fn a_counter_going_backwards_or_failing_is_a_reason() {
-        let clock = Virtual(AtomicU64::new(0));
+        let clock = VirtualClock::default();
         let wait = EdgeWait {
             poll: Duration::from_millis(1),
             bound: Duration::from_millis(10),
