@@ -215,15 +215,7 @@ fn print_text(a: &Side, b: &Side, rows: &[MetricComparison]) -> std::io::Result<
     outln!();
     let header = ["METRIC", "A", "B", "B − A", "95% CI OF B − A", "VERDICT"].map(String::from);
     let cells: Vec<[String; 6]> = rows.iter().map(row_cells).collect();
-    let width = |c: usize| {
-        cells
-            .iter()
-            .chain([&header])
-            .map(|r| r[c].chars().count())
-            .max()
-            .unwrap_or(0)
-    };
-    let w: Vec<usize> = (0..5).map(width).collect();
+    let w = super::table::column_widths(&header, &cells);
     for r in [&header].into_iter().chain(&cells) {
         outln!(
             "{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {:<w4$}  {}",

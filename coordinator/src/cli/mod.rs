@@ -15,6 +15,7 @@ mod man_page;
 mod model_cmd;
 mod reference;
 mod results;
+mod table;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};

@@ -122,15 +122,7 @@ fn print_rows(rows: &[ListRow]) -> std::io::Result<()> {
         })
         .collect();
     let header = ["ID", "STATUS", "CYCLES", "CONFIG", "MODEL"].map(String::from);
-    let width = |c: usize| {
-        cells
-            .iter()
-            .chain([&header])
-            .map(|r| r[c].chars().count())
-            .max()
-            .unwrap_or(0)
-    };
-    let (w0, w1, w2, w3) = (width(0), width(1), width(2), width(3));
+    let [w0, w1, w2, w3, _] = super::table::column_widths(&header, &cells);
     for r in [&header].into_iter().chain(&cells) {
         outln!(
             "{:<w0$}  {:<w1$}  {:>w2$}  {:<w3$}  {}",
