@@ -273,8 +273,8 @@ fn container_file_builds_both_binaries_and_runs_unprivileged() {
     assert!(text.contains("--bin lem --bin lem-agent"));
     let user = text
         .lines()
-        .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
         .expect("USER");
     assert!(!user.starts_with("root") && !user.starts_with("0"));
 }
