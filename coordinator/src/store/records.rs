@@ -1,0 +1,210 @@
+//! The `records` tree: the scheduler's durable log. `persist` appends one `Record` under
+//! the next sequence number and, in the same sled transaction, updates the rows derived
+//! from it (sweeps, jobs, attempts, results, accepted); then it flushes. `records`
+//! reads the log back in order for `Scheduler::recover`.
+//!
+//! Result ingest is idempotent: a result record for an attempt whose result is already
+//! stored appends nothing and answers `AlreadyCommitted`, so the caller acks again.
+
+use super::codec::{
+    from_json, key_u64, to_json, u64_key, ACCEPTED, ATTEMPTS, JOBS, RECORDS, RESULTS, SWEEPS,
+};
+use super::error::StoreError;
+use super::results::{Disposition, StoredResult};
+use super::scheduler_rows::{rows_of_sweep, AttemptRow};
+use super::Store;
+use crate::scheduler::{AttemptId, JobId, Record};
+use lem_common::domain::RawResult;
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
+
+/// What `persist` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persisted {
+    /// Appended (and flushed) as record `seq`.
+    Appended { seq: u64 },
+    /// The attempt's result was already stored with this disposition; nothing was
+    /// written.
+    AlreadyCommitted { disposition: Disposition },
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+impl Store {
+    /// Makes `record` durable. `body` is the result a `ResultAccepted` or
+    /// `ResultSuperseded` record stores (required for those, ignored otherwise).
+    pub fn persist(
+        &self,
+        record: &Record,
+        body: Option<&RawResult>,
+    ) -> Result<Persisted, StoreError> {
+        let result_of = match record {
+            Record::ResultAccepted { attempt, job } => Some((
+                "ResultAccepted",
+                *attempt,
+                *job,
+                None,
+                Disposition::Accepted,
+            )),
+            Record::ResultSuperseded {
+                attempt,
+                job,
+                epoch,
+            } => Some((
+                "ResultSuperseded",
+                *attempt,
+                *job,
+                Some(*epoch),
+                Disposition::Superseded,
+            )),
+            _ => None,
+        };
+        if let Some((name, attempt, ..)) = result_of {
+            if body.is_none() {
+                return Err(StoreError::MissingResultBody {
+                    record: name,
+                    attempt,
+                });
+            }
+        }
+        let records = self.tree(RECORDS)?;
+        let sweeps = self.tree(SWEEPS)?;
+        let jobs = self.tree(JOBS)?;
+        let attempts = self.tree(ATTEMPTS)?;
+        let results = self.tree(RESULTS)?;
+        let accepted = self.tree(ACCEPTED)?;
+        let _append = self.append_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = match records.last()? {
+            Some((k, _)) => key_u64(RECORDS, &k)? + 1,
+            None => 0,
+        };
+        let outcome = (&records, &sweeps, &jobs, &attempts, &results, &accepted).transaction(
+            |(tx_records, tx_sweeps, tx_jobs, tx_attempts, tx_results, tx_accepted)| {
+                if let Some((name, attempt, job, epoch, disposition)) = result_of {
+                    if let Some(bytes) = tx_results.get(u64_key(attempt.0))? {
+                        let stored: StoredResult =
+                            match from_json(RESULTS, &attempt.to_string(), &bytes) {
+                                Ok(s) => s,
+                                Err(e) => return abort(e),
+                            };
+                        return Ok(Persisted::AlreadyCommitted {
+                            disposition: stored.disposition,
+                        });
+                    }
+                    let row = attempt_row(tx_attempts, name, attempt)?;
+                    let stored = StoredResult {
+                        attempt,
+                        job,
+                        epoch: epoch.unwrap_or(row.epoch),
+                        disposition,
+                        raw: body.expect("checked above").clone(),
+                    };
+                    if disposition == Disposition::Accepted {
+                        accept(tx_accepted, job, attempt)?;
+                    }
+                    tx_results.insert(&u64_key(attempt.0), to_json(&stored))?;
+                }
+                match record {
+                    Record::SweepCreated(created) => {
+                        let (sweep_row, job_rows) = rows_of_sweep(created);
+                        tx_sweeps.insert(&u64_key(sweep_row.sweep.0), to_json(&sweep_row))?;
+                        for row in &job_rows {
+                            tx_jobs.insert(&u64_key(row.job.0), to_json(row))?;
+                        }
+                    }
+                    Record::AttemptStarted {
+                        attempt,
+                        job,
+                        epoch,
+                        placement,
+                    } => {
+                        let row = AttemptRow {
+                            attempt: *attempt,
+                            job: *job,
+                            epoch: *epoch,
+                            placement: placement.clone(),
+                            end: None,
+                        };
+                        tx_attempts.insert(&u64_key(attempt.0), to_json(&row))?;
+                    }
+                    Record::AttemptEnded { attempt, end, .. } => {
+                        let mut row = attempt_row(tx_attempts, "AttemptEnded", *attempt)?;
+                        row.end = Some(end.clone());
+                        tx_attempts.insert(&u64_key(attempt.0), to_json(&row))?;
+                    }
+                    _ => {}
+                }
+                if tx_records.get(u64_key(seq))?.is_some() {
+                    // The append lock makes this unreachable within one process.
+                    return abort(StoreError::BadKey {
+                        tree: RECORDS,
+                        key: format!("{seq} (written twice)"),
+                    });
+                }
+                tx_records.insert(&u64_key(seq), to_json(record))?;
+                Ok(Persisted::Appended { seq })
+            },
+        );
+        let persisted = match outcome {
+            Ok(p) => p,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        };
+        if matches!(persisted, Persisted::Appended { .. }) {
+            self.db.flush()?;
+        }
+        Ok(persisted)
+    }
+
+    /// The scheduler's records in the order they were persisted.
+    pub fn records(&self) -> Result<Vec<Record>, StoreError> {
+        let tree = self.tree(RECORDS)?;
+        let mut out = Vec::new();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            let seq = key_u64(RECORDS, &k)?;
+            out.push(from_json(RECORDS, &seq.to_string(), &v)?);
+        }
+        Ok(out)
+    }
+}
+
+fn attempt_row(
+    tx_attempts: &TransactionalTree,
+    record: &'static str,
+    attempt: AttemptId,
+) -> TxResult<AttemptRow> {
+    match tx_attempts.get(u64_key(attempt.0))? {
+        Some(bytes) => match from_json(ATTEMPTS, &attempt.to_string(), &bytes) {
+            Ok(row) => Ok(row),
+            Err(e) => abort(e),
+        },
+        None => abort(StoreError::UnknownAttempt { record, attempt }),
+    }
+}
+
+/// Records `attempt` as `job`'s accepted attempt; a job accepts one attempt only.
+fn accept(tx_accepted: &TransactionalTree, job: JobId, attempt: AttemptId) -> TxResult<()> {
+    if let Some(bytes) = tx_accepted.get(u64_key(job.0))? {
+        let accepted = match key_u64(ACCEPTED, &bytes) {
+            Ok(a) => AttemptId(a),
+            Err(e) => return abort(e),
+        };
+        return abort(StoreError::AcceptedTwice {
+            job,
+            accepted,
+            attempt,
+        });
+    }
+    tx_accepted.insert(&u64_key(job.0), &u64_key(attempt.0))?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "records_tests.rs"]
+mod tests;
