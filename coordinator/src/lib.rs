@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod batch_schedule;
 pub mod cli;
+pub mod driver;
 pub mod embedded;
 pub mod export;
 pub mod scheduler;
