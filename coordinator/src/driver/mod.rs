@@ -13,12 +13,16 @@
 //! says where it goes, and drops it when the result was already committed (a resend).
 
 mod link;
+mod local_agent;
+mod run_sweep;
 mod sweep_aggregate;
 
 #[cfg(test)]
 mod tests;
 
 pub use link::{AgentLink, ChannelLink, LinkError};
+pub use local_agent::{in_process_scheduler_config, spawn_local_agent, AgentEvent, JobExecutor};
+pub use run_sweep::{drive_sweep, MonotonicClock};
 pub use sweep_aggregate::{aggregate_sweep, sweep_experiment_id};
 
 use crate::scheduler::{
@@ -39,6 +43,8 @@ pub enum DriverError {
     MissingBody { attempt: AttemptId },
     #[error("a result body came with an event that is not a success: {event}")]
     UnexpectedBody { event: String },
+    #[error("every agent left before {sweep} finished")]
+    AgentsGone { sweep: SweepId },
     #[error(
         "the scheduler {expected:?} the result of {attempt}, but the store holds it {stored:?}"
     )]
