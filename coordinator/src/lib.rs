@@ -6,6 +6,7 @@ pub mod batch_schedule;
 pub mod cli;
 pub mod driver;
 pub mod embedded;
+pub mod embedded_agent;
 pub mod export;
 pub mod scheduler;
 pub mod store;
