@@ -64,6 +64,16 @@ impl StoreHandle {
     }
 }
 
+/// The driver reaches the store the way embedded mode does: one open per operation.
+impl crate::driver::StoreAccess for StoreHandle {
+    fn with_store<T>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with(f)
+    }
+}
+
 /// Fingerprint used to find an earlier incomplete run of the same experiment: the
 /// effective config without its cycle count.
 pub fn config_fingerprint(cfg: &ExperimentConfig) -> String {

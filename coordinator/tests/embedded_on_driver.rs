@@ -11,6 +11,7 @@ use lem_coordinator::driver::{
     drive_sweep, in_process_scheduler_config, spawn_local_agent, sweep_experiment_id, ChannelLink,
     Driver, MonotonicClock,
 };
+use lem_coordinator::embedded::StoreHandle;
 use lem_coordinator::embedded_agent::RunnerExecutor;
 use lem_coordinator::scheduler::{
     AgentId, DeviceKey, DeviceNeeds, Event, ExperimentSubmission, Inventory, JobStatus, Reply,
@@ -42,13 +43,15 @@ fn a_sweep_runs_on_the_real_runner_through_the_driver_and_is_stored_once_per_cyc
     let resolved = config::resolve(Some("quick-test"), None, &cli).unwrap();
     let config_json = resolved.config.to_json();
 
-    let store = Arc::new(Store::open(&dir.path().join("data"), Duration::from_secs(5)).unwrap());
+    let data_dir = dir.path().join("data");
+    // Opened for each operation, as embedded mode does.
+    let store = StoreHandle::new(&data_dir);
     let clock = MonotonicClock::starting_at(0);
     let agent = AgentId("local".into());
     let mut link = ChannelLink::new();
     let messages = link.connect(agent.clone());
     let mut driver = Driver::start(
-        Arc::clone(&store),
+        store.clone(),
         link,
         in_process_scheduler_config(1),
         clock.now(),
@@ -102,7 +105,16 @@ fn a_sweep_runs_on_the_real_runner_through_the_driver_and_is_stored_once_per_cyc
     let [(_, Reply::SweepSubmitted { sweep, .. })] = done.replies[..] else {
         panic!("{done:?}");
     };
-    drive_sweep(&mut driver, &events, sweep, &clock, |_, _| {}).unwrap();
+    // Between two of the driver's operations another lem process can open the store
+    // (`lem results list` in a second terminal).
+    let mut reads = 0;
+    drive_sweep(&mut driver, &events, sweep, &clock, |_, _| {
+        let reader = Store::open_existing(&data_dir, Duration::from_secs(5));
+        assert!(reader.is_ok(), "{:?}", reader.err());
+        reads += 1;
+    })
+    .unwrap();
+    assert!(reads >= 2, "one read after each result at least");
     driver.link_mut().disconnect(&agent);
     let executor = thread.join().unwrap();
     assert!(executor.errors.is_empty(), "{:?}", executor.errors);
@@ -110,6 +122,7 @@ fn a_sweep_runs_on_the_real_runner_through_the_driver_and_is_stored_once_per_cyc
     for j in driver.scheduler().jobs() {
         assert!(matches!(j.status, JobStatus::Accepted(_)), "{j:?}");
     }
+    let store = Store::open(&data_dir, Duration::from_secs(5)).unwrap();
     let row = store.sweep(sweep).unwrap().unwrap();
     let results = store.accepted_results(&row).unwrap();
     let got: Vec<(u32, String)> = results

@@ -15,6 +15,7 @@
 mod link;
 mod local_agent;
 mod run_sweep;
+mod store_access;
 mod sweep_aggregate;
 
 #[cfg(test)]
@@ -23,6 +24,7 @@ mod tests;
 pub use link::{AgentLink, ChannelLink, LinkError};
 pub use local_agent::{in_process_scheduler_config, spawn_local_agent, AgentEvent, JobExecutor};
 pub use run_sweep::{drive_sweep, MonotonicClock};
+pub use store_access::StoreAccess;
 pub use sweep_aggregate::{aggregate_sweep, sweep_experiment_id};
 
 use crate::scheduler::{
@@ -68,23 +70,24 @@ pub struct Executed {
     pub undelivered: usize,
 }
 
-pub struct Driver<L: AgentLink> {
+pub struct Driver<L: AgentLink, S: StoreAccess = Arc<Store>> {
     scheduler: Scheduler,
-    store: Arc<Store>,
+    store: S,
     link: L,
     /// The body of the success being handled, until its record stores it.
     body: Option<(AttemptId, RawResult)>,
 }
 
-impl<L: AgentLink> Driver<L> {
+impl<L: AgentLink, S: StoreAccess> Driver<L, S> {
     /// Rebuilds the scheduler from the store's records, at `now` on the driver's clock.
     pub fn start(
-        store: Arc<Store>,
+        store: S,
         link: L,
         config: SchedulerConfig,
         now: TimeMs,
     ) -> Result<Self, DriverError> {
-        let scheduler = Scheduler::recover(config, store.records()?, now)?;
+        let records = store.with_store(Store::records)?;
+        let scheduler = Scheduler::recover(config, records, now)?;
         Ok(Self {
             scheduler,
             store,
@@ -97,7 +100,7 @@ impl<L: AgentLink> Driver<L> {
         &self.scheduler
     }
 
-    pub fn store(&self) -> &Arc<Store> {
+    pub fn store(&self) -> &S {
         &self.store
     }
 
@@ -186,7 +189,7 @@ impl<L: AgentLink> Driver<L> {
                     (Some((attempt, _)), Some((held, body))) if *held == attempt => Some(body),
                     _ => None,
                 };
-                match self.store.persist(&record, body)? {
+                match self.store.with_store(|s| s.persist(&record, body))? {
                     Persisted::Appended { .. } => done.persisted += 1,
                     Persisted::AlreadyCommitted { disposition } => {
                         if let Some((attempt, expected)) = expected {
@@ -209,9 +212,12 @@ impl<L: AgentLink> Driver<L> {
             }
             Action::Reply { request, reply } => done.replies.push((request, reply)),
             Action::SweepFinished { sweep } => {
-                for agg in aggregate_sweep(&self.store, sweep)? {
-                    self.store.put_aggregate(&agg.experiment_id, &agg)?;
-                }
+                self.store.with_store(|s| {
+                    for agg in aggregate_sweep(s, sweep)? {
+                        s.put_aggregate(&agg.experiment_id, &agg)?;
+                    }
+                    Ok(())
+                })?;
                 done.finished.push(sweep);
             }
         }

@@ -3,7 +3,7 @@
 //! next deadline, the driver ticks.
 
 use super::local_agent::AgentEvent;
-use super::{AgentLink, Driver, DriverError, Executed};
+use super::{AgentLink, Driver, DriverError, Executed, StoreAccess};
 use crate::scheduler::{SweepId, TimeMs};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -33,12 +33,12 @@ impl MonotonicClock {
 /// Feeds agent events to `driver` until `sweep` has no pending or leased job. `seen` is
 /// called after every handled event, with what it did. Fails when every agent is gone
 /// (the channel closed) before the sweep finished.
-pub fn drive_sweep<L: AgentLink>(
-    driver: &mut Driver<L>,
+pub fn drive_sweep<L: AgentLink, S: StoreAccess>(
+    driver: &mut Driver<L, S>,
     events: &Receiver<AgentEvent>,
     sweep: SweepId,
     clock: &MonotonicClock,
-    mut seen: impl FnMut(&Driver<L>, &Executed),
+    mut seen: impl FnMut(&Driver<L, S>, &Executed),
 ) -> Result<(), DriverError> {
     loop {
         let finished = driver
