@@ -49,6 +49,12 @@ pub enum StoreError {
         record: &'static str,
         attempt: AttemptId,
     },
+    /// Two schedulers wrote one store, or a record was replayed into it: the log would
+    /// no longer recover.
+    #[error("{record}: {id} already exists in the store; refusing a second record for it (is another scheduler writing this store?)")]
+    IdReused { record: &'static str, id: String },
+    #[error("AttemptEnded: {attempt} already ended")]
+    AttemptAlreadyEnded { attempt: AttemptId },
     #[error("{job} already has accepted {accepted}; refusing to accept {attempt} as well")]
     AcceptedTwice {
         job: JobId,

@@ -112,9 +112,14 @@ impl Store {
                 match record {
                     Record::SweepCreated(created) => {
                         let (sweep_row, job_rows) = rows_of_sweep(created);
-                        tx_sweeps.insert(&u64_key(sweep_row.sweep.0), to_json(&sweep_row))?;
+                        let key = u64_key(sweep_row.sweep.0);
+                        if tx_sweeps.insert(&key, to_json(&sweep_row))?.is_some() {
+                            return abort(reused("SweepCreated", sweep_row.sweep.to_string()));
+                        }
                         for row in &job_rows {
-                            tx_jobs.insert(&u64_key(row.job.0), to_json(row))?;
+                            if tx_jobs.insert(&u64_key(row.job.0), to_json(row))?.is_some() {
+                                return abort(reused("SweepCreated", row.job.to_string()));
+                            }
                         }
                     }
                     Record::AttemptStarted {
@@ -130,10 +135,18 @@ impl Store {
                             placement: placement.clone(),
                             end: None,
                         };
-                        tx_attempts.insert(&u64_key(attempt.0), to_json(&row))?;
+                        if tx_attempts
+                            .insert(&u64_key(attempt.0), to_json(&row))?
+                            .is_some()
+                        {
+                            return abort(reused("AttemptStarted", attempt.to_string()));
+                        }
                     }
                     Record::AttemptEnded { attempt, end, .. } => {
                         let mut row = attempt_row(tx_attempts, "AttemptEnded", *attempt)?;
+                        if row.end.is_some() {
+                            return abort(StoreError::AttemptAlreadyEnded { attempt: *attempt });
+                        }
                         row.end = Some(end.clone());
                         tx_attempts.insert(&u64_key(attempt.0), to_json(&row))?;
                     }
@@ -172,6 +185,10 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn reused(record: &'static str, id: String) -> StoreError {
+    StoreError::IdReused { record, id }
 }
 
 fn attempt_row(

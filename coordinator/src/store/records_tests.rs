@@ -264,3 +264,48 @@ fn result_records_need_a_body_and_a_started_attempt() {
     );
     assert_eq!(store.records().unwrap().len(), 1);
 }
+
+#[test]
+fn a_second_record_for_an_existing_sweep_or_attempt_is_refused_so_the_log_still_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), WAIT).unwrap();
+    store
+        .persist(&Record::SweepCreated(sweep_created(1, 2)), None)
+        .unwrap();
+    store.persist(&started(0, 0, 1), None).unwrap();
+    let ended = Record::AttemptEnded {
+        attempt: AttemptId(0),
+        job: JobId(0),
+        end: AttemptEnd::Cancelled,
+    };
+    store.persist(&ended, None).unwrap();
+    // What a second scheduler minting the same ids would write.
+    let err = store
+        .persist(&Record::SweepCreated(sweep_created(1, 2)), None)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "SweepCreated: sweep-0 already exists in the store; refusing a second record for it (is another scheduler writing this store?)"
+    );
+    let err = store.persist(&started(0, 1, 1), None).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::IdReused { record: "AttemptStarted", id } if id == "attempt-0"),
+        "{err}"
+    );
+    let err = store.persist(&ended, None).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StoreError::AttemptAlreadyEnded {
+                attempt: AttemptId(0)
+            }
+        ),
+        "{err}"
+    );
+    // Nothing was appended, and the log replays.
+    let records = store.records().unwrap();
+    assert_eq!(records.len(), 3);
+    Scheduler::recover(SchedulerConfig::default(), records, TimeMs(0)).unwrap();
+    // The refused AttemptStarted left the first attempt's row as it was.
+    assert_eq!(store.attempt(AttemptId(0)).unwrap().unwrap().job, JobId(0));
+}
