@@ -45,6 +45,8 @@ pub enum DriverError {
     MissingBody { attempt: AttemptId },
     #[error("a result body came with an event that is not a success: {event}")]
     UnexpectedBody { event: String },
+    #[error("an earlier action failed after the scheduler had applied it; restart the driver from the store")]
+    MustRestart,
     #[error("every agent left before {sweep} finished")]
     AgentsGone { sweep: SweepId },
     #[error(
@@ -76,6 +78,9 @@ pub struct Driver<L: AgentLink, S: StoreAccess = Arc<Store>> {
     link: L,
     /// The body of the success being handled, until its record stores it.
     body: Option<(AttemptId, RawResult)>,
+    /// An action failed: the scheduler's state may be ahead of the store, so nothing
+    /// more is executed until a restart recovers from the store.
+    failed: bool,
 }
 
 impl<L: AgentLink, S: StoreAccess> Driver<L, S> {
@@ -93,6 +98,7 @@ impl<L: AgentLink, S: StoreAccess> Driver<L, S> {
             store,
             link,
             body: None,
+            failed: false,
         })
     }
 
@@ -137,6 +143,9 @@ impl<L: AgentLink, S: StoreAccess> Driver<L, S> {
         now: TimeMs,
         mut stop: impl FnMut(&Action) -> bool,
     ) -> Result<Executed, DriverError> {
+        if self.failed {
+            return Err(DriverError::MustRestart);
+        }
         self.body = match (&event, body) {
             (
                 Event::AttemptFinished {
@@ -169,6 +178,7 @@ impl<L: AgentLink, S: StoreAccess> Driver<L, S> {
             .try_for_each(|action| self.execute(action, &mut done));
         // A body no record took was a resend of a committed result: acked, not stored.
         self.body = None;
+        self.failed = result.is_err();
         result.map(|()| done)
     }
 

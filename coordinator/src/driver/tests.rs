@@ -6,7 +6,7 @@ use super::*;
 use crate::aggregate::ExperimentAggregate;
 use crate::scheduler::{
     AckVerdict, AgentId, AttemptEnd, DeviceKey, DeviceNeeds, Epoch, ExperimentSubmission,
-    GpuDevice, HeldAttempt, Inventory, JobStatus, SweepSubmission, ToAgent,
+    GpuDevice, HeldAttempt, Inventory, JobId, JobStatus, SweepSubmission, ToAgent,
 };
 use crate::test_fixtures::raw_result;
 use std::cell::RefCell;
@@ -518,4 +518,35 @@ fn a_success_without_its_body_is_refused_before_the_scheduler_sees_it() {
         "attempt-0 reported success without a result body"
     );
     assert_eq!(h.driver.store().records().unwrap().len(), records_before);
+}
+
+#[test]
+fn after_a_failed_persist_the_driver_executes_nothing_until_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(dir.path(), vec![FakeAgent::new("a", 1)], 0);
+    let _ = h.submit(submission(1, 1));
+    let mut events = h.agents[0].respond();
+    let (event, body) = events.remove(0);
+    let Event::AttemptFinished { attempt, .. } = &event else {
+        panic!("{event:?}");
+    };
+    // Someone else's result already sits under this attempt as superseded: the store
+    // answers the scheduler's ResultAccepted with a mismatch.
+    let stale = Record::ResultSuperseded {
+        attempt: *attempt,
+        job: JobId(0),
+        epoch: Epoch(0),
+    };
+    h.driver.store().persist(&stale, body.as_ref()).unwrap();
+    let err = h.driver.handle(event, body, TimeMs(h.now)).unwrap_err();
+    assert!(
+        matches!(err, DriverError::DispositionMismatch { .. }),
+        "{err}"
+    );
+    // No ack went out for a result the store does not hold as accepted.
+    let _ = h.agents[0].respond();
+    assert!(h.agents[0].acks.is_empty());
+    let beat = h.agents[0].heartbeat();
+    let err = h.driver.handle(beat, None, TimeMs(h.now)).unwrap_err();
+    assert!(matches!(err, DriverError::MustRestart), "{err}");
 }

@@ -13,7 +13,7 @@ use super::error::StoreError;
 use super::results::{Disposition, StoredResult};
 use super::scheduler_rows::{rows_of_sweep, AttemptRow};
 use super::Store;
-use crate::scheduler::{AttemptId, JobId, Record};
+use crate::scheduler::{AttemptId, Epoch, JobId, Record};
 use lem_common::domain::RawResult;
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
@@ -43,34 +43,12 @@ impl Store {
         record: &Record,
         body: Option<&RawResult>,
     ) -> Result<Persisted, StoreError> {
-        let result_of = match record {
-            Record::ResultAccepted { attempt, job } => Some((
-                "ResultAccepted",
-                *attempt,
-                *job,
-                None,
-                Disposition::Accepted,
-            )),
-            Record::ResultSuperseded {
-                attempt,
-                job,
-                epoch,
-            } => Some((
-                "ResultSuperseded",
-                *attempt,
-                *job,
-                Some(*epoch),
-                Disposition::Superseded,
-            )),
-            _ => None,
-        };
-        if let Some((name, attempt, ..)) = result_of {
-            if body.is_none() {
-                return Err(StoreError::MissingResultBody {
-                    record: name,
-                    attempt,
-                });
-            }
+        let result = ResultWrite::of(record);
+        if let (Some(w), None) = (&result, body) {
+            return Err(StoreError::MissingResultBody {
+                record: w.record,
+                attempt: w.attempt,
+            });
         }
         let records = self.tree(RECORDS)?;
         let sweeps = self.tree(SWEEPS)?;
@@ -85,10 +63,10 @@ impl Store {
         };
         let outcome = (&records, &sweeps, &jobs, &attempts, &results, &accepted).transaction(
             |(tx_records, tx_sweeps, tx_jobs, tx_attempts, tx_results, tx_accepted)| {
-                if let Some((name, attempt, job, epoch, disposition)) = result_of {
-                    if let Some(bytes) = tx_results.get(u64_key(attempt.0))? {
+                if let (Some(w), Some(body)) = (&result, body) {
+                    if let Some(bytes) = tx_results.get(u64_key(w.attempt.0))? {
                         let stored: StoredResult =
-                            match from_json(RESULTS, &attempt.to_string(), &bytes) {
+                            match from_json(RESULTS, &w.attempt.to_string(), &bytes) {
                                 Ok(s) => s,
                                 Err(e) => return abort(e),
                             };
@@ -96,18 +74,18 @@ impl Store {
                             disposition: stored.disposition,
                         });
                     }
-                    let row = attempt_row(tx_attempts, name, attempt)?;
+                    let row = attempt_row(tx_attempts, w.record, w.attempt)?;
                     let stored = StoredResult {
-                        attempt,
-                        job,
-                        epoch: epoch.unwrap_or(row.epoch),
-                        disposition,
-                        raw: body.expect("checked above").clone(),
+                        attempt: w.attempt,
+                        job: w.job,
+                        epoch: w.epoch.unwrap_or(row.epoch),
+                        disposition: w.disposition,
+                        raw: body.clone(),
                     };
-                    if disposition == Disposition::Accepted {
-                        accept(tx_accepted, job, attempt)?;
+                    if w.disposition == Disposition::Accepted {
+                        accept(tx_accepted, w.job, w.attempt)?;
                     }
-                    tx_results.insert(&u64_key(attempt.0), to_json(&stored))?;
+                    tx_results.insert(&u64_key(w.attempt.0), to_json(&stored))?;
                 }
                 match record {
                     Record::SweepCreated(created) => {
@@ -184,6 +162,43 @@ impl Store {
             out.push(from_json(RECORDS, &seq.to_string(), &v)?);
         }
         Ok(out)
+    }
+}
+
+/// The result a `ResultAccepted` / `ResultSuperseded` record stores.
+struct ResultWrite {
+    /// The record's name, for errors.
+    record: &'static str,
+    attempt: AttemptId,
+    job: JobId,
+    /// A superseded result names its (stale) epoch; an accepted one has its attempt's.
+    epoch: Option<Epoch>,
+    disposition: Disposition,
+}
+
+impl ResultWrite {
+    fn of(record: &Record) -> Option<ResultWrite> {
+        match record {
+            Record::ResultAccepted { attempt, job } => Some(ResultWrite {
+                record: "ResultAccepted",
+                attempt: *attempt,
+                job: *job,
+                epoch: None,
+                disposition: Disposition::Accepted,
+            }),
+            Record::ResultSuperseded {
+                attempt,
+                job,
+                epoch,
+            } => Some(ResultWrite {
+                record: "ResultSuperseded",
+                attempt: *attempt,
+                job: *job,
+                epoch: Some(*epoch),
+                disposition: Disposition::Superseded,
+            }),
+            _ => None,
+        }
     }
 }
 
