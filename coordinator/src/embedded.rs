@@ -64,6 +64,16 @@ impl StoreHandle {
     }
 }
 
+/// The driver reaches the store the way embedded mode does: one open per operation.
+impl crate::driver::StoreAccess for StoreHandle {
+    fn with_store<T>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with(f)
+    }
+}
+
 /// Fingerprint used to find an earlier incomplete run of the same experiment: the
 /// effective config without its cycle count.
 pub fn config_fingerprint(cfg: &ExperimentConfig) -> String {
@@ -97,7 +107,7 @@ pub fn create_experiment(
 ) -> Result<ExperimentRecord, EmbeddedError> {
     let cfg = &resolved.config;
     let now = now_rfc3339();
-    let rec = ExperimentRecord {
+    let mut rec = ExperimentRecord {
         id: new_experiment_id(),
         config_name: cfg.config_name.clone(),
         model_name: cfg.model_name.clone(),
@@ -114,7 +124,15 @@ pub fn create_experiment(
         error_chain: Vec::new(),
         origin: origin.to_string(),
     };
-    store.with(|s| s.put_experiment(&rec))?;
+    // The store refuses an existing id; a parallel start that drew the same id in the
+    // same second draws again (bounded: ids differ by the clock's nanoseconds).
+    for _ in 0..3 {
+        match store.with(|s| s.create_experiment(&rec)) {
+            Err(StoreError::ExperimentExists { .. }) => rec.id = new_experiment_id(),
+            other => return other.map(|()| rec).map_err(Into::into),
+        }
+    }
+    store.with(|s| s.create_experiment(&rec))?;
     Ok(rec)
 }
 
@@ -177,7 +195,7 @@ pub fn set_status(
     rec.updated_at = now_rfc3339();
     rec.pid = std::process::id();
     rec.hostname = lem_agent::sysinfo::hostname();
-    store.with(|s| s.put_experiment(rec))?;
+    store.with(|s| s.update_experiment(rec))?;
     Ok(())
 }
 
@@ -190,7 +208,7 @@ pub fn record_failure(
 ) -> Result<(), EmbeddedError> {
     set_status(store, rec, ExperimentStatus::Failed, Some(err.to_string()))?;
     rec.error_chain = error_chain(err);
-    store.with(|s| s.put_experiment(rec))?;
+    store.with(|s| s.update_experiment(rec))?;
     Ok(())
 }
 
@@ -342,7 +360,7 @@ mod tests {
         // A record that says running, from a process that no longer exists.
         let mut killed = create_experiment(&store, &resolved, "c").unwrap();
         killed.hostname = format!("{}-elsewhere", killed.hostname);
-        store.with(|s| s.put_experiment(&killed)).unwrap();
+        store.with(|s| s.update_experiment(&killed)).unwrap();
 
         let mut completed = create_experiment(&store, &resolved, "d").unwrap();
         set_status(&store, &mut completed, ExperimentStatus::Completed, None).unwrap();

@@ -4,7 +4,9 @@
 pub mod aggregate;
 pub mod batch_schedule;
 pub mod cli;
+pub mod driver;
 pub mod embedded;
+pub mod embedded_agent;
 pub mod export;
 pub mod scheduler;
 pub mod store;

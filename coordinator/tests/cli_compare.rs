@@ -112,7 +112,7 @@ fn experiment(store: &Store, id: &str, config_name: &str, wall_s: &[f64]) -> Exp
         error_chain: Vec::new(),
         origin: "test".into(),
     };
-    store.put_experiment(&rec).unwrap();
+    store.create_experiment(&rec).unwrap();
     for (cycle, s) in wall_s.iter().enumerate() {
         let wall_ns = (s * 1e9).round() as u64;
         store

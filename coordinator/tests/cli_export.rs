@@ -72,7 +72,7 @@ impl Fixture {
         {
             let store = Store::open(&data, Duration::from_secs(10)).unwrap();
             for rec in &recs {
-                store.put_experiment(rec).unwrap();
+                store.create_experiment(rec).unwrap();
             }
             for cycle in 0..2 {
                 let mut raw = fixtures::raw_result("exp_a", cycle, 4, WALL_NS[cycle as usize]);

@@ -455,7 +455,7 @@ fn completed_experiment(
     resolved.config.num_cycles = cycles;
     let mut rec = fixture_record(&resolved, id);
     rec.status = ExperimentStatus::Completed;
-    store.put_experiment(&rec).unwrap();
+    store.create_experiment(&rec).unwrap();
     for cycle in 0..cycles {
         let mut raw = fixtures::raw_result(id, cycle, 4, 1_000_000_000);
         raw.energy
@@ -504,7 +504,7 @@ fn failed_experiment(store: &Store, id: &str) {
         "experiment {id} cycle 1: prompts: cannot read prompts.txt"
     ));
     rec.error_chain = vec!["No such file or directory (os error 2)".into()];
-    store.put_experiment(&rec).unwrap();
+    store.create_experiment(&rec).unwrap();
 }
 
 #[test]
@@ -688,11 +688,11 @@ fn a_killed_run_is_offered_with_a_resume_hint_that_works_as_printed() {
         let store = sb.store();
         let mut rec = fixture_record(&resolved, "exp_20260101_000000_dddddd");
         rec.hostname = "another-host".into();
-        store.put_experiment(&rec).unwrap();
+        store.create_experiment(&rec).unwrap();
         // A failed run of the same config is never offered.
         let mut failed = fixture_record(&resolved, "exp_20260101_000001_eeeeee");
         failed.status = ExperimentStatus::Failed;
-        store.put_experiment(&failed).unwrap();
+        store.create_experiment(&failed).unwrap();
     }
     let model_arg = model.display().to_string();
     let args = [
