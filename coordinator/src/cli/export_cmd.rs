@@ -1,5 +1,6 @@
-//! `lem results export`: stored aggregates (and, per request, the raw results they used)
-//! as CSV or JSON Lines, to stdout or atomically to a file. The store is only read.
+//! `lem results export`: stored aggregates (and, per request or trace sample, the raw
+//! results they used) as CSV, JSON Lines or Parquet, to stdout or atomically to a file.
+//! The store is only read.
 
 use super::{CliError, ExportArgs, Outcome};
 use crate::aggregate::ExperimentAggregate;
@@ -11,7 +12,7 @@ use std::io::Write;
 use std::path::Path;
 
 pub fn export(store: &StoreHandle, args: ExportArgs) -> Result<Outcome, CliError> {
-    let need_raw = args.level == ExportLevel::Request;
+    let need_raw = matches!(args.level, ExportLevel::Request | ExportLevel::Trace);
     // One store open for every record, aggregate and raw result.
     let (found, skipped) = store.read(|s| {
         let recs: Vec<ExperimentRecord> = if args.all {
@@ -64,12 +65,33 @@ pub fn export(store: &StoreHandle, args: ExportArgs) -> Result<Outcome, CliError
         )));
     }
     let table = export::build_table(args.level, &found)?;
+    if table.rows.is_empty() {
+        // Only traces can be absent from every cycle (RAPL and counter-only readings
+        // have none); other levels have a row per aggregated cycle at least.
+        return Err(CliError::failure(format!(
+            "nothing to export at --level {}: none of the {} experiment(s) has a row at this level{}",
+            level_name(args.level),
+            found.len(),
+            if args.level == ExportLevel::Trace {
+                " (no device of any aggregated cycle recorded a power trace)"
+            } else {
+                ""
+            }
+        )));
+    }
     match &args.out {
         None => export::write_table(&table, args.format, &mut std::io::stdout().lock())?,
         Some(path) => write_atomically(path, |f| export::write_table(&table, args.format, f))
             .map_err(|e| CliError::failure(format!("cannot write {}: {e}", path.display())))?,
     }
     Ok(Outcome::Success)
+}
+
+fn level_name(level: ExportLevel) -> String {
+    use clap::ValueEnum;
+    level
+        .to_possible_value()
+        .map_or_else(|| format!("{level:?}"), |v| v.get_name().to_string())
 }
 
 /// Writes `path` through a temporary file beside it and a rename, so a reader never sees

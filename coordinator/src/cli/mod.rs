@@ -373,7 +373,8 @@ pub enum ResultsCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Export results as CSV or JSON Lines for pandas and other tools (columns: docs/export.md).
+    /// Export results as CSV, JSON Lines or Parquet for pandas and other tools (columns:
+    /// docs/export.md).
     Export(ExportArgs),
 }
 
@@ -389,10 +390,12 @@ pub struct ExportArgs {
     /// Every experiment that has an aggregate; the others are named on stderr.
     #[arg(long)]
     pub all: bool,
-    /// CSV (null = empty cell) or JSON Lines (null = `null`).
+    /// CSV (null = empty cell), JSON Lines (null = `null`) or Parquet (typed, nullable
+    /// columns; binary, best with --out).
     #[arg(long, value_enum)]
     pub format: crate::export::ExportFormat,
-    /// One row per request, per cycle or per experiment.
+    /// One row per request, per cycle, per experiment, or per power-trace sample of each
+    /// device (trace).
     #[arg(long, value_enum)]
     pub level: crate::export::ExportLevel,
     /// Write to this file (replaced whole, never half-written) instead of stdout.
