@@ -11,24 +11,38 @@ use lem_common::domain::RawResult;
 use std::io::Write;
 use std::path::Path;
 
-pub fn export(store: &StoreHandle, args: ExportArgs) -> Result<Outcome, CliError> {
-    let need_raw = matches!(args.level, ExportLevel::Request | ExportLevel::Trace);
+/// An experiment with its aggregate and, where asked for, its raw results.
+pub(super) struct Selected {
+    pub rec: ExperimentRecord,
+    pub agg: ExperimentAggregate,
+    pub raws: Vec<RawResult>,
+}
+
+/// The named experiments (ids or prefixes, each once), or with `all` every experiment,
+/// that have an aggregate. A named one without an aggregate is an error that says how to
+/// make one; under `all` those are named on stderr. None at all is an error.
+pub(super) fn select_aggregated(
+    store: &StoreHandle,
+    ids: &[String],
+    all: bool,
+    need_raw: bool,
+) -> Result<Vec<Selected>, CliError> {
     // One store open for every record, aggregate and raw result.
     let (found, skipped) = store.read(|s| {
-        let recs: Vec<ExperimentRecord> = if args.all {
+        let recs: Vec<ExperimentRecord> = if all {
             s.experiments()?
         } else {
             let mut recs: Vec<ExperimentRecord> = Vec::new();
-            for id in &args.ids {
+            for id in ids {
                 let rec = s.find_experiment(id)?;
-                // The same experiment named twice (id and prefix) is exported once.
+                // The same experiment named twice (id and prefix) is taken once.
                 if !recs.iter().any(|r| r.id == rec.id) {
                     recs.push(rec);
                 }
             }
             recs
         };
-        let mut found: Vec<(ExperimentAggregate, Vec<RawResult>)> = Vec::new();
+        let mut found: Vec<Selected> = Vec::new();
         let mut skipped: Vec<ExperimentRecord> = Vec::new();
         for rec in recs {
             match s.aggregate::<ExperimentAggregate>(&rec.id)? {
@@ -38,17 +52,17 @@ pub fn export(store: &StoreHandle, args: ExportArgs) -> Result<Outcome, CliError
                     } else {
                         Vec::new()
                     };
-                    found.push((agg, raws));
+                    found.push(Selected { rec, agg, raws });
                 }
                 None => skipped.push(rec),
             }
         }
         Ok((found, skipped))
     })?;
-    if !args.all {
+    if !all {
         if let Some(rec) = skipped.first() {
             return Err(CliError::failure(format!(
-                "experiment {} ({}) has no aggregate to export; aggregate it first: {}",
+                "experiment {} ({}) has no aggregate; aggregate it first: {}",
                 rec.id,
                 rec.status.as_str(),
                 super::lem_hint(&store.data_dir, &format!("aggregate {}", rec.id))
@@ -60,10 +74,20 @@ pub fn export(store: &StoreHandle, args: ExportArgs) -> Result<Outcome, CliError
     }
     if found.is_empty() {
         return Err(CliError::failure(format!(
-            "nothing to export: no experiment in {} has an aggregate",
+            "no experiment in {} has an aggregate",
             store.data_dir.display()
         )));
     }
+    Ok(found)
+}
+
+pub fn export(store: &StoreHandle, args: ExportArgs) -> Result<Outcome, CliError> {
+    let need_raw = matches!(args.level, ExportLevel::Request | ExportLevel::Trace);
+    let found: Vec<(ExperimentAggregate, Vec<RawResult>)> =
+        select_aggregated(store, &args.ids, args.all, need_raw)?
+            .into_iter()
+            .map(|s| (s.agg, s.raws))
+            .collect();
     let table = export::build_table(args.level, &found)?;
     if table.rows.is_empty() {
         // Only traces can be absent from every cycle (RAPL and counter-only readings

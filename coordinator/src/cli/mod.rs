@@ -13,6 +13,7 @@ mod export_cmd;
 mod gpu_check;
 mod man_page;
 mod model_cmd;
+mod pivot_cmd;
 mod reference;
 mod results;
 mod table;
@@ -376,6 +377,54 @@ pub enum ResultsCommand {
     /// Export results as CSV, JSON Lines or Parquet for pandas and other tools (columns:
     /// docs/export.md).
     Export(ExportArgs),
+    /// One statistic of many experiments as a table: rows and columns are config fields
+    /// that differ between them (batch size, precision, ...), cells mean ± 95% CI.
+    Table(TableArgs),
+}
+
+/// How `lem results table` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableFormat {
+    /// Aligned columns, notes below.
+    Text,
+    /// Mean, CI half-width and cycles in their own columns; notes on stderr.
+    Csv,
+    /// A GitHub-flavoured Markdown table, notes below.
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub struct TableArgs {
+    /// Experiment ids (or unique prefixes).
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub ids: Vec<String>,
+    /// Every experiment that has an aggregate; the others are named on stderr.
+    #[arg(long)]
+    pub all: bool,
+    /// Config field down the rows: a short name (batch_size, precision, quantization,
+    /// arrival_rate, temperature, model, ...) or a dotted path (decoder_config.top_p).
+    #[arg(long, value_name = "FIELD")]
+    pub rows: String,
+    /// Config field across the columns (as --rows).
+    #[arg(long, value_name = "FIELD")]
+    pub cols: String,
+    /// The statistic in the cells (a name `lem results show --json` has in `stats`,
+    /// e.g. j_per_output_token, output_tokens_per_s, ttft_p90_ms).
+    #[arg(long, value_name = "NAME")]
+    pub metric: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = TableFormat::Text)]
+    pub format: TableFormat,
+    /// Machine-readable output: axes, cells (mean, CI half-width, cycles, experiment,
+    /// note) and notes.
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -427,7 +476,8 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
                 ResultsCommand::List { store, .. }
                 | ResultsCommand::Show { store, .. }
                 | ResultsCommand::Compare { store, .. }
-                | ResultsCommand::Export(ExportArgs { store, .. }) => store.resolve(&top),
+                | ResultsCommand::Export(ExportArgs { store, .. })
+                | ResultsCommand::Table(TableArgs { store, .. }) => store.resolve(&top),
             };
             results::run(&dir, cmd)
         }
@@ -514,6 +564,7 @@ mod tests {
             "doctor",
             "results compare",
             "results export",
+            "results table",
         ];
         for (path, cmd) in all_commands() {
             let mut cmd = cmd;

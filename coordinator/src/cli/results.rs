@@ -1,5 +1,5 @@
 //! `lem results list|show` and `lem aggregate` (`results compare` is in `compare.rs`,
-//! `results export` in `export_cmd.rs`).
+//! `results export` in `export_cmd.rs`, `results table` in `pivot_cmd.rs`).
 
 use super::error::outln;
 use super::{lem_hint, AggregateArgs, CliError, Outcome, ResultsCommand};
@@ -24,6 +24,7 @@ pub fn run(data_dir: &Path, cmd: ResultsCommand) -> Result<Outcome, CliError> {
             ..
         } => super::compare::compare(&store, &a, &b, &metrics, json),
         ResultsCommand::Export(args) => super::export_cmd::export(&store, args),
+        ResultsCommand::Table(args) => super::pivot_cmd::table(&store, args),
     }
 }
 
