@@ -113,6 +113,7 @@ pub fn create_experiment(
         error: None,
         error_chain: Vec::new(),
         origin: origin.to_string(),
+        until_ci: None,
     };
     store.with(|s| s.put_experiment(&rec))?;
     Ok(rec)
@@ -278,13 +279,14 @@ pub fn aggregate_and_store(
     rec: &ExperimentRecord,
 ) -> Result<ExperimentAggregate, EmbeddedError> {
     let raws = store.with(|s| s.raw_results(&rec.id))?;
-    let agg = aggregate_experiment(
+    let mut agg = aggregate_experiment(
         &rec.id,
         &rec.config_name,
         &rec.model_name,
         rec.num_cycles,
         &raws,
     );
+    agg.until_ci = rec.until_ci.clone();
     store.with(|s| s.put_aggregate(&rec.id, &agg))?;
     Ok(agg)
 }

@@ -11,5 +11,6 @@ pub mod scheduler;
 pub mod store;
 #[cfg(test)]
 mod test_fixtures;
+pub mod until_ci;
 pub mod window_energy;
 pub mod wire_edge;

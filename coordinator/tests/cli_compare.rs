@@ -111,6 +111,7 @@ fn experiment(store: &Store, id: &str, config_name: &str, wall_s: &[f64]) -> Exp
         error: None,
         error_chain: Vec::new(),
         origin: "test".into(),
+        until_ci: None,
     };
     store.put_experiment(&rec).unwrap();
     for (cycle, s) in wall_s.iter().enumerate() {

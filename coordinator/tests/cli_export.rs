@@ -54,6 +54,7 @@ fn record(id: &str, cycles: u32, status: ExperimentStatus) -> ExperimentRecord {
         error: (status == ExperimentStatus::Failed).then(|| "cycle 1: no prompts".into()),
         error_chain: Vec::new(),
         origin: "test".into(),
+        until_ci: None,
     }
 }
 

@@ -492,6 +492,7 @@ fn fixture_record(
         error: None,
         error_chain: Vec::new(),
         origin: "test".into(),
+        until_ci: None,
     }
 }
 

@@ -52,6 +52,7 @@ fn record(id: &str, batch: u32, precision: &str, cycles: u32) -> ExperimentRecor
         error: None,
         error_chain: Vec::new(),
         origin: "test".into(),
+        until_ci: None,
     }
 }
 

@@ -17,6 +17,7 @@ mod pivot_cmd;
 mod reference;
 mod results;
 mod table;
+mod until_ci_run;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -243,6 +244,22 @@ pub struct ExperimentArgs {
     /// Print the result summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Keep adding cycles (one at a time, from --cycles or 3) until the 95% CI
+    /// half-width of --metric is within this percentage of its mean, e.g. 2%, or
+    /// --max-cycles is reached; the rule and how it ended are stored with the result.
+    #[arg(long, value_name = "PCT", value_parser = crate::until_ci::parse_percent, conflicts_with = "resume")]
+    pub until_ci: Option<f64>,
+    /// The statistic --until-ci watches (a name in `lem results show --json`'s stats).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "j_per_output_token",
+        requires = "until_ci"
+    )]
+    pub metric: String,
+    /// The most cycles --until-ci runs.
+    #[arg(long, value_name = "N", default_value_t = 30, value_parser = positive_u32, allow_negative_numbers = true, requires = "until_ci")]
+    pub max_cycles: u32,
     #[command(flatten)]
     pub store: StoreArgs,
 }

@@ -664,6 +664,9 @@ fn print_aggregate(
         agg.num_cycles_expected,
         if agg.complete { "" } else { " (partial)" }
     );
+    if let Some(u) = &agg.until_ci {
+        outln!("  until-ci   {}", super::until_ci_run::describe(u));
+    }
     let Some(first) = agg.cycles.first() else {
         outln!("  no results");
         return Ok(());
