@@ -93,13 +93,18 @@ pub(super) fn describe(u: &UntilCiRecord) -> String {
         UntilCiOutcome::MetricUnavailable => "stopped, metric unavailable",
         UntilCiOutcome::Running => "still running",
     };
+    let last = match (u.outcome, u.relative_half_width) {
+        // The message holds the reason the metric had no value.
+        (UntilCiOutcome::MetricUnavailable, _) => u.message.clone(),
+        (_, Some(r)) => format!("last {:.2}%", r * 100.0),
+        (_, None) => "last unknown".into(),
+    };
     format!(
-        "{status} after {} cycles (95% CI half-width of {} ≤ {:.2}% of the mean, {}–{} cycles): {}",
+        "{status} after {} cycles; rule: 95% CI half-width of {} ≤ {:.2}% of the mean, {}–{} cycles; {last}",
         u.cycles,
         u.rule.metric,
         u.rule.target_relative_half_width * 100.0,
         u.rule.min_cycles,
         u.rule.max_cycles,
-        u.message
     )
 }
