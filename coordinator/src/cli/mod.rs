@@ -14,6 +14,7 @@ mod gpu_check;
 mod man_page;
 mod model_cmd;
 mod pivot_cmd;
+mod plots;
 mod reference;
 mod results;
 mod table;
@@ -370,6 +371,9 @@ pub enum ResultsCommand {
         /// Machine-readable output (the aggregate, or the raw results with --raw).
         #[arg(long)]
         json: bool,
+        /// No per-cycle sparklines or phase bar (drawn only when stdout is a terminal).
+        #[arg(long)]
+        no_plots: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
