@@ -5,7 +5,7 @@
 use super::{CliError, ExportArgs, Outcome};
 use crate::aggregate::ExperimentAggregate;
 use crate::embedded::StoreHandle;
-use crate::export::{self, ExportLevel};
+use crate::export::{self, ExportFormat, ExportLevel};
 use crate::store::ExperimentRecord;
 use lem_common::domain::RawResult;
 use std::io::Write;
@@ -82,6 +82,13 @@ pub(super) fn select_aggregated(
 }
 
 pub fn export(store: &StoreHandle, args: ExportArgs) -> Result<Outcome, CliError> {
+    use std::io::IsTerminal;
+    if args.format == ExportFormat::Parquet && args.out.is_none() && std::io::stdout().is_terminal()
+    {
+        return Err(CliError::usage(
+            "--format parquet is binary: give --out FILE (or redirect stdout to a file)",
+        ));
+    }
     let need_raw = matches!(args.level, ExportLevel::Request | ExportLevel::Trace);
     let found: Vec<(ExperimentAggregate, Vec<RawResult>)> =
         select_aggregated(store, &args.ids, args.all, need_raw)?
