@@ -38,7 +38,8 @@ fn record(id: &str, batch: u32, precision: &str, cycles: u32) -> ExperimentRecor
     effective["fp_precision"] = precision.into();
     ExperimentRecord {
         id: id.to_string(),
-        config_name: format!("cfg-{id}"),
+        // Named as `lem config generate-grid` names the points of a grid from `grid`.
+        config_name: format!("grid__{id}"),
         model_name: cfg.model_name.clone(),
         config_fingerprint: embedded::config_fingerprint(cfg),
         effective_config: effective,
@@ -227,6 +228,49 @@ fn an_unavailable_statistic_leaves_every_cell_empty_with_its_reason() {
         );
     }
     assert_eq!(out.matches("— [").count(), 4, "{out}");
+}
+
+#[test]
+fn sweep_takes_the_grid_points_and_leaves_other_experiments_out() {
+    let fx = Fixture::new();
+    // Outside the sweep: batch 4 × float16, the sweep's gap.
+    let mut outsider = record("exp_other", 4, "float16", 1);
+    outsider.config_name = "grid2__exp_other".into();
+    {
+        let store = Store::open(&fx.data, Duration::from_secs(10)).unwrap();
+        store.put_experiment(&outsider).unwrap();
+        let raw = fixtures::raw_result("exp_other", 0, 3, 1_000_000_000);
+        store.put_raw(&raw).unwrap();
+    }
+    embedded::aggregate_and_store(&StoreHandle::new(&fx.data), &outsider).unwrap();
+    let json = |sel: &[&str]| -> serde_json::Value {
+        let (out, _) = fx.table(&[sel, &AXES[..], &["--json"]].concat());
+        serde_json::from_str(&out).unwrap()
+    };
+    let sweep = json(&["--sweep", "grid"]);
+    assert!(
+        sweep["cells"][1][0]["value"].is_null(),
+        "exp_other is not in it"
+    );
+    let all = json(&["--all"]);
+    assert_eq!(all["cells"][1][0]["value"]["experiment_id"], "exp_other");
+    // Export takes the same selection.
+    let out = fx.lem(&[
+        "results",
+        "export",
+        "--sweep",
+        "grid",
+        "--format",
+        "csv",
+        "--level",
+        "experiment",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1 + 3);
+    let out = fx.lem(&[&["results", "table", "--sweep", "nope"][..], &AXES[..]].concat());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no experiment of sweep `nope`"), "{err}");
 }
 
 #[test]

@@ -18,29 +18,62 @@ pub(super) struct Selected {
     pub raws: Vec<RawResult>,
 }
 
-/// The named experiments (ids or prefixes, each once), or with `all` every experiment,
-/// that have an aggregate. A named one without an aggregate is an error that says how to
-/// make one; under `all` those are named on stderr. None at all is an error.
+/// Which experiments a command takes.
+pub(super) enum Selection<'a> {
+    Ids(&'a [String]),
+    All,
+    /// The points of a grid: config name `S` or `S__…`, as `lem config generate-grid`
+    /// names them from its base config.
+    Sweep(&'a str),
+}
+
+impl<'a> Selection<'a> {
+    pub(super) fn from_args(ids: &'a [String], all: bool, sweep: Option<&'a str>) -> Self {
+        match (all, sweep) {
+            (true, _) => Self::All,
+            (false, Some(s)) => Self::Sweep(s),
+            (false, None) => Self::Ids(ids),
+        }
+    }
+}
+
+/// True when `config_name` is sweep `sweep`'s base or one of its grid points.
+fn in_sweep(config_name: &str, sweep: &str) -> bool {
+    config_name == sweep
+        || config_name
+            .strip_prefix(sweep)
+            .is_some_and(|rest| rest.starts_with("__"))
+}
+
+/// The selected experiments (named ones each once) that have an aggregate. A named one
+/// without an aggregate is an error that says how to make one; under `--all` or
+/// `--sweep` those are named on stderr. None at all is an error.
 pub(super) fn select_aggregated(
     store: &StoreHandle,
-    ids: &[String],
-    all: bool,
+    selection: Selection,
     need_raw: bool,
 ) -> Result<Vec<Selected>, CliError> {
+    let named = matches!(selection, Selection::Ids(_));
     // One store open for every record, aggregate and raw result.
     let (found, skipped) = store.read(|s| {
-        let recs: Vec<ExperimentRecord> = if all {
-            s.experiments()?
-        } else {
-            let mut recs: Vec<ExperimentRecord> = Vec::new();
-            for id in ids {
-                let rec = s.find_experiment(id)?;
-                // The same experiment named twice (id and prefix) is taken once.
-                if !recs.iter().any(|r| r.id == rec.id) {
-                    recs.push(rec);
+        let recs: Vec<ExperimentRecord> = match &selection {
+            Selection::All => s.experiments()?,
+            Selection::Sweep(sweep) => s
+                .experiments()?
+                .into_iter()
+                .filter(|r| in_sweep(&r.config_name, sweep))
+                .collect(),
+            Selection::Ids(ids) => {
+                let mut recs: Vec<ExperimentRecord> = Vec::new();
+                for id in *ids {
+                    let rec = s.find_experiment(id)?;
+                    // The same experiment named twice (id and prefix) is taken once.
+                    if !recs.iter().any(|r| r.id == rec.id) {
+                        recs.push(rec);
+                    }
                 }
+                recs
             }
-            recs
         };
         let mut found: Vec<Selected> = Vec::new();
         let mut skipped: Vec<ExperimentRecord> = Vec::new();
@@ -59,7 +92,7 @@ pub(super) fn select_aggregated(
         }
         Ok((found, skipped))
     })?;
-    if !all {
+    if named {
         if let Some(rec) = skipped.first() {
             return Err(CliError::failure(format!(
                 "experiment {} ({}) has no aggregate; aggregate it first: {}",
@@ -73,8 +106,14 @@ pub(super) fn select_aggregated(
         eprintln!("skipped {} ({}): no aggregate", rec.id, rec.status.as_str());
     }
     if found.is_empty() {
+        let which = match selection {
+            Selection::Sweep(sweep) => format!(
+                " of sweep `{sweep}` (config name `{sweep}` or `{sweep}__…`, as `lem config generate-grid` names its points)"
+            ),
+            _ => String::new(),
+        };
         return Err(CliError::failure(format!(
-            "no experiment in {} has an aggregate",
+            "no experiment{which} in {} has an aggregate",
             store.data_dir.display()
         )));
     }
@@ -90,11 +129,14 @@ pub fn export(store: &StoreHandle, args: ExportArgs) -> Result<Outcome, CliError
         ));
     }
     let need_raw = matches!(args.level, ExportLevel::Request | ExportLevel::Trace);
-    let found: Vec<(ExperimentAggregate, Vec<RawResult>)> =
-        select_aggregated(store, &args.ids, args.all, need_raw)?
-            .into_iter()
-            .map(|s| (s.agg, s.raws))
-            .collect();
+    let found: Vec<(ExperimentAggregate, Vec<RawResult>)> = select_aggregated(
+        store,
+        Selection::from_args(&args.ids, args.all, args.sweep.as_deref()),
+        need_raw,
+    )?
+    .into_iter()
+    .map(|s| (s.agg, s.raws))
+    .collect();
     let table = export::build_table(args.level, &found)?;
     if table.rows.is_empty() {
         // Only traces can be absent from every cycle (RAPL and counter-only readings
@@ -152,4 +194,21 @@ fn write_atomically(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_sweep;
+
+    #[test]
+    fn a_sweep_is_its_base_and_the_grid_points_named_after_it() {
+        assert!(in_sweep("base-exp", "base-exp"));
+        assert!(in_sweep(
+            "base-exp__batch_size-4__fp_precision-float16",
+            "base-exp"
+        ));
+        // Another config that only starts with the same letters is not in it.
+        assert!(!in_sweep("base-exp2__batch_size-4", "base-exp"));
+        assert!(!in_sweep("base", "base-exp"));
+    }
 }

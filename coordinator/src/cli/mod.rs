@@ -419,13 +419,17 @@ pub struct TableArgs {
     /// Experiment ids (or unique prefixes).
     #[arg(
         value_name = "ID",
-        required_unless_present = "all",
-        conflicts_with = "all"
+        required_unless_present_any = ["all", "sweep"],
+        conflicts_with_all = ["all", "sweep"]
     )]
     pub ids: Vec<String>,
     /// Every experiment that has an aggregate; the others are named on stderr.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sweep")]
     pub all: bool,
+    /// The experiments of a sweep: config name NAME or NAME__… (how `lem config
+    /// generate-grid` names the points of a grid made from config NAME).
+    #[arg(long, value_name = "NAME")]
+    pub sweep: Option<String>,
     /// Config field down the rows: a short name (batch_size, precision, quantization,
     /// arrival_rate, temperature, model, ...) or a dotted path (decoder_config.top_p).
     #[arg(long, value_name = "FIELD")]
@@ -453,13 +457,17 @@ pub struct ExportArgs {
     /// Experiment ids (or unique prefixes).
     #[arg(
         value_name = "ID",
-        required_unless_present = "all",
-        conflicts_with = "all"
+        required_unless_present_any = ["all", "sweep"],
+        conflicts_with_all = ["all", "sweep"]
     )]
     pub ids: Vec<String>,
     /// Every experiment that has an aggregate; the others are named on stderr.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sweep")]
     pub all: bool,
+    /// The experiments of a sweep: config name NAME or NAME__… (how `lem config
+    /// generate-grid` names the points of a grid made from config NAME).
+    #[arg(long, value_name = "NAME")]
+    pub sweep: Option<String>,
     /// CSV (null = empty cell), JSON Lines (null = `null`) or Parquet (typed, nullable
     /// columns; binary, best with --out).
     #[arg(long, value_enum)]

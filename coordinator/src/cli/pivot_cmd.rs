@@ -2,7 +2,7 @@
 //! fields (`crate::pivot`), printed as text, CSV, Markdown or JSON.
 
 use super::error::outln;
-use super::export_cmd::select_aggregated;
+use super::export_cmd::{select_aggregated, Selection};
 use super::{CliError, Outcome, TableArgs, TableFormat};
 use crate::aggregate::metric_names;
 use crate::embedded::StoreHandle;
@@ -17,7 +17,8 @@ pub fn table(store: &StoreHandle, args: TableArgs) -> Result<Outcome, CliError> 
             known.join(", ")
         )));
     }
-    let selected = select_aggregated(store, &args.ids, args.all, false)?;
+    let selection = Selection::from_args(&args.ids, args.all, args.sweep.as_deref());
+    let selected = select_aggregated(store, selection, false)?;
     let inputs: Vec<PivotInput> = selected
         .iter()
         .map(|s| PivotInput {
