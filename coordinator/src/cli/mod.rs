@@ -17,6 +17,7 @@ mod pivot_cmd;
 mod plots;
 mod reference;
 mod results;
+mod selection;
 mod table;
 mod until_ci_run;
 

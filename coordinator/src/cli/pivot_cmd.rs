@@ -2,7 +2,7 @@
 //! fields (`crate::pivot`), printed as text, CSV, Markdown or JSON.
 
 use super::error::outln;
-use super::export_cmd::{select_aggregated, Selection};
+use super::selection::{select_aggregated, Selection};
 use super::{CliError, Outcome, TableArgs, TableFormat};
 use crate::aggregate::metric_names;
 use crate::embedded::StoreHandle;
