@@ -1,20 +1,26 @@
-"""Loads `lem results export` output with pandas and checks it against `lem results show`.
+"""Loads `lem results export` output with pandas and pyarrow and checks it against
+`lem results show`.
 
 Usage: export_pandas.py LEM DATA_DIR ID...
 
-For each level, the CSV and the JSON Lines export must load into the same frame, and
-the values must be those `lem results show ID --json` (aggregate) and `--raw --json`
-(raw results) print. Nulls must load as missing values. Prints one line per level with
-the number of values compared; exits non-zero on the first mismatch.
+For each level, the CSV, JSON Lines and Parquet exports must load into the same frame,
+and the values must be those `lem results show ID --json` (aggregate) and `--raw --json`
+(raw results) print. Nulls must load as missing values (Parquet: real nulls in typed
+columns). Prints one line per level with the number of values compared; exits non-zero
+on the first mismatch.
 """
 
 import io
 import json
 import math
+import os
 import subprocess
 import sys
+import tempfile
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 LEM, DATA, IDS = sys.argv[1], sys.argv[2], sys.argv[3:]
 
@@ -29,10 +35,30 @@ def lem(*args):
 
 
 def export(fmt, level):
+    if fmt == "parquet":
+        return read_parquet(level).to_pandas()
     text = lem("results", "export", *IDS, "--format", fmt, "--level", level)
     if fmt == "csv":
         return pd.read_csv(io.StringIO(text))
     return pd.read_json(io.StringIO(text), lines=True, convert_dates=False)
+
+
+def read_parquet(level):
+    """The level's Parquet export as an Arrow table, after checking its column types:
+    one of bool, int64, double, string; unit-suffixed measurements are double."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, f"{level}.parquet")
+        lem("results", "export", *IDS, "--format", "parquet", "--level", level, "--out", path)
+        table = pq.read_table(path)
+    allowed = {pa.bool_(), pa.int64(), pa.float64(), pa.string()}
+    for field in table.schema:
+        if field.type not in allowed:
+            sys.exit(f"{level} parquet column {field.name}: type {field.type}")
+        if not field.nullable:
+            sys.exit(f"{level} parquet column {field.name} is not nullable")
+        if field.name.endswith(("_j", "_ms", "_w", "_per_s")) and field.type != pa.float64():
+            sys.exit(f"{level} parquet column {field.name}: {field.type}, not double")
+    return table
 
 
 def is_null(v):
@@ -54,19 +80,22 @@ def check(what, got, want):
 
 
 def load(level):
-    """The level's frame, after checking that CSV and JSON Lines agree cell by cell."""
-    csv, jsonl = export("csv", level), export("jsonl", level)
-    if list(csv.columns) != list(jsonl.columns):
-        sys.exit(f"{level}: CSV and JSONL columns differ")
-    if len(csv) != len(jsonl):
-        sys.exit(f"{level}: CSV has {len(csv)} rows, JSONL {len(jsonl)}")
-    for col in csv.columns:
-        for i in range(len(csv)):
-            a, b = csv[col].iloc[i], jsonl[col].iloc[i]
-            a = a.item() if hasattr(a, "item") else a
-            b = b.item() if hasattr(b, "item") else b
-            if not same(a, b):
-                sys.exit(f"{level} row {i} column {col}: CSV {a!r}, JSONL {b!r}")
+    """The level's frame, after checking that CSV, JSON Lines and Parquet agree cell by
+    cell."""
+    csv = export("csv", level)
+    for fmt in ["jsonl", "parquet"]:
+        other = export(fmt, level)
+        if list(csv.columns) != list(other.columns):
+            sys.exit(f"{level}: CSV and {fmt} columns differ")
+        if len(csv) != len(other):
+            sys.exit(f"{level}: CSV has {len(csv)} rows, {fmt} {len(other)}")
+        for col in csv.columns:
+            for i in range(len(csv)):
+                a, b = csv[col].iloc[i], other[col].iloc[i]
+                a = a.item() if hasattr(a, "item") else a
+                b = b.item() if hasattr(b, "item") else b
+                if not same(a, b):
+                    sys.exit(f"{level} row {i} column {col}: CSV {a!r}, {fmt} {b!r}")
     return csv
 
 
@@ -154,6 +183,42 @@ def main():
                     check(f"{i} cycle {raw['cycle']} request {r['index']} {col}", cell(row, col), v)
                     n += 1
     print(f"request: {n} values compared")
+
+    # Trace level: every sample of every device trace of each aggregated cycle.
+    df = load("trace")
+    n = 0
+    for i, agg in aggs.items():
+        used = {(c["cycle"], c["attempt"]) for c in agg["cycles"]}
+        for raw in raws[i]:
+            if (raw["cycle"], raw["attempt"]) not in used:
+                continue
+            for reading in raw["energy"]:
+                trace = reading.get("trace")
+                if not trace:
+                    continue
+                for k, sample in enumerate(trace["samples"]):
+                    row = df[
+                        (df.experiment_id == i)
+                        & (df.cycle == raw["cycle"])
+                        & (df.device_id == reading["device_id"])
+                        & (df.sample_index == k)
+                    ].iloc[0]
+                    want = {
+                        "device_kind": reading["device_kind"],
+                        "energy_source": reading["source"],
+                        "trace_period_ms": trace["period_ms"],
+                        "t_ms": sample["t_ns"] / 1e6,
+                        "power_avg_w": sample["power_avg_w"],
+                        "power_instant_w": sample["power_instant_w"],
+                        "energy_counter_mj": sample["energy_counter_mj"],
+                        "temperature_c": sample["temperature_c"],
+                    }
+                    for col, v in want.items():
+                        check(f"{i} cycle {raw['cycle']} sample {k} {col}", cell(row, col), v)
+                        n += 1
+    if n == 0:
+        sys.exit("trace: no sample to compare")
+    print(f"trace: {n} values compared")
 
 
 main()

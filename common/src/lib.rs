@@ -7,6 +7,7 @@ pub mod arrivals;
 pub mod config;
 pub mod domain;
 pub mod flops;
+pub mod holm;
 pub mod mig;
 pub mod phases;
 pub mod rng;

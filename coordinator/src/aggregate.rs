@@ -214,6 +214,10 @@ pub struct ExperimentAggregate {
     #[serde(default)]
     pub simulated: bool,
     pub warnings: Vec<String>,
+    /// The `--until-ci` rule the cycles were run under and how it ended, copied from the
+    /// experiment's record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ci: Option<crate::until_ci::UntilCiRecord>,
 }
 
 /// A cycle left out of an energy statistic.
@@ -569,6 +573,7 @@ pub fn aggregate_experiment(
         energy_cycles_left_out,
         simulated,
         warnings,
+        until_ci: None,
     }
 }
 

@@ -123,6 +123,7 @@ pub fn create_experiment(
         error: None,
         error_chain: Vec::new(),
         origin: origin.to_string(),
+        until_ci: None,
     };
     // The store refuses an existing id; a parallel start that drew the same id in the
     // same second draws again (bounded: ids differ by the clock's nanoseconds).
@@ -296,13 +297,14 @@ pub fn aggregate_and_store(
     rec: &ExperimentRecord,
 ) -> Result<ExperimentAggregate, EmbeddedError> {
     let raws = store.with(|s| s.raw_results(&rec.id))?;
-    let agg = aggregate_experiment(
+    let mut agg = aggregate_experiment(
         &rec.id,
         &rec.config_name,
         &rec.model_name,
         rec.num_cycles,
         &raws,
     );
+    agg.until_ci = rec.until_ci.clone();
     store.with(|s| s.put_aggregate(&rec.id, &agg))?;
     Ok(agg)
 }

@@ -1,10 +1,13 @@
-//! Tables for `lem results export`: one row per request, per cycle or per experiment,
-//! built from stored aggregates and the raw results they used. Column names are stable
-//! and carry their unit (docs/export.md lists them). A value that does not exist stays
-//! null (an empty CSV cell, `null` in JSONL), never 0.
+//! Tables for `lem results export`: one row per request, per cycle, per experiment or per
+//! power-trace sample, built from stored aggregates and the raw results they used. Column
+//! names are stable and carry their unit (docs/export.md lists them); each column has one
+//! type, so typed formats (Parquet) get a fixed schema. A value that does not exist stays
+//! null (an empty CSV cell, `null` in JSONL and Parquet), never 0.
+
+mod parquet;
 
 use crate::aggregate::{ExperimentAggregate, JobMetrics};
-use lem_common::domain::{RawResult, StopReason};
+use lem_common::domain::{EnergyReading, PowerSample, PowerTrace, RawResult, StopReason};
 use lem_common::stats::LatencyPercentiles;
 use serde_json::Value;
 use std::io::Write;
@@ -18,6 +21,8 @@ pub enum ExportLevel {
     Cycle,
     /// One row per experiment: statistics across cycles.
     Experiment,
+    /// One row per power-trace sample of each device of each cycle the aggregate used.
+    Trace,
 }
 
 /// How a table is written.
@@ -27,6 +32,8 @@ pub enum ExportFormat {
     Csv,
     /// One JSON object per line, keys in column order; null is `null`.
     Jsonl,
+    /// Apache Parquet, one typed, nullable column per column; null is null.
+    Parquet,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,13 +48,62 @@ pub enum ExportError {
         cycle: u32,
         attempt: u32,
     },
+    #[error("cannot write Parquet: {0}")]
+    Parquet(#[from] ::parquet::errors::ParquetError),
+    #[error("column {column}, row {row}: {value} does not fit the column's {kind:?} type")]
+    CellType {
+        column: String,
+        row: usize,
+        value: Value,
+        kind: ColumnKind,
+    },
 }
 
-/// Named columns and rows of cells (null, bool, number or string).
+/// The type every non-null cell of a column has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    Bool,
+    /// A signed 64-bit integer.
+    Int,
+    Float,
+    Text,
+}
+
+/// Named, typed columns and rows of cells (null, or a value of the column's kind).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {
     pub columns: Vec<String>,
+    pub kinds: Vec<ColumnKind>,
     pub rows: Vec<Vec<Value>>,
+}
+
+/// A value a cell can hold, with the kind of column it belongs in.
+trait Cell {
+    const KIND: ColumnKind;
+    fn into_value(self) -> Value;
+}
+
+macro_rules! cell_kind {
+    ($kind:ident: $($t:ty),*) => {$(
+        impl Cell for $t {
+            const KIND: ColumnKind = ColumnKind::$kind;
+            fn into_value(self) -> Value {
+                Value::from(self)
+            }
+        }
+    )*};
+}
+cell_kind!(Bool: bool);
+cell_kind!(Int: u32, u64, usize, i64);
+// A non-finite float has no JSON number: `Value::from` makes it null.
+cell_kind!(Float: f64);
+cell_kind!(Text: &str, String);
+
+impl<T: Cell> Cell for Option<T> {
+    const KIND: ColumnKind = T::KIND;
+    fn into_value(self) -> Value {
+        self.map_or(Value::Null, Cell::into_value)
+    }
 }
 
 /// The statistics across cycles that the experiment level exports, in column order.
@@ -99,6 +155,7 @@ pub const EXPERIMENT_STATS: &[&str] = &[
 /// Builds rows column by column so names and values cannot drift apart.
 struct RowBuilder {
     columns: Vec<String>,
+    kinds: Vec<ColumnKind>,
     values: Vec<Value>,
 }
 
@@ -106,16 +163,18 @@ impl RowBuilder {
     fn new() -> Self {
         Self {
             columns: Vec::new(),
+            kinds: Vec::new(),
             values: Vec::new(),
         }
     }
-    fn put(&mut self, column: &str, value: impl Into<Value>) {
+    fn put<T: Cell>(&mut self, column: &str, value: T) {
         self.columns.push(column.to_string());
-        self.values.push(value.into());
+        self.kinds.push(T::KIND);
+        self.values.push(value.into_value());
     }
     /// A float cell; a non-finite value has no JSON number and becomes null.
     fn num(&mut self, column: &str, value: Option<f64>) {
-        self.put(column, value.map_or(Value::Null, Value::from));
+        self.put(column, value);
     }
 }
 
@@ -124,11 +183,13 @@ fn push_row(table: &mut Option<Table>, row: RowBuilder) {
     match table {
         Some(t) => {
             debug_assert_eq!(t.columns, row.columns, "rows of one table share columns");
+            debug_assert_eq!(t.kinds, row.kinds, "columns keep their kind");
             t.rows.push(row.values);
         }
         None => {
             *table = Some(Table {
                 columns: row.columns,
+                kinds: row.kinds,
                 rows: vec![row.values],
             })
         }
@@ -137,12 +198,8 @@ fn push_row(table: &mut Option<Table>, row: RowBuilder) {
 
 /// How the cycle's energy was measured: its sources joined by `+` (`rapl`,
 /// `nvml_counter`, `estimate`, ...); empty sources (nothing read) give null.
-fn energy_method(m: &JobMetrics) -> Value {
-    if m.energy.sources.is_empty() {
-        Value::Null
-    } else {
-        Value::from(m.energy.sources.join("+"))
-    }
+fn energy_method(m: &JobMetrics) -> Option<String> {
+    (!m.energy.sources.is_empty()).then(|| m.energy.sources.join("+"))
 }
 
 fn stop_reason(r: StopReason) -> &'static str {
@@ -157,8 +214,8 @@ fn ns_to_ms(ns: u64) -> f64 {
 }
 
 /// The table of `level` over experiments, each its aggregate with the raw results of its
-/// experiment (only needed at the request level). Without any row there are no columns
-/// either: the caller says that there was nothing to export.
+/// experiment (only needed at the request and trace levels). Without any row there are no
+/// columns either: the caller says that there was nothing to export.
 pub fn build_table(
     level: ExportLevel,
     experiments: &[(ExperimentAggregate, Vec<RawResult>)],
@@ -174,16 +231,20 @@ pub fn build_table(
             }
             ExportLevel::Request => {
                 for m in &agg.cycles {
-                    let raw = raws
-                        .iter()
-                        .find(|r| r.cycle == m.cycle && r.attempt == m.attempt)
-                        .ok_or_else(|| ExportError::MissingRaw {
-                            experiment_id: agg.experiment_id.clone(),
-                            cycle: m.cycle,
-                            attempt: m.attempt,
-                        })?;
-                    for req in &raw.requests {
+                    for req in &used_raw(agg, m, raws)?.requests {
                         push_row(&mut table, request_row(agg, m, req));
+                    }
+                }
+            }
+            ExportLevel::Trace => {
+                for m in &agg.cycles {
+                    for reading in &used_raw(agg, m, raws)?.energy {
+                        let Some(trace) = &reading.trace else {
+                            continue;
+                        };
+                        for (i, sample) in trace.samples.iter().enumerate() {
+                            push_row(&mut table, trace_row(agg, m, reading, trace, i, sample));
+                        }
                     }
                 }
             }
@@ -191,8 +252,66 @@ pub fn build_table(
     }
     Ok(table.unwrap_or(Table {
         columns: Vec::new(),
+        kinds: Vec::new(),
         rows: Vec::new(),
     }))
+}
+
+/// The raw result of the attempt the aggregate used for cycle `m`.
+fn used_raw<'a>(
+    agg: &ExperimentAggregate,
+    m: &JobMetrics,
+    raws: &'a [RawResult],
+) -> Result<&'a RawResult, ExportError> {
+    raws.iter()
+        .find(|r| r.cycle == m.cycle && r.attempt == m.attempt)
+        .ok_or_else(|| ExportError::MissingRaw {
+            experiment_id: agg.experiment_id.clone(),
+            cycle: m.cycle,
+            attempt: m.attempt,
+        })
+}
+
+/// A serde enum's name as stored (`cpu_package`, `nvml-counter`).
+fn serde_name(v: impl serde::Serialize) -> Option<String> {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn trace_row(
+    agg: &ExperimentAggregate,
+    m: &JobMetrics,
+    reading: &EnergyReading,
+    trace: &PowerTrace,
+    index: usize,
+    sample: &PowerSample,
+) -> RowBuilder {
+    let mut r = RowBuilder::new();
+    r.put("experiment_id", agg.experiment_id.as_str());
+    r.put("cycle", m.cycle);
+    r.put("attempt", m.attempt);
+    r.put("device_kind", serde_name(reading.device_kind));
+    r.put("device_id", reading.device_id.as_str());
+    r.put("device_name", reading.device_name.as_str());
+    r.put("simulated", reading.simulated);
+    r.put("energy_source", serde_name(reading.source));
+    r.num("trace_period_ms", Some(trace.period_ms));
+    r.put("sample_index", index);
+    r.num("t_ms", Some(ns_to_ms(sample.t_ns)));
+    // The device's window can start up to a counter period away from the job's.
+    r.num(
+        "window_start_offset_ms",
+        reading.window_start_offset_ns.map(|ns| ns as f64 / 1e6),
+    );
+    r.num("power_avg_w", sample.power_avg_w);
+    r.num("power_instant_w", sample.power_instant_w);
+    r.put("energy_counter_mj", sample.energy_counter_mj);
+    r.put("temperature_c", sample.temperature_c);
+    r.put("sm_clock_mhz", sample.sm_clock_mhz);
+    r.put("throttle_reasons", sample.throttle_reasons);
+    r
 }
 
 fn request_row(
@@ -338,6 +457,7 @@ pub fn write_table(
             }
             out.flush()?;
         }
+        ExportFormat::Parquet => parquet::write(table, out)?,
     }
     Ok(())
 }
@@ -422,6 +542,80 @@ mod tests {
     }
 
     #[test]
+    fn trace_rows_are_one_per_sample_of_each_device_with_a_trace() {
+        let mut raw = raw_result("e", 0, 2, 2_000_000);
+        let mut gpu = lem_common::domain::EnergyReading::unavailable(
+            lem_common::domain::DeviceKind::Gpu,
+            "GPU-0",
+            "H100",
+            2_000_000,
+        );
+        gpu.source = lem_common::domain::EnergySource::NvmlCounter;
+        gpu.energy_mj = Some(900.0);
+        gpu.unavailable_reason = None;
+        gpu.window_start_offset_ns = Some(-250_000);
+        let samples: Vec<PowerSample> = [(0u64, 300.0), (1_000_000, 320.5)]
+            .into_iter()
+            .map(|(t_ns, w)| PowerSample::power_usage_only(t_ns, w))
+            .collect();
+        gpu.trace = Some(PowerTrace {
+            period_ms: 1.0,
+            samples: samples.clone(),
+            unavailable: Default::default(),
+        });
+        // The fixture's CPU reading has no trace: it gives no rows.
+        raw.energy.push(gpu);
+        let agg = aggregate_experiment("e", "c", "m", 1, std::slice::from_ref(&raw));
+        let t = build_table(ExportLevel::Trace, &[(agg, vec![raw])]).unwrap();
+        assert_eq!(t.rows.len(), samples.len());
+        for (i, s) in samples.iter().enumerate() {
+            assert_eq!(cell(&t, i, "device_kind"), &Value::from("gpu"));
+            assert_eq!(cell(&t, i, "device_id"), &Value::from("GPU-0"));
+            assert_eq!(cell(&t, i, "energy_source"), &Value::from("nvml-counter"));
+            assert_eq!(cell(&t, i, "sample_index"), &Value::from(i));
+            assert_eq!(cell(&t, i, "t_ms"), &Value::from(s.t_ns as f64 / 1e6));
+            assert_eq!(
+                cell(&t, i, "power_avg_w"),
+                &Value::from(s.power_avg_w.unwrap())
+            );
+            assert_eq!(cell(&t, i, "window_start_offset_ms"), &Value::from(-0.25));
+            // Sensors the sample lacks stay null.
+            assert_eq!(cell(&t, i, "power_instant_w"), &Value::Null);
+            assert_eq!(cell(&t, i, "temperature_c"), &Value::Null);
+        }
+        let kind = |col: &str| t.kinds[t.columns.iter().position(|c| c == col).unwrap()];
+        assert_eq!(kind("energy_counter_mj"), ColumnKind::Int);
+        assert_eq!(kind("t_ms"), ColumnKind::Float);
+        assert_eq!(kind("simulated"), ColumnKind::Bool);
+    }
+
+    #[test]
+    fn every_level_has_one_kind_per_column() {
+        let raws = vec![raw_result("e", 0, 3, 2_000_000)];
+        let agg = aggregate_experiment("e", "c", "m", 1, &raws);
+        for level in [
+            ExportLevel::Request,
+            ExportLevel::Cycle,
+            ExportLevel::Experiment,
+        ] {
+            let t = build_table(level, &[(agg.clone(), raws.clone())]).unwrap();
+            assert_eq!(t.kinds.len(), t.columns.len(), "{level:?}");
+            // A non-null cell matches its column's kind.
+            for row in &t.rows {
+                for ((v, k), c) in row.iter().zip(&t.kinds).zip(&t.columns) {
+                    let ok = match k {
+                        ColumnKind::Bool => v.is_null() || v.is_boolean(),
+                        ColumnKind::Int => v.is_null() || v.is_i64() || v.is_u64(),
+                        ColumnKind::Float => v.is_null() || v.is_f64(),
+                        ColumnKind::Text => v.is_null() || v.is_string(),
+                    };
+                    assert!(ok, "{level:?} column {c}: {v} is not {k:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_missing_raw_result_is_an_error_naming_the_cycle() {
         let raws = vec![raw_result("e", 0, 2, 2_000_000)];
         let agg = aggregate_experiment("e", "c", "m", 1, &raws);
@@ -433,6 +627,7 @@ mod tests {
     fn csv_leaves_null_empty_and_jsonl_writes_null() {
         let t = Table {
             columns: vec!["a_j".into(), "b".into(), "c".into()],
+            kinds: vec![ColumnKind::Float, ColumnKind::Int, ColumnKind::Text],
             rows: vec![vec![Value::from(1.5), Value::Null, Value::from("x,y")]],
         };
         let mut csv_out = Vec::new();

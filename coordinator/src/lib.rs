@@ -8,9 +8,11 @@ pub mod driver;
 pub mod embedded;
 pub mod embedded_agent;
 pub mod export;
+pub mod pivot;
 pub mod scheduler;
 pub mod store;
 #[cfg(test)]
 mod test_fixtures;
+pub mod until_ci;
 pub mod window_energy;
 pub mod wire_edge;

@@ -111,6 +111,7 @@ fn experiment(store: &Store, id: &str, config_name: &str, wall_s: &[f64]) -> Exp
         error: None,
         error_chain: Vec::new(),
         origin: "test".into(),
+        until_ci: None,
     };
     store.create_experiment(&rec).unwrap();
     for (cycle, s) in wall_s.iter().enumerate() {
@@ -315,4 +316,59 @@ error: no experiment `exp_nope` in the result store at [TMP]/results/lem.sled
 error: experiment exp_20260101_000003_dddddd (completed) in the result store at [TMP]/results/lem.sled has no aggregate to compare; make one with `lem --data-dir results aggregate exp_20260101_000003_dddddd`
 
 "#]]);
+}
+
+#[test]
+fn several_metrics_get_holm_adjusted_verdicts() {
+    let sb = Sandbox::new();
+    let v = sb.json(&[
+        "results",
+        "compare",
+        A,
+        B,
+        "--metric",
+        "wall_s",
+        "--metric",
+        "output_tokens_per_s",
+        "--json",
+    ]);
+    let rows = v["metrics"].as_array().unwrap();
+    let p: Vec<f64> = rows
+        .iter()
+        .map(|r| r["welch"]["p_value"].as_f64().unwrap())
+        .collect();
+    // Holm over two tests, by hand: the smaller p doubled (capped at 1); the larger
+    // p itself, but never below the first's adjusted value.
+    let (lo, hi) = if p[0] <= p[1] { (0, 1) } else { (1, 0) };
+    let mut want = [0.0; 2];
+    want[lo] = (2.0 * p[lo]).min(1.0);
+    want[hi] = p[hi].max(want[lo]);
+    for (r, w) in rows.iter().zip(want) {
+        let got = r["holm_p_value"].as_f64().unwrap();
+        assert!(close(got, w, 1e-12), "{r}");
+        assert_eq!(r["holm_significant"], w < 0.05);
+    }
+    // wall_s alone is its own family: no correction.
+    let one = sb.json(&["results", "compare", A, B, "--metric", "wall_s", "--json"]);
+    assert!(one["metrics"][0]["holm_p_value"].is_null());
+    let text = sb
+        .lem()
+        .args([
+            "results",
+            "compare",
+            A,
+            B,
+            "--metric",
+            "wall_s",
+            "--metric",
+            "output_tokens_per_s",
+        ])
+        .assert()
+        .success();
+    let out = String::from_utf8_lossy(&text.get_output().stdout).to_string();
+    assert!(out.contains(", Holm p = "), "{out}");
+    assert!(
+        out.contains("2 metrics tested at once: the verdict uses Holm-adjusted p < 0.05"),
+        "{out}"
+    );
 }

@@ -519,3 +519,67 @@ fn dataset_alias_reads_the_hugging_face_cache_offline() {
     );
     assert_eq!(raw["cli_overrides"]["num_input_prompts"]["new"], 3);
 }
+
+#[test]
+fn until_ci_adds_cycles_to_the_cap_or_stops_when_the_metric_has_no_value() {
+    if !model_available() {
+        return;
+    }
+    let env = Env::new();
+    let small = ["-n", "2", "--max-tokens", "4", "--json"];
+    // A target no timing meets (0.0001%): cycles are added one at a time up to the cap.
+    let max_cycles = 4;
+    let agg = env.json(
+        &[
+            &[
+                "experiment",
+                QUICK,
+                "--until-ci",
+                "0.0001%",
+                "--metric",
+                "output_tokens_per_s",
+                "--max-cycles",
+                &max_cycles.to_string(),
+            ][..],
+            &small[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(agg["cycles"].as_array().unwrap().len(), max_cycles);
+    assert_eq!(agg["num_cycles_expected"], max_cycles);
+    assert_eq!(agg["complete"], true);
+    let u = &agg["until_ci"];
+    assert_eq!(u["outcome"], "cap_hit");
+    assert_eq!(u["cycles"], max_cycles);
+    assert_eq!(u["rule"]["metric"], "output_tokens_per_s");
+    assert!((u["rule"]["target_relative_half_width"].as_f64().unwrap() - 1e-6).abs() < 1e-15);
+    // The stored relative half-width is the aggregate's own CI over its mean.
+    let s = &agg["stats"]["output_tokens_per_s"];
+    let want = s["ci95_half_width"].as_f64().unwrap() / s["mean"].as_f64().unwrap().abs();
+    assert!((u["relative_half_width"].as_f64().unwrap() - want).abs() <= 1e-12 * want);
+    // `results show` says the cap was hit.
+    let id = agg["experiment_id"].as_str().unwrap();
+    let shown = env.run(&["results", "show", id]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("until-ci   CAP HIT, target not reached after 4 cycles"),
+        "{text}"
+    );
+
+    // No powercap here: j_per_output_token (the default metric) never has a value, so
+    // the rule stops at its minimum of 3 cycles and says why, instead of running to 30.
+    let agg = env.json(&[&["experiment", QUICK, "--until-ci", "2%"][..], &small[..]].concat());
+    assert_eq!(agg["cycles"].as_array().unwrap().len(), 3);
+    assert_eq!(agg["until_ci"]["outcome"], "metric_unavailable");
+    assert!(agg["until_ci"]["relative_half_width"].is_null());
+    assert!(agg["until_ci"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("j_per_output_token has no value"));
+
+    // Bad input is refused before anything runs.
+    let out = env.run(&["experiment", QUICK, "--until-ci", "0%"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = env.run(&["experiment", QUICK, "--max-cycles", "5"]);
+    assert_eq!(out.status.code(), Some(2), "--max-cycles needs --until-ci");
+}

@@ -1,8 +1,9 @@
 //! `lem results export` at the command line: rows, columns and nulls of each level and
 //! format over a store filled through the library (no model), its errors, and a check
-//! that pandas loads both formats with the values `lem results show --json` prints.
+//! that pandas and pyarrow load every format with the values `lem results show --json`
+//! prints.
 
-use lem_common::domain::{DeviceKind, EnergyReading, EnergySource};
+use lem_common::domain::{DeviceKind, EnergyReading, EnergySource, PowerSample, PowerTrace};
 use lem_coordinator::embedded::{self, StoreHandle};
 use lem_coordinator::store::{ExperimentRecord, ExperimentStatus, Store};
 use std::collections::BTreeMap;
@@ -21,8 +22,13 @@ mod fixtures;
 const GPU_MJ: [f64; 2] = [40_000.0, 46_000.0];
 const WALL_NS: [u64; 2] = [2_000_000_000, 3_000_000_000];
 
-/// A data dir with: `exp_a` (2 cycles, simulated GPU energy), `exp_b` (1 cycle, energy
-/// unavailable), both aggregated; `exp_c` failed before any result.
+/// Power (W) of the trace samples of exp_a's GPU, one every TRACE_PERIOD_MS; the cycle's
+/// number is added so the cycles' traces differ.
+const TRACE_W: [f64; 3] = [310.0, 325.5, 298.25];
+const TRACE_PERIOD_MS: f64 = 100.0;
+
+/// A data dir with: `exp_a` (2 cycles, simulated GPU energy with a power trace), `exp_b`
+/// (1 cycle, energy unavailable), both aggregated; `exp_c` failed before any result.
 struct Fixture {
     _dir: tempfile::TempDir,
     data: PathBuf,
@@ -48,15 +54,33 @@ fn record(id: &str, cycles: u32, status: ExperimentStatus) -> ExperimentRecord {
         error: (status == ExperimentStatus::Failed).then(|| "cycle 1: no prompts".into()),
         error_chain: Vec::new(),
         origin: "test".into(),
+        until_ci: None,
     }
 }
 
-fn simulated_gpu(energy_mj: f64, window_ns: u64) -> EnergyReading {
+fn simulated_gpu(energy_mj: f64, window_ns: u64, cycle: u32) -> EnergyReading {
     let mut r = EnergyReading::unavailable(DeviceKind::Gpu, "GPU-fake-0", "", window_ns);
     r.source = EnergySource::NvmlCounter;
     r.energy_mj = Some(energy_mj);
     r.unavailable_reason = None;
     r.simulated = true;
+    let samples = TRACE_W
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let mut s = PowerSample::power_usage_only(
+                (i as f64 * TRACE_PERIOD_MS * 1e6) as u64,
+                w + cycle as f64,
+            );
+            s.temperature_c = (i == 0).then_some(61);
+            s
+        })
+        .collect();
+    r.trace = Some(PowerTrace {
+        period_ms: TRACE_PERIOD_MS,
+        samples,
+        unavailable: Default::default(),
+    });
     r
 }
 
@@ -79,6 +103,7 @@ impl Fixture {
                 raw.energy = vec![simulated_gpu(
                     GPU_MJ[cycle as usize],
                     WALL_NS[cycle as usize],
+                    cycle,
                 )];
                 store.put_raw(&raw).unwrap();
             }
@@ -214,6 +239,64 @@ fn request_jsonl_has_one_object_per_request_with_nulls() {
 }
 
 #[test]
+fn trace_csv_has_one_row_per_sample_and_only_devices_with_a_trace() {
+    let fx = Fixture::new();
+    let rows = csv_rows(&fx.export(&["exp_a", "exp_b", "--format", "csv", "--level", "trace"]));
+    // exp_a: 2 cycles × one GPU with a trace; exp_b's CPU reading has none.
+    assert_eq!(rows.len(), 2 * TRACE_W.len());
+    for (i, row) in rows.iter().enumerate() {
+        let (cycle, sample) = (i / TRACE_W.len(), i % TRACE_W.len());
+        assert_eq!(row["experiment_id"], "exp_a");
+        assert_eq!(row["cycle"], cycle.to_string());
+        assert_eq!(row["device_kind"], "gpu");
+        assert_eq!(row["device_id"], "GPU-fake-0");
+        assert_eq!(row["simulated"], "true");
+        assert_eq!(row["sample_index"], sample.to_string());
+        let t_ms: f64 = row["t_ms"].parse().unwrap();
+        assert!(close(t_ms, sample as f64 * TRACE_PERIOD_MS), "{t_ms}");
+        let w: f64 = row["power_avg_w"].parse().unwrap();
+        assert!(close(w, TRACE_W[sample] + cycle as f64), "{w}");
+        let temperature = if sample == 0 { "61" } else { "" };
+        assert_eq!(row["temperature_c"], temperature, "null, not zero");
+        assert_eq!(row["power_instant_w"], "");
+    }
+    // Only exp_b: nothing has a trace, which is said rather than an empty file.
+    let out = fx.lem(&[
+        "results", "export", "exp_b", "--format", "csv", "--level", "trace",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing to export at --level trace"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn parquet_export_starts_and_ends_with_the_magic_bytes() {
+    let fx = Fixture::new();
+    let out_path = fx.data.parent().unwrap().join("cycles.parquet");
+    let out = fx.lem(&[
+        "results",
+        "export",
+        "--all",
+        "--format",
+        "parquet",
+        "--level",
+        "cycle",
+        "--out",
+        &out_path.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&out_path).unwrap();
+    assert!(bytes.len() > 8);
+    assert_eq!(&bytes[..4], b"PAR1");
+    assert_eq!(&bytes[bytes.len() - 4..], b"PAR1");
+}
+
+#[test]
 fn experiment_export_of_all_writes_the_file_and_names_what_it_skipped() {
     let fx = Fixture::new();
     let out_path = fx.data.parent().unwrap().join("exp.csv");
@@ -316,7 +399,7 @@ fn bad_requests_are_refused_naming_what_is_wrong() {
     assert!(!missing.exists());
 }
 
-/// The interpreter of the pandas environment (`scripts/test-python.sh` creates it).
+/// The interpreter of the pandas and pyarrow environment (`scripts/test-python.sh` creates it).
 /// Without one the test fails: under CI always; elsewhere only LEM_SKIP_PANDAS=1 skips.
 fn pandas_python() -> Option<PathBuf> {
     let script = support::repo_root().join("scripts/test-python.sh");
@@ -337,7 +420,7 @@ fn pandas_python() -> Option<PathBuf> {
 }
 
 #[test]
-fn pandas_loads_both_formats_with_the_values_results_show_prints() {
+fn pandas_loads_every_format_with_the_values_results_show_prints() {
     let Some(python) = pandas_python() else {
         return;
     };
@@ -358,7 +441,7 @@ fn pandas_loads_both_formats_with_the_values_results_show_prints() {
     );
     // The script reports each comparison it made; it must have made some of each level.
     let said = String::from_utf8_lossy(&out.stdout);
-    for level in ["request", "cycle", "experiment"] {
+    for level in ["request", "cycle", "experiment", "trace"] {
         assert!(said.contains(&format!("{level}: ")), "{said}");
     }
 }

@@ -158,8 +158,9 @@ Arguments:
 Options:
       --raw             Per-cycle raw results instead of the aggregate
       --json            Machine-readable output (the aggregate, or the raw results with --raw)
-      --data-dir <DIR>  Where results are stored (overrides the one before the subcommand and LEM_DATA_DIR; default ./results)
+      --no-plots        No per-cycle sparklines or phase bar (drawn only when stdout is a terminal)
   -v, --verbose...      More log output (-v info, -vv debug)
+      --data-dir <DIR>  Where results are stored (overrides the one before the subcommand and LEM_DATA_DIR; default ./results)
   -h, --help            Print help
 
 "#]]);
@@ -492,6 +493,7 @@ fn fixture_record(
         error: None,
         error_chain: Vec::new(),
         origin: "test".into(),
+        until_ci: None,
     }
 }
 

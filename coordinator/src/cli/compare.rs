@@ -1,12 +1,14 @@
 //! `lem results compare A B`: per metric, the means of two experiments, B − A with its
 //! 95% CI, and whether the difference is significant by Welch's t-test on the per-cycle
-//! values the aggregates hold.
+//! values the aggregates hold. With several metrics tested at once, the verdict uses
+//! Holm-adjusted p-values, so the chance of any false "significant" stays at 5%.
 
 use super::error::outln;
 use super::{lem_hint, CliError, Outcome};
 use crate::aggregate::{metric_cycle_values, metric_names, ExperimentAggregate};
 use crate::embedded::StoreHandle;
 use crate::store::{ExperimentRecord, ExperimentStatus};
+use lem_common::holm::holm_adjust;
 use lem_common::welch::{mean_difference, WelchTest};
 use serde::Serialize;
 
@@ -37,6 +39,11 @@ struct MetricComparison {
     /// (B − A) / |A|; null when A's mean is 0 or either side has no value.
     relative_difference: Option<f64>,
     welch: Option<WelchTest>,
+    /// Holm-adjusted p-value over the metrics tested together; null when this metric has
+    /// no test or it is the only one.
+    holm_p_value: Option<f64>,
+    /// The verdict after the correction (holm_p_value < 0.05); null when not applied.
+    holm_significant: Option<bool>,
     /// Why there is no verdict (too few cycles, no spread, a side without a value).
     no_verdict_reason: Option<String>,
 }
@@ -68,7 +75,9 @@ pub fn compare(
         }
         metrics.to_vec()
     };
-    let rows: Vec<MetricComparison> = chosen.iter().map(|m| compare_metric(&a, &b, m)).collect();
+    let mut rows: Vec<MetricComparison> =
+        chosen.iter().map(|m| compare_metric(&a, &b, m)).collect();
+    apply_holm(&mut rows);
     if json {
         let side = |s: &Side| {
             serde_json::json!({
@@ -128,6 +137,8 @@ fn compare_metric(a: &Side, b: &Side, metric: &str) -> MetricComparison {
         difference: None,
         relative_difference: None,
         welch: None,
+        holm_p_value: None,
+        holm_significant: None,
         no_verdict_reason: None,
     };
     let side_value = |v: &[f64]| SideValue {
@@ -170,6 +181,25 @@ fn compare_metric(a: &Side, b: &Side, metric: &str) -> MetricComparison {
         Err(e) => row.no_verdict_reason = Some(e.to_string()),
     }
     row
+}
+
+/// Sets the Holm-adjusted p-value and verdict of every tested metric when more than one
+/// is tested (one test needs no correction).
+fn apply_holm(rows: &mut [MetricComparison]) {
+    let tested: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].welch.is_some())
+        .collect();
+    if tested.len() < 2 {
+        return;
+    }
+    let p: Vec<f64> = tested
+        .iter()
+        .map(|&i| rows[i].welch.as_ref().map_or(f64::NAN, |w| w.p_value))
+        .collect();
+    for (&i, adjusted) in tested.iter().zip(holm_adjust(&p)) {
+        rows[i].holm_p_value = Some(adjusted);
+        rows[i].holm_significant = Some(adjusted < 0.05);
+    }
 }
 
 /// A number with about four significant digits; exponent form when very large or small.
@@ -255,6 +285,12 @@ fn print_text(a: &Side, b: &Side, rows: &[MetricComparison]) -> std::io::Result<
     outln!(
         "Significant: Welch's t-test on per-cycle values, two-sided p < 0.05 (the 95% CI of B − A excludes 0)."
     );
+    let tests = rows.iter().filter(|r| r.holm_p_value.is_some()).count();
+    if tests > 0 {
+        outln!(
+            "{tests} metrics tested at once: the verdict uses Holm-adjusted p < 0.05 (family-wise error 5%); each CI is unadjusted."
+        );
+    }
     Ok(())
 }
 
@@ -266,18 +302,24 @@ fn row_cells(r: &MetricComparison) -> [String; 6] {
         _ => "null".into(),
     };
     let (ci, verdict) = match &r.welch {
-        Some(w) => (
-            format!("{} to {}", num(w.ci95_low), num(w.ci95_high)),
-            format!(
-                "{} (p = {})",
-                if w.significant {
-                    "significant"
-                } else {
-                    "not significant"
-                },
-                num(w.p_value)
-            ),
-        ),
+        Some(w) => {
+            let word = |s: bool| if s { "significant" } else { "not significant" };
+            let verdict = match (r.holm_p_value, r.holm_significant) {
+                (Some(hp), Some(hs)) => {
+                    format!(
+                        "{} (p = {}, Holm p = {})",
+                        word(hs),
+                        num(w.p_value),
+                        num(hp)
+                    )
+                }
+                _ => format!("{} (p = {})", word(w.significant), num(w.p_value)),
+            };
+            (
+                format!("{} to {}", num(w.ci95_low), num(w.ci95_high)),
+                verdict,
+            )
+        }
         None => ("—".into(), r.no_verdict_reason.clone().unwrap_or_default()),
     };
     [r.metric.clone(), mean(&r.a), mean(&r.b), diff, ci, verdict]

@@ -123,7 +123,12 @@ pub fn run_experiment(data_dir: &Path, args: ExperimentArgs) -> Result<Outcome, 
         }
         rec
     } else {
-        let overrides = to_cli_overrides(&args.overrides, args.cycles);
+        let until_ci = super::until_ci_run::rule_from_args(&args)?;
+        // Under --until-ci the experiment starts with the rule's minimum of cycles.
+        let cycles = until_ci
+            .as_ref()
+            .map_or(args.cycles, |r| Some(r.min_cycles));
+        let overrides = to_cli_overrides(&args.overrides, cycles);
         let resolved = resolve_config(args.config.as_ref(), args.preset.as_deref(), &overrides)?;
         preflight(&resolved, &ctx)?;
         let origin = match (&args.config, &args.preset) {
@@ -131,10 +136,14 @@ pub fn run_experiment(data_dir: &Path, args: ExperimentArgs) -> Result<Outcome, 
             (None, Some(p)) => format!("preset {p}"),
             (None, None) => String::new(),
         };
-        match check_incomplete(&store, &resolved, args.fresh)? {
+        let mut rec = match check_incomplete(&store, &resolved, args.fresh)? {
             Some(rec) => rec,
             None => embedded::create_experiment(&store, &resolved, &origin)?,
+        };
+        if let Some(rule) = until_ci {
+            rec.until_ci = Some(super::until_ci_run::start(rule));
         }
+        rec
     };
 
     embedded::set_status(&store, &mut rec, ExperimentStatus::Running, None)?;
@@ -148,7 +157,7 @@ pub fn run_experiment(data_dir: &Path, args: ExperimentArgs) -> Result<Outcome, 
     );
     let mut runner = JobRunner::new();
     let mut sink = CliSink::new(false);
-    let outcome = embedded::run_pending_cycles(&store, &rec, &mut runner, &ctx, &mut sink);
+    let outcome = super::until_ci_run::run_cycles(&store, &mut rec, &mut runner, &ctx, &mut sink);
     sink.bar.finish_and_clear();
     match outcome {
         Ok(()) => {

@@ -1,75 +1,61 @@
-//! `lem results export`: stored aggregates (and, per request, the raw results they used)
-//! as CSV or JSON Lines, to stdout or atomically to a file. The store is only read.
+//! `lem results export`: stored aggregates (and, per request or trace sample, the raw
+//! results they used) as CSV, JSON Lines or Parquet, to stdout or atomically to a file.
+//! The store is only read.
 
+use super::selection::{select_aggregated, Selection};
 use super::{CliError, ExportArgs, Outcome};
 use crate::aggregate::ExperimentAggregate;
 use crate::embedded::StoreHandle;
-use crate::export::{self, ExportLevel};
-use crate::store::ExperimentRecord;
+use crate::export::{self, ExportFormat, ExportLevel};
 use lem_common::domain::RawResult;
 use std::io::Write;
 use std::path::Path;
 
 pub fn export(store: &StoreHandle, args: ExportArgs) -> Result<Outcome, CliError> {
-    let need_raw = args.level == ExportLevel::Request;
-    // One store open for every record, aggregate and raw result.
-    let (found, skipped) = store.read(|s| {
-        let recs: Vec<ExperimentRecord> = if args.all {
-            s.experiments()?
-        } else {
-            let mut recs: Vec<ExperimentRecord> = Vec::new();
-            for id in &args.ids {
-                let rec = s.find_experiment(id)?;
-                // The same experiment named twice (id and prefix) is exported once.
-                if !recs.iter().any(|r| r.id == rec.id) {
-                    recs.push(rec);
-                }
-            }
-            recs
-        };
-        let mut found: Vec<(ExperimentAggregate, Vec<RawResult>)> = Vec::new();
-        let mut skipped: Vec<ExperimentRecord> = Vec::new();
-        for rec in recs {
-            match s.aggregate::<ExperimentAggregate>(&rec.id)? {
-                Some(agg) => {
-                    let raws = if need_raw {
-                        s.raw_results(&rec.id)?
-                    } else {
-                        Vec::new()
-                    };
-                    found.push((agg, raws));
-                }
-                None => skipped.push(rec),
-            }
-        }
-        Ok((found, skipped))
-    })?;
-    if !args.all {
-        if let Some(rec) = skipped.first() {
-            return Err(CliError::failure(format!(
-                "experiment {} ({}) has no aggregate to export; aggregate it first: {}",
-                rec.id,
-                rec.status.as_str(),
-                super::lem_hint(&store.data_dir, &format!("aggregate {}", rec.id))
-            )));
-        }
+    use std::io::IsTerminal;
+    if args.format == ExportFormat::Parquet && args.out.is_none() && std::io::stdout().is_terminal()
+    {
+        return Err(CliError::usage(
+            "--format parquet is binary: give --out FILE (or redirect stdout to a file)",
+        ));
     }
-    for rec in &skipped {
-        eprintln!("skipped {} ({}): no aggregate", rec.id, rec.status.as_str());
-    }
-    if found.is_empty() {
+    let need_raw = matches!(args.level, ExportLevel::Request | ExportLevel::Trace);
+    let found: Vec<(ExperimentAggregate, Vec<RawResult>)> = select_aggregated(
+        store,
+        Selection::from_args(&args.ids, args.all, args.sweep.as_deref()),
+        need_raw,
+    )?
+    .into_iter()
+    .map(|s| (s.agg, s.raws))
+    .collect();
+    let table = export::build_table(args.level, &found)?;
+    if table.rows.is_empty() {
+        // Only traces can be absent from every cycle (RAPL and counter-only readings
+        // have none); other levels have a row per aggregated cycle at least.
         return Err(CliError::failure(format!(
-            "nothing to export: no experiment in {} has an aggregate",
-            store.data_dir.display()
+            "nothing to export at --level {}: none of the {} experiment(s) has a row at this level{}",
+            level_name(args.level),
+            found.len(),
+            if args.level == ExportLevel::Trace {
+                " (no device of any aggregated cycle recorded a power trace)"
+            } else {
+                ""
+            }
         )));
     }
-    let table = export::build_table(args.level, &found)?;
     match &args.out {
         None => export::write_table(&table, args.format, &mut std::io::stdout().lock())?,
         Some(path) => write_atomically(path, |f| export::write_table(&table, args.format, f))
             .map_err(|e| CliError::failure(format!("cannot write {}: {e}", path.display())))?,
     }
     Ok(Outcome::Success)
+}
+
+fn level_name(level: ExportLevel) -> String {
+    use clap::ValueEnum;
+    level
+        .to_possible_value()
+        .map_or_else(|| format!("{level:?}"), |v| v.get_name().to_string())
 }
 
 /// Writes `path` through a temporary file beside it and a rename, so a reader never sees

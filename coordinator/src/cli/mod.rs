@@ -13,9 +13,13 @@ mod export_cmd;
 mod gpu_check;
 mod man_page;
 mod model_cmd;
+mod pivot_cmd;
+mod plots;
 mod reference;
 mod results;
+mod selection;
 mod table;
+mod until_ci_run;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -242,6 +246,22 @@ pub struct ExperimentArgs {
     /// Print the result summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Keep adding cycles (one at a time, from --cycles or 3) until the 95% CI
+    /// half-width of --metric is within this percentage of its mean, e.g. 2%, or
+    /// --max-cycles is reached; the rule and how it ended are stored with the result.
+    #[arg(long, value_name = "PCT", value_parser = crate::until_ci::parse_percent, conflicts_with = "resume")]
+    pub until_ci: Option<f64>,
+    /// The statistic --until-ci watches (a name in `lem results show --json`'s stats).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "j_per_output_token",
+        requires = "until_ci"
+    )]
+    pub metric: String,
+    /// The most cycles --until-ci runs.
+    #[arg(long, value_name = "N", default_value_t = 30, value_parser = positive_u32, allow_negative_numbers = true, requires = "until_ci")]
+    pub max_cycles: u32,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -352,6 +372,9 @@ pub enum ResultsCommand {
         /// Machine-readable output (the aggregate, or the raw results with --raw).
         #[arg(long)]
         json: bool,
+        /// No per-cycle sparklines or phase bar (drawn only when stdout is a terminal).
+        #[arg(long)]
+        no_plots: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -373,8 +396,61 @@ pub enum ResultsCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Export results as CSV or JSON Lines for pandas and other tools (columns: docs/export.md).
+    /// Export results as CSV, JSON Lines or Parquet for pandas and other tools (columns:
+    /// docs/export.md).
     Export(ExportArgs),
+    /// One statistic of many experiments as a table: rows and columns are config fields
+    /// that differ between them (batch size, precision, ...), cells mean ± 95% CI.
+    Table(TableArgs),
+}
+
+/// How `lem results table` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableFormat {
+    /// Aligned columns, notes below.
+    Text,
+    /// Mean, CI half-width and cycles in their own columns; notes on stderr.
+    Csv,
+    /// A GitHub-flavoured Markdown table, notes below.
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub struct TableArgs {
+    /// Experiment ids (or unique prefixes).
+    #[arg(
+        value_name = "ID",
+        required_unless_present_any = ["all", "sweep"],
+        conflicts_with_all = ["all", "sweep"]
+    )]
+    pub ids: Vec<String>,
+    /// Every experiment that has an aggregate; the others are named on stderr.
+    #[arg(long, conflicts_with = "sweep")]
+    pub all: bool,
+    /// The experiments of a sweep: config name NAME or NAME__… (how `lem config
+    /// generate-grid` names the points of a grid made from config NAME).
+    #[arg(long, value_name = "NAME")]
+    pub sweep: Option<String>,
+    /// Config field down the rows: a short name (batch_size, precision, quantization,
+    /// arrival_rate, temperature, model, ...) or a dotted path (decoder_config.top_p).
+    #[arg(long, value_name = "FIELD")]
+    pub rows: String,
+    /// Config field across the columns (as --rows).
+    #[arg(long, value_name = "FIELD")]
+    pub cols: String,
+    /// The statistic in the cells (a name `lem results show --json` has in `stats`,
+    /// e.g. j_per_output_token, output_tokens_per_s, ttft_p90_ms).
+    #[arg(long, value_name = "NAME")]
+    pub metric: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = TableFormat::Text)]
+    pub format: TableFormat,
+    /// Machine-readable output: axes, cells (mean, CI half-width, cycles, experiment,
+    /// note) and notes.
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -382,17 +458,23 @@ pub struct ExportArgs {
     /// Experiment ids (or unique prefixes).
     #[arg(
         value_name = "ID",
-        required_unless_present = "all",
-        conflicts_with = "all"
+        required_unless_present_any = ["all", "sweep"],
+        conflicts_with_all = ["all", "sweep"]
     )]
     pub ids: Vec<String>,
     /// Every experiment that has an aggregate; the others are named on stderr.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sweep")]
     pub all: bool,
-    /// CSV (null = empty cell) or JSON Lines (null = `null`).
+    /// The experiments of a sweep: config name NAME or NAME__… (how `lem config
+    /// generate-grid` names the points of a grid made from config NAME).
+    #[arg(long, value_name = "NAME")]
+    pub sweep: Option<String>,
+    /// CSV (null = empty cell), JSON Lines (null = `null`) or Parquet (typed, nullable
+    /// columns; binary, best with --out).
     #[arg(long, value_enum)]
     pub format: crate::export::ExportFormat,
-    /// One row per request, per cycle or per experiment.
+    /// One row per request, per cycle, per experiment, or per power-trace sample of each
+    /// device (trace).
     #[arg(long, value_enum)]
     pub level: crate::export::ExportLevel,
     /// Write to this file (replaced whole, never half-written) instead of stdout.
@@ -424,7 +506,8 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
                 ResultsCommand::List { store, .. }
                 | ResultsCommand::Show { store, .. }
                 | ResultsCommand::Compare { store, .. }
-                | ResultsCommand::Export(ExportArgs { store, .. }) => store.resolve(&top),
+                | ResultsCommand::Export(ExportArgs { store, .. })
+                | ResultsCommand::Table(TableArgs { store, .. }) => store.resolve(&top),
             };
             results::run(&dir, cmd)
         }
@@ -511,6 +594,7 @@ mod tests {
             "doctor",
             "results compare",
             "results export",
+            "results table",
         ];
         for (path, cmd) in all_commands() {
             let mut cmd = cmd;

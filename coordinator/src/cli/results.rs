@@ -1,5 +1,5 @@
 //! `lem results list|show` and `lem aggregate` (`results compare` is in `compare.rs`,
-//! `results export` in `export_cmd.rs`).
+//! `results export` in `export_cmd.rs`, `results table` in `pivot_cmd.rs`).
 
 use super::error::outln;
 use super::{lem_hint, AggregateArgs, CliError, Outcome, ResultsCommand};
@@ -15,7 +15,18 @@ pub fn run(data_dir: &Path, cmd: ResultsCommand) -> Result<Outcome, CliError> {
     let store = StoreHandle::new(data_dir);
     match cmd {
         ResultsCommand::List { all, json, .. } => list(&store, all, json),
-        ResultsCommand::Show { id, raw, json, .. } => show(&store, &id, raw, json),
+        ResultsCommand::Show {
+            id,
+            raw,
+            json,
+            no_plots,
+            ..
+        } => {
+            // Plots only for a person at a terminal, never into a pipe or file.
+            use std::io::IsTerminal;
+            let plots = !no_plots && std::io::stdout().is_terminal();
+            show(&store, &id, raw, json, plots)
+        }
         ResultsCommand::Compare {
             a,
             b,
@@ -24,6 +35,7 @@ pub fn run(data_dir: &Path, cmd: ResultsCommand) -> Result<Outcome, CliError> {
             ..
         } => super::compare::compare(&store, &a, &b, &metrics, json),
         ResultsCommand::Export(args) => super::export_cmd::export(&store, args),
+        ResultsCommand::Table(args) => super::pivot_cmd::table(&store, args),
     }
 }
 
@@ -136,7 +148,13 @@ fn print_rows(rows: &[ListRow]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn show(store: &StoreHandle, id: &str, raw: bool, json: bool) -> Result<Outcome, CliError> {
+fn show(
+    store: &StoreHandle,
+    id: &str,
+    raw: bool,
+    json: bool,
+    plots: bool,
+) -> Result<Outcome, CliError> {
     let rec = store.read(|s| s.find_experiment(id))?;
     if raw {
         let raws = store.read(|s| s.raw_results(&rec.id))?;
@@ -167,6 +185,11 @@ fn show(store: &StoreHandle, id: &str, raw: bool, json: bool) -> Result<Outcome,
             } else {
                 print_failure(&rec)?;
                 print_summary(store, &agg, &rec)?;
+                if plots {
+                    for line in super::plots::plot_lines(&agg) {
+                        outln!("{line}");
+                    }
+                }
             }
             Ok(Outcome::Success)
         }
@@ -663,6 +686,9 @@ fn print_aggregate(
         agg.num_cycles_expected,
         if agg.complete { "" } else { " (partial)" }
     );
+    if let Some(u) = &agg.until_ci {
+        outln!("  until-ci   {}", super::until_ci_run::describe(u));
+    }
     let Some(first) = agg.cycles.first() else {
         outln!("  no results");
         return Ok(());

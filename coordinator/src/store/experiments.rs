@@ -56,6 +56,10 @@ pub struct ExperimentRecord {
     pub error_chain: Vec<String>,
     /// Where the config came from (file path or preset), for display.
     pub origin: String,
+    /// `--until-ci`: the stopping rule and how it ended; `num_cycles` is then the
+    /// cycles run so far, grown one at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ci: Option<crate::until_ci::UntilCiRecord>,
 }
 
 impl ExperimentRecord {
@@ -187,6 +191,7 @@ mod tests {
             error: None,
             error_chain: Vec::new(),
             origin: "test".into(),
+            until_ci: None,
         }
     }
 
