@@ -449,6 +449,10 @@ pub struct RawResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup: Option<WarmupRecord>,
     pub warnings: Vec<String>,
+    /// The external server the job drove (`engine: openai`): its identity and the
+    /// requests that failed. `None` for lem's own engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<crate::server::ServerRecord>,
     /// Host the attempt ran on.
     pub hostname: String,
     pub lem_version: String,

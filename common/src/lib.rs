@@ -10,6 +10,7 @@ pub mod flops;
 pub mod mig;
 pub mod phases;
 pub mod rng;
+pub mod server;
 pub mod stats;
 pub mod welch;
 pub mod wire;

@@ -876,6 +876,7 @@ pub(crate) mod tests {
             warmup_requests: 0,
             warmup: None,
             warnings: vec!["same everywhere".into()],
+            server: None,
             hostname: "h".into(),
             lem_version: "0".into(),
         }
