@@ -57,6 +57,9 @@ pub enum ExperimentStatus {
     /// Stopped by Ctrl+C / SIGTERM with its state saved.
     Interrupted,
     Completed,
+    /// Every cycle ran, but an external server (`engine: openai`) failed some requests:
+    /// the results cover the successful ones (`RawResult::server` lists the failures).
+    Partial,
     Failed,
 }
 
@@ -66,8 +69,14 @@ impl ExperimentStatus {
             Self::Running => "running",
             Self::Interrupted => "interrupted",
             Self::Completed => "completed",
+            Self::Partial => "partial",
             Self::Failed => "failed",
         }
+    }
+
+    /// Every cycle has its result (some requests may have failed: `Partial`).
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Completed | Self::Partial)
     }
 }
 
