@@ -195,7 +195,9 @@ fn token_counts_equal_the_servers_usage_and_greedy_text_is_not_empty() {
         api_key_env: None,
         engine_name: Some("llama-cpp-python".into()),
         engine_version: None,
-        max_concurrency: Some(2),
+        // llama-cpp-python serves one request at a time and, by default
+        // (`interrupt_requests`), ends a running stream early when another arrives.
+        max_concurrency: Some(1),
         request_timeout_s: 120.0,
     });
     cfg.prompt_source = Some(PromptSource::File {
