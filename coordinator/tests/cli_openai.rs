@@ -98,4 +98,22 @@ prompt_source:
     assert_eq!(server_rec["failed_requests"][0]["kind"], "http_status");
     assert_eq!(server_rec["failed_requests"][0]["http_status"], 500);
     assert_eq!(raws[0]["requests"].as_array().unwrap().len(), 1);
+
+    // The cycle export counts the failure beside the successful request.
+    let export = lem(
+        dir,
+        &[
+            "results", "export", &id, "--format", "jsonl", "--level", "cycle",
+        ],
+    );
+    assert!(export.status.success());
+    let row: Value = serde_json::from_slice(export.stdout.split(|&b| b == b'\n').next().unwrap())
+        .expect("one JSON object per line");
+    assert_eq!(
+        (
+            row["num_requests"].as_u64(),
+            row["failed_requests"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
 }
