@@ -4,6 +4,8 @@ pub mod convert;
 pub mod engine;
 pub mod hub;
 pub mod meter;
+mod metered_window;
+pub mod openai;
 pub mod prompts;
 pub mod runner;
 pub mod serving;

@@ -8,8 +8,11 @@ use crate::engine::{
 use crate::hub::{self, ModelFormat, ResolveOptions};
 use crate::meter::phases::PhaseRecorder;
 use crate::meter::{self, BaselineCache, EnergyMeter, BASELINE_TTL};
+use crate::metered_window;
 use crate::prompts::{self, PromptContext, PromptSpec, Sampling};
-use lem_common::config::{BatchingStrategy, Device, ExperimentConfig, Precision, PromptSource};
+use lem_common::config::{
+    BatchingStrategy, Device, EngineKind, ExperimentConfig, Precision, PromptSource,
+};
 use lem_common::domain::{
     FlopsBreakdown, JobSpec, ModelInfo, RawResult, RequestRecord, TransformerShape,
     RAW_RESULT_SCHEMA_VERSION,
@@ -40,6 +43,10 @@ pub enum RunError {
     Unsupported(String),
     #[error("interrupted")]
     Interrupted,
+    /// `engine: openai`: the server could not be used at all (per-request failures are
+    /// results, not this).
+    #[error("{0}")]
+    Server(#[from] crate::openai::OpenAiError),
 }
 
 /// Where the runner finds models, prompts and meters.
@@ -134,6 +141,9 @@ impl JobRunner {
     ) -> Result<RawResult, RunError> {
         let cfg = &job.config;
         refuse_unsupported(cfg)?;
+        if cfg.engine == EngineKind::Openai {
+            return crate::openai::job::run(job, ctx, progress, &mut self.baselines);
+        }
         // Refused before the model is resolved (possibly downloaded); a device that does not
         // open is the engine's error at load.
         if cfg.device == Device::Cuda && !crate::engine::cuda_in_build() {
@@ -164,43 +174,11 @@ impl JobRunner {
         }
 
         progress.phase("loading prompts");
-        let (spec, sampling) = prompt_spec(cfg);
-        let count_tokens = |s: &str| engine.tokenizer().count(s);
-        let pctx = PromptContext {
-            hf_cache_dir: ctx.resolve.hf_cache_dir.clone(),
-            offline: ctx.resolve.offline,
-            count_tokens: &count_tokens,
-        };
-        let loaded = prompts::load_prompts(&spec, &sampling, cfg.num_input_prompts, &pctx)?;
-        warnings.extend(loaded.warnings);
-        let mut token_prompts = Vec::with_capacity(loaded.prompts.len());
-        let mut truncated = 0;
-        for p in &loaded.prompts {
-            let mut ids = engine
-                .tokenizer()
-                .encode(p)
-                .map_err(|source| RunError::Engine {
-                    model: cfg.model_name.clone(),
-                    source,
-                })?;
-            if ids.len() > cfg.max_input_tokens as usize {
-                ids.truncate(cfg.max_input_tokens as usize);
-                truncated += 1;
-            }
-            if ids.is_empty() {
-                continue;
-            }
-            token_prompts.push(ids);
-        }
-        if truncated > 0 {
-            warnings.push(format!(
-                "{truncated} prompt(s) truncated to max_input_tokens = {}",
-                cfg.max_input_tokens
-            ));
-        }
-        if token_prompts.is_empty() {
-            return Err(RunError::Unsupported("no non-empty prompts to run".into()));
-        }
+        let token_prompts: Vec<Vec<u32>> =
+            load_token_prompts(cfg, ctx, engine.tokenizer(), &mut warnings)?
+                .into_iter()
+                .map(|p| p.ids)
+                .collect();
 
         let params = generation_params(cfg, job.cycle);
         let mut observer = Observer {
@@ -222,11 +200,8 @@ impl JobRunner {
                 .map_err(|e| map_engine_err(&cfg.model_name, e))?;
         }
 
-        let mut meters = meter::rapl::open_cpu_meters(&ctx.powercap_root);
         let on_gpu = engine.info().device.kind == "cuda";
-        if let Some(m) = open_gpu_meter(cfg, on_gpu, &mut warnings) {
-            meters.meters.push(Box::new(m));
-        }
+        let mut meters = metered_window::open_meters(cfg, ctx, on_gpu, &mut warnings);
         // Every metered device is this job's alone from before the metered warmup and
         // the baseline until the window closes (`_claim` drops at return; invariant 4).
         let holder = format!("experiment {} ({})", job.experiment_id, cfg.config_name);
@@ -271,26 +246,8 @@ impl JobRunner {
         let batches = plan_batches(cfg, &token_prompts);
         let arrivals_ns = lem_common::arrivals::schedule_for(cfg, token_prompts.len())
             .map_err(|e| RunError::Unsupported(e.to_string()))?;
-        let baselines = if cfg.idle_baseline_s > 0.0 {
-            progress.phase("idle baseline");
-            baseline_cache.ensure(
-                &mut meters.meters,
-                Duration::from_secs_f64(cfg.idle_baseline_s),
-                Instant::now(),
-            )
-        } else {
-            BTreeMap::new()
-        };
-        for m in meters.meters.iter_mut() {
-            for (id, b) in &baselines {
-                if let Some(power_w) = b.info.power_w {
-                    m.set_idle_power_w(id, power_w);
-                }
-                if let Some((ms, how)) = &b.counter_period {
-                    m.set_counter_period_ms(id, *ms, how);
-                }
-            }
-        }
+        let baselines =
+            metered_window::prepare_baselines(baseline_cache, &mut meters.meters, cfg, progress);
         // The baseline wait (up to idle_baseline_s) does not watch Ctrl+C; honour it
         // before the window rather than after.
         if ctx.stop.load(Ordering::Relaxed) {
@@ -298,13 +255,7 @@ impl JobRunner {
         }
         progress.phase("measuring");
         progress.prompts_total(token_prompts.len() as u64);
-        // GPU meters (pushed last) start first: they wait for a counter update, which
-        // the RAPL window, started right before inference, should not include.
-        for m in meters.meters.iter_mut().rev() {
-            if let Err(e) = m.start() {
-                warnings.push(format!("energy meter {}: {e}", m.name()));
-            }
-        }
+        metered_window::start_meters(&mut meters.meters, &mut warnings);
         let window_start = Instant::now();
         let mut observer = Observer {
             stop: &ctx.stop,
@@ -369,27 +320,14 @@ impl JobRunner {
         } = window;
         let wall_ns = window_start.elapsed().as_nanos() as u64;
         let phases = observer.window.take().map(|(_, recorder)| recorder);
-        let mut per_meter = Vec::new();
-        for m in meters.meters.iter_mut() {
-            per_meter.push(m.stop());
-        }
-        per_meter.push(meters.unavailable_with_window(wall_ns));
-        // Each physical device once, whichever meters reported it (invariant 4).
-        let (mut energy, duplicates) = meter::ledger::merge_readings(per_meter);
-        for d in duplicates {
-            warnings.push(format!(
-                "device {} was reported twice in one window; counted once",
-                d.device_id
-            ));
-        }
-        if let Some(recorder) = &phases {
-            recorder.apply(&mut energy);
-        }
-        apply_baselines(&mut energy, &baselines);
-        warnings.extend(meter::checks::warnings(
-            &energy,
-            cfg.min_window_counter_periods,
-        ));
+        let energy = metered_window::close_meters(
+            &mut meters,
+            wall_ns,
+            phases.as_ref(),
+            &baselines,
+            cfg,
+            &mut warnings,
+        );
         records.sort_by_key(|r| r.index);
 
         let mut model = model_info.clone();
@@ -416,6 +354,7 @@ impl JobRunner {
             warmup_requests: warmup as u32,
             warmup: warmup_record,
             warnings,
+            server: None,
             hostname: crate::sysinfo::hostname(),
             lem_version: env!("CARGO_PKG_VERSION").to_string(),
         })
@@ -514,7 +453,7 @@ impl BaselineCache {
     /// Baseline power by device id for the devices `meters` can measure: cached values
     /// while fresh, else all meters measured idle together for `duration`. Nothing is
     /// measured (and no time spent) when no device gives a reading.
-    fn ensure(
+    pub(crate) fn ensure(
         &mut self,
         meters: &mut [Box<dyn EnergyMeter>],
         duration: Duration,
@@ -595,7 +534,7 @@ fn steady_warmup_round(
 /// Sets each reading's baseline from `baselines` (net energy where there is a power): a
 /// device's own, or for a MIG slice its parent's, which in shared mode was measured while
 /// other tenants may have run on the other slices.
-fn apply_baselines(
+pub(crate) fn apply_baselines(
     energy: &mut [lem_common::domain::EnergyReading],
     baselines: &BTreeMap<String, meter::IdleBaseline>,
 ) {
@@ -717,6 +656,10 @@ fn map_engine_err(model: &str, e: EngineError) -> RunError {
 /// Reads headers only; the weights load when the job runs.
 pub fn preflight(cfg: &ExperimentConfig, resolve: &ResolveOptions) -> Result<(), RunError> {
     refuse_unsupported(cfg)?;
+    if cfg.engine == EngineKind::Openai {
+        // The server must be up; the model is read for its tokenizer, not its weights.
+        crate::openai::job::preflight(cfg)?;
+    }
     // A prompt file that cannot be opened is the user's input too, found before a record
     // exists; its content is checked when the prompts load.
     if let Some(PromptSource::File { path, .. }) = &cfg.prompt_source {
@@ -807,6 +750,65 @@ fn config_notes(cfg: &ExperimentConfig, model: &ModelInfo) -> Vec<String> {
     notes
 }
 
+/// One prompt as the window runs it.
+pub(crate) struct TokenPrompt {
+    /// The prompt's text as the source gave it.
+    pub text: String,
+    /// Its token ids, truncated to `max_input_tokens`.
+    pub ids: Vec<u32>,
+    pub truncated: bool,
+}
+
+/// The config's prompts, tokenized and truncated to `max_input_tokens`; empty ones are
+/// dropped. Notes (truncation, source warnings) go to `warnings`.
+pub(crate) fn load_token_prompts(
+    cfg: &ExperimentConfig,
+    ctx: &RunContext,
+    tokenizer: &crate::engine::LemTokenizer,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<TokenPrompt>, RunError> {
+    let (spec, sampling) = prompt_spec(cfg);
+    let count_tokens = |s: &str| tokenizer.count(s);
+    let pctx = PromptContext {
+        hf_cache_dir: ctx.resolve.hf_cache_dir.clone(),
+        offline: ctx.resolve.offline,
+        count_tokens: &count_tokens,
+    };
+    let loaded = prompts::load_prompts(&spec, &sampling, cfg.num_input_prompts, &pctx)?;
+    warnings.extend(loaded.warnings);
+    let mut token_prompts = Vec::with_capacity(loaded.prompts.len());
+    let mut truncated_count = 0;
+    for text in loaded.prompts {
+        let mut ids = tokenizer.encode(&text).map_err(|source| RunError::Engine {
+            model: cfg.model_name.clone(),
+            source,
+        })?;
+        let truncated = ids.len() > cfg.max_input_tokens as usize;
+        if truncated {
+            ids.truncate(cfg.max_input_tokens as usize);
+            truncated_count += 1;
+        }
+        if ids.is_empty() {
+            continue;
+        }
+        token_prompts.push(TokenPrompt {
+            text,
+            ids,
+            truncated,
+        });
+    }
+    if truncated_count > 0 {
+        warnings.push(format!(
+            "{truncated_count} prompt(s) truncated to max_input_tokens = {}",
+            cfg.max_input_tokens
+        ));
+    }
+    if token_prompts.is_empty() {
+        return Err(RunError::Unsupported("no non-empty prompts to run".into()));
+    }
+    Ok(token_prompts)
+}
+
 fn prompt_spec(cfg: &ExperimentConfig) -> (PromptSpec, Sampling) {
     match &cfg.prompt_source {
         None => (
@@ -851,7 +853,7 @@ fn prompt_spec(cfg: &ExperimentConfig) -> (PromptSpec, Sampling) {
     }
 }
 
-fn generation_params(cfg: &ExperimentConfig, cycle: u32) -> GenerationParams {
+pub(crate) fn generation_params(cfg: &ExperimentConfig, cycle: u32) -> GenerationParams {
     let d = &cfg.decoder_config;
     GenerationParams {
         max_new_tokens: cfg.max_output_tokens,
@@ -874,7 +876,7 @@ fn generation_params(cfg: &ExperimentConfig, cycle: u32) -> GenerationParams {
 /// GPU (the system's NVML, or the library named) or `LEM_NVML_LIB` names a library (a
 /// simulated node). CPU inference on a GPU box is not charged the idle GPUs' energy.
 /// Why GPUs go unmetered is pushed to `warnings`.
-fn open_gpu_meter(
+pub(crate) fn open_gpu_meter(
     cfg: &ExperimentConfig,
     on_gpu: bool,
     warnings: &mut Vec<String>,
@@ -967,7 +969,7 @@ pub fn plan_batches(cfg: &ExperimentConfig, prompts: &[Vec<u32>]) -> Vec<Vec<usi
     batches
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 

@@ -331,7 +331,9 @@ pub struct RequestRecord {
     pub output_tokens: u32,
     /// From request arrival (or batch start) to the first output token.
     pub ttft_ns: u64,
-    /// Gaps between consecutive output tokens (length = output_tokens - 1).
+    /// Gaps between consecutive output tokens (length = output_tokens - 1). From an
+    /// external server (`engine: openai`): between consecutive streamed chunks with text,
+    /// which is one gap fewer than tokens only when the server streams one token a chunk.
     pub itl_ns: Vec<u64>,
     /// From arrival to the last token.
     pub e2e_ns: u64,
@@ -449,6 +451,10 @@ pub struct RawResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup: Option<WarmupRecord>,
     pub warnings: Vec<String>,
+    /// The external server the job drove (`engine: openai`): its identity and the
+    /// requests that failed. `None` for lem's own engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<crate::server::ServerRecord>,
     /// Host the attempt ran on.
     pub hostname: String,
     pub lem_version: String,

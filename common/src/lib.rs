@@ -11,6 +11,7 @@ pub mod holm;
 pub mod mig;
 pub mod phases;
 pub mod rng;
+pub mod server;
 pub mod stats;
 pub mod welch;
 pub mod wire;

@@ -141,7 +141,11 @@ pub struct JobMetrics {
     pub cycle: u32,
     pub attempt: u32,
     pub job_key: String,
+    /// Successful requests (the ones every other metric covers).
     pub num_requests: u64,
+    /// Requests an external server failed (`engine: openai`), left out of every metric.
+    #[serde(default)]
+    pub failed_requests: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub wall_s: f64,
@@ -356,6 +360,10 @@ pub fn job_metrics(raw: &RawResult) -> JobMetrics {
         attempt: raw.attempt,
         job_key: raw.job_key.clone(),
         num_requests: raw.requests.len() as u64,
+        failed_requests: raw
+            .server
+            .as_ref()
+            .map_or(0, |s| s.failed_requests.len() as u64),
         input_tokens,
         output_tokens,
         wall_s,
@@ -881,6 +889,7 @@ pub(crate) mod tests {
             warmup_requests: 0,
             warmup: None,
             warnings: vec!["same everywhere".into()],
+            server: None,
             hostname: "h".into(),
             lem_version: "0".into(),
         }

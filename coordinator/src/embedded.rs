@@ -184,6 +184,30 @@ pub fn completed_cycles(store: &StoreHandle, id: &str) -> Result<Vec<u32>, Embed
     Ok(store.with(|s| s.raw_cycles(id))?)
 }
 
+/// How a run whose every cycle finished ends: `Partial` when an external server failed
+/// any request of any cycle, else `Completed`.
+pub fn finished_status(
+    store: &StoreHandle,
+    rec: &ExperimentRecord,
+) -> Result<ExperimentStatus, EmbeddedError> {
+    let raws = store.with(|s| s.raw_results(&rec.id))?;
+    let failed = raws
+        .iter()
+        .filter_map(|r| r.server.as_ref())
+        .any(|s| !s.failed_requests.is_empty());
+    Ok(if failed {
+        ExperimentStatus::Partial
+    } else {
+        ExperimentStatus::Completed
+    })
+}
+
+/// Marks a run whose every cycle finished as `finished_status` says.
+pub fn mark_finished(store: &StoreHandle, rec: &mut ExperimentRecord) -> Result<(), EmbeddedError> {
+    let status = finished_status(store, rec)?;
+    set_status(store, rec, status, None)
+}
+
 pub fn set_status(
     store: &StoreHandle,
     rec: &mut ExperimentRecord,
@@ -318,6 +342,74 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let handle = StoreHandle::new(&dir.path().join("results"));
         (dir, handle)
+    }
+
+    /// A server record for `experiment`'s raw results: `failed` failed requests.
+    fn server_with_failures(failed: u32) -> lem_common::server::ServerRecord {
+        use lem_common::server::{FailedRequest, FailureKind, ServerRecord};
+        ServerRecord {
+            endpoint: "http://127.0.0.1:1/v1".into(),
+            model: "m".into(),
+            engine_name: None,
+            engine_version: None,
+            models_response: None,
+            models_unavailable_reason: None,
+            response_headers: Default::default(),
+            max_concurrency: 1,
+            requests_sent: 2 + failed,
+            failed_requests: (0..failed)
+                .map(|i| FailedRequest {
+                    index: 2 + i,
+                    kind: FailureKind::HttpStatus,
+                    reason: "HTTP 500".into(),
+                    http_status: Some(500),
+                    arrival_offset_ns: None,
+                    start_offset_ns: 0,
+                    failed_offset_ns: 1,
+                    chunks_received: 0,
+                })
+                .collect(),
+            output_tokens_counted_by_lem: vec![],
+            input_tokens_counted_by_lem: vec![],
+        }
+    }
+
+    #[test]
+    fn a_run_whose_server_failed_requests_finishes_partial_and_counts_as_finished() {
+        let (_dir, store) = handle();
+        let resolved = resolved_config("org/model");
+        let mut clean = create_experiment(&store, &resolved, "a").unwrap();
+        let mut failing = create_experiment(&store, &resolved, "b").unwrap();
+        let mut ok = raw_result(&clean.id, 0, 4, 1_000);
+        ok.server = Some(server_with_failures(0));
+        store.with(|s| s.put_raw(&ok)).unwrap();
+        // Cycle 0 clean, cycle 1 with one failed request: the experiment is partial.
+        let mut first = raw_result(&failing.id, 0, 4, 1_000);
+        first.server = Some(server_with_failures(0));
+        let mut second = raw_result(&failing.id, 1, 4, 1_000);
+        second.server = Some(server_with_failures(1));
+        store.with(|s| s.put_raw(&first)).unwrap();
+        store.with(|s| s.put_raw(&second)).unwrap();
+
+        mark_finished(&store, &mut clean).unwrap();
+        mark_finished(&store, &mut failing).unwrap();
+        let status = |id: &str| store.with(|s| s.find_experiment(id)).unwrap().status;
+        assert_eq!(status(&clean.id), ExperimentStatus::Completed);
+        assert_eq!(status(&failing.id), ExperimentStatus::Partial);
+        assert_eq!(ExperimentStatus::Partial.as_str(), "partial");
+        assert!(
+            ExperimentStatus::Partial.is_finished() && ExperimentStatus::Completed.is_finished()
+        );
+        assert!(!ExperimentStatus::Interrupted.is_finished());
+        assert!(!is_resumable(
+            &store.with(|s| s.find_experiment(&failing.id)).unwrap()
+        ));
+        // The per-cycle metrics count the failures beside the successes.
+        let m = crate::aggregate::job_metrics(&second);
+        assert_eq!(
+            (m.num_requests, m.failed_requests),
+            (second.requests.len() as u64, 1)
+        );
     }
 
     #[test]

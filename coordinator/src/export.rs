@@ -362,6 +362,7 @@ fn cycle_row(agg: &ExperimentAggregate, m: &JobMetrics) -> RowBuilder {
     r.put("simulated", e.simulated);
     r.put("energy_method", energy_method(m));
     r.put("num_requests", m.num_requests);
+    r.put("failed_requests", m.failed_requests);
     r.put("input_tokens", m.input_tokens);
     r.put("output_tokens", m.output_tokens);
     r.num("wall_s", Some(m.wall_s));

@@ -87,6 +87,7 @@ pub fn raw_result(experiment_id: &str, cycle: u32, output_tokens: u32, wall_ns: 
         warmup: None,
         warmup_requests: 0,
         warnings: Vec::new(),
+        server: None,
         hostname: "test-host".into(),
         lem_version: "0".into(),
     }

@@ -112,6 +112,16 @@ pub struct EngineInfo {
     pub load_ns: u64,
 }
 
+/// What a model's files say without its weights (`Engine::read_gguf_headers`).
+#[derive(Debug)]
+pub struct ModelHeaders {
+    pub tokenizer: LemTokenizer,
+    pub shape: TransformerShape,
+    pub context_length: Option<u64>,
+    /// `gguf` or `safetensors`.
+    pub format: &'static str,
+}
+
 pub struct Engine {
     model: LlamaModel,
     tokenizer: LemTokenizer,
@@ -276,6 +286,44 @@ impl Engine {
         let hf = safetensors::HfConfig::read(dir)?;
         safetensors::SafetensorsSet::open(dir)?;
         Ok(hf.cfg.shape())
+    }
+
+    /// A GGUF model's tokenizer and shape, weights not loaded: what lem needs to drive
+    /// an external server that serves this model (`engine: openai`).
+    pub fn read_gguf_headers(
+        path: &Path,
+        tokenizer_json: Option<&Path>,
+    ) -> Result<ModelHeaders, EngineError> {
+        let g = GgufFile::open(path)?;
+        let cfg = LlamaConfig::from_gguf(&g)?;
+        Ok(ModelHeaders {
+            tokenizer: LemTokenizer::load(&g, tokenizer_json)?,
+            shape: cfg.shape(),
+            context_length: cfg.context_length,
+            format: "gguf",
+        })
+    }
+
+    /// The safetensors counterpart of [`read_gguf_headers`](Self::read_gguf_headers).
+    pub fn read_safetensors_headers(
+        dir: &Path,
+        tokenizer_json: Option<&Path>,
+    ) -> Result<ModelHeaders, EngineError> {
+        let hf = safetensors::HfConfig::read(dir)?;
+        let default_tokenizer = dir.join("tokenizer.json");
+        let tokenizer = LemTokenizer::from_hf(
+            tokenizer_json.unwrap_or(&default_tokenizer),
+            hf.eos_token_ids.clone(),
+            hf.eos_token.as_deref(),
+            hf.chat_template.as_deref(),
+            &hf.config_path,
+        )?;
+        Ok(ModelHeaders {
+            tokenizer,
+            shape: hf.cfg.shape(),
+            context_length: hf.cfg.context_length,
+            format: "safetensors",
+        })
     }
 
     /// Storage of the matmul weights (layer 0's projections, embedding, LM head), for

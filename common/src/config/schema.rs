@@ -86,6 +86,55 @@ pub struct ExperimentConfig {
     /// metered power) is stable, bounded.
     #[serde(default)]
     pub warmup_until_stable: SteadyWarmupConfig,
+    /// lem-only: what runs inference: lem's own candle engine, or an external
+    /// OpenAI-compatible server (`openai`, configured in the `openai` section).
+    #[serde(default)]
+    pub engine: EngineKind,
+    /// lem-only: the external server, for `engine: openai`.
+    #[serde(default)]
+    pub openai: Option<OpenAiServerConfig>,
+}
+
+/// What runs inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// lem's own engine, in process.
+    #[default]
+    Candle,
+    /// An OpenAI-compatible server (vLLM, TGI, SGLang, llama.cpp) lem sends requests to.
+    Openai,
+}
+
+/// An OpenAI-compatible server lem drives (`engine: openai`). `model_name` still names
+/// the model locally: lem reads its tokenizer (prompt truncation, token counts the
+/// server does not report) and shape (FLOPs) from it; the server serves the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenAiServerConfig {
+    /// Base URL including the API prefix, e.g. `http://127.0.0.1:8000/v1`; lem calls
+    /// `<endpoint>/completions` and `<endpoint>/models`. Plain `http://` only.
+    pub endpoint: String,
+    /// The model id the server knows the model by (the request's `model`).
+    pub model: String,
+    /// Name of the environment variable holding the API key (sent as a bearer token);
+    /// the key itself never goes in a config or a result.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// What the user says the server is (`vllm`, `llama.cpp`, ...), recorded as given.
+    #[serde(default)]
+    pub engine_name: Option<String>,
+    #[serde(default)]
+    pub engine_version: Option<String>,
+    /// Most requests in flight at once; `None` = `batching_options.batch_size`.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Bound on one request, connect to last byte, seconds.
+    #[serde(default = "default_request_timeout_s")]
+    pub request_timeout_s: f64,
+}
+
+fn default_request_timeout_s() -> f64 {
+    300.0
 }
 
 /// Warmup until steady state: rounds of `warmup_prompts` prompts (at least one) until two
@@ -179,6 +228,8 @@ impl ExperimentConfig {
             min_window_counter_periods: default_min_window_counter_periods(),
             carbon: CarbonConfig::default(),
             warmup_until_stable: SteadyWarmupConfig::default(),
+            engine: EngineKind::default(),
+            openai: None,
         }
     }
 

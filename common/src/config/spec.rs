@@ -84,6 +84,7 @@ pub(crate) const SHARDING_STRATEGIES: &[&str] = &["none", "tensor_parallel", "pi
 pub(crate) const LATENCY_MODES: &[&str] = &["poisson", "constant"];
 pub(crate) const DECODER_PRESETS: &[&str] = &["deterministic", "standard", "creative", "factual"];
 pub(crate) const QUANT_TYPES: &[&str] = &["nf4", "fp4"];
+pub(crate) const ENGINES: &[&str] = &["candle", "openai"];
 pub(crate) const PROMPT_TYPES: &[&str] = &["synthetic", "file", "huggingface"];
 
 pub(crate) const BATCHING: &[Field] = &[
@@ -133,6 +134,16 @@ pub(crate) const STEADY_WARMUP: &[Field] = &[
 pub(crate) const CARBON: &[Field] = &[
     opt("pue", float(1.0, 10.0)),
     opt("grid_intensity_gco2e_per_kwh", float(0.0, 10_000.0)),
+];
+
+pub(crate) const OPENAI: &[Field] = &[
+    req("endpoint", Ty::Str),
+    req("model", Ty::Str),
+    opt("api_key_env", Ty::Str),
+    opt("engine_name", Ty::Str),
+    opt("engine_version", Ty::Str),
+    opt("max_concurrency", uint(1, 100_000)),
+    f("request_timeout_s", positive()),
 ];
 
 /// Keys every prompt source takes.
@@ -191,6 +202,8 @@ pub(crate) const TOP: &[Field] = &[
     f("min_window_counter_periods", float(0.0, 1e9)),
     f("carbon", Ty::Section(CARBON)),
     f("warmup_until_stable", Ty::Section(STEADY_WARMUP)),
+    f("engine", Ty::Enum(ENGINES)),
+    opt("openai", Ty::Section(OPENAI)),
 ];
 
 /// Sections that may be written empty (`decoder_config:` with every key commented out).
@@ -303,6 +316,7 @@ mod tests {
         );
         assert_eq!(names(&DecoderPreset::ALL), DECODER_PRESETS);
         assert_eq!(names(&[Device::Auto, Device::Cpu, Device::Cuda]), DEVICES);
+        assert_eq!(names(&[EngineKind::Candle, EngineKind::Openai]), ENGINES);
     }
 
     #[test]
@@ -328,6 +342,23 @@ mod tests {
             table.sort();
             assert_eq!(keys, table, "{section}");
         }
+        // `openai` is null by default: its keys, from a config that sets it.
+        let mut with_server = ExperimentConfig::default_for("n", "m");
+        with_server.openai = Some(OpenAiServerConfig {
+            endpoint: "http://127.0.0.1:8000/v1".into(),
+            model: "m".into(),
+            api_key_env: None,
+            engine_name: None,
+            engine_version: None,
+            max_concurrency: None,
+            request_timeout_s: 1.0,
+        });
+        let json = with_server.to_json();
+        let mut keys: Vec<&String> = json["openai"].as_object().unwrap().keys().collect();
+        keys.sort();
+        let mut table: Vec<&str> = OPENAI.iter().map(|f| f.name).collect();
+        table.sort();
+        assert_eq!(keys, table, "openai");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use super::datasets::{dataset_alias, DATASET_ALIASES};
 use super::error::{ConfigError, Origins, Problem};
 use super::load::LoadedConfig;
-use super::schema::{ExperimentConfig, ShardingStrategy};
+use super::schema::{EngineKind, ExperimentConfig, ShardingStrategy};
 use super::spec::{self, nearest, Field, Ty};
 use super::tree::{get_path, join, key_str, kind};
 use serde_yaml::{Mapping, Value};
@@ -93,6 +93,12 @@ pub fn unsupported(cfg: &ExperimentConfig) -> Vec<Problem> {
                 "{} data-parallel processes requested; lem's engine runs one process per experiment for now (use 1)",
                 cfg.num_processes
             ),
+        );
+    }
+    if cfg.engine == EngineKind::Openai && cfg.warmup_until_stable.enabled {
+        add(
+            "warmup_until_stable.enabled",
+            "warmup until steady state is not implemented for engine: openai yet (use warmup_prompts)".into(),
         );
     }
     if cfg.decoder_config.no_repeat_ngram_size > 0 {
@@ -522,6 +528,76 @@ fn cross_checks(cx: &mut Cx<'_>, raw: &Value) {
 
     decoder_checks(cx, raw);
     prompt_checks(cx, raw);
+    engine_checks(cx, raw);
+}
+
+/// `engine: openai` needs its server; the server's settings mean nothing to candle.
+fn engine_checks(cx: &mut Cx<'_>, raw: &Value) {
+    let server = get_path(raw, "openai").filter(|v| !v.is_null());
+    match str_or(raw, "engine", "candle") {
+        Some("openai") => {
+            let Some(server) = server else {
+                cx.error(
+                    "openai",
+                    "engine: openai needs an `openai` section with at least `endpoint` (e.g. http://127.0.0.1:8000/v1) and `model` (the id the server serves)".into(),
+                    None,
+                );
+                return;
+            };
+            if let Some(endpoint) = server.get("endpoint").and_then(Value::as_str) {
+                if let Err(why) = check_endpoint(endpoint) {
+                    cx.error("openai.endpoint", why, None);
+                }
+            }
+            if let Some(model) = server.get("model").and_then(Value::as_str) {
+                if model.trim().is_empty() {
+                    cx.error("openai.model", "must not be empty".into(), None);
+                }
+            }
+            if let Some(var) = server.get("api_key_env").and_then(Value::as_str) {
+                let valid = !var.is_empty()
+                    && !var.starts_with(|c: char| c.is_ascii_digit())
+                    && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    cx.error(
+                        "openai.api_key_env",
+                        format!("`{var}` is not an environment variable name (letters, digits, `_`; it names the variable holding the key, not the key)"),
+                        None,
+                    );
+                }
+            }
+        }
+        Some(_) if server.is_some() => cx.warn(
+            "openai",
+            "has no effect with engine: candle (set engine: openai to drive the server)".into(),
+        ),
+        _ => {}
+    }
+}
+
+/// Why `endpoint` is not a base URL lem can call, if it is not: plain `http://`, a host,
+/// no query or fragment.
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    if endpoint.starts_with("https://") {
+        return Err(format!(
+            "`{endpoint}`: https is not supported yet; use a plain http:// endpoint (e.g. a loopback server or a TLS-terminating proxy on this node)"
+        ));
+    }
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return Err(format!(
+            "`{endpoint}` is not an http:// URL (expected e.g. http://127.0.0.1:8000/v1)"
+        ));
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() {
+        return Err(format!("`{endpoint}` has no host"));
+    }
+    if rest.contains(['?', '#']) || rest.contains(char::is_whitespace) {
+        return Err(format!(
+            "`{endpoint}` must be a base URL without query, fragment or spaces"
+        ));
+    }
+    Ok(())
 }
 
 fn decoder_checks(cx: &mut Cx<'_>, raw: &Value) {

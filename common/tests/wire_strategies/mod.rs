@@ -236,7 +236,7 @@ prop_compose! {
             flops: FlopsBreakdown { prefill_flops: flops.0, decode_flops: flops.1 },
             peak_memory_bytes: Measured { value: peak.0, unavailable_reason: peak.1,
                 source: peak.2 },
-            warmup_requests, warmup, warnings, hostname, lem_version }
+            warmup_requests, warmup, warnings, server: None, hostname, lem_version }
     }
 }
 

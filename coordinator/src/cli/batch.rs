@@ -258,7 +258,7 @@ fn run_one(
     let outcome = embedded::run_pending_cycles(store, &rec, runner, ctx, sink);
     match outcome {
         Ok(()) => {
-            let _ = embedded::set_status(store, &mut rec, ExperimentStatus::Completed, None);
+            let _ = embedded::mark_finished(store, &mut rec);
             if no_aggregate {
                 return RunOutcome::Done(None);
             }

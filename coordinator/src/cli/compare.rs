@@ -7,7 +7,7 @@ use super::error::outln;
 use super::{lem_hint, CliError, Outcome};
 use crate::aggregate::{metric_cycle_values, metric_names, ExperimentAggregate};
 use crate::embedded::StoreHandle;
-use crate::store::{ExperimentRecord, ExperimentStatus};
+use crate::store::ExperimentRecord;
 use lem_common::holm::holm_adjust;
 use lem_common::welch::{mean_difference, WelchTest};
 use serde::Serialize;
@@ -106,7 +106,7 @@ fn load(store: &StoreHandle, id: &str) -> Result<Side, CliError> {
         Some(agg) => Ok(Side { rec, agg }),
         None => {
             // An incomplete experiment only aggregates with --force (partial).
-            let force = if rec.status == ExperimentStatus::Completed {
+            let force = if rec.status.is_finished() {
                 ""
             } else {
                 " --force"

@@ -3,6 +3,7 @@
 //! shares: config resolution, the model preflight, the stop flag, the cycle printer.
 
 use super::error::outln;
+use super::results::failed_note;
 use super::{exit, lem_hint, CliError, ExperimentArgs, Outcome, OverrideArgs};
 use crate::embedded::{self, CycleSink, EmbeddedError, StoreHandle};
 use crate::store::{ExperimentRecord, ExperimentStatus};
@@ -111,7 +112,7 @@ pub fn run_experiment(data_dir: &Path, args: ExperimentArgs) -> Result<Outcome, 
             );
         }
         let rec = store.read(|s| s.find_experiment(id))?;
-        if rec.status == ExperimentStatus::Completed {
+        if rec.status.is_finished() {
             outln!("Experiment {} is already complete.", rec.id);
             return finish(&store, rec, args.no_aggregate, args.json);
         }
@@ -161,7 +162,7 @@ pub fn run_experiment(data_dir: &Path, args: ExperimentArgs) -> Result<Outcome, 
     sink.bar.finish_and_clear();
     match outcome {
         Ok(()) => {
-            embedded::set_status(&store, &mut rec, ExperimentStatus::Completed, None)?;
+            embedded::mark_finished(&store, &mut rec)?;
             finish(&store, rec, args.no_aggregate, args.json)
         }
         Err(e) if e.is_interrupted() => {
@@ -344,9 +345,10 @@ impl CycleSink for CliSink {
             .map_or(String::new(), |l| format!("{l} "));
         self.bar.suspend(|| {
             eprintln!(
-                "{label}  cycle {}: {} prompts, {} output tokens in {:.2} s ({} tok/s), {energy}",
+                "{label}  cycle {}: {} prompts{}, {} output tokens in {:.2} s ({} tok/s), {energy}",
                 raw.cycle + 1,
                 m.num_requests,
+                failed_note(m.failed_requests),
                 m.output_tokens,
                 m.wall_s,
                 m.output_tokens_per_s

@@ -71,7 +71,7 @@ fn list(store: &StoreHandle, all: bool, json: bool) -> Result<Outcome, CliError>
             rec,
             cycles_done,
         })
-        .partition(|row| all || row.rec.status == ExperimentStatus::Completed);
+        .partition(|row| all || row.rec.status.is_finished());
     if json {
         let v: Vec<serde_json::Value> = rows
             .iter()
@@ -372,11 +372,22 @@ fn fmt_summary(s: &Summary, unit: &str, prec: usize) -> String {
     }
 }
 
+/// `, 3 failed` after the count of successful requests, when an external server failed
+/// some (`engine: openai`; the result's `server.failed_requests` says why).
+pub(crate) fn failed_note(failed_requests: u64) -> String {
+    if failed_requests == 0 {
+        String::new()
+    } else {
+        format!(", {failed_requests} failed")
+    }
+}
+
 fn print_job(m: &JobMetrics) -> std::io::Result<()> {
     outln!(
-        "  cycle {}: {} prompts, {} in / {} out tokens, {:.2} s, {} out tok/s",
+        "  cycle {}: {} prompts{}, {} in / {} out tokens, {:.2} s, {} out tok/s",
         m.cycle + 1,
         m.num_requests,
+        failed_note(m.failed_requests),
         m.input_tokens,
         m.output_tokens,
         m.wall_s,

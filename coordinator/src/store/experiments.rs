@@ -17,6 +17,9 @@ pub enum ExperimentStatus {
     /// Stopped by Ctrl+C / SIGTERM with its state saved.
     Interrupted,
     Completed,
+    /// Every cycle ran, but an external server (`engine: openai`) failed some requests:
+    /// the results cover the successful ones (`RawResult::server` lists the failures).
+    Partial,
     Failed,
 }
 
@@ -26,8 +29,14 @@ impl ExperimentStatus {
             Self::Running => "running",
             Self::Interrupted => "interrupted",
             Self::Completed => "completed",
+            Self::Partial => "partial",
             Self::Failed => "failed",
         }
+    }
+
+    /// Every cycle has its result (some requests may have failed: `Partial`).
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Completed | Self::Partial)
     }
 }
 
