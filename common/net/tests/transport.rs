@@ -290,7 +290,11 @@ async fn certificate_from_another_ca_is_refused_in_the_tls_handshake() {
     )
     .await;
     match result {
-        Err(NetError::ConnectionLost { .. }) | Err(NetError::ClosedByPeer { .. }) => {}
+        // The server's TLS layer rejects the chain: the handshake aborts with its reason.
+        Err(NetError::ConnectionLost { source, .. }) => {
+            let text = source.to_string();
+            assert!(text.contains("invalid peer certificate"), "{text}");
+        }
         Err(other) => panic!("expected the TLS handshake to fail, got {other}"),
         Ok(_) => panic!("a certificate from another CA was admitted"),
     }
@@ -395,12 +399,19 @@ async fn a_token_naming_another_ca_is_refused_by_the_agent_before_it_sends_anyth
     assert_eq!(cluster.book.snapshot(), before, "the token was touched");
 }
 
-/// An agent connection made with quinn directly, through the version handshake, so the
-/// test can write bytes that are not a frame.
+/// An agent connection made with quinn directly, so the test can send any handshake and
+/// bytes that are not a frame. Returns the connection, its first stream, and the
+/// server's reply to `handshake`, if one came.
 async fn raw_agent_connection(
     cluster: &Cluster,
     credential: &ClientCredential,
-) -> (quinn::Endpoint, quinn::Connection, quinn::SendStream) {
+    handshake: &Handshake,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    Option<HandshakeReply>,
+) {
     let tls = lem_net::tls::client_config(credential, Alpn::Agent).unwrap();
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -414,30 +425,99 @@ async fn raw_agent_connection(
         .await
         .unwrap();
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
-    let handshake = Handshake {
-        protocol_version: PROTOCOL_VERSION,
-        role: PeerRole::Agent,
-        lem_version: "test".into(),
-    };
-    send.write_all(&encode_frame(&handshake, MAX_FRAME_BYTES).unwrap())
+    send.write_all(&encode_frame(handshake, MAX_FRAME_BYTES).unwrap())
         .await
         .unwrap();
-    let reply: HandshakeReply = read_frame(&mut recv, MAX_FRAME_BYTES)
+    let reply = tokio::time::timeout(STEP, read_frame(&mut recv, MAX_FRAME_BYTES))
         .await
         .unwrap()
-        .unwrap();
-    assert!(
-        matches!(reply, HandshakeReply::Accepted { .. }),
-        "{reply:?}"
-    );
-    (endpoint, connection, send)
+        .ok()
+        .flatten();
+    (endpoint, connection, send, reply)
+}
+
+fn agent_handshake(protocol_version: u32, role: PeerRole) -> Handshake {
+    Handshake {
+        protocol_version,
+        role,
+        lem_version: "9.9.9-test".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_protocol_version_gets_a_refusal_naming_both() {
+    let mut cluster = Cluster::start();
+    let other_version = PROTOCOL_VERSION + 1;
+    let (_endpoint, connection, _send, reply) = raw_agent_connection(
+        &cluster,
+        &cluster.credential(Role::Agent, "old"),
+        &agent_handshake(other_version, PeerRole::Agent),
+    )
+    .await;
+    match reply {
+        Some(HandshakeReply::Refused(refusal)) => {
+            assert_eq!(
+                (refusal.our_version, refusal.peer_version),
+                (PROTOCOL_VERSION, other_version)
+            );
+            assert!(
+                refusal.message.contains("9.9.9-test"),
+                "{}",
+                refusal.message
+            );
+        }
+        other => panic!("expected a version refusal, got {other:?}"),
+    }
+    connection.close(0u32.into(), b"bye");
+    assert!(cluster
+        .next_session(Duration::from_millis(300))
+        .await
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_naming_the_cli_role_on_the_agent_alpn_is_closed() {
+    let mut cluster = Cluster::start();
+    let (_endpoint, connection, _send, reply) = raw_agent_connection(
+        &cluster,
+        &cluster.credential(Role::Agent, "confused"),
+        &agent_handshake(PROTOCOL_VERSION, PeerRole::Cli),
+    )
+    .await;
+    assert!(reply.is_none(), "{reply:?}");
+    match tokio::time::timeout(STEP, connection.closed())
+        .await
+        .unwrap()
+    {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.error_code.into_inner(),
+                u64::from(lem_net::close_code::PROTOCOL)
+            );
+            let reason = String::from_utf8_lossy(&close.reason);
+            assert!(reason.contains("lem-agent/1"), "{reason}");
+        }
+        other => panic!("expected a protocol close, got {other}"),
+    }
+    assert!(cluster
+        .next_session(Duration::from_millis(300))
+        .await
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_frame_closes_only_its_own_connection() {
     let mut cluster = Cluster::start();
-    let (_endpoint, bad, mut bad_send) =
-        raw_agent_connection(&cluster, &cluster.credential(Role::Agent, "bad")).await;
+    let (_endpoint, bad, mut bad_send, reply) = raw_agent_connection(
+        &cluster,
+        &cluster.credential(Role::Agent, "bad"),
+        &agent_handshake(PROTOCOL_VERSION, PeerRole::Agent),
+    )
+    .await;
+    assert!(
+        matches!(reply, Some(HandshakeReply::Accepted { .. })),
+        "{reply:?}"
+    );
     let bad_server = serve_echo(cluster.next_session(STEP).await.expect("bad's session"));
     let options = ClientOptions::default();
     let mut good = connect(

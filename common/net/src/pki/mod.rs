@@ -6,7 +6,7 @@ mod ca;
 mod credential;
 mod files;
 
-pub use ca::{ClusterCa, ServerCertificate, CA_CERT_FILE, CA_KEY_FILE};
+pub use ca::{agent_identity, ClusterCa, ServerCertificate, CA_CERT_FILE, CA_KEY_FILE};
 pub use credential::{
     ClientCredential, PendingEnrollment, CREDENTIAL_CA_FILE, CREDENTIAL_CERT_FILE,
     CREDENTIAL_KEY_FILE,
