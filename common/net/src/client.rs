@@ -282,13 +282,8 @@ pub async fn load_or_enroll(
     if let Some(credential) = ClientCredential::load(dir)? {
         return Ok(credential);
     }
-    let join_token = join_token.ok_or_else(|| {
-        NetError::Token(crate::token::TokenError::Malformed {
-            detail: format!(
-                "no credential in {} and no join token given; create one with `lem token create`",
-                dir.display()
-            ),
-        })
+    let join_token = join_token.ok_or_else(|| NetError::NotEnrolled {
+        dir: dir.to_owned(),
     })?;
     let credential = enroll(target, join_token, node_name, options).await?;
     credential.save(dir)?;

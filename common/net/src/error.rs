@@ -95,6 +95,12 @@ pub enum NetError {
     },
     #[error("{peer} ended the stream before sending {what}")]
     UnexpectedEnd { peer: String, what: &'static str },
+    #[error(
+        "no credential in {} and no join token given: create a token on the coordinator \
+         host with `lem token create` and pass it to enroll",
+        dir.display()
+    )]
+    NotEnrolled { dir: std::path::PathBuf },
     #[error("{peer} broke the protocol: {detail}")]
     Protocol { peer: String, detail: String },
 }

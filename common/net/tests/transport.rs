@@ -567,3 +567,28 @@ async fn a_malformed_frame_closes_only_its_own_connection() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_or_enroll_enrolls_once_then_reuses_the_saved_credential() {
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tls");
+    let options = ClientOptions::default();
+
+    match lem_net::load_or_enroll(&data, &cluster.target, None, "node-1", &options).await {
+        Err(NetError::NotEnrolled { dir }) => assert_eq!(dir, data),
+        other => panic!("expected NotEnrolled, got {other:?}"),
+    }
+
+    let token = cluster.token().to_text();
+    let enrolled =
+        lem_net::load_or_enroll(&data, &cluster.target, Some(&token), "node-1", &options)
+            .await
+            .unwrap();
+    // Second start: the saved credential, without dialling (this target has no server).
+    let reloaded = lem_net::load_or_enroll(&data, "127.0.0.1:9", Some(&token), "node-1", &options)
+        .await
+        .unwrap();
+    assert_eq!(reloaded.identity(), enrolled.identity());
+    assert_eq!(reloaded.certificate_pem(), enrolled.certificate_pem());
+}
