@@ -293,6 +293,31 @@ mod tests {
     }
 
     #[test]
+    fn racing_redeems_of_one_token_admit_exactly_one() {
+        let book = std::sync::Arc::new(InMemoryTokenBook::default());
+        let token = create_join_token(book.as_ref(), [7; 32], 0, 1_000).unwrap();
+        let hash = token.secret_sha256();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let book = book.clone();
+                std::thread::spawn(move || book.redeem(&hash, 10 + i))
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let admitted = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(admitted, 1, "{results:?}");
+        let used_at = book.snapshot()[0].used_at_unix_ms.unwrap();
+        for refused in results.iter().filter_map(|r| r.clone().err()) {
+            assert_eq!(
+                refused,
+                TokenError::AlreadyUsed {
+                    used_at_unix_ms: used_at
+                }
+            );
+        }
+    }
+
+    #[test]
     fn two_tokens_have_different_secrets() {
         let a = JoinToken::generate([0; 32]).unwrap();
         let b = JoinToken::generate([0; 32]).unwrap();

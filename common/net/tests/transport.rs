@@ -18,6 +18,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const TTL_MS: u64 = 15 * 60 * 1000;
+
+/// Everything the tests' tracing logs, for asserting that a reason was logged.
+fn log_lines() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOG: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || LogSink(sink.clone()))
+            .finish();
+        // Server tasks run on runtime threads: the subscriber must be global.
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        log
+    })
+    .clone()
+}
+
+struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 const STEP: Duration = Duration::from_secs(60);
 
 struct Cluster {
@@ -507,6 +537,7 @@ async fn a_handshake_naming_the_cli_role_on_the_agent_alpn_is_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_frame_closes_only_its_own_connection() {
+    let log = log_lines();
     let mut cluster = Cluster::start();
     let (_endpoint, bad, mut bad_send, reply) = raw_agent_connection(
         &cluster,
@@ -552,6 +583,15 @@ async fn a_malformed_frame_closes_only_its_own_connection() {
         }
         other => panic!("expected a close for the malformed frame, got {other}"),
     }
+    // The server logged why, naming the peer.
+    let logged = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    let line = logged
+        .lines()
+        .find(|line| {
+            line.contains("closing connection: malformed frame") && line.contains("agent bad")
+        })
+        .unwrap_or_else(|| panic!("no log line for the malformed frame in:\n{logged}"));
+    assert!(line.contains("0xc1 is reserved"), "{line}");
 
     // The other connection is still served.
     for attempt in [11, 12] {
