@@ -50,6 +50,11 @@ pub enum NetError {
     },
     #[error("{peer} refused the connection: {reason}")]
     Refused { peer: String, reason: String },
+    #[error("TLS handshake with {peer} failed (certificates do not fit this cluster): {source}")]
+    TlsRejected {
+        peer: String,
+        source: quinn::ConnectionError,
+    },
     #[error("{peer} closed the connection (code {code}): {reason}")]
     ClosedByPeer {
         peer: String,
@@ -141,6 +146,10 @@ impl NetError {
                     }
                 }
             }
+            source if is_tls_failure(&source) => NetError::TlsRejected {
+                peer: peer.to_owned(),
+                source,
+            },
             source => NetError::ConnectionLost {
                 peer: peer.to_owned(),
                 source,
@@ -169,4 +178,16 @@ impl NetError {
             None => Err(error),
         }
     }
+}
+
+/// Whether a connection ended in a TLS alert, raised here or by the peer: QUIC carries
+/// those as transport error codes 0x100–0x1ff. Certificates that do not fit will not fit
+/// on the next try either.
+fn is_tls_failure(error: &quinn::ConnectionError) -> bool {
+    let code = match error {
+        quinn::ConnectionError::TransportError(e) => u64::from(e.code),
+        quinn::ConnectionError::ConnectionClosed(close) => u64::from(close.error_code),
+        _ => return false,
+    };
+    (0x100..0x200).contains(&code)
 }

@@ -321,7 +321,14 @@ async fn certificate_from_another_ca_is_refused_in_the_tls_handshake() {
     .await;
     match result {
         // The server's TLS layer rejects the chain: the handshake aborts with its reason.
-        Err(NetError::ConnectionLost { source, .. }) => {
+        Err(error @ NetError::TlsRejected { .. }) => {
+            assert!(
+                !error.is_retryable(),
+                "a certificate that does not fit is not retried"
+            );
+            let NetError::TlsRejected { source, .. } = error else {
+                unreachable!()
+            };
             let text = source.to_string();
             assert!(text.contains("invalid peer certificate"), "{text}");
         }
@@ -631,4 +638,38 @@ async fn load_or_enroll_enrolls_once_then_reuses_the_saved_credential() {
         .unwrap();
     assert_eq!(reloaded.identity(), enrolled.identity());
     assert_eq!(reloaded.certificate_pem(), enrolled.certificate_pem());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_another_cluster_does_not_trust_this_server() {
+    let mut cluster = Cluster::start();
+    let other_ca = ClusterCa::generate().unwrap();
+    let outsider = other_ca
+        .issue_client_credential(
+            &PeerIdentity::new(Role::Operator, "carol").unwrap(),
+            LEAF_VALIDITY,
+        )
+        .unwrap();
+    match connect(
+        &cluster.target,
+        &outsider,
+        Alpn::Cli,
+        &ClientOptions::default(),
+    )
+    .await
+    {
+        Err(error @ NetError::TlsRejected { .. }) => {
+            assert!(!error.is_retryable());
+            assert!(
+                error.to_string().contains("invalid peer certificate"),
+                "{error}"
+            );
+        }
+        Err(other) => panic!("expected the client to reject the server, got {other}"),
+        Ok(_) => panic!("the client trusted a server of another CA"),
+    }
+    assert!(cluster
+        .next_session(Duration::from_millis(300))
+        .await
+        .is_none());
 }
