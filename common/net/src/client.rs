@@ -77,38 +77,30 @@ async fn dial(
     target: &str,
     tls: rustls::ClientConfig,
     options: &ClientOptions,
-) -> Result<(quinn::Connection, quinn::Endpoint), Result<NetError, quinn::ConnectionError>> {
-    let (addr, host) = resolve(target).await.map_err(Ok)?;
-    let connect_error = |detail: String| {
-        Ok(NetError::Connect {
-            target: target.to_owned(),
-            detail,
-        })
+) -> Result<(quinn::Connection, quinn::Endpoint), NetError> {
+    let (addr, host) = resolve(target).await?;
+    let connect_error = |detail: String| NetError::Connect {
+        target: target.to_owned(),
+        detail,
     };
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| connect_error(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(
-        options
-            .timers
-            .transport_config()
-            .map_err(|e| Ok(NetError::Timers(e)))?,
-    );
+    config.transport_config(options.timers.transport_config()?);
     let local: SocketAddr = if addr.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    let endpoint = quinn::Endpoint::client(local).map_err(|source| {
-        Ok(NetError::Bind {
-            addr: local,
-            source,
-        })
+    let endpoint = quinn::Endpoint::client(local).map_err(|source| NetError::Bind {
+        addr: local,
+        source,
     })?;
-    let connecting = endpoint
+    let connection = endpoint
         .connect_with(config, addr, &host)
-        .map_err(|e| connect_error(e.to_string()))?;
-    let connection = connecting.await.map_err(Err)?;
+        .map_err(|e| connect_error(e.to_string()))?
+        .await
+        .map_err(|e| NetError::from_connection(target, e))?;
     Ok((connection, endpoint))
 }
 
@@ -121,20 +113,18 @@ pub async fn connect(
     alpn: Alpn,
     options: &ClientOptions,
 ) -> Result<ClientSession, NetError> {
+    let role = alpn.handshake_role().ok_or_else(|| NetError::Protocol {
+        peer: target.to_owned(),
+        detail: format!("{alpn} has no session handshake; use enroll"),
+    })?;
     let tls = client_config(credential, alpn)?;
-    let (connection, endpoint) = dial(target, tls, options)
-        .await
-        .map_err(|e| e.unwrap_or_else(|e| NetError::from_connection(target, e)))?;
+    let (connection, endpoint) = dial(target, tls, options).await?;
     let connection = PeerConnection::new(
         connection,
         endpoint,
         format!("coordinator {target}"),
         options.max_frame_bytes,
     );
-    let role = alpn.handshake_role().ok_or_else(|| NetError::Protocol {
-        peer: target.to_owned(),
-        detail: format!("{alpn} has no session handshake; use enroll"),
-    })?;
     let handshake = async {
         let (mut send, mut recv) = connection.open_stream().await?;
         send.send(&Handshake {
@@ -208,13 +198,10 @@ pub async fn enroll(
             sent,
         })
     };
-    let (connection, endpoint) = match dial(target, tls, options).await {
-        Ok(dialled) => dialled,
-        Err(error) => {
-            return Err(pin_error(&pin)
-                .unwrap_or_else(|| error.unwrap_or_else(|e| NetError::from_connection(target, e))))
-        }
-    };
+    // A server whose chain lacks the pinned CA fails the handshake; say that, not how.
+    let (connection, endpoint) = dial(target, tls, options)
+        .await
+        .map_err(|error| pin_error(&pin).unwrap_or(error))?;
     let connection = PeerConnection::new(
         connection,
         endpoint,
@@ -294,13 +281,6 @@ pub async fn load_or_enroll(
 fn refusal_or(connection: &PeerConnection, error: NetError) -> NetError {
     match error {
         NetError::Refused { .. } | NetError::ClosedByPeer { .. } => error,
-        other => match connection_close(connection) {
-            Some(closed) => closed,
-            None => other,
-        },
+        other => connection.close_reason().unwrap_or(other),
     }
-}
-
-fn connection_close(connection: &PeerConnection) -> Option<NetError> {
-    connection.close_reason()
 }

@@ -60,6 +60,7 @@ pub struct AcceptedSession {
 
 pub struct ServerEndpoint {
     endpoint: quinn::Endpoint,
+    listen: SocketAddr,
     sessions: mpsc::Receiver<AcceptedSession>,
     accept_loop: tokio::task::JoinHandle<()>,
 }
@@ -85,9 +86,11 @@ impl ServerEndpoint {
                 source,
             })?;
         let (tx, sessions) = mpsc::channel(64);
+        let listen = options.listen;
         let accept_loop = tokio::spawn(accept_loop(endpoint.clone(), desk, options, tx));
         Ok(Self {
             endpoint,
+            listen,
             sessions,
             accept_loop,
         })
@@ -95,7 +98,7 @@ impl ServerEndpoint {
 
     pub fn local_addr(&self) -> Result<SocketAddr, NetError> {
         self.endpoint.local_addr().map_err(|source| NetError::Bind {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            addr: self.listen,
             source,
         })
     }
