@@ -673,3 +673,46 @@ async fn a_client_of_another_cluster_does_not_trust_this_server() {
         .await
         .is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enrollment_alpn_serves_nothing_but_enrollment() {
+    let mut cluster = Cluster::start();
+    let before = cluster.book.snapshot();
+    // No certificate, on lem-enroll/1, trying to open a session with a handshake.
+    let (tls, _) = lem_net::tls::pinned_client_config(cluster.ca.sha256(), Alpn::Enroll).unwrap();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connection = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(quic)),
+            cluster.target.parse().unwrap(),
+            "127.0.0.1",
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, _recv) = connection.open_bi().await.unwrap();
+    let handshake = agent_handshake(PROTOCOL_VERSION, PeerRole::Agent);
+    send.write_all(&encode_frame(&handshake, MAX_FRAME_BYTES).unwrap())
+        .await
+        .unwrap();
+    match tokio::time::timeout(STEP, connection.closed())
+        .await
+        .unwrap()
+    {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.error_code.into_inner(),
+                u64::from(lem_net::close_code::MALFORMED_FRAME)
+            );
+            let reason = String::from_utf8_lossy(&close.reason);
+            assert!(reason.contains("EnrollRequest"), "{reason}");
+        }
+        other => panic!("expected the connection closed as malformed, got {other}"),
+    }
+    assert!(cluster
+        .next_session(Duration::from_millis(300))
+        .await
+        .is_none());
+    assert_eq!(cluster.book.snapshot(), before);
+}
