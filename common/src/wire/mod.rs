@@ -7,11 +7,13 @@
 //! scheduler's state may change freely. `docs/protocol.md` describes the protocol.
 
 mod check;
+mod enroll;
 mod frame;
 mod handshake;
 mod messages;
 
 pub use check::MalformedReason;
+pub use enroll::{EnrollReply, EnrollRequest};
 pub use frame::{
     decode_frame, encode_frame, Decoded, FrameBuffer, FrameError, FRAME_HEADER_BYTES,
     MAX_FRAME_BYTES, MAX_NESTING_DEPTH,
