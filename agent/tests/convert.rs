@@ -22,7 +22,6 @@ use support::model_path;
 
 /// The conversions every test looks at, made once (they take seconds on 2 cores).
 struct Converted {
-    _tmp: tempfile::TempDir,
     source: PathBuf,
     st_f32: PathBuf,
     st_f16: PathBuf,
@@ -34,7 +33,7 @@ fn converted() -> Option<&'static Converted> {
     static C: OnceLock<Option<Converted>> = OnceLock::new();
     C.get_or_init(|| {
         let source = model_path()?;
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = fixture_dir();
         let run = |input: &Path, to, dtype, out: PathBuf| {
             let t0 = std::time::Instant::now();
             let r = convert::convert(input, to, dtype, &out, false)
@@ -53,28 +52,27 @@ fn converted() -> Option<&'static Converted> {
             &source,
             TargetFormat::Safetensors,
             TargetDtype::F32,
-            tmp.path().join("st-f32"),
+            tmp.join("st-f32"),
         );
         let st_f16 = run(
             &source,
             TargetFormat::Safetensors,
             TargetDtype::F16,
-            tmp.path().join("st-f16"),
+            tmp.join("st-f16"),
         );
         let gguf_q8_0 = run(
             &st_f32,
             TargetFormat::Gguf,
             TargetDtype::Q8_0,
-            tmp.path().join("gguf/m-q8_0.gguf"),
+            tmp.join("gguf/m-q8_0.gguf"),
         );
         let gguf_f16 = run(
             &st_f16,
             TargetFormat::Gguf,
             TargetDtype::F16,
-            tmp.path().join("gguf/m-f16.gguf"),
+            tmp.join("gguf/m-f16.gguf"),
         );
         Some(Converted {
-            _tmp: tmp,
             source,
             st_f32,
             st_f16,
@@ -83,6 +81,27 @@ fn converted() -> Option<&'static Converted> {
         })
     })
     .as_ref()
+}
+
+/// A fresh directory for this process's conversions (1.2 GB). A `TempDir` in a static
+/// is never dropped, so it would leak on every run: instead each run first removes the
+/// directories of earlier runs whose process is gone.
+fn fixture_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let prefix = "convert-fixture-";
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = root.join(format!("{prefix}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// One engine at a time: tests share 2 cores and candle's pools.
