@@ -6,6 +6,7 @@ pub mod batch_schedule;
 pub mod cli;
 pub mod embedded;
 pub mod export;
+pub mod report;
 pub mod scheduler;
 pub mod store;
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod gpu_check;
 mod man_page;
 mod model_cmd;
 mod reference;
+mod report_cmd;
 mod results;
 mod table;
 
@@ -129,6 +130,27 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the lem(1) man page (roff), or write one page per command with --out-dir.
     Man(ManArgs),
+    /// Write one self-contained HTML report with plots of stored results (docs/report.md).
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Experiment ids (or unique prefixes); two or more are also compared.
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub ids: Vec<String>,
+    /// Every experiment that has an aggregate; the others are named on stderr.
+    #[arg(long)]
+    pub all: bool,
+    /// The HTML file to write (replaced whole, never half-written).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -433,6 +455,7 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Doctor(a) => doctor::run(&a.store.resolve(&top), a.nvml_lib.as_deref(), a.json),
         Command::Completions(a) => completions::run(a.shell),
         Command::Man(a) => man_page::run(a.out_dir.as_deref()),
+        Command::Report(a) => report_cmd::run(&a.store.resolve(&top), a),
     }
 }
 
