@@ -440,6 +440,8 @@ fn report_of_simulated_gpu_runs_draws_every_plot_with_the_stored_points() {
         assert_eq!(metric["values"], Value::Array(stored));
     }
 
+    let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("report-simulated.html");
+    std::fs::copy(&html, &kept).unwrap();
     let png = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("report-simulated.png");
     screenshot(&chrome, &html, &dir.path().join("profile"), &png, 4200);
 }
@@ -520,6 +522,8 @@ fn report_without_energy_shows_each_gap_and_its_reason_never_a_zero_line() {
     assert!(total["summary"].is_null());
     assert!(total["unavailable_reason"].as_str().unwrap().contains(why));
 
+    let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("report-no-energy.html");
+    std::fs::copy(&html, &kept).unwrap();
     let png = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("report-no-energy.png");
     screenshot(&chrome, &html, &dir.path().join("profile"), &png, 2600);
 }

@@ -156,7 +156,7 @@
     }
     var notes = [
       "Shaded: prefill (orange) and decode (blue) of each batch, from the request timings. " +
-        "Dashed verticals: the reading's measured window (" + fmt(p.window_start_s) + "–" + fmt(p.window_end_s) + " s). " +
+        "Dashed verticals: the reading's measured window (" + p.window_start_s.toFixed(3) + "–" + p.window_end_s.toFixed(3) + " s). " +
         "Sensor: " + p.power_field + (p.simulated ? ". SIMULATED device." : "."),
     ];
     if (!isNum(p.baseline_w)) notes.push("No idle baseline: " + p.baseline_unavailable_reason);
@@ -231,7 +231,8 @@
     plot(parent, exp.id + "-latency-" + key, "latency", title + " — cumulative distribution", {
       scales: { x: { time: false }, y: { range: [0, 1.02] } },
       axes: [{ label: "ms" }, { label: "fraction of values ≤ x" }],
-      series: [{ label: "ms" }, line(title, color, { points: { show: xs.length <= 60, size: 5 } })],
+      // An ECDF is a step function: each value holds until the next.
+      series: [{ label: "ms" }, line(title, color, { paths: uPlot.paths.stepped({ align: 1 }), points: { show: xs.length <= 60, size: 5 } })],
     }, [xs, ys], [1], [xs.length + " values; median ≈ " + fmt(pct(0.5)) + " ms, p90 ≈ " + fmt(pct(0.9)) + " ms, max " + fmt(xs[xs.length - 1]) + " ms."]);
   }
 
@@ -331,10 +332,9 @@
       if (!g) { g = { key: key, members: [] }; groups.push(g); }
       g.members[slot] = i;
     });
-    var xAxis = axis.numeric ? { label: axis.label } : {
-      label: axis.label, splits: function () { return xs; },
-      values: function (u, v) { return v.map(function (x) { return order[x] === undefined ? "" : order[x]; }); },
-    };
+    // Ticks only at the values the experiments have.
+    var xAxis = { label: axis.label, splits: function () { return xs; },
+      values: function (u, v) { return v.map(function (x) { return order[xs.indexOf(x)] === undefined ? "" : order[xs.indexOf(x)]; }); } };
     var xRange = rangeWith(xs.length === 1 ? [xs[0] - 1, xs[0] + 1] : xs);
     [
       { key: "energy", title: "Energy per output token vs " + axis.label, unit: "J/token",
@@ -414,7 +414,7 @@
     };
     var xBounds = xs.concat(xb.map(function (v) { return v.ci95_low; }), xb.map(function (v) { return v.ci95_high; }));
     var yBounds = ys.concat(yb.map(function (v) { return v.ci95_low; }), yb.map(function (v) { return v.ci95_high; }));
-    var notes = ["Up and to the left is better. Line: the Pareto front (no other point has more tokens per joule at no more latency). Error bars: 95% CI both ways. " + pareto.scope_reason + "."];
+    var notes = ["Up and to the left is better. Line: the Pareto front (no other point has more tokens per joule at no more latency). Error bars: 95% CI both ways. Scope: " + pareto.scope_reason + "."];
     if (pareto.left_out.length) notes.push("Not on the plot: " + pareto.left_out.join("; "));
     plot(parent, "pareto", "pareto", title, {
       scales: { x: { time: false, range: rangeWith(xBounds) }, y: { range: rangeWith(yBounds) } },
@@ -485,7 +485,7 @@
       var cells = [p.label, p.simulated ? "SIMULATED" : "real"].concat(cmp.axes.map(function (a) { return a.values[i]; }));
       var row = el("tr", {}, cells.map(function (c) { return el("td", {}, [c]); }));
       [p.j_per_output_token, p.gpu_j_per_output_token, p.output_tokens_per_s, p.e2e_p90_ms].forEach(function (v) {
-        row.appendChild(el("td", { "class": "num", title: v.unavailable_reason || "" }, [isNum(v.mean) ? ci(v) : "— " + (v.unavailable_reason || "")]));
+        row.appendChild(isNum(v.mean) ? el("td", { "class": "num" }, [ci(v)]) : el("td", { "class": "missing" }, ["— " + (v.unavailable_reason || "")]));
       });
       t.appendChild(row);
     });
