@@ -36,14 +36,17 @@ const CYCLE_METRICS: [(&str, &[&str]); 7] = [
 /// Under CI a missing browser fails the test.
 fn chromium() -> Option<PathBuf> {
     let names = ["chromium", "chromium-browser", "google-chrome"];
-    let found = std::env::var_os("LEM_CHROMIUM").map(PathBuf::from).or_else(|| {
-        let path = std::env::var_os("PATH")?;
-        std::env::split_paths(&path)
-            .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
-            .find(|p| p.is_file())
-    });
+    let found = std::env::var_os("LEM_CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let path = std::env::var_os("PATH")?;
+            std::env::split_paths(&path)
+                .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
+                .find(|p| p.is_file())
+        });
     if found.is_none() {
-        let why = "no Chromium (chromium, chromium-browser, google-chrome on PATH, or LEM_CHROMIUM); \
+        let why =
+            "no Chromium (chromium, chromium-browser, google-chrome on PATH, or LEM_CHROMIUM); \
                    install it with scripts/setup-chromium.sh";
         if std::env::var_os("CI").is_some() {
             panic!("the browser test needs Chromium under CI: {why}");
@@ -125,9 +128,17 @@ fn screenshot(chrome: &Path, html: &Path, profile: &Path, png: &Path, height: u3
         .arg(format!("file://{}", html.display()))
         .output()
         .expect("run chromium");
-    assert!(out.status.success(), "chromium --screenshot: {}", out.status);
+    assert!(
+        out.status.success(),
+        "chromium --screenshot: {}",
+        out.status
+    );
     let bytes = std::fs::read(png).expect("the screenshot was written");
-    assert!(bytes.starts_with(b"\x89PNG"), "{} is not a PNG", png.display());
+    assert!(
+        bytes.starts_with(b"\x89PNG"),
+        "{} is not a PNG",
+        png.display()
+    );
     eprintln!("screenshot: {}", png.display());
 }
 
@@ -210,7 +221,11 @@ fn assert_page_ok(page: &Page) -> Vec<BTreeMap<String, String>> {
     for f in &figures {
         assert_eq!(f.get("data-drawn").map(String::as_str), Some("1"), "{f:?}");
         let inked: u64 = f["data-series-pixels"].parse().unwrap();
-        assert!(inked > 0, "plot {} drew nothing of its data", f["data-plot"]);
+        assert!(
+            inked > 0,
+            "plot {} drew nothing of its data",
+            f["data-plot"]
+        );
     }
     assert_eq!(
         body.get("data-plots").map(String::as_str),
@@ -237,9 +252,8 @@ fn expected_section(id: &str, agg: &Value, raws: &Value) -> (BTreeMap<String, us
     let first = &raws[0];
     for (i, reading) in first["energy"].as_array().unwrap().iter().enumerate() {
         let samples = reading["trace"]["samples"].as_array();
-        let count = |field: &str| {
-            samples.map_or(0, |s| s.iter().filter(|x| !x[field].is_null()).count())
-        };
+        let count =
+            |field: &str| samples.map_or(0, |s| s.iter().filter(|x| !x[field].is_null()).count());
         let points = count("power_avg_w").max(count("power_instant_w"));
         if points > 0 {
             plots.insert(format!("{id}-power-{i}"), points);
@@ -356,7 +370,11 @@ fn report_of_simulated_gpu_runs_draws_every_plot_with_the_stored_points() {
     }
 
     let html = dir.path().join("report.html");
-    lem(&store, &[], &["report", "--all", "--out", html.to_str().unwrap()]);
+    lem(
+        &store,
+        &[],
+        &["report", "--all", "--out", html.to_str().unwrap()],
+    );
     let page = load(&chrome, &html, &dir.path().join("profile"));
     let figures = assert_page_ok(&page);
     let drawn: BTreeMap<String, usize> = figures
@@ -369,7 +387,11 @@ fn report_of_simulated_gpu_runs_draws_every_plot_with_the_stored_points() {
     let mut aggs = Vec::new();
     for id in &ids {
         let agg = json_of(&lem(&store, &[], &["results", "show", id, "--json"]));
-        let raws = json_of(&lem(&store, &[], &["results", "show", id, "--raw", "--json"]));
+        let raws = json_of(&lem(
+            &store,
+            &[],
+            &["results", "show", id, "--raw", "--json"],
+        ));
         let (plots, gaps) = expected_section(id, &agg, &raws);
         expected.extend(plots);
         expected_gaps.extend(gaps);
@@ -379,7 +401,10 @@ fn report_of_simulated_gpu_runs_draws_every_plot_with_the_stored_points() {
     let has = |a: &Value, name: &str| a["stats"].get(name).is_some();
     let count = |name: &str| aggs.iter().filter(|a| has(a, name)).count();
     let energy_points = count("j_per_output_token") + count("gpu_j_per_output_token");
-    assert!(energy_points > 0, "the simulated GPU gives energy per token");
+    assert!(
+        energy_points > 0,
+        "the simulated GPU gives energy per token"
+    );
     for axis in 0..2 {
         expected.insert(format!("axis-{axis}-energy"), energy_points);
         expected.insert(
@@ -474,10 +499,18 @@ fn report_without_energy_shows_each_gap_and_its_reason_never_a_zero_line() {
     );
     let agg = json_of(&out);
     let id = agg["experiment_id"].as_str().unwrap().to_string();
-    let raws = json_of(&lem(&store, &[], &["results", "show", &id, "--raw", "--json"]));
+    let raws = json_of(&lem(
+        &store,
+        &[],
+        &["results", "show", &id, "--raw", "--json"],
+    ));
 
     let html = dir.path().join("report.html");
-    lem(&store, &[], &["report", &id, "--out", html.to_str().unwrap()]);
+    lem(
+        &store,
+        &[],
+        &["report", &id, "--out", html.to_str().unwrap()],
+    );
     let page = load(&chrome, &html, &dir.path().join("profile"));
     let figures = assert_page_ok(&page);
     let drawn: BTreeMap<String, usize> = figures
@@ -500,7 +533,10 @@ fn report_without_energy_shows_each_gap_and_its_reason_never_a_zero_line() {
     let metric_gaps: Vec<_> = found.iter().filter(|(k, _)| k == "cycle-metric").collect();
     assert_eq!(
         metric_gaps.len(),
-        expected_gaps.iter().filter(|g| *g == "cycle-metric").count(),
+        expected_gaps
+            .iter()
+            .filter(|g| *g == "cycle-metric")
+            .count(),
         "{found:?}"
     );
     assert!(

@@ -16,7 +16,9 @@ const AXES: [(&str, &str, AxisValue); 8] = [
     ("batch_size", "batch size", |e| {
         config_str(e, &["batching_options", "batch_size"])
     }),
-    ("fp_precision", "precision", |e| config_str(e, &["fp_precision"])),
+    ("fp_precision", "precision", |e| {
+        config_str(e, &["fp_precision"])
+    }),
     ("quantization", "quantisation", quantization),
     ("weight_dtype", "weights as loaded", |e| {
         first_raw(e, |r| r.model.weight_dtype.clone())
@@ -74,7 +76,10 @@ fn arrival_rate(e: &ExperimentInput) -> String {
         .and_then(|s| s.get("enabled"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    match sim.and_then(|s| s.get("target_qps")).and_then(Value::as_f64) {
+    match sim
+        .and_then(|s| s.get("target_qps"))
+        .and_then(Value::as_f64)
+    {
         Some(qps) if enabled => qps.to_string(),
         _ => "all at once".into(),
     }
@@ -188,7 +193,9 @@ fn from_summary(s: &Summary) -> PointValue {
 /// mean and CI), so a CPU package that could not be read does not empty the plot.
 fn pareto(inputs: &[ExperimentInput], points: &[ComparisonPoint]) -> Pareto {
     let any_all = points.iter().any(|p| p.j_per_output_token.mean.is_some());
-    let any_gpu = points.iter().any(|p| p.gpu_j_per_output_token.mean.is_some());
+    let any_gpu = points
+        .iter()
+        .any(|p| p.gpu_j_per_output_token.mean.is_some());
     let (scope, scope_reason) = if any_all || !any_gpu {
         (
             "all devices",
@@ -299,21 +306,32 @@ fn heatmap(axes: &[Axis], points: &[ComparisonPoint]) -> Result<Heatmap, String>
             ("energy per output token, all devices", "J/token", |p| {
                 &p.j_per_output_token
             })
-        } else if points.iter().any(|p| p.gpu_j_per_output_token.mean.is_some()) {
+        } else if points
+            .iter()
+            .any(|p| p.gpu_j_per_output_token.mean.is_some())
+        {
             ("energy per output token, GPUs", "J/token", |p| {
                 &p.gpu_j_per_output_token
             })
         } else {
-            ("output throughput (no experiment has energy)", "tokens/s", |p| {
-                &p.output_tokens_per_s
-            })
+            (
+                "output throughput (no experiment has energy)",
+                "tokens/s",
+                |p| &p.output_tokens_per_s,
+            )
         };
     let x_values = ordered_values(xa);
     let y_values = ordered_values(ya);
     let mut cells: Vec<Vec<Option<HeatmapCell>>> = vec![vec![None; x_values.len()]; y_values.len()];
     for (i, p) in points.iter().enumerate() {
-        let x = x_values.iter().position(|v| *v == xa.values[i]).unwrap_or(0);
-        let y = y_values.iter().position(|v| *v == ya.values[i]).unwrap_or(0);
+        let x = x_values
+            .iter()
+            .position(|v| *v == xa.values[i])
+            .unwrap_or(0);
+        let y = y_values
+            .iter()
+            .position(|v| *v == ya.values[i])
+            .unwrap_or(0);
         if let Some(other) = &cells[y][x] {
             return Err(format!(
                 "{} and {} share {} = {}, {} = {}: more than two axes differ ({})",
@@ -355,7 +373,10 @@ pub fn ordered_values(axis: &Axis) -> Vec<String> {
     }
     if axis.numeric {
         out.sort_by(|a, b| {
-            let (a, b) = (a.parse::<f64>().unwrap_or(0.0), b.parse::<f64>().unwrap_or(0.0));
+            let (a, b) = (
+                a.parse::<f64>().unwrap_or(0.0),
+                b.parse::<f64>().unwrap_or(0.0),
+            );
             a.total_cmp(&b)
         });
     }

@@ -17,14 +17,22 @@ pub const CYCLE_METRICS: [(&str, &str, &str); 7] = [
     ("ttft_p50_ms", "TTFT p50", "ms"),
     ("e2e_p90_ms", "E2E latency p90", "ms"),
     ("energy_total_j", "Energy, all devices", "J"),
-    ("j_per_output_token", "Energy per output token, all devices", "J/token"),
+    (
+        "j_per_output_token",
+        "Energy per output token, all devices",
+        "J/token",
+    ),
     ("gpu_energy_j", "Energy, GPUs", "J"),
-    ("gpu_j_per_output_token", "Energy per output token, GPUs", "J/token"),
+    (
+        "gpu_j_per_output_token",
+        "Energy per output token, GPUs",
+        "J/token",
+    ),
 ];
 
 /// The raw result each aggregated cycle was computed from (its accepted attempt), in
 /// cycle order.
-pub fn aggregated_raws<'a>(input: &'a ExperimentInput) -> Vec<(&'a JobMetrics, &'a RawResult)> {
+pub fn aggregated_raws(input: &ExperimentInput) -> Vec<(&JobMetrics, &RawResult)> {
     input
         .aggregate
         .cycles
@@ -135,7 +143,14 @@ fn power_plot(
         return plot;
     }
     let use_instant = instant > avg;
-    plot.power_field = Some(if use_instant { "power_instant_w" } else { "power_avg_w" }.into());
+    plot.power_field = Some(
+        if use_instant {
+            "power_instant_w"
+        } else {
+            "power_avg_w"
+        }
+        .into(),
+    );
     for s in &trace.samples {
         plot.t_s.push(s.t_ns as f64 / 1e9);
         plot.power_w.push(if use_instant {
@@ -271,10 +286,12 @@ fn cycle_metrics(input: &ExperimentInput) -> Vec<CycleMetric> {
             let values: Vec<Option<f64>> = agg
                 .cycles
                 .iter()
-                .map(|m| match metric_cycle_values(std::slice::from_ref(m), name) {
-                    Some(Ok(v)) => v.first().copied(),
-                    _ => None,
-                })
+                .map(
+                    |m| match metric_cycle_values(std::slice::from_ref(m), name) {
+                        Some(Ok(v)) => v.first().copied(),
+                        _ => None,
+                    },
+                )
                 .collect();
             let summary = agg.stats.get(name).cloned();
             let unavailable_reason = if summary.is_some() {
@@ -337,21 +354,20 @@ mod tests {
         assert!(why.is_none());
         let ms = |s: &PhaseSpan| {
             (
-                s.phase.as_str(),
+                s.phase.clone(),
                 (s.start_s * 1e3).round() as u64,
                 (s.end_s * 1e3).round() as u64,
             )
         };
         let got: Vec<_> = spans.iter().map(ms).collect();
-        assert_eq!(
-            got,
-            vec![
-                ("prefill", 100, 130),
-                ("decode", 130, 250),
-                ("prefill", 300, 320),
-                ("decode", 320, 380),
-            ]
-        );
+        let want = [
+            ("prefill", 100, 130),
+            ("decode", 130, 250),
+            ("prefill", 300, 320),
+            ("decode", 320, 380),
+        ]
+        .map(|(p, a, b)| (p.to_string(), a, b));
+        assert_eq!(got, want.to_vec());
     }
 
     #[test]

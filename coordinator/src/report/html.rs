@@ -69,9 +69,6 @@ mod tests {
         assert!(!safe.contains('<') && !safe.contains('>') && !safe.contains('&'));
         // JSON reads the escapes back as the original text.
         let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
-        assert_eq!(
-            back["name"],
-            "</script><script>alert(1)</script> & <!--"
-        );
+        assert_eq!(back["name"], "</script><script>alert(1)</script> & <!--");
     }
 }

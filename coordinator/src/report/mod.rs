@@ -11,8 +11,8 @@ mod provenance;
 
 use crate::aggregate::ExperimentAggregate;
 use crate::store::ExperimentRecord;
-use lem_common::domain::RawResult;
 pub use html::render;
+use lem_common::domain::RawResult;
 pub use model::ReportData;
 
 /// One experiment to report: its record, stored aggregate and raw results.
@@ -52,3 +52,6 @@ pub fn build(inputs: &[ExperimentInput], generated_at: &str) -> Result<ReportDat
         comparison_absent_reason,
     })
 }
+
+#[cfg(test)]
+mod tests;
