@@ -278,7 +278,9 @@
     var sec = el("section", { "class": "experiment", id: "exp-" + exp.id });
     root.appendChild(sec);
     var h = el("h2", {}, [exp.config_name + " — " + exp.id]);
-    h.appendChild(el("span", { "class": "badge " + (exp.simulated ? "simulated" : "real") }, [exp.simulated ? "simulated" : "real devices"]));
+    var measured = exp.provenance.some(function (r) { return isNum(r.energy_j); });
+    var badge = exp.simulated ? ["simulated", "simulated"] : measured ? ["real", "real devices"] : ["partial", "no energy measured"];
+    h.appendChild(el("span", { "class": "badge " + badge[0] }, [badge[1]]));
     if (!exp.complete) h.appendChild(el("span", { "class": "badge partial" }, ["partial"]));
     sec.appendChild(h);
     sec.appendChild(el("p", { "class": "meta" }, ["Model " + exp.model_name + "; status " + exp.status + "; " +
