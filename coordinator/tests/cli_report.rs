@@ -563,3 +563,22 @@ fn report_without_energy_shows_each_gap_and_its_reason_never_a_zero_line() {
     let png = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("report-no-energy.png");
     screenshot(&chrome, &html, &dir.path().join("profile"), &png, 2600);
 }
+
+#[test]
+fn report_without_a_store_fails_naming_the_data_dir_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("no-results-here");
+    let html = dir.path().join("report.html");
+    let out = Command::new(env!("CARGO_BIN_EXE_lem"))
+        .env_remove("LEM_DATA_DIR")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["report", "exp_missing", "--out"])
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no-results-here"), "{stderr}");
+    assert!(!html.exists() && !data_dir.exists());
+}

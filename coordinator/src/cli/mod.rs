@@ -534,6 +534,7 @@ mod tests {
             "doctor",
             "results compare",
             "results export",
+            "report",
         ];
         for (path, cmd) in all_commands() {
             let mut cmd = cmd;
