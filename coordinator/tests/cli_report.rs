@@ -577,7 +577,8 @@ fn report_without_a_store_fails_naming_the_data_dir_and_writes_nothing() {
         .arg(&html)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    // A data dir without a store is bad usage (exit 2), as for every reading command.
+    assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no-results-here"), "{stderr}");
     assert!(!html.exists() && !data_dir.exists());
