@@ -9,6 +9,7 @@ pub mod embedded;
 pub mod embedded_agent;
 pub mod export;
 pub mod pivot;
+pub mod report;
 pub mod scheduler;
 pub mod store;
 #[cfg(test)]

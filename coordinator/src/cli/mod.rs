@@ -16,6 +16,7 @@ mod model_cmd;
 mod pivot_cmd;
 mod plots;
 mod reference;
+mod report_cmd;
 mod results;
 mod selection;
 mod table;
@@ -133,6 +134,27 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the lem(1) man page (roff), or write one page per command with --out-dir.
     Man(ManArgs),
+    /// Write one self-contained HTML report with plots of stored results (docs/report.md).
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Experiment ids (or unique prefixes); two or more are also compared.
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub ids: Vec<String>,
+    /// Every experiment that has an aggregate; the others are named on stderr.
+    #[arg(long)]
+    pub all: bool,
+    /// The HTML file to write (replaced whole, never half-written).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -516,6 +538,7 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Doctor(a) => doctor::run(&a.store.resolve(&top), a.nvml_lib.as_deref(), a.json),
         Command::Completions(a) => completions::run(a.shell),
         Command::Man(a) => man_page::run(a.out_dir.as_deref()),
+        Command::Report(a) => report_cmd::run(&a.store.resolve(&top), a),
     }
 }
 
@@ -595,6 +618,7 @@ mod tests {
             "results compare",
             "results export",
             "results table",
+            "report",
         ];
         for (path, cmd) in all_commands() {
             let mut cmd = cmd;
