@@ -35,6 +35,7 @@ fn input(id: &str, batch_size: u32, output_tokens: u32) -> ExperimentInput {
             error: None,
             error_chain: Vec::new(),
             origin: "test".into(),
+            until_ci: None,
         },
         aggregate,
         raws,
