@@ -264,9 +264,16 @@ mod tests {
         let windowed = decode_attention(&q, &k, &v, 6, &[0], H, Some(3)).unwrap();
         let tail = |t: &Tensor| t.narrow(2, 3, 3).unwrap().contiguous().unwrap();
         let cut = decode_attention(&q, &tail(&k), &tail(&v), 3, &[0], H, None).unwrap();
-        assert!(max_diff(&windowed, &cut) < 1e-6, "{}", max_diff(&windowed, &cut));
+        assert!(
+            max_diff(&windowed, &cut) < 1e-6,
+            "{}",
+            max_diff(&windowed, &cut)
+        );
         let full = decode_attention(&q, &k, &v, 6, &[0], H, None).unwrap();
-        assert!(max_diff(&windowed, &full) > 1e-3, "the window must change the result");
+        assert!(
+            max_diff(&windowed, &full) > 1e-3,
+            "the window must change the result"
+        );
         // And the prefill (mask) path agrees with the kernel for the last query.
         let keys = k.narrow(2, 0, 6).unwrap();
         let values = v.narrow(2, 0, 6).unwrap();
@@ -276,7 +283,11 @@ mod tests {
             .unwrap()
             .reshape((1, 1, 32))
             .unwrap();
-        assert!(max_diff(&windowed, &masked) < 1e-5, "{}", max_diff(&windowed, &masked));
+        assert!(
+            max_diff(&windowed, &masked) < 1e-5,
+            "{}",
+            max_diff(&windowed, &masked)
+        );
     }
 
     #[test]

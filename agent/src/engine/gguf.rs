@@ -458,8 +458,17 @@ impl LlamaConfig {
             num_kv_heads: self.num_kv_heads as u64,
             head_dim: self.head_dim as u64,
             vocab_size: self.vocab_size as u64,
-            // SwiGLU (gate, up, down) in every supported architecture.
+            // SwiGLU (gate, up, down) in every supported architecture; GeGLU in Gemma 3.
             gated_mlp: true,
+            // Mistral-style windows are never exceeded (longer runs are refused), so only
+            // Gemma 3's, which lem applies, changes what is computed.
+            sliding_window: self
+                .gemma3
+                .as_ref()
+                .map(|g| lem_common::domain::SlidingWindow {
+                    window: g.sliding_window as u64,
+                    layers: (0..self.num_layers).filter(|&i| g.is_local(i)).count() as u64,
+                }),
         }
     }
 }

@@ -533,8 +533,14 @@ impl LlamaModel {
         .map_err(EngineError::compute("building rotary tables"))?;
         let local_rope = match &cfg.gemma3 {
             Some(g) => Some(
-                rope_tables(cfg.head_dim, g.rope_theta_local, None, max_positions, device)
-                    .map_err(EngineError::compute("building rotary tables"))?,
+                rope_tables(
+                    cfg.head_dim,
+                    g.rope_theta_local,
+                    None,
+                    max_positions,
+                    device,
+                )
+                .map_err(EngineError::compute("building rotary tables"))?,
             ),
             None => None,
         };

@@ -50,7 +50,10 @@ impl std::fmt::Display for SpmError {
                 tokens,
                 scores,
                 types,
-            } => write!(f, "{tokens} tokens, {scores} scores and {types} token types"),
+            } => write!(
+                f,
+                "{tokens} tokens, {scores} scores and {types} token types"
+            ),
             SpmError::MissingByteToken(b) => {
                 write!(f, "no byte-fallback token <0x{b:02X}> in the vocabulary")
             }

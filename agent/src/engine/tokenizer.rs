@@ -157,12 +157,10 @@ impl LemTokenizer {
             bos_to_add: None,
             use_post_processor: true,
         };
-        Self::finish(parts, declared, chat).ok_or_else(|| {
-            EngineError::Config {
-                path: config_path.to_path_buf(),
-                field: "eos_token_id".into(),
-                reason: "missing, and the tokenizer has no <|endoftext|> token".into(),
-            }
+        Self::finish(parts, declared, chat).ok_or_else(|| EngineError::Config {
+            path: config_path.to_path_buf(),
+            field: "eos_token_id".into(),
+            reason: "missing, and the tokenizer has no <|endoftext|> token".into(),
         })
     }
 
@@ -223,9 +221,9 @@ impl LemTokenizer {
             Pipeline::Hf(t) => t
                 .decode(ids, true)
                 .map_err(|e| self.err(format!("decoding {} ids: {e}", ids.len()))),
-            Pipeline::Spm(t) => t
-                .decode(ids)
-                .map_err(|id| self.err(format!("decoding: token id {id} is not in the vocabulary"))),
+            Pipeline::Spm(t) => t.decode(ids).map_err(|id| {
+                self.err(format!("decoding: token id {id} is not in the vocabulary"))
+            }),
         }
     }
 
@@ -251,9 +249,9 @@ impl LemTokenizer {
                 s.push_str("<|im_end|>\n<|im_start|>assistant\n");
                 s
             }
-            ChatFormat::Gemma { .. } => format!(
-                "<start_of_turn>user\n{user_message}<end_of_turn>\n<start_of_turn>model\n"
-            ),
+            ChatFormat::Gemma { .. } => {
+                format!("<start_of_turn>user\n{user_message}<end_of_turn>\n<start_of_turn>model\n")
+            }
         }
     }
 
