@@ -381,7 +381,9 @@ mod tests {
     #[test]
     fn spaces_become_visible_and_specials_split_longest_first() {
         let t = vocab(&[
+            // Merging goes through pieces that are tokens: h+i, then ▁+hi.
             ("\u{2581}hi", -1.0, TYPE_NORMAL),
+            ("hi", -2.0, TYPE_NORMAL),
             ("\u{2581}", -3.0, TYPE_NORMAL),
             ("h", -4.0, TYPE_NORMAL),
             ("i", -4.0, TYPE_NORMAL),
