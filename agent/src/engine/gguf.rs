@@ -308,7 +308,7 @@ pub(crate) struct Gemma3Params {
 impl Gemma3Params {
     /// Whether layer `i` (0-based) attends through the sliding window.
     pub(crate) fn is_local(&self, layer: usize) -> bool {
-        (layer + 1) % self.global_layer_every != 0
+        !(layer + 1).is_multiple_of(self.global_layer_every)
     }
 }
 

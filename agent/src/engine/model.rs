@@ -42,7 +42,7 @@ pub(crate) struct GemmaNorms {
 }
 
 impl GemmaNorms {
-    fn to_device(self, device: &Device) -> Result<Self, EngineError> {
+    fn moved_to(self, device: &Device) -> Result<Self, EngineError> {
         let on = |t: Tensor| {
             t.to_device(device)
                 .map_err(EngineError::compute("copying weights to the device"))
@@ -510,7 +510,7 @@ impl LlamaModel {
                 ffn_norm: on_device(lw.ffn_norm)?,
                 gate_up: Projection::new(vec![lw.gate, lw.up], None, mode, device)?,
                 w_down: build_matmul(lw.down, mode, device)?,
-                gemma: lw.gemma.map(|n| n.to_device(device)).transpose()?,
+                gemma: lw.gemma.map(|n| n.moved_to(device)).transpose()?,
             });
         }
         let output = match w.output {

@@ -37,7 +37,7 @@ pub enum ChatFormat {
 /// The token pipeline behind a `LemTokenizer`.
 enum Pipeline {
     /// Hugging Face `tokenizers` (tokenizer.json, or BPE built from GGUF metadata).
-    Hf(Tokenizer),
+    Hf(Box<Tokenizer>),
     /// SentencePiece-style GGUF vocabulary.
     Spm(SpmTokenizer),
 }
@@ -95,7 +95,13 @@ impl LemTokenizer {
                     origin: origin.clone(),
                     message: e.to_string(),
                 })?;
-                (Pipeline::Hf(t), "tokenizer.json", origin, None, true)
+                (
+                    Pipeline::Hf(Box::new(t)),
+                    "tokenizer.json",
+                    origin,
+                    None,
+                    true,
+                )
             }
             None => {
                 let (t, bos) = build_from_gguf(g)?;
@@ -151,7 +157,7 @@ impl LemTokenizer {
         }
         let chat = chat_format(chat_template, |t| inner.token_to_id(t).is_some());
         let parts = Parts {
-            inner: Pipeline::Hf(inner),
+            inner: Pipeline::Hf(Box::new(inner)),
             source: "tokenizer.json",
             origin,
             bos_to_add: None,
@@ -316,7 +322,7 @@ fn build_from_gguf(g: &GgufFile) -> Result<(Pipeline, Option<u32>), EngineError>
     let model = g.str("tokenizer.ggml.model")?;
     // llama.cpp's defaults when the file does not say: SentencePiece vocabularies add BOS.
     let (pipeline, bos_by_default) = match model {
-        "gpt2" => (Pipeline::Hf(build_bpe(g)?), false),
+        "gpt2" => (Pipeline::Hf(Box::new(build_bpe(g)?)), false),
         "llama" => (Pipeline::Spm(build_spm(g)?), true),
         other => {
             return Err(EngineError::UnsupportedTokenizer {
