@@ -108,6 +108,7 @@ fn token_ids_equal_llamacpp() {
 fn next_token_logits_match_llamacpp() {
     let Some(e) = engine() else { return };
     let mut e = lock(e);
+    let mut failures = Vec::new();
     for p in fixture().prompts {
         let logits = e
             .next_token_logits(std::slice::from_ref(&p.token_ids))
@@ -116,45 +117,59 @@ fn next_token_logits_match_llamacpp() {
         let best = (0..logits.len())
             .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
             .unwrap();
-        assert_eq!(
-            best as u32, p.top_logits[0].0,
-            "prompt `{}`: argmax",
-            p.name
-        );
+        if best as u32 != p.top_logits[0].0 {
+            failures.push(format!(
+                "prompt `{}`: argmax {best}, llama.cpp {}",
+                p.name, p.top_logits[0].0
+            ));
+        }
+        let mut worst = 0f32;
         for &(id, want) in &p.top_logits {
             let got = logits[id as usize];
-            assert!(
-                (got - want).abs() <= LOGIT_TOLERANCE,
-                "prompt `{}`: logit of {id} is {got}, llama.cpp {want}",
-                p.name
-            );
+            worst = worst.max((got - want).abs());
+            if (got - want).abs() > LOGIT_TOLERANCE {
+                failures.push(format!(
+                    "prompt `{}`: logit of {id} is {got}, llama.cpp {want}",
+                    p.name
+                ));
+            }
         }
+        eprintln!("prompt `{}`: largest logit difference {worst}", p.name);
     }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// Short prompts run as one left-padded batch (exercising the per-row paths); a long one
+/// alone, so the batch is not padded to its length (which would multiply the prefill).
+const LONG_PROMPT_TOKENS: usize = 64;
+
 #[test]
-fn greedy_continuations_equal_llamacpp_in_one_ragged_batch() {
+fn greedy_continuations_equal_llamacpp_short_ones_in_a_ragged_batch() {
     let Some(e) = engine() else { return };
     let mut e = lock(e);
     let f = fixture();
-    let prompts: Vec<Vec<u32>> = f.prompts.iter().map(|p| p.token_ids.clone()).collect();
     let params = GenerationParams {
         max_new_tokens: f.greedy_tokens,
         ..GenerationParams::default()
     };
-    let out = e.generate(&prompts, &params, &mut NoopObserver).unwrap();
-    for (p, seq) in f.prompts.iter().zip(&out.sequences) {
-        // lem stops at an end-of-generation token (keeping it); llama.cpp's list goes on.
-        let stop = p
-            .greedy
-            .iter()
-            .position(|t| f.eog_token_ids.contains(t))
-            .map_or(p.greedy.len(), |i| i + 1);
-        assert_eq!(
-            seq.output_token_ids,
-            p.greedy[..stop],
-            "prompt `{}`",
-            p.name
-        );
+    let (short, long): (Vec<&Prompt>, Vec<&Prompt>) = f
+        .prompts
+        .iter()
+        .partition(|p| p.token_ids.len() <= LONG_PROMPT_TOKENS);
+    assert!(short.len() > 1 && !long.is_empty(), "the fixture needs both kinds");
+    let mut groups: Vec<Vec<&Prompt>> = vec![short];
+    groups.extend(long.into_iter().map(|p| vec![p]));
+    for group in groups {
+        let ids: Vec<Vec<u32>> = group.iter().map(|p| p.token_ids.clone()).collect();
+        let out = e.generate(&ids, &params, &mut NoopObserver).unwrap();
+        for (p, seq) in group.iter().zip(&out.sequences) {
+            // lem stops at an end-of-generation token (keeping it); llama.cpp's list goes on.
+            let stop = p
+                .greedy
+                .iter()
+                .position(|t| f.eog_token_ids.contains(t))
+                .map_or(p.greedy.len(), |i| i + 1);
+            assert_eq!(seq.output_token_ids, p.greedy[..stop], "prompt `{}`", p.name);
+        }
     }
 }

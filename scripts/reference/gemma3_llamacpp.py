@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reference values for Gemma 3 270M (Q4_K_M GGUF) from llama.cpp, via llama-cpp-python.
 
-For each prompt: llama.cpp's token ids (BOS added as the file says, special tokens such as
+llama.cpp runs on the CPU with an f32 KV cache and without flash attention (lem's
+settings). For each prompt: llama.cpp's token ids (BOS added as the file says, special tokens such as
 <start_of_turn> parsed), the top-10 next-token logits after the prompt, and 16 greedy
 tokens (argmax of llama.cpp's logits, EOS not stopping it). Written as JSON to
 agent/tests/fixtures/gemma3_llamacpp.json, which agent/tests/engine_gemma3.rs reads.
@@ -37,14 +38,14 @@ def gemma_turn(user):
 
 
 # Over 512 tokens: the sliding-window layers then see only part of the context.
-LONG = " ".join(f"Sentence {i} says that {i} times 7 is {i * 7}." for i in range(1, 61))
+LONG = " ".join(f"Sentence {i} says that {i} times 7 is {i * 7}." for i in range(1, 41))
 
 PROMPTS = [
     {"name": "plain", "text": "The capital of France is"},
     {"name": "chat", "text": gemma_turn("What is the capital of France?"), "chat_user": "What is the capital of France?"},
     {"name": "digits", "text": "Compute 1234 + 5678 = "},
     {"name": "whitespace_unicode", "text": "Ünïcödé  text\n\n\twith   spaces, émojis 🙂 and 日本語 ✓"},
-    {"name": "long_window", "text": LONG + " Sentence 61 says that 61 times 7 is"},
+    {"name": "long_window", "text": LONG + " Sentence 41 says that 41 times 7 is"},
 ]
 
 
@@ -54,6 +55,20 @@ def sha256(path):
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def last_logits(llm):
+    """The logits llama.cpp computed for the last token evaluated (float32, as f64)."""
+    n_vocab = llm.n_vocab()
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float64)
+
+
+def eog_ids(llm):
+    """Every token llama.cpp ends generation at (EOS, end-of-turn) for this file."""
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    n = llama_cpp.llama_vocab_n_tokens(vocab)
+    return [t for t in range(n) if llama_cpp.llama_vocab_is_eog(vocab, t)]
 
 
 def main():
@@ -66,6 +81,11 @@ def main():
         n_ubatch=2048,
         n_threads=2,
         n_gpu_layers=0,
+        # f32 K/V and no flash attention, as lem computes: llama.cpp's default f16 cache
+        # alone moves this model's logits by up to ~0.25.
+        type_k=llama_cpp.GGML_TYPE_F32,
+        type_v=llama_cpp.GGML_TYPE_F32,
+        flash_attn=False,
         verbose=False,
     )
     results = []
@@ -73,7 +93,7 @@ def main():
         ids = llm.tokenize(p["text"].encode("utf-8"), add_bos=True, special=True)
         llm.reset()
         llm.eval(ids)
-        logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+        logits = last_logits(llm)
         top = np.argsort(-logits, kind="stable")[:TOP_K]
         greedy = []
         step = logits
@@ -81,7 +101,7 @@ def main():
             tok = int(np.argmax(step))
             greedy.append(tok)
             llm.eval([tok])
-            step = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+            step = last_logits(llm)
         entry = {
             "name": p["name"],
             "text": p["text"],
@@ -98,7 +118,7 @@ def main():
         "llama_cpp_python": llama_cpp.__version__,
         "model_file": os.path.basename(model),
         "model_sha256": sha256(model),
-        "eog_token_ids": sorted({int(llm.token_eos())} | {1, 106}),
+        "eog_token_ids": eog_ids(llm),
         "greedy_tokens": GREEDY_TOKENS,
         "prompts": results,
     }

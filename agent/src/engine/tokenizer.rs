@@ -181,8 +181,8 @@ impl LemTokenizer {
                 from_template: true,
                 ..
             } => extra.push("<|im_end|>"),
-            // Gemma ends each turn with <end_of_turn>, llama.cpp stops there too.
-            ChatFormat::Gemma { .. } => extra.push("<end_of_turn>"),
+            // Gemma ends each turn with <end_of_turn>; llama.cpp also stops at `</s>`.
+            ChatFormat::Gemma { .. } => extra.extend(["<end_of_turn>", "</s>"]),
             ChatFormat::ChatMl { .. } => {}
         }
         for tok in extra {
