@@ -4,7 +4,8 @@
 llama.cpp runs on the CPU with an f32 KV cache and without flash attention (lem's
 settings). For each prompt: llama.cpp's token ids (BOS added as the file says, special tokens such as
 <start_of_turn> parsed), the top-10 next-token logits after the prompt, and 16 greedy
-tokens (argmax of llama.cpp's logits, EOS not stopping it). Written as JSON to
+tokens (argmax of llama.cpp's logits, EOS not stopping it) with each step's lead of the
+chosen token over the runner-up. Written as JSON to
 agent/tests/fixtures/gemma3_llamacpp.json, which agent/tests/engine_gemma3.rs reads.
 Nothing from lem is used.
 
@@ -96,10 +97,15 @@ def main():
         logits = last_logits(llm)
         top = np.argsort(-logits, kind="stable")[:TOP_K]
         greedy = []
+        margins = []
         step = logits
         for _ in range(GREEDY_TOKENS):
             tok = int(np.argmax(step))
             greedy.append(tok)
+            # How far the chosen token leads the runner-up: a near-tie may go either way
+            # in another engine's rounding.
+            first, second = np.sort(step)[-2:][::-1]
+            margins.append(round(float(first - second), 5))
             llm.eval([tok])
             step = last_logits(llm)
         entry = {
@@ -108,6 +114,7 @@ def main():
             "token_ids": [int(t) for t in ids],
             "top_logits": [[int(t), round(float(logits[t]), 5)] for t in top],
             "greedy": greedy,
+            "greedy_margins": margins,
         }
         if "chat_user" in p:
             entry["chat_user"] = p["chat_user"]
