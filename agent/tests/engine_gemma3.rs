@@ -21,8 +21,8 @@ mod support;
 /// fixture's prompts (docs/models.md): logits differ by up to 1.03, mostly as an offset
 /// common to all top tokens (the chat prompt: every top-10 logit ~0.9 higher in lem), and
 /// gaps to the top token by up to 0.29. A structural defect moves gaps by whole units
-/// (measured with an f64 numpy forward pass: one rotary base for all layers moves the
-/// chat prompt's logits by ~4, interleaved rotary reorders the top tokens entirely).
+/// (measured with an f64 numpy forward pass: the local rotary base on every layer moves
+/// the chat prompt's logits by ~4, interleaved rotary reorders the top tokens entirely).
 const LOGIT_TOLERANCE: f32 = 1.25;
 const LOGIT_GAP_TOLERANCE: f32 = 0.5;
 
