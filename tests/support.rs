@@ -70,6 +70,32 @@ pub fn model_path() -> Option<PathBuf> {
     Some(model())
 }
 
+/// Gemma 3 270M (Q4_K_M) as `scripts/fetch-gemma3.sh` installs it, or `LEM_TEST_GEMMA3`.
+/// Absent: None after printing why, so the test skips — unless `CI` is set, where
+/// `.ci/run` fetches it and its absence fails the test.
+pub fn gemma3_path() -> Option<PathBuf> {
+    let path = match std::env::var_os("LEM_TEST_GEMMA3") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::var_os("LEM_MODEL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/lem/models")
+            })
+            .join("google--gemma-3-270m-GGUF/gemma-3-270m-q4_k_m.gguf"),
+    };
+    if path.exists() {
+        return Some(path);
+    }
+    let why = format!(
+        "Gemma 3 270M is not at {}; fetch it with scripts/fetch-gemma3.sh",
+        path.display()
+    );
+    assert!(std::env::var_os("CI").is_none(), "CI is set: {why}");
+    eprintln!("skipping: {why}");
+    None
+}
+
 /// Builds the fake `libnvidia-ml` (tests/fake-nvml) into the target directory this test
 /// executable lives in — a no-op when it is fresh — and returns its path.
 pub fn build_fake_nvml() -> PathBuf {

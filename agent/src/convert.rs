@@ -1114,7 +1114,13 @@ fn tokenizer_files_from_gguf(
     p: &LlamaParams,
 ) -> Result<(String, Json), ConvertError> {
     let tok = LemTokenizer::from_gguf_metadata(path).map_err(|e| invalid(path, e.to_string()))?;
-    let (inner, bos_to_add) = tok.pipeline_and_bos();
+    let (inner, bos_to_add) = tok.pipeline_and_bos().ok_or_else(|| {
+        invalid(
+            path,
+            "a SentencePiece-style GGUF vocabulary cannot be written as tokenizer.json yet"
+                .to_string(),
+        )
+    })?;
     let mut inner = inner.clone();
     if let Some(bos) = bos_to_add {
         // The GGUF wrapper prepends BOS itself; in tokenizer.json the post-processor does.

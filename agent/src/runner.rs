@@ -1159,6 +1159,7 @@ mod tests {
             head_dim: 2,
             vocab_size: 10,
             gated_mlp: true,
+            sliding_window: None,
         };
         let seq = |ttft_ns, e2e_ns| crate::engine::GeneratedSequence {
             input_tokens: 3,

@@ -290,6 +290,18 @@ pub struct TransformerShape {
     pub vocab_size: u64,
     /// Gated MLP (SwiGLU: gate, up, down) as in Llama; false = two-matrix MLP.
     pub gated_mlp: bool,
+    /// Layers that attend through a sliding window (Gemma 3); None: every layer attends
+    /// over the whole context. Absent from records of models without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<SlidingWindow>,
+}
+
+/// Sliding-window attention: `layers` of the decoder's layers let a token attend to at
+/// most `window` keys (itself and the `window - 1` before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlidingWindow {
+    pub window: u64,
+    pub layers: u64,
 }
 
 /// What was loaded and how it computes.

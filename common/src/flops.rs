@@ -5,7 +5,8 @@
 //! context of every token, and the LM head. Omitted (each well under 1% for real shapes):
 //! RMSNorm, rotary embeddings, softmax, the SwiGLU activation, residual adds, the
 //! embedding lookup, and any padding an engine computes. Formulas and the reasoning are in
-//! docs/flops.md; everything here is a closed form, not a loop over tokens.
+//! docs/flops.md; everything here is a closed form, not a loop over tokens. Sliding-window
+//! layers (Gemma 3) count at most `window` keys per token.
 //!
 //! Values are `f64`: counts are exact integers up to 2^53 (≈ 9e15), beyond which the
 //! relative error stays ~1e-16.
@@ -42,6 +43,31 @@ pub fn matmul_params(s: &TransformerShape) -> f64 {
     (s.num_layers as f64 * layer_linear_flops(s) + lm_head_flops(s)) / 2.0
 }
 
+/// Σ_{j=1}^{n} min(j, window): the keys attended by tokens that see j = 1..=n keys
+/// before a window caps them.
+fn capped_key_sum(n: f64, window: f64) -> f64 {
+    if n <= window {
+        n * (n + 1.0) / 2.0
+    } else {
+        window * (window + 1.0) / 2.0 + (n - window) * window
+    }
+}
+
+/// Keys attended over all layers by tokens that would see `from + 1 ..= to` keys without
+/// a window: global layers see them all, sliding-window layers at most `window` each.
+fn keys_over_layers(shape: &TransformerShape, from: f64, to: f64) -> f64 {
+    let layers = shape.num_layers as f64;
+    let all = to * (to + 1.0) / 2.0 - from * (from + 1.0) / 2.0;
+    match shape.sliding_window {
+        None => layers * all,
+        Some(sw) => {
+            let local = sw.layers.min(shape.num_layers) as f64;
+            let w = sw.window as f64;
+            (layers - local) * all + local * (capped_key_sum(to, w) - capped_key_sum(from, w))
+        }
+    }
+}
+
 /// FLOPs of processing a prompt of `prompt_len` tokens in one forward pass, with causal
 /// attention (token t, 0-based, attends to t + 1 keys), and the LM head at the last
 /// position only (the logits that give the first output token). 0 for an empty prompt.
@@ -51,6 +77,11 @@ pub fn prefill_flops(shape: &TransformerShape, prompt_len: u64) -> f64 {
     }
     let p = prompt_len as f64;
     let layers = shape.num_layers as f64;
+    if shape.sliding_window.is_some() {
+        return layers * p * layer_linear_flops(shape)
+            + attention_flops_per_key(shape) * keys_over_layers(shape, 0.0, p)
+            + lm_head_flops(shape);
+    }
     // Σ_{t=0}^{p-1} (t + 1) keys attended.
     let keys = p * (p + 1.0) / 2.0;
     layers * (p * layer_linear_flops(shape) + attention_flops_per_key(shape) * keys)
@@ -61,6 +92,12 @@ pub fn prefill_flops(shape: &TransformerShape, prompt_len: u64) -> f64 {
 /// KV cache, so it attends to `kv_len_before + 1` keys (itself included); LM head once.
 pub fn decode_step_flops(shape: &TransformerShape, kv_len_before: u64) -> f64 {
     let layers = shape.num_layers as f64;
+    if shape.sliding_window.is_some() {
+        let kv = kv_len_before as f64;
+        return layers * layer_linear_flops(shape)
+            + attention_flops_per_key(shape) * keys_over_layers(shape, kv, kv + 1.0)
+            + lm_head_flops(shape);
+    }
     let keys = kv_len_before as f64 + 1.0;
     layers * (layer_linear_flops(shape) + attention_flops_per_key(shape) * keys)
         + lm_head_flops(shape)
@@ -87,6 +124,14 @@ pub fn request_flops(
     }
     let layers = shape.num_layers as f64;
     let p = input_tokens as f64;
+    if shape.sliding_window.is_some() {
+        let decode_flops = steps * (layers * layer_linear_flops(shape) + lm_head_flops(shape))
+            + attention_flops_per_key(shape) * keys_over_layers(shape, p, p + steps);
+        return FlopsBreakdown {
+            prefill_flops,
+            decode_flops,
+        };
+    }
     // Σ_{s=1}^{steps} (p + s) keys attended.
     let keys = steps * p + steps * (steps + 1.0) / 2.0;
     let decode_flops = steps * (layers * layer_linear_flops(shape) + lm_head_flops(shape))
@@ -126,6 +171,7 @@ mod tests {
             head_dim: 2,
             vocab_size: 10,
             gated_mlp,
+            sliding_window: None,
         }
     }
 
@@ -140,6 +186,7 @@ mod tests {
             head_dim: 64,
             vocab_size: 49152,
             gated_mlp: true,
+            sliding_window: None,
         }
     }
 
@@ -236,7 +283,63 @@ mod tests {
         assert_eq!(job_flops(&s, &[]), FlopsBreakdown::default());
     }
 
+    // Window 2 on one of two layers of the tiny shape (per layer: 288 linear, 16/key).
+    //   prompt 4: linear 2·4·288 = 2304; global layer keys 1+2+3+4 = 10, windowed layer
+    //   1+2+2+2 = 7 → 16·17 = 272; LM head 80 → 2656.
+    //   decode step with 4 cached: 2·288 + 16·(5 + 2) + 80 = 768.
+    #[test]
+    fn sliding_window_caps_keys_by_hand() {
+        let mut s = tiny(true);
+        s.num_layers = 2;
+        s.sliding_window = Some(crate::domain::SlidingWindow {
+            window: 2,
+            layers: 1,
+        });
+        assert_eq!(prefill_flops(&s, 4), 2656.0);
+        assert_eq!(decode_step_flops(&s, 4), 768.0);
+        // Output 3 → steps with 4 and 5 cached: 768 + (576 + 16·(6 + 2) + 80).
+        assert_eq!(request_flops(&s, 4, 3).decode_flops, 768.0 + 784.0);
+        // A window wider than the context changes nothing.
+        let mut wide = s.clone();
+        wide.sliding_window = Some(crate::domain::SlidingWindow {
+            window: 100,
+            layers: 1,
+        });
+        let mut none = s.clone();
+        none.sliding_window = None;
+        assert_eq!(request_flops(&wide, 4, 3), request_flops(&none, 4, 3));
+    }
+
     proptest! {
+        // With a window, the closed forms equal per-token sums of min(keys, window).
+        #[test]
+        fn windowed_closed_forms_equal_loops(
+            layers in 1u64..8, local in 0u64..8, window in 1u64..20,
+            prompt in 0u64..40, output in 0u64..40,
+        ) {
+            let mut s = tiny(true);
+            s.num_layers = layers;
+            s.sliding_window = Some(crate::domain::SlidingWindow { window, layers: local });
+            let local = local.min(layers);
+            let lin = layer_linear_flops(&s);
+            let per_key = attention_flops_per_key(&s);
+            let token = |keys: u64| {
+                layers as f64 * lin
+                    + per_key * ((layers - local) * keys + local * keys.min(window)) as f64
+            };
+            let mut prefill: f64 = (0..prompt).map(|t| token(t + 1)).sum();
+            if prompt > 0 {
+                prefill += lm_head_flops(&s);
+            }
+            let decode: f64 = (1..output)
+                .map(|step| token(prompt + step) + lm_head_flops(&s))
+                .sum();
+            let r = request_flops(&s, prompt, output);
+            prop_assert_eq!(prefill_flops(&s, prompt), prefill);
+            prop_assert_eq!(r.prefill_flops, prefill);
+            prop_assert_eq!(r.decode_flops, decode);
+        }
+
         // The closed forms equal the token-by-token sums they replace.
         #[test]
         fn closed_forms_equal_loops(
@@ -249,6 +352,7 @@ mod tests {
                 num_layers: layers, num_attention_heads: heads,
                 num_kv_heads: heads.div_ceil(kv_div), head_dim: d, vocab_size: vocab,
                 gated_mlp: gated,
+            sliding_window: None,
             };
             let lin = layer_linear_flops(&s);
             let per_key = attention_flops_per_key(&s);

@@ -871,6 +871,7 @@ pub(crate) mod tests {
                     head_dim: 2,
                     vocab_size: 10,
                     gated_mlp: true,
+                    sliding_window: None,
                 },
                 tokenizer_source: "gguf-metadata".into(),
                 eos_token_ids: vec![2],

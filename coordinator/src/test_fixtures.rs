@@ -64,6 +64,7 @@ pub fn raw_result(experiment_id: &str, cycle: u32, output_tokens: u32, wall_ns: 
                 head_dim: 2,
                 vocab_size: 10,
                 gated_mlp: true,
+                sliding_window: None,
             },
             tokenizer_source: "gguf-metadata".into(),
             eos_token_ids: vec![2],

@@ -9,6 +9,9 @@
 //!   by row (same shapes as alone) when rows are padded;
 //! - decode (one new column): a small kernel here, per (row, head), over the row's valid
 //!   columns in a fixed order, run on candle's CPU pool.
+//!
+//! Sliding-window layers (Gemma 3) see, besides the causal limit, only keys less than
+//! `window` positions before the query: the same rule in the mask and in the kernel.
 
 use candle_core::{DType, Device, Storage, Tensor};
 use std::sync::Mutex;
@@ -29,7 +32,9 @@ impl Heads {
 
 /// Attention for `l` new columns starting at cache column `offset`.
 /// q: (b, heads, l, hd) contiguous, already rotated; `k_cache`/`v_cache`: (b, kv_heads,
-/// capacity, hd) with the new columns written. Returns (b, l, heads * hd).
+/// capacity, hd) with the new columns written; `window`: a sliding-window layer's span
+/// (a query at position p sees keys p - window + 1 ..= p), None = the whole context.
+/// Returns (b, l, heads * hd).
 pub(crate) fn attention(
     q: &Tensor,
     k_cache: &Tensor,
@@ -37,17 +42,18 @@ pub(crate) fn attention(
     offset: usize,
     pads: &[usize],
     h: Heads,
+    window: Option<usize>,
 ) -> candle_core::Result<Tensor> {
     let (b, _, l, _) = q.dims4()?;
     let total = offset + l;
     // The decode kernel reads CPU slices; other devices take the matmul path below.
     if l == 1 && q.device().is_cpu() {
-        return decode_attention(q, k_cache, v_cache, total, pads, h);
+        return decode_attention(q, k_cache, v_cache, total, pads, h, window);
     }
     let y = if pads.iter().all(|&p| p == 0) {
         let keys = k_cache.narrow(2, 0, total)?;
         let values = v_cache.narrow(2, 0, total)?;
-        gemm_attention(q, &keys, &values, offset, h)?
+        gemm_attention(q, &keys, &values, offset, h, window)?
     } else {
         let mut rows = Vec::with_capacity(b);
         for (r, &pad) in pads.iter().enumerate() {
@@ -61,7 +67,8 @@ pub(crate) fn attention(
                 let keys = k_cache.narrow(0, r, 1)?.narrow(2, pad, total - pad)?;
                 let values = v_cache.narrow(0, r, 1)?.narrow(2, pad, total - pad)?;
                 let first = offset + q_pad - pad;
-                gemm_attention(&q_r, &keys, &values, first, h)?.pad_with_zeros(2, q_pad, 0)?
+                gemm_attention(&q_r, &keys, &values, first, h, window)?
+                    .pad_with_zeros(2, q_pad, 0)?
             };
             rows.push(y);
         }
@@ -79,25 +86,38 @@ fn gemm_attention(
     values: &Tensor,
     first: usize,
     h: Heads,
+    window: Option<usize>,
 ) -> candle_core::Result<Tensor> {
     let (b, _, lq, hd) = q.dims4()?;
     let t = keys.dim(2)?;
     let scale = 1.0 / (hd as f64).sqrt();
     let q = (q * scale)?.reshape((b, h.num_kv_heads, h.n_rep() * lq, hd))?;
     let att = q.matmul(&keys.t()?)?.reshape((b, h.num_heads, lq, t))?;
-    let att = att.broadcast_add(&causal_mask(lq, t, first, q.device())?)?;
+    let att = att.broadcast_add(&causal_mask(lq, t, first, window, q.device())?)?;
     let att = candle_nn::ops::softmax_last_dim(&att)?;
     att.reshape((b, h.num_kv_heads, h.n_rep() * lq, t))?
         .matmul(values)?
         .reshape((b, h.num_heads, lq, hd))
 }
 
-/// (lq, t) additive mask: query i (key column `first + i`) sees keys 0..=first + i.
-fn causal_mask(lq: usize, t: usize, first: usize, device: &Device) -> candle_core::Result<Tensor> {
+/// (lq, t) additive mask: query i (key column `first + i`) sees keys 0..=first + i, and
+/// with a window only the last `window` of them.
+fn causal_mask(
+    lq: usize,
+    t: usize,
+    first: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
     let mut m = vec![0f32; lq * t];
     for i in 0..lq {
         for j in (first + i + 1).min(t)..t {
             m[i * t + j] = f32::NEG_INFINITY;
+        }
+        if let Some(w) = window {
+            for j in 0..(first + i + 1).saturating_sub(w).min(t) {
+                m[i * t + j] = f32::NEG_INFINITY;
+            }
         }
     }
     Tensor::from_vec(m, (lq, t), device)
@@ -105,7 +125,8 @@ fn causal_mask(lq: usize, t: usize, first: usize, device: &Device) -> candle_cor
 
 /// One new column per row: for every (row, head), scores over the row's valid columns
 /// `pad..total`, softmax, weighted sum of values — in an order that depends only on that
-/// window, so a row computes the same bits in any batch. Returns (b, 1, heads * hd).
+/// window, so a row computes the same bits in any batch. A sliding window starts the
+/// columns at `total - window` when that is later. Returns (b, 1, heads * hd).
 fn decode_attention(
     q: &Tensor,
     k_cache: &Tensor,
@@ -113,6 +134,7 @@ fn decode_attention(
     total: usize,
     pads: &[usize],
     h: Heads,
+    window: Option<usize>,
 ) -> candle_core::Result<Tensor> {
     let (b, nh, _, hd) = q.dims4()?;
     let (_, nkv, cap, _) = k_cache.dims4()?;
@@ -135,7 +157,10 @@ fn decode_attention(
     let slots: Vec<Mutex<&mut [f32]>> = out.chunks_mut(hd).map(Mutex::new).collect();
     let work = |item: usize| {
         let (r, head) = (item / nh, item % nh);
-        let pad = pads[r];
+        let pad = match window {
+            Some(w) => pads[r].max(total.saturating_sub(w)),
+            None => pads[r],
+        };
         let base = (r * nkv + head / n_rep) * cap * hd;
         let keys = &k_all[base..base + total * hd];
         let values = &v_all[base..base + total * hd];
@@ -214,12 +239,55 @@ mod tests {
 
     #[test]
     fn causal_mask_shape() {
-        let m: Vec<Vec<f32>> = causal_mask(2, 4, 1, &Device::Cpu)
+        let m: Vec<Vec<f32>> = causal_mask(2, 4, 1, None, &Device::Cpu)
             .unwrap()
             .to_vec2()
             .unwrap();
         let inf = f32::NEG_INFINITY;
         assert_eq!(m, vec![vec![0.0, 0.0, inf, inf], vec![0.0, 0.0, 0.0, inf]]);
+        // Window 2: query at column 1 sees 0..=1, at column 2 sees 1..=2.
+        let m: Vec<Vec<f32>> = causal_mask(2, 4, 1, Some(2), &Device::Cpu)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        assert_eq!(m, vec![vec![0.0, 0.0, inf, inf], vec![inf, 0.0, 0.0, inf]]);
+    }
+
+    #[test]
+    fn windowed_decode_equals_attention_over_the_window_alone() {
+        // With window 3 at 6 columns, the kernel must equal full attention over the
+        // last 3 columns only, i.e. the cache with columns 0..3 cut away.
+        let cap = 8;
+        let q = rand((1, 4, 1, 8), 11);
+        let k = rand((1, 2, cap, 8), 12);
+        let v = rand((1, 2, cap, 8), 13);
+        let windowed = decode_attention(&q, &k, &v, 6, &[0], H, Some(3)).unwrap();
+        let tail = |t: &Tensor| t.narrow(2, 3, 3).unwrap().contiguous().unwrap();
+        let cut = decode_attention(&q, &tail(&k), &tail(&v), 3, &[0], H, None).unwrap();
+        assert!(
+            max_diff(&windowed, &cut) < 1e-6,
+            "{}",
+            max_diff(&windowed, &cut)
+        );
+        let full = decode_attention(&q, &k, &v, 6, &[0], H, None).unwrap();
+        assert!(
+            max_diff(&windowed, &full) > 1e-3,
+            "the window must change the result"
+        );
+        // And the prefill (mask) path agrees with the kernel for the last query.
+        let keys = k.narrow(2, 0, 6).unwrap();
+        let values = v.narrow(2, 0, 6).unwrap();
+        let masked = gemm_attention(&q, &keys, &values, 5, H, Some(3))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((1, 1, 32))
+            .unwrap();
+        assert!(
+            max_diff(&windowed, &masked) < 1e-5,
+            "{}",
+            max_diff(&windowed, &masked)
+        );
     }
 
     #[test]
@@ -228,10 +296,10 @@ mod tests {
         let q = rand((2, 4, 1, 8), 1);
         let k = rand((2, 2, cap, 8), 2);
         let v = rand((2, 2, cap, 8), 3);
-        let fast = decode_attention(&q, &k, &v, t, &[0, 0], H).unwrap();
+        let fast = decode_attention(&q, &k, &v, t, &[0, 0], H, None).unwrap();
         let keys = k.narrow(2, 0, t).unwrap();
         let values = v.narrow(2, 0, t).unwrap();
-        let slow = gemm_attention(&q, &keys, &values, t - 1, H)
+        let slow = gemm_attention(&q, &keys, &values, t - 1, H, None)
             .unwrap()
             .transpose(1, 2)
             .unwrap()
@@ -247,7 +315,7 @@ mod tests {
         let q = rand((1, 4, 1, 8), 4);
         let k1 = rand((1, 2, cap, 8), 5);
         let v1 = rand((1, 2, cap, 8), 6);
-        let alone = decode_attention(&q, &k1, &v1, 4, &[0], H).unwrap();
+        let alone = decode_attention(&q, &k1, &v1, 4, &[0], H, None).unwrap();
         let shift = |t: &Tensor| {
             let junk = rand((1, 2, 2, 8), 7);
             Tensor::cat(&[&junk, &t.narrow(2, 0, cap - 2).unwrap()], 2)
@@ -258,7 +326,7 @@ mod tests {
         let kb = Tensor::cat(&[&k1, &shift(&k1)], 0).unwrap();
         let vb = Tensor::cat(&[&v1, &shift(&v1)], 0).unwrap();
         let qb = Tensor::cat(&[&q, &q], 0).unwrap();
-        let batch = decode_attention(&qb, &kb, &vb, 6, &[2, 2], H).unwrap();
+        let batch = decode_attention(&qb, &kb, &vb, 6, &[2, 2], H, None).unwrap();
         let row1 = batch.narrow(0, 1, 1).unwrap();
         assert_eq!(max_diff(&alone, &row1), 0.0);
     }

@@ -188,6 +188,23 @@ impl GgufFile {
             .map(Some)
     }
 
+    pub(crate) fn f32_array(&self, key: &str) -> Result<Vec<f32>, EngineError> {
+        let Some(v) = self.value(key) else {
+            return Err(self.missing_key(key));
+        };
+        let Value::Array(items) = v else {
+            return Err(self.bad_key(key, "expected an array of floats"));
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::F32(x) => Ok(*x),
+                other => Err(self.bad_key(key, format!("element {i} is {other:?}, not an f32"))),
+            })
+            .collect()
+    }
+
     pub(crate) fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
     }
@@ -247,10 +264,10 @@ impl GgufFile {
     }
 }
 
-/// Hyper-parameters of a Llama-family model, from the `llama.*` keys.
+/// Hyper-parameters of a Llama-family model, from the `llama.*` keys (or `gemma3.*`).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct LlamaConfig {
-    /// `llama` for GGUF; `llama`, `mistral` or `qwen2` for safetensors (config.json).
+    /// `llama` or `gemma3` for GGUF; `llama`, `mistral` or `qwen2` for safetensors.
     pub architecture: String,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -265,35 +282,66 @@ pub(crate) struct LlamaConfig {
     /// Mistral-style sliding-window attention span; lem attends over the full context, so
     /// sequences longer than this are refused (identical results up to the window).
     pub sliding_window: Option<usize>,
+    /// What Gemma 3 adds to the Llama layout; None for every other architecture.
+    pub gemma3: Option<Gemma3Params>,
+}
+
+/// Gemma 3's departures from Llama that the forward pass needs. The rest is fixed by the
+/// architecture: embeddings scaled by sqrt(hidden), RMS norms on Q and K per head, norms
+/// after attention and after the MLP, GELU (tanh) gating, half-split (NeoX) rotary. The
+/// GGUF converter already folds Gemma's `1 + weight` into the norm weights.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Gemma3Params {
+    /// Keys a sliding-window layer attends to: the query's own position and the
+    /// `sliding_window - 1` before it (`gemma3.attention.sliding_window`).
+    pub sliding_window: usize,
+    /// Every `global_layer_every`-th layer (1-based) attends over the whole context; the
+    /// others use the window. 6 for Gemma 3, as llama.cpp hard-codes it (GGUF has no key).
+    pub global_layer_every: usize,
+    /// Rotary base of the sliding-window layers (`gemma3.rope.freq_base_swa`, else 10000);
+    /// global layers use `rope_theta`.
+    pub rope_theta_local: f64,
+    /// `cap · tanh(logits / cap)` on the LM head's output when the file sets it.
+    pub final_logit_softcap: Option<f64>,
+}
+
+impl Gemma3Params {
+    /// Whether layer `i` (0-based) attends through the sliding window.
+    pub(crate) fn is_local(&self, layer: usize) -> bool {
+        !(layer + 1).is_multiple_of(self.global_layer_every)
+    }
 }
 
 impl LlamaConfig {
     pub(crate) fn from_gguf(g: &GgufFile) -> Result<Self, EngineError> {
         let arch = g.str("general.architecture")?;
-        if arch != "llama" {
+        if arch != "llama" && arch != "gemma3" {
             return Err(EngineError::UnsupportedArchitecture {
                 path: g.path().to_path_buf(),
                 architecture: arch.to_string(),
             });
         }
-        let hidden_size = g.dim("llama.embedding_length")?;
-        let num_heads = g.dim("llama.attention.head_count")?;
-        let num_kv_heads = match g.opt_u64("llama.attention.head_count_kv")? {
-            Some(_) => g.dim("llama.attention.head_count_kv")?,
+        let arch = arch.to_string();
+        // The same key names under the architecture's prefix.
+        let k = |name: &str| format!("{arch}.{name}");
+        let hidden_size = g.dim(&k("embedding_length"))?;
+        let num_heads = g.dim(&k("attention.head_count"))?;
+        let num_kv_heads = match g.opt_u64(&k("attention.head_count_kv"))? {
+            Some(_) => g.dim(&k("attention.head_count_kv"))?,
             None => num_heads,
         };
         if num_heads % num_kv_heads != 0 {
             return Err(g.bad_key(
-                "llama.attention.head_count_kv",
+                &k("attention.head_count_kv"),
                 format!("{num_kv_heads} does not divide head_count {num_heads}"),
             ));
         }
-        let head_dim = match g.opt_u64("llama.attention.key_length")? {
+        let head_dim = match g.opt_u64(&k("attention.key_length"))? {
             Some(n) => n as usize,
             None => {
                 if hidden_size % num_heads != 0 {
                     return Err(g.bad_key(
-                        "llama.attention.head_count",
+                        &k("attention.head_count"),
                         format!("{num_heads} does not divide embedding_length {hidden_size}"),
                     ));
                 }
@@ -302,27 +350,27 @@ impl LlamaConfig {
         };
         if head_dim % 2 != 0 {
             return Err(g.bad_key(
-                "llama.attention.key_length",
+                &k("attention.key_length"),
                 format!("head dimension {head_dim} is odd; rotary needs pairs"),
             ));
         }
-        if let Some(rope_dim) = g.opt_u64("llama.rope.dimension_count")? {
+        if let Some(rope_dim) = g.opt_u64(&k("rope.dimension_count"))? {
             if rope_dim as usize != head_dim {
                 return Err(g.bad_key(
-                    "llama.rope.dimension_count",
+                    &k("rope.dimension_count"),
                     format!("partial rotary ({rope_dim} of {head_dim} dims) is not supported"),
                 ));
             }
         }
-        if let Some(kind) = g.opt_str("llama.rope.scaling.type")? {
+        if let Some(kind) = g.opt_str(&k("rope.scaling.type"))? {
             if kind != "none" {
                 return Err(g.bad_key(
-                    "llama.rope.scaling.type",
+                    &k("rope.scaling.type"),
                     format!("rope scaling `{kind}` is not supported"),
                 ));
             }
         }
-        let vocab_size = match g.opt_u64("llama.vocab_size")? {
+        let vocab_size = match g.opt_u64(&k("vocab_size"))? {
             Some(n) => n as usize,
             None => match g.tensor_meta("token_embd.weight") {
                 Some((dims, _)) if dims.len() == 2 => dims[0],
@@ -334,26 +382,68 @@ impl LlamaConfig {
                 }
             },
         };
+        let num_layers = g.dim(&k("block_count"))?;
         let rms_norm_eps = g
-            .opt_f64("llama.attention.layer_norm_rms_epsilon")?
-            .ok_or_else(|| g.missing_key("llama.attention.layer_norm_rms_epsilon"))?;
+            .opt_f64(&k("attention.layer_norm_rms_epsilon"))?
+            .ok_or_else(|| g.missing_key(&k("attention.layer_norm_rms_epsilon")))?;
         // 10000 is the Llama default when converters omit the key.
-        let rope_theta = g.opt_f64("llama.rope.freq_base")?.unwrap_or(10_000.0);
+        let rope_theta = g.opt_f64(&k("rope.freq_base"))?.unwrap_or(10_000.0);
+        let gemma3 = if arch == "gemma3" {
+            Some(gemma3_params(g, num_layers)?)
+        } else {
+            None
+        };
         Ok(Self {
-            architecture: "llama".into(),
+            architecture: arch.clone(),
             hidden_size,
-            intermediate_size: g.dim("llama.feed_forward_length")?,
-            num_layers: g.dim("llama.block_count")?,
+            intermediate_size: g.dim(&k("feed_forward_length"))?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
             vocab_size,
             rms_norm_eps,
             rope_theta,
-            context_length: g.opt_u64("llama.context_length")?,
+            context_length: g.opt_u64(&k("context_length"))?,
             sliding_window: None,
+            gemma3,
         })
     }
+}
+
+/// Gemma 3's keys beyond the Llama ones; refuses what the forward pass does not do.
+fn gemma3_params(g: &GgufFile, num_layers: usize) -> Result<Gemma3Params, EngineError> {
+    if g.value("gemma3.attn_logit_softcapping").is_some() {
+        return Err(g.bad_key(
+            "gemma3.attn_logit_softcapping",
+            "soft-capped attention scores are not supported",
+        ));
+    }
+    // Gemma 3 27B (62 layers) scales queries by 1/sqrt(hidden/heads), which GGUF does not
+    // record; every other size uses 1/sqrt(head_dim), as the forward pass does.
+    if num_layers == 62 {
+        return Err(g.bad_key(
+            "gemma3.block_count",
+            "62 layers (Gemma 3 27B): its query scaling is not supported",
+        ));
+    }
+    if let (Some(kl), Some(vl)) = (
+        g.opt_u64("gemma3.attention.key_length")?,
+        g.opt_u64("gemma3.attention.value_length")?,
+    ) {
+        if kl != vl {
+            return Err(g.bad_key(
+                "gemma3.attention.value_length",
+                format!("{vl} differs from key_length {kl}"),
+            ));
+        }
+    }
+    Ok(Gemma3Params {
+        sliding_window: g.dim("gemma3.attention.sliding_window")?,
+        global_layer_every: 6,
+        rope_theta_local: g.opt_f64("gemma3.rope.freq_base_swa")?.unwrap_or(10_000.0),
+        final_logit_softcap: g.opt_f64("gemma3.final_logit_softcapping")?,
+    })
 }
 
 impl LlamaConfig {
@@ -368,8 +458,17 @@ impl LlamaConfig {
             num_kv_heads: self.num_kv_heads as u64,
             head_dim: self.head_dim as u64,
             vocab_size: self.vocab_size as u64,
-            // SwiGLU (gate, up, down) in every supported architecture.
+            // SwiGLU (gate, up, down) in every supported architecture; GeGLU in Gemma 3.
             gated_mlp: true,
+            // Mistral-style windows are never exceeded (longer runs are refused), so only
+            // Gemma 3's, which lem applies, changes what is computed.
+            sliding_window: self
+                .gemma3
+                .as_ref()
+                .map(|g| lem_common::domain::SlidingWindow {
+                    window: g.sliding_window as u64,
+                    layers: (0..self.num_layers).filter(|&i| g.is_local(i)).count() as u64,
+                }),
         }
     }
 }

@@ -16,6 +16,7 @@ mod safetensors;
 #[cfg(test)]
 mod safetensors_tests;
 pub mod sampling;
+mod spm;
 mod tokenizer;
 
 pub use error::{without_backtrace, EngineError};

@@ -1,6 +1,9 @@
 //! The Llama forward pass, written with candle ops: quantised matmuls (`QMatMul`), RMS
 //! norm, interleaved rotary embeddings, grouped-query attention over a preallocated KV
-//! cache, and a SwiGLU MLP.
+//! cache, and a SwiGLU MLP. Gemma 3 runs through the same pass with its additions
+//! (`LlamaConfig::gemma3`): scaled embeddings, Q/K norms, post-attention and post-MLP
+//! norms, GELU gating, half-split rotary with a local and a global base, and sliding-window
+//! attention on most layers.
 //!
 //! Batches are left-padded: every row's last prompt token sits in the same column, so a
 //! decode step appends one column for all rows. Each row has its own rotary positions
@@ -25,6 +28,32 @@ struct Layer {
     /// Gate, up.
     gate_up: Projection,
     w_down: QMatMul,
+    gemma: Option<GemmaNorms>,
+}
+
+/// Gemma 3's extra norms of one layer (f32 vectors; the converter folded in the `1 +`).
+pub(crate) struct GemmaNorms {
+    /// Per-head RMS norms of the queries and keys, before rotary: (head_dim,).
+    pub q_norm: Tensor,
+    pub k_norm: Tensor,
+    /// On the attention output and on the MLP output, before each residual add: (hidden,).
+    pub post_attn_norm: Tensor,
+    pub post_ffn_norm: Tensor,
+}
+
+impl GemmaNorms {
+    fn moved_to(self, device: &Device) -> Result<Self, EngineError> {
+        let on = |t: Tensor| {
+            t.to_device(device)
+                .map_err(EngineError::compute("copying weights to the device"))
+        };
+        Ok(Self {
+            q_norm: on(self.q_norm)?,
+            k_norm: on(self.k_norm)?,
+            post_attn_norm: on(self.post_attn_norm)?,
+            post_ffn_norm: on(self.post_ffn_norm)?,
+        })
+    }
 }
 
 /// How the weight matrices are multiplied.
@@ -215,6 +244,8 @@ pub(crate) struct LayerWeights {
     pub gate: QTensor,
     pub up: QTensor,
     pub down: QTensor,
+    /// Gemma 3 only.
+    pub gemma: Option<GemmaNorms>,
 }
 
 /// A whole model's weights as loaded from any format.
@@ -272,9 +303,11 @@ pub(crate) struct LlamaModel {
     layers: Vec<Layer>,
     norm: Tensor,
     output: QMatMul,
-    /// (max_positions, head_dim / 2) rotary tables.
+    /// (max_positions, head_dim / 2) rotary tables (Gemma 3: of the global layers).
     cos: Tensor,
     sin: Tensor,
+    /// Gemma 3's tables for the sliding-window layers, with their own rotary base.
+    local_rope: Option<(Tensor, Tensor)>,
     device: Device,
 }
 
@@ -365,8 +398,8 @@ impl LlamaModel {
                     Ok(t)
                 }
             };
-        let vector = |g: &mut GgufFile, name: &str| -> Result<Tensor, EngineError> {
-            g.tensor_shaped(name, &[h], host)?
+        let vector_of = |g: &mut GgufFile, name: &str, len: usize| -> Result<Tensor, EngineError> {
+            g.tensor_shaped(name, &[len], host)?
                 .dequantize(host)
                 .map_err(|e| EngineError::BadTensor {
                     path: g.path().to_path_buf(),
@@ -374,6 +407,7 @@ impl LlamaModel {
                     reason: e.to_string(),
                 })
         };
+        let vector = |g: &mut GgufFile, name: &str| vector_of(g, name, h);
 
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
@@ -391,6 +425,15 @@ impl LlamaModel {
                 gate: weight(g, &n("ffn_gate"), &[ffn, h])?,
                 up: weight(g, &n("ffn_up"), &[ffn, h])?,
                 down: weight(g, &n("ffn_down"), &[h, ffn])?,
+                gemma: match cfg.gemma3 {
+                    Some(_) => Some(GemmaNorms {
+                        q_norm: vector_of(g, &n("attn_q_norm"), hd)?,
+                        k_norm: vector_of(g, &n("attn_k_norm"), hd)?,
+                        post_attn_norm: vector(g, &n("post_attention_norm"))?,
+                        post_ffn_norm: vector(g, &n("post_ffw_norm"))?,
+                    }),
+                    None => None,
+                },
             });
         }
         let norm = vector(g, "output_norm.weight")?;
@@ -467,6 +510,7 @@ impl LlamaModel {
                 ffn_norm: on_device(lw.ffn_norm)?,
                 gate_up: Projection::new(vec![lw.gate, lw.up], None, mode, device)?,
                 w_down: build_matmul(lw.down, mode, device)?,
+                gemma: lw.gemma.map(|n| n.moved_to(device)).transpose()?,
             });
         }
         let output = match w.output {
@@ -487,6 +531,19 @@ impl LlamaModel {
             device,
         )
         .map_err(EngineError::compute("building rotary tables"))?;
+        let local_rope = match &cfg.gemma3 {
+            Some(g) => Some(
+                rope_tables(
+                    cfg.head_dim,
+                    g.rope_theta_local,
+                    None,
+                    max_positions,
+                    device,
+                )
+                .map_err(EngineError::compute("building rotary tables"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             cfg,
             embed: w.embed,
@@ -495,6 +552,7 @@ impl LlamaModel {
             output,
             cos,
             sin,
+            local_rope,
             device: device.clone(),
         })
     }
@@ -571,12 +629,21 @@ impl LlamaModel {
         let eps = self.cfg.rms_norm_eps as f32;
         let dev = &self.device;
 
-        let (cos, sin) = self.rotary(offset, l, pads)?;
+        let (cos, sin) = self.rotary(&self.cos, &self.sin, offset, l, pads)?;
+        let local = match &self.local_rope {
+            Some((c, s)) => Some(self.rotary(c, s, offset, l, pads)?),
+            None => None,
+        };
+        let gemma = self.cfg.gemma3.as_ref();
 
         // The table is in host memory (dequantising only the rows looked up); on a GPU
         // the (b, l, hidden) activations are copied over.
         let ids = Tensor::from_slice(tokens, (b, l), &Device::Cpu)?;
         let mut x = self.embed.embedding(&ids)?.to_device(dev)?;
+        if gemma.is_some() {
+            // Gemma scales embeddings by sqrt(hidden), in f32 as llama.cpp does.
+            x = (x * (self.cfg.hidden_size as f32).sqrt() as f64)?;
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
             // (b, l, heads*hd) -> (b, heads, l, hd); rotary and slice_set need contiguous.
@@ -591,15 +658,35 @@ impl LlamaModel {
             let q = split(q, nh)?;
             let k = split(k, nkv)?;
             let v = split(v, nkv)?;
-            let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
+            let (q, k, window) = match (gemma, &layer.gemma) {
+                (Some(g), Some(norms)) => {
+                    let q = candle_nn::ops::rms_norm(&q, &norms.q_norm, eps)?;
+                    let k = candle_nn::ops::rms_norm(&k, &norms.k_norm, eps)?;
+                    let ((c, s), window) = match (&local, g.is_local(i)) {
+                        (Some((lc, ls)), true) => ((lc, ls), Some(g.sliding_window)),
+                        _ => ((&cos, &sin), None),
+                    };
+                    let q = candle_nn::rotary_emb::rope(&q, c, s)?;
+                    let k = candle_nn::rotary_emb::rope(&k, c, s)?;
+                    (q, k, window)
+                }
+                _ => {
+                    let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
+                    let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
+                    (q, k, None)
+                }
+            };
 
             cache.k[i].slice_set(&k, 2, offset)?;
             cache.v[i].slice_set(&v, 2, offset)?;
-            let y = attention(&q, &cache.k[i], &cache.v[i], offset, pads, heads)?;
+            let y = attention(&q, &cache.k[i], &cache.v[i], offset, pads, heads, window)?;
             let o = q8_matmul::forward(&layer.wo, &y)?;
             let o = match &layer.wo_bias {
                 Some(bias) => o.broadcast_add(bias)?,
+                None => o,
+            };
+            let o = match &layer.gemma {
+                Some(norms) => candle_nn::ops::rms_norm(&o, &norms.post_attn_norm, eps)?,
                 None => o,
             };
             x = (x + o)?;
@@ -610,29 +697,39 @@ impl LlamaModel {
                 .forward(&h)?
                 .try_into()
                 .map_err(|_| candle_core::Error::Msg("gate/up projection arity".into()))?;
-            let gate = candle_nn::ops::silu(&gate)?;
-            x = (x + q8_matmul::forward(&layer.w_down, &(gate * up)?)?)?;
+            let Some(norms) = &layer.gemma else {
+                let gate = candle_nn::ops::silu(&gate)?;
+                x = (x + q8_matmul::forward(&layer.w_down, &(gate * up)?)?)?;
+                continue;
+            };
+            // GeGLU with the tanh approximation of GELU (Gemma's `gelu_pytorch_tanh`).
+            let gate = gate.gelu()?;
+            let down = q8_matmul::forward(&layer.w_down, &(gate * up)?)?;
+            x = (x + candle_nn::ops::rms_norm(&down, &norms.post_ffn_norm, eps)?)?;
         }
         let last = x.narrow(1, l - 1, 1)?.contiguous()?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        q8_matmul::forward(&self.output, &last)?
+        let logits = q8_matmul::forward(&self.output, &last)?
             .squeeze(1)?
-            .to_dtype(DType::F32)
+            .to_dtype(DType::F32)?;
+        match gemma.and_then(|g| g.final_logit_softcap) {
+            Some(cap) => soft_cap(&logits, cap),
+            None => Ok(logits),
+        }
     }
 
     /// cos/sin for the new columns: a plain slice of the tables when no row is padded,
     /// else one row of positions per batch row.
     fn rotary(
         &self,
+        cos: &Tensor,
+        sin: &Tensor,
         offset: usize,
         l: usize,
         pads: &[usize],
     ) -> candle_core::Result<(Tensor, Tensor)> {
         if pads.iter().all(|&p| p == 0) {
-            return Ok((
-                self.cos.narrow(0, offset, l)?,
-                self.sin.narrow(0, offset, l)?,
-            ));
+            return Ok((cos.narrow(0, offset, l)?, sin.narrow(0, offset, l)?));
         }
         let b = pads.len();
         let mut pos = Vec::with_capacity(b * l);
@@ -643,10 +740,15 @@ impl LlamaModel {
         }
         let pos = Tensor::from_vec(pos, b * l, &self.device)?;
         let half = self.cfg.head_dim / 2;
-        let cos = self.cos.index_select(&pos, 0)?.reshape((b, l, half))?;
-        let sin = self.sin.index_select(&pos, 0)?.reshape((b, l, half))?;
+        let cos = cos.index_select(&pos, 0)?.reshape((b, l, half))?;
+        let sin = sin.index_select(&pos, 0)?.reshape((b, l, half))?;
         Ok((cos, sin))
     }
+}
+
+/// `cap · tanh(x / cap)`: bounds logits to (-cap, cap), near-identity for small ones.
+fn soft_cap(x: &Tensor, cap: f64) -> candle_core::Result<Tensor> {
+    (x / cap)?.tanh()? * cap
 }
 
 /// Rotary tables for the interleaved (GPT-J style) rotation that GGUF Llama weights use:
@@ -686,6 +788,34 @@ fn rope_tables(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::gguf::Gemma3Params;
+
+    #[test]
+    fn soft_cap_bounds_and_keeps_small_values() {
+        let x = Tensor::new(&[0.0f32, 1.0, 100.0, -1000.0], &Device::Cpu).unwrap();
+        let y: Vec<f32> = soft_cap(&x, 30.0).unwrap().to_vec1().unwrap();
+        let want: Vec<f32> = [0.0f64, 1.0, 100.0, -1000.0]
+            .iter()
+            .map(|v| (30.0 * (v / 30.0).tanh()) as f32)
+            .collect();
+        for (a, b) in y.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4, "{y:?} vs {want:?}");
+        }
+        // Never beyond the cap (f32 tanh saturates to exactly ±1 far out).
+        assert!(y[3] >= -30.0 && y[2] < 30.0 && y[2] > 29.0, "{y:?}");
+    }
+
+    #[test]
+    fn gemma3_layers_alternate_five_local_one_global() {
+        let g = Gemma3Params {
+            sliding_window: 512,
+            global_layer_every: 6,
+            rope_theta_local: 10_000.0,
+            final_logit_softcap: None,
+        };
+        let global: Vec<usize> = (0..18).filter(|&i| !g.is_local(i)).collect();
+        assert_eq!(global, vec![5, 11, 17]);
+    }
 
     #[test]
     fn rope_tables_start_at_identity() {

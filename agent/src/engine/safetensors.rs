@@ -305,6 +305,7 @@ impl HfConfig {
             rope_theta,
             context_length: j.opt_usize("max_position_embeddings")?.map(|n| n as u64),
             sliding_window,
+            gemma3: None,
         };
 
         let mut eos_token_ids = j.ids("eos_token_id")?;
@@ -698,6 +699,7 @@ pub(crate) fn load_weights(
             gate: matrix(&n("mlp.gate_proj.weight"), [ffn, h], None, true)?,
             up: matrix(&n("mlp.up_proj.weight"), [ffn, h], None, true)?,
             down: matrix(&n("mlp.down_proj.weight"), [h, ffn], None, true)?,
+            gemma: None,
         });
     }
     let norm = vector("model.norm.weight", h, None)?;

@@ -4,9 +4,12 @@
 //! BPE from `tokenizer.ggml.tokens` + `merges`; pre-tokenizer = (single digits, for the
 //! `smollm` pre-tokenizer) then byte-level without prefix space; byte-level decoder;
 //! control tokens registered as special so `<|im_start|>` encodes as one id.
+//! SentencePiece-style vocabularies (`tokenizer.ggml.model = llama`, Gemma) run through
+//! lem's own llama.cpp-compatible merger (`spm.rs`).
 
 use super::error::EngineError;
 use super::gguf::GgufFile;
+use super::spm::{SpmTokenizer, TYPE_CONTROL, TYPE_USER_DEFINED};
 use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
@@ -15,10 +18,6 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, Tokenizer};
-
-/// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
-const TOKEN_TYPE_CONTROL: i64 = 3;
-const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
 /// How a single user message becomes a prompt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,11 +29,31 @@ pub enum ChatFormat {
         /// True when recognised in the GGUF `tokenizer.chat_template`; false = fallback.
         from_template: bool,
     },
+    /// Gemma's turns: `<start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n`,
+    /// chosen when the template or, lacking one, the vocabulary has Gemma's turn markers.
+    Gemma { from_template: bool },
+}
+
+/// The token pipeline behind a `LemTokenizer`.
+enum Pipeline {
+    /// Hugging Face `tokenizers` (tokenizer.json, or BPE built from GGUF metadata).
+    Hf(Box<Tokenizer>),
+    /// SentencePiece-style GGUF vocabulary.
+    Spm(SpmTokenizer),
+}
+
+impl Pipeline {
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        match self {
+            Pipeline::Hf(t) => t.token_to_id(token),
+            Pipeline::Spm(t) => t.token_to_id(token),
+        }
+    }
 }
 
 /// A tokenizer before its EOS ids and chat format are settled.
 struct Parts {
-    inner: Tokenizer,
+    inner: Pipeline,
     source: &'static str,
     origin: String,
     bos_to_add: Option<u32>,
@@ -42,7 +61,7 @@ struct Parts {
 }
 
 pub struct LemTokenizer {
-    inner: Tokenizer,
+    inner: Pipeline,
     /// `tokenizer.json` or `gguf-metadata`.
     source: &'static str,
     /// For error messages: the file the tokenizer came from.
@@ -76,7 +95,13 @@ impl LemTokenizer {
                     origin: origin.clone(),
                     message: e.to_string(),
                 })?;
-                (t, "tokenizer.json", origin, None, true)
+                (
+                    Pipeline::Hf(Box::new(t)),
+                    "tokenizer.json",
+                    origin,
+                    None,
+                    true,
+                )
             }
             None => {
                 let (t, bos) = build_from_gguf(g)?;
@@ -89,7 +114,8 @@ impl LemTokenizer {
                 )
             }
         };
-        let chat = chat_format(g.opt_str("tokenizer.chat_template")?);
+        let template = g.opt_str("tokenizer.chat_template")?;
+        let chat = chat_format(template, |t| inner.token_to_id(t).is_some());
         let declared: Vec<u32> = g
             .opt_u64("tokenizer.ggml.eos_token_id")?
             .map(|id| id as u32)
@@ -129,19 +155,18 @@ impl LemTokenizer {
                 declared.push(id);
             }
         }
+        let chat = chat_format(chat_template, |t| inner.token_to_id(t).is_some());
         let parts = Parts {
-            inner,
+            inner: Pipeline::Hf(Box::new(inner)),
             source: "tokenizer.json",
             origin,
             bos_to_add: None,
             use_post_processor: true,
         };
-        Self::finish(parts, declared, chat_format(chat_template)).ok_or_else(|| {
-            EngineError::Config {
-                path: config_path.to_path_buf(),
-                field: "eos_token_id".into(),
-                reason: "missing, and the tokenizer has no <|endoftext|> token".into(),
-            }
+        Self::finish(parts, declared, chat).ok_or_else(|| EngineError::Config {
+            path: config_path.to_path_buf(),
+            field: "eos_token_id".into(),
+            reason: "missing, and the tokenizer has no <|endoftext|> token".into(),
         })
     }
 
@@ -151,14 +176,14 @@ impl LemTokenizer {
         let mut eos_ids = declared;
         // Instruct models end turns with these even when the file's EOS is another token.
         let mut extra = vec!["<|endoftext|>"];
-        if matches!(
-            chat,
+        match chat {
             ChatFormat::ChatMl {
                 from_template: true,
                 ..
-            }
-        ) {
-            extra.push("<|im_end|>");
+            } => extra.push("<|im_end|>"),
+            // Gemma ends each turn with <end_of_turn>; llama.cpp also stops at `</s>`.
+            ChatFormat::Gemma { .. } => extra.extend(["<end_of_turn>", "</s>"]),
+            ChatFormat::ChatMl { .. } => {}
         }
         for tok in extra {
             if let Some(id) = p.inner.token_to_id(tok) {
@@ -182,21 +207,30 @@ impl LemTokenizer {
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        let enc = self
-            .inner
-            .encode(text, self.use_post_processor)
-            .map_err(|e| self.err(format!("encoding {} bytes: {e}", text.len())))?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
+        let mut ids = Vec::new();
         ids.extend(self.bos_to_add);
-        ids.extend_from_slice(enc.get_ids());
+        match &self.inner {
+            Pipeline::Hf(t) => {
+                let enc = t
+                    .encode(text, self.use_post_processor)
+                    .map_err(|e| self.err(format!("encoding {} bytes: {e}", text.len())))?;
+                ids.extend_from_slice(enc.get_ids());
+            }
+            Pipeline::Spm(t) => ids.extend(t.encode(text)),
+        }
         Ok(ids)
     }
 
     /// Text of `ids`, special tokens (EOS, `<|im_end|>`) left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| self.err(format!("decoding {} ids: {e}", ids.len())))
+        match &self.inner {
+            Pipeline::Hf(t) => t
+                .decode(ids, true)
+                .map_err(|e| self.err(format!("decoding {} ids: {e}", ids.len()))),
+            Pipeline::Spm(t) => t.decode(ids).map_err(|id| {
+                self.err(format!("decoding: token id {id} is not in the vocabulary"))
+            }),
+        }
     }
 
     /// Number of tokens `text` encodes to (BOS included where the model adds one); 0 if
@@ -221,6 +255,9 @@ impl LemTokenizer {
                 s.push_str("<|im_end|>\n<|im_start|>assistant\n");
                 s
             }
+            ChatFormat::Gemma { .. } => {
+                format!("<start_of_turn>user\n{user_message}<end_of_turn>\n<start_of_turn>model\n")
+            }
         }
     }
 
@@ -242,11 +279,17 @@ impl LemTokenizer {
     }
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        match &self.inner {
+            Pipeline::Hf(t) => t.id_to_token(id),
+            Pipeline::Spm(t) => t.id_to_token(id),
+        }
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.inner {
+            Pipeline::Hf(t) => t.get_vocab_size(true),
+            Pipeline::Spm(t) => t.vocab_size(),
+        }
     }
 
     /// The tokenizer a GGUF file's metadata describes, without loading its weights (for
@@ -257,8 +300,12 @@ impl LemTokenizer {
 
     /// The wrapped `tokenizers` pipeline and the BOS id this wrapper prepends itself
     /// (GGUF metadata path only; a tokenizer.json carries BOS in its post-processor).
-    pub(crate) fn pipeline_and_bos(&self) -> (&Tokenizer, Option<u32>) {
-        (&self.inner, self.bos_to_add)
+    /// None for a SentencePiece-style vocabulary, which has no `tokenizers` pipeline.
+    pub(crate) fn pipeline_and_bos(&self) -> Option<(&Tokenizer, Option<u32>)> {
+        match &self.inner {
+            Pipeline::Hf(t) => Some((t, self.bos_to_add)),
+            Pipeline::Spm(_) => None,
+        }
     }
 
     fn err(&self, message: String) -> EngineError {
@@ -271,15 +318,63 @@ impl LemTokenizer {
 
 /// Builds the tokenizer from `tokenizer.ggml.*`; returns it and the BOS id to prepend when
 /// `tokenizer.ggml.add_bos_token` is true.
-fn build_from_gguf(g: &GgufFile) -> Result<(Tokenizer, Option<u32>), EngineError> {
-    let path = g.path().to_path_buf();
+fn build_from_gguf(g: &GgufFile) -> Result<(Pipeline, Option<u32>), EngineError> {
     let model = g.str("tokenizer.ggml.model")?;
-    if model != "gpt2" {
-        return Err(EngineError::UnsupportedTokenizer {
-            path,
-            model: model.to_string(),
-        });
+    // llama.cpp's defaults when the file does not say: SentencePiece vocabularies add BOS.
+    let (pipeline, bos_by_default) = match model {
+        "gpt2" => (Pipeline::Hf(Box::new(build_bpe(g)?)), false),
+        "llama" => (Pipeline::Spm(build_spm(g)?), true),
+        other => {
+            return Err(EngineError::UnsupportedTokenizer {
+                path: g.path().to_path_buf(),
+                model: other.to_string(),
+            })
+        }
+    };
+    let add_bos = g
+        .opt_bool("tokenizer.ggml.add_bos_token")?
+        .unwrap_or(bos_by_default);
+    let bos = if add_bos {
+        let id = g.u64("tokenizer.ggml.bos_token_id")?;
+        Some(id as u32)
+    } else {
+        None
+    };
+    Ok((pipeline, bos))
+}
+
+/// A SentencePiece-style vocabulary from `tokenizer.ggml.tokens`, `scores`, `token_type`.
+fn build_spm(g: &GgufFile) -> Result<SpmTokenizer, EngineError> {
+    let bad_key = |key: &str, reason: String| EngineError::BadKey {
+        path: g.path().to_path_buf(),
+        key: key.to_string(),
+        reason,
+    };
+    if g.opt_bool("tokenizer.ggml.add_space_prefix")? == Some(true) {
+        return Err(bad_key(
+            "tokenizer.ggml.add_space_prefix",
+            "a prefix space is not supported for SentencePiece vocabularies yet".into(),
+        ));
     }
+    let tokens: Vec<String> = g
+        .str_array("tokenizer.ggml.tokens")?
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let scores = g.f32_array("tokenizer.ggml.scores")?;
+    let types = g
+        .opt_i64_array("tokenizer.ggml.token_type")?
+        .ok_or_else(|| EngineError::MissingKey {
+            path: g.path().to_path_buf(),
+            key: "tokenizer.ggml.token_type".into(),
+        })?;
+    SpmTokenizer::new(tokens, scores, types)
+        .map_err(|e| bad_key("tokenizer.ggml.tokens", e.to_string()))
+}
+
+/// A byte-level BPE (`gpt2`) tokenizer from `tokenizer.ggml.tokens` and `merges`.
+fn build_bpe(g: &GgufFile) -> Result<Tokenizer, EngineError> {
+    let path = g.path().to_path_buf();
     let tokens = g.str_array("tokenizer.ggml.tokens")?;
     let merges_raw = g.str_array("tokenizer.ggml.merges")?;
     let bad_key = |key: &str, reason: String| EngineError::BadKey {
@@ -332,13 +427,13 @@ fn build_from_gguf(g: &GgufFile) -> Result<(Tokenizer, Option<u32>), EngineError
         let special: Vec<AddedToken> = types
             .iter()
             .zip(&tokens)
-            .filter(|(t, _)| **t == TOKEN_TYPE_CONTROL)
+            .filter(|(t, _)| **t == TYPE_CONTROL)
             .map(|(_, s)| AddedToken::from(s.to_string(), true).normalized(false))
             .collect();
         let user: Vec<AddedToken> = types
             .iter()
             .zip(&tokens)
-            .filter(|(t, _)| **t == TOKEN_TYPE_USER_DEFINED)
+            .filter(|(t, _)| **t == TYPE_USER_DEFINED)
             .map(|(_, s)| AddedToken::from(s.to_string(), false).normalized(false))
             .collect();
         tok.add_special_tokens(special)
@@ -346,24 +441,30 @@ fn build_from_gguf(g: &GgufFile) -> Result<(Tokenizer, Option<u32>), EngineError
         tok.add_tokens(user)
             .map_err(|e| bad_key("tokenizer.ggml.token_type", e.to_string()))?;
     }
-
-    let bos = if g.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false) {
-        let id = g.u64("tokenizer.ggml.bos_token_id")?;
-        Some(id as u32)
-    } else {
-        None
-    };
-    Ok((tok, bos))
+    Ok(tok)
 }
 
-/// Recognises a ChatML template and the default system message it inserts, if any.
-fn chat_format(template: Option<&str>) -> ChatFormat {
+/// Recognises a ChatML or Gemma template and the default system message it inserts, if
+/// any. Without a template, a vocabulary with Gemma's turn markers (`has_token`) gets
+/// Gemma's format, anything else plain ChatML.
+fn chat_format(template: Option<&str>, has_token: impl Fn(&str) -> bool) -> ChatFormat {
+    let gemma_markers = ["<start_of_turn>", "<end_of_turn>"];
     let Some(t) = template else {
+        if gemma_markers.iter().all(|m| has_token(m)) {
+            return ChatFormat::Gemma {
+                from_template: false,
+            };
+        }
         return ChatFormat::ChatMl {
             default_system: None,
             from_template: false,
         };
     };
+    if gemma_markers.iter().all(|m| t.contains(m)) {
+        return ChatFormat::Gemma {
+            from_template: true,
+        };
+    }
     if !(t.contains("<|im_start|>") && t.contains("<|im_end|>")) {
         return ChatFormat::ChatMl {
             default_system: None,
@@ -401,7 +502,7 @@ mod tests {
     fn finds_smollm2_default_system_message() {
         let t = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}";
         assert_eq!(
-            chat_format(Some(t)),
+            chat_format(Some(t), |_| false),
             ChatFormat::ChatMl {
                 default_system: Some(
                     "You are a helpful AI assistant named SmolLM, trained by Hugging Face".into()
@@ -415,14 +516,14 @@ mod tests {
     fn plain_chatml_template_has_no_default_system() {
         let t = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}";
         assert_eq!(
-            chat_format(Some(t)),
+            chat_format(Some(t), |_| false),
             ChatFormat::ChatMl {
                 default_system: None,
                 from_template: true
             }
         );
         assert_eq!(
-            chat_format(None),
+            chat_format(None, |_| false),
             ChatFormat::ChatMl {
                 default_system: None,
                 from_template: false

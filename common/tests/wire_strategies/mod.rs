@@ -192,7 +192,10 @@ prop_compose! {
             compute_dtype, num_parameters, context_length, tokenizer_source, eos_token_ids,
             shape: TransformerShape { architecture: "llama".into(), hidden_size: dims[0],
                 intermediate_size: dims[1], num_layers: dims[2], num_attention_heads: dims[3],
-                num_kv_heads: dims[4], head_dim: dims[5], vocab_size: dims[6], gated_mlp } }
+                num_kv_heads: dims[4], head_dim: dims[5], vocab_size: dims[6], gated_mlp,
+                // Present on some records, absent on others: both must round-trip.
+                sliding_window: (dims[0] % 2 == 0).then_some(
+                    SlidingWindow { window: dims[1], layers: dims[2] }) } }
     }
 }
 
