@@ -239,6 +239,16 @@ impl LemTokenizer {
         self.encode(text).map(|ids| ids.len()).unwrap_or(0)
     }
 
+    /// Number of tokens generated text encodes to on its own: no BOS, no post-processor
+    /// (what a server's `usage.completion_tokens` counts). 0 only if the text cannot be
+    /// encoded at all, which neither byte-level BPE nor the SentencePiece path refuses.
+    pub fn count_continuation(&self, text: &str) -> usize {
+        match &self.inner {
+            Pipeline::Hf(t) => t.encode(text, false).map_or(0, |e| e.get_ids().len()),
+            Pipeline::Spm(t) => t.encode(text).len(),
+        }
+    }
+
     /// The prompt for one user turn, ending with the assistant header so generation
     /// starts the answer.
     pub fn apply_chat_template(&self, user_message: &str) -> String {

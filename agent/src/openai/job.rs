@@ -116,10 +116,7 @@ fn prompt_text(p: &TokenPrompt, tokenizer: &LemTokenizer, model: &str) -> Result
 
 /// Tokens of generated text by the model's tokenizer, no BOS.
 fn count_output_tokens(tokenizer: &LemTokenizer, text: &str) -> u32 {
-    let (pipeline, _) = tokenizer.pipeline_and_bos();
-    pipeline
-        .encode(text, false)
-        .map_or(0, |e| e.get_ids().len() as u32)
+    tokenizer.count_continuation(text) as u32
 }
 
 pub(crate) fn run(
