@@ -403,7 +403,9 @@ impl JobRunner {
             model: model_name.to_string(),
             source,
         })?;
-        let info = engine.model_info(model_name, path, resolved.resolved_from);
+        let mut info = engine.model_info(model_name, path, resolved.resolved_from);
+        // Once per load (the model stays cached across cycles).
+        info.weights_sha256 = Some(crate::model_hash::weights_sha256(path));
         self.loaded = Some((key, engine, info));
         Ok(())
     }

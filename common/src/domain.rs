@@ -325,6 +325,10 @@ pub struct ModelInfo {
     pub tokenizer_source: String,
     pub eos_token_ids: Vec<u32>,
     pub context_length: Option<u64>,
+    /// SHA-256 of the weights lem loaded (its `source` says what was hashed), or why
+    /// there is none. Absent on records written before lem hashed models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<Measured<String>>,
 }
 
 /// Why a request stopped generating.

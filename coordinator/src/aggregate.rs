@@ -876,6 +876,7 @@ pub(crate) mod tests {
                 tokenizer_source: "gguf-metadata".into(),
                 eos_token_ids: vec![2],
                 context_length: None,
+                weights_sha256: None,
             },
             requests: vec![req(0, 10, 4), req(1, 6, 2)],
             wall_ns,

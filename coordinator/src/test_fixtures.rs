@@ -69,6 +69,7 @@ pub fn raw_result(experiment_id: &str, cycle: u32, output_tokens: u32, wall_ns: 
             tokenizer_source: "gguf-metadata".into(),
             eos_token_ids: vec![2],
             context_length: None,
+            weights_sha256: None,
         },
         requests: vec![request(0), request(1)],
         wall_ns,

@@ -445,3 +445,53 @@ fn pandas_loads_every_format_with_the_values_results_show_prints() {
         assert!(said.contains(&format!("{level}: ")), "{said}");
     }
 }
+
+#[test]
+fn aggregate_all_json_says_what_happened_to_each_experiment() {
+    let fx = Fixture::new();
+    let entries = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = fx.lem(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON array")
+    };
+    let summary = |e: &serde_json::Value| {
+        (
+            e["id"].as_str().unwrap().to_string(),
+            e["action"].as_str().unwrap().to_string(),
+            e["cycles_with_results"].as_u64().unwrap(),
+            e["complete"].as_bool(),
+        )
+    };
+    let first = entries(&["aggregate", "--all", "--json"]);
+    let mut got: Vec<_> = first.iter().map(summary).collect();
+    got.sort();
+    let s = |v: &str| v.to_string();
+    assert_eq!(
+        got,
+        [
+            (s("exp_a"), s("already_aggregated"), 2, None),
+            (s("exp_b"), s("already_aggregated"), 1, None),
+            (s("exp_c"), s("skipped_no_cycles"), 0, None),
+        ]
+    );
+    let c = first.iter().find(|e| e["id"] == "exp_c").unwrap();
+    assert_eq!(c["reason"], "failed before any cycle finished");
+
+    let mut forced: Vec<_> = entries(&["aggregate", "--all", "--force", "--json"])
+        .iter()
+        .map(summary)
+        .collect();
+    forced.sort();
+    assert_eq!(
+        forced,
+        [
+            (s("exp_a"), s("aggregated"), 2, Some(true)),
+            (s("exp_b"), s("aggregated"), 1, Some(true)),
+            (s("exp_c"), s("skipped_no_cycles"), 0, None),
+        ]
+    );
+}

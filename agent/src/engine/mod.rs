@@ -361,6 +361,7 @@ impl Engine {
             tokenizer_source: self.info.tokenizer_source.clone(),
             eos_token_ids: self.info.eos_token_ids.clone(),
             context_length: self.info.context_length,
+            weights_sha256: None,
         }
     }
 }

@@ -98,6 +98,10 @@ fn read_model(
         tokenizer_source: headers.tokenizer.source().to_string(),
         eos_token_ids: headers.tokenizer.eos_token_ids().to_vec(),
         context_length: headers.context_length,
+        weights_sha256: Some(Measured::unavailable(
+            "the external server loads its own weights; lem reads only the tokenizer and shape \
+             from the local file",
+        )),
     };
     Ok((headers, info))
 }

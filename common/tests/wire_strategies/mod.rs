@@ -185,11 +185,17 @@ prop_compose! {
         num_parameters in of(any::<u64>()), context_length in of(any::<u64>()),
         dims in vec(any::<u64>(), 7), gated_mlp in any::<bool>(),
         eos_token_ids in vec(any::<u32>(), 0..3),
+        weights_sha256 in of(of(text()).prop_map(|value| Measured {
+            unavailable_reason: value.is_none().then(|| "why".to_string()),
+            source: value.as_ref().map(|_| "sha256 of the model file".to_string()),
+            value,
+        })),
     ) -> ModelInfo {
         let (requested, resolved_path, resolved_from, format, weight_dtype, compute_dtype,
             tokenizer_source) = names;
         ModelInfo { requested, resolved_path, resolved_from, format, weight_dtype,
             compute_dtype, num_parameters, context_length, tokenizer_source, eos_token_ids,
+            weights_sha256,
             shape: TransformerShape { architecture: "llama".into(), hidden_size: dims[0],
                 intermediate_size: dims[1], num_layers: dims[2], num_attention_heads: dims[3],
                 num_kv_heads: dims[4], head_dim: dims[5], vocab_size: dims[6], gated_mlp,

@@ -366,6 +366,9 @@ pub struct AggregateArgs {
     /// Aggregate even when cycles are missing (partial) or an aggregate exists.
     #[arg(long)]
     pub force: bool,
+    /// Print what happened to each experiment as a JSON array instead of text lines.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub store: StoreArgs,
 }

@@ -8,6 +8,7 @@ use crate::embedded::{self, StoreHandle};
 use crate::store::{ExperimentRecord, ExperimentStatus, StoreError};
 use lem_common::domain::ModelInfo;
 use lem_common::stats::Summary;
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -291,6 +292,19 @@ fn print_raw(r: &lem_common::domain::RawResult) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What `lem aggregate` did with one experiment (`--json` prints a list of these).
+#[derive(Debug, Serialize)]
+struct AggregateEntry {
+    id: String,
+    /// `aggregated`, `already_aggregated`, `skipped_incomplete` or `skipped_no_cycles`.
+    action: &'static str,
+    cycles_with_results: usize,
+    cycles_planned: u32,
+    /// Whether the stored aggregate covers every planned cycle (null when none was made).
+    complete: Option<bool>,
+    reason: Option<String>,
+}
+
 pub fn aggregate(data_dir: &Path, args: AggregateArgs) -> Result<Outcome, CliError> {
     let store = StoreHandle::new(data_dir);
     let recs = if args.all {
@@ -301,11 +315,20 @@ pub fn aggregate(data_dir: &Path, args: AggregateArgs) -> Result<Outcome, CliErr
     };
     let mut outcome = Outcome::Success;
     let mut skipped: Vec<String> = Vec::new();
+    let mut entries: Vec<AggregateEntry> = Vec::new();
     for rec in recs {
         let done = embedded::completed_cycles(&store, &rec.id)?.len();
         let has_agg = store
             .read(|s| s.aggregate::<ExperimentAggregate>(&rec.id))?
             .is_some();
+        let entry = |action, complete, reason: Option<String>| AggregateEntry {
+            id: rec.id.clone(),
+            action,
+            cycles_with_results: done,
+            cycles_planned: rec.num_cycles,
+            complete,
+            reason,
+        };
         if done == 0 {
             // Nothing to aggregate (failed before its first cycle, or just started):
             // under --all that is not a failure of this command, only a skip to report.
@@ -315,6 +338,7 @@ pub fn aggregate(data_dir: &Path, args: AggregateArgs) -> Result<Outcome, CliErr
             };
             if args.all {
                 skipped.push(format!("{} ({why})", rec.id));
+                entries.push(entry("skipped_no_cycles", None, Some(why.to_string())));
                 continue;
             }
             return Err(CliError::failure(format!(
@@ -327,30 +351,47 @@ pub fn aggregate(data_dir: &Path, args: AggregateArgs) -> Result<Outcome, CliErr
             )));
         }
         if done < rec.num_cycles as usize && !args.force {
+            let why = format!(
+                "{done} of {} cycles have results (--force makes a partial aggregate)",
+                rec.num_cycles
+            );
             eprintln!(
                 "{}: {done} of {} cycles have results; skipped (add --force for a partial aggregate)",
                 rec.id, rec.num_cycles
             );
+            entries.push(entry("skipped_incomplete", None, Some(why)));
             outcome = Outcome::Partial;
             continue;
         }
         if has_agg && !args.force && args.all {
-            outln!("{}: already aggregated (--force recomputes)", rec.id);
+            if !args.json {
+                outln!("{}: already aggregated (--force recomputes)", rec.id);
+            }
+            entries.push(entry("already_aggregated", None, None));
             continue;
         }
         let agg = embedded::aggregate_and_store(&store, &rec)?;
-        outln!(
-            "{}: aggregated {} cycle(s){}",
-            rec.id,
-            agg.cycles.len(),
-            if agg.complete { "" } else { " (partial)" }
-        );
+        if !args.json {
+            outln!(
+                "{}: aggregated {} cycle(s){}",
+                rec.id,
+                agg.cycles.len(),
+                if agg.complete { "" } else { " (partial)" }
+            );
+        }
+        entries.push(entry("aggregated", Some(agg.complete), None));
     }
     if !skipped.is_empty() {
         eprintln!(
             "skipped {} experiment(s) with nothing to aggregate: {}",
             skipped.len(),
             skipped.join(", ")
+        );
+    }
+    if args.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&entries).expect("plain data")
         );
     }
     Ok(outcome)

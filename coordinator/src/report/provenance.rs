@@ -7,9 +7,8 @@ use super::model::ProvenanceRow;
 use crate::aggregate::JobMetrics;
 use lem_common::domain::{EnergyReading, RawResult};
 
-/// lem stores the resolved path, format and dtypes of a model, not a hash of its file.
-const MODEL_HASH_MISSING: &str = "not recorded with the result (lem stores the resolved path, \
-format and weight dtype)";
+/// Results written before lem hashed the weights it loaded.
+const MODEL_HASH_NOT_RECORDED: &str = "not recorded (result written before lem hashed models)";
 
 pub fn rows(cycles: &[(&JobMetrics, &RawResult)]) -> Vec<ProvenanceRow> {
     let mut rows = Vec::new();
@@ -24,8 +23,16 @@ pub fn rows(cycles: &[(&JobMetrics, &RawResult)]) -> Vec<ProvenanceRow> {
                 "{} → {} ({})",
                 raw.model.requested, raw.model.resolved_path, raw.model.resolved_from
             ),
-            model_hash: None,
-            model_hash_unavailable_reason: Some(MODEL_HASH_MISSING.into()),
+            model_hash: raw
+                .model
+                .weights_sha256
+                .as_ref()
+                .and_then(|m| m.value.clone()),
+            model_hash_unavailable_reason: match &raw.model.weights_sha256 {
+                Some(m) if m.value.is_some() => None,
+                Some(m) => m.unavailable_reason.clone(),
+                None => Some(MODEL_HASH_NOT_RECORDED.into()),
+            },
             lem_version: raw.lem_version.clone(),
             simulated: false,
             method: String::new(),
