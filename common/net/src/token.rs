@@ -26,6 +26,8 @@ pub enum TokenError {
     AlreadyUsed { used_at_unix_ms: u64 },
     #[error("join token expired (at {expired_at_unix_ms} ms since the epoch); create a new one with `lem token create`")]
     Expired { expired_at_unix_ms: u64 },
+    #[error("a join token with this secret's hash is already in the book")]
+    Duplicate,
     #[error("join token store failed: {detail}")]
     Storage { detail: String },
     #[error("cannot draw random bytes for a join token")]
@@ -134,7 +136,8 @@ pub fn decide_redeem(
 }
 
 /// Where join tokens are kept. `redeem` must check and mark used atomically (two agents
-/// racing with one token: one wins), and change nothing when it refuses.
+/// racing with one token: one wins), and change nothing when it refuses. `add` refuses
+/// a hash the book already holds, so a used token can never be reset to unused.
 pub trait JoinTokenBook: Send + Sync {
     fn add(&self, token: StoredToken) -> Result<(), TokenError>;
     fn redeem(&self, secret_sha256: &Sha256Digest, now_unix_ms: u64) -> Result<(), TokenError>;
@@ -162,8 +165,13 @@ impl InMemoryTokenBook {
 
 impl JoinTokenBook for InMemoryTokenBook {
     fn add(&self, token: StoredToken) -> Result<(), TokenError> {
-        self.lock().insert(token.secret_sha256, token);
-        Ok(())
+        match self.lock().entry(token.secret_sha256) {
+            std::collections::hash_map::Entry::Occupied(_) => Err(TokenError::Duplicate),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(token);
+                Ok(())
+            }
+        }
     }
 
     fn redeem(&self, secret_sha256: &Sha256Digest, now_unix_ms: u64) -> Result<(), TokenError> {
@@ -315,6 +323,20 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn adding_a_known_hash_is_refused_and_keeps_the_used_mark() {
+        let book = InMemoryTokenBook::default();
+        let token = create_join_token(&book, [7; 32], 0, 1_000).unwrap();
+        book.redeem(&token.secret_sha256(), 10).unwrap();
+        let fresh = StoredToken {
+            secret_sha256: token.secret_sha256(),
+            expires_at_unix_ms: 5_000,
+            used_at_unix_ms: None,
+        };
+        assert_eq!(book.add(fresh), Err(TokenError::Duplicate));
+        assert_eq!(book.snapshot()[0].used_at_unix_ms, Some(10));
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod report_cmd;
 mod results;
 mod selection;
 mod table;
+mod token_cmd;
 mod until_ci_run;
 
 use clap::{Args, Parser, Subcommand};
@@ -136,6 +137,22 @@ pub enum Command {
     Man(ManArgs),
     /// Write one self-contained HTML report with plots of stored results (docs/report.md).
     Report(ReportArgs),
+    /// Join tokens that admit an agent to this data dir's cluster (docs/protocol.md).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a single-use join token, print it once, and store only its hash (creates
+    /// the cluster CA in the data dir on first use).
+    Create {
+        /// How long the token admits an agent: a number with s, m, h or d (at most 7d).
+        #[arg(long, value_name = "TTL", default_value = "15m", value_parser = token_cmd::parse_ttl)]
+        ttl: std::time::Duration,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -542,6 +559,9 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Completions(a) => completions::run(a.shell),
         Command::Man(a) => man_page::run(a.out_dir.as_deref()),
         Command::Report(a) => report_cmd::run(&a.store.resolve(&top), a),
+        Command::Token(TokenCommand::Create { ttl, store }) => {
+            token_cmd::create(&store.resolve(&top), ttl)
+        }
     }
 }
 
@@ -622,6 +642,7 @@ mod tests {
             "results export",
             "results table",
             "report",
+            "token create",
         ];
         for (path, cmd) in all_commands() {
             let mut cmd = cmd;

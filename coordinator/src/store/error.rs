@@ -63,19 +63,4 @@ pub enum StoreError {
     },
     #[error("agent `{agent}` is already enrolled")]
     AgentExists { agent: AgentId },
-    #[error("join token refused: {0}")]
-    JoinToken(#[from] JoinTokenRefusal),
-}
-
-/// Why a join token cannot enroll an agent. The messages never contain the token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JoinTokenRefusal {
-    #[error("unknown token")]
-    Unknown,
-    #[error("token expired")]
-    Expired,
-    #[error("token already used (by agent `{by}`)")]
-    AlreadyUsed { by: String },
-    #[error("a token with this hash already exists")]
-    Duplicate,
 }

@@ -1,169 +1,262 @@
-//! The `join_tokens` tree: single-use, expiring enrolment tokens, stored by the SHA-256
-//! of the token only, so the store never holds a usable token.
+//! The `join_tokens` tree: lem-net's [`JoinTokenBook`], durable. A row is a
+//! [`StoredToken`] keyed by the hex SHA-256 of the token's secret; the secret itself and
+//! the token's text are never stored. The redeem decision is lem-net's pure
+//! [`decide_redeem`], taken inside a sled transaction: of two racing redeems exactly one
+//! is admitted, and a refusal writes nothing.
 
-use super::codec::{from_json, to_json, JOIN_TOKENS};
-use super::error::{JoinTokenRefusal, StoreError};
+use super::codec::{to_json, JOIN_TOKENS};
+use super::error::StoreError;
 use super::Store;
+use lem_net::token::{decide_redeem, JoinTokenBook, Sha256Digest, StoredToken, TokenError};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JoinTokenRecord {
-    /// SHA-256 (hex) of the token.
-    pub token_sha256: String,
-    /// Unix time in milliseconds after which the token is refused.
-    pub expires_at_unix_ms: u64,
-    /// The agent that redeemed it, once used.
-    pub used_by: Option<String>,
+/// How a [`StoredToken`] is laid out in the tree: the hash as hex so the rows read in
+/// any JSON tool.
+#[derive(Debug, Serialize, Deserialize)]
+struct TokenRow {
+    secret_sha256: String,
+    expires_at_unix_ms: u64,
+    used_at_unix_ms: Option<u64>,
 }
 
-/// The hex SHA-256 a token is stored and looked up by.
-pub fn join_token_sha256(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+impl TokenRow {
+    fn from_stored(token: &StoredToken) -> Self {
+        Self {
+            secret_sha256: hex(&token.secret_sha256),
+            expires_at_unix_ms: token.expires_at_unix_ms,
+            used_at_unix_ms: token.used_at_unix_ms,
+        }
+    }
+
+    fn into_stored(self, key: &str) -> Result<StoredToken, String> {
+        let secret_sha256 = unhex32(&self.secret_sha256).ok_or_else(|| {
+            format!("store tree `{JOIN_TOKENS}` row `{key}`: secret_sha256 is not 64 hex digits")
+        })?;
+        Ok(StoredToken {
+            secret_sha256,
+            expires_at_unix_ms: self.expires_at_unix_ms,
+            used_at_unix_ms: self.used_at_unix_ms,
+        })
+    }
+}
+
+fn decode_row(key: &str, bytes: &[u8]) -> Result<StoredToken, String> {
+    let row: TokenRow = serde_json::from_slice(bytes)
+        .map_err(|e| format!("corrupt row `{key}` in store tree `{JOIN_TOKENS}`: {e}"))?;
+    row.into_stored(key)
+}
+
+fn storage(detail: impl std::fmt::Display) -> TokenError {
+    TokenError::Storage {
+        detail: detail.to_string(),
+    }
+}
+
+impl JoinTokenBook for Store {
+    fn add(&self, token: StoredToken) -> Result<(), TokenError> {
+        let tree = self.tree(JOIN_TOKENS).map_err(storage)?;
+        let key = hex(&token.secret_sha256);
+        let row = to_json(&TokenRow::from_stored(&token));
+        let swapped = tree
+            .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(row))
+            .map_err(storage)?;
+        if swapped.is_err() {
+            return Err(TokenError::Duplicate);
+        }
+        tree.flush().map_err(storage)?;
+        Ok(())
+    }
+
+    fn redeem(&self, secret_sha256: &Sha256Digest, now_unix_ms: u64) -> Result<(), TokenError> {
+        let tree = self.tree(JOIN_TOKENS).map_err(storage)?;
+        let key = hex(secret_sha256);
+        let outcome = tree.transaction(|tx| {
+            let stored = match tx.get(key.as_bytes())? {
+                Some(bytes) => Some(
+                    decode_row(&key, &bytes)
+                        .map_err(|detail| ConflictableTransactionError::Abort(storage(detail)))?,
+                ),
+                None => None,
+            };
+            // Refusals abort the transaction, so nothing is written.
+            let used = decide_redeem(stored.as_ref(), now_unix_ms)
+                .map_err(ConflictableTransactionError::Abort)?;
+            tx.insert(key.as_bytes(), to_json(&TokenRow::from_stored(&used)))?;
+            Ok(())
+        });
+        match outcome {
+            Ok(()) => {}
+            Err(TransactionError::Abort(refusal)) => return Err(refusal),
+            Err(TransactionError::Storage(e)) => return Err(storage(e)),
+        }
+        // Admitted only once the mark is on disk: a crash cannot hand the token out twice.
+        tree.flush().map_err(storage)?;
+        Ok(())
+    }
 }
 
 impl Store {
-    /// Stores a new token's hash with its expiry; returns the hash.
-    pub fn create_join_token(
-        &self,
-        token: &str,
-        expires_at_unix_ms: u64,
-    ) -> Result<String, StoreError> {
-        let tree = self.tree(JOIN_TOKENS)?;
-        let rec = JoinTokenRecord {
-            token_sha256: join_token_sha256(token),
-            expires_at_unix_ms,
-            used_by: None,
-        };
-        let swapped = tree.compare_and_swap(
-            rec.token_sha256.as_bytes(),
-            None as Option<&[u8]>,
-            Some(to_json(&rec)),
-        )?;
-        if swapped.is_err() {
-            return Err(JoinTokenRefusal::Duplicate.into());
-        }
-        tree.flush()?;
-        Ok(rec.token_sha256)
-    }
-
-    /// Marks a token used by `agent` if it is known, unexpired at `now_unix_ms` and
-    /// unused; otherwise says why not. Two concurrent redemptions: one wins.
-    pub fn redeem_join_token(
-        &self,
-        token: &str,
-        agent: &str,
-        now_unix_ms: u64,
-    ) -> Result<(), StoreError> {
-        let tree = self.tree(JOIN_TOKENS)?;
-        let hash = join_token_sha256(token);
-        loop {
-            let Some(old_bytes) = tree.get(hash.as_bytes())? else {
-                return Err(JoinTokenRefusal::Unknown.into());
-            };
-            let mut rec: JoinTokenRecord = from_json(JOIN_TOKENS, &hash, &old_bytes)?;
-            if let Some(by) = rec.used_by {
-                return Err(JoinTokenRefusal::AlreadyUsed { by }.into());
-            }
-            if now_unix_ms >= rec.expires_at_unix_ms {
-                return Err(JoinTokenRefusal::Expired.into());
-            }
-            rec.used_by = Some(agent.to_string());
-            let swapped =
-                tree.compare_and_swap(hash.as_bytes(), Some(old_bytes), Some(to_json(&rec)))?;
-            if swapped.is_ok() {
-                tree.flush()?;
-                return Ok(());
-            }
-        }
-    }
-
-    pub fn join_tokens(&self) -> Result<Vec<JoinTokenRecord>, StoreError> {
+    /// Every token row, ordered by hash (sled's key order).
+    pub fn join_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
         let tree = self.tree(JOIN_TOKENS)?;
         let mut out = Vec::new();
         for item in tree.iter() {
             let (k, v) = item?;
-            out.push(from_json(JOIN_TOKENS, &String::from_utf8_lossy(&k), &v)?);
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let row: TokenRow = super::codec::from_json(JOIN_TOKENS, &key, &v)?;
+            out.push(row.into_stored(&key).map_err(|_| StoreError::BadKey {
+                tree: JOIN_TOKENS,
+                key,
+            })?);
         }
         Ok(out)
     }
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex32(text: &str) -> Option<Sha256Digest> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lem_net::token::{create_join_token, JoinToken};
+    use sha2::{Digest, Sha256};
+    use std::sync::Arc;
     use std::time::Duration;
 
-    const TOKEN: &str = "lemjoin-4f1c2d9e8b7a";
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn open(dir: &tempfile::TempDir) -> Store {
+        Store::open(dir.path(), WAIT).unwrap()
+    }
 
     #[test]
-    fn only_the_hash_is_stored_and_it_matches_sha256_of_the_token() {
+    fn a_row_holds_the_hash_of_the_secret_and_the_expiry() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Duration::from_secs(5)).unwrap();
-        let hash = store.create_join_token(TOKEN, 10_000).unwrap();
-        // SHA-256 computed here independently, as `sha256sum` would print it.
-        let expected: String = Sha256::digest(TOKEN)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(hash, expected);
-        assert_eq!(hash.len(), 64);
+        let store = open(&dir);
+        let token = JoinToken::new([0x5a; 16], [1; 32]);
+        store
+            .add(StoredToken {
+                secret_sha256: token.secret_sha256(),
+                expires_at_unix_ms: 10_000,
+                used_at_unix_ms: None,
+            })
+            .unwrap();
+        // The hash computed here from the secret bytes, as `sha256sum` would.
+        let expected: [u8; 32] = Sha256::digest([0x5a; 16]).into();
+        let rows = store.join_tokens().unwrap();
+        assert_eq!(
+            rows,
+            vec![StoredToken {
+                secret_sha256: expected,
+                expires_at_unix_ms: 10_000,
+                used_at_unix_ms: None
+            }]
+        );
+        // Keyed by the hex of that hash.
+        let tree = store.tree(JOIN_TOKENS).unwrap();
+        let expected_key: String = expected.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(tree.get(expected_key.as_bytes()).unwrap().is_some());
+    }
+
+    #[test]
+    fn redeem_admits_once_refuses_expired_and_unknown_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let live = create_join_token(&store, [1; 32], 1_000, 9_000).unwrap();
+        let stale = create_join_token(&store, [1; 32], 1_000, 4_000).unwrap();
+        assert_eq!(
+            store.redeem(&[0; 32], 2_000),
+            Err(TokenError::Unknown),
+            "unknown hash"
+        );
+        let before = store.join_tokens().unwrap();
+        assert_eq!(
+            store.redeem(&stale.secret_sha256(), 5_000),
+            Err(TokenError::Expired {
+                expired_at_unix_ms: 5_000
+            })
+        );
+        assert_eq!(store.join_tokens().unwrap(), before, "a refusal wrote");
+        store.redeem(&live.secret_sha256(), 9_999).unwrap();
         drop(store);
-        // No file of the store holds the token's text.
-        for entry in walk(dir.path()) {
-            let bytes = std::fs::read(&entry).unwrap();
-            assert!(
-                !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
-                "{} holds the token",
-                entry.display()
+
+        // The used mark is durable: a reopened store still refuses the token.
+        let store = open(&dir);
+        assert_eq!(
+            store.redeem(&live.secret_sha256(), 9_999),
+            Err(TokenError::AlreadyUsed {
+                used_at_unix_ms: 9_999
+            })
+        );
+        assert_eq!(
+            store.add(StoredToken {
+                secret_sha256: live.secret_sha256(),
+                expires_at_unix_ms: 99_999,
+                used_at_unix_ms: None,
+            }),
+            Err(TokenError::Duplicate),
+            "re-adding a used token would reset it"
+        );
+    }
+
+    #[test]
+    fn racing_redeems_admit_exactly_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(&dir));
+        let token = create_join_token(store.as_ref(), [1; 32], 0, 60_000).unwrap();
+        let hash = token.secret_sha256();
+        let threads: Vec<_> = (0..8u64)
+            .map(|i| {
+                let store = store.clone();
+                std::thread::spawn(move || store.redeem(&hash, 100 + i))
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        let used_at = store.join_tokens().unwrap()[0].used_at_unix_ms.unwrap();
+        for refused in results.iter().filter_map(|r| r.clone().err()) {
+            assert_eq!(
+                refused,
+                TokenError::AlreadyUsed {
+                    used_at_unix_ms: used_at
+                }
             );
         }
     }
 
-    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-        out
-    }
-
     #[test]
-    fn a_token_enrolls_once_before_its_expiry() {
+    fn a_corrupt_row_is_a_storage_error_naming_the_tree() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Duration::from_secs(5)).unwrap();
-        store.create_join_token(TOKEN, 10_000).unwrap();
-        store.create_join_token("expired", 5_000).unwrap();
-        let refusal = |r: Result<(), StoreError>| match r {
-            Err(StoreError::JoinToken(t)) => t,
-            other => panic!("expected a refusal, got {other:?}"),
-        };
-        assert_eq!(
-            refusal(store.redeem_join_token("nope", "a", 1)),
-            JoinTokenRefusal::Unknown
-        );
-        assert_eq!(
-            refusal(store.redeem_join_token("expired", "a", 5_000)),
-            JoinTokenRefusal::Expired
-        );
-        store.redeem_join_token(TOKEN, "node-1", 9_999).unwrap();
-        assert_eq!(
-            refusal(store.redeem_join_token(TOKEN, "node-2", 9_999)),
-            JoinTokenRefusal::AlreadyUsed {
-                by: "node-1".into()
+        let store = open(&dir);
+        let hash = [3u8; 32];
+        store
+            .tree(JOIN_TOKENS)
+            .unwrap()
+            .insert(hex(&hash).as_bytes(), b"not json".to_vec())
+            .unwrap();
+        match store.redeem(&hash, 1) {
+            Err(TokenError::Storage { detail }) => {
+                assert!(detail.contains(JOIN_TOKENS), "{detail}")
             }
-        );
-        assert_eq!(
-            refusal(store.create_join_token(TOKEN, 20_000).map(drop)),
-            JoinTokenRefusal::Duplicate
-        );
+            other => panic!("expected a storage error, got {other:?}"),
+        }
     }
 }

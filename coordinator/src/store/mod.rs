@@ -11,8 +11,9 @@
 //!   transaction, for reading without a replay (`scheduler_rows.rs`)
 //! - `results`: attempt → result body, accepted or superseded; `accepted`: job → its one
 //!   accepted attempt, explicit (`results.rs`)
-//! - `agents`, `join_tokens`: enrolled agents; join tokens by SHA-256 only
-//!   (`agents.rs`, `join_tokens.rs`)
+//! - `agents`: enrolled agents (`agents.rs`)
+//! - `join_tokens`: lem-net's `StoredToken` by the SHA-256 of the token's secret, never
+//!   the token; the store is the coordinator's `JoinTokenBook` (`join_tokens.rs`)
 //!
 //! Every write is flushed before the call returns, so a run reported done is on disk.
 //! sled holds an exclusive lock on the directory while open, so embedded runs open the
@@ -30,9 +31,8 @@ mod results;
 mod scheduler_rows;
 
 pub use agents::AgentRecord;
-pub use error::{JoinTokenRefusal, StoreError};
+pub use error::StoreError;
 pub use experiments::{ExperimentRecord, ExperimentStatus};
-pub use join_tokens::{join_token_sha256, JoinTokenRecord};
 pub use raw::raw_key;
 pub use records::Persisted;
 pub use results::{AcceptedResult, Disposition, StoredResult};
