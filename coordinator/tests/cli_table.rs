@@ -267,6 +267,20 @@ fn sweep_takes_the_grid_points_and_leaves_other_experiments_out() {
     ]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1 + 3);
+    // And so does the report: the grid's experiments, not the outsider.
+    let html = fx.data.parent().unwrap().join("grid.html");
+    let html_arg = html.display().to_string();
+    let out = fx.lem(&["report", "--sweep", "grid", "--out", &html_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    for (id, ..) in EXPERIMENTS {
+        assert!(page.contains(id), "{id} is in the sweep's report");
+    }
+    assert!(!page.contains("exp_other"), "exp_other is not in the sweep");
     let out = fx.lem(&[&["results", "table", "--sweep", "nope"][..], &AXES[..]].concat());
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

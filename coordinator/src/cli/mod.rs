@@ -160,13 +160,17 @@ pub struct ReportArgs {
     /// Experiment ids (or unique prefixes); two or more are also compared.
     #[arg(
         value_name = "ID",
-        required_unless_present = "all",
-        conflicts_with = "all"
+        required_unless_present_any = ["all", "sweep"],
+        conflicts_with_all = ["all", "sweep"]
     )]
     pub ids: Vec<String>,
     /// Every experiment that has an aggregate; the others are named on stderr.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sweep")]
     pub all: bool,
+    /// The experiments of a sweep: config name NAME or NAME__… (how `lem config
+    /// generate-grid` names the points of a grid made from config NAME).
+    #[arg(long, value_name = "NAME")]
+    pub sweep: Option<String>,
     /// The HTML file to write (replaced whole, never half-written).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,

@@ -1,65 +1,24 @@
 //! `lem report`: reads stored records, aggregates and raw results, builds the report's
 //! data (`crate::report`) and writes one self-contained HTML file atomically.
 
+use super::selection::{select_aggregated, Selection};
 use super::{CliError, Outcome, ReportArgs};
-use crate::aggregate::ExperimentAggregate;
 use crate::embedded::StoreHandle;
 use crate::report::{self, ExperimentInput};
-use crate::store::ExperimentRecord;
 use std::io::Write;
 use std::path::Path;
 
 pub fn run(data_dir: &Path, args: ReportArgs) -> Result<Outcome, CliError> {
     let store = StoreHandle::new(data_dir);
-    let (inputs, skipped) = store.read(|s| {
-        let recs: Vec<ExperimentRecord> = if args.all {
-            s.experiments()?
-        } else {
-            let mut recs: Vec<ExperimentRecord> = Vec::new();
-            for id in &args.ids {
-                let rec = s.find_experiment(id)?;
-                if !recs.iter().any(|r| r.id == rec.id) {
-                    recs.push(rec);
-                }
-            }
-            recs
-        };
-        let mut inputs = Vec::new();
-        let mut skipped = Vec::new();
-        for record in recs {
-            match s.aggregate::<ExperimentAggregate>(&record.id)? {
-                Some(aggregate) => {
-                    let raws = s.raw_results(&record.id)?;
-                    inputs.push(ExperimentInput {
-                        record,
-                        aggregate,
-                        raws,
-                    });
-                }
-                None => skipped.push(record),
-            }
-        }
-        Ok((inputs, skipped))
-    })?;
-    if !args.all {
-        if let Some(rec) = skipped.first() {
-            return Err(CliError::failure(format!(
-                "experiment {} ({}) has no aggregate to report; aggregate it first: {}",
-                rec.id,
-                rec.status.as_str(),
-                super::lem_hint(data_dir, &format!("aggregate {}", rec.id))
-            )));
-        }
-    }
-    for rec in &skipped {
-        eprintln!("skipped {} ({}): no aggregate", rec.id, rec.status.as_str());
-    }
-    if inputs.is_empty() {
-        return Err(CliError::failure(format!(
-            "nothing to report: no experiment in {} has an aggregate",
-            data_dir.display()
-        )));
-    }
+    let selection = Selection::from_args(&args.ids, args.all, args.sweep.as_deref());
+    let inputs: Vec<ExperimentInput> = select_aggregated(&store, selection, true)?
+        .into_iter()
+        .map(|s| ExperimentInput {
+            record: s.rec,
+            aggregate: s.agg,
+            raws: s.raws,
+        })
+        .collect();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let html = report::build(&inputs, &now)
         .and_then(|data| report::render(&data))

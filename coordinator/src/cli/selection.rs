@@ -1,4 +1,4 @@
-//! Which experiments `lem results export` and `lem results table` take: named ids (or
+//! Which experiments `lem results export`, `lem results table` and `lem report` take: named ids (or
 //! prefixes), `--all`, or `--sweep S`; each with its aggregate and, where asked for, its
 //! raw results. The store is only read.
 
