@@ -285,7 +285,11 @@ impl Scheduler {
         self.touch_agent(&agent);
         for l in &lost {
             // It restarted: whatever it ran then is no longer running.
-            if self.fenced.get(&l.attempt).is_some_and(|f| f.agent == agent) {
+            if self
+                .fenced
+                .get(&l.attempt)
+                .is_some_and(|f| f.agent == agent)
+            {
                 self.lift_fence(l.attempt);
             }
         }

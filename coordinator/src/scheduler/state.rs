@@ -9,7 +9,8 @@ use super::event::Action;
 use super::record::{AttemptEnd, Record};
 use super::timers::{Timer, Timers};
 use super::types::{
-    AgentId, AttemptId, Claim, DeviceKey, DeviceNeeds, Epoch, Inventory, JobId, Placement, SweepId, TimeMs,
+    AgentId, AttemptId, Claim, DeviceKey, DeviceNeeds, Epoch, Inventory, JobId, Placement, SweepId,
+    TimeMs,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

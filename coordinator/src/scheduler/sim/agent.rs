@@ -3,8 +3,8 @@
 //! crash (runs lost, spool kept) and restart. Its clock may run fast or slow.
 
 use super::super::{
-    AckVerdict, AgentId, AttemptId, Claim, DeviceKey, Epoch, Event, HeldAttempt, Inventory,
-    Lease, Outcome, TimeMs, ToAgent,
+    AckVerdict, AgentId, AttemptId, Claim, DeviceKey, Epoch, Event, HeldAttempt, Inventory, Lease,
+    Outcome, TimeMs, ToAgent,
 };
 use lem_common::rng::SplitMix64;
 use std::collections::BTreeMap;

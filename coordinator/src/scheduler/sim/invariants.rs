@@ -3,8 +3,8 @@
 //! over the live leases.
 
 use super::super::{
-    AckVerdict, AgentId, AttemptEnd, AttemptId, Claim, ClaimMode, Epoch, HeldAttempt, JobId, Outcome,
-    Record, Scheduler,
+    AckVerdict, AgentId, AttemptEnd, AttemptId, Claim, ClaimMode, Epoch, HeldAttempt, JobId,
+    Outcome, Record, Scheduler,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
