@@ -82,6 +82,7 @@ impl Scheduler {
                     };
                     self.end_attempt(attempt, AttemptEnd::Lost { reason }, out);
                 }
+                Timer::Fence(attempt) => self.lift_fence(attempt),
                 Timer::Agent(agent) => {
                     let Some(a) = self.agents.get_mut(&agent) else {
                         continue;
@@ -282,6 +283,16 @@ impl Scheduler {
             }
         }
         self.touch_agent(&agent);
+        for l in &lost {
+            // It restarted: whatever it ran then is no longer running.
+            if self
+                .fenced
+                .get(&l.attempt)
+                .is_some_and(|f| f.agent == agent)
+            {
+                self.lift_fence(l.attempt);
+            }
+        }
         for l in lost {
             if self.is_live_lease_of(&agent, l.attempt, l.epoch) {
                 let reason = format!("agent {agent} restarted during the run");
@@ -335,12 +346,13 @@ impl Scheduler {
                     .reset(Timer::Lease(h.attempt), Some(old), expires);
                 renewed.push(*h);
             } else if h.running {
-                // Fenced but still running: stop it, and keep its devices out of
-                // placement until the agent stops reporting it.
+                // Fenced but still running: stop it, and keep its metered devices
+                // (a MIG slice's parent too) out of placement until the agent stops
+                // reporting it.
                 let devices = self
                     .attempts
                     .get(&h.attempt)
-                    .map(|a| a.placement.devices.clone())
+                    .map(|a| a.placement.claims.iter().map(|c| c.key.clone()).collect())
                     .unwrap_or_default();
                 stale.insert(h.attempt, devices);
                 out.push(Action::Send {
@@ -389,6 +401,10 @@ impl Scheduler {
             return;
         };
         let job = a.job;
+        if self.fenced.get(&attempt).is_some_and(|f| f.agent == agent) {
+            // Its outcome is spooled: the run has stopped.
+            self.lift_fence(attempt);
+        }
         let held = HeldAttempt {
             attempt,
             epoch,

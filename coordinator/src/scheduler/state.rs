@@ -9,7 +9,8 @@ use super::event::Action;
 use super::record::{AttemptEnd, Record};
 use super::timers::{Timer, Timers};
 use super::types::{
-    AgentId, AttemptId, DeviceKey, DeviceNeeds, Epoch, Inventory, JobId, Placement, SweepId, TimeMs,
+    AgentId, AttemptId, Claim, DeviceKey, DeviceNeeds, Epoch, Inventory, JobId, Placement, SweepId,
+    TimeMs,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -28,6 +29,9 @@ pub struct Scheduler {
     pub(super) jobs: Vec<JobState>,
     pub(super) attempts: BTreeMap<AttemptId, AttemptState>,
     pub(super) leases: BTreeMap<AttemptId, LiveLease>,
+    /// Attempts whose lease ended while their agent may still run them (agent lost,
+    /// sweep cancelled): they keep their claims until the lease would have expired.
+    pub(super) fenced: BTreeMap<AttemptId, FencedRun>,
     pub(super) claims: ClaimTable,
     pub(super) agents: BTreeMap<AgentId, AgentState>,
     pub(super) drained: BTreeSet<AgentId>,
@@ -120,13 +124,24 @@ pub struct LiveLease {
     pub reclaimed: bool,
 }
 
+/// An ended attempt that may still be running on its agent: an agent stops a run only
+/// when it has not seen a renewal for the lease TTL, so until the lease's own expiry
+/// (last renewal + TTL) its devices are physically busy.
+#[derive(Debug, Clone)]
+pub struct FencedRun {
+    pub agent: AgentId,
+    pub claims: Vec<Claim>,
+    pub until: TimeMs,
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentState {
     pub inventory: Inventory,
     /// False once declared lost; it comes back with a Hello.
     pub alive: bool,
     pub deadline: Option<TimeMs>,
-    /// Fenced attempts the agent still reports running, and the devices they occupy.
+    /// Fenced attempts the agent still reports running, and the metered devices they
+    /// occupy (their claims' keys: a MIG slice's parent too).
     pub stale_running: BTreeMap<AttemptId, Vec<DeviceKey>>,
 }
 
@@ -148,6 +163,7 @@ impl Scheduler {
             jobs: Vec::new(),
             attempts: BTreeMap::new(),
             leases: BTreeMap::new(),
+            fenced: BTreeMap::new(),
             claims: ClaimTable::default(),
             agents: BTreeMap::new(),
             drained: BTreeSet::new(),
@@ -305,7 +321,10 @@ impl Scheduler {
                 self.pin_model(*job, placement.device_model.as_deref());
             }
             Record::AttemptEnded { attempt, job, end } => {
-                self.end_attempt_state(*attempt, *job)?;
+                // The agent may still run it unless it said it stopped (failed) or
+                // never started it (rejected).
+                let may_still_run = matches!(end, AttemptEnd::Lost { .. } | AttemptEnd::Cancelled);
+                self.end_attempt_state(*attempt, *job, may_still_run)?;
                 let j = &mut self.jobs[job.0 as usize];
                 j.ended_attempts += 1;
                 if matches!(end, AttemptEnd::Failed { .. }) {
@@ -324,7 +343,7 @@ impl Scheduler {
                 }
             }
             Record::ResultAccepted { attempt, job } => {
-                self.end_attempt_state(*attempt, *job)?;
+                self.end_attempt_state(*attempt, *job, false)?;
                 if let JobStatus::Accepted(other) = self.jobs[job.0 as usize].status {
                     return Err(format!("{job} already accepted {other}"));
                 }
@@ -381,8 +400,15 @@ impl Scheduler {
             .ok_or_else(|| format!("no {job}"))
     }
 
-    /// Marks an attempt ended and drops its lease and claims.
-    fn end_attempt_state(&mut self, attempt: AttemptId, job: JobId) -> Result<(), String> {
+    /// Marks an attempt ended and drops its lease. Its claims are released, or, when the
+    /// agent `may_still_run` it and its lease has not expired yet, fenced until then.
+    /// Fences are volatile: `recover` replays no clock, so a replayed end releases.
+    fn end_attempt_state(
+        &mut self,
+        attempt: AttemptId,
+        job: JobId,
+        may_still_run: bool,
+    ) -> Result<(), String> {
         self.check_job(job)?;
         let a = self
             .attempts
@@ -398,10 +424,31 @@ impl Scheduler {
         let claims = a.placement.claims.clone();
         if let Some(lease) = self.leases.remove(&attempt) {
             self.timers.cancel(Timer::Lease(attempt), lease.expires);
-            self.claims.release(attempt, &claims);
-            self.mark_maybe_free(&lease.agent);
+            if may_still_run && !self.recovering && lease.expires > self.now {
+                self.timers
+                    .reset(Timer::Fence(attempt), None, lease.expires);
+                let fence = FencedRun {
+                    agent: lease.agent,
+                    claims,
+                    until: lease.expires,
+                };
+                self.fenced.insert(attempt, fence);
+            } else {
+                self.claims.release(attempt, &claims);
+                self.mark_maybe_free(&lease.agent);
+            }
         }
         Ok(())
+    }
+
+    /// Releases a fenced attempt's claims: its lease would have expired, or its agent
+    /// said it is no longer running (outcome spooled, or lost in an agent restart).
+    pub(super) fn lift_fence(&mut self, attempt: AttemptId) {
+        if let Some(fence) = self.fenced.remove(&attempt) {
+            self.timers.cancel(Timer::Fence(attempt), fence.until);
+            self.claims.release(attempt, &fence.claims);
+            self.mark_maybe_free(&fence.agent);
+        }
     }
 
     pub(super) fn mark_maybe_free(&mut self, agent: &AgentId) {

@@ -793,3 +793,215 @@ fn an_in_process_agent_drives_a_sweep_to_completion() {
     let recovered = Scheduler::recover(SchedulerConfig::default(), store, TimeMs(0)).unwrap();
     assert_eq!(recovered.sweep_progress(SweepId(0)).unwrap().accepted, 3);
 }
+
+/// Agent "a" (one GPU) runs a job and renews it once at `renewed_at`; agent "b" (one
+/// GPU) stays alive. "a" goes silent and is declared lost at `renewed_at +
+/// agent_timeout_ms`: the job moves to "b" at once, while "a"'s GPU stays fenced until
+/// `renewed_at + lease_ttl_ms` — a partitioned "a" may run it until then.
+struct LostAgent {
+    s: Scheduler,
+    cfg: SchedulerConfig,
+    /// The lost attempt on "a", and its replacement on "b".
+    lost: Lease,
+    moved: Lease,
+    lost_at: u64,
+    fence_until: u64,
+}
+
+fn lose_agent_a() -> LostAgent {
+    let cfg = SchedulerConfig::default();
+    let renewed_at = cfg.agent_timeout_ms / 4;
+    let lost_at = renewed_at + cfg.agent_timeout_ms;
+    let fence_until = renewed_at + cfg.lease_ttl_ms;
+    assert!(
+        lost_at < fence_until,
+        "the scenario needs a lease outliving the agent"
+    );
+    let mut s = Scheduler::new(cfg.clone());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
+    let lost = leases(&submit(&mut s, submission("t1", &[one_gpu()], 1), 0)).remove(0);
+    assert_eq!(lost.placement.agent, agent("a"));
+    assert!(leases(&hello(&mut s, "b", gpus("b", 1, "H100"), 0)).is_empty());
+    let _ = heartbeat(&mut s, "a", &[&lost], renewed_at);
+    let _ = heartbeat(&mut s, "b", &[], renewed_at);
+    let _ = heartbeat(&mut s, "b", &[], lost_at - 1);
+    // "a" is silent from `renewed_at`: declared lost exactly at its deadline.
+    let out = s.handle(Event::Tick, TimeMs(lost_at));
+    assert!(persisted(&out).iter().any(|r| matches!(r,
+        Record::AttemptEnded { attempt, end: AttemptEnd::Lost { .. }, .. } if *attempt == lost.attempt)));
+    let moved = leases(&out).remove(0);
+    assert_eq!(moved.job, lost.job);
+    assert_eq!(moved.placement.agent, agent("b"));
+    // The fence is the first deadline (b's and the moved lease's come later).
+    assert_eq!(s.poll_timeout(), Some(TimeMs(fence_until)));
+    LostAgent {
+        s,
+        cfg,
+        lost,
+        moved,
+        lost_at,
+        fence_until,
+    }
+}
+
+/// Submits a one-GPU sweep "t2" at `now`; returns the lease it got, if any.
+fn submit_second(s: &mut Scheduler, now: u64) -> Option<Lease> {
+    leases(&submit(s, submission("t2", &[one_gpu()], 1), now)).pop()
+}
+
+#[test]
+fn a_lost_agents_devices_stay_fenced_until_its_lease_would_expire() {
+    let LostAgent {
+        mut s,
+        moved,
+        lost_at,
+        fence_until,
+        ..
+    } = lose_agent_a();
+    // "a" comes back at once, running nothing; its GPU is still fenced, "b" is full.
+    assert!(leases(&hello(&mut s, "a", gpus("a", 1, "H100"), lost_at + 1)).is_empty());
+    assert_eq!(submit_second(&mut s, lost_at + 2), None);
+    let _ = heartbeat(&mut s, "a", &[], fence_until - 1);
+    assert!(leases(&heartbeat(&mut s, "b", &[&moved], fence_until - 1)).is_empty());
+    // At the lost lease's expiry the GPU is free again.
+    let out = s.handle(Event::Tick, TimeMs(fence_until));
+    let granted = leases(&out);
+    assert_eq!(granted.len(), 1);
+    assert_eq!(
+        granted[0].placement.devices,
+        vec![DeviceKey("gpu:a-0".into())]
+    );
+}
+
+#[test]
+fn a_fenced_run_re_announced_as_running_keeps_its_devices_past_the_expiry_until_it_stops() {
+    let LostAgent {
+        mut s,
+        cfg,
+        lost,
+        moved,
+        lost_at,
+        fence_until,
+    } = lose_agent_a();
+    let still_running = HeldAttempt {
+        attempt: lost.attempt,
+        epoch: lost.epoch,
+        running: true,
+    };
+    let out = s.handle(
+        Event::AgentHello {
+            agent: agent("a"),
+            inventory: gpus("a", 1, "H100"),
+            held: vec![still_running],
+            lost: vec![],
+        },
+        TimeMs(lost_at + 1),
+    );
+    assert!(out.contains(&Action::Send {
+        agent: agent("a"),
+        msg: ToAgent::Cancel(still_running),
+    }));
+    assert_eq!(submit_second(&mut s, lost_at + 2), None);
+    // Past the expiry, "a" still reports it running: the GPU stays out of placement.
+    let later = fence_until + cfg.agent_timeout_ms / 4;
+    let _ = heartbeat(&mut s, "b", &[&moved], later);
+    assert!(leases(&heartbeat(&mut s, "a", &[&lost], later)).is_empty());
+    // It stopped: the next heartbeat lists nothing and the GPU is leased.
+    let granted = leases(&heartbeat(&mut s, "a", &[], later + 1));
+    assert_eq!(granted.len(), 1);
+    assert_eq!(
+        granted[0].placement.devices,
+        vec![DeviceKey("gpu:a-0".into())]
+    );
+}
+
+#[test]
+fn a_fenced_runs_outcome_frees_its_devices_before_the_expiry() {
+    let LostAgent {
+        mut s,
+        lost,
+        lost_at,
+        fence_until,
+        ..
+    } = lose_agent_a();
+    assert!(leases(&hello(&mut s, "a", gpus("a", 1, "H100"), lost_at + 1)).is_empty());
+    assert_eq!(submit_second(&mut s, lost_at + 2), None);
+    // Its outcome is spooled, so the run has stopped: superseded, and the GPU is free.
+    let out = finish(&mut s, &lost, Outcome::Succeeded, lost_at + 3);
+    assert_eq!(ack_verdicts(&out), vec![AckVerdict::Superseded]);
+    let granted = leases(&out);
+    assert_eq!(granted.len(), 1);
+    assert_eq!(
+        granted[0].placement.devices,
+        vec![DeviceKey("gpu:a-0".into())]
+    );
+    assert!(lost_at + 3 < fence_until);
+}
+
+#[test]
+fn a_lease_that_simply_expires_is_not_fenced_further() {
+    let cfg = SchedulerConfig::default();
+    let mut s = Scheduler::new(cfg.clone());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
+    let first = leases(&submit(&mut s, submission("t", &[one_gpu()], 1), 0)).remove(0);
+    // Alive but never renewing: at the TTL the agent has stopped it, so the job is
+    // leased again on the same GPU in the same step.
+    let step = cfg.agent_timeout_ms / 4;
+    let mut t = 0;
+    let mut out = Vec::new();
+    while t < cfg.lease_ttl_ms {
+        t = (t + step).min(cfg.lease_ttl_ms);
+        out = heartbeat(&mut s, "a", &[], t);
+    }
+    let again = leases(&out).remove(0);
+    assert_eq!(again.job, first.job);
+    assert_eq!(again.placement.devices, first.placement.devices);
+}
+
+#[test]
+fn a_stale_mig_run_keeps_its_parent_gpu_from_an_exclusive_parent_job() {
+    let cfg = SchedulerConfig::default();
+    let mut s = Scheduler::new(cfg.clone());
+    let _ = hello(&mut s, "m", mig_node("m", "3g.40gb", 2), 0);
+    let shared = DeviceNeeds::MigSlice {
+        profile: "3g.40gb".into(),
+        exclusive_parent: false,
+    };
+    let out = submit(&mut s, submission("t1", &[shared], 1), 0);
+    let run = leases(&out).remove(0);
+    let Reply::SweepSubmitted { sweep, .. } = reply(&out) else {
+        panic!("not submitted: {out:?}")
+    };
+    let _ = s.handle(
+        Event::CancelSweep {
+            request: RequestId(2),
+            sweep,
+        },
+        TimeMs(1),
+    );
+    // Past the cancelled lease's expiry the agent still reports the run (it missed the
+    // Cancel): the slice and its parent stay busy.
+    let past_expiry = cfg.lease_ttl_ms + 1;
+    let step = cfg.agent_timeout_ms / 4;
+    let mut t = 1;
+    while t < past_expiry {
+        t = (t + step).min(past_expiry);
+        let _ = heartbeat(&mut s, "m", &[&run], t);
+    }
+    let exclusive = DeviceNeeds::MigSlice {
+        profile: "3g.40gb".into(),
+        exclusive_parent: true,
+    };
+    let out = submit(&mut s, submission("t2", &[exclusive], 1), past_expiry);
+    assert!(
+        leases(&out).is_empty(),
+        "parent leased under a running slice"
+    );
+    // The run stopped: the exclusive-parent job gets the parent.
+    let granted = leases(&heartbeat(&mut s, "m", &[], past_expiry + 1));
+    assert_eq!(granted.len(), 1);
+    assert!(granted[0].placement.claims.contains(&Claim {
+        key: DeviceKey("gpu:m-0".into()),
+        mode: ClaimMode::Exclusive
+    }));
+}

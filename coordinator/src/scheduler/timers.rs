@@ -10,6 +10,9 @@ pub enum Timer {
     Lease(AttemptId),
     /// An agent is lost unless heard from.
     Agent(AgentId),
+    /// A fenced attempt's lease would have expired: its agent has stopped it by now, so
+    /// its devices are free.
+    Fence(AttemptId),
 }
 
 #[derive(Debug, Default, Clone)]

@@ -3,7 +3,7 @@
 //! crash (runs lost, spool kept) and restart. Its clock may run fast or slow.
 
 use super::super::{
-    AckVerdict, AgentId, AttemptId, DeviceKey, Epoch, Event, HeldAttempt, Inventory, Lease,
+    AckVerdict, AgentId, AttemptId, Claim, DeviceKey, Epoch, Event, HeldAttempt, Inventory, Lease,
     Outcome, TimeMs, ToAgent,
 };
 use lem_common::rng::SplitMix64;
@@ -15,6 +15,8 @@ pub const HEARTBEAT_MS: u64 = 3_000;
 struct Run {
     epoch: Epoch,
     devices: Vec<DeviceKey>,
+    /// The metered devices the lease claimed: what this run physically occupies.
+    claims: Vec<Claim>,
     finish_at: TimeMs,
     /// The agent stops the run here unless a renewal arrives (its own clock).
     fence_at: TimeMs,
@@ -84,6 +86,16 @@ impl SimAgent {
 
     pub fn running_devices(&self) -> impl Iterator<Item = &DeviceKey> {
         self.runs.values().flat_map(|r| r.devices.iter())
+    }
+
+    /// What the agent is physically running right now, with the meters each run uses
+    /// (whether or not the coordinator still counts the run as leased). A run due to
+    /// finish or be fenced by `now` has stopped, even if the agent has not woken yet.
+    pub fn running_claims(&self, now: TimeMs) -> impl Iterator<Item = (AttemptId, &[Claim])> {
+        self.runs
+            .iter()
+            .filter(move |(_, r)| r.finish_at.min(r.fence_at) > now)
+            .map(|(a, r)| (*a, r.claims.as_slice()))
     }
 
     pub fn has_unacked(&self) -> bool {
@@ -255,6 +267,7 @@ impl SimAgent {
             Run {
                 epoch: lease.epoch,
                 devices: lease.placement.devices.clone(),
+                claims: lease.placement.claims.clone(),
                 finish_at: now.plus_ms(run_ms),
                 fence_at: now.plus_ms(self.local(lease.ttl_ms)),
             },

@@ -3,8 +3,8 @@
 //! over the live leases.
 
 use super::super::{
-    AckVerdict, AgentId, AttemptEnd, AttemptId, ClaimMode, Epoch, HeldAttempt, JobId, Outcome,
-    Record, Scheduler,
+    AckVerdict, AgentId, AttemptEnd, AttemptId, Claim, ClaimMode, Epoch, HeldAttempt, JobId,
+    Outcome, Record, Scheduler,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -154,6 +154,33 @@ impl LogChecker {
     pub fn accepted_jobs(&self) -> &BTreeMap<JobId, AttemptId> {
         &self.accepted
     }
+}
+
+/// The physical rule: whatever the coordinator believes, the agents never run two
+/// attempts on one metered device at once (an exclusive use excludes every other; shared
+/// MIG-parent uses coexist only with each other). Counts every run an agent still has,
+/// including one it keeps running after being declared lost or partitioned away.
+pub fn check_physical_exclusivity<'a>(
+    runs: impl Iterator<Item = (AttemptId, &'a [Claim])>,
+) -> Result<(), String> {
+    let mut holders: BTreeMap<&str, (Vec<AttemptId>, Vec<AttemptId>)> = BTreeMap::new();
+    for (attempt, claims) in runs {
+        for c in claims {
+            let h = holders.entry(c.key.0.as_str()).or_default();
+            match c.mode {
+                ClaimMode::Exclusive => h.0.push(attempt),
+                ClaimMode::Shared => h.1.push(attempt),
+            }
+        }
+    }
+    for (key, (exclusive, shared)) in holders {
+        if exclusive.len() > 1 || (!exclusive.is_empty() && !shared.is_empty()) {
+            return Err(format!(
+                "device {key} physically running {exclusive:?} exclusively and {shared:?} shared"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Never two leases on one metered device, counted from the leases' own claims.

@@ -9,7 +9,7 @@ use super::super::{
     SweepSubmission, TimeMs, ToAgent,
 };
 use super::agent::SimAgent;
-use super::invariants::{check_device_exclusivity, LogChecker};
+use super::invariants::{check_device_exclusivity, check_physical_exclusivity, LogChecker};
 use super::net::{Msg, Net, NetFaults};
 use lem_common::rng::SplitMix64;
 use std::fmt;
@@ -475,7 +475,13 @@ impl World {
         if let Some(c) = &self.coordinator {
             check_device_exclusivity(c)?;
         }
-        Ok(())
+        // A crashed agent's runs died with it; every live agent's runs are on its devices.
+        let runs = self
+            .agents
+            .iter()
+            .filter(|a| a.up)
+            .flat_map(|a| a.running_claims(self.now));
+        check_physical_exclusivity(runs)
     }
 
     fn inject_faults(&mut self) {
