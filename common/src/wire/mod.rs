@@ -7,12 +7,14 @@
 //! scheduler's state may change freely. `docs/protocol.md` describes the protocol.
 
 mod check;
+pub mod cli;
 mod enroll;
 mod frame;
 mod handshake;
 mod messages;
 
 pub use check::MalformedReason;
+pub use cli::{CliReply, CliRequest};
 pub use enroll::{EnrollReply, EnrollRequest};
 pub use frame::{
     decode_frame, encode_frame, Decoded, FrameBuffer, FrameError, FRAME_HEADER_BYTES,

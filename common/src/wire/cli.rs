@@ -1,0 +1,244 @@
+//! The messages of a CLI session (`lem-cli/1`): the operator's or viewer's `lem` sends
+//! one [`CliRequest`] per exchange on the session's stream and reads one [`CliReply`].
+//!
+//! A sweep submission here is the wire's own copy of the scheduler's, converted at the
+//! coordinator's edge. Viewers may send only the read-only requests
+//! ([`CliRequest::is_read_only`]); the coordinator refuses the others before anything is
+//! stored.
+
+use serde::{Deserialize, Serialize};
+
+/// CLI → coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CliRequest {
+    SubmitSweep(SweepSubmission),
+    ListSweeps,
+    ShowSweep {
+        sweep: u64,
+    },
+    CancelSweep {
+        sweep: u64,
+    },
+    ResumeSweep {
+        sweep: u64,
+    },
+    Status,
+    ListAgents,
+    DrainAgent {
+        agent: String,
+    },
+    ListResults,
+    /// One stored aggregate by its id (`sweep-3/name`) or a unique prefix.
+    ShowResult {
+        id: String,
+    },
+    /// Aggregates one sweep again from its accepted results, and stores them.
+    AggregateSweep {
+        sweep: u64,
+    },
+}
+
+impl CliRequest {
+    /// True for requests that change nothing: the only ones a viewer may send.
+    pub fn is_read_only(&self) -> bool {
+        match self {
+            CliRequest::ListSweeps
+            | CliRequest::ShowSweep { .. }
+            | CliRequest::Status
+            | CliRequest::ListAgents
+            | CliRequest::ListResults
+            | CliRequest::ShowResult { .. } => true,
+            CliRequest::SubmitSweep(_)
+            | CliRequest::CancelSweep { .. }
+            | CliRequest::ResumeSweep { .. }
+            | CliRequest::DrainAgent { .. }
+            | CliRequest::AggregateSweep { .. } => false,
+        }
+    }
+
+    /// How a refusal names the request.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CliRequest::SubmitSweep(_) => "sweep submit",
+            CliRequest::ListSweeps => "sweep list",
+            CliRequest::ShowSweep { .. } => "sweep show",
+            CliRequest::CancelSweep { .. } => "sweep cancel",
+            CliRequest::ResumeSweep { .. } => "sweep resume",
+            CliRequest::Status => "status",
+            CliRequest::ListAgents => "agent list",
+            CliRequest::DrainAgent { .. } => "agent drain",
+            CliRequest::ListResults => "results list",
+            CliRequest::ShowResult { .. } => "results show",
+            CliRequest::AggregateSweep { .. } => "results aggregate",
+        }
+    }
+}
+
+/// A sweep as the CLI submits it: configs resolved on the submitting machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepSubmission {
+    /// Made by the client once and reused on a retry: a resubmission creates nothing.
+    pub idempotency_token: String,
+    pub name: String,
+    pub experiments: Vec<ExperimentSubmission>,
+    pub cycles: u32,
+    /// Keep every cycle of one experiment on one GPU model.
+    pub pin_device_model: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentSubmission {
+    pub name: String,
+    /// The resolved experiment config (JSON of `ExperimentConfig`).
+    pub config: serde_json::Value,
+    pub needs: DeviceNeeds,
+}
+
+/// What one job of an experiment needs to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceNeeds {
+    /// CPU inference, metering every CPU package of one agent.
+    CpuPackages,
+    /// Whole GPUs of one agent; `model` restricts the product name.
+    Gpus { count: u32, model: Option<String> },
+    /// One MIG slice of `profile`; `exclusive_parent` leases the whole parent GPU.
+    MigSlice {
+        profile: String,
+        exclusive_parent: bool,
+    },
+}
+
+/// Coordinator → CLI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CliReply {
+    SweepSubmitted {
+        sweep: u64,
+        /// False when the idempotency token matched an existing sweep.
+        created: bool,
+        jobs: u64,
+    },
+    SweepCancelled {
+        sweep: u64,
+        jobs_cancelled: u64,
+    },
+    SweepResumed {
+        sweep: u64,
+        jobs_requeued: u64,
+    },
+    AgentDraining {
+        agent: String,
+    },
+    Sweeps(Vec<SweepSummary>),
+    Sweep(SweepDetail),
+    Status(StatusSnapshot),
+    Agents(Vec<AgentSummary>),
+    Results(Vec<ResultSummary>),
+    /// One experiment's stored aggregate, as JSON (the coordinator's aggregate type).
+    Aggregate {
+        id: String,
+        aggregate: serde_json::Value,
+    },
+    /// The sweep's aggregates were computed again and stored.
+    Aggregated {
+        sweep: u64,
+        ids: Vec<String>,
+    },
+    /// The request was not carried out; `reason` says why in words.
+    Refused {
+        reason: String,
+    },
+}
+
+/// Counts of a sweep's jobs by state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SweepProgress {
+    pub pending: u64,
+    pub leased: u64,
+    pub accepted: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepSummary {
+    pub sweep: u64,
+    pub name: String,
+    pub progress: SweepProgress,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepDetail {
+    pub summary: SweepSummary,
+    pub jobs: Vec<JobSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub job: u64,
+    pub experiment_name: String,
+    pub cycle: u32,
+    /// `pending`, `leased`, `accepted`, `failed` or `cancelled`.
+    pub status: String,
+    /// Each ended attempt, described.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSummary {
+    /// The id on the agent's certificate.
+    pub id: String,
+    /// Heard from within the agent timeout.
+    pub alive: bool,
+    /// Takes no new leases.
+    pub draining: bool,
+    /// GPU keys with their model (`gpu:<uuid> NVIDIA H100`), MIG slices under them.
+    pub gpus: Vec<GpuSummary>,
+    pub cpu_packages: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuSummary {
+    pub key: String,
+    pub model: String,
+    /// `mig:<uuid> 1g.10gb`.
+    pub mig_slices: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseSummary {
+    pub attempt: u64,
+    pub job: u64,
+    pub agent: String,
+    pub devices: Vec<String>,
+    /// False while a lease recovered after a coordinator restart waits for its agent.
+    pub reclaimed: bool,
+}
+
+/// What `lem status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusSnapshot {
+    pub agents: Vec<AgentSummary>,
+    pub leases: Vec<LeaseSummary>,
+    /// Jobs waiting for a placement.
+    pub queued_jobs: u64,
+    pub sweeps: Vec<SweepSummary>,
+}
+
+/// One experiment of a sweep, as `lem results list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultSummary {
+    /// `sweep-<n>/<experiment name>`: the id its aggregate is stored under.
+    pub id: String,
+    pub sweep: u64,
+    pub experiment_name: String,
+    pub model: String,
+    /// Jobs (cycles) with an accepted result, and all the experiment's jobs.
+    pub cycles_accepted: u64,
+    pub cycles_total: u64,
+    /// `completed` when every job has its accepted result, `running` while some are
+    /// open, `incomplete` when the sweep ended without some.
+    pub status: String,
+}

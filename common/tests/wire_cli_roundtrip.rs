@@ -1,0 +1,215 @@
+//! Every CLI message (`lem-cli/1`) survives encode → frame → decode unchanged, and the
+//! read-only split a viewer is held to is the one the coordinator enforces.
+
+mod wire_strategies;
+
+use lem_common::wire::cli::*;
+use lem_common::wire::{decode_frame, encode_frame, Decoded, MAX_FRAME_BYTES};
+use proptest::collection::vec;
+use proptest::option::of;
+use proptest::prelude::*;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fmt::Debug;
+use wire_strategies::{json, text};
+
+fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Clone + Debug>(message: &T) {
+    let frame = encode_frame(message, MAX_FRAME_BYTES).unwrap();
+    let decoded = decode_frame::<T>(&frame, MAX_FRAME_BYTES).unwrap();
+    assert_eq!(
+        decoded,
+        Decoded::Frame {
+            message: message.clone(),
+            frame_bytes: frame.len()
+        }
+    );
+}
+
+fn needs() -> impl Strategy<Value = DeviceNeeds> {
+    prop_oneof![
+        Just(DeviceNeeds::CpuPackages),
+        (any::<u32>(), of(text())).prop_map(|(count, model)| DeviceNeeds::Gpus { count, model }),
+        (text(), any::<bool>()).prop_map(|(profile, exclusive_parent)| DeviceNeeds::MigSlice {
+            profile,
+            exclusive_parent
+        }),
+    ]
+}
+
+prop_compose! {
+    fn submission()(
+        idempotency_token in text(), name in text(), cycles in any::<u32>(),
+        pin_device_model in any::<bool>(),
+        experiments in vec((text(), json(), needs()), 0..4),
+    ) -> SweepSubmission {
+        SweepSubmission {
+            idempotency_token, name, cycles, pin_device_model,
+            experiments: experiments.into_iter()
+                .map(|(name, config, needs)| ExperimentSubmission { name, config, needs })
+                .collect(),
+        }
+    }
+}
+
+fn request() -> impl Strategy<Value = CliRequest> {
+    prop_oneof![
+        submission().prop_map(CliRequest::SubmitSweep),
+        Just(CliRequest::ListSweeps),
+        any::<u64>().prop_map(|sweep| CliRequest::ShowSweep { sweep }),
+        any::<u64>().prop_map(|sweep| CliRequest::CancelSweep { sweep }),
+        any::<u64>().prop_map(|sweep| CliRequest::ResumeSweep { sweep }),
+        Just(CliRequest::Status),
+        Just(CliRequest::ListAgents),
+        text().prop_map(|agent| CliRequest::DrainAgent { agent }),
+        Just(CliRequest::ListResults),
+        text().prop_map(|id| CliRequest::ShowResult { id }),
+        any::<u64>().prop_map(|sweep| CliRequest::AggregateSweep { sweep }),
+    ]
+}
+
+prop_compose! {
+    fn progress()(p in any::<[u64; 5]>()) -> SweepProgress {
+        SweepProgress { pending: p[0], leased: p[1], accepted: p[2], failed: p[3], cancelled: p[4] }
+    }
+}
+
+prop_compose! {
+    fn sweep_summary()(sweep in any::<u64>(), name in text(), progress in progress()) -> SweepSummary {
+        SweepSummary { sweep, name, progress }
+    }
+}
+
+prop_compose! {
+    fn job_summary()(
+        job in any::<u64>(), experiment_name in text(), cycle in any::<u32>(),
+        status in text(), errors in vec(text(), 0..3),
+    ) -> JobSummary {
+        JobSummary { job, experiment_name, cycle, status, errors }
+    }
+}
+
+prop_compose! {
+    fn agent_summary()(
+        id in text(), alive in any::<bool>(), draining in any::<bool>(),
+        gpus in vec((text(), text(), vec(text(), 0..3)), 0..3),
+        cpu_packages in vec(text(), 0..3),
+    ) -> AgentSummary {
+        AgentSummary {
+            id, alive, draining, cpu_packages,
+            gpus: gpus.into_iter()
+                .map(|(key, model, mig_slices)| GpuSummary { key, model, mig_slices })
+                .collect(),
+        }
+    }
+}
+
+prop_compose! {
+    fn lease_summary()(
+        attempt in any::<u64>(), job in any::<u64>(), agent in text(),
+        devices in vec(text(), 0..3), reclaimed in any::<bool>(),
+    ) -> LeaseSummary {
+        LeaseSummary { attempt, job, agent, devices, reclaimed }
+    }
+}
+
+prop_compose! {
+    fn result_summary()(
+        id in text(), sweep in any::<u64>(), experiment_name in text(), model in text(),
+        cycles_accepted in any::<u64>(), cycles_total in any::<u64>(), status in text(),
+    ) -> ResultSummary {
+        ResultSummary { id, sweep, experiment_name, model, cycles_accepted, cycles_total, status }
+    }
+}
+
+fn reply() -> impl Strategy<Value = CliReply> {
+    prop_oneof![
+        (any::<u64>(), any::<bool>(), any::<u64>()).prop_map(|(sweep, created, jobs)| {
+            CliReply::SweepSubmitted {
+                sweep,
+                created,
+                jobs,
+            }
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(sweep, jobs_cancelled)| {
+            CliReply::SweepCancelled {
+                sweep,
+                jobs_cancelled,
+            }
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(sweep, jobs_requeued)| {
+            CliReply::SweepResumed {
+                sweep,
+                jobs_requeued,
+            }
+        }),
+        text().prop_map(|agent| CliReply::AgentDraining { agent }),
+        vec(sweep_summary(), 0..3).prop_map(CliReply::Sweeps),
+        (sweep_summary(), vec(job_summary(), 0..4))
+            .prop_map(|(summary, jobs)| CliReply::Sweep(SweepDetail { summary, jobs })),
+        (
+            vec(agent_summary(), 0..3),
+            vec(lease_summary(), 0..3),
+            any::<u64>(),
+            vec(sweep_summary(), 0..3)
+        )
+            .prop_map(|(agents, leases, queued_jobs, sweeps)| {
+                CliReply::Status(StatusSnapshot {
+                    agents,
+                    leases,
+                    queued_jobs,
+                    sweeps,
+                })
+            }),
+        vec(agent_summary(), 0..3).prop_map(CliReply::Agents),
+        vec(result_summary(), 0..3).prop_map(CliReply::Results),
+        (text(), json()).prop_map(|(id, aggregate)| CliReply::Aggregate { id, aggregate }),
+        (any::<u64>(), vec(text(), 0..3))
+            .prop_map(|(sweep, ids)| CliReply::Aggregated { sweep, ids }),
+        text().prop_map(|reason| CliReply::Refused { reason }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn cli_requests_round_trip(message in request()) {
+        round_trip(&message);
+    }
+
+    #[test]
+    fn cli_replies_round_trip(message in reply()) {
+        round_trip(&message);
+    }
+}
+
+#[test]
+fn only_requests_that_change_nothing_are_read_only() {
+    let writes = [
+        CliRequest::SubmitSweep(SweepSubmission {
+            idempotency_token: "t".into(),
+            name: "n".into(),
+            experiments: vec![],
+            cycles: 1,
+            pin_device_model: true,
+        }),
+        CliRequest::CancelSweep { sweep: 0 },
+        CliRequest::ResumeSweep { sweep: 0 },
+        CliRequest::DrainAgent { agent: "a".into() },
+        CliRequest::AggregateSweep { sweep: 0 },
+    ];
+    let reads = [
+        CliRequest::ListSweeps,
+        CliRequest::ShowSweep { sweep: 0 },
+        CliRequest::Status,
+        CliRequest::ListAgents,
+        CliRequest::ListResults,
+        CliRequest::ShowResult { id: "x".into() },
+    ];
+    for w in &writes {
+        assert!(!w.is_read_only(), "{} passes as read-only", w.name());
+    }
+    for r in &reads {
+        assert!(r.is_read_only(), "{} is refused to viewers", r.name());
+    }
+}
