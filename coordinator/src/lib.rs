@@ -11,9 +11,11 @@ pub mod export;
 pub mod pivot;
 pub mod report;
 pub mod scheduler;
+pub mod server;
 pub mod store;
 #[cfg(test)]
 mod test_fixtures;
 pub mod until_ci;
 pub mod window_energy;
+pub mod wire_cli_edge;
 pub mod wire_edge;

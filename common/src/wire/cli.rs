@@ -140,6 +140,8 @@ pub enum CliReply {
     Aggregate {
         id: String,
         aggregate: serde_json::Value,
+        /// What ran, from the first accepted result (`ModelInfo` as JSON), if any.
+        model_info: Option<serde_json::Value>,
     },
     /// The sweep's aggregates were computed again and stored.
     Aggregated {

@@ -1,7 +1,17 @@
 //! Read-only views of the scheduler for status output and tests.
 
 use super::state::{JobStatus, Scheduler};
-use super::types::{AgentId, AttemptId, Epoch, JobId, Placement, SweepId, TimeMs};
+use super::types::{AgentId, AttemptId, Epoch, Inventory, JobId, Placement, SweepId, TimeMs};
+
+/// One agent the scheduler has heard from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentView<'a> {
+    pub agent: &'a AgentId,
+    pub inventory: &'a Inventory,
+    /// Heard from within the agent timeout.
+    pub alive: bool,
+    pub drained: bool,
+}
 
 /// One live lease.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +121,16 @@ impl Scheduler {
             .iter()
             .filter(|(_, a)| a.alive)
             .map(|(id, _)| id)
+    }
+
+    /// Every agent heard from since the start (or the last restart), alive or lost.
+    pub fn agents(&self) -> impl Iterator<Item = AgentView<'_>> {
+        self.agents.iter().map(|(id, a)| AgentView {
+            agent: id,
+            inventory: &a.inventory,
+            alive: a.alive,
+            drained: self.drained.contains(id),
+        })
     }
 
     pub fn is_drained(&self, agent: &AgentId) -> bool {

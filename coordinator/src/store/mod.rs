@@ -106,6 +106,13 @@ impl Store {
         &self.path
     }
 
+    /// Writes everything buffered to disk (every write already flushes; this is for a
+    /// server shutting down).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
     fn tree(&self, name: &'static str) -> Result<sled::Tree, StoreError> {
         Ok(self.db.open_tree(name)?)
     }

@@ -49,6 +49,18 @@ impl Store {
         }
     }
 
+    /// Every stored result body, accepted or superseded, in attempt order.
+    pub fn stored_results(&self) -> Result<Vec<StoredResult>, StoreError> {
+        let tree = self.tree(RESULTS)?;
+        let mut out = Vec::new();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            let attempt = key_u64(RESULTS, &k)?;
+            out.push(from_json(RESULTS, &attempt.to_string(), &v)?);
+        }
+        Ok(out)
+    }
+
     /// The job's accepted attempt, if it has one.
     pub fn accepted_attempt(&self, job: JobId) -> Result<Option<AttemptId>, StoreError> {
         let tree = self.tree(ACCEPTED)?;
