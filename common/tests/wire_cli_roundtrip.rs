@@ -163,7 +163,11 @@ fn reply() -> impl Strategy<Value = CliReply> {
         vec(agent_summary(), 0..3).prop_map(CliReply::Agents),
         vec(result_summary(), 0..3).prop_map(CliReply::Results),
         (text(), json(), of(json())).prop_map(|(id, aggregate, model_info)| {
-            CliReply::Aggregate { id, aggregate, model_info }
+            CliReply::Aggregate {
+                id,
+                aggregate,
+                model_info,
+            }
         }),
         (any::<u64>(), vec(text(), 0..3))
             .prop_map(|(sweep, ids)| CliReply::Aggregated { sweep, ids }),

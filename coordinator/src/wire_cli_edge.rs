@@ -171,10 +171,16 @@ mod tests {
         };
         let s = submission_from_wire(wire_submission.clone());
         assert_eq!(s.idempotency_token, "tok");
-        assert_eq!((s.name.as_str(), s.cycles, s.pin_device_model), ("grid", 3, false));
+        assert_eq!(
+            (s.name.as_str(), s.cycles, s.pin_device_model),
+            ("grid", 3, false)
+        );
         let names: Vec<&str> = s.experiments.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);
-        assert_eq!(s.experiments[0].config, wire_submission.experiments[0].config);
+        assert_eq!(
+            s.experiments[0].config,
+            wire_submission.experiments[0].config
+        );
         assert_eq!(
             s.experiments[0].needs,
             DeviceNeeds::Gpus {

@@ -3,6 +3,7 @@
 //! codes.
 
 mod batch;
+mod cluster_cmd;
 mod compare;
 mod completions;
 mod config_cmd;
@@ -16,12 +17,17 @@ mod model_cmd;
 mod pivot_cmd;
 mod plots;
 mod reference;
+mod remote;
+mod remote_results;
 mod report_cmd;
 mod results;
 mod selection;
+mod serve_cmd;
+mod sweep_cmd;
 mod table;
 mod token_cmd;
 mod until_ci_run;
+mod user_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -39,16 +45,23 @@ pub const DEFAULT_DATA_DIR: &str = "results";
     about = "Measure the energy, throughput, latency and FLOPs of LLM inference",
     long_about = "Measure the energy, throughput, latency and FLOPs of LLM inference.\n\n\
 lem runs embedded: coordinator and agent in this process, results in a local store \
-(--data-dir, default ./results). Cluster mode (a remote coordinator) is not available yet."
+(--data-dir, default ./results). In cluster mode `lem serve` is the coordinator and \
+`lem --coordinator HOST:PORT` sends sweeps, status, agent and results commands to it."
 )]
 pub struct Cli {
     /// Where results are stored (used by experiment, batch, results, aggregate).
     #[arg(long, env = "LEM_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 
-    /// Cluster mode is not available yet; lem always runs embedded.
-    #[arg(long, global = true, env = "LEM_COORDINATOR", hide = true)]
+    /// A coordinator (`lem serve`) to send sweep, status, agent and results list/show
+    /// and aggregate commands to, as HOST:PORT; without it lem runs embedded.
+    #[arg(long, env = "LEM_COORDINATOR", value_name = "HOST:PORT")]
     pub coordinator: Option<String>,
+
+    /// CLI credential folder (key.pem, cert.pem, ca.pem) for --coordinator; default: the
+    /// data dir's `operator/` when it exists (the coordinator host).
+    #[arg(long, env = "LEM_CREDENTIAL", value_name = "DIR")]
+    pub credential: Option<PathBuf>,
 
     /// More log output (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -140,6 +153,167 @@ pub enum Command {
     /// Join tokens that admit an agent to this data dir's cluster (docs/protocol.md).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Run the coordinator daemon: agents and CLIs connect over QUIC (docs/protocol.md).
+    Serve(ServeArgs),
+    /// Sweeps on a coordinator (needs --coordinator).
+    #[command(subcommand)]
+    Sweep(SweepCommand),
+    /// Agents, leases, queue and sweep progress of a coordinator (needs --coordinator).
+    Status(StatusArgs),
+    /// Agents of a coordinator (needs --coordinator).
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// CLI credentials for a coordinator (run on the coordinator host).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The coordinator's data dir (store, cluster CA, operator credential, serve.addr).
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address to listen on (UDP); port 0 picks one, written to <data-dir>/serve.addr.
+    #[arg(
+        long,
+        env = "LEM_LISTEN",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:7443"
+    )]
+    pub listen: std::net::SocketAddr,
+    /// A name or address agents and CLIs dial, put in the server certificate
+    /// (repeatable; default localhost and 127.0.0.1).
+    #[arg(
+        long = "server-name",
+        env = "LEM_SERVER_NAMES",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub server_names: Vec<String>,
+    /// How long a lease lives without a heartbeat renewing it, in ms.
+    #[arg(
+        long,
+        env = "LEM_LEASE_TTL_MS",
+        value_name = "MS",
+        default_value_t = 30_000
+    )]
+    pub lease_ttl_ms: u64,
+    /// An agent silent this long (ms) is lost and its jobs are queued again.
+    #[arg(
+        long,
+        env = "LEM_AGENT_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 20_000
+    )]
+    pub agent_timeout_ms: u64,
+    /// After a restart, how long (ms) a recovered lease waits for its agent to announce it.
+    #[arg(
+        long,
+        env = "LEM_RESTART_GRACE_MS",
+        value_name = "MS",
+        default_value_t = 30_000
+    )]
+    pub restart_grace_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SweepCommand {
+    /// Submit configs as one sweep: every config × every cycle is a job.
+    Submit(SweepArgsSubmit),
+    /// Every sweep with its progress.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One sweep's jobs and their states.
+    Show {
+        /// The sweep (sweep-3 or 3).
+        #[arg(value_name = "SWEEP", value_parser = sweep_cmd::parse_sweep_id)]
+        sweep: sweep_cmd::SweepRef,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a sweep's open jobs.
+    Cancel {
+        /// The sweep (sweep-3 or 3).
+        #[arg(value_name = "SWEEP", value_parser = sweep_cmd::parse_sweep_id)]
+        sweep: sweep_cmd::SweepRef,
+    },
+    /// Queue a sweep's cancelled and failed jobs again.
+    Resume {
+        /// The sweep (sweep-3 or 3).
+        #[arg(value_name = "SWEEP", value_parser = sweep_cmd::parse_sweep_id)]
+        sweep: sweep_cmd::SweepRef,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgsSubmit {
+    /// Experiment configs, resolved here as `lem batch` resolves them.
+    #[arg(required = true, value_name = "CONFIG")]
+    pub configs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// Number of cycles (1-10) of every experiment (default: the configs' largest).
+    #[arg(long, short = 'c', value_name = "N", value_parser = cycles_1_to_10, allow_negative_numbers = true)]
+    pub cycles: Option<u32>,
+    /// The sweep's name (default: the first config's file name).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Let one experiment's cycles run on different GPU models.
+    #[arg(long)]
+    pub allow_mixed_gpu_models: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Every agent with its devices.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The agent finishes what it holds and takes no new jobs.
+    Drain {
+        /// The agent's id (as `agent list` shows it).
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Issue a CLI credential from the data dir's cluster CA.
+    Add {
+        /// The user's name (letters, digits, `-`, `_`, `.`).
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// viewer (read-only) or operator (submit, cancel, drain).
+        #[arg(long, value_parser = parse_user_role)]
+        role: lem_net::Role,
+        /// Folder to write key.pem (0600), cert.pem and ca.pem into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+fn parse_user_role(text: &str) -> Result<lem_net::Role, String> {
+    match text {
+        "viewer" => Ok(lem_net::Role::Viewer),
+        "operator" => Ok(lem_net::Role::Operator),
+        other => Err(format!("`{other}` is not a user role: viewer or operator")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -532,12 +706,10 @@ pub struct ExportArgs {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<Outcome, CliError> {
-    if let Some(addr) = &cli.coordinator {
-        return Err(CliError::usage(format!(
-            "remote coordinators ({addr}) are not supported yet; run without --coordinator (embedded mode)"
-        )));
-    }
     let top = cli.data_dir.clone();
+    if let Some(target) = cli.coordinator.as_deref() {
+        return run_remote(target, cli.credential.as_deref(), &top, cli.command);
+    }
     match cli.command {
         Command::Experiment(args) => experiment::run_experiment(&args.store.resolve(&top), args),
         Command::Batch(args) => batch::run_batch(&args.store.resolve(&top), args),
@@ -566,6 +738,44 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Token(TokenCommand::Create { ttl, store }) => {
             token_cmd::create(&store.resolve(&top), ttl)
         }
+        Command::Serve(args) => serve_cmd::run(args.store.resolve(&top), args),
+        Command::User(UserCommand::Add {
+            name,
+            role,
+            out,
+            store,
+        }) => user_cmd::add(&store.resolve(&top), &name, role, &out),
+        Command::Sweep(_) | Command::Status(_) | Command::Agent(_) => Err(CliError::usage(
+            "this command talks to a coordinator: give --coordinator HOST:PORT (or \
+             LEM_COORDINATOR)",
+        )),
+    }
+}
+
+/// A command sent to the coordinator at `target`; the ones that only run embedded say so.
+fn run_remote(
+    target: &str,
+    credential: Option<&Path>,
+    data_dir: &Path,
+    command: Command,
+) -> Result<Outcome, CliError> {
+    let remote = || remote::Remote::new(target, credential, data_dir);
+    match command {
+        Command::Sweep(cmd) => sweep_cmd::run(&remote()?, cmd),
+        Command::Status(a) => cluster_cmd::status(&remote()?, a.json),
+        Command::Agent(cmd) => cluster_cmd::agent(&remote()?, cmd),
+        Command::Results(ResultsCommand::List { all, json, .. }) => {
+            remote_results::list(&remote()?, all, json)
+        }
+        Command::Results(ResultsCommand::Show { id, raw, json, .. }) => {
+            remote_results::show(&remote()?, &id, raw, json)
+        }
+        Command::Aggregate(a) => remote_results::aggregate(&remote()?, a.id.as_deref(), a.all),
+        _ => Err(CliError::usage(format!(
+            "--coordinator {target}: this command runs embedded only; through a coordinator \
+             lem offers sweep, status, agent, results list, results show and aggregate \
+             (drop --coordinator, or unset LEM_COORDINATOR)"
+        ))),
     }
 }
 
@@ -633,7 +843,7 @@ mod tests {
     }
 
     #[test]
-    fn data_dir_is_offered_only_where_the_store_is_used_and_coordinator_nowhere() {
+    fn data_dir_is_offered_only_where_the_store_is_used_and_coordinator_at_the_top() {
         let store_users = [
             "",
             "experiment",
@@ -647,6 +857,8 @@ mod tests {
             "results table",
             "report",
             "token create",
+            "user add",
+            "serve",
         ];
         for (path, cmd) in all_commands() {
             let mut cmd = cmd;
@@ -660,7 +872,12 @@ mod tests {
                 store_users.contains(&path.as_str()),
                 "`lem {path}` and --data-dir"
             );
-            assert!(!shown("coordinator"), "`lem {path}` shows --coordinator");
+            // `lem --coordinator X sweep ...`: given before the subcommand, like --data-dir.
+            assert_eq!(
+                shown("coordinator"),
+                path.is_empty(),
+                "`lem {path}` and --coordinator"
+            );
         }
     }
 

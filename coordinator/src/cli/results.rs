@@ -676,7 +676,7 @@ pub fn print_summary(
         .into_iter()
         .next()
         .map(|r| r.model);
-    print_aggregate(agg, rec, model.as_ref())?;
+    print_aggregate(agg, &rec.config_name, model.as_ref())?;
     outln!(
         "  details: {}",
         lem_hint(
@@ -699,14 +699,15 @@ fn model_line(name: &str, model: Option<&ModelInfo>) -> String {
     }
 }
 
-/// The human summary printed after a run and by `results show`.
-fn print_aggregate(
+/// The human summary printed after a run and by `results show` (embedded, or through a
+/// coordinator).
+pub(super) fn print_aggregate(
     agg: &ExperimentAggregate,
-    rec: &ExperimentRecord,
+    config_name: &str,
     model: Option<&ModelInfo>,
 ) -> std::io::Result<()> {
     outln!();
-    outln!("Experiment {}  ({})", agg.experiment_id, rec.config_name);
+    outln!("Experiment {}  ({})", agg.experiment_id, config_name);
     if agg.simulated {
         outln!(
             "  SIMULATED  energy comes from a simulated device (fake NVML scenario), not hardware"

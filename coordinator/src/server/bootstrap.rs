@@ -21,8 +21,8 @@ pub fn ensure_operator_credential(
     if ClientCredential::load(&dir)?.is_some() {
         return Ok((dir, false));
     }
-    let identity = PeerIdentity::new(Role::Operator, FIRST_OPERATOR_ID)
-        .expect("a constant, valid identity");
+    let identity =
+        PeerIdentity::new(Role::Operator, FIRST_OPERATOR_ID).expect("a constant, valid identity");
     let credential = ca.issue_client_credential(&identity, lem_net::pki::LEAF_VALIDITY)?;
     credential.save(&dir)?;
     Ok((dir, true))

@@ -88,7 +88,8 @@ fn read(driver: &ServerDriver, request: CliRequest) -> Result<CliReply, StoreErr
     Ok(match request {
         CliRequest::ListSweeps => CliReply::Sweeps(sweeps()),
         CliRequest::ShowSweep { sweep } => {
-            let (Some(summary), Some(row)) = (summary(SweepId(sweep)), store.sweep(SweepId(sweep))?)
+            let (Some(summary), Some(row)) =
+                (summary(SweepId(sweep)), store.sweep(SweepId(sweep))?)
             else {
                 return Ok(refused(&format!("no such sweep: sweep-{sweep}")));
             };
@@ -137,7 +138,10 @@ fn read(driver: &ServerDriver, request: CliRequest) -> Result<CliReply, StoreErr
                 store.put_aggregate(&agg.experiment_id, &agg)?;
                 ids.push(agg.experiment_id);
             }
-            CliReply::Aggregated { sweep: sweep.0, ids }
+            CliReply::Aggregated {
+                sweep: sweep.0,
+                ids,
+            }
         }
         // Changes go through the scheduler (`answer`), never here.
         CliRequest::SubmitSweep(_)
@@ -208,7 +212,11 @@ fn show_result(store: &Store, id: &str) -> Result<CliReply, StoreError> {
     }
     let (sweep, full) = match matches.as_slice() {
         [one] => one.clone(),
-        [] => return Ok(refused(&format!("no experiment {id:?} (see `lem results list`)"))),
+        [] => {
+            return Ok(refused(&format!(
+                "no experiment {id:?} (see `lem results list`)"
+            )))
+        }
         many => {
             let ids: Vec<&str> = many.iter().map(|(_, f)| f.as_str()).collect();
             return Ok(refused(&format!("{id:?} is ambiguous: {}", ids.join(", "))));

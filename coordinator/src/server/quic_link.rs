@@ -41,8 +41,10 @@ impl QuicLink {
 
     fn table(
         &self,
-    ) -> std::sync::MutexGuard<'_, BTreeMap<AgentId, (SessionId, UnboundedSender<CoordinatorMessage>)>>
-    {
+    ) -> std::sync::MutexGuard<
+        '_,
+        BTreeMap<AgentId, (SessionId, UnboundedSender<CoordinatorMessage>)>,
+    > {
         // A panic while holding the lock leaves a table that is still consistent.
         self.outboxes.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -30,10 +30,7 @@ pub enum ServeError {
         source: StoreError,
     },
     #[error("cluster credentials in {}: {source}", .data_dir.display())]
-    Pki {
-        data_dir: PathBuf,
-        source: PkiError,
-    },
+    Pki { data_dir: PathBuf, source: PkiError },
     #[error(transparent)]
     Net(#[from] NetError),
     #[error("{what} {}: {source}", .path.display())]

@@ -1,0 +1,124 @@
+//! `lem --coordinator X results list|show` and `aggregate`: the coordinator's sweep
+//! results, printed with the same table columns and the same summary as embedded mode
+//! (the summary is `results::print_aggregate` on the aggregate fetched from the server).
+
+use super::error::outln;
+use super::remote::{unexpected, Remote};
+use super::results::print_aggregate;
+use super::sweep_cmd::parse_sweep_id;
+use super::{CliError, Outcome};
+use crate::aggregate::ExperimentAggregate;
+use lem_common::domain::ModelInfo;
+use lem_common::wire::cli::{CliReply, CliRequest, ResultSummary};
+
+pub fn list(remote: &Remote, all: bool, json: bool) -> Result<Outcome, CliError> {
+    let rows = match remote.request(&CliRequest::ListResults)? {
+        CliReply::Results(rows) => rows,
+        other => return Err(unexpected("results list", &other)),
+    };
+    let (shown, hidden): (Vec<ResultSummary>, Vec<ResultSummary>) = rows
+        .into_iter()
+        .partition(|r| all || r.status == "completed");
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&shown).expect("plain data")
+        );
+        return Ok(Outcome::Success);
+    }
+    if shown.is_empty() {
+        outln!(
+            "No {}experiments on the coordinator.",
+            if all { "" } else { "completed " }
+        );
+    } else {
+        let header = ["ID", "STATUS", "CYCLES", "CONFIG", "MODEL"].map(String::from);
+        let cells: Vec<[String; 5]> = shown
+            .iter()
+            .map(|r| {
+                [
+                    r.id.clone(),
+                    r.status.clone(),
+                    format!("{}/{}", r.cycles_accepted, r.cycles_total),
+                    r.experiment_name.clone(),
+                    r.model.clone(),
+                ]
+            })
+            .collect();
+        let [w0, w1, w2, w3, _] = super::table::column_widths(&header, &cells);
+        for r in [&header].into_iter().chain(&cells) {
+            outln!(
+                "{:<w0$}  {:<w1$}  {:>w2$}  {:<w3$}  {}",
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4]
+            );
+        }
+    }
+    if !hidden.is_empty() {
+        outln!(
+            "({} more not shown: running or incomplete; `results list --all` lists them)",
+            hidden.len()
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+pub fn show(remote: &Remote, id: &str, raw: bool, json: bool) -> Result<Outcome, CliError> {
+    if raw {
+        return Err(CliError::usage(
+            "--raw is not available through a coordinator yet; use the aggregate (or --json)",
+        ));
+    }
+    let (id, aggregate, model_info) =
+        match remote.request(&CliRequest::ShowResult { id: id.to_owned() })? {
+            CliReply::Aggregate {
+                id,
+                aggregate,
+                model_info,
+            } => (id, aggregate, model_info),
+            other => return Err(unexpected("results show", &other)),
+        };
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&aggregate).expect("plain data")
+        );
+        return Ok(Outcome::Success);
+    }
+    let agg: ExperimentAggregate = serde_json::from_value(aggregate).map_err(|e| {
+        CliError::failure(format!(
+            "{id}: the coordinator's aggregate does not parse as this build's: {e}"
+        ))
+    })?;
+    let model: Option<ModelInfo> = model_info.and_then(|m| serde_json::from_value(m).ok());
+    let config_name = id.split_once('/').map_or(id.as_str(), |(_, name)| name);
+    print_aggregate(&agg, config_name, model.as_ref())?;
+    Ok(Outcome::Success)
+}
+
+/// `aggregate sweep-N` (or `--all`): the coordinator aggregates the sweep again from its
+/// accepted results and stores the result.
+pub fn aggregate(remote: &Remote, id: Option<&str>, all: bool) -> Result<Outcome, CliError> {
+    let sweeps: Vec<u64> = if all {
+        match remote.request(&CliRequest::ListSweeps)? {
+            CliReply::Sweeps(sweeps) => sweeps.iter().map(|s| s.sweep).collect(),
+            other => return Err(unexpected("sweep list", &other)),
+        }
+    } else {
+        let id = id.unwrap_or_default();
+        let sweep = id.split('/').next().unwrap_or(id);
+        vec![parse_sweep_id(sweep).map_err(CliError::usage)?.0]
+    };
+    for sweep in sweeps {
+        match remote.request(&CliRequest::AggregateSweep { sweep })? {
+            CliReply::Aggregated { sweep, ids } => {
+                outln!("sweep-{sweep}: aggregated {}", ids.join(", "));
+            }
+            other => return Err(unexpected("aggregate", &other)),
+        }
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,338 @@
+//! `lem --coordinator X sweep submit|list|show|cancel|resume`. A submission's configs are
+//! resolved here exactly as `lem batch` resolves them (file, presets, `_extends`, the
+//! same override flags); the coordinator receives finished configs. Prompt files are not
+//! shipped yet, so a config naming one is refused here, before anything is sent.
+
+use super::error::outln;
+use super::experiment::{resolve_config, to_cli_overrides};
+use super::remote::{unexpected, Remote};
+use super::{CliError, Outcome, SweepArgsSubmit, SweepCommand};
+use lem_common::config::{Device, ExperimentConfig, PromptSource};
+use lem_common::wire::cli::{
+    CliReply, CliRequest, DeviceNeeds, ExperimentSubmission, SweepDetail, SweepSubmission,
+    SweepSummary,
+};
+use sha2::{Digest, Sha256};
+
+pub fn run(remote: &Remote, cmd: SweepCommand) -> Result<Outcome, CliError> {
+    match cmd {
+        SweepCommand::Submit(args) => submit(remote, args),
+        SweepCommand::List { json } => match remote.request(&CliRequest::ListSweeps)? {
+            CliReply::Sweeps(sweeps) => {
+                if json {
+                    outln!(
+                        "{}",
+                        serde_json::to_string_pretty(&sweeps).expect("plain data")
+                    );
+                } else {
+                    print_sweeps(&sweeps)?;
+                }
+                Ok(Outcome::Success)
+            }
+            other => Err(unexpected("sweep list", &other)),
+        },
+        SweepCommand::Show { sweep, json } => {
+            match remote.request(&CliRequest::ShowSweep { sweep: sweep.0 })? {
+                CliReply::Sweep(detail) => {
+                    if json {
+                        outln!(
+                            "{}",
+                            serde_json::to_string_pretty(&detail).expect("plain data")
+                        );
+                    } else {
+                        print_detail(&detail)?;
+                    }
+                    Ok(Outcome::Success)
+                }
+                other => Err(unexpected("sweep show", &other)),
+            }
+        }
+        SweepCommand::Cancel { sweep } => {
+            match remote.request(&CliRequest::CancelSweep { sweep: sweep.0 })? {
+                CliReply::SweepCancelled {
+                    sweep,
+                    jobs_cancelled,
+                } => {
+                    outln!("sweep-{sweep}: {jobs_cancelled} job(s) cancelled");
+                    Ok(Outcome::Success)
+                }
+                other => Err(unexpected("sweep cancel", &other)),
+            }
+        }
+        SweepCommand::Resume { sweep } => {
+            match remote.request(&CliRequest::ResumeSweep { sweep: sweep.0 })? {
+                CliReply::SweepResumed {
+                    sweep,
+                    jobs_requeued,
+                } => {
+                    outln!("sweep-{sweep}: {jobs_requeued} job(s) queued again");
+                    Ok(Outcome::Success)
+                }
+                other => Err(unexpected("sweep resume", &other)),
+            }
+        }
+    }
+}
+
+/// `sweep-3` or `3`.
+pub fn parse_sweep_id(text: &str) -> Result<SweepRef, String> {
+    let digits = text.trim().strip_prefix("sweep-").unwrap_or(text.trim());
+    digits
+        .parse::<u64>()
+        .map(SweepRef)
+        .map_err(|_| format!("`{text}` is not a sweep id (e.g. sweep-3 or 3)"))
+}
+
+/// A sweep's number as the user named it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepRef(pub u64);
+
+fn submit(remote: &Remote, args: SweepArgsSubmit) -> Result<Outcome, CliError> {
+    let submission = build_submission(&args)?;
+    let experiments = submission.experiments.len();
+    match remote.request(&CliRequest::SubmitSweep(submission))? {
+        CliReply::SweepSubmitted {
+            sweep,
+            created,
+            jobs,
+        } => {
+            if created {
+                outln!("sweep-{sweep}: submitted {experiments} experiment(s), {jobs} job(s)");
+            } else {
+                outln!("sweep-{sweep}: already submitted ({jobs} job(s)); nothing new created");
+            }
+            Ok(Outcome::Success)
+        }
+        other => Err(unexpected("sweep submit", &other)),
+    }
+}
+
+/// Resolves every config (all before anything is sent) and makes the idempotency token
+/// the retries of this one submission share.
+fn build_submission(args: &SweepArgsSubmit) -> Result<SweepSubmission, CliError> {
+    let overrides = to_cli_overrides(&args.overrides, args.cycles);
+    let mut experiments = Vec::new();
+    for path in &args.configs {
+        let invalid = |msg: String| {
+            CliError::usage(format!(
+                "{msg}\n{}: invalid; nothing was submitted",
+                path.display()
+            ))
+        };
+        let resolved =
+            resolve_config(Some(path), None, &overrides).map_err(|e| invalid(e.to_string()))?;
+        let config = &resolved.config;
+        refuse_local_inputs(config).map_err(invalid)?;
+        experiments.push(ExperimentSubmission {
+            name: experiment_name(path, &experiments),
+            config: config.to_json(),
+            needs: needs_of(config),
+        });
+    }
+    let cycles = args
+        .cycles
+        .unwrap_or_else(|| experiments_cycles(&experiments));
+    let name = args.name.clone().unwrap_or_else(|| {
+        args.configs
+            .first()
+            .and_then(|p| p.file_stem())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "sweep".into())
+    });
+    let mut submission = SweepSubmission {
+        idempotency_token: String::new(),
+        name,
+        experiments,
+        cycles,
+        pin_device_model: !args.allow_mixed_gpu_models,
+    };
+    submission.idempotency_token = idempotency_token(&submission);
+    Ok(submission)
+}
+
+/// The cycles of a sweep without `--cycles`: the largest `num_cycles` of its configs.
+fn experiments_cycles(experiments: &[ExperimentSubmission]) -> u32 {
+    experiments
+        .iter()
+        .filter_map(|e| e.config.get("num_cycles").and_then(|v| v.as_u64()))
+        .max()
+        .map_or(1, |n| n.clamp(1, u64::from(u32::MAX)) as u32)
+}
+
+/// The file stem, made unique within the sweep (`quick`, `quick-2`).
+fn experiment_name(path: &std::path::Path, earlier: &[ExperimentSubmission]) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "experiment".into());
+    let mut name = stem.clone();
+    let mut n = 1;
+    while earlier.iter().any(|e| e.name == name) {
+        n += 1;
+        name = format!("{stem}-{n}");
+    }
+    name
+}
+
+/// A prompt file would have to travel with the job; until it does, say so here.
+fn refuse_local_inputs(config: &ExperimentConfig) -> Result<(), String> {
+    if let Some(PromptSource::File { path, .. }) = &config.prompt_source {
+        return Err(format!(
+            "prompt_source file {path:?}: prompt files are not shipped to agents yet; use a \
+             synthetic or Hugging Face prompt source for a cluster sweep, or run it with \
+             `lem batch`"
+        ));
+    }
+    Ok(())
+}
+
+/// What one job of `config` needs: CPU inference meters the host's CPU packages; anything
+/// else takes as many whole GPUs as the config lists (at least one).
+fn needs_of(config: &ExperimentConfig) -> DeviceNeeds {
+    match config.device {
+        Device::Cpu => DeviceNeeds::CpuPackages,
+        Device::Auto | Device::Cuda => DeviceNeeds::Gpus {
+            count: u32::try_from(config.gpu_list.len())
+                .unwrap_or(u32::MAX)
+                .max(1),
+            model: None,
+        },
+    }
+}
+
+/// Random enough to tell this submission from every other (time, process, contents),
+/// made once per `sweep submit` and reused by its retries.
+fn idempotency_token(submission: &SweepSubmission) -> String {
+    let mut hash = Sha256::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    hash.update(now.to_le_bytes());
+    hash.update(std::process::id().to_le_bytes());
+    hash.update(serde_json::to_vec(submission).expect("plain data"));
+    let digest = hash.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn print_sweeps(sweeps: &[SweepSummary]) -> std::io::Result<()> {
+    if sweeps.is_empty() {
+        outln!("No sweeps.");
+        return Ok(());
+    }
+    let header = [
+        "SWEEP",
+        "NAME",
+        "ACCEPTED",
+        "LEASED",
+        "PENDING",
+        "FAILED",
+        "CANCELLED",
+    ]
+    .map(String::from);
+    let cells: Vec<[String; 7]> = sweeps
+        .iter()
+        .map(|s| {
+            let p = s.progress;
+            let total = p.pending + p.leased + p.accepted + p.failed + p.cancelled;
+            [
+                format!("sweep-{}", s.sweep),
+                s.name.clone(),
+                format!("{}/{total}", p.accepted),
+                p.leased.to_string(),
+                p.pending.to_string(),
+                p.failed.to_string(),
+                p.cancelled.to_string(),
+            ]
+        })
+        .collect();
+    let w = super::table::column_widths(&header, &cells);
+    for r in [&header].into_iter().chain(&cells) {
+        let line: Vec<String> = r
+            .iter()
+            .zip(w)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        outln!("{}", line.join("  ").trim_end());
+    }
+    Ok(())
+}
+
+fn print_detail(detail: &SweepDetail) -> std::io::Result<()> {
+    print_sweeps(std::slice::from_ref(&detail.summary))?;
+    outln!();
+    for job in &detail.jobs {
+        outln!(
+            "  job-{:<5} {:<24} cycle {:<3} {}",
+            job.job,
+            job.experiment_name,
+            job.cycle + 1,
+            job.status
+        );
+        for error in &job.errors {
+            outln!("      {error}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_ids_parse_with_or_without_their_prefix() {
+        assert_eq!(parse_sweep_id("sweep-3"), Ok(SweepRef(3)));
+        assert_eq!(parse_sweep_id("12"), Ok(SweepRef(12)));
+        assert!(parse_sweep_id("sweep-x").unwrap_err().contains("sweep-x"));
+    }
+
+    #[test]
+    fn experiment_names_stay_unique_within_a_sweep() {
+        let exp = |name: &str| ExperimentSubmission {
+            name: name.into(),
+            config: serde_json::Value::Null,
+            needs: DeviceNeeds::CpuPackages,
+        };
+        let earlier = vec![exp("quick"), exp("quick-2")];
+        assert_eq!(
+            experiment_name(std::path::Path::new("a/quick.yaml"), &earlier),
+            "quick-3"
+        );
+        assert_eq!(
+            experiment_name(std::path::Path::new("b/other.yaml"), &earlier),
+            "other"
+        );
+    }
+
+    #[test]
+    fn cpu_configs_need_the_cpu_packages_and_others_their_gpu_count() {
+        let mut config = ExperimentConfig::default_for("c", "m");
+        config.device = Device::Cpu;
+        assert_eq!(needs_of(&config), DeviceNeeds::CpuPackages);
+        config.device = Device::Cuda;
+        config.gpu_list = vec![0, 1, 2];
+        assert_eq!(
+            needs_of(&config),
+            DeviceNeeds::Gpus {
+                count: 3,
+                model: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_prompt_file_is_refused_with_its_path() {
+        let mut config = ExperimentConfig::default_for("c", "m");
+        config.prompt_source = Some(PromptSource::File {
+            path: "prompts/mine.txt".into(),
+            column: None,
+            sample_size: None,
+            shuffle: false,
+            seed: 0,
+        });
+        let err = refuse_local_inputs(&config).unwrap_err();
+        assert!(err.contains("prompts/mine.txt"), "{err}");
+        assert!(err.contains("not shipped"), "{err}");
+    }
+}
