@@ -1,0 +1,208 @@
+//! Test support for `serve_*` tests: the real `lem serve` binary on loopback in a temp
+//! data dir, `lem` CLI runs against it, and a small in-test agent that speaks exactly the
+//! wire messages (enrollment with a join token, Hello, heartbeats, results from a spool
+//! resent until acknowledged). Every wait is bounded and generous.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+pub mod agent;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Long enough for a loaded 2-core machine; a hang still ends.
+pub const WAIT: Duration = Duration::from_secs(120);
+
+pub fn lem() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lem"));
+    for var in [
+        "LEM_DATA_DIR",
+        "LEM_COORDINATOR",
+        "LEM_CREDENTIAL",
+        "LEM_LISTEN",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Runs `lem` with `args` and returns its output.
+pub fn run_lem(args: &[&str]) -> Output {
+    lem().args(args).output().expect("lem runs")
+}
+
+/// `lem token create` in `data_dir` (before the server holds the store).
+pub fn join_token(data_dir: &Path) -> String {
+    let out = lem()
+        .args(["token", "create", "--ttl", "1h", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A running `lem serve`.
+pub struct Server {
+    pub data_dir: PathBuf,
+    pub addr: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `lem serve` on 127.0.0.1:0 and waits for its address file.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let addr_file = data_dir.join("serve.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        std::fs::create_dir_all(data_dir).unwrap();
+        let log = data_dir.join(format!(
+            "serve-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let child = lem()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("LEM_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("lem serve starts");
+        let deadline = Instant::now() + WAIT;
+        let addr = loop {
+            if let Ok(text) = std::fs::read_to_string(&addr_file) {
+                if text.ends_with('\n') {
+                    break text.trim().to_owned();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lem serve wrote no address: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Server {
+            data_dir: data_dir.to_owned(),
+            addr,
+            child,
+            log,
+        }
+    }
+
+    /// `lem --data-dir D --coordinator ADDR args...` (the operator credential).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        lem()
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--coordinator", &self.addr])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Like `cli`, asserting success, returning stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "lem {args:?}: {}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.cli_ok(&["status", "--json"])).unwrap()
+    }
+
+    /// Polls `status --json` until `done` says so.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let status = self.status_json();
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last status {status:#}\nserver log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// kill -9: no shutdown path runs.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM; the server must close, flush and exit 0.
+    pub fn stop(mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling our own child process by its pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "lem serve ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            status.success(),
+            "lem serve exited {status}: {}",
+            self.log_text()
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two small configs (synthetic prompts, no prompt file) in `dir`.
+pub fn write_configs(dir: &Path) -> Vec<PathBuf> {
+    ["alpha", "beta"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let path = dir.join(format!("{name}.yaml"));
+            std::fs::write(
+                &path,
+                format!(
+                    "config_name: {name}\nmodel_name: test/model-{i}\nmax_input_tokens: 16\n\
+                     max_output_tokens: 4\nnum_input_prompts: 2\nnum_cycles: 1\n\
+                     batching_options:\n  batch_size: {}\nprompt_source:\n  type: synthetic\n  input_tokens: 8\n",
+                    i + 1
+                ),
+            )
+            .unwrap();
+            path
+        })
+        .collect()
+}
