@@ -18,6 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Holding a lease or an unacknowledged result and hearing nothing (no renewal, no ack)
+/// this long, the connection is taken for dead (a killed coordinator sends no close;
+/// QUIC would notice only at its idle timeout) and the agent reconnects.
+const SILENCE: Duration = Duration::from_secs(3);
 
 /// How the agent behaves.
 #[derive(Debug, Clone)]
@@ -188,7 +192,11 @@ async fn session(
         s.send.send(&resend).await.map_err(|e| e.to_string())?;
     }
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut last_heard = std::time::Instant::now();
     loop {
+        if !state.held().is_empty() && last_heard.elapsed() > SILENCE {
+            return Err("holding work and hearing nothing: reconnecting".into());
+        }
         if shared.stop.load(Ordering::SeqCst) {
             s.close().await;
             return Ok(());
@@ -214,6 +222,7 @@ async fn session(
         tokio::select! {
             message = s.recv.recv::<CoordinatorMessage>() => {
                 let message = message.map_err(|e| e.to_string())?.ok_or("stream ended")?;
+                last_heard = std::time::Instant::now();
                 match message {
                     CoordinatorMessage::Lease(grant) => {
                         shared.leases.lock().unwrap().push(grant.clone());
