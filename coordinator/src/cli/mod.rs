@@ -219,7 +219,7 @@ pub struct ServeArgs {
 #[derive(Debug, Subcommand)]
 pub enum SweepCommand {
     /// Submit configs as one sweep: every config × every cycle is a job.
-    Submit(SweepArgsSubmit),
+    Submit(Box<SweepArgsSubmit>),
     /// Every sweep with its progress.
     List {
         /// Machine-readable output.

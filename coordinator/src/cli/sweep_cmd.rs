@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 pub fn run(remote: &Remote, cmd: SweepCommand) -> Result<Outcome, CliError> {
     match cmd {
-        SweepCommand::Submit(args) => submit(remote, args),
+        SweepCommand::Submit(args) => submit(remote, *args),
         SweepCommand::List { json } => match remote.request(&CliRequest::ListSweeps)? {
             CliReply::Sweeps(sweeps) => {
                 if json {

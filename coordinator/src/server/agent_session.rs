@@ -43,7 +43,7 @@ pub async fn serve_agent(
                 let from = event_from_agent(agent.clone(), message);
                 let input = DriverInput::Agent {
                     event: from.event,
-                    body: from.result_body.map(|b| *b),
+                    body: from.result_body,
                 };
                 if inputs.send(input).is_err() {
                     break; // the driver stopped: the server is shutting down

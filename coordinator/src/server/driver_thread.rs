@@ -22,7 +22,7 @@ pub enum DriverInput {
     /// An agent message as a scheduler event, with a success's result body.
     Agent {
         event: Event,
-        body: Option<RawResult>,
+        body: Option<Box<RawResult>>,
     },
     /// A CLI request (the role was checked by the session); the reply goes back on
     /// `reply`.
@@ -51,7 +51,9 @@ pub fn run(
         });
         let outcome = match inputs.recv_timeout(wait) {
             Ok(DriverInput::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
-            Ok(DriverInput::Agent { event, body }) => driver.handle(event, body, clock.now()),
+            Ok(DriverInput::Agent { event, body }) => {
+                driver.handle(event, body.map(|b| *b), clock.now())
+            }
             Ok(DriverInput::Cli { request, reply }) => {
                 let (answered, outcome) =
                     answer(&mut driver, request, &mut next_request, clock.now());

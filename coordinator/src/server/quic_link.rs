@@ -15,9 +15,12 @@ use tokio::sync::mpsc::UnboundedSender;
 /// old one's end must not unregister the new.
 pub type SessionId = u64;
 
+/// Each connected agent's session and outbox.
+type Outboxes = BTreeMap<AgentId, (SessionId, UnboundedSender<CoordinatorMessage>)>;
+
 #[derive(Debug, Clone, Default)]
 pub struct QuicLink {
-    outboxes: Arc<Mutex<BTreeMap<AgentId, (SessionId, UnboundedSender<CoordinatorMessage>)>>>,
+    outboxes: Arc<Mutex<Outboxes>>,
 }
 
 impl QuicLink {
