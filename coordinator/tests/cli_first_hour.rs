@@ -159,8 +159,8 @@ Options:
       --raw             Per-cycle raw results instead of the aggregate
       --json            Machine-readable output (the aggregate, or the raw results with --raw)
       --no-plots        No per-cycle sparklines or phase bar (drawn only when stdout is a terminal)
-  -v, --verbose...      More log output (-v info, -vv debug)
       --data-dir <DIR>  Where results are stored (overrides the one before the subcommand and LEM_DATA_DIR; default ./results)
+  -v, --verbose...      More log output (-v info, -vv debug)
   -h, --help            Print help
 
 "#]]);
@@ -191,14 +191,14 @@ For more information, try '--help'.
 }
 
 #[test]
-fn the_coordinator_flag_says_cluster_mode_is_not_available() {
+fn the_coordinator_flag_is_refused_by_commands_that_run_embedded_only() {
     let sb = Sandbox::new();
     sb.lem()
         .args(["--coordinator", "head:7443", "presets"])
         .assert()
         .code(2)
         .stderr_eq(str![[r#"
-error: remote coordinators (head:7443) are not supported yet; run without --coordinator (embedded mode)
+error: --coordinator head:7443: this command runs embedded only; through a coordinator lem offers sweep, status, agent, results list, results show and aggregate (drop --coordinator, or unset LEM_COORDINATOR)
 
 "#]]);
 }
