@@ -64,6 +64,7 @@ fn request() -> impl Strategy<Value = CliRequest> {
         Just(CliRequest::ListResults),
         text().prop_map(|id| CliRequest::ShowResult { id }),
         any::<u64>().prop_map(|sweep| CliRequest::AggregateSweep { sweep }),
+        any::<u64>().prop_map(|ttl_ms| CliRequest::CreateJoinToken { ttl_ms }),
     ]
 }
 
@@ -171,6 +172,10 @@ fn reply() -> impl Strategy<Value = CliReply> {
         }),
         (any::<u64>(), vec(text(), 0..3))
             .prop_map(|(sweep, ids)| CliReply::Aggregated { sweep, ids }),
+        (text(), any::<u64>()).prop_map(|(token, expires_unix_ms)| CliReply::JoinToken {
+            token,
+            expires_unix_ms
+        }),
         text().prop_map(|reason| CliReply::Refused { reason }),
     ]
 }
@@ -203,6 +208,7 @@ fn only_requests_that_change_nothing_are_read_only() {
         CliRequest::ResumeSweep { sweep: 0 },
         CliRequest::DrainAgent { agent: "a".into() },
         CliRequest::AggregateSweep { sweep: 0 },
+        CliRequest::CreateJoinToken { ttl_ms: 1 },
     ];
     let reads = [
         CliRequest::ListSweeps,

@@ -3,7 +3,8 @@
 //! submit` (2 configs × 3 cycles); status shows the agent and the progress; results are
 //! stored once per job and listed through the coordinator; a resubmission under the same
 //! idempotency token creates nothing; a viewer is refused and nothing is stored; a
-//! result resent after its ack was lost is acknowledged again and stored once.
+//! result resent after its ack was lost is acknowledged again and stored once; a join
+//! token made through the running coordinator enrolls a second agent.
 
 mod serve_support;
 #[path = "../src/test_fixtures.rs"]
@@ -210,6 +211,37 @@ fn a_sweep_runs_on_a_network_agent_and_each_job_is_stored_once() {
         serde_json::from_str(&server.cli_ok(&["sweep", "list", "--json"])).unwrap();
     assert_eq!(sweeps.as_array().unwrap().len(), 2, "{sweeps}");
 
+    // With the server holding the store, tokens come from the coordinator; a second
+    // agent enrolls with one. A viewer may not make tokens.
+    let token_out = server.cli(&["token", "create", "--ttl", "10m"]);
+    assert!(
+        token_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token_out.stderr)
+    );
+    let second_token = String::from_utf8(token_out.stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(second_token.starts_with("lemjoin1."), "{second_token}");
+    let refused = as_viewer(&["token", "create"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let second = TestAgent::spawn(
+        data_dir.clone(),
+        dir.path().join("agent-cred-2"),
+        second_token,
+        AgentPlan {
+            node_name: "node-c".into(),
+            gpus: 1,
+            answer_first: None,
+            resend_first_acked: false,
+        },
+    );
+    server.wait_status("the second agent", |s| {
+        s["agents"].as_array().is_some_and(|a| a.len() == 2)
+    });
+
+    drop(second);
     drop(agent);
     server.stop();
 

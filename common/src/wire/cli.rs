@@ -37,6 +37,10 @@ pub enum CliRequest {
     AggregateSweep {
         sweep: u64,
     },
+    /// A single-use join token for one agent, valid `ttl_ms` (only its hash is stored).
+    CreateJoinToken {
+        ttl_ms: u64,
+    },
 }
 
 impl CliRequest {
@@ -53,7 +57,8 @@ impl CliRequest {
             | CliRequest::CancelSweep { .. }
             | CliRequest::ResumeSweep { .. }
             | CliRequest::DrainAgent { .. }
-            | CliRequest::AggregateSweep { .. } => false,
+            | CliRequest::AggregateSweep { .. }
+            | CliRequest::CreateJoinToken { .. } => false,
         }
     }
 
@@ -71,6 +76,7 @@ impl CliRequest {
             CliRequest::ListResults => "results list",
             CliRequest::ShowResult { .. } => "results show",
             CliRequest::AggregateSweep { .. } => "results aggregate",
+            CliRequest::CreateJoinToken { .. } => "token create",
         }
     }
 }
@@ -147,6 +153,11 @@ pub enum CliReply {
     Aggregated {
         sweep: u64,
         ids: Vec<String>,
+    },
+    /// The token's text (its only copy) and when it expires.
+    JoinToken {
+        token: String,
+        expires_unix_ms: u64,
     },
     /// The request was not carried out; `reason` says why in words.
     Refused {

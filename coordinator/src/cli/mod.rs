@@ -771,9 +771,13 @@ fn run_remote(
             remote_results::show(&remote()?, &id, raw, json)
         }
         Command::Aggregate(a) => remote_results::aggregate(&remote()?, a.id.as_deref(), a.all),
+        Command::Token(TokenCommand::Create { ttl, .. }) => {
+            token_cmd::create_remote(&remote()?, ttl)
+        }
         _ => Err(CliError::usage(format!(
             "--coordinator {target}: this command runs embedded only; through a coordinator \
-             lem offers sweep, status, agent, results list, results show and aggregate \
+             lem offers sweep, status, agent, results list, results show, aggregate and \
+             token create \
              (drop --coordinator, or unset LEM_COORDINATOR)"
         ))),
     }

@@ -55,9 +55,12 @@ pub fn create(data_dir: &Path, ttl: Duration) -> Result<Outcome, CliError> {
     let store = Store::open(data_dir, STORE_WAIT).map_err(|e| match e {
         StoreError::Locked { path, .. } => CliError::failure(format!(
             "cannot create a join token: the store at {} is held by another process \
-             (a running `lem` command or coordinator); creating tokens through a running \
-             coordinator is not available yet — stop it or try again when it finishes",
-            path.display()
+             (a running `lem` command or coordinator); with `lem serve` running, create it \
+             through the coordinator: `lem --data-dir {} --coordinator HOST:PORT token \
+             create` (its address is in {})",
+            path.display(),
+            data_dir.display(),
+            data_dir.join(crate::server::ADDR_FILE).display()
         )),
         other => other.into(),
     })?;
@@ -79,14 +82,35 @@ pub fn create(data_dir: &Path, ttl: Duration) -> Result<Outcome, CliError> {
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
     let token = create_join_token(&store, ca.sha256(), now_unix_ms, ttl_ms)
         .map_err(|e| CliError::failure(format!("cannot create a join token: {e}")))?;
-    let expires = chrono::DateTime::from_timestamp_millis(
-        i64::try_from(now_unix_ms.saturating_add(ttl_ms)).unwrap_or(i64::MAX),
-    )
-    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-    .unwrap_or_else(|| "an unrepresentable time".into());
+    let expires = rfc3339_or_words(now_unix_ms.saturating_add(ttl_ms));
     eprintln!("single-use join token, valid until {expires}; this is its only copy:");
     outln!("{}", token.to_text());
     Ok(Outcome::Success)
+}
+
+/// `lem --coordinator X token create`: the running coordinator makes the token.
+pub fn create_remote(remote: &super::remote::Remote, ttl: Duration) -> Result<Outcome, CliError> {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    match remote.request(&lem_common::wire::CliRequest::CreateJoinToken { ttl_ms })? {
+        lem_common::wire::CliReply::JoinToken {
+            token,
+            expires_unix_ms,
+        } => {
+            eprintln!(
+                "single-use join token, valid until {}; this is its only copy:",
+                rfc3339_or_words(expires_unix_ms)
+            );
+            outln!("{token}");
+            Ok(Outcome::Success)
+        }
+        other => Err(super::remote::unexpected("token create", &other)),
+    }
+}
+
+fn rfc3339_or_words(unix_ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(i64::try_from(unix_ms).unwrap_or(i64::MAX))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "an unrepresentable time".into())
 }
 
 #[cfg(test)]

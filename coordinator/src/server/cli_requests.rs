@@ -147,7 +147,8 @@ fn read(driver: &ServerDriver, request: CliRequest) -> Result<CliReply, StoreErr
         CliRequest::SubmitSweep(_)
         | CliRequest::CancelSweep { .. }
         | CliRequest::ResumeSweep { .. }
-        | CliRequest::DrainAgent { .. } => refused("not a read-only request"),
+        | CliRequest::DrainAgent { .. }
+        | CliRequest::CreateJoinToken { .. } => refused("not a read-only request"),
     })
 }
 

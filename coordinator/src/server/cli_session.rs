@@ -3,11 +3,16 @@
 //! driver sees it, so nothing is stored.
 
 use super::driver_thread::DriverInput;
+use super::join_tokens::JoinTokenIssuer;
 use lem_common::wire::{CliReply, CliRequest};
 use lem_net::{AcceptedSession, Role};
 use std::sync::mpsc::Sender;
 
-pub async fn serve_cli(session: AcceptedSession, inputs: Sender<DriverInput>) {
+pub async fn serve_cli(
+    session: AcceptedSession,
+    inputs: Sender<DriverInput>,
+    tokens: JoinTokenIssuer,
+) {
     let AcceptedSession {
         peer,
         mut send,
@@ -24,7 +29,13 @@ pub async fn serve_cli(session: AcceptedSession, inputs: Sender<DriverInput>) {
                 break;
             }
         };
-        let reply = if request.is_read_only() || peer.role == Role::Operator {
+        let reply = if let (CliRequest::CreateJoinToken { ttl_ms }, Role::Operator) =
+            (&request, peer.role)
+        {
+            // No scheduler state: answered here, from the store's token book.
+            tracing::info!(%peer, "join token created");
+            tokens.issue(*ttl_ms, (lem_net::system_clock())())
+        } else if request.is_read_only() || peer.role == Role::Operator {
             let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
             let input = DriverInput::Cli {
                 request,

@@ -15,11 +15,13 @@ mod bootstrap;
 mod cli_requests;
 mod cli_session;
 mod driver_thread;
+mod join_tokens;
 mod options;
 mod quic_link;
 mod run;
 
 pub use bootstrap::{ensure_operator_credential, OPERATOR_DIR};
+pub use join_tokens::{JoinTokenIssuer, MAX_TOKEN_TTL_MS};
 pub use options::ServeOptions;
 pub use quic_link::QuicLink;
 pub use run::{serve, ServeError, ADDR_FILE};

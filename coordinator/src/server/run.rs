@@ -105,6 +105,10 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
             })?
     };
 
+    let tokens = super::join_tokens::JoinTokenIssuer {
+        store: store.clone(),
+        ca_sha256: ca.sha256(),
+    };
     let served = runtime.block_on(async {
         let desk = EnrollmentDesk {
             ca: Arc::new(ca),
@@ -142,7 +146,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
                     ));
                 }
                 Alpn::Cli => {
-                    tokio::spawn(serve_cli(session, inputs.clone()));
+                    tokio::spawn(serve_cli(session, inputs.clone(), tokens.clone()));
                 }
                 // The endpoint serves enrollment itself and yields no session for it.
                 Alpn::Enroll => {}
