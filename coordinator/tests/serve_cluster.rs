@@ -41,6 +41,7 @@ fn a_sweep_runs_on_a_network_agent_and_each_job_is_stored_once() {
             gpus: 2,
             answer_first: None,
             resend_first_acked: true,
+            fail_first: 0,
         },
     );
     let status = server.wait_status("the agent's Hello", |s| {
@@ -235,6 +236,7 @@ fn a_sweep_runs_on_a_network_agent_and_each_job_is_stored_once() {
             gpus: 1,
             answer_first: None,
             resend_first_acked: false,
+            fail_first: 0,
         },
     );
     server.wait_status("the second agent", |s| {

@@ -31,6 +31,7 @@ fn a_sweep_survives_kill_9_of_the_coordinator_with_one_accepted_result_per_job()
             gpus: 2,
             answer_first: Some(answered_before_kill),
             resend_first_acked: false,
+            fail_first: 0,
         },
     );
     server.wait_status("the agent's Hello", |s| {

@@ -32,6 +32,8 @@ pub struct AgentPlan {
     pub answer_first: Option<usize>,
     /// After the first Ack, send that result once more (an ack lost on the way).
     pub resend_first_acked: bool,
+    /// Answer the first this-many leases with a runner failure instead of a result.
+    pub fail_first: usize,
 }
 
 /// What the test can look at and steer.
@@ -88,13 +90,35 @@ impl Drop for TestAgent {
     }
 }
 
+/// An attempt's outcome, kept until acknowledged.
+#[derive(Clone)]
+enum Spooled {
+    Result(Box<RawResult>),
+    Failed(String),
+}
+
+impl Spooled {
+    fn message(&self, attempt: AttemptRef) -> AgentMessage {
+        match self {
+            Spooled::Result(result) => AgentMessage::AttemptResult {
+                attempt,
+                result: result.clone(),
+            },
+            Spooled::Failed(error) => AgentMessage::AttemptFailed {
+                attempt,
+                error: error.clone(),
+            },
+        }
+    }
+}
+
 /// The agent's memory across connections.
 #[derive(Default)]
 struct State {
     /// Leases received and not answered yet (running).
     running: BTreeMap<u64, LeaseGrant>,
-    /// Results sent and not acknowledged.
-    spool: BTreeMap<u64, (AttemptRef, RawResult)>,
+    /// Outcomes sent and not acknowledged.
+    spool: BTreeMap<u64, (AttemptRef, Spooled)>,
     answered: usize,
     resent_once: bool,
 }
@@ -184,11 +208,8 @@ async fn session(
         lost: vec![],
     };
     s.send.send(&hello).await.map_err(|e| e.to_string())?;
-    for (attempt, result) in state.spool.values() {
-        let resend = AgentMessage::AttemptResult {
-            attempt: *attempt,
-            result: Box::new(result.clone()),
-        };
+    for (attempt, outcome) in state.spool.values() {
+        let resend = outcome.message(*attempt);
         s.send.send(&resend).await.map_err(|e| e.to_string())?;
     }
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -210,13 +231,16 @@ async fn session(
                 break;
             };
             let grant = state.running.remove(&attempt).unwrap();
-            let result = result_for(&grant);
-            state.spool.insert(attempt, (grant.attempt, result.clone()));
-            state.answered += 1;
-            let message = AgentMessage::AttemptResult {
-                attempt: grant.attempt,
-                result: Box::new(result),
+            let outcome = if state.answered < plan.fail_first {
+                Spooled::Failed(format!("simulated runner failure {}", state.answered + 1))
+            } else {
+                Spooled::Result(Box::new(result_for(&grant)))
             };
+            state
+                .spool
+                .insert(attempt, (grant.attempt, outcome.clone()));
+            state.answered += 1;
+            let message = outcome.message(grant.attempt);
             s.send.send(&message).await.map_err(|e| e.to_string())?;
         }
         tokio::select! {
@@ -232,12 +256,9 @@ async fn session(
                         shared.acks.lock().unwrap().push((attempt, verdict));
                         let entry = state.spool.remove(&attempt.attempt);
                         if plan.resend_first_acked && !state.resent_once {
-                            if let Some((attempt, result)) = entry {
+                            if let Some((attempt, outcome)) = entry {
                                 state.resent_once = true;
-                                let again = AgentMessage::AttemptResult {
-                                    attempt,
-                                    result: Box::new(result),
-                                };
+                                let again = outcome.message(attempt);
                                 s.send.send(&again).await.map_err(|e| e.to_string())?;
                             }
                         }
