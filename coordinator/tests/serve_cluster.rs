@@ -77,6 +77,10 @@ fn a_sweep_runs_on_a_network_agent_and_each_job_is_stored_once() {
         (Some(0), Some(0), Some(0))
     );
     assert_eq!(status["sweeps"][0]["name"], "grid");
+    // Nothing left to run: a watch prints once, says so and ends.
+    let watched = server.cli_ok(&["status", "--watch"]);
+    assert!(watched.contains("sweep-0 finished"), "{watched}");
+    assert!(watched.contains("6/6 accepted"), "{watched}");
 
     // Through the coordinator: both experiments completed with 3 of 3 cycles.
     let listed: serde_json::Value =

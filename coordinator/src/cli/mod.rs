@@ -269,9 +269,12 @@ pub struct SweepArgsSubmit {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Machine-readable output.
+    /// Machine-readable output (with --watch: one JSON object per line per refresh).
     #[arg(long)]
     pub json: bool,
+    /// Refresh every 2 s with each sweep's ETA, until every sweep has finished.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -762,7 +765,7 @@ fn run_remote(
     let remote = || remote::Remote::new(target, credential, data_dir);
     match command {
         Command::Sweep(cmd) => sweep_cmd::run(&remote()?, cmd),
-        Command::Status(a) => cluster_cmd::status(&remote()?, a.json),
+        Command::Status(a) => cluster_cmd::status(&remote()?, a.json, a.watch),
         Command::Agent(cmd) => cluster_cmd::agent(&remote()?, cmd),
         Command::Results(ResultsCommand::List { all, json, .. }) => {
             remote_results::list(&remote()?, all, json)
