@@ -206,12 +206,14 @@ pub struct ServeArgs {
         default_value_t = 20_000
     )]
     pub agent_timeout_ms: u64,
-    /// After a restart, how long (ms) a recovered lease waits for its agent to announce it.
+    /// After a restart, how long (ms) a recovered lease waits for its agent to announce
+    /// it; above the 30 s QUIC idle timeout, so an agent that notices the restart only by
+    /// its connection timing out still reclaims its leases.
     #[arg(
         long,
         env = "LEM_RESTART_GRACE_MS",
         value_name = "MS",
-        default_value_t = 30_000
+        default_value_t = 60_000
     )]
     pub restart_grace_ms: u64,
 }
