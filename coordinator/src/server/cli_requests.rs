@@ -2,6 +2,7 @@
 //! scheduler as events (their replies come back from the same call); the read-only ones
 //! are answered from the scheduler's views and the store.
 
+use super::QuicLink;
 use crate::driver::{aggregate_sweep, sweep_experiment_id, Driver, DriverError, Executed};
 use crate::scheduler::{AgentId, Event, RequestId, SweepId, TimeMs};
 use crate::store::{Store, StoreError, SweepRow};
@@ -13,8 +14,6 @@ use lem_common::wire::cli::{
     CliReply, CliRequest, JobSummary, ResultSummary, StatusSnapshot, SweepDetail, SweepSummary,
 };
 use std::sync::Arc;
-
-use super::QuicLink;
 
 type ServerDriver = Driver<QuicLink, Arc<Store>>;
 

@@ -95,9 +95,15 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let link = QuicLink::default();
     let driver = {
         let (store, link, config) = (store.clone(), link.clone(), options.scheduler.clone());
+        let stop_serving = shutdown.clone();
         std::thread::Builder::new()
             .name("lem-driver".into())
-            .spawn(move || driver_thread::run(store, link, config, inputs_rx))
+            .spawn(move || {
+                let result = driver_thread::run(store, link, config, inputs_rx);
+                // Without its driver the server cannot serve: stop accepting too.
+                stop_serving.notify_one();
+                result
+            })
             .map_err(|source| ServeError::Io {
                 what: "cannot start the driver thread for",
                 path: data_dir.clone(),
