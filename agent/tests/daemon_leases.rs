@@ -1,0 +1,96 @@
+//! Lease lifetime on the real `lem-agent`: a lease not renewed before its TTL is stopped
+//! (it is no longer ours: no outcome is sent), renewals keep a run going, a Cancel stops
+//! its run, and after Drain new leases are rejected.
+
+mod daemon_support;
+
+use daemon_support::*;
+use lem_common::wire::{AgentMessage, AttemptRef, CoordinatorMessage, HeldAttempt};
+use std::time::Duration;
+
+fn is_hello(m: &AgentMessage) -> bool {
+    matches!(m, AgentMessage::Hello { .. })
+}
+
+fn holding(attempt: u64, epoch: u64) -> impl Fn(&AgentMessage) -> bool {
+    move |m| {
+        matches!(m, AgentMessage::Heartbeat { held } if held == &vec![HeldAttempt { attempt, epoch, running: true }])
+    }
+}
+
+fn holding_nothing(m: &AgentMessage) -> bool {
+    matches!(m, AgentMessage::Heartbeat { held } if held.is_empty())
+}
+
+/// Messages until a heartbeat holding nothing; none of them may be an outcome.
+async fn until_idle_without_outcome(session: &mut lem_net::AcceptedSession) {
+    let m = next_matching(session, WAIT, "an idle heartbeat", |m| {
+        holding_nothing(m)
+            || matches!(
+                m,
+                AgentMessage::AttemptResult { .. } | AgentMessage::AttemptFailed { .. }
+            )
+    })
+    .await;
+    assert!(holding_nothing(&m), "an outcome of a stopped run was sent: {m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrenewed_leases_stop_cancel_stops_and_drain_refuses_new_work() {
+    let node = Node::new();
+    let long_run = node.config("num_input_prompts: 500\nmax_output_tokens: 64\n");
+    let mut coordinator = Coordinator::start();
+    let _agent = node.spawn(&coordinator.target, Some(&coordinator.token()), 1);
+    let mut session = coordinator.session().await;
+    next_matching(&mut session, WAIT, "Hello", is_hello).await;
+    let gpu_a = format!("gpu:{GPU_A}");
+
+    // Renewed: still running after several of its (short) TTLs.
+    let mut renewed = lease(21, 1, &gpu_a, long_run.clone());
+    renewed.ttl_ms = 3_000;
+    send(&mut session, &CoordinatorMessage::Lease(renewed)).await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        next_matching(&mut session, WAIT, "a heartbeat holding the renewed run", holding(21, 1)).await;
+        let renew = CoordinatorMessage::Renew {
+            attempts: vec![AttemptRef { attempt: 21, epoch: 1 }],
+            ttl_ms: 3_000,
+        };
+        send(&mut session, &renew).await;
+    }
+    assert_eq!(node.running_markers(), vec!["21-1"]);
+
+    // Not renewed any more: stopped once its TTL passes, nothing sent for it.
+    until_idle_without_outcome(&mut session).await;
+    eventually(WAIT, "the expired run's marker removed", || {
+        node.running_markers().is_empty()
+    })
+    .await;
+    assert!(node.spool_files().is_empty());
+
+    // Cancelled: stopped, nothing sent.
+    send(&mut session, &CoordinatorMessage::Lease(lease(22, 1, &gpu_a, long_run.clone()))).await;
+    next_matching(&mut session, WAIT, "a heartbeat holding the run", holding(22, 1)).await;
+    send(
+        &mut session,
+        &CoordinatorMessage::Cancel {
+            attempt: AttemptRef { attempt: 22, epoch: 1 },
+        },
+    )
+    .await;
+    until_idle_without_outcome(&mut session).await;
+    assert!(node.spool_files().is_empty());
+
+    // Drained: a new lease is rejected, saying so.
+    send(&mut session, &CoordinatorMessage::Drain).await;
+    send(&mut session, &CoordinatorMessage::Lease(lease(23, 1, &gpu_a, long_run))).await;
+    let m = next_matching(&mut session, WAIT, "LeaseRejected", |m| {
+        matches!(m, AgentMessage::LeaseRejected { .. })
+    })
+    .await;
+    let AgentMessage::LeaseRejected { attempt, reason } = m else {
+        unreachable!()
+    };
+    assert_eq!(attempt, AttemptRef { attempt: 23, epoch: 1 });
+    assert!(reason.contains("draining"), "{reason}");
+}
