@@ -13,9 +13,7 @@ fn is_hello(m: &AgentMessage) -> bool {
 }
 
 fn holding(attempt: u64, epoch: u64) -> impl Fn(&AgentMessage) -> bool {
-    move |m| {
-        matches!(m, AgentMessage::Heartbeat { held } if held == &vec![HeldAttempt { attempt, epoch, running: true }])
-    }
+    move |m| matches!(m, AgentMessage::Heartbeat { held } if held == &vec![HeldAttempt { attempt, epoch, running: true }])
 }
 
 fn holding_nothing(m: &AgentMessage) -> bool {
@@ -32,7 +30,10 @@ async fn until_idle_without_outcome(session: &mut lem_net::AcceptedSession) {
             )
     })
     .await;
-    assert!(holding_nothing(&m), "an outcome of a stopped run was sent: {m:?}");
+    assert!(
+        holding_nothing(&m),
+        "an outcome of a stopped run was sent: {m:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,9 +52,18 @@ async fn unrenewed_leases_stop_cancel_stops_and_drain_refuses_new_work() {
     send(&mut session, &CoordinatorMessage::Lease(renewed)).await;
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
-        next_matching(&mut session, WAIT, "a heartbeat holding the renewed run", holding(21, 1)).await;
+        next_matching(
+            &mut session,
+            WAIT,
+            "a heartbeat holding the renewed run",
+            holding(21, 1),
+        )
+        .await;
         let renew = CoordinatorMessage::Renew {
-            attempts: vec![AttemptRef { attempt: 21, epoch: 1 }],
+            attempts: vec![AttemptRef {
+                attempt: 21,
+                epoch: 1,
+            }],
             ttl_ms: 3_000,
         };
         send(&mut session, &renew).await;
@@ -69,12 +79,25 @@ async fn unrenewed_leases_stop_cancel_stops_and_drain_refuses_new_work() {
     assert!(node.spool_files().is_empty());
 
     // Cancelled: stopped, nothing sent.
-    send(&mut session, &CoordinatorMessage::Lease(lease(22, 1, &gpu_a, long_run.clone()))).await;
-    next_matching(&mut session, WAIT, "a heartbeat holding the run", holding(22, 1)).await;
+    send(
+        &mut session,
+        &CoordinatorMessage::Lease(lease(22, 1, &gpu_a, long_run.clone())),
+    )
+    .await;
+    next_matching(
+        &mut session,
+        WAIT,
+        "a heartbeat holding the run",
+        holding(22, 1),
+    )
+    .await;
     send(
         &mut session,
         &CoordinatorMessage::Cancel {
-            attempt: AttemptRef { attempt: 22, epoch: 1 },
+            attempt: AttemptRef {
+                attempt: 22,
+                epoch: 1,
+            },
         },
     )
     .await;
@@ -83,7 +106,11 @@ async fn unrenewed_leases_stop_cancel_stops_and_drain_refuses_new_work() {
 
     // Drained: a new lease is rejected, saying so.
     send(&mut session, &CoordinatorMessage::Drain).await;
-    send(&mut session, &CoordinatorMessage::Lease(lease(23, 1, &gpu_a, long_run))).await;
+    send(
+        &mut session,
+        &CoordinatorMessage::Lease(lease(23, 1, &gpu_a, long_run)),
+    )
+    .await;
     let m = next_matching(&mut session, WAIT, "LeaseRejected", |m| {
         matches!(m, AgentMessage::LeaseRejected { .. })
     })
@@ -91,6 +118,12 @@ async fn unrenewed_leases_stop_cancel_stops_and_drain_refuses_new_work() {
     let AgentMessage::LeaseRejected { attempt, reason } = m else {
         unreachable!()
     };
-    assert_eq!(attempt, AttemptRef { attempt: 23, epoch: 1 });
+    assert_eq!(
+        attempt,
+        AttemptRef {
+            attempt: 23,
+            epoch: 1
+        }
+    );
     assert!(reason.contains("draining"), "{reason}");
 }

@@ -7,9 +7,7 @@ mod daemon_support;
 
 use daemon_support::*;
 use lem_agent::daemon::spool::{Spool, SpoolEntry, SpooledOutcome};
-use lem_common::wire::{
-    AckVerdict, AgentMessage, AttemptRef, CoordinatorMessage, HeldAttempt,
-};
+use lem_common::wire::{AckVerdict, AgentMessage, AttemptRef, CoordinatorMessage, HeldAttempt};
 use lem_net::Role;
 
 fn is_hello(m: &AgentMessage) -> bool {
@@ -44,7 +42,11 @@ async fn a_leased_result_is_spooled_and_resent_until_acknowledged() {
     assert_eq!(inventory.cpu_packages, vec!["rapl:node-a:package-0"]);
     assert!(held.is_empty() && lost.is_empty());
     assert!(
-        coordinator.book.snapshot().iter().all(|t| t.used_at_unix_ms.is_some()),
+        coordinator
+            .book
+            .snapshot()
+            .iter()
+            .all(|t| t.used_at_unix_ms.is_some()),
         "the join token was redeemed"
     );
 
@@ -53,7 +55,10 @@ async fn a_leased_result_is_spooled_and_resent_until_acknowledged() {
     let attempt = grant.attempt;
     send(&mut session, &CoordinatorMessage::Lease(grant.clone())).await;
     let first = next_matching(&mut session, RUN_WAIT, "the attempt's result", |m| {
-        matches!(m, AgentMessage::AttemptResult { .. } | AgentMessage::AttemptFailed { .. })
+        matches!(
+            m,
+            AgentMessage::AttemptResult { .. } | AgentMessage::AttemptFailed { .. }
+        )
     })
     .await;
     let AgentMessage::AttemptResult {
@@ -75,7 +80,11 @@ async fn a_leased_result_is_spooled_and_resent_until_acknowledged() {
         .map(|r| r.device_id.as_str())
         .collect();
     assert_eq!(gpu_ids, vec![GPU_B], "readings: {:?}", result.energy);
-    assert_eq!(node.spool_files(), vec!["7-3.msgpack"], "spooled, not acknowledged");
+    assert_eq!(
+        node.spool_files(),
+        vec!["7-3.msgpack"],
+        "spooled, not acknowledged"
+    );
     assert!(node.running_markers().is_empty(), "the run is over");
 
     // The stub withholds the Ack and drops the connection: the agent reconnects,
@@ -133,16 +142,26 @@ async fn a_leased_result_is_spooled_and_resent_until_acknowledged() {
         },
     )
     .await;
-    eventually(WAIT, "spool empty after the Ack", || node.spool_files().is_empty()).await;
-    next_matching(&mut session, WAIT, "a heartbeat holding nothing", |m| {
-        matches!(m, AgentMessage::Heartbeat { held } if held.is_empty())
+    eventually(WAIT, "spool empty after the Ack", || {
+        node.spool_files().is_empty()
     })
+    .await;
+    next_matching(
+        &mut session,
+        WAIT,
+        "a heartbeat holding nothing",
+        |m| matches!(m, AgentMessage::Heartbeat { held } if held.is_empty()),
+    )
     .await;
 
     // SIGTERM: a clean exit.
     agent.terminate();
     let status = agent.wait_exit(WAIT);
-    assert!(status.success(), "exit {status:?}; log:\n{}", agent.log_text());
+    assert!(
+        status.success(),
+        "exit {status:?}; log:\n{}",
+        agent.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +187,11 @@ async fn a_run_killed_mid_way_is_reported_lost_and_busy_devices_are_refused() {
     .await;
 
     // A second lease on the busy GPU, and one on a device this node lacks: rejected.
-    send(&mut session, &CoordinatorMessage::Lease(lease(12, 1, &gpu_a, config.clone()))).await;
+    send(
+        &mut session,
+        &CoordinatorMessage::Lease(lease(12, 1, &gpu_a, config.clone())),
+    )
+    .await;
     let rejected = next_matching(&mut session, WAIT, "LeaseRejected (busy)", |m| {
         matches!(m, AgentMessage::LeaseRejected { .. })
     })
@@ -176,9 +199,22 @@ async fn a_run_killed_mid_way_is_reported_lost_and_busy_devices_are_refused() {
     let AgentMessage::LeaseRejected { attempt, reason } = rejected else {
         unreachable!()
     };
-    assert_eq!(attempt, AttemptRef { attempt: 12, epoch: 1 });
-    assert!(reason.contains(&gpu_a) && reason.contains("busy"), "{reason}");
-    send(&mut session, &CoordinatorMessage::Lease(lease(13, 1, "gpu:GPU-elsewhere", config))).await;
+    assert_eq!(
+        attempt,
+        AttemptRef {
+            attempt: 12,
+            epoch: 1
+        }
+    );
+    assert!(
+        reason.contains(&gpu_a) && reason.contains("busy"),
+        "{reason}"
+    );
+    send(
+        &mut session,
+        &CoordinatorMessage::Lease(lease(13, 1, "gpu:GPU-elsewhere", config)),
+    )
+    .await;
     let rejected = next_matching(&mut session, WAIT, "LeaseRejected (unknown)", |m| {
         matches!(m, AgentMessage::LeaseRejected { .. })
     })
@@ -207,9 +243,11 @@ async fn a_run_killed_mid_way_is_reported_lost_and_busy_devices_are_refused() {
             running: true
         }]
     );
-    eventually(WAIT, "the lost run's marker removed after the Hello", || {
-        node.running_markers().is_empty()
-    })
+    eventually(
+        WAIT,
+        "the lost run's marker removed after the Hello",
+        || node.running_markers().is_empty(),
+    )
     .await;
 }
 
@@ -226,13 +264,20 @@ async fn a_corrupt_spool_file_is_moved_aside_and_the_rest_resent() {
     // While it is down: one good entry (a failure outcome), one file of garbage.
     let spool = Spool::open(&node.data_dir()).unwrap();
     let good = SpoolEntry {
-        attempt: AttemptRef { attempt: 5, epoch: 1 },
+        attempt: AttemptRef {
+            attempt: 5,
+            epoch: 1,
+        },
         outcome: SpooledOutcome::Failed {
             error: "model not found on node-a".into(),
         },
     };
     spool.write(&good).unwrap();
-    std::fs::write(spool.dir().join("6-1.msgpack"), b"\xc1 definitely not msgpack").unwrap();
+    std::fs::write(
+        spool.dir().join("6-1.msgpack"),
+        b"\xc1 definitely not msgpack",
+    )
+    .unwrap();
 
     let mut agent = node.spawn(&coordinator.target, None, 2);
     let mut session = coordinator.session().await;
@@ -257,7 +302,11 @@ async fn a_corrupt_spool_file_is_moved_aside_and_the_rest_resent() {
     assert_eq!(node.spool_files(), vec!["5-1.msgpack"]);
     let corrupt = files_in(&spool.dir().join("corrupt"));
     assert_eq!(corrupt, vec!["6-1.msgpack", "6-1.msgpack.reason"]);
-    assert!(agent.log_text().contains("moved aside"), "log:\n{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("moved aside"),
+        "log:\n{}",
+        agent.log_text()
+    );
 
     agent.terminate();
     assert!(agent.wait_exit(WAIT).success());

@@ -74,7 +74,10 @@ fn runner_index(info: &GpuInfo, cuda_visible: Option<&str>) -> Option<u32> {
 
 fn gpu_entry(info: &GpuInfo) -> Option<Gpu> {
     let Some(uuid) = &info.uuid else {
-        tracing::warn!(index = info.index, "GPU left out of the inventory: NVML gave no UUID");
+        tracing::warn!(
+            index = info.index,
+            "GPU left out of the inventory: NVML gave no UUID"
+        );
         return None;
     };
     let mig_enabled = info.mig_mode.as_ref().is_some_and(|m| m.current);

@@ -241,8 +241,7 @@ impl Jobs {
             disown(job, Disowned::Shutdown);
         }
         let deadline = Instant::now() + wait;
-        while self.running.values().any(|j| !j.thread.is_finished()) && Instant::now() < deadline
-        {
+        while self.running.values().any(|j| !j.thread.is_finished()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         let left = self
@@ -309,7 +308,10 @@ impl JobThread {
         let spooled = match self.disowned.load(Ordering::SeqCst) {
             d if d == Disowned::Shutdown as u8 => None,
             d if d == Disowned::NotOurs as u8 => {
-                tracing::info!(attempt = attempt.attempt, "run over; its outcome is dropped (no longer ours)");
+                tracing::info!(
+                    attempt = attempt.attempt,
+                    "run over; its outcome is dropped (no longer ours)"
+                );
                 self.clear_marker();
                 None
             }

@@ -160,7 +160,12 @@ fn start_agent(
     );
     tracing::info!(
         gpus = devices.inventory.gpus.len(),
-        mig_slices = devices.inventory.gpus.iter().map(|g| g.mig_slices.len()).sum::<usize>(),
+        mig_slices = devices
+            .inventory
+            .gpus
+            .iter()
+            .map(|g| g.mig_slices.len())
+            .sum::<usize>(),
         cpu_packages = devices.inventory.cpu_packages.len(),
         spooled = spooled.len(),
         lost = lost.len(),

@@ -116,7 +116,10 @@ mod tests {
     #[test]
     fn unknown_empty_and_mig_leases_are_refused_in_words() {
         let err = place(&lease(&["gpu:GPU-z"]), &directory()).unwrap_err();
-        assert!(err.contains("gpu:GPU-z") && err.contains("not on this node"), "{err}");
+        assert!(
+            err.contains("gpu:GPU-z") && err.contains("not on this node"),
+            "{err}"
+        );
         assert!(place(&lease(&[]), &directory()).is_err());
         let err = place(&lease(&["mig:MIG-x"]), &directory()).unwrap_err();
         assert!(err.contains("mig:MIG-x"), "{err}");

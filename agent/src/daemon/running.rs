@@ -76,8 +76,14 @@ mod tests {
     fn markers_outlive_the_process_until_cleared() {
         let data = tempfile::tempdir().unwrap();
         let markers = RunningMarkers::open(data.path()).unwrap();
-        let a = AttemptRef { attempt: 12, epoch: 4 };
-        let b = AttemptRef { attempt: 3, epoch: 1 };
+        let a = AttemptRef {
+            attempt: 12,
+            epoch: 4,
+        };
+        let b = AttemptRef {
+            attempt: 3,
+            epoch: 1,
+        };
         markers.mark(a).unwrap();
         markers.mark(b).unwrap();
         std::fs::write(markers.dir().join("junk"), b"").unwrap();

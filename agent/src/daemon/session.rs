@@ -219,7 +219,9 @@ impl Agent {
                     Ok(()) => {
                         self.spooled.remove(&attempt);
                     }
-                    Err(error) => tracing::error!(%error, "cannot delete an acknowledged spool entry"),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot delete an acknowledged spool entry")
+                    }
                 }
                 tracing::info!(attempt = attempt.attempt, ?verdict, "outcome acknowledged");
             }

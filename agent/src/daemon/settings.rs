@@ -323,7 +323,10 @@ pub fn resolve(
             .map(|p| PathBuf::from(p.0)),
         powercap_root: layers
             .text(&POWERCAP_ROOT, &flags.powercap_root)
-            .map_or_else(|| PathBuf::from("/sys/class/powercap"), |p| PathBuf::from(p.0)),
+            .map_or_else(
+                || PathBuf::from("/sys/class/powercap"),
+                |p| PathBuf::from(p.0),
+            ),
     })
 }
 

@@ -113,9 +113,7 @@ impl Node {
         let lib = dir.path().join("libnvidia-ml.so.1");
         std::fs::copy(support::build_fake_nvml(), &lib).unwrap();
         let scenario = dir.path().join("scenario.json");
-        let gpu = |uuid: &str| {
-            serde_json::json!({ "name": GPU_MODEL, "uuid": uuid, "power": [[0.0, 200.0]] })
-        };
+        let gpu = |uuid: &str| serde_json::json!({ "name": GPU_MODEL, "uuid": uuid, "power": [[0.0, 200.0]] });
         let s = serde_json::json!({ "driver_version": "550.54.15",
             "gpus": [gpu(GPU_A), gpu(GPU_B)] });
         std::fs::write(&scenario, s.to_string()).unwrap();
@@ -144,7 +142,12 @@ impl Node {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--heartbeat-interval-ms", "500"])
-            .args(["--reconnect-initial-ms", "100", "--reconnect-max-ms", "1000"])
+            .args([
+                "--reconnect-initial-ms",
+                "100",
+                "--reconnect-max-ms",
+                "1000",
+            ])
             .env_remove("LEM_DATA_DIR")
             .env_remove("LEM_AGENT_DATA_DIR")
             .env_remove("LEM_JOIN_TOKEN")
