@@ -127,3 +127,42 @@ async fn unrenewed_leases_stop_cancel_stops_and_drain_refuses_new_work() {
     );
     assert!(reason.contains("draining"), "{reason}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_cannot_be_renewed_while_disconnected_is_stopped() {
+    let node = Node::new();
+    let long_run = node.config("num_input_prompts: 500\nmax_output_tokens: 64\n");
+    let mut coordinator = Coordinator::start();
+    let agent = node.spawn(&coordinator.target, Some(&coordinator.token()), 1);
+    let mut session = coordinator.session().await;
+    next_matching(&mut session, WAIT, "Hello", is_hello).await;
+    let mut grant = lease(31, 1, &format!("gpu:{GPU_A}"), long_run);
+    grant.ttl_ms = 3_000;
+    send(&mut session, &CoordinatorMessage::Lease(grant)).await;
+    next_matching(
+        &mut session,
+        WAIT,
+        "a heartbeat holding the run",
+        holding(31, 1),
+    )
+    .await;
+
+    // The coordinator goes away: no session, no renewal. The run must stop by itself.
+    coordinator.server.close();
+    drop(session);
+    eventually(
+        WAIT,
+        "the unrenewable run stopped and its marker removed",
+        || node.running_markers().is_empty(),
+    )
+    .await;
+    assert!(
+        node.spool_files().is_empty(),
+        "its outcome is not ours to send"
+    );
+    assert!(
+        agent.log_text().contains("lease expired"),
+        "log:\n{}",
+        agent.log_text()
+    );
+}

@@ -32,6 +32,9 @@ use tokio::sync::watch;
 /// How long a shutdown waits for stopped runs to return.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 
+/// How often leases are checked for expiry while no session is up.
+const EXPIRY_CHECK: Duration = Duration::from_millis(500);
+
 /// Runs the agent until SIGTERM/SIGINT (Ok) or an error it cannot retry.
 pub fn run(settings: Settings) -> Result<(), DaemonError> {
     create_private_dir(&settings.data_dir)?;
@@ -89,8 +92,9 @@ async fn serve(settings: Settings, mut shutdown: watch::Receiver<bool>) -> Resul
         if *shutdown.borrow() {
             break;
         }
+        let connect = lem_net::connect(&target, &credential, Alpn::Agent, &options);
         let connected = tokio::select! {
-            connected = lem_net::connect(&target, &credential, Alpn::Agent, &options) => connected,
+            connected = expiring_leases(&mut agent.jobs, connect) => connected,
             _ = shutdown.changed() => break,
         };
         match connected {
@@ -120,13 +124,26 @@ async fn serve(settings: Settings, mut shutdown: watch::Receiver<bool>) -> Resul
         }
         let delay = backoff.next_delay();
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = expiring_leases(&mut agent.jobs, tokio::time::sleep(delay)) => {}
             _ = shutdown.changed() => break,
         }
     }
     tokio::task::block_in_place(|| agent.jobs.shut_down(SHUTDOWN_WAIT));
     tracing::info!(agent = %agent_id, "stopped");
     Ok(())
+}
+
+/// Runs `future` while stopping runs whose lease ran out: without a session nothing
+/// renews them, and a lease not renewed in time is no longer ours.
+async fn expiring_leases<F: std::future::Future>(jobs: &mut Jobs, future: F) -> F::Output {
+    let mut tick = tokio::time::interval(EXPIRY_CHECK);
+    tokio::pin!(future);
+    loop {
+        tokio::select! {
+            output = &mut future => return output,
+            _ = tick.tick() => jobs.expire(std::time::Instant::now()),
+        }
+    }
 }
 
 /// The agent's state at start: inventory, spool, and the runs a previous process of it
