@@ -41,6 +41,7 @@ fn help_names_every_flag_and_its_variable() {
         ("--max-connect-attempts", "LEM_MAX_CONNECT_ATTEMPTS"),
         ("--nvml-lib", "LEM_NVML_LIB"),
         ("--powercap-root", "LEM_POWERCAP_ROOT"),
+        ("--metrics-listen", "LEM_AGENT_METRICS_LISTEN"),
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
         assert!(help.contains(var), "--help lacks {var}:\n{help}");

@@ -28,6 +28,11 @@ pub enum DaemonError {
         target: String,
         last: NetError,
     },
+    #[error("cannot serve metrics on {addr} (--metrics-listen): {source}")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot install the SIGTERM/SIGINT handler: {0}")]

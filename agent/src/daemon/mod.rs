@@ -11,6 +11,7 @@ pub mod durable;
 pub mod error;
 pub mod inventory;
 pub mod jobs;
+pub mod metrics;
 pub mod placement;
 pub mod running;
 pub mod session;
@@ -87,6 +88,21 @@ async fn serve(settings: Settings, mut shutdown: watch::Receiver<bool>) -> Resul
     tracing::info!(agent = %agent_id, coordinator = %target, "enrolled");
 
     let (mut agent, mut finished) = start_agent(&settings)?;
+    if let Some(listen) = settings.metrics_listen {
+        let reader = metrics::GpuReader::open(settings.nvml_lib.clone());
+        let bound = metrics::serve(
+            listen,
+            settings.node_name.clone(),
+            reader,
+            agent.gauges.clone(),
+        )
+        .await
+        .map_err(|source| DaemonError::MetricsListen {
+            addr: listen,
+            source,
+        })?;
+        tracing::info!("metrics listening on http://{bound}/metrics");
+    }
     let mut failures = 0u32;
     loop {
         if *shutdown.borrow() {
@@ -207,6 +223,7 @@ fn start_agent(
         draining: false,
         heartbeat_interval: settings.heartbeat_interval,
         shortest_ttl: None,
+        gauges: Default::default(),
     };
     Ok((agent, finished))
 }

@@ -39,6 +39,8 @@ pub struct Agent {
     pub heartbeat_interval: Duration,
     /// The shortest lease TTL seen: heartbeats come at least three times per TTL.
     pub shortest_ttl: Option<Duration>,
+    /// What the metrics endpoint shows.
+    pub gauges: std::sync::Arc<super::metrics::AgentGauges>,
 }
 
 impl Agent {
@@ -48,6 +50,16 @@ impl Agent {
             None => self.heartbeat_interval,
         };
         period.max(MIN_HEARTBEAT)
+    }
+
+    /// Keeps the metrics endpoint's view current.
+    fn publish(&self, connected: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let g = &self.gauges;
+        g.connected.store(connected, Relaxed);
+        g.draining.store(self.draining, Relaxed);
+        g.jobs_running.store(self.jobs.held().len() as u64, Relaxed);
+        g.spooled.store(self.spooled.len() as u64, Relaxed);
     }
 
     fn held(&self) -> Vec<HeldAttempt> {
@@ -91,6 +103,7 @@ impl Agent {
             .session_loop(&mut send, &mut incoming, finished, shutdown)
             .await;
         reader.abort();
+        self.publish(false);
         if matches!(end, SessionEnd::Shutdown) {
             connection.close(lem_net::close_code::DONE, "agent shutting down");
             connection.wait_idle(Duration::from_secs(2)).await;
@@ -117,6 +130,7 @@ impl Agent {
         }
         let mut next_beat = Instant::now() + self.heartbeat_period();
         loop {
+            self.publish(true);
             if *shutdown.borrow() {
                 return SessionEnd::Shutdown;
             }

@@ -61,6 +61,11 @@ pub struct Flags {
     /// (env LEM_POWERCAP_ROOT).
     #[arg(long, value_name = "DIR")]
     pub powercap_root: Option<String>,
+    /// Serve Prometheus metrics (GPU power, energy counter, temperature; job state) at
+    /// http://ADDR/metrics, e.g. 127.0.0.1:9400; off by default
+    /// (env LEM_AGENT_METRICS_LISTEN).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// One setting: its flag, the variables read for it (first set wins) and its key in the
@@ -122,6 +127,12 @@ const POWERCAP_ROOT: Setting = Setting {
     key: "powercap_root",
 };
 
+const METRICS_LISTEN: Setting = Setting {
+    flag: "--metrics-listen",
+    envs: &["LEM_AGENT_METRICS_LISTEN"],
+    key: "metrics_listen",
+};
+
 /// Keys a config file may hold.
 const FILE_KEYS: &[&str] = &[
     COORDINATOR.key,
@@ -134,6 +145,7 @@ const FILE_KEYS: &[&str] = &[
     MAX_CONNECT_ATTEMPTS.key,
     NVML_LIB.key,
     POWERCAP_ROOT.key,
+    METRICS_LISTEN.key,
 ];
 
 /// The agent's settings, resolved.
@@ -150,6 +162,8 @@ pub struct Settings {
     pub max_connect_attempts: Option<u32>,
     pub nvml_lib: Option<PathBuf>,
     pub powercap_root: PathBuf,
+    /// Where to serve `/metrics`; `None`: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Error)]
@@ -309,7 +323,13 @@ pub fn resolve(
             "a whole number of attempts",
         )?
         .filter(|&n| n > 0);
+    let metrics_listen = layers.parsed(
+        &METRICS_LISTEN,
+        &flags.metrics_listen,
+        "an address to listen on, IP:PORT",
+    )?;
     Ok(Settings {
+        metrics_listen,
         coordinator: coordinator.0,
         join_token: layers.text(&JOIN_TOKEN, &flags.join_token).map(|t| t.0),
         data_dir: PathBuf::from(data_dir.0),

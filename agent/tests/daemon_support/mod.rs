@@ -26,6 +26,10 @@ pub const RUN_WAIT: Duration = Duration::from_secs(420);
 pub const GPU_A: &str = "GPU-0000a000-0000-4000-8000-000000000001";
 pub const GPU_B: &str = "GPU-0000b000-0000-4000-8000-000000000002";
 pub const GPU_MODEL: &str = "NVIDIA H100 80GB HBM3";
+/// The fake GPUs' constant readings.
+pub const GPU_POWER_W: f64 = 200.0;
+pub const GPU_TEMPERATURE_C: u32 = 41;
+pub const GPU_ENERGY_START_MJ: u64 = 5_000_000;
 
 pub struct Coordinator {
     pub ca: Arc<ClusterCa>,
@@ -113,7 +117,10 @@ impl Node {
         let lib = dir.path().join("libnvidia-ml.so.1");
         std::fs::copy(support::build_fake_nvml(), &lib).unwrap();
         let scenario = dir.path().join("scenario.json");
-        let gpu = |uuid: &str| serde_json::json!({ "name": GPU_MODEL, "uuid": uuid, "power": [[0.0, 200.0]] });
+        let gpu = |uuid: &str| {
+            serde_json::json!({ "name": GPU_MODEL, "uuid": uuid, "power": [[0.0, GPU_POWER_W]],
+                "temperature_c": [[0.0, GPU_TEMPERATURE_C]], "energy_start_mj": GPU_ENERGY_START_MJ })
+        };
         let s = serde_json::json!({ "driver_version": "550.54.15",
             "gpus": [gpu(GPU_A), gpu(GPU_B)] });
         std::fs::write(&scenario, s.to_string()).unwrap();
@@ -135,6 +142,11 @@ impl Node {
 
     /// Starts `lem-agent` against `target`; its log goes to `agent-<n>.log`.
     pub fn spawn(&self, target: &str, token: Option<&str>, n: u32) -> Agent {
+        self.spawn_with(target, token, n, &[])
+    }
+
+    /// [`Node::spawn`] with extra arguments.
+    pub fn spawn_with(&self, target: &str, token: Option<&str>, n: u32, extra: &[&str]) -> Agent {
         let log_path = self.dir.path().join(format!("agent-{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lem-agent"));
@@ -163,6 +175,7 @@ impl Node {
         if let Some(token) = token {
             cmd.args(["--join-token", token]);
         }
+        cmd.args(extra);
         Agent {
             child: cmd.spawn().unwrap(),
             log: log_path,
