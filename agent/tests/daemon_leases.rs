@@ -166,3 +166,49 @@ async fn a_lease_that_cannot_be_renewed_while_disconnected_is_stopped() {
         agent.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_that_does_not_parse_is_the_attempts_spooled_failure() {
+    let node = Node::new();
+    let mut coordinator = Coordinator::start();
+    let _agent = node.spawn(&coordinator.target, Some(&coordinator.token()), 1);
+    let mut session = coordinator.session().await;
+    next_matching(&mut session, WAIT, "Hello", is_hello).await;
+
+    let bad = serde_json::json!({ "config_name": 7 });
+    send(
+        &mut session,
+        &CoordinatorMessage::Lease(lease(41, 2, &format!("gpu:{GPU_B}"), bad)),
+    )
+    .await;
+    let m = next_matching(&mut session, WAIT, "AttemptFailed", |m| {
+        matches!(m, AgentMessage::AttemptFailed { .. })
+    })
+    .await;
+    let AgentMessage::AttemptFailed { attempt, error } = m else {
+        unreachable!()
+    };
+    let attempt_ref = AttemptRef {
+        attempt: 41,
+        epoch: 2,
+    };
+    assert_eq!(attempt, attempt_ref);
+    assert!(error.contains("does not parse"), "{error}");
+    assert_eq!(
+        node.spool_files(),
+        vec!["41-2.msgpack"],
+        "spooled before sent"
+    );
+    send(
+        &mut session,
+        &CoordinatorMessage::Ack {
+            attempt: attempt_ref,
+            verdict: lem_common::wire::AckVerdict::FailureRecorded,
+        },
+    )
+    .await;
+    eventually(WAIT, "spool empty after the Ack", || {
+        node.spool_files().is_empty()
+    })
+    .await;
+}

@@ -120,9 +120,14 @@ impl Jobs {
                 other.attempt, other.epoch
             ));
         }
-        let mut config: ExperimentConfig = serde_json::from_value(lease.config.clone())
-            .map_err(|e| format!("the leased config does not parse: {e}"))?;
-        placement::apply(&placement, &mut config);
+        // A config this build cannot read is the attempt's failure, reported like any
+        // other (as embedded mode does), not a rejection that another agent would repeat.
+        let config = serde_json::from_value::<ExperimentConfig>(lease.config.clone())
+            .map_err(|e| format!("the leased config does not parse: {e}"))
+            .map(|mut config| {
+                placement::apply(&placement, &mut config);
+                config
+            });
         self.env
             .markers
             .mark(lease.attempt)
@@ -133,7 +138,7 @@ impl Jobs {
         let runner = self.runners.remove(&devices).unwrap_or_default();
         let stop = Arc::new(AtomicBool::new(false));
         let disowned = Arc::new(AtomicU8::new(Disowned::No as u8));
-        let job = JobSpec {
+        let job = config.map(|config| JobSpec {
             experiment_id: lease.experiment_name.clone(),
             job_key: lease.job_key.clone(),
             cycle: lease.cycle,
@@ -141,7 +146,7 @@ impl Jobs {
             attempt: lease.attempt.attempt as u32,
             config,
             cli_overrides: BTreeMap::new(),
-        };
+        });
         let ctx = RunContext {
             resolve: self.env.resolve.clone(),
             powercap_root: self.env.powercap_root.clone(),
@@ -286,7 +291,8 @@ fn claimed(lease: &LeaseGrant) -> BTreeMap<String, ClaimMode> {
 /// One run on its own thread.
 struct JobThread {
     attempt: AttemptRef,
-    job: JobSpec,
+    /// The job, or why the lease could not become one.
+    job: Result<JobSpec, String>,
     ctx: RunContext,
     runner: JobRunner,
     devices: Vec<String>,
@@ -298,11 +304,36 @@ struct JobThread {
 
 impl JobThread {
     fn run(mut self) {
-        let outcome = match self.runner.run(&self.job, &self.ctx, &mut NoProgress) {
-            Ok(result) => SpooledOutcome::Result(Box::new(result)),
+        let outcome = match &self.job {
             Err(error) => SpooledOutcome::Failed {
-                error: error.to_string(),
+                error: error.clone(),
             },
+            Ok(job) => {
+                let runner = &mut self.runner;
+                let ctx = &self.ctx;
+                // A panic must not leave the attempt held forever: it is the attempt's
+                // failure, and the runner (its state unknown) is replaced.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    runner.run(job, ctx, &mut NoProgress)
+                }));
+                match run {
+                    Ok(Ok(result)) => SpooledOutcome::Result(Box::new(result)),
+                    Ok(Err(error)) => SpooledOutcome::Failed {
+                        error: error.to_string(),
+                    },
+                    Err(panic) => {
+                        self.runner = JobRunner::default();
+                        let what = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "no message".into());
+                        SpooledOutcome::Failed {
+                            error: format!("the runner panicked: {what}"),
+                        }
+                    }
+                }
+            }
         };
         let attempt = self.attempt;
         let spooled = match self.disowned.load(Ordering::SeqCst) {
