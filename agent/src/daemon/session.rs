@@ -45,11 +45,7 @@ pub struct Agent {
 
 impl Agent {
     fn heartbeat_period(&self) -> Duration {
-        let period = match self.shortest_ttl {
-            Some(ttl) => self.heartbeat_interval.min(ttl / 3),
-            None => self.heartbeat_interval,
-        };
-        period.max(MIN_HEARTBEAT)
+        heartbeat_period(self.heartbeat_interval, self.shortest_ttl)
     }
 
     /// Keeps the metrics endpoint's view current.
@@ -256,6 +252,31 @@ impl Agent {
     }
 }
 
+/// The configured interval, but at least three heartbeats per lease TTL, and never
+/// faster than [`MIN_HEARTBEAT`].
+fn heartbeat_period(interval: Duration, shortest_ttl: Option<Duration>) -> Duration {
+    let period = match shortest_ttl {
+        Some(ttl) => interval.min(ttl / 3),
+        None => interval,
+    };
+    period.max(MIN_HEARTBEAT)
+}
+
 async fn send_message(send: &mut FramedSend, message: &AgentMessage) -> Result<(), String> {
     send.send(message).await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_come_three_times_per_ttl_at_least() {
+        let ms = Duration::from_millis;
+        assert_eq!(heartbeat_period(ms(5_000), None), ms(5_000));
+        assert_eq!(heartbeat_period(ms(5_000), Some(ms(30_000))), ms(5_000));
+        // A 6 s lease: every 2 s, not every 5 s.
+        assert_eq!(heartbeat_period(ms(5_000), Some(ms(6_000))), ms(2_000));
+        assert_eq!(heartbeat_period(ms(5_000), Some(ms(30))), MIN_HEARTBEAT);
+    }
 }
