@@ -1,6 +1,7 @@
 //! Lease lifetime on the real `lem-agent`: a lease not renewed before its TTL is stopped
 //! (it is no longer ours: no outcome is sent), renewals keep a run going, a Cancel stops
-//! its run, and after Drain new leases are rejected.
+//! its run, after Drain new leases are rejected, an unreadable config is a spooled
+//! failure, and leases on different GPUs both run, each metering its own GPU.
 
 mod daemon_support;
 
@@ -211,4 +212,47 @@ async fn a_config_that_does_not_parse_is_the_attempts_spooled_failure() {
         node.spool_files().is_empty()
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_on_different_gpus_both_run_and_each_meters_its_own() {
+    let node = Node::new();
+    let quick = node.config("num_input_prompts: 2\nmax_output_tokens: 8\n");
+    let mut coordinator = Coordinator::start();
+    let agent = node.spawn(&coordinator.target, Some(&coordinator.token()), 1);
+    let mut session = coordinator.session().await;
+    next_matching(&mut session, WAIT, "Hello", is_hello).await;
+
+    let on_a = lease(51, 1, &format!("gpu:{GPU_A}"), quick.clone());
+    let on_b = lease(52, 1, &format!("gpu:{GPU_B}"), quick);
+    send(&mut session, &CoordinatorMessage::Lease(on_a)).await;
+    send(&mut session, &CoordinatorMessage::Lease(on_b)).await;
+
+    let mut results = std::collections::BTreeMap::new();
+    while results.len() < 2 {
+        let m = next_matching(&mut session, RUN_WAIT, "both outcomes", |m| {
+            matches!(
+                m,
+                AgentMessage::AttemptResult { .. }
+                    | AgentMessage::AttemptFailed { .. }
+                    | AgentMessage::LeaseRejected { .. }
+            )
+        })
+        .await;
+        let AgentMessage::AttemptResult { attempt, result } = m else {
+            panic!("{m:?}\nlog:\n{}", agent.log_text());
+        };
+        let gpus: Vec<String> = result
+            .energy
+            .iter()
+            .filter(|r| r.device_id.starts_with("GPU-"))
+            .map(|r| r.device_id.clone())
+            .collect();
+        results.insert(attempt.attempt, gpus);
+    }
+    assert_eq!(results[&51], vec![GPU_A.to_owned()]);
+    assert_eq!(results[&52], vec![GPU_B.to_owned()]);
+    let mut spooled = node.spool_files();
+    spooled.sort();
+    assert_eq!(spooled, vec!["51-1.msgpack", "52-1.msgpack"]);
 }
