@@ -1,6 +1,7 @@
 //! lem-agent: owns a node's devices, runs inference jobs and meters their energy.
 
 pub mod convert;
+pub mod daemon;
 pub mod engine;
 pub mod hub;
 pub mod meter;

@@ -9,7 +9,7 @@ use crate::domain::RawResult;
 use serde::{Deserialize, Serialize};
 
 /// One attempt of one job, with the fencing epoch of its lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AttemptRef {
     pub attempt: u64,
     pub epoch: u64,
