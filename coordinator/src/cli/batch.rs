@@ -109,7 +109,7 @@ pub fn run_batch(data_dir: &Path, args: BatchArgs) -> Result<Outcome, CliError> 
         summaries: Vec::new(),
     };
     let mut on_done = |id: &str, multi: &MultiProgress| finisher.done(id, multi);
-    let mut display = RunDisplay::new(shown, parallel, &mut on_done);
+    let mut display = RunDisplay::new(shown, parallel, &mut on_done).with_overall(total);
     let rec_refs: Vec<&ExperimentRecord> = recs.iter().collect();
     let report = drive::drive(
         &store,

@@ -36,8 +36,9 @@ pub(super) fn metered_devices(
 }
 
 /// Sweeps of stored experiments, in order: one for each run of consecutive experiments
-/// with the same number of cycles (a sweep has one cycle count), so the order given is
-/// the order of the jobs. `token` makes each submission's idempotency token.
+/// with the same number of cycles (a sweep has one cycle count) and distinct configs (a
+/// config given twice would repeat job keys within a sweep), so the order given is the
+/// order of the jobs. `token` makes each submission's idempotency token.
 pub(super) fn submissions(
     token: &str,
     name: &str,
@@ -50,8 +51,11 @@ pub(super) fn submissions(
             config: rec.effective_config.clone(),
             needs: pinned_needs(&rec.id, metered),
         };
+        let fits = |s: &SweepSubmission| {
+            s.cycles == rec.num_cycles && s.experiments.iter().all(|e| e.config != exp.config)
+        };
         match out.last_mut() {
-            Some(s) if s.cycles == rec.num_cycles => s.experiments.push(exp),
+            Some(s) if fits(s) => s.experiments.push(exp),
             _ => out.push(SweepSubmission {
                 idempotency_token: format!("{token}/{}", out.len()),
                 name: name.to_string(),
@@ -103,4 +107,72 @@ pub(super) fn drive(
         RunFailure::Store(e) => CliError::Store(e),
         other => CliError::failure(other.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_fixtures::resolved_config;
+
+    fn record(id: &str, model: &str, cycles: u32) -> ExperimentRecord {
+        let mut resolved = resolved_config(model);
+        resolved.config.num_cycles = cycles;
+        let cfg = &resolved.config;
+        ExperimentRecord {
+            id: id.into(),
+            config_name: cfg.config_name.clone(),
+            model_name: cfg.model_name.clone(),
+            config_fingerprint: String::new(),
+            effective_config: cfg.to_json(),
+            cli_overrides: Default::default(),
+            num_cycles: cycles,
+            status: crate::store::ExperimentStatus::Running,
+            created_at: String::new(),
+            updated_at: String::new(),
+            pid: 0,
+            hostname: String::new(),
+            error: None,
+            error_chain: Vec::new(),
+            origin: String::new(),
+            until_ci: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_one_sweep_unless_cycle_counts_change_or_a_config_repeats() {
+        let same = [record("e1", "m1", 2), record("e2", "m2", 2)];
+        let pairs: Vec<_> = same.iter().map(|r| (r, &[][..])).collect();
+        let subs = submissions("batch/e1", "batch of 2", &pairs);
+        assert_eq!(subs.len(), 1);
+        let names: Vec<&str> = subs[0]
+            .experiments
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!((names, subs[0].cycles), (vec!["e1", "e2"], 2));
+
+        // 2 cycles, 3 cycles, then m1 again at 3 cycles, then m1 once more: the order
+        // given is kept, each sweep has one cycle count and distinct configs.
+        let mixed = [
+            record("e1", "m1", 2),
+            record("e2", "m2", 3),
+            record("e3", "m1", 3),
+            record("e4", "m1", 3),
+        ];
+        let pairs: Vec<_> = mixed.iter().map(|r| (r, &[][..])).collect();
+        let subs = submissions("t", "n", &pairs);
+        let shape: Vec<(Vec<&str>, u32)> = subs
+            .iter()
+            .map(|s| {
+                let names = s.experiments.iter().map(|e| e.name.as_str()).collect();
+                (names, s.cycles)
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [(vec!["e1"], 2), (vec!["e2", "e3"], 3), (vec!["e4"], 3)]
+        );
+        let tokens: Vec<&str> = subs.iter().map(|s| s.idempotency_token.as_str()).collect();
+        assert_eq!(tokens, ["t/0", "t/1", "t/2"]);
+    }
 }

@@ -30,6 +30,8 @@ pub(super) struct Shown {
 pub(super) struct RunDisplay<'a> {
     pub multi: MultiProgress,
     bars: Vec<ProgressBar>,
+    /// `lem batch`'s count of finished experiments, under the runners' bars.
+    overall: Option<ProgressBar>,
     shown: Arc<BTreeMap<String, Shown>>,
     started: BTreeSet<String>,
     waits_said: BTreeSet<String>,
@@ -56,12 +58,26 @@ impl<'a> RunDisplay<'a> {
         Self {
             multi,
             bars,
+            overall: None,
             shown: Arc::new(shown),
             started: BTreeSet::new(),
             waits_said: BTreeSet::new(),
             explain_waits: runners > 1,
             on_done,
         }
+    }
+
+    /// Adds the batch's bar: `total` experiments, one step as each one's last cycle is
+    /// stored.
+    pub fn with_overall(mut self, total: usize) -> Self {
+        let overall = self.multi.add(ProgressBar::new(total as u64));
+        overall.set_style(
+            ProgressStyle::with_template("batch [{bar:20}] {pos}/{len} experiments done {elapsed}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        self.overall = Some(overall);
+        self
     }
 
     /// The progress display runner `i` drives from its own thread.
@@ -79,7 +95,7 @@ impl<'a> RunDisplay<'a> {
     }
 
     pub fn finish(&self) {
-        for bar in &self.bars {
+        for bar in self.bars.iter().chain(&self.overall) {
             bar.finish_and_clear();
         }
     }
@@ -119,6 +135,9 @@ impl RunObserver for RunDisplay<'_> {
     }
 
     fn experiment_done(&mut self, experiment: &str) {
+        if let Some(overall) = &self.overall {
+            overall.inc(1);
+        }
         (self.on_done)(experiment, &self.multi);
     }
 
