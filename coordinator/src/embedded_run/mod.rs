@@ -67,7 +67,8 @@ pub trait RunObserver {
     fn queue(&mut self, _running: &BTreeSet<String>, _waiting: &BTreeSet<String>) {}
 }
 
-/// The end of an embedded run: each driven experiment's end, by name.
+/// The end of an embedded run: each driven experiment's end, by name (none when the run
+/// was stopped before it could start).
 #[derive(Debug)]
 pub struct RunReport {
     pub sweeps: Vec<SweepId>,
@@ -84,7 +85,16 @@ pub fn run(
     stop: &AtomicBool,
     observer: &mut dyn RunObserver,
 ) -> Result<RunReport, RunFailure> {
-    let _lock = DriverLock::acquire(&store.data_dir, stop)?;
+    // Ctrl+C while another process holds the data dir: nothing ran, nothing to cancel.
+    let _lock = match DriverLock::acquire(&store.data_dir, stop) {
+        Err(LockError::Interrupted { .. }) => {
+            return Ok(RunReport {
+                sweeps: Vec::new(),
+                ends: BTreeMap::new(),
+            })
+        }
+        other => other?,
+    };
     let clock = MonotonicClock::starting_at(0);
     let mut link = ChannelLink::new();
     let (events_tx, events) = mpsc::channel();
