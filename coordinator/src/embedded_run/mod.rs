@@ -8,10 +8,12 @@
 mod lock;
 mod needs;
 mod outcome;
+mod raw_copy;
 
 pub use lock::{DriverLock, LockError, LOCK_FILE};
 pub use needs::{experiment_claim_key, pinned_needs};
 pub use outcome::{classify, ExperimentEnd};
+pub use raw_copy::{catch_up_raw_tree, copy_to_raw_tree, sweeps_of};
 
 use crate::driver::{
     drive_sweep, in_process_scheduler_config, spawn_local_agent, ChannelLink, Driver, DriverError,
@@ -211,12 +213,7 @@ fn submit_and_drive(
             agents,
             &mut seen_leases,
             observer,
-        )
-        .map_err(|e| match e {
-            RunFailure::Driver(d) => d,
-            RunFailure::Store(s) => DriverError::Store(s),
-            other => unreachable!("show fails on the store only: {other}"),
-        })?;
+        )?;
         if stop.load(Ordering::SeqCst) && !cancelled {
             cancelled = true;
             for sweep in &sweeps {
@@ -262,7 +259,7 @@ fn show(
     agents: &[AgentId],
     seen_leases: &mut BTreeSet<crate::scheduler::AttemptId>,
     observer: &mut dyn RunObserver,
-) -> Result<(), RunFailure> {
+) -> Result<(), StoreError> {
     let scheduler = driver.scheduler();
     let name_of = |sweep: SweepId, experiment: u32| {
         names
@@ -319,40 +316,4 @@ fn show(
         .collect();
     observer.queue(&running, &waiting);
     Ok(())
-}
-
-/// Stores an accepted result under its experiment in the `raw` tree, unless that cycle
-/// is there already (a stored cycle answered again, or a copy made before a restart).
-pub fn copy_to_raw_tree(store: &crate::store::Store, raw: &RawResult) -> Result<(), StoreError> {
-    if store.raw_cycles(&raw.experiment_id)?.contains(&raw.cycle) {
-        return Ok(());
-    }
-    store.put_raw(raw)
-}
-
-/// Copies every accepted result of `sweeps` that the `raw` tree lacks (a run killed
-/// between the two writes): called before a resume, so nothing accepted goes unseen.
-pub fn catch_up_raw_tree(store: &StoreHandle, sweeps: &[SweepId]) -> Result<(), StoreError> {
-    store.with(|s| {
-        for sweep in sweeps {
-            let Some(row) = s.sweep(*sweep)? else {
-                continue;
-            };
-            for accepted in s.accepted_results(&row)? {
-                copy_to_raw_tree(s, &accepted.raw)?;
-            }
-        }
-        Ok(())
-    })
-}
-
-/// The sweeps (oldest first) that hold `experiment`.
-pub fn sweeps_of(store: &StoreHandle, experiment: &str) -> Result<Vec<SweepId>, StoreError> {
-    store.with(|s| {
-        Ok(s.sweeps()?
-            .into_iter()
-            .filter(|r| r.experiment_names.iter().any(|n| n == experiment))
-            .map(|r| r.sweep)
-            .collect())
-    })
 }
