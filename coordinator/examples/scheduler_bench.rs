@@ -94,6 +94,7 @@ fn inventory(i: usize) -> Inventory {
             })
             .collect(),
         cpu_packages: vec![DeviceKey(format!("rapl:node{i}:package-0"))],
+        runner_slots: vec![],
     }
 }
 

@@ -1,12 +1,13 @@
-//! Embedded mode: the coordinator's experiment lifecycle and a local agent runner in one
-//! process. Creates experiment records, runs the cycles that have no result yet, commits
-//! each raw result (flushed) before reporting it, and aggregates late.
+//! Embedded mode's experiment records: creating them, their status, finding runs to
+//! resume, recording failures, and late aggregation from the `raw` tree. The cycles
+//! themselves run as sweeps on the driver (`crate::embedded_run`).
 
 use crate::aggregate::{aggregate_experiment, ExperimentAggregate};
+use crate::embedded_run::ExperimentEnd;
 use crate::store::{ExperimentRecord, ExperimentStatus, Store, StoreError};
-use lem_agent::runner::{JobRunner, RunContext, RunError, RunProgress};
+use lem_agent::runner::RunError;
 use lem_common::config::{ExperimentConfig, ResolvedConfig};
-use lem_common::domain::{fingerprint, job_key, JobSpec, RawResult};
+use lem_common::domain::fingerprint;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,6 +24,13 @@ pub enum EmbeddedError {
         id: String,
         cycle: u32,
         source: Box<RunError>,
+    },
+    /// A job failed without a runner error (the scheduler's account of it).
+    #[error("experiment {id} cycle {}: {message}", .cycle + 1)]
+    Job {
+        id: String,
+        cycle: u32,
+        message: String,
     },
     #[error("experiment {id}: stored config no longer parses: {source}")]
     StoredConfig {
@@ -254,58 +262,28 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
     chain
 }
 
-/// Reports each stored cycle to the caller (e.g. to print a line).
-pub trait CycleSink {
-    fn cycle_started(&mut self, _cycle: u32, _of: u32) {}
-    fn cycle_done(&mut self, _raw: &RawResult) {}
-    fn progress(&mut self) -> &mut dyn RunProgress;
-}
-
-/// Runs every cycle of `rec` that has no stored result. Each raw result is committed
-/// (flushed) before the next cycle starts; completed cycles are never re-run.
-pub fn run_pending_cycles(
-    store: &StoreHandle,
-    rec: &ExperimentRecord,
-    runner: &mut JobRunner,
-    ctx: &RunContext,
-    sink: &mut dyn CycleSink,
-) -> Result<(), EmbeddedError> {
-    let cfg: ExperimentConfig =
-        serde_json::from_value(rec.effective_config.clone()).map_err(|source| {
-            EmbeddedError::StoredConfig {
-                id: rec.id.clone(),
-                source,
-            }
-        })?;
-    let done = completed_cycles(store, &rec.id)?;
-    for cycle in 0..rec.num_cycles {
-        if done.contains(&cycle) {
-            continue;
-        }
-        let job = JobSpec {
-            experiment_id: rec.id.clone(),
-            job_key: job_key(&rec.effective_config, cycle),
-            cycle,
-            attempt: 0,
-            config: cfg.clone(),
-            cli_overrides: rec.cli_overrides.clone(),
-        };
-        sink.cycle_started(cycle, rec.num_cycles);
-        let raw = runner
-            .run(&job, ctx, sink.progress())
-            .map_err(|source| EmbeddedError::Run {
-                id: rec.id.clone(),
-                cycle,
-                source: Box::new(source),
-            })?;
-        store.with(|s| s.put_raw(&raw))?;
-        sink.cycle_done(&raw);
-    }
-    Ok(())
-}
-
-/// Aggregates an experiment from its stored raw results and stores the aggregate.
 impl EmbeddedError {
+    /// The error an experiment that did not finish ends with (`Finished` and
+    /// `Interrupted` are not errors; they read as an interruption here).
+    pub fn from_end(id: &str, end: ExperimentEnd) -> Self {
+        match end {
+            ExperimentEnd::Failed { cycle, error } => Self::Run {
+                id: id.to_string(),
+                cycle,
+                source: Box::new(error),
+            },
+            ExperimentEnd::FailedWithout { cycle, message } => Self::Job {
+                id: id.to_string(),
+                cycle,
+                message,
+            },
+            ExperimentEnd::Finished | ExperimentEnd::Interrupted => Self::Run {
+                id: id.to_string(),
+                cycle: 0,
+                source: Box::new(RunError::Interrupted),
+            },
+        }
+    }
     /// True when the run stopped because of Ctrl+C / SIGTERM.
     pub fn is_interrupted(&self) -> bool {
         matches!(self, Self::Run { source, .. } if matches!(**source, RunError::Interrupted))
@@ -316,6 +294,7 @@ impl EmbeddedError {
     }
 }
 
+/// Aggregates an experiment from its stored raw results and stores the aggregate.
 pub fn aggregate_and_store(
     store: &StoreHandle,
     rec: &ExperimentRecord,

@@ -2,11 +2,11 @@
 //! In embedded mode (the default) it drives a local `lem-agent` runner in-process.
 
 pub mod aggregate;
-pub mod batch_schedule;
 pub mod cli;
 pub mod driver;
 pub mod embedded;
 pub mod embedded_agent;
+pub mod embedded_run;
 pub mod export;
 pub mod pivot;
 pub mod report;

@@ -147,6 +147,8 @@ fn inventory_from_wire(inventory: wire::Inventory) -> Inventory {
             })
             .collect(),
         cpu_packages: inventory.cpu_packages.into_iter().map(DeviceKey).collect(),
+        // Networked agents take their placement from the lease: no runner slots.
+        runner_slots: Vec::new(),
     }
 }
 

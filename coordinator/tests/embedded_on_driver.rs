@@ -1,6 +1,7 @@
 //! Embedded mode's pieces composed on the scheduler: a real store, the driver, and the
 //! in-process agent running the real `JobRunner` (SmolLM2, two tokens) on its own
-//! thread. `lem experiment` does not go this way yet; this pins that it can.
+//! thread. `lem experiment` and `lem batch` go this way (`embedded_run`, tested in
+//! `embedded_sweeps.rs`); this pins the pieces alone.
 
 use lem_agent::hub::ResolveOptions;
 use lem_agent::runner::{JobRunner, RunContext};
@@ -71,6 +72,7 @@ fn a_sweep_runs_on_the_real_runner_through_the_driver_and_is_stored_once_per_cyc
     let inventory = Inventory {
         gpus: vec![],
         cpu_packages: vec![DeviceKey("rapl:local:package-0".into())],
+        runner_slots: vec![],
     };
     let thread = spawn_local_agent(
         agent.clone(),
@@ -108,16 +110,18 @@ fn a_sweep_runs_on_the_real_runner_through_the_driver_and_is_stored_once_per_cyc
     // Between two of the driver's operations another lem process can open the store
     // (`lem results list` in a second terminal).
     let mut reads = 0;
-    drive_sweep(&mut driver, &events, sweep, &clock, |_, _| {
+    drive_sweep(&mut driver, &events, &[sweep], &clock, |_, _| {
         let reader = Store::open_existing(&data_dir, Duration::from_secs(5));
         assert!(reader.is_ok(), "{:?}", reader.err());
         reads += 1;
+        Ok(())
     })
     .unwrap();
     assert!(reads >= 2, "one read after each result at least");
     driver.link_mut().disconnect(&agent);
     let executor = thread.join().unwrap();
-    assert!(executor.errors.is_empty(), "{:?}", executor.errors);
+    let errors = executor.shared.errors.lock().unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
 
     for j in driver.scheduler().jobs() {
         assert!(matches!(j.status, JobStatus::Accepted(_)), "{j:?}");

@@ -1,30 +1,26 @@
-//! `lem batch`: validate every config, then run the experiments in the order given,
-//! `--parallel N` at a time where their metered devices are disjoint
-//! ([`crate::batch_schedule`]), with a progress display for the batch.
+//! `lem batch`: validate every config, store an experiment record for each, and run
+//! them as ONE sweep on the embedded driver with `--parallel N` in-process runners. The
+//! scheduler never runs two jobs on one metered device, so experiments that share a
+//! device run one after another whatever `--parallel` says, and the batch says so.
 //!
 //! Sequential output is the experiment's own (`[2/4] path`, cycle lines, summary).
 //! Under `--parallel` every line starts with its experiment (`[2/4 b.yaml]`) and the
 //! summaries are printed one after another when the batch ends, so they never interleave.
 
-use super::experiment::{preflight, resolve_config, stop_flag, to_cli_overrides, CliSink};
+use super::drive;
+use super::experiment::{preflight, resolve_config, stop_flag, to_cli_overrides};
+use super::run_display::{RunDisplay, Shown};
 use super::{lem_hint, BatchArgs, CliError, Outcome};
 use crate::aggregate::ExperimentAggregate;
-use crate::batch_schedule::{BatchSchedule, Turn};
-use crate::embedded::{self, StoreHandle};
+use crate::embedded::{self, EmbeddedError, StoreHandle};
+use crate::embedded_run::{ExperimentEnd, Work};
 use crate::store::{ExperimentRecord, ExperimentStatus};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lem_agent::meter::ownership::{may_run_on_gpu, plan_metered_devices, MeterEnvironment};
-use lem_agent::runner::{JobRunner, RunContext};
+use indicatif::MultiProgress;
+use lem_agent::runner::RunContext;
 use lem_common::config::ResolvedConfig;
-use std::collections::BTreeSet;
-use std::io::IsTerminal;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
-use std::time::Duration;
-
-/// How often a worker waiting for its turn looks at the stop flag.
-const TURN_CHECK: Duration = Duration::from_millis(200);
+use std::sync::atomic::Ordering;
 
 /// One experiment of the batch.
 struct Entry {
@@ -32,15 +28,6 @@ struct Entry {
     resolved: ResolvedConfig,
     /// `[2/4]` sequentially, `[2/4 b.yaml]` under `--parallel`.
     label: String,
-}
-
-/// The shared state of the workers.
-struct Shared {
-    schedule: BatchSchedule,
-    /// Experiments whose wait was already said.
-    announced: BTreeSet<usize>,
-    /// Summaries held back until the batch ends (`--parallel`).
-    summaries: Vec<(usize, ExperimentAggregate, ExperimentRecord)>,
 }
 
 pub fn run_batch(data_dir: &Path, args: BatchArgs) -> Result<Outcome, CliError> {
@@ -71,100 +58,91 @@ pub fn run_batch(data_dir: &Path, args: BatchArgs) -> Result<Outcome, CliError> 
         });
     }
     let store = StoreHandle::new(data_dir);
-    let env = MeterEnvironment::probe(
-        &ctx.powercap_root,
-        entries.iter().any(|e| may_run_on_gpu(&e.resolved.config))
-            || lem_agent::meter::nvml::resolve_lib_path(None).is_some(),
-    );
-    let devices = entries
+    let configs: Vec<_> = entries.iter().map(|e| &e.resolved.config).collect();
+    let metered = drive::metered_devices(&ctx, &configs);
+    // Every record first: the sweep names its experiments by their ids.
+    let mut recs = Vec::new();
+    for e in &entries {
+        recs.push(embedded::create_experiment(
+            &store,
+            &e.resolved,
+            &e.path.display().to_string(),
+        )?);
+    }
+    let shown: BTreeMap<String, Shown> = entries
         .iter()
-        .map(|e| {
-            let cfg = &e.resolved.config;
-            plan_metered_devices(cfg, may_run_on_gpu(cfg), &env)
+        .zip(&recs)
+        .zip(&metered)
+        .map(|((e, rec), metered)| {
+            let header = if parallel > 1 {
+                format!("{} started ({})", e.label, e.path.display())
+            } else {
+                format!("{} {}", e.label, e.path.display())
+            };
+            let shown = Shown {
+                prefix: (parallel > 1).then(|| e.label.clone()),
+                header: Some(header),
+                label: e.label.clone(),
+                num_cycles: rec.num_cycles,
+                metered: metered.clone(),
+            };
+            (rec.id.clone(), shown)
         })
         .collect();
-    let shared = Mutex::new(Shared {
-        schedule: BatchSchedule::new(devices),
-        announced: BTreeSet::new(),
-        summaries: Vec::new(),
-    });
-    let turn_changed = Condvar::new();
-    let failures = AtomicUsize::new(0);
-    let multi = MultiProgress::with_draw_target(if std::io::stderr().is_terminal() {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let overall = multi.add(ProgressBar::new(total as u64));
-    overall.set_style(
-        ProgressStyle::with_template("batch [{bar:20}] {pos}/{len} experiments done {elapsed}")
-            .expect("valid template")
-            .progress_chars("=> "),
+    let pairs: Vec<_> = recs
+        .iter()
+        .zip(&metered)
+        .map(|(r, m)| (r, m.as_slice()))
+        .collect();
+    let submissions = drive::submissions(
+        &format!("batch/{}", recs[0].id),
+        &format!("batch of {total}"),
+        &pairs,
     );
-    let say = |line: String| multi.suspend(|| eprintln!("{line}"));
 
-    std::thread::scope(|scope| {
-        for _ in 0..parallel {
-            scope.spawn(|| {
-                let mut runner = JobRunner::new();
-                while let Some(i) = next_turn(&shared, &turn_changed, &entries, &stop, &say) {
-                    let entry = &entries[i];
-                    if parallel == 1 {
-                        say(format!("{} {}", entry.label, entry.path.display()));
-                    } else {
-                        say(format!(
-                            "{} started ({})",
-                            entry.label,
-                            entry.path.display()
-                        ));
-                    }
-                    let bar = multi.insert_before(&overall, ProgressBar::new(0));
-                    let mut sink =
-                        CliSink::with_bar(bar, (parallel > 1).then(|| entry.label.clone()));
-                    let outcome = run_one(
-                        &store,
-                        entry,
-                        &mut runner,
-                        &ctx,
-                        &mut sink,
-                        args.no_aggregate,
-                        &say,
-                    );
-                    sink.bar.finish_and_clear();
-                    multi.remove(&sink.bar);
-                    overall.inc(1);
-                    let mut s = shared.lock().expect("batch lock");
-                    match outcome {
-                        RunOutcome::Failed => {
-                            failures.fetch_add(1, Ordering::Relaxed);
-                        }
-                        RunOutcome::Done(Some(done)) => {
-                            let (agg, rec) = *done;
-                            if parallel > 1 {
-                                say(format!("{} done: experiment {}", entry.label, rec.id));
-                                s.summaries.push((i, agg, rec));
-                            } else if let Err(e) =
-                                multi.suspend(|| super::results::print_summary(&store, &agg, &rec))
-                            {
-                                say(format!("{} error: {e}", entry.label));
-                            }
-                        }
-                        RunOutcome::Done(None) => {}
-                    }
-                    s.schedule.finish(i);
-                    drop(s);
-                    turn_changed.notify_all();
-                }
-            });
+    let mut finisher = Finisher {
+        store: &store,
+        entries: &entries,
+        recs: recs.clone(),
+        parallel: parallel > 1,
+        no_aggregate: args.no_aggregate,
+        summaries: Vec::new(),
+    };
+    let mut on_done = |id: &str, multi: &MultiProgress| finisher.done(id, multi);
+    let mut display = RunDisplay::new(shown, parallel, &mut on_done).with_overall(total);
+    let rec_refs: Vec<&ExperimentRecord> = recs.iter().collect();
+    let report = drive::drive(
+        &store,
+        &ctx,
+        &rec_refs,
+        Vec::new(),
+        Work::Submit(submissions),
+        &mut display,
+        parallel,
+    )?;
+    drop(display);
+    let mut report = report;
+    let mut failed = 0;
+    for (entry, rec) in entries.iter().zip(recs.iter_mut()) {
+        match report.ends.remove(&rec.id) {
+            Some(ExperimentEnd::Finished) => {}
+            Some(ExperimentEnd::Interrupted) | None => {
+                failed += 1;
+                let _ = embedded::set_status(&store, rec, ExperimentStatus::Interrupted, None);
+            }
+            Some(end) => {
+                failed += 1;
+                let e = EmbeddedError::from_end(&rec.id, end);
+                let _ = embedded::record_failure(&store, rec, &e);
+                eprintln!("{} error: {}: {e}", entry.label, entry.path.display());
+            }
         }
-    });
-    overall.finish_and_clear();
-    let mut s = shared.into_inner().expect("batch lock");
-    s.summaries.sort_by_key(|(i, _, _)| *i);
-    for (_, agg, rec) in &s.summaries {
+    }
+    let mut summaries = std::mem::take(&mut finisher.summaries);
+    summaries.sort_by_key(|(i, _, _)| *i);
+    for (_, agg, rec) in &summaries {
         super::results::print_summary(&store, agg, rec)?;
     }
-    let failed = failures.load(Ordering::Relaxed);
     if stop.load(Ordering::Relaxed) {
         eprintln!(
             "Interrupted; `{}` lists the experiments to resume.",
@@ -183,6 +161,53 @@ pub fn run_batch(data_dir: &Path, args: BatchArgs) -> Result<Outcome, CliError> 
     })
 }
 
+/// What happens when an experiment's last cycle is stored: its status, its aggregate,
+/// and its summary (at once sequentially; held until the end under `--parallel`).
+struct Finisher<'a> {
+    store: &'a StoreHandle,
+    entries: &'a [Entry],
+    recs: Vec<ExperimentRecord>,
+    parallel: bool,
+    no_aggregate: bool,
+    summaries: Vec<(usize, ExperimentAggregate, ExperimentRecord)>,
+}
+
+impl Finisher<'_> {
+    fn done(&mut self, id: &str, multi: &MultiProgress) {
+        let Some(i) = self.recs.iter().position(|r| r.id == id) else {
+            return;
+        };
+        let entry = &self.entries[i];
+        let say = |line: String| multi.suspend(|| eprintln!("{line}"));
+        let rec = &mut self.recs[i];
+        if let Err(e) = embedded::mark_finished(self.store, rec) {
+            say(format!("{} error: {e}", entry.label));
+        }
+        if self.no_aggregate {
+            return;
+        }
+        let agg = match embedded::aggregate_and_store(self.store, rec) {
+            Ok(agg) => agg,
+            Err(e) => {
+                let name = entry.path.display();
+                say(format!(
+                    "{} error: {name}: aggregation failed: {e}",
+                    entry.label
+                ));
+                return;
+            }
+        };
+        if self.parallel {
+            say(format!("{} done: experiment {}", entry.label, rec.id));
+            self.summaries.push((i, agg, rec.clone()));
+        } else if let Err(e) =
+            multi.suspend(|| super::results::print_summary(self.store, &agg, rec))
+        {
+            say(format!("{} error: {e}", entry.label));
+        }
+    }
+}
+
 /// `[2/4]`, or with the file name under `--parallel`: `[2/4 b.yaml]`.
 fn label(i: usize, total: usize, path: &Path, parallel: bool) -> String {
     if parallel {
@@ -193,95 +218,6 @@ fn label(i: usize, total: usize, path: &Path, parallel: bool) -> String {
         format!("[{}/{total} {name}]", i + 1)
     } else {
         format!("[{}/{total}]", i + 1)
-    }
-}
-
-/// Waits for the next experiment's turn and claims it; `None` when every experiment has
-/// started or the batch is stopped. A wait for another experiment's device is said once.
-fn next_turn(
-    shared: &Mutex<Shared>,
-    turn_changed: &Condvar,
-    entries: &[Entry],
-    stop: &std::sync::atomic::AtomicBool,
-    say: &dyn Fn(String),
-) -> Option<usize> {
-    let mut s = shared.lock().expect("batch lock");
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return None;
-        }
-        match s.schedule.turn() {
-            Turn::AllStarted => return None,
-            Turn::Start(i) => {
-                s.schedule.start(i);
-                return Some(i);
-            }
-            Turn::Wait { next, running, key } => {
-                if s.announced.insert(next) {
-                    say(format!(
-                        "{} waits for {} to finish: both meter {key}, and one device's energy cannot be split between experiments running at once",
-                        entries[next].label, entries[running].label
-                    ));
-                }
-                s = turn_changed
-                    .wait_timeout(s, TURN_CHECK)
-                    .expect("batch lock")
-                    .0;
-            }
-        }
-    }
-}
-
-enum RunOutcome {
-    Failed,
-    /// Done; the aggregate unless `--no-aggregate` (or its aggregation failed).
-    Done(Option<Box<(ExperimentAggregate, ExperimentRecord)>>),
-}
-
-fn run_one(
-    store: &StoreHandle,
-    entry: &Entry,
-    runner: &mut JobRunner,
-    ctx: &RunContext,
-    sink: &mut CliSink,
-    no_aggregate: bool,
-    say: &dyn Fn(String),
-) -> RunOutcome {
-    let name = entry.path.display();
-    let mut rec = match embedded::create_experiment(store, &entry.resolved, &name.to_string()) {
-        Ok(r) => r,
-        Err(e) => {
-            say(format!("{} error: {name}: {e}", entry.label));
-            return RunOutcome::Failed;
-        }
-    };
-    let outcome = embedded::run_pending_cycles(store, &rec, runner, ctx, sink);
-    match outcome {
-        Ok(()) => {
-            let _ = embedded::mark_finished(store, &mut rec);
-            if no_aggregate {
-                return RunOutcome::Done(None);
-            }
-            match embedded::aggregate_and_store(store, &rec) {
-                Ok(agg) => RunOutcome::Done(Some(Box::new((agg, rec)))),
-                Err(e) => {
-                    say(format!(
-                        "{} error: {name}: aggregation failed: {e}",
-                        entry.label
-                    ));
-                    RunOutcome::Done(None)
-                }
-            }
-        }
-        Err(e) => {
-            let _ = if e.is_interrupted() {
-                embedded::set_status(store, &mut rec, ExperimentStatus::Interrupted, None)
-            } else {
-                embedded::record_failure(store, &mut rec, &e)
-            };
-            say(format!("{} error: {name}: {e}", entry.label));
-            RunOutcome::Failed
-        }
     }
 }
 

@@ -1,16 +1,17 @@
 //! `lem experiment`: resolve the config, find or create the experiment, run its pending
-//! cycles in embedded mode, aggregate, print the summary. Also the pieces `lem batch`
-//! shares: config resolution, the model preflight, the stop flag, the cycle printer.
+//! cycles as a sweep of one on the embedded driver, aggregate, print the summary. Also
+//! the pieces `lem batch` shares: config resolution, the model preflight, the stop flag.
 
+use super::drive;
 use super::error::outln;
-use super::results::failed_note;
+use super::run_display::{RunDisplay, Shown};
 use super::{exit, lem_hint, CliError, ExperimentArgs, Outcome, OverrideArgs};
-use crate::embedded::{self, CycleSink, EmbeddedError, StoreHandle};
+use crate::embedded::{self, EmbeddedError, StoreHandle};
+use crate::embedded_run::{self, ExperimentEnd, Work};
 use crate::store::{ExperimentRecord, ExperimentStatus};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lem_agent::runner::{JobRunner, RunContext, RunProgress};
-use lem_common::config::{self, CliOverrides, ResolvedConfig};
-use lem_common::domain::RawResult;
+use lem_agent::runner::RunContext;
+use lem_common::config::{self, CliOverrides, ExperimentConfig, ResolvedConfig};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -156,16 +157,12 @@ pub fn run_experiment(data_dir: &Path, args: ExperimentArgs) -> Result<Outcome, 
         rec.num_cycles,
         if rec.num_cycles == 1 { "" } else { "s" }
     );
-    let mut runner = JobRunner::new();
-    let mut sink = CliSink::new(false);
-    let outcome = super::until_ci_run::run_cycles(&store, &mut rec, &mut runner, &ctx, &mut sink);
-    sink.bar.finish_and_clear();
-    match outcome {
-        Ok(()) => {
+    match super::until_ci_run::run_cycles(&store, &mut rec, &ctx)? {
+        ExperimentEnd::Finished => {
             embedded::mark_finished(&store, &mut rec)?;
             finish(&store, rec, args.no_aggregate, args.json)
         }
-        Err(e) if e.is_interrupted() => {
+        ExperimentEnd::Interrupted => {
             let done = embedded::completed_cycles(&store, &rec.id)
                 .map(|c| c.len())
                 .unwrap_or(0);
@@ -177,7 +174,8 @@ pub fn run_experiment(data_dir: &Path, args: ExperimentArgs) -> Result<Outcome, 
             );
             Ok(Outcome::Interrupted)
         }
-        Err(e) => {
+        failed => {
+            let e = EmbeddedError::from_end(&rec.id, failed);
             if let Err(store_err) = embedded::record_failure(&store, &mut rec, &e) {
                 eprintln!("warning: the failure could not be stored: {store_err}");
             }
@@ -187,6 +185,63 @@ pub fn run_experiment(data_dir: &Path, args: ExperimentArgs) -> Result<Outcome, 
             )))
         }
     }
+}
+
+/// Runs `rec`'s cycles that have no stored result, as a sweep of one experiment: the
+/// sweep that holds it alone is resumed; otherwise (a first run, a run stored before
+/// experiments ran as sweeps, or one more `--until-ci` cycle) a new sweep is submitted,
+/// whose stored cycles are answered with their results instead of a run.
+pub(super) fn run_stored_experiment(
+    store: &StoreHandle,
+    rec: &ExperimentRecord,
+    ctx: &RunContext,
+) -> Result<ExperimentEnd, CliError> {
+    let sweeps = embedded_run::sweeps_of(store, &rec.id)?;
+    embedded_run::catch_up_raw_tree(store, &sweeps)?;
+    let own = match sweeps.last() {
+        Some(last) => store.with(|s| {
+            let Some(row) = s.sweep(*last)? else {
+                return Ok(None);
+            };
+            let alone = row.experiment_names == [rec.id.clone()]
+                && row.job_count == u64::from(rec.num_cycles);
+            Ok(alone.then_some(*last))
+        })?,
+        None => None,
+    };
+    let config: ExperimentConfig =
+        serde_json::from_value(rec.effective_config.clone()).map_err(|source| {
+            EmbeddedError::StoredConfig {
+                id: rec.id.clone(),
+                source,
+            }
+        })?;
+    let metered = drive::metered_devices(ctx, &[&config]).remove(0);
+    let (work, stored) = match own {
+        Some(sweep) => (Work::Resume(vec![sweep]), Vec::new()),
+        None => {
+            let token = format!("{}/{}", rec.id, sweeps.len());
+            let subs = drive::submissions(&token, &rec.id, &[(rec, metered.as_slice())]);
+            (Work::Submit(subs), store.with(|s| s.raw_results(&rec.id))?)
+        }
+    };
+    let shown = BTreeMap::from([(
+        rec.id.clone(),
+        Shown {
+            prefix: None,
+            header: None,
+            label: rec.id.clone(),
+            num_cycles: rec.num_cycles,
+            metered,
+        },
+    )]);
+    let mut on_done = |_: &str, _: &indicatif::MultiProgress| {};
+    let mut display = RunDisplay::new(shown, 1, &mut on_done);
+    let mut report = drive::drive(store, ctx, &[rec], stored, work, &mut display, 1)?;
+    Ok(report
+        .ends
+        .remove(&rec.id)
+        .unwrap_or(ExperimentEnd::Interrupted))
 }
 
 /// Looks for an interrupted or killed experiment with the same config. On a terminal,
@@ -258,107 +313,6 @@ fn finish(
         super::results::print_summary(store, &agg, &rec)?;
     }
     Ok(Outcome::Success)
-}
-
-/// Prints cycle lines and drives a progress bar (hidden when stderr is not a terminal).
-pub(super) struct CliSink {
-    pub(super) bar: ProgressBar,
-    progress: BarProgress,
-    /// Starts every line and the bar (`[2/4 b.yaml]` under `lem batch --parallel`).
-    label: Option<String>,
-}
-
-impl CliSink {
-    fn new(quiet: bool) -> Self {
-        let bar = if quiet || !std::io::stderr().is_terminal() {
-            ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden())
-        } else {
-            ProgressBar::new(0)
-        };
-        Self::with_bar(bar, None)
-    }
-
-    /// Drives `bar` (e.g. one of a batch's bars); `label` starts every line.
-    pub(super) fn with_bar(bar: ProgressBar, label: Option<String>) -> Self {
-        if let Some(l) = &label {
-            bar.set_prefix(format!("{l} "));
-        }
-        // A spinner until the number of prompts is known, then a bar.
-        bar.set_style(spinner_style());
-        Self {
-            progress: BarProgress { bar: bar.clone() },
-            bar,
-            label,
-        }
-    }
-}
-
-fn spinner_style() -> ProgressStyle {
-    ProgressStyle::with_template("{prefix}{spinner} {msg:12} {elapsed_precise}")
-        .expect("valid template")
-}
-
-struct BarProgress {
-    bar: ProgressBar,
-}
-
-impl RunProgress for BarProgress {
-    fn phase(&mut self, message: &str) {
-        self.bar.set_message(message.to_string());
-        self.bar.tick();
-    }
-    fn prompts_total(&mut self, n: u64) {
-        self.bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix}{spinner} {msg:12} [{bar:30}] {pos}/{len} prompts {elapsed_precise} (eta {eta})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        self.bar.set_length(n);
-        self.bar.set_position(0);
-    }
-    fn prompts_done(&mut self, n: u64) {
-        self.bar.inc(n);
-    }
-}
-
-impl CycleSink for CliSink {
-    fn cycle_started(&mut self, cycle: u32, of: u32) {
-        // Back to a spinner: the previous cycle's full bar must not show during this
-        // cycle's model load and idle baseline.
-        self.bar.set_style(spinner_style());
-        self.bar.set_length(0);
-        self.bar.set_position(0);
-        self.bar.set_message(format!("cycle {}/{of}", cycle + 1));
-    }
-    fn cycle_done(&mut self, raw: &RawResult) {
-        let m = crate::aggregate::job_metrics(raw);
-        let energy = match (m.energy.total_j, m.energy.partial_total_j) {
-            (Some(j), _) => format!("{j:.2} J"),
-            (None, Some(j)) => format!("no energy total ({j:.2} J over the devices read)"),
-            (None, None) => "energy unavailable".to_string(),
-        };
-        let label = self
-            .label
-            .as_deref()
-            .map_or(String::new(), |l| format!("{l} "));
-        self.bar.suspend(|| {
-            eprintln!(
-                "{label}  cycle {}: {} prompts{}, {} output tokens in {:.2} s ({} tok/s), {energy}",
-                raw.cycle + 1,
-                m.num_requests,
-                failed_note(m.failed_requests),
-                m.output_tokens,
-                m.wall_s,
-                m.output_tokens_per_s
-                    .map_or("—".into(), |r| format!("{r:.1}"))
-            )
-        });
-    }
-    fn progress(&mut self) -> &mut dyn RunProgress {
-        &mut self.progress
-    }
 }
 
 #[cfg(test)]

@@ -75,17 +75,3 @@ fn a_model_that_cannot_be_found_fails_preflight_as_a_usage_error() {
     assert!(matches!(err, CliError::Usage(_)), "{err:?}");
     assert!(err.to_string().contains("absent.gguf"), "{err}");
 }
-
-#[test]
-fn a_new_cycle_starts_its_progress_from_nothing() {
-    // Hidden (no terminal), but the bar keeps its state as a visible one would.
-    let mut sink = CliSink::new(true);
-    sink.cycle_started(0, 2);
-    sink.progress().prompts_total(8);
-    sink.progress().prompts_done(8);
-    assert_eq!((sink.bar.position(), sink.bar.length()), (8, Some(8)));
-    // The next cycle's model load and idle baseline must not show the last cycle's 8/8.
-    sink.cycle_started(1, 2);
-    assert_eq!((sink.bar.position(), sink.bar.length()), (0, Some(0)));
-    assert_eq!(sink.bar.message(), "cycle 2/2");
-}

@@ -1,14 +1,16 @@
-//! `lem experiment --until-ci`: drives the embedded lifecycle one cycle at a time under
-//! the stopping rule of `crate::until_ci`, storing the rule's state with the experiment
+//! `lem experiment --until-ci`: runs the experiment one cycle at a time under the
+//! stopping rule of `crate::until_ci` (each added cycle a new sweep of one experiment,
+//! whose stored cycles are not run again), storing the rule's state with the experiment
 //! after every decision (so an interrupted run resumes under the same rule).
 
-use super::experiment::CliSink;
+use super::experiment::run_stored_experiment;
 use super::{CliError, ExperimentArgs};
 use crate::aggregate::{aggregate_experiment, metric_names};
-use crate::embedded::{self, EmbeddedError, StoreHandle};
+use crate::embedded::StoreHandle;
+use crate::embedded_run::ExperimentEnd;
 use crate::store::ExperimentRecord;
 use crate::until_ci::{self, UntilCiOutcome, UntilCiRecord, UntilCiRule};
-use lem_agent::runner::{JobRunner, RunContext};
+use lem_agent::runner::RunContext;
 
 /// The rule `args` ask for, checked; `None` without `--until-ci`.
 pub(super) fn rule_from_args(args: &ExperimentArgs) -> Result<Option<UntilCiRule>, CliError> {
@@ -49,20 +51,21 @@ pub(super) fn start(rule: UntilCiRule) -> UntilCiRecord {
 }
 
 /// Runs `rec`'s pending cycles; under `--until-ci` then applies the rule and adds one
-/// cycle at a time until it stops.
+/// cycle at a time until it stops. Ends early with the end of a run that did not finish.
 pub(super) fn run_cycles(
     store: &StoreHandle,
     rec: &mut ExperimentRecord,
-    runner: &mut JobRunner,
     ctx: &RunContext,
-    sink: &mut CliSink,
-) -> Result<(), EmbeddedError> {
+) -> Result<ExperimentEnd, CliError> {
     let Some(rule) = rec.until_ci.as_ref().map(|u| u.rule.clone()) else {
-        return embedded::run_pending_cycles(store, rec, runner, ctx, sink);
+        return run_stored_experiment(store, rec, ctx);
     };
     // Bounded: each pass adds one cycle, and the rule stops at max_cycles.
     loop {
-        embedded::run_pending_cycles(store, rec, runner, ctx, sink)?;
+        let end = run_stored_experiment(store, rec, ctx)?;
+        if !matches!(end, ExperimentEnd::Finished) {
+            return Ok(end);
+        }
         let raws = store.with(|s| s.raw_results(&rec.id))?;
         let agg = aggregate_experiment(
             &rec.id,
@@ -72,15 +75,14 @@ pub(super) fn run_cycles(
             &raws,
         );
         let decision = until_ci::decide(&rule, &agg.cycles);
-        sink.bar
-            .suspend(|| eprintln!("  until-ci: {}", decision.record.message));
+        eprintln!("  until-ci: {}", decision.record.message);
         rec.until_ci = Some(decision.record);
         if decision.go_on {
             rec.num_cycles += 1;
         }
         store.with(|s| s.update_experiment(rec))?;
         if !decision.go_on {
-            return Ok(());
+            return Ok(end);
         }
     }
 }

@@ -59,6 +59,7 @@ fn the_local_agent_runs_leases_on_its_own_thread_until_the_sweep_is_done() {
     let inventory = Inventory {
         gpus: vec![],
         cpu_packages: vec![DeviceKey("rapl:local:package-0".into())],
+        runner_slots: vec![],
     };
     let thread = spawn_local_agent(
         agent.clone(),
@@ -96,8 +97,9 @@ fn the_local_agent_runs_leases_on_its_own_thread_until_the_sweep_is_done() {
         panic!("{done:?}");
     };
     let mut finished: Vec<crate::scheduler::SweepId> = Vec::new();
-    drive_sweep(&mut driver, &events, sweep, &clock, |_, done| {
-        finished.extend(&done.finished)
+    drive_sweep(&mut driver, &events, &[sweep], &clock, |_, done| {
+        finished.extend(&done.finished);
+        Ok(())
     })
     .unwrap();
     assert_eq!(finished, [sweep]);

@@ -28,7 +28,7 @@ pub use store_access::StoreAccess;
 pub use sweep_aggregate::{aggregate_sweep, sweep_experiment_id};
 
 use crate::scheduler::{
-    Action, AttemptId, Event, Outcome, Record, RecoverError, Reply, RequestId, Scheduler,
+    Action, AttemptId, Event, JobId, Outcome, Record, RecoverError, Reply, RequestId, Scheduler,
     SchedulerConfig, SweepId, TimeMs,
 };
 use crate::store::{Disposition, Persisted, Store, StoreError};
@@ -66,6 +66,8 @@ pub struct Executed {
     pub replies: Vec<(RequestId, Reply)>,
     /// Sweeps that finished; their aggregates are stored.
     pub finished: Vec<SweepId>,
+    /// Results accepted by this call (job, attempt), stored before the call returned.
+    pub accepted: Vec<(JobId, AttemptId)>,
     /// Records appended to the store.
     pub persisted: usize,
     /// Messages for agents that were not connected (they catch up on Hello).
@@ -200,7 +202,12 @@ impl<L: AgentLink, S: StoreAccess> Driver<L, S> {
                     _ => None,
                 };
                 match self.store.with_store(|s| s.persist(&record, body))? {
-                    Persisted::Appended { .. } => done.persisted += 1,
+                    Persisted::Appended { .. } => {
+                        done.persisted += 1;
+                        if let Record::ResultAccepted { attempt, job } = record {
+                            done.accepted.push((job, attempt));
+                        }
+                    }
                     Persisted::AlreadyCommitted { disposition } => {
                         if let Some((attempt, expected)) = expected {
                             if expected != disposition {

@@ -1,4 +1,4 @@
-//! The blocking loop that drives one sweep to its end with in-process agents: events
+//! The blocking loop that drives sweeps to their end with in-process agents: events
 //! from the agents' channel go to the driver; when none arrives before the scheduler's
 //! next deadline, the driver ticks.
 
@@ -30,24 +30,27 @@ impl MonotonicClock {
     }
 }
 
-/// Feeds agent events to `driver` until `sweep` has no pending or leased job. `seen` is
-/// called after every handled event, with what it did. Fails when every agent is gone
-/// (the channel closed) before the sweep finished.
+/// Feeds agent events to `driver` until none of `sweeps` has a pending or leased job.
+/// `seen` is called after every handled event, with what it did; it may feed the driver
+/// more (a cancel on Ctrl+C). Fails when every agent is gone (the channel closed) before
+/// the sweeps finished.
 pub fn drive_sweep<L: AgentLink, S: StoreAccess>(
     driver: &mut Driver<L, S>,
     events: &Receiver<AgentEvent>,
-    sweep: SweepId,
+    sweeps: &[SweepId],
     clock: &MonotonicClock,
-    mut seen: impl FnMut(&Driver<L, S>, &Executed),
+    mut seen: impl FnMut(&mut Driver<L, S>, &Executed) -> Result<(), DriverError>,
 ) -> Result<(), DriverError> {
     loop {
-        let finished = driver
-            .scheduler()
-            .sweep_progress(sweep)
-            .is_none_or(|p| p.is_finished());
-        if finished {
+        let open = sweeps.iter().find(|s| {
+            driver
+                .scheduler()
+                .sweep_progress(**s)
+                .is_some_and(|p| !p.is_finished())
+        });
+        let Some(&sweep) = open else {
             return Ok(());
-        }
+        };
         let now = clock.now();
         let wait = driver
             .poll_timeout()
@@ -59,6 +62,6 @@ pub fn drive_sweep<L: AgentLink, S: StoreAccess>(
             Err(RecvTimeoutError::Timeout) => driver.tick(clock.now())?,
             Err(RecvTimeoutError::Disconnected) => return Err(DriverError::AgentsGone { sweep }),
         };
-        seen(driver, &done);
+        seen(driver, &done)?;
     }
 }

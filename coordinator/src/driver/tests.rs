@@ -90,6 +90,7 @@ impl FakeAgent {
                     })
                     .collect(),
                 cpu_packages: vec![DeviceKey(format!("rapl:{name}:package-0"))],
+                runner_slots: vec![],
             },
             rx: None,
             spool: BTreeMap::new(),

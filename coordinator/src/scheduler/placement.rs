@@ -97,12 +97,30 @@ pub fn find_placement(
             }
             None
         }
+        DeviceNeeds::Pinned { claims: pinned } => {
+            if !pinned.iter().all(|c| claims.can_claim(&c.key, c.mode)) {
+                return None;
+            }
+            let slot = inventory
+                .runner_slots
+                .iter()
+                .find(|k| claims.can_claim(k, ClaimMode::Exclusive))?;
+            let mut all = exclusive(std::slice::from_ref(slot));
+            all.extend(pinned.iter().cloned());
+            Some(Placement {
+                agent: agent.clone(),
+                devices: pinned.iter().map(|c| c.key.clone()).collect(),
+                claims: all,
+                device_model: None,
+            })
+        }
     }
 }
 
 /// True when some device of the agent is not held at all (a cheap "worth trying" test).
 pub fn has_idle_device(inventory: &Inventory, claims: &ClaimTable) -> bool {
     inventory.cpu_packages.iter().any(|k| claims.is_idle(k))
+        || inventory.runner_slots.iter().any(|k| claims.is_idle(k))
         || inventory
             .gpus
             .iter()
@@ -116,6 +134,7 @@ pub fn check_inventory(inventory: &Inventory) -> Result<(), String> {
         .cpu_packages
         .iter()
         .map(|k| (k, "cpu package"))
+        .chain(inventory.runner_slots.iter().map(|k| (k, "runner slot")))
         .chain(inventory.gpus.iter().flat_map(|g| {
             std::iter::once((&g.key, "gpu"))
                 .chain(g.mig_slices.iter().map(|s| (&s.key, "mig slice")))

@@ -95,6 +95,12 @@ pub fn validate(submission: &SweepSubmission) -> Result<(), SchedulerError> {
             DeviceNeeds::MigSlice { profile, .. } if profile.trim().is_empty() => {
                 return Err(bad("`needs.profile` is empty"))
             }
+            DeviceNeeds::Pinned { claims } => {
+                let mut keys = std::collections::BTreeSet::new();
+                if let Some(c) = claims.iter().find(|c| !keys.insert(&c.key)) {
+                    return Err(bad(&format!("`needs.claims` names {} twice", c.key)));
+                }
+            }
             _ => {}
         }
         // Two experiments with one config would have the same job keys.

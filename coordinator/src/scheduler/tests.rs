@@ -19,6 +19,7 @@ fn gpus(name: &str, n: usize, model: &str) -> Inventory {
             })
             .collect(),
         cpu_packages: vec![DeviceKey(format!("rapl:{name}:package-0"))],
+        runner_slots: vec![],
     }
 }
 
@@ -35,6 +36,7 @@ fn mig_node(name: &str, profile: &str, slices: usize) -> Inventory {
                 .collect(),
         }],
         cpu_packages: vec![],
+        runner_slots: vec![],
     }
 }
 
@@ -1004,4 +1006,80 @@ fn a_stale_mig_run_keeps_its_parent_gpu_from_an_exclusive_parent_job() {
         key: DeviceKey("gpu:m-0".into()),
         mode: ClaimMode::Exclusive
     }));
+}
+
+/// An in-process agent of embedded mode: one runner slot, nothing else announced.
+fn runner(name: &str) -> Inventory {
+    Inventory {
+        runner_slots: vec![DeviceKey(format!("runner:{name}"))],
+        ..Inventory::default()
+    }
+}
+
+fn pinned(keys: &[&str]) -> DeviceNeeds {
+    DeviceNeeds::Pinned {
+        claims: keys
+            .iter()
+            .map(|k| Claim {
+                key: DeviceKey((*k).into()),
+                mode: ClaimMode::Exclusive,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn pinned_jobs_take_a_runner_slot_and_never_share_a_metered_device() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    hello(&mut s, "r0", runner("r0"), 0);
+    hello(&mut s, "r1", runner("r1"), 0);
+    // exp0 and exp1 meter one package; exp2 meters its own GPU.
+    let needs = [
+        pinned(&["experiment:0", "rapl:package-0"]),
+        pinned(&["experiment:1", "rapl:package-0"]),
+        pinned(&["experiment:2", "gpu:b"]),
+    ];
+    let first = leases(&submit(&mut s, submission("t", &needs, 2), 1));
+    // Two runners: exp0's first cycle and exp2's (disjoint devices) run at once; exp1
+    // waits for the package and exp0's second cycle for its experiment.
+    let started: Vec<(&str, u32)> = first
+        .iter()
+        .map(|l| (l.experiment_name.as_str(), l.cycle))
+        .collect();
+    assert_eq!(started, [("exp0", 0), ("exp2", 0)]);
+    let agents: std::collections::BTreeSet<_> =
+        first.iter().map(|l| l.placement.agent.clone()).collect();
+    assert_eq!(agents.len(), 2, "one job per runner slot");
+    for l in &first {
+        let slot = DeviceKey(format!("runner:{}", l.placement.agent));
+        assert!(l.placement.claims.iter().any(|c| c.key == slot), "{l:?}");
+    }
+    // exp0's first cycle done: the oldest waiting job, exp0's second cycle, takes the
+    // package again; exp1 keeps waiting for it.
+    let next = leases(&finish(&mut s, &first[0], Outcome::Succeeded, 2));
+    let next: Vec<(&str, u32)> = next
+        .iter()
+        .map(|l| (l.experiment_name.as_str(), l.cycle))
+        .collect();
+    assert_eq!(next, [("exp0", 1)]);
+}
+
+#[test]
+fn a_pinned_job_fits_no_agent_without_runner_slots_and_repeated_keys_are_refused() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    hello(&mut s, "node", gpus("node", 2, "H100"), 0);
+    let out = submit(&mut s, submission("t", &[pinned(&["gpu:node-0"])], 1), 1);
+    assert!(
+        leases(&out).is_empty(),
+        "a networked agent takes no pinned job"
+    );
+    let twice = submit(
+        &mut s,
+        submission("u", &[pinned(&["rapl:package-0", "rapl:package-0"])], 1),
+        2,
+    );
+    let Reply::Refused(e) = reply(&twice) else {
+        panic!("{twice:?}");
+    };
+    assert!(e.to_string().contains("names rapl:package-0 twice"), "{e}");
 }

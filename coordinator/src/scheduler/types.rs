@@ -88,6 +88,11 @@ pub struct Inventory {
     /// The host's CPU packages. Announced whether or not RAPL is readable: the key names
     /// the package a CPU-only job meters; readability is the meter's concern.
     pub cpu_packages: Vec<DeviceKey>,
+    /// Runner slots of an agent whose runner picks its devices itself (embedded mode's
+    /// in-process agents): each runs one [`DeviceNeeds::Pinned`] job at a time. Agents
+    /// that take their placement from the lease announce none.
+    #[serde(default)]
+    pub runner_slots: Vec<DeviceKey>,
 }
 
 /// One physical GPU. With MIG slices it is in MIG mode and only takes MIG jobs.
@@ -121,6 +126,10 @@ pub enum DeviceNeeds {
         profile: String,
         exclusive_parent: bool,
     },
+    /// The runner picks its devices itself, from the config (embedded mode, where the
+    /// config's `gpu_list` and the host's packages decide): the lease takes one runner
+    /// slot of the agent and exactly these claims, so two jobs never meter one device.
+    Pinned { claims: Vec<Claim> },
 }
 
 /// How a lease holds a metered device.

@@ -174,6 +174,7 @@ fn h100_node(name: &str) -> Inventory {
             })
             .collect(),
         cpu_packages: vec![DeviceKey(format!("rapl:{name}:package-0"))],
+        runner_slots: vec![],
     }
 }
 
@@ -205,6 +206,7 @@ fn a100_mig_node(name: &str) -> Inventory {
             },
         ],
         cpu_packages: vec![DeviceKey(format!("rapl:{name}:package-0"))],
+        runner_slots: vec![],
     }
 }
 
