@@ -3,7 +3,7 @@
 //! thread. `lem experiment` does not go this way yet; this pins that it can.
 
 use lem_agent::hub::ResolveOptions;
-use lem_agent::runner::{JobRunner, RunContext};
+use lem_agent::runner::{DevicePlacement, EnvSnapshot, JobRunner, RunContext};
 use lem_common::config::{self, CliOverrides};
 use lem_common::domain::job_key;
 use lem_coordinator::aggregate::ExperimentAggregate;
@@ -63,8 +63,13 @@ fn a_sweep_runs_on_the_real_runner_through_the_driver_and_is_stored_once_per_cyc
             hf_cache_dir: dir.path().join("hf"),
             offline: true,
             revision: "main".into(),
+            home_dir: None,
+            access: Default::default(),
         },
         powercap_root: dir.path().join("powercap"),
+        nvml_lib: None,
+        placement: DevicePlacement::default(),
+        env: EnvSnapshot::default(),
         stop: Arc::new(AtomicBool::new(false)),
     };
     let (events_tx, events) = mpsc::channel();

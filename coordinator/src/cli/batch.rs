@@ -72,9 +72,8 @@ pub fn run_batch(data_dir: &Path, args: BatchArgs) -> Result<Outcome, CliError> 
     }
     let store = StoreHandle::new(data_dir);
     let env = MeterEnvironment::probe(
-        &ctx.powercap_root,
-        entries.iter().any(|e| may_run_on_gpu(&e.resolved.config))
-            || lem_agent::meter::nvml::resolve_lib_path(None).is_some(),
+        &ctx,
+        entries.iter().any(|e| may_run_on_gpu(&e.resolved.config)) || ctx.nvml_lib.is_some(),
     );
     let devices = entries
         .iter()
@@ -103,6 +102,14 @@ pub fn run_batch(data_dir: &Path, args: BatchArgs) -> Result<Outcome, CliError> 
     );
     let say = |line: String| multi.suspend(|| eprintln!("{line}"));
 
+    // CPU threads are the process's, fixed before any job runs: the first experiment's
+    // request, as when its load sized candle's pools.
+    lem_agent::threads::init(
+        entries
+            .first()
+            .and_then(|e| e.resolved.config.cpu_threads)
+            .map(|t| t as usize),
+    );
     std::thread::scope(|scope| {
         for _ in 0..parallel {
             scope.spawn(|| {

@@ -96,7 +96,7 @@ pub(super) fn resolve_config(
 /// that nothing it asks for is refused, before any experiment record is stored: a bad
 /// input is a usage error, not a failed experiment.
 pub(super) fn preflight(resolved: &ResolvedConfig, ctx: &RunContext) -> Result<(), CliError> {
-    lem_agent::runner::preflight(&resolved.config, &ctx.resolve)
+    lem_agent::runner::preflight(&resolved.config, ctx)
         .map_err(|e| CliError::usage(e.to_string()))
 }
 
@@ -155,6 +155,13 @@ pub fn run_experiment(data_dir: &Path, args: ExperimentArgs) -> Result<Outcome, 
         rec.model_name,
         rec.num_cycles,
         if rec.num_cycles == 1 { "" } else { "s" }
+    );
+    // CPU threads are the process's, fixed before the first job runs.
+    lem_agent::threads::init(
+        rec.effective_config
+            .get("cpu_threads")
+            .and_then(serde_json::Value::as_u64)
+            .map(|t| t as usize),
     );
     let mut runner = JobRunner::new();
     let mut sink = CliSink::new(false);
