@@ -274,6 +274,7 @@ pub(super) fn discarded_warmup(
 
 /// Warmup until steady state (`warmup_until_stable`), metered round by round; `None`
 /// when the config does not ask for it. Not reaching steady state is said in `warnings`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn warmup_until_stable(
     engine: &mut Engine,
     cfg: &ExperimentConfig,
