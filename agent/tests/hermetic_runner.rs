@@ -95,7 +95,9 @@ fn code_lines(text: &str) -> Vec<(usize, &str)> {
 fn enclosing_fn<'a>(lines: &[(usize, &'a str)], upto: usize) -> Option<&'a str> {
     lines[..=upto].iter().rev().find_map(|(_, l)| {
         let rest = l.split("fn ").nth(1)?;
-        let name = rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next()?;
+        let name = rest
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .next()?;
         (!name.is_empty()).then_some(name)
     })
 }
@@ -190,10 +192,16 @@ fn the_check_flags_an_env_read_in_a_job_function() {
     // The read in open_meter is flagged with its line; the allowed capture and the unit
     // test are not.
     assert_eq!(found.len(), 1, "{found:?}");
-    assert!(found[0].starts_with("runner/context.rs:2 in fn open_meter"), "{found:?}");
+    assert!(
+        found[0].starts_with("runner/context.rs:2 in fn open_meter"),
+        "{found:?}"
+    );
     assert_eq!(
-        env_calls_outside_allowed("runner/mod.rs", "fn capture() { std::env::set_var(\"A\", \"1\"); }\n")
-            .len(),
+        env_calls_outside_allowed(
+            "runner/mod.rs",
+            "fn capture() { std::env::set_var(\"A\", \"1\"); }\n"
+        )
+        .len(),
         1,
         "capture is allowed in context.rs only"
     );

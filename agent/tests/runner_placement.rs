@@ -32,9 +32,7 @@ fn the_same_job_meters_the_gpus_its_placement_names_and_keeps_its_key() {
         return;
     };
     // Real time (no time_scale): the runner's meters use the wall clock.
-    let gpu = |uuid: &str, watts: f64| {
-        json!({ "name": "NVIDIA H100 80GB HBM3", "uuid": uuid, "power": [[0.0, watts]] })
-    };
+    let gpu = |uuid: &str, watts: f64| json!({ "name": "NVIDIA H100 80GB HBM3", "uuid": uuid, "power": [[0.0, watts]] });
     let fake = fake_nvml::Fake::new(&json!({
         "driver_version": "550.54.15",
         "gpus": [gpu(GPU_A, 100.0), gpu(GPU_B, 300.0)],

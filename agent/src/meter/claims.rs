@@ -6,9 +6,9 @@
 //! devices cannot deadlock: neither holds part of what it wants while it waits.
 
 use super::ownership::{plan_metered_devices, DeviceKey, MeterEnvironment, MeteredDevice};
+use crate::runner::RunContext;
 use lem_common::config::ExperimentConfig;
 use std::collections::BTreeMap;
-use crate::runner::RunContext;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};

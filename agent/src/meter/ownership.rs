@@ -27,9 +27,9 @@
 use super::nvml::GpuInfo;
 use super::rapl::{RaplMeter, DEFAULT_POWERCAP_ROOT};
 use crate::runner::DevicePlacement;
+use crate::runner::RunContext;
 use lem_common::config::{Device, ExperimentConfig};
 use std::fmt;
-use crate::runner::RunContext;
 
 /// A stable, opaque name of one metered physical device (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -173,10 +173,7 @@ pub fn plan_metered_devices(
         .map(|p| MeteredDevice::exclusive(DeviceKey::rapl(env.rapl_scope.as_deref(), p)))
         .collect();
     if on_gpu || env.nvml_lib_named {
-        if let (Some(gpus), Ok(targets)) = (
-            &env.gpus,
-            env.placement.gpu_targets(&cfg.gpu_list),
-        ) {
+        if let (Some(gpus), Ok(targets)) = (&env.gpus, env.placement.gpu_targets(&cfg.gpu_list)) {
             devices.extend(gpu_devices(gpus, &targets));
         }
     }

@@ -16,8 +16,7 @@ use crate::meter::{self, BaselineCache};
 use crate::metered_window;
 use crate::runner::{
     generation_params, load_token_prompts, now_rfc3339, plan_batches, EnvSnapshot, RunContext,
-    RunError,
-    RunProgress, TokenPrompt,
+    RunError, RunProgress, TokenPrompt,
 };
 use lem_common::config::{Device, ExperimentConfig, OpenAiServerConfig};
 use lem_common::domain::{
@@ -204,15 +203,9 @@ pub(crate) fn run(
     let meter_gpus = cfg.device == Device::Cuda;
     let mut meters = metered_window::open_meters(cfg, ctx, meter_gpus, &mut warnings);
     let holder = format!("experiment {} ({})", job.experiment_id, cfg.config_name);
-    let _claim = meter::claims::claim_for_job(
-        cfg,
-        ctx,
-        meter_gpus,
-        &holder,
-        &ctx.stop,
-        &mut warnings,
-    )
-    .ok_or(RunError::Interrupted)?;
+    let _claim =
+        meter::claims::claim_for_job(cfg, ctx, meter_gpus, &holder, &ctx.stop, &mut warnings)
+            .ok_or(RunError::Interrupted)?;
     let arrivals_ns = lem_common::arrivals::schedule_for(cfg, prompts.len())
         .map_err(|e| RunError::Unsupported(e.to_string()))?;
     // Without arrivals, requests go in the order lem's engine would batch them.

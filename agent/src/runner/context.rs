@@ -124,7 +124,10 @@ mod tests {
         assert_eq!(env.get("LEM_KEY"), Some("s3cret"));
         assert_eq!(env.get("ABSENT"), None);
         let shown = format!("{env:?}");
-        assert!(shown.contains("LEM_KEY") && !shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("LEM_KEY") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 
     #[test]

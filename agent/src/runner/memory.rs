@@ -87,9 +87,7 @@ fn label(peak: Measured<u64>, shared_because: Option<&str>) -> Measured<u64> {
     };
     let source = match shared_because {
         None => "VmHWM reset at job start: this job's peak host memory".to_string(),
-        Some(why) => format!(
-            "VmHWM: the process's peak host memory, not this job's alone ({why})"
-        ),
+        Some(why) => format!("VmHWM: the process's peak host memory, not this job's alone ({why})"),
     };
     Measured::known(value, source)
 }
@@ -105,7 +103,10 @@ mod tests {
         assert!(own.source.unwrap().contains("this job's peak"));
         let shared = label(Measured::known(10, "VmHWM"), Some("because"));
         let source = shared.source.unwrap();
-        assert!(source.contains("process's peak") && source.contains("because"), "{source}");
+        assert!(
+            source.contains("process's peak") && source.contains("because"),
+            "{source}"
+        );
         let missing = label(Measured::unavailable("no proc"), None);
         assert_eq!(missing.unavailable_reason.as_deref(), Some("no proc"));
     }
@@ -130,8 +131,16 @@ mod tests {
         let (Some(big_b), Some(small_b)) = (big_peak.value, small_peak.value) else {
             panic!("VmHWM readable: {big_peak:?} {small_peak:?}");
         };
-        assert!(big_b >= before + (256 << 20) - (16 << 20), "{big_b} vs {before}");
-        if small_peak.source.as_deref().unwrap().contains("this job's peak") {
+        assert!(
+            big_b >= before + (256 << 20) - (16 << 20),
+            "{big_b} vs {before}"
+        );
+        if small_peak
+            .source
+            .as_deref()
+            .unwrap()
+            .contains("this job's peak")
+        {
             assert!(
                 small_b + (128 << 20) < big_b,
                 "after a reset the peak is the job's: {small_b} vs {big_b}"

@@ -19,9 +19,9 @@ mod window;
 
 pub use context::{EnvSnapshot, RunContext};
 pub use placement::{gpu_targets, DevicePlacement};
+pub(crate) use planning::generation_params;
 pub use planning::plan_batches;
 pub use preflight::preflight;
-pub(crate) use planning::generation_params;
 pub(crate) use token_prompts::{load_token_prompts, TokenPrompt};
 pub(crate) use window::apply_baselines;
 

@@ -116,6 +116,9 @@ mod tests {
         assert_eq!(thread_note(&cfg, &cpu(Some(4))), None);
         assert_eq!(thread_note(&cfg, &cpu(None)), None, "not CPU inference");
         let note = thread_note(&cfg, &cpu(Some(2))).unwrap();
-        assert!(note.contains("cpu_threads 4") && note.contains("fixed at 2"), "{note}");
+        assert!(
+            note.contains("cpu_threads 4") && note.contains("fixed at 2"),
+            "{note}"
+        );
     }
 }

@@ -8,7 +8,9 @@ pub enum DevicePlacement {
     /// Embedded mode: the config's `gpu_list` indexes the visible devices, which are
     /// `CUDA_VISIBLE_DEVICES` as the process saw it at start (`None`: unset, so every
     /// GPU by NVML index).
-    GpuList { cuda_visible_devices: Option<String> },
+    GpuList {
+        cuda_visible_devices: Option<String>,
+    },
     /// A lease names the devices (a networked agent cannot change
     /// `CUDA_VISIBLE_DEVICES` once CUDA has started): NVML targets in order (GPU index,
     /// GPU UUID or MIG UUID, as `NvmlMeter::open_targets` takes them) and the CUDA

@@ -412,14 +412,8 @@ pub(super) fn measure(
     } = window;
     let wall_ns = window_start.elapsed().as_nanos() as u64;
     let phases = observer.window.take().map(|(_, recorder)| recorder);
-    let energy = metered_window::close_meters(
-        meters,
-        wall_ns,
-        phases.as_ref(),
-        &baselines,
-        cfg,
-        warnings,
-    );
+    let energy =
+        metered_window::close_meters(meters, wall_ns, phases.as_ref(), &baselines, cfg, warnings);
     records.sort_by_key(|r| r.index);
     Ok(WindowOutcome {
         records,
