@@ -85,6 +85,16 @@ fn the_same_job_meters_the_gpus_its_placement_names_and_keeps_its_key() {
         assert_eq!(r.job_key, key, "the key is the config's and cycle's");
         assert_eq!(r.effective_config, embedded.effective_config);
     }
+    // Each run was alone in this process: its peak memory is its own (or says why not).
+    for r in [&embedded, &leased, &reordered] {
+        let peak = &r.peak_memory_bytes;
+        assert!(peak.value.is_some_and(|b| b > 0), "{peak:?}");
+        let source = peak.source.as_deref().unwrap();
+        assert!(
+            source.contains("this job's peak") || source.contains("could not be reset"),
+            "{source}"
+        );
+    }
     // The readings are the named GPU's: the 300 W one draws more than the 100 W one over
     // a window (the windows differ in length, so compare average power).
     let watts = |r: &RawResult| {
