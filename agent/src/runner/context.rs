@@ -10,6 +10,7 @@ use crate::hub::ResolveOptions;
 use crate::meter::nvml::NVML_LIB_ENV;
 use crate::meter::rapl::DEFAULT_POWERCAP_ROOT;
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -19,16 +20,14 @@ use std::sync::Arc;
 /// looks a variable up (`openai.api_key_env`). Values never appear in `Debug` output.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct EnvSnapshot {
-    vars: BTreeMap<String, String>,
+    vars: BTreeMap<OsString, OsString>,
 }
 
 impl EnvSnapshot {
-    /// This process's variables now (those that are valid UTF-8).
+    /// This process's variables now.
     pub fn capture() -> Self {
         Self {
-            vars: std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-                .collect(),
+            vars: std::env::vars_os().collect(),
         }
     }
 
@@ -39,13 +38,19 @@ impl EnvSnapshot {
         Self {
             vars: vars
                 .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
+                .map(|(k, v)| (k.into().into(), v.into().into()))
                 .collect(),
         }
     }
 
+    /// The value of `key`; `None` when unset or not valid UTF-8 (as `std::env::var`).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.vars.get(key).map(String::as_str)
+        self.get_os(key)?.to_str()
+    }
+
+    /// The value of `key` as the OS gave it (paths need not be UTF-8).
+    pub fn get_os(&self, key: &str) -> Option<&OsStr> {
+        self.vars.get(OsStr::new(key)).map(OsString::as_os_str)
     }
 }
 
@@ -53,7 +58,14 @@ impl fmt::Debug for EnvSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Names only: a snapshot may hold tokens and keys.
         f.debug_struct("EnvSnapshot")
-            .field("names", &self.vars.keys().collect::<Vec<_>>())
+            .field(
+                "names",
+                &self
+                    .vars
+                    .keys()
+                    .map(|k| k.to_string_lossy())
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -84,11 +96,11 @@ impl RunContext {
     /// config may name.
     pub fn from_env(stop: Arc<AtomicBool>) -> Self {
         let env = EnvSnapshot::capture();
-        let non_empty = |key: &str| env.get(key).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let non_empty = |key: &str| env.get_os(key).filter(|v| !v.is_empty()).map(PathBuf::from);
         Self {
             resolve: ResolveOptions::from_lookup(|key| env.get(key).map(str::to_string)),
             powercap_root: env
-                .get("LEM_POWERCAP_ROOT")
+                .get_os("LEM_POWERCAP_ROOT")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_POWERCAP_ROOT)),
             nvml_lib: non_empty(NVML_LIB_ENV),
