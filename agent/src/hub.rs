@@ -28,6 +28,28 @@ pub struct ResolveOptions {
     pub offline: bool,
     /// Branch, tag or commit hash; `main` by default.
     pub revision: String,
+    /// What a leading `~/` in a model path stands for (`HOME`); `None` leaves it as is.
+    pub home_dir: Option<PathBuf>,
+    /// Token and endpoint for the hub.
+    pub access: HubAccess,
+}
+
+/// How lem talks to the Hugging Face hub: `HF_TOKEN` (else the token file beside the
+/// hub cache) and `HF_ENDPOINT`, read once with the rest of [`ResolveOptions`].
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct HubAccess {
+    pub token: Option<String>,
+    pub endpoint: Option<String>,
+}
+
+impl std::fmt::Debug for HubAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret: say only whether there is one.
+        f.debug_struct("HubAccess")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
 }
 
 impl ResolveOptions {
@@ -38,9 +60,12 @@ impl ResolveOptions {
         Self::from_lookup(|key| std::env::var(key).ok())
     }
 
-    /// `from_env` with the variables read through `get` (tests pass a map).
+    /// `from_env` with the variables read through `get` (tests pass a map). Also reads
+    /// `HF_TOKEN` and `HF_ENDPOINT` ([`HubAccess`]).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
         let set = |key: &str| get(key).filter(|v| !v.is_empty());
+        // `~/` expands only with HOME set (an empty HOME included, as before).
+        let home_dir = get("HOME").map(PathBuf::from);
         let home = set("HOME")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."));
@@ -65,6 +90,11 @@ impl ResolveOptions {
             hf_cache_dir,
             offline: truthy("HF_HUB_OFFLINE") || truthy("LEM_OFFLINE"),
             revision: "main".to_string(),
+            home_dir,
+            access: HubAccess {
+                token: set("HF_TOKEN"),
+                endpoint: get("HF_ENDPOINT"),
+            },
         }
     }
 }
@@ -260,9 +290,9 @@ fn split_selector(name: &str) -> (&str, Option<Selector>) {
     }
 }
 
-fn expand_home(name: &str) -> PathBuf {
-    match (name.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+fn expand_home(name: &str, home_dir: Option<&Path>) -> PathBuf {
+    match (name.strip_prefix("~/"), home_dir) {
+        (Some(rest), Some(home)) => home.join(rest),
         _ => PathBuf::from(name),
     }
 }
@@ -517,7 +547,7 @@ pub fn resolve_model(name: &str, opts: &ResolveOptions) -> Result<ResolvedModel,
     let mut looked = Vec::new();
 
     // 1. A local path, whole or with a `:selector` suffix.
-    let (base, selector) = if expand_home(name).exists() {
+    let (base, selector) = if expand_home(name, opts.home_dir.as_deref()).exists() {
         (name, None)
     } else {
         split_selector(name)
@@ -527,7 +557,7 @@ pub fn resolve_model(name: &str, opts: &ResolveOptions) -> Result<ResolvedModel,
         base,
         selector: selector.as_ref(),
     };
-    let local = expand_home(base);
+    let local = expand_home(base, opts.home_dir.as_deref());
     if local.is_file() {
         let lower = base.to_ascii_lowercase();
         if !lower.ends_with(".gguf") {
@@ -670,18 +700,18 @@ fn plan_download(req: &Request<'_>, files: &[String]) -> Result<DownloadPlan, Hu
 }
 
 /// An hf-hub client writing into `hf_cache_dir`, with the user's token and endpoint.
-pub(crate) fn api_builder(hf_cache_dir: &Path) -> ApiBuilder {
+pub(crate) fn api_builder(hf_cache_dir: &Path, access: &HubAccess) -> ApiBuilder {
     let mut builder = ApiBuilder::new().with_cache_dir(hf_cache_dir.to_path_buf());
     // The token file sits beside the hub cache (`$HF_HOME/token`); `HF_TOKEN` wins.
-    let token = std::env::var("HF_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
+    let token = access
+        .token
+        .clone()
         .or_else(|| Cache::new(hf_cache_dir.to_path_buf()).token());
     if token.is_some() {
         builder = builder.with_token(token);
     }
-    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-        builder = builder.with_endpoint(endpoint);
+    if let Some(endpoint) = &access.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
     }
     builder
 }
@@ -699,7 +729,7 @@ fn download_model(
         looked: looked.to_vec(),
         source: Box::new(e),
     };
-    let api = api_builder(&opts.hf_cache_dir)
+    let api = api_builder(&opts.hf_cache_dir, &opts.access)
         .build()
         .map_err(|e| fail("the file list", &looked, e))?;
     let repo = api.repo(Repo::with_revision(
@@ -818,6 +848,8 @@ mod tests {
             hf_cache_dir: root.join("hf"),
             offline,
             revision: "main".into(),
+            home_dir: None,
+            access: HubAccess::default(),
         };
         Caches {
             _tmp: tmp,

@@ -12,4 +12,5 @@ pub mod prompts;
 pub mod runner;
 pub mod serving;
 pub mod sysinfo;
+pub mod threads;
 pub mod warmup;

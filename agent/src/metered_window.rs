@@ -6,7 +6,7 @@
 use crate::meter::phases::PhaseRecorder;
 use crate::meter::rapl::CpuMeters;
 use crate::meter::{self, BaselineCache, EnergyMeter};
-use crate::runner::{apply_baselines, open_gpu_meter, RunContext, RunProgress};
+use crate::runner::{apply_baselines, RunContext, RunProgress, SIMULATED_WARNING};
 use lem_common::config::ExperimentConfig;
 use lem_common::domain::EnergyReading;
 use std::collections::BTreeMap;
@@ -20,10 +20,44 @@ pub(crate) fn open_meters(
     warnings: &mut Vec<String>,
 ) -> CpuMeters {
     let mut meters = meter::rapl::open_cpu_meters(&ctx.powercap_root);
-    if let Some(m) = open_gpu_meter(cfg, meter_gpus, warnings) {
+    if let Some(m) = open_gpu_meter(cfg, ctx, meter_gpus, warnings) {
         meters.meters.push(Box::new(m));
     }
     meters
+}
+
+/// The NVML meter for the job's GPUs (its placement), when they are to be metered:
+/// inference runs on a GPU (the system's NVML, or the library named) or the context
+/// names an NVML library (a simulated node). CPU inference on a GPU box is not charged
+/// the idle GPUs' energy. Why GPUs go unmetered is pushed to `warnings`.
+fn open_gpu_meter(
+    cfg: &ExperimentConfig,
+    ctx: &RunContext,
+    on_gpu: bool,
+    warnings: &mut Vec<String>,
+) -> Option<meter::nvml::NvmlMeter> {
+    if ctx.nvml_lib.is_none() && !on_gpu {
+        return None;
+    }
+    let opened = ctx
+        .placement
+        .gpu_targets(&cfg.gpu_list)
+        .and_then(|targets| {
+            meter::nvml::NvmlMeter::open_targets_resolved(ctx.nvml_lib.as_deref(), &targets)
+                .map_err(|e| e.to_string())
+        });
+    let mut m = match opened {
+        Ok(m) => m,
+        Err(why) => {
+            warnings.push(format!("GPU energy not measured: {why}"));
+            return None;
+        }
+    };
+    if let Some(why) = m.simulation_reason() {
+        warnings.push(format!("{SIMULATED_WARNING} ({why})"));
+    }
+    m.set_sample_period(Duration::from_secs_f64(cfg.sample_period_ms / 1000.0));
+    Some(m)
 }
 
 /// Idle baselines (measured, or cached while fresh) for `idle_baseline_s > 0`, handed to

@@ -12,6 +12,8 @@ mod support;
 
 #[test]
 fn every_strategy_gives_each_prompt_its_solo_output() {
+    // The CPU pool is sized once per process (as lem does at start).
+    lem_agent::threads::init(Some(2));
     let Some(path) = support::model_path() else {
         return;
     };

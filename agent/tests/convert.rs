@@ -111,6 +111,8 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn load_opts() -> LoadOptions {
+    // The CPU pool is sized once per process (as lem does at start).
+    lem_agent::threads::init(Some(2));
     LoadOptions {
         cpu_threads: Some(2),
         ..LoadOptions::default()

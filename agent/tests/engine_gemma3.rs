@@ -56,6 +56,8 @@ fn fixture() -> Fixture {
 
 /// One engine for the whole binary (loading takes seconds; tests run in parallel).
 fn engine() -> Option<&'static Mutex<Engine>> {
+    // The CPU pool is sized once per process (as lem does at start).
+    lem_agent::threads::init(Some(2));
     static ENGINE: OnceLock<Option<Mutex<Engine>>> = OnceLock::new();
     ENGINE
         .get_or_init(|| {

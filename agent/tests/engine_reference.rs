@@ -15,6 +15,8 @@ use support::model_path;
 
 #[test]
 fn f32_logits_match_numpy_reference() {
+    // The CPU pool is sized once per process (as lem does at start).
+    lem_agent::threads::init(Some(2));
     let Some(path) = model_path() else { return };
     std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
     let opts = LoadOptions {

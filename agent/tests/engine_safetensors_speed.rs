@@ -27,6 +27,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[test]
 #[ignore = "speed figures for docs/engine.md; run with --release --ignored --nocapture"]
 fn safetensors_precisions_answer_and_their_speed() {
+    // The CPU pool is sized once per process (as lem does at start).
+    lem_agent::threads::init(Some(2));
     let Some(source) = support::model_path() else {
         return;
     };

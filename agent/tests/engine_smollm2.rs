@@ -15,6 +15,8 @@ use support::model_path;
 
 /// One engine for the whole file: loading takes a second and tests share 2 cores.
 fn engine() -> Option<MutexGuard<'static, Engine>> {
+    // The CPU pool is sized once per process (as lem does at start).
+    lem_agent::threads::init(Some(2));
     static ENGINE: OnceLock<Option<Mutex<Engine>>> = OnceLock::new();
     let e = ENGINE.get_or_init(|| {
         let path = model_path()?;

@@ -76,6 +76,8 @@ fn measure(e: &mut Engine, label: &str) {
 #[test]
 #[ignore = "speed figures: run in release with --ignored --nocapture"]
 fn smollm2_speed() {
+    // The CPU pool is sized once per process (as lem does at start).
+    lem_agent::threads::init(Some(2));
     let path = support::smollm2_path();
     if !path.exists() {
         eprintln!("SKIPPED: SmolLM2 GGUF not found at {}", path.display());

@@ -132,6 +132,8 @@ fn write_tiny(dir: &Path, name: &str, spec: &Spec) -> PathBuf {
 }
 
 fn opts() -> LoadOptions {
+    // The CPU pool is sized once per process (as lem does at start).
+    lem_agent::threads::init(Some(2));
     LoadOptions {
         cpu_threads: Some(2),
         max_seq_len: 128,

@@ -259,7 +259,7 @@ fn a_server_that_is_down_is_an_error_naming_the_endpoint() {
     let cfg = config(&endpoint, &file, 1);
     let ctx = context(dir.path());
     for err in [
-        runner::preflight(&cfg, &ctx.resolve).unwrap_err(),
+        runner::preflight(&cfg, &ctx).unwrap_err(),
         run(cfg.clone(), &ctx).unwrap_err(),
     ] {
         let msg = err.to_string();

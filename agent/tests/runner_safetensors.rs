@@ -132,6 +132,8 @@ fn run(runner: &mut JobRunner, ctx: &RunContext, cfg: ExperimentConfig) -> RawRe
 
 #[test]
 fn config_precision_and_quantisation_reach_the_safetensors_loader() {
+    // The CPU pool is sized once per process (as lem does at start).
+    lem_agent::threads::init(Some(2));
     let root = tempfile::tempdir().unwrap();
     let model = root.path().join("tiny-llama");
     write_model(&model);

@@ -14,6 +14,8 @@ mod support;
 
 #[test]
 fn warmup_until_stable_records_its_rounds() {
+    // The CPU pool is sized once per process (as lem does at start).
+    lem_agent::threads::init(Some(2));
     let Some(model) = support::model_path() else {
         return;
     };

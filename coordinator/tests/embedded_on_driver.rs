@@ -4,7 +4,7 @@
 //! `embedded_sweeps.rs`); this pins the pieces alone.
 
 use lem_agent::hub::ResolveOptions;
-use lem_agent::runner::{JobRunner, RunContext};
+use lem_agent::runner::{DevicePlacement, EnvSnapshot, JobRunner, RunContext};
 use lem_common::config::{self, CliOverrides};
 use lem_common::domain::job_key;
 use lem_coordinator::aggregate::ExperimentAggregate;
@@ -64,8 +64,13 @@ fn a_sweep_runs_on_the_real_runner_through_the_driver_and_is_stored_once_per_cyc
             hf_cache_dir: dir.path().join("hf"),
             offline: true,
             revision: "main".into(),
+            home_dir: None,
+            access: Default::default(),
         },
         powercap_root: dir.path().join("powercap"),
+        nvml_lib: None,
+        placement: DevicePlacement::default(),
+        env: EnvSnapshot::default(),
         stop: Arc::new(AtomicBool::new(false)),
     };
     let (events_tx, events) = mpsc::channel();

@@ -35,7 +35,6 @@ use gguf::{GgufFile, LlamaConfig};
 use lem_common::domain::{ComputeDevice, ModelInfo, TransformerShape};
 use model::{KvCache, LlamaModel, MatmulMode};
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 use std::time::Instant;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -379,32 +378,16 @@ fn prepare(opts: &LoadOptions) -> Result<(Device, String, usize), EngineError> {
     Ok((device, note, configure_threads(opts.cpu_threads)))
 }
 
-/// Sets candle's CPU thread count and returns the count actually in use.
-///
-/// candle 0.11 sizes two global pools lazily, on first use: a barrier pool that runs the
-/// quantised matmuls (`CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the number of
-/// physical cores) and a rayon pool (`RAYON_NUM_THREADS`, which is also what
-/// `candle_core::utils::get_num_threads` reads for f32 matmuls). So the env vars are set
-/// on the first request, before this crate runs any candle op; once a pool exists its
-/// size is fixed for the process, and a later, different request only warns. The count
-/// reported is read back from the barrier pool, so it is true even if some other code
-/// touched candle first.
+/// The CPU thread count in use, fixed when the process started (`crate::threads::init`);
+/// a different request is not applied, only warned about (the runner says so in the
+/// result).
 fn configure_threads(requested: Option<usize>) -> usize {
-    static SET: Once = Once::new();
-    if let Some(n) = requested.filter(|&n| n > 0) {
-        SET.call_once(|| {
-            // Edition 2021: set_var is safe; nothing in lem reads these concurrently.
-            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        });
-    }
-    // The pool's workers plus the calling thread, which takes a share of every op.
-    let actual = candle_core::utils::barrier_pool().n_workers() + 1;
+    let actual = crate::threads::in_use();
     if let Some(r) = requested.filter(|&r| r != actual) {
         tracing::warn!(
             requested = r,
             using = actual,
-            "candle's CPU thread pool was already sized in this process; cpu_threads not applied"
+            "the CPU thread pool was sized when the process started; cpu_threads not applied"
         );
     }
     actual

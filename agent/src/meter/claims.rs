@@ -6,9 +6,9 @@
 //! devices cannot deadlock: neither holds part of what it wants while it waits.
 
 use super::ownership::{plan_metered_devices, DeviceKey, MeterEnvironment, MeteredDevice};
+use crate::runner::RunContext;
 use lem_common::config::ExperimentConfig;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -209,19 +209,19 @@ impl DeviceClaims {
 }
 
 /// For the runner: claims, in the process's register, every device a job with `cfg`
-/// meters (RAPL under `powercap_root`, its GPUs when `on_gpu` or `LEM_NVML_LIB` is set),
-/// waiting while another job of this process meters one. A wait is said in `warnings`.
-/// `None` when `stop` is set while waiting.
+/// meters under `ctx` (RAPL under its powercap root, the GPUs of its placement when
+/// `on_gpu` or an NVML library is named), waiting while another job of this process
+/// meters one. A wait is said in `warnings`. `None` when `stop` is set while waiting.
 pub fn claim_for_job(
     cfg: &ExperimentConfig,
-    powercap_root: &Path,
+    ctx: &RunContext,
     on_gpu: bool,
     holder: &str,
     stop: &AtomicBool,
     warnings: &mut Vec<String>,
 ) -> Option<DeviceClaim<'static>> {
-    let probe_gpus = on_gpu || super::nvml::resolve_lib_path(None).is_some();
-    let env = MeterEnvironment::probe(powercap_root, probe_gpus);
+    let probe_gpus = on_gpu || ctx.nvml_lib.is_some();
+    let env = MeterEnvironment::probe(ctx, probe_gpus);
     let devices = plan_metered_devices(cfg, on_gpu, &env);
     let (claim, waited) = DeviceClaims::global().claim(holder, &devices, stop).ok()?;
     if let Some(w) = waited {

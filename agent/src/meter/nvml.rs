@@ -88,10 +88,16 @@ pub const FAKE_MARKER_SYMBOL: &str = "lem_fake_nvml_marker";
 /// reporting a driver version starting with [`FAKE_DRIVER_PREFIX`]: the label never
 /// depends on a call the library may fail.
 pub fn simulation_reason(lib: Option<&Path>, driver_version: Option<&str>) -> Option<String> {
-    let named = resolve_lib_path(lib);
-    let file = named
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("libnvidia-ml.so.1"));
+    simulation_reason_resolved(resolve_lib_path(lib).as_deref(), driver_version)
+}
+
+/// [`simulation_reason`] for a library already chosen (`named`: `None` = the system's);
+/// reads no environment variable.
+pub fn simulation_reason_resolved(
+    named: Option<&Path>,
+    driver_version: Option<&str>,
+) -> Option<String> {
+    let file = named.map_or_else(|| PathBuf::from("libnvidia-ml.so.1"), Path::to_path_buf);
     if exports_fake_marker(&file) {
         return Some(format!(
             "{} exports {FAKE_MARKER_SYMBOL} (the fake NVML)",
@@ -143,7 +149,12 @@ pub fn resolve_lib_path(lib: Option<&Path>) -> Option<PathBuf> {
 
 /// Loads and initialises NVML from `lib` (see [`resolve_lib_path`]).
 pub fn init_nvml(lib: Option<&Path>) -> Result<Nvml, NvmlUnavailable> {
-    let path = resolve_lib_path(lib);
+    init_nvml_resolved(resolve_lib_path(lib).as_deref())
+}
+
+/// Loads and initialises NVML from `path` (`None`: the system's library); reads no
+/// environment variable.
+pub fn init_nvml_resolved(path: Option<&Path>) -> Result<Nvml, NvmlUnavailable> {
     let mut builder = Nvml::builder();
     if let Some(p) = &path {
         builder.lib_path(p.as_os_str());
@@ -350,7 +361,13 @@ fn instance_id<F, E: std::fmt::Display>(
 
 /// Lists the GPUs NVML sees, with the MIG devices of those in MIG mode.
 pub fn discover_gpus(lib: Option<&Path>) -> Result<Vec<GpuInfo>, NvmlUnavailable> {
-    let nvml = init_nvml(lib)?;
+    discover_gpus_resolved(resolve_lib_path(lib).as_deref())
+}
+
+/// [`discover_gpus`] for a library already chosen (`None`: the system's); reads no
+/// environment variable.
+pub fn discover_gpus_resolved(lib: Option<&Path>) -> Result<Vec<GpuInfo>, NvmlUnavailable> {
+    let nvml = init_nvml_resolved(lib)?;
     let count = nvml.device_count().map_err(|e| NvmlUnavailable {
         library: library_name(lib),
         reason: nvml_reason("nvmlDeviceGetCount_v2", &e),
@@ -431,8 +448,9 @@ pub fn discover_gpus(lib: Option<&Path>) -> Result<Vec<GpuInfo>, NvmlUnavailable
     Ok(gpus)
 }
 
+/// The name of an already chosen library, for messages.
 fn library_name(lib: Option<&Path>) -> String {
-    resolve_lib_path(lib).map_or_else(
+    lib.map_or_else(
         || "libnvidia-ml.so.1".to_owned(),
         |p| p.display().to_string(),
     )
@@ -581,7 +599,16 @@ impl NvmlMeter {
         lib: Option<&Path>,
         targets: &[String],
     ) -> Result<NvmlMeter, NvmlUnavailable> {
-        let nvml = init_nvml(lib)?;
+        Self::open_targets_resolved(resolve_lib_path(lib).as_deref(), targets)
+    }
+
+    /// [`NvmlMeter::open_targets`] for a library already chosen (`None`: the system's);
+    /// reads no environment variable (the runner's way in).
+    pub fn open_targets_resolved(
+        lib: Option<&Path>,
+        targets: &[String],
+    ) -> Result<NvmlMeter, NvmlUnavailable> {
+        let nvml = init_nvml_resolved(lib)?;
         let count = nvml.device_count().map_err(|e| NvmlUnavailable {
             library: library_name(lib),
             reason: nvml_reason("nvmlDeviceGetCount_v2", &e),
@@ -665,7 +692,7 @@ impl NvmlMeter {
             .filter_map(|(g, keep)| keep.then_some(g))
             .collect();
         let driver_version = nvml.sys_driver_version().ok();
-        let simulated = simulation_reason(lib, driver_version.as_deref());
+        let simulated = simulation_reason_resolved(lib, driver_version.as_deref());
         Ok(NvmlMeter {
             nvml: Arc::new(nvml),
             driver_version,

@@ -26,9 +26,10 @@
 
 use super::nvml::GpuInfo;
 use super::rapl::{RaplMeter, DEFAULT_POWERCAP_ROOT};
+use crate::runner::DevicePlacement;
+use crate::runner::RunContext;
 use lem_common::config::{Device, ExperimentConfig};
 use std::fmt;
-use std::path::Path;
 
 /// A stable, opaque name of one metered physical device (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -110,20 +111,22 @@ pub struct MeterEnvironment {
     pub rapl_scope: Option<String>,
     /// RAPL package zones found (`package-0`, ...); empty without RAPL.
     pub rapl_packages: Vec<String>,
-    /// `LEM_NVML_LIB` names a library: GPUs are metered even for CPU inference (a
-    /// simulated node), as the runner does.
+    /// An NVML library is named for this node (`LEM_NVML_LIB`): GPUs are metered even
+    /// for CPU inference (a simulated node), as the runner does.
     pub nvml_lib_named: bool,
-    /// `CUDA_VISIBLE_DEVICES` as set.
-    pub cuda_visible_devices: Option<String>,
+    /// Where the job's GPUs are (the run context's placement).
+    pub placement: DevicePlacement,
     /// The GPUs NVML lists; `None` when NVML was not probed or could not be opened (no
     /// GPU is then metered, as the runner's NVML meter would not open either).
     pub gpus: Option<Vec<GpuInfo>>,
 }
 
 impl MeterEnvironment {
-    /// Probes RAPL under `powercap_root` and, when `probe_gpus`, NVML (the library
-    /// `LEM_NVML_LIB` names, else the system's).
-    pub fn probe(powercap_root: &Path, probe_gpus: bool) -> Self {
+    /// Probes what a job run with `ctx` would meter: RAPL under its powercap root and,
+    /// when `probe_gpus`, NVML (its named library, else the system's). Reads no
+    /// environment variable.
+    pub fn probe(ctx: &RunContext, probe_gpus: bool) -> Self {
+        let powercap_root = ctx.powercap_root.as_path();
         let rapl_packages = RaplMeter::discover(powercap_root)
             .map(|m| {
                 m.device_ids()
@@ -132,16 +135,16 @@ impl MeterEnvironment {
                     .collect()
             })
             .unwrap_or_default();
-        let nvml_lib = super::nvml::resolve_lib_path(None);
+        let nvml_lib = ctx.nvml_lib.as_deref();
         let gpus = probe_gpus
-            .then(|| super::nvml::discover_gpus(nvml_lib.as_deref()).ok())
+            .then(|| super::nvml::discover_gpus_resolved(nvml_lib).ok())
             .flatten();
         Self {
-            rapl_scope: (powercap_root != Path::new(DEFAULT_POWERCAP_ROOT))
+            rapl_scope: (powercap_root != std::path::Path::new(DEFAULT_POWERCAP_ROOT))
                 .then(|| powercap_root.display().to_string()),
             rapl_packages,
             nvml_lib_named: nvml_lib.is_some(),
-            cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+            placement: ctx.placement.clone(),
             gpus,
         }
     }
@@ -156,8 +159,9 @@ pub fn may_run_on_gpu(cfg: &ExperimentConfig) -> bool {
 
 /// The devices a job with `cfg` meters on `env`, sorted by key. `on_gpu`: inference
 /// runs on a GPU (see [`may_run_on_gpu`] before the engine is loaded). Mirrors the
-/// runner: every RAPL package; the GPUs of `gpu_list` (through `CUDA_VISIBLE_DEVICES`)
-/// when inference runs on a GPU or `LEM_NVML_LIB` names a library.
+/// runner: every RAPL package; the GPUs of the job's placement (`gpu_list` through
+/// `CUDA_VISIBLE_DEVICES`, or a lease's devices) when inference runs on a GPU or an
+/// NVML library is named.
 pub fn plan_metered_devices(
     cfg: &ExperimentConfig,
     on_gpu: bool,
@@ -169,10 +173,7 @@ pub fn plan_metered_devices(
         .map(|p| MeteredDevice::exclusive(DeviceKey::rapl(env.rapl_scope.as_deref(), p)))
         .collect();
     if on_gpu || env.nvml_lib_named {
-        if let (Some(gpus), Ok(targets)) = (
-            &env.gpus,
-            crate::runner::gpu_targets(env.cuda_visible_devices.as_deref(), &cfg.gpu_list),
-        ) {
+        if let (Some(gpus), Ok(targets)) = (&env.gpus, env.placement.gpu_targets(&cfg.gpu_list)) {
             devices.extend(gpu_devices(gpus, &targets));
         }
     }
@@ -307,7 +308,7 @@ mod tests {
             rapl_scope: None,
             rapl_packages: vec!["package-0".into(), "package-1".into()],
             nvml_lib_named: false,
-            cuda_visible_devices: None,
+            placement: DevicePlacement::default(),
             gpus: Some(vec![
                 gpu(0, "GPU-aaaaaaaa-0000", &[]),
                 gpu(
@@ -347,7 +348,9 @@ mod tests {
         );
         // Index 1 through CUDA_VISIBLE_DEVICES=1,0 is GPU 0.
         let env = MeterEnvironment {
-            cuda_visible_devices: Some("1,0".into()),
+            placement: DevicePlacement::GpuList {
+                cuda_visible_devices: Some("1,0".into()),
+            },
             ..node()
         };
         let got = plan_metered_devices(&cfg(&[1]), true, &env);
@@ -358,7 +361,9 @@ mod tests {
     fn a_shared_mig_slice_shares_the_parent_and_holds_its_slice() {
         let env = MeterEnvironment {
             rapl_packages: Vec::new(),
-            cuda_visible_devices: Some("MIG-s1-aaaaaaaa".into()),
+            placement: DevicePlacement::GpuList {
+                cuda_visible_devices: Some("MIG-s1-aaaaaaaa".into()),
+            },
             ..node()
         };
         let got = plan_metered_devices(&cfg(&[0]), true, &env);
@@ -371,7 +376,9 @@ mod tests {
         );
         // A second job on the other slice may run beside it; one on the same may not.
         let other = MeterEnvironment {
-            cuda_visible_devices: Some("MIG-s2-bbbbbbbb".into()),
+            placement: DevicePlacement::GpuList {
+                cuda_visible_devices: Some("MIG-s2-bbbbbbbb".into()),
+            },
             ..env.clone()
         };
         let beside = plan_metered_devices(&cfg(&[0]), true, &other);
@@ -383,7 +390,9 @@ mod tests {
         // Every slice of the parent: the parent's energy is the job's, exclusively, and
         // it conflicts with a shared slice job.
         let all = MeterEnvironment {
-            cuda_visible_devices: Some("MIG-s1-aaaaaaaa,MIG-s2-bbbbbbbb".into()),
+            placement: DevicePlacement::GpuList {
+                cuda_visible_devices: Some("MIG-s1-aaaaaaaa,MIG-s2-bbbbbbbb".into()),
+            },
             ..env
         };
         let whole = plan_metered_devices(&cfg(&[0, 1]), true, &all);
@@ -411,7 +420,9 @@ mod tests {
             std::fs::write(d.join("name"), format!("{name}\n")).unwrap();
             std::fs::write(d.join("energy_uj"), "1\n").unwrap();
         }
-        let env = MeterEnvironment::probe(tmp.path(), false);
+        let mut ctx = RunContext::from_env(Default::default());
+        ctx.powercap_root = tmp.path().to_path_buf();
+        let env = MeterEnvironment::probe(&ctx, false);
         let root = tmp.path().display().to_string();
         assert_eq!(env.rapl_scope.as_deref(), Some(root.as_str()));
         assert_eq!(env.rapl_packages, ["package-0"], "dram is the package's");

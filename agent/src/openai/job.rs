@@ -15,8 +15,8 @@ use crate::hub::{self, ModelFormat};
 use crate::meter::{self, BaselineCache};
 use crate::metered_window;
 use crate::runner::{
-    generation_params, load_token_prompts, now_rfc3339, plan_batches, RunContext, RunError,
-    RunProgress, TokenPrompt,
+    generation_params, load_token_prompts, now_rfc3339, plan_batches, EnvSnapshot, RunContext,
+    RunError, RunProgress, TokenPrompt,
 };
 use lem_common::config::{Device, ExperimentConfig, OpenAiServerConfig};
 use lem_common::domain::{
@@ -37,14 +37,16 @@ fn server_config(cfg: &ExperimentConfig) -> Result<&OpenAiServerConfig, OpenAiEr
     cfg.openai.as_ref().ok_or(OpenAiError::MissingSection)
 }
 
-/// The API key from `api_key_env`, when one is named; a named variable that is unset is
-/// an error (the server would refuse every request).
-fn api_key(server: &OpenAiServerConfig) -> Result<Option<String>, OpenAiError> {
+/// The API key from `api_key_env`, looked up in the context's variables, when one is
+/// named; a named variable that is unset is an error (the server would refuse every
+/// request).
+fn api_key(server: &OpenAiServerConfig, env: &EnvSnapshot) -> Result<Option<String>, OpenAiError> {
     match &server.api_key_env {
         None => Ok(None),
-        Some(var) => std::env::var(var)
-            .map(Some)
-            .map_err(|_| OpenAiError::MissingApiKey { var: var.clone() }),
+        Some(var) => env
+            .get(var)
+            .map(|v| Some(v.to_string()))
+            .ok_or_else(|| OpenAiError::MissingApiKey { var: var.clone() }),
     }
 }
 
@@ -58,10 +60,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, OpenAiError> {
 
 /// Checks before an experiment is stored: the endpoint parses, the key is set, and the
 /// server answers.
-pub fn preflight(cfg: &ExperimentConfig) -> Result<ServerIdentity, OpenAiError> {
+pub fn preflight(cfg: &ExperimentConfig, env: &EnvSnapshot) -> Result<ServerIdentity, OpenAiError> {
     let server = server_config(cfg)?;
     let endpoint = Endpoint::parse(&server.endpoint)?;
-    let key = api_key(server)?;
+    let key = api_key(server, env)?;
     runtime()?.block_on(identity::probe(&endpoint, key.as_deref(), PROBE_TIMEOUT))
 }
 
@@ -134,7 +136,7 @@ pub(crate) fn run(
     let started_at = now_rfc3339();
     let mut warnings = Vec::new();
     let endpoint = Endpoint::parse(&server.endpoint)?;
-    let key = api_key(server)?;
+    let key = api_key(server, &ctx.env)?;
     let rt = runtime()?;
 
     progress.phase("asking the server what it serves");
@@ -201,15 +203,9 @@ pub(crate) fn run(
     let meter_gpus = cfg.device == Device::Cuda;
     let mut meters = metered_window::open_meters(cfg, ctx, meter_gpus, &mut warnings);
     let holder = format!("experiment {} ({})", job.experiment_id, cfg.config_name);
-    let _claim = meter::claims::claim_for_job(
-        cfg,
-        &ctx.powercap_root,
-        meter_gpus,
-        &holder,
-        &ctx.stop,
-        &mut warnings,
-    )
-    .ok_or(RunError::Interrupted)?;
+    let _claim =
+        meter::claims::claim_for_job(cfg, ctx, meter_gpus, &holder, &ctx.stop, &mut warnings)
+            .ok_or(RunError::Interrupted)?;
     let arrivals_ns = lem_common::arrivals::schedule_for(cfg, prompts.len())
         .map_err(|e| RunError::Unsupported(e.to_string()))?;
     // Without arrivals, requests go in the order lem's engine would batch them.

@@ -398,7 +398,7 @@ fn download(
         looked: looked.to_vec(),
         source: Box::new(e),
     };
-    let api = hub::api_builder(&ctx.hf_cache_dir)
+    let api = hub::api_builder(&ctx.hf_cache_dir, &ctx.hub_access)
         .build()
         .map_err(|e| fail("the file list", e))?;
     let mut problems = Vec::new();
@@ -483,6 +483,7 @@ mod tests {
         let ctx = PromptContext {
             hf_cache_dir: hf.to_path_buf(),
             offline: true,
+            hub_access: Default::default(),
             count_tokens: &whitespace,
         };
         let spec = PromptSpec::HuggingFace {

@@ -62,6 +62,8 @@ pub struct PromptContext<'a> {
     /// The hub cache itself (holding `datasets--*`), as `hub::ResolveOptions::hf_cache_dir`.
     pub hf_cache_dir: PathBuf,
     pub offline: bool,
+    /// Token and endpoint for dataset downloads.
+    pub hub_access: crate::hub::HubAccess,
     /// Token count of a text under the model's tokenizer (for synthetic prompts).
     pub count_tokens: &'a dyn Fn(&str) -> usize,
 }
@@ -382,6 +384,7 @@ mod tests {
         let ctx = PromptContext {
             hf_cache_dir: dir.path().join("hf"),
             offline: true,
+            hub_access: Default::default(),
             count_tokens: &count,
         };
         let spec = PromptSpec::File { path, column: None };
@@ -408,6 +411,7 @@ mod tests {
         let ctx = PromptContext {
             hf_cache_dir: PathBuf::from("/nonexistent"),
             offline: true,
+            hub_access: Default::default(),
             count_tokens: &count,
         };
         let spec = PromptSpec::Synthetic { input_tokens: 12 };

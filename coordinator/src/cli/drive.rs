@@ -25,9 +25,8 @@ pub(super) fn metered_devices(
     configs: &[&ExperimentConfig],
 ) -> Vec<Vec<MeteredDevice>> {
     let env = MeterEnvironment::probe(
-        &ctx.powercap_root,
-        configs.iter().any(|c| may_run_on_gpu(c))
-            || lem_agent::meter::nvml::resolve_lib_path(None).is_some(),
+        ctx,
+        configs.iter().any(|c| may_run_on_gpu(c)) || ctx.nvml_lib.is_some(),
     );
     configs
         .iter()
@@ -90,6 +89,15 @@ pub(super) fn drive(
         .iter()
         .map(|r| (r.id.clone(), r.cli_overrides.clone()))
         .collect();
+    // CPU threads are the process's, fixed before the first job runs: the first
+    // experiment's request, as when its load sized candle's pools.
+    lem_agent::threads::init(
+        records
+            .first()
+            .and_then(|r| r.effective_config.get("cpu_threads"))
+            .and_then(serde_json::Value::as_u64)
+            .map(|t| t as usize),
+    );
     let executors = (0..runners.max(1))
         .map(|i| RunnerExecutor {
             runner: JobRunner::new(),

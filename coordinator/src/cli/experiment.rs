@@ -97,8 +97,7 @@ pub(super) fn resolve_config(
 /// that nothing it asks for is refused, before any experiment record is stored: a bad
 /// input is a usage error, not a failed experiment.
 pub(super) fn preflight(resolved: &ResolvedConfig, ctx: &RunContext) -> Result<(), CliError> {
-    lem_agent::runner::preflight(&resolved.config, &ctx.resolve)
-        .map_err(|e| CliError::usage(e.to_string()))
+    lem_agent::runner::preflight(&resolved.config, ctx).map_err(|e| CliError::usage(e.to_string()))
 }
 
 pub fn run_experiment(data_dir: &Path, args: ExperimentArgs) -> Result<Outcome, CliError> {

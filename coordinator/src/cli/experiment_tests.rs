@@ -70,6 +70,8 @@ fn a_model_that_cannot_be_found_fails_preflight_as_a_usage_error() {
         hf_cache_dir: dir.path().join("hf"),
         offline: true,
         revision: "main".into(),
+        home_dir: None,
+        access: Default::default(),
     };
     let err = preflight(&resolved, &ctx).unwrap_err();
     assert!(matches!(err, CliError::Usage(_)), "{err:?}");
