@@ -1,6 +1,8 @@
 //! Errors of the inference engine. Every message names the file, tensor, key or row it is
 //! about, so a user can act on it without a debugger.
 
+pub use crate::model::without_backtrace;
+use crate::model::ModelError;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,10 @@ pub enum EngineError {
         reason: String,
     },
 
+    /// A model file wrong as a whole, in a way no key or tensor names.
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+
     #[error("tokenizer from {origin}: {message}")]
     Tokenizer { origin: String, message: String },
 
@@ -100,42 +106,35 @@ impl EngineError {
     }
 }
 
-/// `e` without the backtrace candle attaches when `RUST_BACKTRACE` is set: its text
-/// ends up in a user-facing message, where a 17-frame backtrace inside "bad file" only
-/// hides what is wrong.
-pub fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
-    use candle_core::Error as E;
-    match e {
-        E::WithBacktrace { inner, .. } => without_backtrace(*inner),
-        E::Context { inner, context } => E::Context {
-            inner: Box::new(without_backtrace(*inner)),
-            context,
-        },
-        E::WithPath { inner, path } => E::WithPath {
-            inner: Box::new(without_backtrace(*inner)),
-            path,
-        },
-        other => other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_captured_backtrace_never_reaches_the_message() {
-        let inner =
-            candle_core::Error::Msg("unknown magic 0x6c6c6568".into()).context("reading header");
-        let wrapped = candle_core::Error::WithBacktrace {
-            inner: Box::new(inner),
-            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
-        };
-        assert!(
-            wrapped.to_string().lines().count() > 2,
-            "the fixture carries a backtrace"
-        );
-        let clean = without_backtrace(wrapped).to_string();
-        assert_eq!(clean, "reading header\nunknown magic 0x6c6c6568");
+/// The format layer's errors, as the engine has always reported them.
+impl From<ModelError> for EngineError {
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::Io { path, source } => EngineError::Io { path, source },
+            ModelError::Gguf { path, source } => EngineError::Gguf { path, source },
+            ModelError::MissingKey { path, key } => EngineError::MissingKey { path, key },
+            ModelError::BadKey { path, key, reason } => EngineError::BadKey { path, key, reason },
+            ModelError::UnsupportedArchitecture { path, architecture } => {
+                EngineError::UnsupportedArchitecture { path, architecture }
+            }
+            ModelError::Safetensors { path, source } => EngineError::Safetensors { path, source },
+            ModelError::Config {
+                path,
+                field,
+                reason,
+            } => EngineError::Config {
+                path,
+                field,
+                reason,
+            },
+            ModelError::UnsupportedHfArchitecture { path, architecture } => {
+                EngineError::UnsupportedHfArchitecture { path, architecture }
+            }
+            ModelError::MissingTensor { path, name } => EngineError::MissingTensor { path, name },
+            ModelError::BadTensor { path, name, reason } => {
+                EngineError::BadTensor { path, name, reason }
+            }
+            ModelError::Invalid { path, reason } => EngineError::Invalid { path, reason },
+        }
     }
 }

@@ -8,8 +8,8 @@
 //! lem's own llama.cpp-compatible merger (`spm.rs`).
 
 use super::error::EngineError;
-use super::gguf::GgufFile;
 use super::spm::{SpmTokenizer, TYPE_CONTROL, TYPE_USER_DEFINED};
+use crate::model::GgufFile;
 use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
@@ -302,14 +302,9 @@ impl LemTokenizer {
         }
     }
 
-    /// The tokenizer a GGUF file's metadata describes, without loading its weights (for
-    /// `convert`, which serialises it as tokenizer.json).
-    pub(crate) fn from_gguf_metadata(path: &Path) -> Result<Self, EngineError> {
-        Self::load(&GgufFile::open(path)?, None)
-    }
-
     /// The wrapped `tokenizers` pipeline and the BOS id this wrapper prepends itself
-    /// (GGUF metadata path only; a tokenizer.json carries BOS in its post-processor).
+    /// (GGUF metadata path only; a tokenizer.json carries BOS in its post-processor), for
+    /// the model layer's conversion to tokenizer.json.
     /// None for a SentencePiece-style vocabulary, which has no `tokenizers` pipeline.
     pub(crate) fn pipeline_and_bos(&self) -> Option<(&Tokenizer, Option<u32>)> {
         match &self.inner {
