@@ -91,7 +91,7 @@ fn write_safetensors(path: &Path) {
         );
     }
     let mut h = Json::Object(header).to_string();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(' ');
     }
     let mut bytes = (h.len() as u64).to_le_bytes().to_vec();

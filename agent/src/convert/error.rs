@@ -5,16 +5,10 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is not a readable GGUF file: {source}")]
-    Gguf {
-        path: PathBuf,
-        source: Box<candle_core::Error>,
-    },
+    /// Reading or writing a model file: the format layer's errors, which name the file
+    /// and the key, field or tensor.
+    #[error(transparent)]
+    Model(ModelError),
     #[error("{path}: `{key}`: {reason}")]
     Key {
         path: PathBuf,
@@ -34,9 +28,11 @@ pub enum ConvertError {
 }
 
 pub(crate) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ConvertError + '_ {
-    move |source| ConvertError::Io {
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        ConvertError::Model(ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -63,27 +59,11 @@ pub(crate) fn tensor_err(path: &Path, name: &str, reason: impl ToString) -> Conv
     }
 }
 
-/// The format layer's errors in the converter's terms.
+/// The format layer's errors, with the architecture refusals in the converter's terms
+/// (the model layer's name what the engine runs).
 impl From<ModelError> for ConvertError {
     fn from(e: ModelError) -> Self {
         match e {
-            ModelError::Io { path, source } => ConvertError::Io { path, source },
-            ModelError::Gguf { path, source } => ConvertError::Gguf { path, source },
-            ModelError::MissingKey { path, key } => ConvertError::Key {
-                path,
-                key,
-                reason: "missing".into(),
-            },
-            ModelError::BadKey { path, key, reason } => ConvertError::Key { path, key, reason },
-            ModelError::Config {
-                path,
-                field,
-                reason,
-            } => ConvertError::Key {
-                path,
-                key: field,
-                reason,
-            },
             ModelError::UnsupportedArchitecture { path, architecture } => ConvertError::Key {
                 path,
                 key: "general.architecture".into(),
@@ -96,19 +76,7 @@ impl From<ModelError> for ConvertError {
                 key: "architectures".into(),
                 reason: format!("`{architecture}` is not supported; lem converts LlamaForCausalLM"),
             },
-            ModelError::Safetensors { path, source } => ConvertError::Invalid {
-                reason: format!("not a readable safetensors file: {source}"),
-                path,
-            },
-            ModelError::MissingTensor { path, name } => ConvertError::Tensor {
-                path,
-                name,
-                reason: "missing".into(),
-            },
-            ModelError::BadTensor { path, name, reason } => {
-                ConvertError::Tensor { path, name, reason }
-            }
-            ModelError::Invalid { path, reason } => ConvertError::Invalid { path, reason },
+            other => ConvertError::Model(other),
         }
     }
 }

@@ -13,6 +13,7 @@ use super::attention::{attention, Heads};
 use super::error::EngineError;
 use super::q8_matmul;
 use super::requantize::requantize_q4_1;
+use crate::model::ModelError;
 use crate::model::{GgufFile, LlamaParams};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor, D};
@@ -402,10 +403,12 @@ impl LlamaModel {
         let vector_of = |g: &mut GgufFile, name: &str, len: usize| -> Result<Tensor, EngineError> {
             g.tensor_shaped(name, &[len], host)?
                 .dequantize(host)
-                .map_err(|e| EngineError::BadTensor {
-                    path: g.path().to_path_buf(),
-                    name: name.to_string(),
-                    reason: e.to_string(),
+                .map_err(|e| {
+                    EngineError::from(ModelError::BadTensor {
+                        path: g.path().to_path_buf(),
+                        name: name.to_string(),
+                        reason: e.to_string(),
+                    })
                 })
         };
         let vector = |g: &mut GgufFile, name: &str| vector_of(g, name, h);
@@ -460,10 +463,12 @@ impl LlamaModel {
             let v = t
                 .dequantize(host)
                 .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| EngineError::BadTensor {
-                    path: path.clone(),
-                    name: "rope_freqs.weight".into(),
-                    reason: e.to_string(),
+                .map_err(|e| {
+                    EngineError::from(ModelError::BadTensor {
+                        path: path.clone(),
+                        name: "rope_freqs.weight".into(),
+                        reason: e.to_string(),
+                    })
                 })?;
             Some(v)
         } else {

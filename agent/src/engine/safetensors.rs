@@ -14,6 +14,7 @@ use crate::model::config_json::HfConfig;
 use crate::model::ggml_name;
 use crate::model::rope_permute::to_interleaved;
 use crate::model::safetensors::SafetensorsSet;
+use crate::model::ModelError;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Tensor};
 use std::collections::BTreeMap;
@@ -128,10 +129,12 @@ pub(crate) fn load_weights(
         precision,
         quantization,
     };
-    let bad = |name: &str, what: &str, e: candle_core::Error| EngineError::BadTensor {
-        path: hf.config_path.clone(),
-        name: name.to_string(),
-        reason: format!("{what}: {}", super::error::without_backtrace(e)),
+    let bad = |name: &str, what: &str, e: candle_core::Error| {
+        EngineError::from(ModelError::BadTensor {
+            path: hf.config_path.clone(),
+            name: name.to_string(),
+            reason: format!("{what}: {}", super::error::without_backtrace(e)),
+        })
     };
 
     // A linear weight, optionally re-ordered for interleaved rotary (Some(heads)).
@@ -153,7 +156,7 @@ pub(crate) fn load_weights(
             Some(q) if quantize => {
                 let block = q.ggml().block_size();
                 if !dims[1].is_multiple_of(block) {
-                    return Err(EngineError::BadTensor {
+                    return Err(EngineError::from(ModelError::BadTensor {
                         path: hf.config_path.clone(),
                         name: name.to_string(),
                         reason: format!(
@@ -161,7 +164,7 @@ pub(crate) fn load_weights(
                             ggml_name(q.ggml()),
                             dims[1]
                         ),
-                    });
+                    }));
                 }
                 q.ggml()
             }
@@ -228,10 +231,10 @@ pub(crate) fn load_weights(
     let output = if hf.cfg.tie_word_embeddings || !st.has("lm_head.weight") {
         if !hf.cfg.tie_word_embeddings {
             // Without the flag HF would fail; name what is missing.
-            return Err(EngineError::MissingTensor {
+            return Err(EngineError::from(ModelError::MissingTensor {
                 path: st.listing().to_path_buf(),
                 name: "lm_head.weight (tie_word_embeddings is false)".into(),
-            });
+            }));
         }
         None
     } else {

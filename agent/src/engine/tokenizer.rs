@@ -10,6 +10,7 @@
 use super::error::EngineError;
 use super::spm::{SpmTokenizer, TYPE_CONTROL, TYPE_USER_DEFINED};
 use crate::model::GgufFile;
+use crate::model::ModelError;
 use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
@@ -128,9 +129,11 @@ impl LemTokenizer {
             bos_to_add,
             use_post_processor,
         };
-        Self::finish(parts, declared, chat).ok_or_else(|| EngineError::MissingKey {
-            path: g.path().to_path_buf(),
-            key: "tokenizer.ggml.eos_token_id".into(),
+        Self::finish(parts, declared, chat).ok_or_else(|| {
+            EngineError::from(ModelError::MissingKey {
+                path: g.path().to_path_buf(),
+                key: "tokenizer.ggml.eos_token_id".into(),
+            })
         })
     }
 
@@ -163,10 +166,12 @@ impl LemTokenizer {
             bos_to_add: None,
             use_post_processor: true,
         };
-        Self::finish(parts, declared, chat).ok_or_else(|| EngineError::Config {
-            path: config_path.to_path_buf(),
-            field: "eos_token_id".into(),
-            reason: "missing, and the tokenizer has no <|endoftext|> token".into(),
+        Self::finish(parts, declared, chat).ok_or_else(|| {
+            EngineError::from(ModelError::Config {
+                path: config_path.to_path_buf(),
+                field: "eos_token_id".into(),
+                reason: "missing, and the tokenizer has no <|endoftext|> token".into(),
+            })
         })
     }
 
@@ -350,10 +355,12 @@ fn build_from_gguf(g: &GgufFile) -> Result<(Pipeline, Option<u32>), EngineError>
 
 /// A SentencePiece-style vocabulary from `tokenizer.ggml.tokens`, `scores`, `token_type`.
 fn build_spm(g: &GgufFile) -> Result<SpmTokenizer, EngineError> {
-    let bad_key = |key: &str, reason: String| EngineError::BadKey {
-        path: g.path().to_path_buf(),
-        key: key.to_string(),
-        reason,
+    let bad_key = |key: &str, reason: String| {
+        EngineError::from(ModelError::BadKey {
+            path: g.path().to_path_buf(),
+            key: key.to_string(),
+            reason,
+        })
     };
     if g.opt_bool("tokenizer.ggml.add_space_prefix")? == Some(true) {
         return Err(bad_key(
@@ -369,9 +376,11 @@ fn build_spm(g: &GgufFile) -> Result<SpmTokenizer, EngineError> {
     let scores = g.f32_array("tokenizer.ggml.scores")?;
     let types = g
         .opt_i64_array("tokenizer.ggml.token_type")?
-        .ok_or_else(|| EngineError::MissingKey {
-            path: g.path().to_path_buf(),
-            key: "tokenizer.ggml.token_type".into(),
+        .ok_or_else(|| {
+            EngineError::from(ModelError::MissingKey {
+                path: g.path().to_path_buf(),
+                key: "tokenizer.ggml.token_type".into(),
+            })
         })?;
     SpmTokenizer::new(tokens, scores, types)
         .map_err(|e| bad_key("tokenizer.ggml.tokens", e.to_string()))
@@ -382,10 +391,12 @@ fn build_bpe(g: &GgufFile) -> Result<Tokenizer, EngineError> {
     let path = g.path().to_path_buf();
     let tokens = g.str_array("tokenizer.ggml.tokens")?;
     let merges_raw = g.str_array("tokenizer.ggml.merges")?;
-    let bad_key = |key: &str, reason: String| EngineError::BadKey {
-        path: path.clone(),
-        key: key.to_string(),
-        reason,
+    let bad_key = |key: &str, reason: String| {
+        EngineError::from(ModelError::BadKey {
+            path: path.clone(),
+            key: key.to_string(),
+            reason,
+        })
     };
     let vocab: Vocab = tokens
         .iter()

@@ -28,7 +28,9 @@ pub enum ModelError {
     },
 
     /// `general.architecture` names a family lem has no parameters for.
-    #[error("{path}: unsupported architecture `{architecture}` (general.architecture)")]
+    #[error(
+        "{path}: unsupported architecture `{architecture}` (general.architecture); this engine runs Llama-family models (`llama`)"
+    )]
     UnsupportedArchitecture { path: PathBuf, architecture: String },
 
     #[error("{path} is not a readable safetensors file: {source}")]
@@ -46,7 +48,9 @@ pub enum ModelError {
     },
 
     /// `architectures` in config.json names a class lem has no parameters for.
-    #[error("{path}: unsupported architecture `{architecture}` (`architectures` in config.json)")]
+    #[error(
+        "{path}: unsupported architecture `{architecture}` (`architectures` in config.json); this engine runs LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM"
+    )]
     UnsupportedHfArchitecture { path: PathBuf, architecture: String },
 
     #[error("{path}: tensor `{name}` is missing")]
