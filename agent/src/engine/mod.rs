@@ -210,15 +210,7 @@ impl Engine {
         let t0 = Instant::now();
         let (device, note, threads) = prepare(opts)?;
         let hf = HfConfig::read(dir)?;
-        let default_tokenizer = dir.join("tokenizer.json");
-        let tokenizer_path = tokenizer_json.unwrap_or(&default_tokenizer);
-        let tokenizer = LemTokenizer::from_hf(
-            tokenizer_path,
-            hf.eos_token_ids.clone(),
-            hf.eos_token.as_deref(),
-            hf.chat_template.as_deref(),
-            &hf.config_path,
-        )?;
+        let tokenizer = LemTokenizer::for_hf_dir(dir, tokenizer_json, &hf)?;
         let files = SafetensorsSet::open(dir)?;
         let num_parameters = files.num_parameters();
         let (weights, report) =
@@ -313,14 +305,7 @@ impl Engine {
         tokenizer_json: Option<&Path>,
     ) -> Result<ModelHeaders, EngineError> {
         let hf = HfConfig::read(dir)?;
-        let default_tokenizer = dir.join("tokenizer.json");
-        let tokenizer = LemTokenizer::from_hf(
-            tokenizer_json.unwrap_or(&default_tokenizer),
-            hf.eos_token_ids.clone(),
-            hf.eos_token.as_deref(),
-            hf.chat_template.as_deref(),
-            &hf.config_path,
-        )?;
+        let tokenizer = LemTokenizer::for_hf_dir(dir, tokenizer_json, &hf)?;
         Ok(ModelHeaders {
             tokenizer,
             shape: hf.cfg.shape(),

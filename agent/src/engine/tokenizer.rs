@@ -9,6 +9,7 @@
 
 use super::error::EngineError;
 use super::spm::{SpmTokenizer, TYPE_CONTROL, TYPE_USER_DEFINED};
+use crate::model::config_json::HfConfig;
 use crate::model::GgufFile;
 use crate::model::ModelError;
 use std::path::Path;
@@ -135,6 +136,24 @@ impl LemTokenizer {
                 key: "tokenizer.ggml.eos_token_id".into(),
             })
         })
+    }
+
+    /// Tokenizer of the model directory `dir` that `hf` was read from: `tokenizer_json`
+    /// when given, else `dir/tokenizer.json`, with the EOS ids, EOS token and chat
+    /// template its config files declare.
+    pub(crate) fn for_hf_dir(
+        dir: &Path,
+        tokenizer_json: Option<&Path>,
+        hf: &HfConfig,
+    ) -> Result<Self, EngineError> {
+        let default_tokenizer = dir.join("tokenizer.json");
+        Self::from_hf(
+            tokenizer_json.unwrap_or(&default_tokenizer),
+            hf.eos_token_ids.clone(),
+            hf.eos_token.as_deref(),
+            hf.chat_template.as_deref(),
+            &hf.config_path,
+        )
     }
 
     /// Tokenizer of a Hugging Face model directory: `tokenizer_json` (its post-processor
