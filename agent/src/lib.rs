@@ -6,6 +6,7 @@ pub mod engine;
 pub mod hub;
 pub mod meter;
 mod metered_window;
+pub mod model;
 pub mod model_hash;
 pub mod openai;
 pub mod prompts;

@@ -7,10 +7,11 @@
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
-use lem_agent::convert::{
-    self, read_safetensors_header, ConvertError, LlamaParams, TargetDtype, TargetFormat,
-};
+use lem_agent::convert::{self, ConvertError, TargetDtype, TargetFormat};
 use lem_agent::engine::{Engine, GenerationParams, LoadOptions, NoopObserver};
+use lem_agent::model::names::hf_to_gguf_name;
+use lem_agent::model::rope_permute::to_rotate_half;
+use lem_agent::model::{GgufFile, LlamaParams};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -133,15 +134,65 @@ fn gguf_as_hf(c: &Content, r: &mut BufReader<File>, gguf_name: &str, p: &LlamaPa
         .dequantize(&Device::Cpu)
         .unwrap();
     if gguf_name.ends_with("attn_q.weight") {
-        convert::qk_gguf_to_hf(&t, p.num_heads).unwrap()
+        to_rotate_half(&t, p.num_heads).unwrap()
     } else if gguf_name.ends_with("attn_k.weight") {
-        convert::qk_gguf_to_hf(&t, p.num_kv_heads).unwrap()
+        to_rotate_half(&t, p.num_kv_heads).unwrap()
     } else {
         t
     }
 }
 
-fn read_st(e: &convert::SafetensorsEntry, dtype: DType) -> Tensor {
+/// One tensor of a safetensors file as its header describes it.
+struct Entry {
+    file: PathBuf,
+    dtype: String,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: u64,
+    end: u64,
+}
+
+struct Header {
+    tensors: std::collections::BTreeMap<String, Entry>,
+    metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A safetensors header, read here by the format's definition (u64 length, JSON), not by
+/// the code under test.
+fn read_header(file: &Path) -> Result<Header, String> {
+    let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let v: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + len]).map_err(|e| e.to_string())?;
+    let mut h = Header {
+        tensors: Default::default(),
+        metadata: Default::default(),
+    };
+    for (name, t) in v {
+        if name == "__metadata__" {
+            h.metadata = t.as_object().cloned().unwrap_or_default();
+            continue;
+        }
+        let off = |i: usize| 8 + len as u64 + t["data_offsets"][i].as_u64().unwrap();
+        let entry = Entry {
+            file: file.to_path_buf(),
+            dtype: t["dtype"].as_str().unwrap().to_string(),
+            shape: t["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect(),
+            start: off(0),
+            end: off(1),
+        };
+        assert!(entry.end as usize <= bytes.len(), "{name} past the end");
+        h.tensors.insert(name, entry);
+    }
+    Ok(h)
+}
+
+fn read_st(e: &Entry, dtype: DType) -> Tensor {
     let mut f = File::open(&e.file).unwrap();
     f.seek(SeekFrom::Start(e.start)).unwrap();
     let mut b = vec![0u8; (e.end - e.start) as usize];
@@ -166,8 +217,8 @@ fn json(path: &Path) -> serde_json::Value {
 fn safetensors_f32_is_the_gguf_dequantised_exactly_in_hf_layout() {
     let Some(c) = converted() else { return };
     let (content, mut reader) = open_gguf(&c.source);
-    let params = LlamaParams::from_gguf(&content, &c.source).unwrap();
-    let header = read_safetensors_header(&c.st_f32.join("model.safetensors")).unwrap();
+    let params = LlamaParams::from_gguf(&GgufFile::open(&c.source).unwrap()).unwrap();
+    let header = read_header(&c.st_f32.join("model.safetensors")).unwrap();
     let (entries, meta) = (header.tensors, header.metadata);
     assert_eq!(meta["format"], "pt", "transformers requires format=pt");
     // 30 layers x 9 + embedding + final norm; tied, so no lm_head.
@@ -179,7 +230,7 @@ fn safetensors_f32_is_the_gguf_dequantised_exactly_in_hf_layout() {
         let e = &entries[name];
         assert_eq!(&e.shape, shape, "{name}");
         assert_eq!(e.dtype, "F32", "{name}");
-        let gguf_name = convert::hf_to_gguf_name(name).unwrap();
+        let gguf_name = hf_to_gguf_name(name).unwrap();
         let want = gguf_as_hf(&content, &mut reader, &gguf_name, &params);
         let got = read_st(e, DType::F32);
         assert!(
@@ -235,10 +286,10 @@ fn safetensors_f32_is_the_gguf_dequantised_exactly_in_hf_layout() {
 #[test]
 fn safetensors_f16_is_the_f32_rounded() {
     let Some(c) = converted() else { return };
-    let f32s_ = read_safetensors_header(&c.st_f32.join("model.safetensors"))
+    let f32s_ = read_header(&c.st_f32.join("model.safetensors"))
         .unwrap()
         .tensors;
-    let f16s = read_safetensors_header(&c.st_f16.join("model.safetensors"))
+    let f16s = read_header(&c.st_f16.join("model.safetensors"))
         .unwrap()
         .tensors;
     assert_eq!(f16s.len(), 272);

@@ -6,6 +6,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use lem_agent::engine::{Engine, EngineError, GenerationParams, LoadOptions, NoopObserver};
+use lem_agent::model::ModelError;
 use lem_common::domain::StopReason;
 use lem_common::rng::SplitMix64;
 use std::path::{Path, PathBuf};
@@ -291,7 +292,10 @@ fn unsupported_architecture_is_named() {
     let path = write_tiny(dir.path(), "gpt2.gguf", &spec);
     let err = load_err(&path);
     assert!(
-        matches!(err, EngineError::UnsupportedArchitecture { .. }),
+        matches!(
+            err,
+            EngineError::Model(ModelError::UnsupportedArchitecture { .. })
+        ),
         "{err:?}"
     );
     let msg = err.to_string();
@@ -353,6 +357,9 @@ fn truncated_and_garbage_files_give_clear_errors() {
 
     let missing = dir.path().join("absent.gguf");
     let err = load_err(&missing);
-    assert!(matches!(err, EngineError::Io { .. }), "{err:?}");
+    assert!(
+        matches!(err, EngineError::Model(ModelError::Io { .. })),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("absent.gguf"));
 }

@@ -1,64 +1,16 @@
 //! Errors of the inference engine. Every message names the file, tensor, key or row it is
 //! about, so a user can act on it without a debugger.
 
+pub use crate::model::without_backtrace;
+use crate::model::ModelError;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("cannot open {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-
-    #[error("{path} is not a readable GGUF file: {source}")]
-    Gguf {
-        path: PathBuf,
-        source: Box<candle_core::Error>,
-    },
-
-    #[error("{path}: GGUF metadata key `{key}` is missing")]
-    MissingKey { path: PathBuf, key: String },
-
-    #[error("{path}: GGUF metadata key `{key}` is invalid: {reason}")]
-    BadKey {
-        path: PathBuf,
-        key: String,
-        reason: String,
-    },
-
-    #[error(
-        "{path}: unsupported architecture `{architecture}` (general.architecture); this engine runs Llama-family models (`llama`)"
-    )]
-    UnsupportedArchitecture { path: PathBuf, architecture: String },
-
-    #[error("{path} is not a readable safetensors file: {source}")]
-    Safetensors {
-        path: PathBuf,
-        source: Box<candle_core::Error>,
-    },
-
-    #[error("{path}: `{field}`: {reason}")]
-    Config {
-        path: PathBuf,
-        field: String,
-        reason: String,
-    },
-
-    #[error(
-        "{path}: unsupported architecture `{architecture}` (`architectures` in config.json); this engine runs LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM"
-    )]
-    UnsupportedHfArchitecture { path: PathBuf, architecture: String },
-
-    #[error("{path}: tensor `{name}` is missing")]
-    MissingTensor { path: PathBuf, name: String },
-
-    #[error("{path}: tensor `{name}`: {reason}")]
-    BadTensor {
-        path: PathBuf,
-        name: String,
-        reason: String,
-    },
+    /// Reading the model's files: the format layer's errors, which name the file and
+    /// the key, field or tensor.
+    #[error(transparent)]
+    Model(#[from] ModelError),
 
     #[error("tokenizer from {origin}: {message}")]
     Tokenizer { origin: String, message: String },
@@ -97,45 +49,5 @@ impl EngineError {
             op,
             source: Box::new(without_backtrace(source)),
         }
-    }
-}
-
-/// `e` without the backtrace candle attaches when `RUST_BACKTRACE` is set: its text
-/// ends up in a user-facing message, where a 17-frame backtrace inside "bad file" only
-/// hides what is wrong.
-pub fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
-    use candle_core::Error as E;
-    match e {
-        E::WithBacktrace { inner, .. } => without_backtrace(*inner),
-        E::Context { inner, context } => E::Context {
-            inner: Box::new(without_backtrace(*inner)),
-            context,
-        },
-        E::WithPath { inner, path } => E::WithPath {
-            inner: Box::new(without_backtrace(*inner)),
-            path,
-        },
-        other => other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_captured_backtrace_never_reaches_the_message() {
-        let inner =
-            candle_core::Error::Msg("unknown magic 0x6c6c6568".into()).context("reading header");
-        let wrapped = candle_core::Error::WithBacktrace {
-            inner: Box::new(inner),
-            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
-        };
-        assert!(
-            wrapped.to_string().lines().count() > 2,
-            "the fixture carries a backtrace"
-        );
-        let clean = without_backtrace(wrapped).to_string();
-        assert_eq!(clean, "reading header\nunknown magic 0x6c6c6568");
     }
 }

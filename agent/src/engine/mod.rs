@@ -9,9 +9,9 @@
 mod attention;
 mod error;
 mod generate;
-mod gguf;
 mod model;
 mod q8_matmul;
+mod requantize;
 mod safetensors;
 #[cfg(test)]
 mod safetensors_tests;
@@ -19,19 +19,21 @@ pub mod sampling;
 mod spm;
 mod tokenizer;
 
+/// ggml's spelling of a storage type (`Q4_K`, not candle's `Q4K`).
+pub use crate::model::ggml_name;
+/// A GGUF integer of any width as u64 (`None` if negative or not an integer).
+pub use crate::model::gguf_unsigned;
 pub use error::{without_backtrace, EngineError};
 pub use generate::{
     BatchOutput, GeneratedSequence, GenerationObserver, GenerationParams, NoopObserver,
 };
-/// ggml's spelling of a storage type (`Q4_K`, not candle's `Q4K`).
-pub use gguf::ggml_name;
-/// A GGUF integer of any width as u64 (`None` if negative or not an integer).
-pub use gguf::unsigned as gguf_unsigned;
 pub use safetensors::{FloatPrecision, LoadQuantization};
 pub use tokenizer::{ChatFormat, LemTokenizer};
 
+use crate::model::config_json::HfConfig;
+use crate::model::safetensors::SafetensorsSet;
+use crate::model::{GgufFile, LlamaParams};
 use candle_core::Device;
-use gguf::{GgufFile, LlamaConfig};
 use lem_common::domain::{ComputeDevice, ModelInfo, TransformerShape};
 use model::{KvCache, LlamaModel, MatmulMode};
 use std::path::{Path, PathBuf};
@@ -148,7 +150,7 @@ impl Engine {
         let t0 = Instant::now();
         let (device, note, threads) = prepare(opts)?;
         let mut g = GgufFile::open(path)?;
-        let cfg = LlamaConfig::from_gguf(&g)?;
+        let cfg = LlamaParams::from_gguf(&g)?;
         let tokenizer = LemTokenizer::load(&g, tokenizer_json)?;
         let num_parameters = g.num_parameters();
         let (model, weights) = LlamaModel::load(
@@ -206,17 +208,9 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let t0 = Instant::now();
         let (device, note, threads) = prepare(opts)?;
-        let hf = safetensors::HfConfig::read(dir)?;
-        let default_tokenizer = dir.join("tokenizer.json");
-        let tokenizer_path = tokenizer_json.unwrap_or(&default_tokenizer);
-        let tokenizer = LemTokenizer::from_hf(
-            tokenizer_path,
-            hf.eos_token_ids.clone(),
-            hf.eos_token.as_deref(),
-            hf.chat_template.as_deref(),
-            &hf.config_path,
-        )?;
-        let files = safetensors::SafetensorsSet::open(dir)?;
+        let hf = HfConfig::read(dir)?;
+        let tokenizer = LemTokenizer::for_hf_dir(dir, tokenizer_json, &hf)?;
+        let files = SafetensorsSet::open(dir)?;
         let num_parameters = files.num_parameters();
         let (weights, report) =
             safetensors::load_weights(&files, &hf, opts.precision, opts.quantization)?;
@@ -277,14 +271,14 @@ impl Engine {
     /// before an experiment is stored.
     pub fn check_gguf(path: &Path) -> Result<TransformerShape, EngineError> {
         let g = GgufFile::open(path)?;
-        Ok(LlamaConfig::from_gguf(&g)?.shape())
+        Ok(LlamaParams::from_gguf(&g)?.shape())
     }
 
     /// The safetensors counterpart of [`check_gguf`](Self::check_gguf): `config.json`'s
     /// architecture and the weight files' headers, no weights.
     pub fn check_safetensors(dir: &Path) -> Result<TransformerShape, EngineError> {
-        let hf = safetensors::HfConfig::read(dir)?;
-        safetensors::SafetensorsSet::open(dir)?;
+        let hf = HfConfig::read(dir)?;
+        SafetensorsSet::open(dir)?;
         Ok(hf.cfg.shape())
     }
 
@@ -295,7 +289,7 @@ impl Engine {
         tokenizer_json: Option<&Path>,
     ) -> Result<ModelHeaders, EngineError> {
         let g = GgufFile::open(path)?;
-        let cfg = LlamaConfig::from_gguf(&g)?;
+        let cfg = LlamaParams::from_gguf(&g)?;
         Ok(ModelHeaders {
             tokenizer: LemTokenizer::load(&g, tokenizer_json)?,
             shape: cfg.shape(),
@@ -309,15 +303,8 @@ impl Engine {
         dir: &Path,
         tokenizer_json: Option<&Path>,
     ) -> Result<ModelHeaders, EngineError> {
-        let hf = safetensors::HfConfig::read(dir)?;
-        let default_tokenizer = dir.join("tokenizer.json");
-        let tokenizer = LemTokenizer::from_hf(
-            tokenizer_json.unwrap_or(&default_tokenizer),
-            hf.eos_token_ids.clone(),
-            hf.eos_token.as_deref(),
-            hf.chat_template.as_deref(),
-            &hf.config_path,
-        )?;
+        let hf = HfConfig::read(dir)?;
+        let tokenizer = LemTokenizer::for_hf_dir(dir, tokenizer_json, &hf)?;
         Ok(ModelHeaders {
             tokenizer,
             shape: hf.cfg.shape(),

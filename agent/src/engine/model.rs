@@ -1,7 +1,7 @@
 //! The Llama forward pass, written with candle ops: quantised matmuls (`QMatMul`), RMS
 //! norm, interleaved rotary embeddings, grouped-query attention over a preallocated KV
 //! cache, and a SwiGLU MLP. Gemma 3 runs through the same pass with its additions
-//! (`LlamaConfig::gemma3`): scaled embeddings, Q/K norms, post-attention and post-MLP
+//! (`LlamaParams::gemma3`): scaled embeddings, Q/K norms, post-attention and post-MLP
 //! norms, GELU gating, half-split rotary with a local and a global base, and sliding-window
 //! attention on most layers.
 //!
@@ -11,8 +11,10 @@
 
 use super::attention::{attention, Heads};
 use super::error::EngineError;
-use super::gguf::{requantize_q4_1, GgufFile, LlamaConfig};
 use super::q8_matmul;
+use super::requantize::requantize_q4_1;
+use crate::model::ModelError;
+use crate::model::{GgufFile, LlamaParams};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor, D};
 use std::borrow::Cow;
@@ -270,7 +272,7 @@ pub(crate) struct WeightReport {
 
 impl WeightReport {
     fn note(&mut self, dtype: GgmlDType) {
-        let name = super::gguf::ggml_name(dtype);
+        let name = crate::model::ggml_name(dtype);
         match self.stored.iter_mut().find(|(n, _)| *n == name) {
             Some((_, c)) => *c += 1,
             None => self.stored.push((name, 1)),
@@ -297,7 +299,7 @@ impl WeightReport {
 }
 
 pub(crate) struct LlamaModel {
-    cfg: LlamaConfig,
+    cfg: LlamaParams,
     /// Embedding rows are dequantised on lookup; the table stays quantised.
     embed: Arc<QTensor>,
     layers: Vec<Layer>,
@@ -322,7 +324,7 @@ pub(crate) struct KvCache {
 
 impl KvCache {
     pub(crate) fn new(
-        cfg: &LlamaConfig,
+        cfg: &LlamaParams,
         batch: usize,
         capacity: usize,
         device: &Device,
@@ -374,7 +376,7 @@ fn qmatmul(t: QTensor) -> Result<QMatMul, EngineError> {
 impl LlamaModel {
     pub(crate) fn load(
         g: &mut GgufFile,
-        cfg: LlamaConfig,
+        cfg: LlamaParams,
         requantize: bool,
         max_positions: usize,
         device: &Device,
@@ -401,10 +403,12 @@ impl LlamaModel {
         let vector_of = |g: &mut GgufFile, name: &str, len: usize| -> Result<Tensor, EngineError> {
             g.tensor_shaped(name, &[len], host)?
                 .dequantize(host)
-                .map_err(|e| EngineError::BadTensor {
-                    path: g.path().to_path_buf(),
-                    name: name.to_string(),
-                    reason: e.to_string(),
+                .map_err(|e| {
+                    EngineError::from(ModelError::BadTensor {
+                        path: g.path().to_path_buf(),
+                        name: name.to_string(),
+                        reason: e.to_string(),
+                    })
                 })
         };
         let vector = |g: &mut GgufFile, name: &str| vector_of(g, name, h);
@@ -459,10 +463,12 @@ impl LlamaModel {
             let v = t
                 .dequantize(host)
                 .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| EngineError::BadTensor {
-                    path: path.clone(),
-                    name: "rope_freqs.weight".into(),
-                    reason: e.to_string(),
+                .map_err(|e| {
+                    EngineError::from(ModelError::BadTensor {
+                        path: path.clone(),
+                        name: "rope_freqs.weight".into(),
+                        reason: e.to_string(),
+                    })
                 })?;
             Some(v)
         } else {
@@ -482,7 +488,7 @@ impl LlamaModel {
     /// Builds the forward-pass structures (fused projections, rotary tables) from loaded
     /// weights.
     pub(crate) fn assemble(
-        cfg: LlamaConfig,
+        cfg: LlamaParams,
         w: ModelWeights,
         mode: MatmulMode,
         max_positions: usize,
@@ -577,7 +583,7 @@ impl LlamaModel {
         out
     }
 
-    pub(crate) fn config(&self) -> &LlamaConfig {
+    pub(crate) fn config(&self) -> &LlamaParams {
         &self.cfg
     }
 
@@ -788,7 +794,7 @@ fn rope_tables(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::gguf::Gemma3Params;
+    use crate::model::Gemma3Params;
 
     #[test]
     fn soft_cap_bounds_and_keeps_small_values() {

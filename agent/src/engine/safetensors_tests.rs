@@ -7,6 +7,7 @@
 use super::model::WeightStorage;
 use super::NoopObserver;
 use super::{Engine, EngineError, FloatPrecision, GenerationParams, LoadOptions, LoadQuantization};
+use crate::model::ModelError;
 use candle_core::quantized::gguf_file::{self, Value as GValue};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -810,7 +811,10 @@ fn broken_models_give_errors_naming_the_place() {
     std::fs::write(d.join("config.json"), c.to_string()).unwrap();
     let err = load_err(&d);
     assert!(
-        matches!(err, EngineError::UnsupportedHfArchitecture { .. }),
+        matches!(
+            err,
+            EngineError::Model(ModelError::UnsupportedHfArchitecture { .. })
+        ),
         "{err:?}"
     );
     let msg = err.to_string();
@@ -845,7 +849,10 @@ fn broken_models_give_errors_naming_the_place() {
     w2.remove("model.layers.1.mlp.up_proj.weight");
     write_model(&d, &t, &w2);
     let err = load_err(&d);
-    assert!(matches!(err, EngineError::MissingTensor { .. }), "{err:?}");
+    assert!(
+        matches!(err, EngineError::Model(ModelError::MissingTensor { .. })),
+        "{err:?}"
+    );
     let msg = err.to_string();
     assert!(
         msg.contains("model.layers.1.mlp.up_proj.weight") && msg.contains("model.safetensors"),
@@ -873,7 +880,10 @@ fn broken_models_give_errors_naming_the_place() {
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
     let err = load_err(&d);
-    assert!(matches!(err, EngineError::Safetensors { .. }), "{err:?}");
+    assert!(
+        matches!(err, EngineError::Model(ModelError::Safetensors { .. })),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("model.safetensors"));
 
     // Quantising a matrix whose rows do not split into blocks is refused, naming it.

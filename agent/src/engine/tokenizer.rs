@@ -8,8 +8,10 @@
 //! lem's own llama.cpp-compatible merger (`spm.rs`).
 
 use super::error::EngineError;
-use super::gguf::GgufFile;
 use super::spm::{SpmTokenizer, TYPE_CONTROL, TYPE_USER_DEFINED};
+use crate::model::config_json::HfConfig;
+use crate::model::GgufFile;
+use crate::model::ModelError;
 use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
@@ -128,10 +130,30 @@ impl LemTokenizer {
             bos_to_add,
             use_post_processor,
         };
-        Self::finish(parts, declared, chat).ok_or_else(|| EngineError::MissingKey {
-            path: g.path().to_path_buf(),
-            key: "tokenizer.ggml.eos_token_id".into(),
+        Self::finish(parts, declared, chat).ok_or_else(|| {
+            EngineError::from(ModelError::MissingKey {
+                path: g.path().to_path_buf(),
+                key: "tokenizer.ggml.eos_token_id".into(),
+            })
         })
+    }
+
+    /// Tokenizer of the model directory `dir` that `hf` was read from: `tokenizer_json`
+    /// when given, else `dir/tokenizer.json`, with the EOS ids, EOS token and chat
+    /// template its config files declare.
+    pub(crate) fn for_hf_dir(
+        dir: &Path,
+        tokenizer_json: Option<&Path>,
+        hf: &HfConfig,
+    ) -> Result<Self, EngineError> {
+        let default_tokenizer = dir.join("tokenizer.json");
+        Self::from_hf(
+            tokenizer_json.unwrap_or(&default_tokenizer),
+            hf.eos_token_ids.clone(),
+            hf.eos_token.as_deref(),
+            hf.chat_template.as_deref(),
+            &hf.config_path,
+        )
     }
 
     /// Tokenizer of a Hugging Face model directory: `tokenizer_json` (its post-processor
@@ -163,10 +185,12 @@ impl LemTokenizer {
             bos_to_add: None,
             use_post_processor: true,
         };
-        Self::finish(parts, declared, chat).ok_or_else(|| EngineError::Config {
-            path: config_path.to_path_buf(),
-            field: "eos_token_id".into(),
-            reason: "missing, and the tokenizer has no <|endoftext|> token".into(),
+        Self::finish(parts, declared, chat).ok_or_else(|| {
+            EngineError::from(ModelError::Config {
+                path: config_path.to_path_buf(),
+                field: "eos_token_id".into(),
+                reason: "missing, and the tokenizer has no <|endoftext|> token".into(),
+            })
         })
     }
 
@@ -302,14 +326,9 @@ impl LemTokenizer {
         }
     }
 
-    /// The tokenizer a GGUF file's metadata describes, without loading its weights (for
-    /// `convert`, which serialises it as tokenizer.json).
-    pub(crate) fn from_gguf_metadata(path: &Path) -> Result<Self, EngineError> {
-        Self::load(&GgufFile::open(path)?, None)
-    }
-
     /// The wrapped `tokenizers` pipeline and the BOS id this wrapper prepends itself
-    /// (GGUF metadata path only; a tokenizer.json carries BOS in its post-processor).
+    /// (GGUF metadata path only; a tokenizer.json carries BOS in its post-processor), for
+    /// the model layer's conversion to tokenizer.json.
     /// None for a SentencePiece-style vocabulary, which has no `tokenizers` pipeline.
     pub(crate) fn pipeline_and_bos(&self) -> Option<(&Tokenizer, Option<u32>)> {
         match &self.inner {
@@ -355,10 +374,12 @@ fn build_from_gguf(g: &GgufFile) -> Result<(Pipeline, Option<u32>), EngineError>
 
 /// A SentencePiece-style vocabulary from `tokenizer.ggml.tokens`, `scores`, `token_type`.
 fn build_spm(g: &GgufFile) -> Result<SpmTokenizer, EngineError> {
-    let bad_key = |key: &str, reason: String| EngineError::BadKey {
-        path: g.path().to_path_buf(),
-        key: key.to_string(),
-        reason,
+    let bad_key = |key: &str, reason: String| {
+        EngineError::from(ModelError::BadKey {
+            path: g.path().to_path_buf(),
+            key: key.to_string(),
+            reason,
+        })
     };
     if g.opt_bool("tokenizer.ggml.add_space_prefix")? == Some(true) {
         return Err(bad_key(
@@ -374,9 +395,11 @@ fn build_spm(g: &GgufFile) -> Result<SpmTokenizer, EngineError> {
     let scores = g.f32_array("tokenizer.ggml.scores")?;
     let types = g
         .opt_i64_array("tokenizer.ggml.token_type")?
-        .ok_or_else(|| EngineError::MissingKey {
-            path: g.path().to_path_buf(),
-            key: "tokenizer.ggml.token_type".into(),
+        .ok_or_else(|| {
+            EngineError::from(ModelError::MissingKey {
+                path: g.path().to_path_buf(),
+                key: "tokenizer.ggml.token_type".into(),
+            })
         })?;
     SpmTokenizer::new(tokens, scores, types)
         .map_err(|e| bad_key("tokenizer.ggml.tokens", e.to_string()))
@@ -387,10 +410,12 @@ fn build_bpe(g: &GgufFile) -> Result<Tokenizer, EngineError> {
     let path = g.path().to_path_buf();
     let tokens = g.str_array("tokenizer.ggml.tokens")?;
     let merges_raw = g.str_array("tokenizer.ggml.merges")?;
-    let bad_key = |key: &str, reason: String| EngineError::BadKey {
-        path: path.clone(),
-        key: key.to_string(),
-        reason,
+    let bad_key = |key: &str, reason: String| {
+        EngineError::from(ModelError::BadKey {
+            path: path.clone(),
+            key: key.to_string(),
+            reason,
+        })
     };
     let vocab: Vocab = tokens
         .iter()
