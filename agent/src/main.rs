@@ -37,7 +37,9 @@ fn run() -> Result<ExitCode, DaemonError> {
         .with_writer(std::io::stderr)
         .init();
     let settings = settings::resolve(&flags, &|name| std::env::var(name).ok())?;
-    daemon::bridge_nvml_library(&settings);
+    // CPU threads are fixed once, before any job: candle's default (physical cores),
+    // recorded with each result.
+    lem_agent::threads::init(None);
     daemon::run(settings)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,7 @@
 use crate::meter::phases::PhaseRecorder;
 use crate::meter::rapl::CpuMeters;
 use crate::meter::{self, BaselineCache, EnergyMeter};
-use crate::runner::{apply_baselines, RunContext, RunProgress, SIMULATED_WARNING};
+use crate::runner::{apply_baselines, DevicePlacement, RunContext, RunProgress, SIMULATED_WARNING};
 use lem_common::config::ExperimentConfig;
 use lem_common::domain::EnergyReading;
 use std::collections::BTreeMap;
@@ -37,6 +37,10 @@ fn open_gpu_meter(
     warnings: &mut Vec<String>,
 ) -> Option<meter::nvml::NvmlMeter> {
     if ctx.nvml_lib.is_none() && !on_gpu {
+        return None;
+    }
+    // A lease placed on CPU packages only holds no GPU: none is metered.
+    if matches!(&ctx.placement, DevicePlacement::Devices { targets, .. } if targets.is_empty()) {
         return None;
     }
     let opened = ctx

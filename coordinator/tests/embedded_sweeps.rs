@@ -4,7 +4,7 @@
 //! running a stored cycle again. Expected counts come from each scenario's own numbers.
 
 use lem_agent::hub::ResolveOptions;
-use lem_agent::runner::{JobRunner, RunContext, RunProgress};
+use lem_agent::runner::{DevicePlacement, EnvSnapshot, JobRunner, RunContext, RunProgress};
 use lem_common::config::{self, CliOverrides};
 use lem_coordinator::embedded::{self, StoreHandle};
 use lem_coordinator::embedded_agent::{LeaseProgress, RunShared, RunnerExecutor};
@@ -153,8 +153,13 @@ fn an_interrupted_run_resumes_its_cancelled_jobs_without_running_a_stored_cycle_
             hf_cache_dir: dir.path().join("hf"),
             offline: true,
             revision: "main".into(),
+            home_dir: None,
+            access: Default::default(),
         },
         powercap_root: dir.path().join("powercap"),
+        nvml_lib: None,
+        placement: DevicePlacement::default(),
+        env: EnvSnapshot::default(),
         stop: stop.clone(),
     };
     let run = |work: Work, stop_at: Option<u32>| {

@@ -15,7 +15,6 @@ use lem_common::config::ExperimentConfig;
 use lem_common::domain::JobSpec;
 use lem_common::wire::{AttemptRef, ClaimMode, HeldAttempt, LeaseGrant};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -61,8 +60,9 @@ pub struct JobEnvironment {
     pub spool: Spool,
     pub markers: RunningMarkers,
     pub devices: DeviceDirectory,
-    pub powercap_root: PathBuf,
-    pub resolve: crate::hub::ResolveOptions,
+    /// The process's context (models, hub, powercap root, NVML library, variables),
+    /// built once at start; each lease gets a copy with its placement and stop flag.
+    pub run_context: RunContext,
 }
 
 pub struct Jobs {
@@ -123,11 +123,7 @@ impl Jobs {
         // A config this build cannot read is the attempt's failure, reported like any
         // other (as embedded mode does), not a rejection that another agent would repeat.
         let config = serde_json::from_value::<ExperimentConfig>(lease.config.clone())
-            .map_err(|e| format!("the leased config does not parse: {e}"))
-            .map(|mut config| {
-                placement::apply(&placement, &mut config);
-                config
-            });
+            .map_err(|e| format!("the leased config does not parse: {e}"));
         self.env
             .markers
             .mark(lease.attempt)
@@ -147,11 +143,12 @@ impl Jobs {
             config,
             cli_overrides: BTreeMap::new(),
         });
-        let ctx = RunContext {
-            resolve: self.env.resolve.clone(),
-            powercap_root: self.env.powercap_root.clone(),
-            stop: stop.clone(),
-        };
+        let ctx = self
+            .env
+            .run_context
+            .clone()
+            .with_placement(placement.device_placement())
+            .with_stop(stop.clone());
         let thread = JobThread {
             attempt: lease.attempt,
             job,

@@ -26,7 +26,10 @@ use running::RunningMarkers;
 use session::{Agent, SessionEnd};
 use settings::Settings;
 use spool::Spool;
+use crate::runner::RunContext;
 use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -209,8 +212,11 @@ fn start_agent(
         spool: spool.clone(),
         markers: markers.clone(),
         devices: devices.directory,
-        powercap_root: settings.powercap_root.clone(),
-        resolve: crate::hub::ResolveOptions::from_env(),
+        run_context: RunContext {
+            powercap_root: settings.powercap_root.clone(),
+            nvml_lib: settings.nvml_lib.clone(),
+            ..RunContext::from_env(Arc::new(AtomicBool::new(false)))
+        },
     };
     let agent = Agent {
         inventory: devices.inventory,
@@ -228,14 +234,3 @@ fn start_agent(
     Ok((agent, finished))
 }
 
-/// This build's runner finds the NVML library through `LEM_NVML_LIB` only; a library
-/// named by flag or config file is passed on that way. Called from `main` before any
-/// thread starts (setting a variable later would race readers). Goes away once the
-/// runner's context carries the library path.
-pub fn bridge_nvml_library(settings: &Settings) {
-    if let Some(lib) = &settings.nvml_lib {
-        if std::env::var_os(crate::meter::nvml::NVML_LIB_ENV).as_deref() != Some(lib.as_os_str()) {
-            std::env::set_var(crate::meter::nvml::NVML_LIB_ENV, lib);
-        }
-    }
-}

@@ -1,15 +1,14 @@
 //! Where a leased job runs: the lease's `devices` (keys from this node's inventory)
-//! become the run's device selection. The ONE place that maps a lease onto what the
-//! runner is given, so the runner's placement argument plugs in here.
+//! become the runner's placement argument ([`DevicePlacement::Devices`]). The one place
+//! that maps a lease onto what the runner is given.
 //!
 //! A long-lived agent cannot change `CUDA_VISIBLE_DEVICES` once CUDA has started, so
-//! devices are selected explicitly: each GPU key becomes the index this build's runner
-//! reads from the config's `gpu_list` (the NVML index, or the position in the agent's
-//! `CUDA_VISIBLE_DEVICES` when a scheduler set it). The NVML targets (GPU / MIG UUIDs)
-//! are computed as well: a runner that takes placement as an argument meters exactly
-//! those. MIG slices cannot be expressed through `gpu_list` and are refused until then.
+//! devices are selected explicitly: the meters open the leased GPU / MIG UUIDs, and CUDA
+//! inference loads on the first GPU's index (a MIG slice: its parent's; CUDA inference on
+//! a slice needs an agent started with `CUDA_VISIBLE_DEVICES` naming that slice). The
+//! config's `gpu_list` is not consulted and the leased config is run as it came.
 
-use lem_common::config::ExperimentConfig;
+use crate::runner::DevicePlacement;
 use lem_common::wire::LeaseGrant;
 use std::collections::BTreeMap;
 
@@ -27,10 +26,21 @@ pub struct DeviceDirectory {
 /// A lease's devices, resolved on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
-    /// Runner indices of whole GPUs, in lease order (empty for a CPU job).
+    /// Runner indices of whole GPUs (a slice: its parent's), in lease order (empty for a
+    /// CPU job).
     pub gpu_indices: Vec<u32>,
     /// What the meters open: GPU UUIDs, or MIG UUIDs (`MIG-…`), in lease order.
     pub nvml_targets: Vec<String>,
+}
+
+impl Placement {
+    /// The runner's placement argument for this lease.
+    pub fn device_placement(&self) -> DevicePlacement {
+        DevicePlacement::Devices {
+            targets: self.nvml_targets.clone(),
+            cuda_ordinal: self.gpu_indices.first().map_or(0, |&i| i as usize),
+        }
+    }
 }
 
 /// Resolves `lease.devices` against the node's devices; a key that is not here, or a
@@ -49,11 +59,13 @@ pub fn place(lease: &LeaseGrant, devices: &DeviceDirectory) -> Result<Placement,
             placement
                 .nvml_targets
                 .push(key.trim_start_matches("gpu:").to_owned());
-        } else if devices.mig_parent.contains_key(key) {
-            return Err(format!(
-                "{key}: this agent build cannot select a MIG slice for the runner yet \
-                 (its runner takes GPUs by index only)"
-            ));
+        } else if let Some(parent) = devices.mig_parent.get(key) {
+            if let Some(&index) = devices.gpu_index.get(parent) {
+                placement.gpu_indices.push(index);
+            }
+            placement
+                .nvml_targets
+                .push(key.trim_start_matches("mig:").to_owned());
         } else if devices.cpu_packages.contains(key) {
             // CPU jobs need no selection: the runner meters the host's RAPL packages.
         } else {
@@ -61,15 +73,6 @@ pub fn place(lease: &LeaseGrant, devices: &DeviceDirectory) -> Result<Placement,
         }
     }
     Ok(placement)
-}
-
-/// Applies `placement` to the config the runner is given: with today's runner, the GPU
-/// selection is the config's `gpu_list`. A CPU-only placement leaves the
-/// config as leased.
-pub fn apply(placement: &Placement, config: &mut ExperimentConfig) {
-    if !placement.gpu_indices.is_empty() {
-        config.gpu_list = placement.gpu_indices.clone();
-    }
 }
 
 #[cfg(test)]
@@ -114,14 +117,33 @@ mod tests {
     }
 
     #[test]
-    fn unknown_empty_and_mig_leases_are_refused_in_words() {
+    fn unknown_and_empty_leases_are_refused_in_words() {
         let err = place(&lease(&["gpu:GPU-z"]), &directory()).unwrap_err();
         assert!(
             err.contains("gpu:GPU-z") && err.contains("not on this node"),
             "{err}"
         );
         assert!(place(&lease(&[]), &directory()).is_err());
-        let err = place(&lease(&["mig:MIG-x"]), &directory()).unwrap_err();
-        assert!(err.contains("mig:MIG-x"), "{err}");
+    }
+
+    #[test]
+    fn a_mig_slice_is_metered_by_its_uuid_and_loads_on_its_parent() {
+        let p = place(&lease(&["mig:MIG-x"]), &directory()).unwrap();
+        assert_eq!(p.nvml_targets, vec!["MIG-x"]);
+        assert_eq!(
+            p.device_placement(),
+            DevicePlacement::Devices {
+                targets: vec!["MIG-x".into()],
+                cuda_ordinal: 0
+            }
+        );
+        let gpus = place(&lease(&["gpu:GPU-b", "gpu:GPU-a"]), &directory()).unwrap();
+        assert_eq!(
+            gpus.device_placement(),
+            DevicePlacement::Devices {
+                targets: vec!["GPU-b".into(), "GPU-a".into()],
+                cuda_ordinal: 1
+            }
+        );
     }
 }
