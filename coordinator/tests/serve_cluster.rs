@@ -111,6 +111,11 @@ fn a_sweep_runs_on_a_network_agent_and_each_job_is_stored_once() {
     assert_eq!(cycles, [0, 1, 2]);
     let summary = server.cli_ok(&["results", "show", "sweep-0/alpha"]);
     assert!(summary.contains("Experiment sweep-0/alpha"), "{summary}");
+    let aggregated = server.cli_ok(&["aggregate", "sweep-0"]);
+    assert!(
+        aggregated.contains("sweep-0: aggregated sweep-0/alpha, sweep-0/beta"),
+        "{aggregated}"
+    );
 
     // The ack of the first result was "lost": the agent sent it again and got a
     // second ack; the store holds it once (checked below).
@@ -196,12 +201,16 @@ fn a_sweep_runs_on_a_network_agent_and_each_job_is_stored_once() {
             .output()
             .unwrap()
     };
-    let read = as_viewer(&["sweep", "list"]);
-    assert!(
-        read.status.success(),
-        "{}",
-        String::from_utf8_lossy(&read.stderr)
-    );
+    for args in [&["sweep", "list"][..], &["results", "list"], &["status"]] {
+        let read = as_viewer(args);
+        assert!(
+            read.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&read.stderr)
+        );
+    }
+    let refused = as_viewer(&["aggregate", "sweep-0"]);
+    assert_eq!(refused.status.code(), Some(1), "a viewer aggregated");
     let mut viewer_submit = vec!["sweep", "submit"];
     viewer_submit.extend(&config_args);
     let refused = as_viewer(&viewer_submit);

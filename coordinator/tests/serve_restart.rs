@@ -1,7 +1,7 @@
 //! kill -9 of `lem serve` in the middle of a sweep, and a restart on the same data dir:
 //! the state comes back from the store, the agent reconnects and re-announces the leases
 //! it still holds (they keep their attempts), and the sweep completes with exactly one
-//! accepted result per job.
+//! accepted result per job. A second `lem serve` on a held data dir is refused.
 
 mod serve_support;
 #[path = "../src/test_fixtures.rs"]
@@ -21,6 +21,20 @@ fn a_sweep_survives_kill_9_of_the_coordinator_with_one_accepted_result_per_job()
     let data_dir = dir.path().join("coord");
     let token = join_token(&data_dir);
     let server = Server::start(&data_dir, &[]);
+    // One coordinator per data dir: a second is refused at once, naming the first.
+    let second = serve_support::run_lem(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("already running") && stderr.contains(&server.addr),
+        "{stderr}"
+    );
     let answered_before_kill = 2;
     let agent = TestAgent::spawn(
         data_dir.clone(),

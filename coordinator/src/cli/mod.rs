@@ -99,6 +99,15 @@ fn positive_u32(s: &str) -> Result<u32, String> {
     }
 }
 
+/// A duration in ms that must be above zero (a zero lease TTL would expire at once).
+fn positive_ms(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err("must be above 0 ms".into()),
+        Ok(ms) => Ok(ms),
+        Err(_) => Err(format!("must be a whole number of milliseconds, got `{s}`")),
+    }
+}
+
 /// `--cycles`: 1 to 10.
 fn cycles_1_to_10(s: &str) -> Result<u32, String> {
     match s.trim().parse::<i64>() {
@@ -197,6 +206,7 @@ pub struct ServeArgs {
         long,
         env = "LEM_LEASE_TTL_MS",
         value_name = "MS",
+        value_parser = positive_ms,
         default_value_t = 30_000
     )]
     pub lease_ttl_ms: u64,
@@ -205,6 +215,7 @@ pub struct ServeArgs {
         long,
         env = "LEM_AGENT_TIMEOUT_MS",
         value_name = "MS",
+        value_parser = positive_ms,
         default_value_t = 20_000
     )]
     pub agent_timeout_ms: u64,
@@ -215,6 +226,7 @@ pub struct ServeArgs {
         long,
         env = "LEM_RESTART_GRACE_MS",
         value_name = "MS",
+        value_parser = positive_ms,
         default_value_t = 60_000
     )]
     pub restart_grace_ms: u64,
@@ -819,6 +831,9 @@ mod tests {
         assert!(positive_u32("0").is_err());
         assert!(cycles_1_to_10("11").is_err());
         assert_eq!(cycles_1_to_10("10"), Ok(10));
+        assert_eq!(positive_ms("250"), Ok(250));
+        assert!(positive_ms("0").is_err());
+        assert!(positive_ms("1s").unwrap_err().contains("1s"));
     }
 
     /// Every subcommand, with its path (`config generate-grid`).

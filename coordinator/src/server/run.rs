@@ -29,6 +29,12 @@ pub enum ServeError {
         data_dir: PathBuf,
         source: StoreError,
     },
+    #[error(
+        "another process holds the store in {} — is `lem serve` already running there? \
+         (last address it wrote: {addr})",
+        .data_dir.display()
+    )]
+    Held { data_dir: PathBuf, addr: String },
     #[error("cluster credentials in {}: {source}", .data_dir.display())]
     Pki { data_dir: PathBuf, source: PkiError },
     #[error(transparent)]
@@ -60,7 +66,17 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
         data_dir: data_dir.clone(),
         source,
     };
-    let store = Arc::new(Store::open(&data_dir, STORE_WAIT).map_err(store_error)?);
+    let store = Arc::new(Store::open(&data_dir, STORE_WAIT).map_err(|e| {
+        match e {
+            StoreError::Locked { .. } => ServeError::Held {
+                data_dir: data_dir.clone(),
+                addr: std::fs::read_to_string(data_dir.join(ADDR_FILE))
+                    .map(|a| a.trim().to_owned())
+                    .unwrap_or_else(|_| "unknown".into()),
+            },
+            other => store_error(other),
+        }
+    })?);
     let (ca, created) = ClusterCa::load_or_create(&data_dir).map_err(pki_error)?;
     if created {
         say(&format!(
