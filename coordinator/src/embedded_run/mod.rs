@@ -43,6 +43,8 @@ pub enum RunFailure {
     Lock(#[from] LockError),
     #[error("the scheduler refused the sweep: {0}")]
     Refused(SchedulerError),
+    #[error("the scheduler did not answer a sweep submission as it should: {0}")]
+    Unanswered(String),
     #[error("cannot start a runner thread: {0}")]
     Thread(std::io::Error),
 }
@@ -175,7 +177,7 @@ fn submit_and_drive(
                         sweeps.push(*sweep);
                     }
                     Some((_, Reply::Refused(e))) => return Err(RunFailure::Refused(e.clone())),
-                    other => unreachable!("a submission is answered: {other:?}"),
+                    other => return Err(RunFailure::Unanswered(format!("{other:?}"))),
                 }
             }
             sweeps
