@@ -29,6 +29,10 @@ const ALLOWED: &[(&str, &str)] = &[
     ("meter/nvml.rs", "resolve_lib_path"),
     // candle's pool sizes, set once when lem / lem-agent starts.
     ("threads.rs", "init"),
+    // lem-agent's settings (flag > `LEM_*` variable > file), resolved once in `main`.
+    ("main.rs", "run"),
+    // lem-agent's device inventory at start (`CUDA_VISIBLE_DEVICES` as a scheduler set it).
+    ("daemon/mod.rs", "start_agent"),
 ];
 
 /// Files (or folders) a job runs through.

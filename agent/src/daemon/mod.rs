@@ -18,6 +18,7 @@ pub mod session;
 pub mod settings;
 pub mod spool;
 
+use crate::runner::RunContext;
 use error::DaemonError;
 use jobs::{JobEnvironment, Jobs};
 use lem_common::wire::HeldAttempt;
@@ -26,7 +27,6 @@ use running::RunningMarkers;
 use session::{Agent, SessionEnd};
 use settings::Settings;
 use spool::Spool;
-use crate::runner::RunContext;
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -233,4 +233,3 @@ fn start_agent(
     };
     Ok((agent, finished))
 }
-
