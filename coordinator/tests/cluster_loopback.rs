@@ -374,10 +374,10 @@ fn a_sweep_on_three_real_agents_aggregates_as_the_same_sweep_embedded() {
 fn kill_9_of_an_agent_mid_job_requeues_its_job_on_another_agent() {
     // Agents are declared lost after 3 s without a heartbeat; leases live 6 s.
     let cluster = Cluster::start(&["--agent-timeout-ms", "3000", "--lease-ttl-ms", "6000"]);
-    // Longer jobs (24 tokens), so the kill lands while one runs.
-    let experiments = 4;
+    // Longer jobs (12 tokens), so the kill lands while one runs.
+    let experiments = 3;
     let jobs = experiments * CYCLES;
-    let configs = cluster.configs(experiments, Some(24));
+    let configs = cluster.configs(experiments, Some(12));
     cluster.submit(&configs);
     let victim = NODES[1];
     let status = cluster.coordinator.wait_status("a lease on node-b", |s| {
