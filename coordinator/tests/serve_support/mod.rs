@@ -58,6 +58,11 @@ pub struct Server {
 impl Server {
     /// Starts `lem serve` on 127.0.0.1:0 and waits for its address file.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_on(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts `lem serve` listening on `listen` and waits for its address file.
+    pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
         let addr_file = data_dir.join("serve.addr");
         let _ = std::fs::remove_file(&addr_file);
         std::fs::create_dir_all(data_dir).unwrap();
@@ -69,7 +74,7 @@ impl Server {
                 .as_nanos()
         ));
         let child = lem()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("LEM_LOG", "info")
