@@ -6,7 +6,9 @@
 use lem_common::domain::{
     DeviceKind, EnergyReading, EnergySource, PowerSample, PowerTrace, RawResult,
 };
-use lem_common::wire::{AgentMessage, CoordinatorMessage, Gpu, Inventory, LeaseGrant};
+use lem_common::wire::{
+    AgentMessage, AttemptRef, CoordinatorMessage, Gpu, HeldAttempt, Inventory, LeaseGrant,
+};
 use lem_net::{Alpn, ClientOptions};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,6 +23,22 @@ pub struct Plan {
     pub gpus: usize,
     /// Trace points per device reading; each result has one reading per leased device.
     pub trace_points: usize,
+}
+
+/// Results sent and not acknowledged, by attempt: kept across sessions (and across a
+/// coordinator restart), announced in Hello and resent, as the real agent's spool.
+pub type Spool = Arc<Mutex<BTreeMap<u64, (AttemptRef, RawResult)>>>;
+
+fn held(spool: &Spool) -> Vec<HeldAttempt> {
+    let spool = spool.lock().unwrap();
+    spool
+        .values()
+        .map(|(a, _)| HeldAttempt {
+            attempt: a.attempt,
+            epoch: a.epoch,
+            running: false,
+        })
+        .collect()
 }
 
 /// What the benchmark reads while agents run.
@@ -41,6 +59,7 @@ pub async fn run(
     credential_dir: PathBuf,
     token: String,
     plan: Plan,
+    spool: Spool,
     shared: Arc<Shared>,
 ) {
     let options = ClientOptions::default();
@@ -52,7 +71,17 @@ pub async fn run(
                 continue;
             }
         };
-        if let Err(e) = session(&addr, &credential_dir, &token, &plan, &options, &shared).await {
+        if let Err(e) = session(
+            &addr,
+            &credential_dir,
+            &token,
+            &plan,
+            &options,
+            &spool,
+            &shared,
+        )
+        .await
+        {
             *shared.error.lock().unwrap() = Some(e);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -65,6 +94,7 @@ async fn session(
     token: &str,
     plan: &Plan,
     options: &ClientOptions,
+    spool: &Spool,
     shared: &Shared,
 ) -> Result<(), String> {
     let e = |e: lem_net::NetError| e.to_string();
@@ -87,14 +117,24 @@ async fn session(
     };
     let hello = AgentMessage::Hello {
         inventory,
-        held: vec![],
+        held: held(spool),
         lost: vec![],
     };
     s.send.send(&hello).await.map_err(e)?;
+    let resends: Vec<AgentMessage> = spool
+        .lock()
+        .unwrap()
+        .values()
+        .map(|(attempt, result)| AgentMessage::AttemptResult {
+            attempt: *attempt,
+            result: Box::new(result.clone()),
+        })
+        .collect();
+    for resend in &resends {
+        s.send.send(resend).await.map_err(e)?;
+    }
     shared.sessions.fetch_add(1, Ordering::SeqCst);
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
-    // attempt → trace points of the result sent, until acked.
-    let mut unacked: BTreeMap<u64, u64> = BTreeMap::new();
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             s.close().await;
@@ -106,15 +146,17 @@ async fn session(
                     CoordinatorMessage::Lease(grant) => {
                         shared.first_lease.lock().unwrap().get_or_insert_with(Instant::now);
                         let result = result_for(&grant, plan.trace_points);
-                        unacked.insert(grant.attempt.attempt, lem_coordinator::server::trace_samples(&result));
                         let answer = AgentMessage::AttemptResult {
                             attempt: grant.attempt,
-                            result: Box::new(result),
+                            result: Box::new(result.clone()),
                         };
+                        spool.lock().unwrap().insert(grant.attempt.attempt, (grant.attempt, result));
                         s.send.send(&answer).await.map_err(e)?;
                     }
                     CoordinatorMessage::Ack { attempt, .. } => {
-                        if let Some(samples) = unacked.remove(&attempt.attempt) {
+                        let acked = spool.lock().unwrap().remove(&attempt.attempt);
+                        if let Some((_, result)) = acked {
+                            let samples = lem_coordinator::server::trace_samples(&result);
                             shared.samples_acked.fetch_add(samples, Ordering::SeqCst);
                             shared.acks.fetch_add(1, Ordering::SeqCst);
                         }
@@ -126,7 +168,7 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => {
-                let held = vec![];
+                let held = held(spool);
                 s.send.send(&AgentMessage::Heartbeat { held }).await.map_err(e)?;
             }
         }

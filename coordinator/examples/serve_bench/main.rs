@@ -13,6 +13,10 @@
 //! second between the first lease and the last ack (each ack follows the store's flush).
 //! `restart`: a sweep of `configs × cycles` jobs, half of them accepted, then kill -9 of
 //! `lem serve`; the time from spawning the new process to the first lease an agent gets.
+//! The agents keep their unacknowledged results (a spool) across the kill, announce them
+//! in Hello and resend them, as lem-agent does: their acceptance frees the devices that
+//! the recovered leases hold, and the next lease follows. The agents dial as soon as the
+//! new `serve.addr` appears (no backoff), so the figure is the coordinator's own time.
 
 #[path = "../../src/test_fixtures.rs"]
 #[allow(dead_code)]
@@ -21,7 +25,7 @@ mod test_fixtures;
 mod agent;
 mod server;
 
-use agent::{Plan, Shared};
+use agent::{Plan, Shared, Spool};
 use server::{join_tokens, lem_binary, write_configs, Server, WAIT};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -91,6 +95,7 @@ impl Fleet {
         data_dir: &Path,
         work: &Path,
         tokens: &[String],
+        spools: &[Spool],
         args: &Args,
     ) -> Self {
         let shared = Arc::new(Shared::default());
@@ -108,6 +113,7 @@ impl Fleet {
                     work.join(format!("agent-{i}")),
                     token.clone(),
                     plan,
+                    spools[i].clone(),
                     shared.clone(),
                 ))
             })
@@ -168,16 +174,15 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn setup(
-    bin: &Path,
-    work: &Path,
-    args: &Args,
-) -> anyhow::Result<(PathBuf, Vec<String>, Vec<PathBuf>)> {
+type Setup = (PathBuf, Vec<String>, Vec<Spool>, Vec<PathBuf>);
+
+fn setup(bin: &Path, work: &Path, args: &Args) -> anyhow::Result<Setup> {
     let data_dir = work.join("coord");
     std::fs::create_dir_all(&data_dir)?;
     let tokens = join_tokens(bin, &data_dir, args.agents)?;
     let configs = write_configs(work, args.configs)?;
-    Ok((data_dir, tokens, configs))
+    let spools = (0..args.agents).map(|_| Spool::default()).collect();
+    Ok((data_dir, tokens, spools, configs))
 }
 
 /// Trace samples per second acked, first lease to last ack.
@@ -187,9 +192,9 @@ fn ingest(
     work: &Path,
     args: &Args,
 ) -> anyhow::Result<f64> {
-    let (data_dir, tokens, configs) = setup(bin, work, args)?;
+    let (data_dir, tokens, spools, configs) = setup(bin, work, args)?;
     let server = Server::start(bin, &data_dir)?;
-    let fleet = Fleet::spawn(rt, &data_dir, work, &tokens, args);
+    let fleet = Fleet::spawn(rt, &data_dir, work, &tokens, &spools, args);
     let agents = args.agents as u64;
     fleet.wait("every agent's Hello", |s| {
         s.sessions.load(Ordering::SeqCst) >= agents
@@ -224,9 +229,9 @@ fn restart(
     work: &Path,
     args: &Args,
 ) -> anyhow::Result<f64> {
-    let (data_dir, tokens, configs) = setup(bin, work, args)?;
+    let (data_dir, tokens, spools, configs) = setup(bin, work, args)?;
     let server = Server::start(bin, &data_dir)?;
-    let fleet = Fleet::spawn(rt, &data_dir, work, &tokens, args);
+    let fleet = Fleet::spawn(rt, &data_dir, work, &tokens, &spools, args);
     let jobs = (args.configs as u64) * u64::from(args.cycles);
     server.submit(bin, &data_dir, &configs, args.cycles)?;
     fleet.wait("half the sweep acked", |s| {
@@ -236,7 +241,7 @@ fn restart(
     server.kill9()?;
     fleet.stop();
     let _ = std::fs::remove_file(data_dir.join("serve.addr"));
-    let fleet = Fleet::spawn(rt, &data_dir, work, &tokens, args);
+    let fleet = Fleet::spawn(rt, &data_dir, work, &tokens, &spools, args);
     let spawned = Instant::now();
     let server = Server::start(bin, &data_dir)?;
     let listening = spawned.elapsed();
