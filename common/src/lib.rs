@@ -10,6 +10,7 @@ pub mod flops;
 pub mod holm;
 pub mod mig;
 pub mod phases;
+pub mod prometheus;
 pub mod rng;
 pub mod server;
 pub mod stats;

@@ -8,6 +8,7 @@
 //! request head bounded in size and time.
 
 use crate::meter::nvml::{init_nvml, simulation_reason};
+use lem_common::prometheus::{self, escape_label as escape, one_line, Kind};
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::Nvml;
 use std::fmt::Write as _;
@@ -123,7 +124,7 @@ pub fn render(
                 Family {
                     name: "DCGM_FI_DEV_POWER_USAGE",
                     help: "Power draw (in W).",
-                    kind: "gauge",
+                    kind: Kind::Gauge,
                     value: &|g| g.power_w.as_ref().map(|w| format!("{w:.3}")),
                 },
             );
@@ -134,7 +135,7 @@ pub fn render(
                 Family {
                     name: "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
                     help: "Total energy consumption since the driver last loaded (in mJ).",
-                    kind: "counter",
+                    kind: Kind::Counter,
                     value: &|g| g.energy_mj.as_ref().map(u64::to_string),
                 },
             );
@@ -145,17 +146,14 @@ pub fn render(
                 Family {
                     name: "DCGM_FI_DEV_GPU_TEMP",
                     help: "GPU temperature (in C).",
-                    kind: "gauge",
+                    kind: Kind::Gauge,
                     value: &|g| g.temperature_c.as_ref().map(u32::to_string),
                 },
             );
         }
     }
     let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-        );
+        prometheus::single(out, name, help, Kind::Gauge, &value.to_string());
     };
     let flag = |b: &AtomicBool| u64::from(b.load(Ordering::Relaxed));
     gauge(
@@ -194,16 +192,12 @@ pub fn render(
 struct Family<'a> {
     name: &'a str,
     help: &'a str,
-    kind: &'a str,
+    kind: Kind,
     value: &'a dyn Fn(&GpuSample) -> Result<String, &String>,
 }
 
 fn family(out: &mut String, hostname: &str, gpus: &[GpuSample], f: Family<'_>) {
-    let _ = writeln!(
-        out,
-        "# HELP {} {}\n# TYPE {} {}",
-        f.name, f.help, f.name, f.kind
-    );
+    prometheus::header(out, f.name, f.help, f.kind);
     for g in gpus {
         match (f.value)(g) {
             Ok(value) => {
@@ -228,18 +222,6 @@ fn family(out: &mut String, hostname: &str, gpus: &[GpuSample], f: Family<'_>) {
             }
         }
     }
-}
-
-/// A label value as the text format requires.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn one_line(text: &str) -> String {
-    text.replace('\n', " ")
 }
 
 /// Binds `listen` and serves scrapes until the runtime stops. Returns the bound address.
@@ -294,7 +276,8 @@ async fn answer(
         _ => ("405 Method Not Allowed", "only GET is served\n".to_owned()),
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        prometheus::CONTENT_TYPE,
         body.len()
     );
     stream.write_all(response.as_bytes()).await?;

@@ -230,6 +230,11 @@ pub struct ServeArgs {
         default_value_t = 60_000
     )]
     pub restart_grace_ms: u64,
+    /// Serve Prometheus metrics (agents, leases, queue, ingest counters, per-device
+    /// energy and power as accepted results report them) at http://ADDR/metrics, e.g.
+    /// 0.0.0.0:9464; off by default. The bound address goes to <data-dir>/metrics.addr.
+    #[arg(long, env = "LEM_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]

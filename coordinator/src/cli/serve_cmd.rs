@@ -22,6 +22,7 @@ pub fn run(data_dir: std::path::PathBuf, args: ServeArgs) -> Result<Outcome, Cli
             restart_grace_ms: args.restart_grace_ms,
             ..defaults
         },
+        metrics_listen: args.metrics_listen,
     };
     if options.scheduler.agent_timeout_ms >= options.scheduler.lease_ttl_ms {
         tracing::warn!(

@@ -4,6 +4,7 @@
 //! driver is rebuilt from the store's records (agents then say Hello again).
 
 use super::cli_requests::answer;
+use super::metrics::{render, ClusterGauges, IngestTally, ResultContribution};
 use super::quic_link::QuicLink;
 use crate::driver::{Driver, DriverError, Executed, MonotonicClock};
 use crate::scheduler::{Event, SchedulerConfig};
@@ -30,6 +31,10 @@ pub enum DriverInput {
         request: CliRequest,
         reply: tokio::sync::oneshot::Sender<CliReply>,
     },
+    /// A metrics scrape: the exposition text goes back on `reply`.
+    Metrics {
+        reply: tokio::sync::oneshot::Sender<String>,
+    },
     /// Stop: the store is flushed and the thread returns.
     Shutdown,
 }
@@ -44,6 +49,7 @@ pub fn run(
     let start = |now| Driver::start(store.clone(), link.clone(), config.clone(), now);
     let mut driver = start(clock.now())?;
     let mut next_request = 0u64;
+    let mut ingest = IngestTally::default();
     loop {
         let now = clock.now();
         let wait = driver.poll_timeout().map_or(IDLE_WAKE, |t| {
@@ -52,7 +58,26 @@ pub fn run(
         let outcome = match inputs.recv_timeout(wait) {
             Ok(DriverInput::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(DriverInput::Agent { event, body }) => {
-                driver.handle(event, body.map(|b| *b), clock.now())
+                // Counted only once the scheduler accepted it (not a resend, not stale).
+                let counted = match (&event, &body) {
+                    (Event::AttemptFinished { attempt, .. }, Some(body)) => {
+                        Some((*attempt, ResultContribution::of(body)))
+                    }
+                    _ => None,
+                };
+                let outcome = driver.handle(event, body.map(|b| *b), clock.now());
+                if let (Ok(done), Some((attempt, contribution))) = (&outcome, counted) {
+                    if done.accepted.iter().any(|(_, a)| *a == attempt) {
+                        ingest.add(contribution);
+                    }
+                }
+                outcome
+            }
+            Ok(DriverInput::Metrics { reply }) => {
+                let text = render(&ClusterGauges::of(driver.scheduler()), &ingest);
+                // The scraper may have given up waiting.
+                let _ = reply.send(text);
+                continue;
             }
             Ok(DriverInput::Cli { request, reply }) => {
                 let (answered, outcome) =

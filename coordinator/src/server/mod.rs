@@ -16,12 +16,15 @@ mod cli_requests;
 mod cli_session;
 mod driver_thread;
 mod join_tokens;
+mod metrics;
+mod metrics_http;
 mod options;
 mod quic_link;
 mod run;
 
 pub use bootstrap::{ensure_operator_credential, OPERATOR_DIR};
 pub use join_tokens::{JoinTokenIssuer, MAX_TOKEN_TTL_MS};
+pub use metrics::trace_samples;
 pub use options::ServeOptions;
 pub use quic_link::QuicLink;
-pub use run::{serve, ServeError, ADDR_FILE};
+pub use run::{serve, ServeError, ADDR_FILE, METRICS_ADDR_FILE};

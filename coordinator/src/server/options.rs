@@ -12,4 +12,6 @@ pub struct ServeOptions {
     pub server_names: Vec<String>,
     /// Lease TTL, agent timeout, restart grace, retry bounds for network agents.
     pub scheduler: SchedulerConfig,
+    /// Where to serve Prometheus `/metrics` (TCP); `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }

@@ -18,6 +18,8 @@ use std::time::Duration;
 /// The file in the data dir that holds the address the server is bound to (`--listen
 /// 127.0.0.1:0` picks a port; scripts and tests read it here).
 pub const ADDR_FILE: &str = "serve.addr";
+/// The file that holds the bound `--metrics-listen` address, when metrics are served.
+pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 
 /// How long `lem serve` waits for another process to release the store.
 const STORE_WAIT: Duration = Duration::from_secs(2);
@@ -143,7 +145,20 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
             ServerOptions::new(options.listen, options.server_names.clone()),
         )?;
         let addr = endpoint.local_addr()?;
-        write_addr_file(&data_dir, &addr.to_string())?;
+        if let Some(listen) = options.metrics_listen {
+            let bound = super::metrics_http::serve(listen, inputs.clone())
+                .await
+                .map_err(|source| ServeError::Io {
+                    what: "cannot bind --metrics-listen for the data dir",
+                    path: data_dir.clone(),
+                    source,
+                })?;
+            write_addr_file(&data_dir, METRICS_ADDR_FILE, &bound.to_string())?;
+            say(&format!(
+                "serving Prometheus metrics at http://{bound}/metrics"
+            ));
+        }
+        write_addr_file(&data_dir, ADDR_FILE, &addr.to_string())?;
         tracing::info!(%addr, "listening");
         say(&format!(
             "listening on {addr} (names: {}); address in {}",
@@ -198,9 +213,9 @@ fn say(line: &str) {
 }
 
 /// Written whole (temporary file, then rename), so a reader never sees half an address.
-fn write_addr_file(data_dir: &Path, addr: &str) -> Result<(), ServeError> {
-    let path = data_dir.join(ADDR_FILE);
-    let tmp = data_dir.join(format!("{ADDR_FILE}.tmp"));
+fn write_addr_file(data_dir: &Path, file: &str, addr: &str) -> Result<(), ServeError> {
+    let path = data_dir.join(file);
+    let tmp = data_dir.join(format!("{file}.tmp"));
     let io = |source| ServeError::Io {
         what: "cannot write the address file",
         path: path.clone(),
