@@ -12,6 +12,7 @@ pub mod mig;
 pub mod phases;
 pub mod rng;
 pub mod server;
+pub mod shipped_prompt;
 pub mod stats;
 pub mod welch;
 pub mod wire;

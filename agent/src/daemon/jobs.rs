@@ -7,6 +7,7 @@
 //! outcome dropped; a run stopped by shutdown keeps its running marker, so the next
 //! start reports it as lost.
 
+use super::inputs::ShippedInputs;
 use super::placement::{self, DeviceDirectory};
 use super::running::RunningMarkers;
 use super::spool::{Spool, SpoolEntry, SpooledOutcome};
@@ -59,6 +60,8 @@ struct RunningJob {
 pub struct JobEnvironment {
     pub spool: Spool,
     pub markers: RunningMarkers,
+    /// Where prompt files shipped with a lease are written before its run.
+    pub inputs: ShippedInputs,
     pub devices: DeviceDirectory,
     /// The process's context (models, hub, powercap root, NVML library, variables),
     /// built once at start; each lease gets a copy with its placement and stop flag.
@@ -123,7 +126,11 @@ impl Jobs {
         // A config this build cannot read is the attempt's failure, reported like any
         // other (as embedded mode does), not a rejection that another agent would repeat.
         let config = serde_json::from_value::<ExperimentConfig>(lease.config.clone())
-            .map_err(|e| format!("the leased config does not parse: {e}"));
+            .map_err(|e| format!("the leased config does not parse: {e}"))
+            .and_then(|mut config| {
+                self.env.inputs.materialize(&mut config)?;
+                Ok(config)
+            });
         self.env
             .markers
             .mark(lease.attempt)
