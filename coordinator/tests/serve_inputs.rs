@@ -4,6 +4,9 @@
 //! it, naming its address.
 
 mod serve_support;
+#[path = "../src/test_fixtures.rs"]
+#[allow(dead_code)]
+mod test_fixtures;
 
 use serve_support::agent::{AgentPlan, TestAgent};
 use serve_support::{join_token, lem, Server, WAIT};
