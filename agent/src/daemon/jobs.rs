@@ -62,6 +62,9 @@ pub struct JobEnvironment {
     pub markers: RunningMarkers,
     /// Where prompt files shipped with a lease are written before its run.
     pub inputs: ShippedInputs,
+    /// This node's name, put in front of every failure it reports: a model path or
+    /// file that is missing here must say where it is missing.
+    pub node_name: String,
     pub devices: DeviceDirectory,
     /// The process's context (models, hub, powercap root, NVML library, variables),
     /// built once at start; each lease gets a copy with its placement and stop flag.
@@ -165,6 +168,7 @@ impl Jobs {
             disowned: disowned.clone(),
             spool: self.env.spool.clone(),
             markers: self.env.markers.clone(),
+            node_name: self.env.node_name.clone(),
             finished: self.finished.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -303,6 +307,7 @@ struct JobThread {
     disowned: Arc<AtomicU8>,
     spool: Spool,
     markers: RunningMarkers,
+    node_name: String,
     finished: UnboundedSender<Finished>,
 }
 
@@ -338,6 +343,12 @@ impl JobThread {
                     }
                 }
             }
+        };
+        let outcome = match outcome {
+            SpooledOutcome::Failed { error } => SpooledOutcome::Failed {
+                error: format!("on node {}: {error}", self.node_name),
+            },
+            other => other,
         };
         let attempt = self.attempt;
         let spooled = match self.disowned.load(Ordering::SeqCst) {

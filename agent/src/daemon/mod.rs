@@ -213,6 +213,7 @@ fn start_agent(
         spool: spool.clone(),
         markers: markers.clone(),
         inputs: inputs::ShippedInputs::new(&settings.data_dir),
+        node_name: settings.node_name.clone(),
         devices: devices.directory,
         run_context: RunContext {
             powercap_root: settings.powercap_root.clone(),
