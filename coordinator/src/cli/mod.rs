@@ -210,7 +210,7 @@ pub struct ServeArgs {
     #[arg(long, env = "LEM_AGENT_TIMEOUT_MS", value_name = "MS", value_parser = positive_ms)]
     pub agent_timeout_ms: Option<u64>,
     /// After a restart, how long (ms) a recovered lease waits for its agent to announce
-    /// it (default 60000); above the 30 s QUIC idle timeout, so an agent that notices the
+    /// it (default 60000); above the 10 s QUIC idle timeout, so an agent that notices the
     /// restart only by its connection timing out still reclaims its leases.
     #[arg(long, env = "LEM_RESTART_GRACE_MS", value_name = "MS", value_parser = positive_ms)]
     pub restart_grace_ms: Option<u64>,
