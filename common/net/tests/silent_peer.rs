@@ -4,6 +4,9 @@
 //! timers' bound — well under the 30 s it once took, and under the coordinator's 60 s
 //! restart grace, so a restarted coordinator's agents return before their leases requeue.
 
+#[path = "support/udp_relay.rs"]
+mod udp_relay;
+
 use lem_common::wire::AgentMessage;
 use lem_net::pki::{ClusterCa, LEAF_VALIDITY};
 use lem_net::token::InMemoryTokenBook;
@@ -11,66 +14,9 @@ use lem_net::{
     connect, Alpn, ClientOptions, EnrollmentDesk, PeerIdentity, Role, ServerEndpoint,
     ServerOptions, Timers,
 };
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Forwards datagrams between one client and `upstream` until `silent` is set; then drops
-/// everything, as a dead host would. Threads end when `stop` is set.
-struct Relay {
-    addr: SocketAddr,
-    silent: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Relay {
-    fn start(upstream: SocketAddr) -> Relay {
-        let front = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let back = UdpSocket::bind("127.0.0.1:0").unwrap();
-        back.connect(upstream).unwrap();
-        for s in [&front, &back] {
-            s.set_read_timeout(Some(Duration::from_millis(100)))
-                .unwrap();
-        }
-        let addr = front.local_addr().unwrap();
-        let silent = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
-        let (front2, back2) = (front.try_clone().unwrap(), back.try_clone().unwrap());
-        let (silent2, stop2, client2) = (silent.clone(), stop.clone(), client.clone());
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65_536];
-            while !stop2.load(Ordering::SeqCst) {
-                if let Ok((n, from)) = front2.recv_from(&mut buf) {
-                    *client2.lock().unwrap() = Some(from);
-                    if !silent2.load(Ordering::SeqCst) {
-                        let _ = back2.send(&buf[..n]);
-                    }
-                }
-            }
-        });
-        let (silent3, stop3) = (silent.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65_536];
-            while !stop3.load(Ordering::SeqCst) {
-                if let Ok(n) = back.recv(&mut buf) {
-                    let to = *client.lock().unwrap();
-                    if let (Some(to), false) = (to, silent3.load(Ordering::SeqCst)) {
-                        let _ = front.send_to(&buf[..n], to);
-                    }
-                }
-            }
-        });
-        Relay { addr, silent, stop }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_coordinator_is_noticed_within_the_idle_timeout() {
@@ -94,7 +40,7 @@ async fn a_silent_coordinator_is_noticed_within_the_idle_timeout() {
         ),
     )
     .unwrap();
-    let relay = Relay::start(server.local_addr().unwrap());
+    let relay = udp_relay::Relay::start(server.local_addr().unwrap());
     let credential = ca
         .issue_client_credential(
             &PeerIdentity::new(Role::Agent, "node-s").unwrap(),
