@@ -195,6 +195,7 @@ async fn a_config_that_does_not_parse_is_the_attempts_spooled_failure() {
     };
     assert_eq!(attempt, attempt_ref);
     assert!(error.contains("does not parse"), "{error}");
+    assert!(error.starts_with("on node node-a: "), "{error}");
     assert_eq!(
         node.spool_files(),
         vec!["41-2.msgpack"],
@@ -255,4 +256,34 @@ async fn leases_on_different_gpus_both_run_and_each_meters_its_own() {
     let mut spooled = node.spool_files();
     spooled.sort();
     assert_eq!(spooled, vec!["51-1.msgpack", "52-1.msgpack"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_path_missing_on_the_node_fails_the_attempt_naming_node_and_path() {
+    let node = Node::new();
+    let mut coordinator = Coordinator::start();
+    let _agent = node.spawn(&coordinator.target, Some(&coordinator.token()), 1);
+    let mut session = coordinator.session().await;
+    next_matching(&mut session, WAIT, "Hello", is_hello).await;
+
+    // A path on the submitting machine that this node does not have.
+    let missing = node.dir.path().join("no-such-dir").join("model.gguf");
+    let missing = missing.to_str().unwrap();
+    let mut config = node.config("num_input_prompts: 1\n");
+    config["model_name"] = serde_json::json!(missing);
+    send(
+        &mut session,
+        &CoordinatorMessage::Lease(lease(51, 1, &format!("gpu:{GPU_A}"), config)),
+    )
+    .await;
+    let m = next_matching(&mut session, WAIT, "AttemptFailed", |m| {
+        matches!(m, AgentMessage::AttemptFailed { .. })
+    })
+    .await;
+    let AgentMessage::AttemptFailed { error, .. } = m else {
+        unreachable!()
+    };
+    assert!(error.starts_with("on node node-a: "), "{error}");
+    assert!(error.contains(missing), "{error}");
+    assert!(error.contains("does not exist"), "{error}");
 }

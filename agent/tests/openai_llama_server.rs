@@ -206,6 +206,8 @@ fn token_counts_equal_the_servers_usage_and_greedy_text_is_not_empty() {
         sample_size: None,
         shuffle: false,
         seed: 42,
+        sha256: None,
+        content_base64: None,
     });
     let max_tokens = 12;
     cfg.max_output_tokens = max_tokens;

@@ -50,6 +50,8 @@ fn config(
         sample_size: None,
         shuffle: false,
         seed: 42,
+        sha256: None,
+        content_base64: None,
     });
     c.max_output_tokens = 16;
     c.warmup_prompts = 0;

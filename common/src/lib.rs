@@ -13,6 +13,7 @@ pub mod phases;
 pub mod prometheus;
 pub mod rng;
 pub mod server;
+pub mod shipped_prompt;
 pub mod stats;
 pub mod welch;
 pub mod wire;

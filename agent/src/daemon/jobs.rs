@@ -7,6 +7,7 @@
 //! outcome dropped; a run stopped by shutdown keeps its running marker, so the next
 //! start reports it as lost.
 
+use super::inputs::ShippedInputs;
 use super::placement::{self, DeviceDirectory};
 use super::running::RunningMarkers;
 use super::spool::{Spool, SpoolEntry, SpooledOutcome};
@@ -59,6 +60,11 @@ struct RunningJob {
 pub struct JobEnvironment {
     pub spool: Spool,
     pub markers: RunningMarkers,
+    /// Where prompt files shipped with a lease are written before its run.
+    pub inputs: ShippedInputs,
+    /// This node's name, put in front of every failure it reports: a model path or
+    /// file that is missing here must say where it is missing.
+    pub node_name: String,
     pub devices: DeviceDirectory,
     /// The process's context (models, hub, powercap root, NVML library, variables),
     /// built once at start; each lease gets a copy with its placement and stop flag.
@@ -123,7 +129,11 @@ impl Jobs {
         // A config this build cannot read is the attempt's failure, reported like any
         // other (as embedded mode does), not a rejection that another agent would repeat.
         let config = serde_json::from_value::<ExperimentConfig>(lease.config.clone())
-            .map_err(|e| format!("the leased config does not parse: {e}"));
+            .map_err(|e| format!("the leased config does not parse: {e}"))
+            .and_then(|mut config| {
+                self.env.inputs.materialize(&mut config)?;
+                Ok(config)
+            });
         self.env
             .markers
             .mark(lease.attempt)
@@ -158,6 +168,7 @@ impl Jobs {
             disowned: disowned.clone(),
             spool: self.env.spool.clone(),
             markers: self.env.markers.clone(),
+            node_name: self.env.node_name.clone(),
             finished: self.finished.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -296,6 +307,7 @@ struct JobThread {
     disowned: Arc<AtomicU8>,
     spool: Spool,
     markers: RunningMarkers,
+    node_name: String,
     finished: UnboundedSender<Finished>,
 }
 
@@ -331,6 +343,12 @@ impl JobThread {
                     }
                 }
             }
+        };
+        let outcome = match outcome {
+            SpooledOutcome::Failed { error } => SpooledOutcome::Failed {
+                error: format!("on node {}: {error}", self.node_name),
+            },
+            other => other,
         };
         let attempt = self.attempt;
         let spooled = match self.disowned.load(Ordering::SeqCst) {

@@ -9,6 +9,7 @@
 
 pub mod durable;
 pub mod error;
+pub mod inputs;
 pub mod inventory;
 pub mod jobs;
 pub mod metrics;
@@ -211,6 +212,8 @@ fn start_agent(
     let env = JobEnvironment {
         spool: spool.clone(),
         markers: markers.clone(),
+        inputs: inputs::ShippedInputs::new(&settings.data_dir),
+        node_name: settings.node_name.clone(),
         devices: devices.directory,
         run_context: RunContext {
             powercap_root: settings.powercap_root.clone(),

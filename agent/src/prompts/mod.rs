@@ -93,6 +93,9 @@ pub const AUTO_COLUMNS: &[&str] = &[
 pub enum PromptError {
     #[error("synthetic prompts: {0}")]
     Synthetic(String),
+    /// The file's content is not what the config's `sha256` names.
+    #[error(transparent)]
+    Hash(#[from] lem_common::shipped_prompt::ShippedPromptError),
     #[error("prompt file {}: {source}", .path.display())]
     Io {
         path: PathBuf,

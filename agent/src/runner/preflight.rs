@@ -6,6 +6,7 @@ use crate::engine::Engine;
 use crate::hub::{self, ModelFormat};
 use crate::prompts;
 use lem_common::config::{EngineKind, ExperimentConfig, PromptSource};
+use lem_common::shipped_prompt;
 use std::path::PathBuf;
 
 /// Checks before anything is stored that `cfg` can run here: nothing it asks for is
@@ -20,10 +21,24 @@ pub fn preflight(cfg: &ExperimentConfig, ctx: &RunContext) -> Result<(), RunErro
     }
     // A prompt file that cannot be opened is the user's input too, found before a record
     // exists; its content is checked when the prompts load.
-    if let Some(PromptSource::File { path, .. }) = &cfg.prompt_source {
-        let path = PathBuf::from(path);
-        if let Err(source) = std::fs::File::open(&path) {
-            return Err(RunError::Prompts(prompts::PromptError::Io { path, source }));
+    if let Some(PromptSource::File { path, sha256, .. }) = &cfg.prompt_source {
+        let file = PathBuf::from(path);
+        if let Err(source) = std::fs::File::open(&file) {
+            return Err(RunError::Prompts(prompts::PromptError::Io {
+                path: file,
+                source,
+            }));
+        }
+        // A pinned (or shipped) hash: the run uses exactly those bytes or none.
+        if let Some(expected) = sha256 {
+            let bytes = std::fs::read(&file).map_err(|source| {
+                RunError::Prompts(prompts::PromptError::Io {
+                    path: file.clone(),
+                    source,
+                })
+            })?;
+            shipped_prompt::check_hash(path, expected, &bytes)
+                .map_err(|e| RunError::Prompts(e.into()))?;
         }
     }
     let model = cfg.model_name.as_str();

@@ -14,8 +14,11 @@ pub struct Timers {
 impl Default for Timers {
     fn default() -> Self {
         Self {
-            keep_alive: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
+            // A killed peer sends no close: silence for the idle timeout is how the
+            // other side learns it is gone, so keep it short; keep-alives several times
+            // within it keep a quiet but live connection open on a loaded machine.
+            keep_alive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
         }
     }
 }

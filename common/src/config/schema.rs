@@ -502,6 +502,14 @@ pub enum PromptSource {
         path: String,
         #[serde(default)]
         column: Option<String>,
+        /// The file's SHA-256 (lowercase hex). Set by `sweep submit` when it ships the
+        /// file; a runner refuses a file whose content has another hash.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        /// The file's bytes, base64, as `sweep submit` ships them to the agent (which
+        /// writes them to its data dir and clears this); never written by hand.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content_base64: Option<String>,
         #[serde(default)]
         sample_size: Option<u32>,
         #[serde(default)]

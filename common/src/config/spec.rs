@@ -154,7 +154,11 @@ pub(crate) const PROMPT_COMMON: &[Field] = &[
     f("seed", uint(0, u64::MAX)),
 ];
 pub(crate) const PROMPT_SYNTHETIC: &[Field] = &[opt("input_tokens", uint(1, U32))];
-pub(crate) const PROMPT_FILE: &[Field] = &[req("path", Ty::Str), opt("column", Ty::Str)];
+pub(crate) const PROMPT_FILE: &[Field] = &[
+    req("path", Ty::Str),
+    opt("column", Ty::Str),
+    opt("sha256", Ty::Str),
+];
 pub(crate) const PROMPT_HF: &[Field] = &[
     req("dataset", Ty::Str),
     opt("split", Ty::Str),

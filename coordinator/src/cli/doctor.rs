@@ -384,6 +384,7 @@ fn store_check(dir: &Path) -> Check {
                 dir.display()
             ),
         ),
+        Err(e @ StoreError::HeldByServer { .. }) => Check::ok("store", format!("{e}")),
         Err(e @ StoreError::Locked { .. }) => Check::warning(
             "store",
             format!("{e}"),

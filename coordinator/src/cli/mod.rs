@@ -25,6 +25,7 @@ mod results;
 mod run_display;
 mod selection;
 mod serve_cmd;
+mod serve_config;
 mod sweep_cmd;
 mod table;
 mod token_cmd;
@@ -184,14 +185,14 @@ pub struct ServeArgs {
     /// The coordinator's data dir (store, cluster CA, operator credential, serve.addr).
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Address to listen on (UDP); port 0 picks one, written to <data-dir>/serve.addr.
-    #[arg(
-        long,
-        env = "LEM_LISTEN",
-        value_name = "ADDR",
-        default_value = "0.0.0.0:7443"
-    )]
-    pub listen: std::net::SocketAddr,
+    /// A YAML file with any of listen, server_names, lease_ttl_ms, agent_timeout_ms,
+    /// restart_grace_ms; a flag or LEM_* variable overrides it, unknown keys are refused.
+    #[arg(long = "config", env = "LEM_SERVE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (UDP; default 0.0.0.0:7443); port 0 picks one, written to
+    /// <data-dir>/serve.addr.
+    #[arg(long, env = "LEM_LISTEN", value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
     /// A name or address agents and CLIs dial, put in the server certificate
     /// (repeatable; default localhost and 127.0.0.1).
     #[arg(
@@ -201,35 +202,18 @@ pub struct ServeArgs {
         value_name = "NAME"
     )]
     pub server_names: Vec<String>,
-    /// How long a lease lives without a heartbeat renewing it, in ms.
-    #[arg(
-        long,
-        env = "LEM_LEASE_TTL_MS",
-        value_name = "MS",
-        value_parser = positive_ms,
-        default_value_t = 30_000
-    )]
-    pub lease_ttl_ms: u64,
-    /// An agent silent this long (ms) is lost and its jobs are queued again.
-    #[arg(
-        long,
-        env = "LEM_AGENT_TIMEOUT_MS",
-        value_name = "MS",
-        value_parser = positive_ms,
-        default_value_t = 20_000
-    )]
-    pub agent_timeout_ms: u64,
+    /// How long a lease lives without a heartbeat renewing it, in ms (default 30000).
+    #[arg(long, env = "LEM_LEASE_TTL_MS", value_name = "MS", value_parser = positive_ms)]
+    pub lease_ttl_ms: Option<u64>,
+    /// An agent silent this long (ms) is lost and its jobs are queued again (default
+    /// 20000).
+    #[arg(long, env = "LEM_AGENT_TIMEOUT_MS", value_name = "MS", value_parser = positive_ms)]
+    pub agent_timeout_ms: Option<u64>,
     /// After a restart, how long (ms) a recovered lease waits for its agent to announce
-    /// it; above the 30 s QUIC idle timeout, so an agent that notices the restart only by
-    /// its connection timing out still reclaims its leases.
-    #[arg(
-        long,
-        env = "LEM_RESTART_GRACE_MS",
-        value_name = "MS",
-        value_parser = positive_ms,
-        default_value_t = 60_000
-    )]
-    pub restart_grace_ms: u64,
+    /// it (default 60000); above the 10 s QUIC idle timeout, so an agent that notices the
+    /// restart only by its connection timing out still reclaims its leases.
+    #[arg(long, env = "LEM_RESTART_GRACE_MS", value_name = "MS", value_parser = positive_ms)]
+    pub restart_grace_ms: Option<u64>,
     /// Serve Prometheus metrics (agents, leases, queue, ingest counters, per-device
     /// energy and power as accepted results report them) at http://ADDR/metrics, e.g.
     /// 0.0.0.0:9464; off by default. The bound address goes to <data-dir>/metrics.addr.

@@ -1,13 +1,14 @@
 //! `lem --coordinator X sweep submit|list|show|cancel|resume`. A submission's configs are
 //! resolved here exactly as `lem batch` resolves them (file, presets, `_extends`, the
-//! same override flags); the coordinator receives finished configs. Prompt files are not
-//! shipped yet, so a config naming one is refused here, before anything is sent.
+//! same override flags); the coordinator receives finished configs. A prompt file a config
+//! names is read here and shipped inside the config (bytes and SHA-256, size-limited).
 
 use super::error::outln;
 use super::experiment::{resolve_config, to_cli_overrides};
 use super::remote::{unexpected, Remote};
 use super::{CliError, Outcome, SweepArgsSubmit, SweepCommand};
 use lem_common::config::{Device, ExperimentConfig, PromptSource};
+use lem_common::shipped_prompt;
 use lem_common::wire::cli::{
     CliReply, CliRequest, DeviceNeeds, ExperimentSubmission, SweepDetail, SweepSubmission,
     SweepSummary,
@@ -121,12 +122,12 @@ fn build_submission(args: &SweepArgsSubmit) -> Result<SweepSubmission, CliError>
         };
         let resolved =
             resolve_config(Some(path), None, &overrides).map_err(|e| invalid(e.to_string()))?;
-        let config = &resolved.config;
-        refuse_local_inputs(config).map_err(invalid)?;
+        let mut config = resolved.config;
+        ship_local_inputs(&mut config, &|p| std::fs::read(p)).map_err(invalid)?;
         experiments.push(ExperimentSubmission {
             name: experiment_name(path, &experiments),
             config: config.to_json(),
-            needs: needs_of(config),
+            needs: needs_of(&config),
         });
     }
     let cycles = args
@@ -174,14 +175,27 @@ fn experiment_name(path: &std::path::Path, earlier: &[ExperimentSubmission]) -> 
     name
 }
 
-/// A prompt file would have to travel with the job; until it does, say so here.
-fn refuse_local_inputs(config: &ExperimentConfig) -> Result<(), String> {
-    if let Some(PromptSource::File { path, .. }) = &config.prompt_source {
-        return Err(format!(
-            "prompt_source file {path:?}: prompt files are not shipped to agents yet; use a \
-             synthetic or Hugging Face prompt source for a cluster sweep, or run it with \
-             `lem batch`"
-        ));
+/// A prompt file travels with the job: its bytes (read by `read`, relative paths from the
+/// working directory as `lem batch` reads them) and SHA-256 go into the config. A hash the
+/// config already names must match the file.
+fn ship_local_inputs(
+    config: &mut ExperimentConfig,
+    read: &dyn Fn(&str) -> std::io::Result<Vec<u8>>,
+) -> Result<(), String> {
+    if let Some(PromptSource::File {
+        path,
+        sha256,
+        content_base64,
+        ..
+    }) = &mut config.prompt_source
+    {
+        let bytes = read(path).map_err(|e| format!("prompt file {path}: {e}"))?;
+        let (hash, content) = shipped_prompt::encode(path, &bytes).map_err(|e| e.to_string())?;
+        if let Some(expected) = sha256.as_deref() {
+            shipped_prompt::check_hash(path, expected, &bytes).map_err(|e| e.to_string())?;
+        }
+        *sha256 = Some(hash);
+        *content_base64 = Some(content);
     }
     Ok(())
 }
@@ -321,18 +335,67 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_prompt_file_is_refused_with_its_path() {
-        let mut config = ExperimentConfig::default_for("c", "m");
-        config.prompt_source = Some(PromptSource::File {
-            path: "prompts/mine.txt".into(),
+    fn file_source(path: &str, sha256: Option<String>) -> PromptSource {
+        PromptSource::File {
+            path: path.into(),
             column: None,
             sample_size: None,
             shuffle: false,
             seed: 0,
-        });
-        let err = refuse_local_inputs(&config).unwrap_err();
-        assert!(err.contains("prompts/mine.txt"), "{err}");
-        assert!(err.contains("not shipped"), "{err}");
+            sha256,
+            content_base64: None,
+        }
+    }
+
+    #[test]
+    fn a_prompt_file_travels_in_the_config_with_its_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mine.txt");
+        let body = b"What is 2 + 2?\nName a colour.\n";
+        std::fs::write(&file, body).unwrap();
+        let mut config = ExperimentConfig::default_for("c", "m");
+        config.prompt_source = Some(file_source(file.to_str().unwrap(), None));
+        ship_local_inputs(&mut config, &|p| std::fs::read(p)).unwrap();
+
+        // Checked against sha2 directly and a decode of the shipped text.
+        let expected: String = Sha256::digest(body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let json = config.to_json();
+        let source = &json["prompt_source"];
+        assert_eq!(source["sha256"], serde_json::json!(expected));
+        let shipped = shipped_prompt::decode(
+            "mine.txt",
+            &expected,
+            source["content_base64"].as_str().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(shipped, body);
+    }
+
+    #[test]
+    fn a_missing_oversized_or_altered_prompt_file_is_refused_naming_it() {
+        let mut config = ExperimentConfig::default_for("c", "m");
+        config.prompt_source = Some(file_source("prompts/gone.txt", None));
+        let err = ship_local_inputs(&mut config, &|p| std::fs::read(p)).unwrap_err();
+        assert!(err.contains("prompts/gone.txt"), "{err}");
+
+        let huge = shipped_prompt::MAX_SHIPPED_PROMPT_BYTES as usize + 10;
+        config.prompt_source = Some(file_source("prompts/huge.txt", None));
+        let err = ship_local_inputs(&mut config, &|_| Ok(vec![b'x'; huge])).unwrap_err();
+        assert!(err.contains("prompts/huge.txt"), "{err}");
+        assert!(
+            err.contains(&shipped_prompt::MAX_SHIPPED_PROMPT_BYTES.to_string()),
+            "{err}"
+        );
+
+        let pinned = "0".repeat(64);
+        config.prompt_source = Some(file_source("prompts/p.txt", Some(pinned.clone())));
+        let err = ship_local_inputs(&mut config, &|_| Ok(b"a\n".to_vec())).unwrap_err();
+        assert!(
+            err.contains("prompts/p.txt") && err.contains(&pinned),
+            "{err}"
+        );
     }
 }

@@ -62,6 +62,11 @@ pub fn create(data_dir: &Path, ttl: Duration) -> Result<Outcome, CliError> {
             data_dir.display(),
             data_dir.join(crate::server::ADDR_FILE).display()
         )),
+        StoreError::HeldByServer { addr, .. } => CliError::failure(format!(
+            "cannot create a join token here: `lem serve` at {addr} holds the store; create \
+             it through the coordinator: `lem --data-dir {} --coordinator {addr} token create`",
+            data_dir.display()
+        )),
         other => other.into(),
     })?;
     let (ca, created) = ClusterCa::load_or_create(data_dir).map_err(|e| {

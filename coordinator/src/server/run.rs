@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// The file in the data dir that holds the address the server is bound to (`--listen
 /// 127.0.0.1:0` picks a port; scripts and tests read it here).
-pub const ADDR_FILE: &str = "serve.addr";
+pub const ADDR_FILE: &str = crate::store::SERVE_ADDR_FILE;
 /// The file that holds the bound `--metrics-listen` address, when metrics are served.
 pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 
@@ -70,7 +70,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     };
     let store = Arc::new(Store::open(&data_dir, STORE_WAIT).map_err(|e| {
         match e {
-            StoreError::Locked { .. } => ServeError::Held {
+            StoreError::Locked { .. } | StoreError::HeldByServer { .. } => ServeError::Held {
                 data_dir: data_dir.clone(),
                 addr: std::fs::read_to_string(data_dir.join(ADDR_FILE))
                     .map(|a| a.trim().to_owned())

@@ -9,6 +9,12 @@ pub enum StoreError {
     Open { path: PathBuf, source: sled::Error },
     #[error("the result store at {path} is in use by another lem process (waited {waited_s} s); try again when it finishes")]
     Locked { path: PathBuf, waited_s: u64 },
+    /// Found at once (no wait): the lock is held and the data dir names a server's address.
+    #[error(
+        "the result store at {path} is held by `lem serve` at {addr}; go through it with \
+         `lem --coordinator {addr} results …` (or stop the server)"
+    )]
+    HeldByServer { path: PathBuf, addr: String },
     #[error("result store IO error: {0}")]
     Sled(#[from] sled::Error),
     #[error("corrupt record `{key}` in store tree `{tree}`: {source}")]

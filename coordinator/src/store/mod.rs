@@ -18,6 +18,9 @@
 //! Every write is flushed before the call returns, so a run reported done is on disk.
 //! sled holds an exclusive lock on the directory while open, so embedded runs open the
 //! store briefly for each commit; readers in another terminal then wait at most a moment.
+//! `lem serve` holds it for its whole life and writes its address to
+//! [`SERVE_ADDR_FILE`] beside it: an open that finds the lock held and that file present
+//! fails at once, naming the server, instead of waiting.
 
 mod agents;
 mod aggregates;
@@ -52,6 +55,9 @@ pub struct Store {
 
 /// The sled directory inside a data dir.
 const STORE_DIR: &str = "lem.sled";
+
+/// Where `lem serve` writes the address it listens on, in its data dir.
+pub const SERVE_ADDR_FILE: &str = "serve.addr";
 
 impl Store {
     /// Opens (creating if needed) the store under `data_dir`, waiting up to `wait` for
@@ -89,6 +95,9 @@ impl Store {
                     })
                 }
                 Err(sled::Error::Io(e)) if is_lock_error(&e) => {
+                    if let Some(addr) = serving_addr(&path) {
+                        return Err(StoreError::HeldByServer { path, addr });
+                    }
                     if started.elapsed() >= wait {
                         return Err(StoreError::Locked {
                             path,
@@ -116,6 +125,15 @@ impl Store {
     fn tree(&self, name: &'static str) -> Result<sled::Tree, StoreError> {
         Ok(self.db.open_tree(name)?)
     }
+}
+
+/// The address in `serve.addr` beside the store at `store_path`, if there is one. Only
+/// asked once the lock is found held, so a file a killed server left is never believed
+/// on its own.
+fn serving_addr(store_path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(store_path.parent()?.join(SERVE_ADDR_FILE)).ok()?;
+    let addr = text.trim();
+    (!addr.is_empty()).then(|| addr.to_owned())
 }
 
 /// `path` made absolute (without resolving links) so a message names the store
