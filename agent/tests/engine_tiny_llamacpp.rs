@@ -22,6 +22,7 @@ use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 /// One tiny model's shape and seed.
@@ -366,6 +367,20 @@ fn pairs() -> Vec<(&'static Built, Json)> {
         .collect()
 }
 
+/// `manifest.json` beside the GGUFs: what the reference script runs.
+fn write_manifest(dir: &Path, built: &[Built]) {
+    let manifest: Vec<Json> = built
+        .iter()
+        .map(|b| {
+            json!({"model": b.model, "dtype": b.dtype,
+                   "file": b.path.file_name().unwrap().to_str().unwrap(),
+                   "content_sha256": b.content_sha256})
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(&manifest).unwrap();
+    std::fs::write(dir.join("manifest.json"), text).unwrap();
+}
+
 #[test]
 fn regenerated_ggufs_are_the_ones_llamacpp_ran() {
     if let Some(out) = std::env::var_os("LEM_TINY_GGUF_OUT") {
@@ -373,16 +388,7 @@ fn regenerated_ggufs_are_the_ones_llamacpp_ran() {
         let out = PathBuf::from(out);
         std::fs::create_dir_all(&out).unwrap();
         let built = build_all(&out);
-        let manifest: Vec<Json> = built
-            .iter()
-            .map(|b| {
-                json!({"model": b.model, "dtype": b.dtype,
-                       "file": b.path.file_name().unwrap().to_str().unwrap(),
-                       "content_sha256": b.content_sha256})
-            })
-            .collect();
-        let text = serde_json::to_string_pretty(&manifest).unwrap();
-        std::fs::write(out.join("manifest.json"), text).unwrap();
+        write_manifest(&out, &built);
         eprintln!("wrote {} GGUFs to {}", built.len(), out.display());
         return;
     }
@@ -578,5 +584,101 @@ fn safetensors_checkpoints_match_llamacpp_at_f32() {
             }
         }
     }
-    assert_eq!(checked, SPECS.len() * 2 * 3, "checkpoints x cases checked");
+    let cases_per_model = fixture()["models"][0]["cases"].as_array().unwrap().len();
+    assert_eq!(
+        checked,
+        SPECS.len() * 2 * cases_per_model,
+        "checkpoints x cases checked"
+    );
+}
+
+/// llama-cpp-python's python (`LEM_LLAMA_PYTHON`, else the venv
+/// `scripts/setup-llama-server.sh` builds), or why not.
+fn llama_python() -> Result<PathBuf, String> {
+    let python = std::env::var_os("LEM_LLAMA_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/lem-llama-venv/bin/python")
+        });
+    let ok = Command::new(&python)
+        .args(["-c", "import llama_cpp, numpy"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("{}: {e}", python.display()))?;
+    if !ok.success() {
+        return Err(format!(
+            "{} cannot import llama_cpp and numpy",
+            python.display()
+        ));
+    }
+    Ok(python)
+}
+
+#[test]
+fn reference_script_reproduces_the_fixture() {
+    // Reruns scripts/reference/tiny_llamacpp.py on freshly converted GGUFs; needs
+    // llama.cpp, so it skips without it (and fails under CI, which installs it).
+    if std::env::var_os("LEM_TINY_GGUF_OUT").is_some() {
+        return;
+    }
+    let python = match llama_python() {
+        Ok(p) => p,
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!("CI: llama.cpp unavailable ({why}); run scripts/setup-llama-server.sh")
+        }
+        Err(why) => {
+            eprintln!("skipped: llama.cpp unavailable ({why}); the fixture comparisons still ran");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let built = build_all(dir.path());
+    write_manifest(dir.path(), &built);
+    let out = dir.path().join("rerun.json");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/tiny_llamacpp.py");
+    let status = Command::new(&python)
+        .arg(&script)
+        .arg("--ggufs")
+        .arg(dir.path())
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{} failed", script.display());
+    let rerun: Json = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let committed = fixture();
+    let (a, b) = (
+        rerun["models"].as_array().unwrap(),
+        committed["models"].as_array().unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    for (r, c) in a.iter().zip(b) {
+        let what = format!("{} {}", c["model"], c["dtype"]);
+        for key in ["model", "dtype", "content_sha256", "n_vocab"] {
+            assert_eq!(r[key], c[key], "{what}: {key}");
+        }
+        for (rc, cc) in r["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(c["cases"].as_array().unwrap())
+        {
+            assert_eq!(rc["input"], cc["input"], "{what}");
+            assert_eq!(rc["greedy"], cc["greedy"], "{what}: greedy");
+            // Another CPU may take other ggml kernels: f32 rounding, nothing more.
+            let got: Vec<f32> = rc["last_logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let (id, worst) = worst_diff(&got, &cc["last_logits"]);
+            assert!(
+                worst <= 1e-5,
+                "{what}: token {id} moved by {worst} since the fixture"
+            );
+        }
+    }
 }
