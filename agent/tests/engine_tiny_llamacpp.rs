@@ -70,7 +70,7 @@ const SPECS: [TinySpec; 2] = [
 const DTYPES: [TargetDtype; 3] = [TargetDtype::F32, TargetDtype::Q8_0, TargetDtype::Q4_0];
 
 /// Largest |lem − llama.cpp| allowed over the whole last-token logit vector, per weight
-/// type (docs/models.md, "Tiny models against llama.cpp", says why these values).
+/// type (docs/models.md, "Against llama.cpp: tiny random-weight models", says why).
 fn logit_tolerance(dtype: &str) -> f64 {
     match dtype {
         "f32" => 1e-4,
