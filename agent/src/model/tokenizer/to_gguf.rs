@@ -111,10 +111,11 @@ pub fn gguf_metadata(
     if merges.is_empty() {
         return Err(ModelError::config(path, "model.merges", "no merges"));
     }
-    // SmolLM/StarCoder split digits one by one before the byte-level regex.
+    // SmolLM/StarCoder split digits one by one before the byte-level regex; otherwise
+    // GPT-2's regex, which llama.cpp names "gpt-2" (it refuses a file saying "gpt2").
     let pre = match tokenizer["pre_tokenizer"].to_string() {
         s if s.contains("\"Digits\"") && s.contains("\"individual_digits\":true") => "smollm",
-        _ => "gpt2",
+        _ => "gpt-2",
     };
     let add_bos = match tokenizer_config.and_then(|c| c.get("add_bos_token")) {
         Some(Json::Bool(b)) => *b,
@@ -221,6 +222,16 @@ mod tests {
         );
         assert_eq!(strings(get("tokenizer.ggml.merges")), ["a b"]);
         assert!(matches!(get("tokenizer.ggml.pre"), Some(Value::String(s)) if s == "smollm"));
+        // Without the digit split: llama.cpp's name for GPT-2's regex ("gpt2" fails to load).
+        let mut plain = tok.clone();
+        plain["pre_tokenizer"] = json!({"type": "ByteLevel", "add_prefix_space": false,
+                                        "trim_offsets": true, "use_regex": true});
+        let m2 = gguf_metadata(&plain, Some(&cfg), None, &p, Path::new("t.json")).unwrap();
+        let pre2 = m2.iter().find(|(n, _)| n == "tokenizer.ggml.pre");
+        assert!(
+            matches!(pre2, Some((_, Value::String(s))) if s == "gpt-2"),
+            "{pre2:?}"
+        );
         assert!(matches!(
             get("tokenizer.ggml.add_bos_token"),
             Some(Value::Bool(false))
