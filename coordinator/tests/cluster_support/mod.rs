@@ -256,7 +256,7 @@ fn spawn_serve(data_dir: &Path, addr: &str, extra: &[String], start: u32) -> (Ch
     let _ = std::fs::remove_file(&addr_file);
     std::fs::create_dir_all(data_dir).unwrap();
     let log = data_dir.join(format!("serve-{start}.log"));
-    let child = lem()
+    let mut child = lem()
         .args(["serve", "--listen", addr, "--data-dir"])
         .arg(data_dir)
         .args(extra)
@@ -266,20 +266,24 @@ fn spawn_serve(data_dir: &Path, addr: &str, extra: &[String], start: u32) -> (Ch
         .spawn()
         .expect("lem serve starts");
     let deadline = Instant::now() + WAIT;
-    loop {
+    let listening = loop {
         if let Ok(text) = std::fs::read_to_string(&addr_file) {
             if text.ends_with('\n') {
-                assert_eq!(text.trim(), addr, "lem serve listens elsewhere");
-                return (child, log);
+                break text.trim().to_owned();
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "lem serve wrote no address: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "lem serve wrote no address: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    assert_eq!(listening, addr, "lem serve listens elsewhere");
+    (child, log)
 }
 
 /// `lem token create` on the data dir before the server holds it.
