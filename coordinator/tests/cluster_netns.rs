@@ -7,7 +7,7 @@
 //!
 //! Needs root and `ip` (iproute2); otherwise each test prints why and returns. Under
 //! `CI` with root they must run. The partition lasts `LEM_PARTITION_S` seconds (default
-//! 8; `LEM_PARTITION_S=60` is the documented long run), always above the agent timeout
+//! 20; `LEM_PARTITION_S=60` is the documented long run), always above the agent timeout
 //! given to `lem serve`.
 
 mod netns_support;
@@ -29,7 +29,9 @@ const AGENT_TIMEOUT_MS: u64 = 3_000;
 /// Long enough that the cut-off agent's own copy of its lease outlives its job, so the
 /// job finishes during the partition and its result arrives late (stale epoch).
 const LEASE_TTL_MS: u64 = 30_000;
-const DEFAULT_PARTITION_S: u64 = 8;
+/// Longer than one job takes on a loaded 2-core box (model load included), so the cut-off
+/// job finishes during the partition and its result arrives late.
+const DEFAULT_PARTITION_S: u64 = 20;
 
 /// The two tests each run three agents on the real model: one at a time on a small box.
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -81,9 +83,9 @@ impl Cluster {
             .map(|((node, ns), token)| node.spawn(&agent, &ns.name, &server.addr, token))
             .collect();
         let status = server.wait_status("every agent enrolled and connected", |s| {
-            s["agents"].as_array().is_some_and(|a| {
-                a.len() == AGENTS && a.iter().all(|agent| agent["alive"] == true)
-            })
+            s["agents"]
+                .as_array()
+                .is_some_and(|a| a.len() == AGENTS && a.iter().all(|agent| agent["alive"] == true))
         });
         let ids: Vec<String> = status["agents"]
             .as_array()
@@ -172,7 +174,9 @@ impl Cluster {
         let sweep = self.server.status_json()["sweeps"][0]["sweep"]
             .as_u64()
             .unwrap();
-        let aggregated = self.server.cli_ok(&["aggregate", &format!("sweep-{sweep}")]);
+        let aggregated = self
+            .server
+            .cli_ok(&["aggregate", &format!("sweep-{sweep}")]);
         assert!(aggregated.contains("aggregated"), "{aggregated}");
         duplicates
     }
@@ -253,9 +257,9 @@ fn acked_lost(acked: &BTreeMap<usize, BTreeSet<u64>>, ledger: &Ledger) -> usize 
 
 fn partition() -> Duration {
     let seconds = match std::env::var("LEM_PARTITION_S") {
-        Ok(text) => text
-            .parse::<u64>()
-            .unwrap_or_else(|_| panic!("LEM_PARTITION_S={text:?} is not a whole number of seconds")),
+        Ok(text) => text.parse::<u64>().unwrap_or_else(|_| {
+            panic!("LEM_PARTITION_S={text:?} is not a whole number of seconds")
+        }),
         Err(_) => DEFAULT_PARTITION_S,
     };
     let partition = Duration::from_secs(seconds);
@@ -322,11 +326,9 @@ fn an_agent_cut_off_past_its_timeout_is_requeued_and_its_late_result_superseded(
     let cluster = Cluster::start();
     // Each job idles 2 s first, so the lease seen below is still running when cut.
     let jobs = cluster.submit(configs, cycles, 2.0);
-    let status = cluster
-        .server
-        .wait_status("a lease held", |s| {
-            s["leases"].as_array().is_some_and(|l| !l.is_empty())
-        });
+    let status = cluster.server.wait_status("a lease held", |s| {
+        s["leases"].as_array().is_some_and(|l| !l.is_empty())
+    });
     let lease = &status["leases"][0];
     let victim_attempt = lease["attempt"].as_u64().unwrap();
     let victim_job = lease["job"].as_u64().unwrap();
@@ -340,11 +342,14 @@ fn an_agent_cut_off_past_its_timeout_is_requeued_and_its_late_result_superseded(
     let cut_at = Instant::now();
 
     // Requeued: the attempt's lease is gone from the coordinator's view.
-    let status = cluster.server.wait_status("the cut-off lease requeued", |s| {
-        s["leases"]
-            .as_array()
-            .is_some_and(|l| l.iter().all(|x| x["attempt"].as_u64() != Some(victim_attempt)))
-    });
+    let status = cluster
+        .server
+        .wait_status("the cut-off lease requeued", |s| {
+            s["leases"].as_array().is_some_and(|l| {
+                l.iter()
+                    .all(|x| x["attempt"].as_u64() != Some(victim_attempt))
+            })
+        });
     let requeue = cut_at.elapsed();
     let victim_alive = status["agents"]
         .as_array()
@@ -352,7 +357,11 @@ fn an_agent_cut_off_past_its_timeout_is_requeued_and_its_late_result_superseded(
         .iter()
         .find(|a| a["id"] == victim_agent.as_str())
         .map(|a| a["alive"].clone());
-    assert_eq!(victim_alive, Some(serde_json::Value::Bool(false)), "{status:#}");
+    assert_eq!(
+        victim_alive,
+        Some(serde_json::Value::Bool(false)),
+        "{status:#}"
+    );
     std::thread::sleep(partition.saturating_sub(cut_at.elapsed()));
     cluster.lab.heal(victim);
     let healed_after = cut_at.elapsed();
@@ -394,7 +403,10 @@ fn an_agent_cut_off_past_its_timeout_is_requeued_and_its_late_result_superseded(
         "job {victim_job} accepted {victim_job_accepted:?}"
     );
     // Requeued by the agent timeout, well before the partition healed.
-    assert!(requeue >= Duration::from_millis(AGENT_TIMEOUT_MS), "{requeue:?}");
+    assert!(
+        requeue >= Duration::from_millis(AGENT_TIMEOUT_MS),
+        "{requeue:?}"
+    );
     assert!(requeue < healed_after, "{requeue:?} vs {healed_after:?}");
     let acked_all: BTreeSet<u64> = acked.values().flatten().copied().collect();
     assert_eq!(acked_all, ledger.accepted_attempts);

@@ -173,7 +173,17 @@ fn free_octet(seed: u32) -> u32 {
 /// The `lem-agent` binary next to the `lem` binary under test, built (a no-op when
 /// fresh) as `build_fake_nvml` builds the fake library: a coordinator test cannot name
 /// another package's binary through `CARGO_BIN_EXE_*`.
+/// `LEM_AGENT_BIN` names a prebuilt one instead.
 pub fn agent_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("LEM_AGENT_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.exists(),
+            "LEM_AGENT_BIN={} does not exist",
+            bin.display()
+        );
+        return bin;
+    }
     let lem = PathBuf::from(env!("CARGO_BIN_EXE_lem"));
     let profile_dir = lem.parent().unwrap().to_path_buf();
     let target_dir = profile_dir.parent().unwrap();
@@ -181,6 +191,12 @@ pub fn agent_binary() -> PathBuf {
         "debug" => "dev".to_owned(),
         other => other.to_owned(),
     };
+    let bin = profile_dir.join("lem-agent");
+    if is_fresh(&bin, &profile_dir.join("deps")) {
+        // `cargo test --workspace` built it with the tests' features; a `cargo build`
+        // here would flip those features and rebuild the TLS stack for minutes.
+        return bin;
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         // `--workspace` as the tests are built: `-p` would unify features differently
@@ -194,9 +210,24 @@ pub fn agent_binary() -> PathBuf {
         .status()
         .expect("run cargo build --bin lem-agent");
     assert!(status.success(), "cargo build --bin lem-agent failed");
-    let bin = profile_dir.join("lem-agent");
     assert!(bin.exists(), "{} not built", bin.display());
     bin
+}
+
+/// `bin` exists and is newer than every `liblem_agent-*.rlib` in `deps` (the library it
+/// links).
+fn is_fresh(bin: &Path, deps: &Path) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(built) = modified(bin) else {
+        return false;
+    };
+    std::fs::read_dir(deps).is_ok_and(|entries| {
+        entries.flatten().all(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            !(name.starts_with("liblem_agent-") && name.ends_with(".rlib"))
+                || modified(&e.path()).is_some_and(|lib| lib <= built)
+        })
+    })
 }
 
 /// A simulated GPU node: the fake NVML (copied) with one GPU at a constant 200 W, an
@@ -251,7 +282,12 @@ impl Node {
             .args(["--node-name", &self.name, "--data-dir"])
             .arg(self.data_dir())
             .args(["--heartbeat-interval-ms", "500"])
-            .args(["--reconnect-initial-ms", "100", "--reconnect-max-ms", "1000"])
+            .args([
+                "--reconnect-initial-ms",
+                "100",
+                "--reconnect-max-ms",
+                "1000",
+            ])
             .env_remove("LEM_DATA_DIR")
             .env_remove("LEM_AGENT_DATA_DIR")
             .env_remove("LEM_JOIN_TOKEN")
