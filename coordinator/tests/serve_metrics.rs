@@ -40,7 +40,10 @@ fn metrics_count_agents_and_accepted_results_and_leave_unknown_energy_out() {
     let before = scrape(&metrics_addr, "/metrics");
     assert!(before.starts_with("HTTP/1.1 200 OK"), "{before}");
     assert!(before.contains("Content-Type: text/plain; version=0.0.4"));
-    assert_eq!(value(&before, "lem_coordinator_agents").as_deref(), Some("0"));
+    assert_eq!(
+        value(&before, "lem_coordinator_agents").as_deref(),
+        Some("0")
+    );
     assert_eq!(
         value(&before, "lem_coordinator_results_accepted_total").as_deref(),
         Some("0")
