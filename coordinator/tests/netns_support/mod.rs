@@ -23,6 +23,12 @@ pub const GPU_MODEL: &str = "NVIDIA H100 80GB HBM3";
 /// the caller skips. Root with `ip` but namespaces failing: skipped too, except under
 /// `CI`, where it is a failure (CI runs as root and must run these tests).
 pub fn lab_unavailable() -> Option<String> {
+    // Probed once per process: tests probing at the same time would collide on the name.
+    static WHY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    WHY.get_or_init(probe_lab).clone()
+}
+
+fn probe_lab() -> Option<String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root: network namespaces and veth pairs need CAP_NET_ADMIN".into());
