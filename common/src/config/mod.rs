@@ -25,12 +25,14 @@ pub use overrides::{resolve, CliOverrides, ResolvedConfig};
 pub use presets::{preset, presets, Preset};
 pub use schema::{
     Backend, BatchingOptions, BatchingStrategy, CarbonConfig, DecoderConfig, DecoderPreset, Device,
-    EngineKind, ExperimentConfig, LatencyMode, LatencySimulation, OpenAiServerConfig, Precision,
+    DeviceRequirements, EngineKind, ExperimentConfig, LatencyMode, LatencySimulation, OpenAiServerConfig, Precision,
     PromptSource, QuantizationConfig, ShardingConfig, ShardingStrategy, SteadyWarmupConfig,
 };
 pub use template::new_config_yaml;
 pub use validate::{unsupported, validate, validate_tree, Validation};
 
+#[cfg(test)]
+mod devices_tests;
 #[cfg(test)]
 mod engine_tests;
 #[cfg(test)]

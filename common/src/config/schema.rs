@@ -93,6 +93,27 @@ pub struct ExperimentConfig {
     /// lem-only: the external server, for `engine: openai`.
     #[serde(default)]
     pub openai: Option<OpenAiServerConfig>,
+    /// lem-only: what one job needs on a cluster (`sweep submit`): whole GPUs of a model,
+    /// or one MIG slice. Left out of the JSON when absent, so configs without it keep
+    /// their fingerprints and job keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<DeviceRequirements>,
+}
+
+/// The `devices` section: where a cluster may place each job of the experiment. Embedded
+/// runs (`lem experiment`, `lem batch`) meter the GPUs in `gpu_list` instead.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceRequirements {
+    /// Whole GPUs per job; `None` = as many as `gpu_list` names.
+    pub gpus: Option<u32>,
+    /// The GPU product name exactly as NVML reports it ("NVIDIA H100 80GB HBM3").
+    pub gpu_model: Option<String>,
+    /// One MIG slice of this profile ("1g.10gb") instead of whole GPUs.
+    pub mig_profile: Option<String>,
+    /// With `mig_profile`: lease the slice's whole parent GPU, so its energy counter
+    /// measures this job alone (energy-exact) instead of energy attributed among slices.
+    pub exclusive_parent: bool,
 }
 
 /// What runs inference.
@@ -230,6 +251,7 @@ impl ExperimentConfig {
             warmup_until_stable: SteadyWarmupConfig::default(),
             engine: EngineKind::default(),
             openai: None,
+            devices: None,
         }
     }
 

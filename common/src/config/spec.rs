@@ -146,6 +146,13 @@ pub(crate) const OPENAI: &[Field] = &[
     f("request_timeout_s", positive()),
 ];
 
+pub(crate) const DEVICE_REQUIREMENTS: &[Field] = &[
+    opt("gpus", uint(1, U32)),
+    opt("gpu_model", Ty::Str),
+    opt("mig_profile", Ty::Str),
+    f("exclusive_parent", Ty::Bool),
+];
+
 /// Keys every prompt source takes.
 pub(crate) const PROMPT_COMMON: &[Field] = &[
     req("type", Ty::Enum(PROMPT_TYPES)),
@@ -208,6 +215,7 @@ pub(crate) const TOP: &[Field] = &[
     f("warmup_until_stable", Ty::Section(STEADY_WARMUP)),
     f("engine", Ty::Enum(ENGINES)),
     opt("openai", Ty::Section(OPENAI)),
+    opt("devices", Ty::Section(DEVICE_REQUIREMENTS)),
 ];
 
 /// Sections that may be written empty (`decoder_config:` with every key commented out).
@@ -328,7 +336,12 @@ mod tests {
         let json = ExperimentConfig::default_for("n", "m").to_json();
         let mut keys: Vec<&String> = json.as_object().unwrap().keys().collect();
         keys.sort();
-        let mut table: Vec<&str> = TOP.iter().map(|f| f.name).collect();
+        // `devices` is left out of the JSON while unset (its own test below).
+        let mut table: Vec<&str> = TOP
+            .iter()
+            .map(|f| f.name)
+            .filter(|name| *name != "devices")
+            .collect();
         table.sort();
         assert_eq!(keys, table);
         for (section, fields) in [
@@ -363,6 +376,28 @@ mod tests {
         let mut table: Vec<&str> = OPENAI.iter().map(|f| f.name).collect();
         table.sort();
         assert_eq!(keys, table, "openai");
+    }
+
+    #[test]
+    fn devices_is_left_out_until_set_and_then_has_the_tables_keys() {
+        // Absent: not serialised at all (old configs keep their fingerprints), and the
+        // one top-level key of the table the default JSON lacks.
+        let json = ExperimentConfig::default_for("n", "m").to_json();
+        assert!(json.get("devices").is_none(), "{json}");
+        let missing: Vec<&str> = TOP
+            .iter()
+            .map(|f| f.name)
+            .filter(|name| json.get(*name).is_none())
+            .collect();
+        assert_eq!(missing, ["devices"]);
+        let mut with_devices = ExperimentConfig::default_for("n", "m");
+        with_devices.devices = Some(DeviceRequirements::default());
+        let json = with_devices.to_json();
+        let mut keys: Vec<&String> = json["devices"].as_object().unwrap().keys().collect();
+        keys.sort();
+        let mut table: Vec<&str> = DEVICE_REQUIREMENTS.iter().map(|f| f.name).collect();
+        table.sort();
+        assert_eq!(keys, table, "devices");
     }
 
     #[test]

@@ -529,6 +529,56 @@ fn cross_checks(cx: &mut Cx<'_>, raw: &Value) {
     decoder_checks(cx, raw);
     prompt_checks(cx, raw);
     engine_checks(cx, raw);
+    device_requirement_checks(cx, raw);
+}
+
+/// The `devices` section: names that are not blank, one MIG slice per job, nothing that
+/// asks for GPUs on a CPU experiment.
+fn device_requirement_checks(cx: &mut Cx<'_>, raw: &Value) {
+    let Some(Value::Mapping(section)) = get_path(raw, "devices") else {
+        return;
+    };
+    for key in ["gpu_model", "mig_profile"] {
+        if let Some(name) = section.get(key).and_then(Value::as_str) {
+            if name.trim().is_empty() {
+                cx.error(
+                    &format!("devices.{key}"),
+                    "must not be empty (leave the key out to accept any)".into(),
+                    None,
+                );
+            }
+        }
+    }
+    let mig = section.get("mig_profile").is_some_and(|v| !v.is_null());
+    let gpus = section.get("gpus").and_then(Value::as_u64);
+    if let (true, Some(n)) = (mig, gpus.filter(|n| *n > 1)) {
+        cx.error(
+            "devices.gpus",
+            format!("a job with mig_profile runs on one MIG slice; gpus must be 1 or left out (found {n})"),
+            None,
+        );
+    }
+    let exclusive = section.get("exclusive_parent").and_then(Value::as_bool);
+    if exclusive == Some(true) && !mig {
+        cx.warn(
+            "devices.exclusive_parent",
+            "has no effect without mig_profile (whole GPUs are always leased exclusively)".into(),
+        );
+    }
+    let asks_gpus = ["gpus", "gpu_model", "mig_profile"]
+        .iter()
+        .filter(|k| section.get(**k).is_some_and(|v| !v.is_null()))
+        .collect::<Vec<_>>();
+    if str_or(raw, "device", "auto") == Some("cpu") {
+        if let Some(first) = asks_gpus.first() {
+            cx.error(
+                &format!("devices.{first}"),
+                "device: cpu runs on the CPU packages; remove the GPU needs or set device: cuda"
+                    .into(),
+                None,
+            );
+        }
+    }
 }
 
 /// `engine: openai` needs its server; the server's settings mean nothing to candle.
