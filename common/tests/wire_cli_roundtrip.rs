@@ -29,9 +29,12 @@ fn needs() -> impl Strategy<Value = DeviceNeeds> {
     prop_oneof![
         Just(DeviceNeeds::CpuPackages),
         (any::<u32>(), of(text())).prop_map(|(count, model)| DeviceNeeds::Gpus { count, model }),
-        (text(), any::<bool>()).prop_map(|(profile, exclusive_parent)| DeviceNeeds::MigSlice {
-            profile,
-            exclusive_parent
+        (text(), any::<bool>(), of(text())).prop_map(|(profile, exclusive_parent, model)| {
+            DeviceNeeds::MigSlice {
+                profile,
+                exclusive_parent,
+                model,
+            }
         }),
     ]
 }
@@ -83,9 +86,9 @@ prop_compose! {
 prop_compose! {
     fn job_summary()(
         job in any::<u64>(), experiment_name in text(), cycle in any::<u32>(),
-        status in text(), errors in vec(text(), 0..3),
+        status in text(), errors in vec(text(), 0..3), pending_reason in of(text()),
     ) -> JobSummary {
-        JobSummary { job, experiment_name, cycle, status, errors }
+        JobSummary { job, experiment_name, cycle, status, errors, pending_reason }
     }
 }
 
@@ -151,14 +154,16 @@ fn reply() -> impl Strategy<Value = CliReply> {
             vec(agent_summary(), 0..3),
             vec(lease_summary(), 0..3),
             any::<u64>(),
-            vec(sweep_summary(), 0..3)
+            vec(sweep_summary(), 0..3),
+            vec(text(), 0..3),
         )
-            .prop_map(|(agents, leases, queued_jobs, sweeps)| {
+            .prop_map(|(agents, leases, queued_jobs, sweeps, waiting)| {
                 CliReply::Status(StatusSnapshot {
                     agents,
                     leases,
                     queued_jobs,
                     sweeps,
+                    waiting,
                 })
             }),
         vec(agent_summary(), 0..3).prop_map(CliReply::Agents),

@@ -34,9 +34,11 @@ fn needs_from_wire(needs: wire::DeviceNeeds) -> DeviceNeeds {
         wire::DeviceNeeds::MigSlice {
             profile,
             exclusive_parent,
+            model,
         } => DeviceNeeds::MigSlice {
             profile,
             exclusive_parent,
+            model,
         },
     }
 }
@@ -158,6 +160,7 @@ mod tests {
                     needs: wire::DeviceNeeds::MigSlice {
                         profile: "1g.10gb".into(),
                         exclusive_parent: true,
+                        model: Some("A100".into()),
                     },
                 },
                 wire::ExperimentSubmission {
@@ -192,7 +195,8 @@ mod tests {
             s.experiments[1].needs,
             DeviceNeeds::MigSlice {
                 profile: "1g.10gb".into(),
-                exclusive_parent: true
+                exclusive_parent: true,
+                model: Some("A100".into()),
             }
         );
         assert_eq!(s.experiments[2].needs, DeviceNeeds::CpuPackages);

@@ -129,7 +129,10 @@ fn a_mig_profile_with_more_than_one_gpu_is_refused() {
             line_of(&t, "gpus:")
         )]
     );
-    assert!(errors(&format!("{MIN}devices:\n  gpus: 1\n  mig_profile: 1g.10gb\n")).is_empty());
+    assert!(errors(&format!(
+        "{MIN}devices:\n  gpus: 1\n  mig_profile: 1g.10gb\n"
+    ))
+    .is_empty());
 }
 
 #[test]
@@ -161,6 +164,8 @@ fn exclusive_parent_without_a_mig_profile_is_a_warning() {
 fn devices_keys_can_be_varied() {
     let axis = parse_vary("devices.mig_profile=1g.10gb,2g.20gb").unwrap();
     assert_eq!(axis.path, "devices.mig_profile");
-    let e = parse_vary("devices.mig_profil=1g.10gb").unwrap_err().to_string();
+    let e = parse_vary("devices.mig_profil=1g.10gb")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("devices.mig_profile"), "{e}");
 }

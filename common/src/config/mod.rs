@@ -25,8 +25,9 @@ pub use overrides::{resolve, CliOverrides, ResolvedConfig};
 pub use presets::{preset, presets, Preset};
 pub use schema::{
     Backend, BatchingOptions, BatchingStrategy, CarbonConfig, DecoderConfig, DecoderPreset, Device,
-    DeviceRequirements, EngineKind, ExperimentConfig, LatencyMode, LatencySimulation, OpenAiServerConfig, Precision,
-    PromptSource, QuantizationConfig, ShardingConfig, ShardingStrategy, SteadyWarmupConfig,
+    DeviceRequirements, EngineKind, ExperimentConfig, LatencyMode, LatencySimulation,
+    OpenAiServerConfig, Precision, PromptSource, QuantizationConfig, ShardingConfig,
+    ShardingStrategy, SteadyWarmupConfig,
 };
 pub use template::new_config_yaml;
 pub use validate::{unsupported, validate, validate_tree, Validation};

@@ -109,10 +109,13 @@ pub enum DeviceNeeds {
     CpuPackages,
     /// Whole GPUs of one agent; `model` restricts the product name.
     Gpus { count: u32, model: Option<String> },
-    /// One MIG slice of `profile`; `exclusive_parent` leases the whole parent GPU.
+    /// One MIG slice of `profile`; `exclusive_parent` leases the whole parent GPU;
+    /// `model` restricts the parent's product name (absent from older peers: any).
     MigSlice {
         profile: String,
         exclusive_parent: bool,
+        #[serde(default)]
+        model: Option<String>,
     },
 }
 
@@ -197,6 +200,10 @@ pub struct JobSummary {
     pub status: String,
     /// Each ended attempt, described.
     pub errors: Vec<String>,
+    /// Why a pending job waits (`no connected agent has a MIG slice of profile 7g.80gb`);
+    /// `None` for jobs that are not pending (and from older coordinators).
+    #[serde(default)]
+    pub pending_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +245,10 @@ pub struct StatusSnapshot {
     /// Jobs waiting for a placement.
     pub queued_jobs: u64,
     pub sweeps: Vec<SweepSummary>,
+    /// Pending jobs grouped by why they wait, one line each
+    /// (`sweep-2: 3 job(s): no connected agent has a MIG slice of profile 7g.80gb`).
+    #[serde(default)]
+    pub waiting: Vec<String>,
 }
 
 /// One experiment of a sweep, as `lem results list` shows it.

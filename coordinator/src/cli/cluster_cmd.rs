@@ -147,6 +147,13 @@ fn print_status(s: &StatusSnapshot) -> std::io::Result<()> {
             p.cancelled
         );
     }
+    if !s.waiting.is_empty() {
+        outln!();
+        outln!("Waiting:");
+        for line in &s.waiting {
+            outln!("  {line}");
+        }
+    }
     Ok(())
 }
 

@@ -96,7 +96,13 @@ pub(super) fn resolve_config(
 /// Checks that the config's model resolves, opens and has a supported architecture, and
 /// that nothing it asks for is refused, before any experiment record is stored: a bad
 /// input is a usage error, not a failed experiment.
+/// A `devices.mig_profile` is refused here: embedded mode meters gpu_list's whole GPUs.
 pub(super) fn preflight(resolved: &ResolvedConfig, ctx: &RunContext) -> Result<(), CliError> {
+    match crate::embedded_run::embedded_device_requirements(&resolved.config) {
+        Err(why) => return Err(CliError::usage(why)),
+        Ok(Some(note)) => eprintln!("note: {note}"),
+        Ok(None) => {}
+    }
     lem_agent::runner::preflight(&resolved.config, ctx).map_err(|e| CliError::usage(e.to_string()))
 }
 

@@ -77,3 +77,19 @@ fn a_model_that_cannot_be_found_fails_preflight_as_a_usage_error() {
     assert!(matches!(err, CliError::Usage(_)), "{err:?}");
     assert!(err.to_string().contains("absent.gguf"), "{err}");
 }
+
+#[test]
+fn a_mig_profile_is_refused_in_embedded_mode_before_the_model_is_looked_up() {
+    let mut resolved = resolved_config("org/model-that-does-not-exist");
+    resolved.config.devices = Some(lem_common::config::DeviceRequirements {
+        mig_profile: Some("1g.10gb".into()),
+        ..Default::default()
+    });
+    let ctx = RunContext::from_env(Arc::new(AtomicBool::new(false)));
+    let err = preflight(&resolved, &ctx).unwrap_err();
+    assert!(matches!(err, CliError::Usage(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("devices.mig_profile (1g.10gb)"),
+        "{err}"
+    );
+}

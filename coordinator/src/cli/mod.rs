@@ -27,6 +27,8 @@ mod selection;
 mod serve_cmd;
 mod serve_config;
 mod sweep_cmd;
+mod sweep_devices;
+mod sweep_grid;
 mod table;
 mod token_cmd;
 mod until_ci_run;
@@ -267,9 +269,41 @@ pub struct SweepArgsSubmit {
     /// The sweep's name (default: the first config's file name).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Let one experiment's cycles run on different GPU models.
+    /// Expand each config into the grid of these values (repeatable, cartesian, the
+    /// first axis slowest), one experiment per point named as `config generate-grid`
+    /// names its files; e.g. --vary batch_size=1,4 --vary devices.mig_profile=1g.10gb,3g.40gb
+    #[arg(long, value_name = "KEY=V1,V2")]
+    pub vary: Vec<String>,
+    #[command(flatten)]
+    pub devices: SweepDeviceArgs,
+    /// Let one experiment's cycles run on different GPU models (default: all its cycles
+    /// on the model its first cycle ran on).
+    #[arg(long, alias = "allow-mixed-gpu-models")]
+    pub mixed_device_models: bool,
+}
+
+/// Device needs for every experiment of a sweep, over the configs' `devices` sections.
+#[derive(Debug, Args, Default, Clone)]
+pub struct SweepDeviceArgs {
+    /// Run on GPUs of this product name, exactly as NVML reports it (`lem gpus`), e.g.
+    /// "NVIDIA H100 80GB HBM3".
+    #[arg(long, value_name = "NAME", value_parser = non_blank)]
+    pub gpu_model: Option<String>,
+    /// Run each job on one MIG slice of this profile (e.g. 1g.10gb) instead of whole GPUs.
+    #[arg(long, value_name = "PROFILE", value_parser = non_blank)]
+    pub mig_profile: Option<String>,
+    /// With a MIG profile: lease each slice's whole parent GPU, so the parent's energy
+    /// counter measures that job alone (energy-exact; fewer jobs at once).
     #[arg(long)]
-    pub allow_mixed_gpu_models: bool,
+    pub exclusive_parent: bool,
+}
+
+fn non_blank(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(text.to_owned())
+    }
 }
 
 #[derive(Debug, Args)]

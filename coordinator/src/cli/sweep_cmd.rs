@@ -6,12 +6,13 @@
 use super::error::outln;
 use super::experiment::{resolve_config, to_cli_overrides};
 use super::remote::{unexpected, Remote};
+use super::sweep_devices::{apply_device_flags, needs_of};
+use super::sweep_grid::expand_base;
 use super::{CliError, Outcome, SweepArgsSubmit, SweepCommand};
-use lem_common::config::{Device, ExperimentConfig, PromptSource};
+use lem_common::config::{ExperimentConfig, PromptSource};
 use lem_common::shipped_prompt;
 use lem_common::wire::cli::{
-    CliReply, CliRequest, DeviceNeeds, ExperimentSubmission, SweepDetail, SweepSubmission,
-    SweepSummary,
+    CliReply, CliRequest, ExperimentSubmission, SweepDetail, SweepSubmission, SweepSummary,
 };
 use sha2::{Digest, Sha256};
 
@@ -109,7 +110,8 @@ fn submit(remote: &Remote, args: SweepArgsSubmit) -> Result<Outcome, CliError> {
 }
 
 /// Resolves every config (all before anything is sent) and makes the idempotency token
-/// the retries of this one submission share.
+/// the retries of this one submission share. With `--vary`, each config is a base
+/// expanded into its grid.
 fn build_submission(args: &SweepArgsSubmit) -> Result<SweepSubmission, CliError> {
     let overrides = to_cli_overrides(&args.overrides, args.cycles);
     let mut experiments = Vec::new();
@@ -120,15 +122,33 @@ fn build_submission(args: &SweepArgsSubmit) -> Result<SweepSubmission, CliError>
                 path.display()
             ))
         };
-        let resolved =
-            resolve_config(Some(path), None, &overrides).map_err(|e| invalid(e.to_string()))?;
-        let mut config = resolved.config;
-        ship_local_inputs(&mut config, &|p| std::fs::read(p)).map_err(invalid)?;
-        experiments.push(ExperimentSubmission {
-            name: experiment_name(path, &experiments),
-            config: config.to_json(),
-            needs: needs_of(&config),
-        });
+        let named: Vec<(String, ExperimentConfig)> = if args.vary.is_empty() {
+            let resolved =
+                resolve_config(Some(path), None, &overrides).map_err(|e| invalid(e.to_string()))?;
+            vec![(file_stem(path), resolved.config)]
+        } else {
+            let read = |p: &std::path::Path| std::fs::read_to_string(p);
+            expand_base(path, &args.vary, &overrides, &read)
+                .map_err(invalid)?
+                .into_iter()
+                .map(|point| {
+                    for w in &point.resolved.warnings {
+                        eprintln!("warning: {}: {w}", point.name);
+                    }
+                    (point.name, point.resolved.config)
+                })
+                .collect()
+        };
+        for (stem, mut config) in named {
+            ship_local_inputs(&mut config, &|p| std::fs::read(p)).map_err(invalid)?;
+            apply_device_flags(&mut config, &args.devices)
+                .map_err(|e| invalid(format!("{stem}: {e}")))?;
+            experiments.push(ExperimentSubmission {
+                name: experiment_name(&stem, &experiments),
+                needs: needs_of(&config),
+                config: config.to_json(),
+            });
+        }
     }
     let cycles = args
         .cycles
@@ -136,8 +156,7 @@ fn build_submission(args: &SweepArgsSubmit) -> Result<SweepSubmission, CliError>
     let name = args.name.clone().unwrap_or_else(|| {
         args.configs
             .first()
-            .and_then(|p| p.file_stem())
-            .map(|s| s.to_string_lossy().into_owned())
+            .map(|p| file_stem(p))
             .unwrap_or_else(|| "sweep".into())
     });
     let mut submission = SweepSubmission {
@@ -145,7 +164,7 @@ fn build_submission(args: &SweepArgsSubmit) -> Result<SweepSubmission, CliError>
         name,
         experiments,
         cycles,
-        pin_device_model: !args.allow_mixed_gpu_models,
+        pin_device_model: !args.mixed_device_models,
     };
     submission.idempotency_token = idempotency_token(&submission);
     Ok(submission)
@@ -160,13 +179,15 @@ fn experiments_cycles(experiments: &[ExperimentSubmission]) -> u32 {
         .map_or(1, |n| n.clamp(1, u64::from(u32::MAX)) as u32)
 }
 
-/// The file stem, made unique within the sweep (`quick`, `quick-2`).
-fn experiment_name(path: &std::path::Path, earlier: &[ExperimentSubmission]) -> String {
-    let stem = path
-        .file_stem()
+fn file_stem(path: &std::path::Path) -> String {
+    path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "experiment".into());
-    let mut name = stem.clone();
+        .unwrap_or_else(|| "experiment".into())
+}
+
+/// `stem`, made unique within the sweep (`quick`, `quick-2`).
+fn experiment_name(stem: &str, earlier: &[ExperimentSubmission]) -> String {
+    let mut name = stem.to_owned();
     let mut n = 1;
     while earlier.iter().any(|e| e.name == name) {
         n += 1;
@@ -198,20 +219,6 @@ fn ship_local_inputs(
         *content_base64 = Some(content);
     }
     Ok(())
-}
-
-/// What one job of `config` needs: CPU inference meters the host's CPU packages; anything
-/// else takes as many whole GPUs as the config lists (at least one).
-fn needs_of(config: &ExperimentConfig) -> DeviceNeeds {
-    match config.device {
-        Device::Cpu => DeviceNeeds::CpuPackages,
-        Device::Auto | Device::Cuda => DeviceNeeds::Gpus {
-            count: u32::try_from(config.gpu_list.len())
-                .unwrap_or(u32::MAX)
-                .max(1),
-            model: None,
-        },
-    }
 }
 
 /// Random enough to tell this submission from every other (time, process, contents),
@@ -286,6 +293,9 @@ fn print_detail(detail: &SweepDetail) -> std::io::Result<()> {
         for error in &job.errors {
             outln!("      {error}");
         }
+        if let Some(reason) = &job.pending_reason {
+            outln!("      {reason}");
+        }
     }
     Ok(())
 }
@@ -293,6 +303,7 @@ fn print_detail(detail: &SweepDetail) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lem_common::wire::cli::DeviceNeeds;
 
     #[test]
     fn sweep_ids_parse_with_or_without_their_prefix() {
@@ -310,28 +321,12 @@ mod tests {
         };
         let earlier = vec![exp("quick"), exp("quick-2")];
         assert_eq!(
-            experiment_name(std::path::Path::new("a/quick.yaml"), &earlier),
+            experiment_name(&file_stem(std::path::Path::new("a/quick.yaml")), &earlier),
             "quick-3"
         );
         assert_eq!(
-            experiment_name(std::path::Path::new("b/other.yaml"), &earlier),
+            experiment_name(&file_stem(std::path::Path::new("b/other.yaml")), &earlier),
             "other"
-        );
-    }
-
-    #[test]
-    fn cpu_configs_need_the_cpu_packages_and_others_their_gpu_count() {
-        let mut config = ExperimentConfig::default_for("c", "m");
-        config.device = Device::Cpu;
-        assert_eq!(needs_of(&config), DeviceNeeds::CpuPackages);
-        config.device = Device::Cuda;
-        config.gpu_list = vec![0, 1, 2];
-        assert_eq!(
-            needs_of(&config),
-            DeviceNeeds::Gpus {
-                count: 3,
-                model: None
-            }
         );
     }
 

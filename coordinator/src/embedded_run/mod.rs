@@ -5,11 +5,13 @@
 //! reads) before they are reported; Ctrl+C cancels the sweeps' unfinished jobs, and a
 //! resume requeues them (`ResumeSweep`).
 
+mod device_requirements;
 mod lock;
 mod needs;
 mod outcome;
 mod raw_copy;
 
+pub use device_requirements::embedded_device_requirements;
 pub use lock::{DriverLock, LockError, LOCK_FILE};
 pub use needs::{experiment_claim_key, pinned_needs};
 pub use outcome::{classify, ExperimentEnd};

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Needs plus the GPU model the job is held to (its own need or its experiment's pin).
-type Class = (DeviceNeeds, Option<String>);
+pub type Class = (DeviceNeeds, Option<String>);
 
 #[derive(Debug, Default, Clone)]
 pub struct JobQueue {
@@ -26,7 +26,8 @@ impl JobQueue {
     /// for it yet).
     pub fn push(&mut self, job: JobId, needs: DeviceNeeds, pinned_model: Option<String>) -> bool {
         let model = match &needs {
-            DeviceNeeds::Gpus { model: Some(m), .. } => Some(m.clone()),
+            DeviceNeeds::Gpus { model: Some(m), .. }
+            | DeviceNeeds::MigSlice { model: Some(m), .. } => Some(m.clone()),
             _ => pinned_model,
         };
         let class = (needs, model);
@@ -50,6 +51,11 @@ impl JobQueue {
 
     pub fn len(&self) -> usize {
         self.class_of.len()
+    }
+
+    /// The needs and model constraint `job` is queued under.
+    pub fn class_of(&self, job: JobId) -> Option<&Class> {
+        self.class_of.get(&job)
     }
 
     /// Classes ordered by their oldest job, so older work is placed first.

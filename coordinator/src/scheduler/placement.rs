@@ -8,7 +8,8 @@ use super::types::{
 
 /// The first placement of `needs` on this agent (devices in inventory order), or `None`.
 /// `model` restricts GPU and MIG placements to one product name (the job's own model
-/// need, or the model its experiment's cycles are pinned to).
+/// need, or else the model its experiment's cycles are pinned to; `JobQueue::push`
+/// chooses).
 pub fn find_placement(
     agent: &AgentId,
     inventory: &Inventory,
@@ -64,6 +65,7 @@ pub fn find_placement(
         DeviceNeeds::MigSlice {
             profile,
             exclusive_parent,
+            model: _,
         } => {
             let parent_mode = if *exclusive_parent {
                 ClaimMode::Exclusive

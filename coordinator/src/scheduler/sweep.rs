@@ -95,6 +95,9 @@ pub fn validate(submission: &SweepSubmission) -> Result<(), SchedulerError> {
             DeviceNeeds::MigSlice { profile, .. } if profile.trim().is_empty() => {
                 return Err(bad("`needs.profile` is empty"))
             }
+            DeviceNeeds::MigSlice { model: Some(m), .. } if m.trim().is_empty() => {
+                return Err(bad("`needs.model` is empty"))
+            }
             DeviceNeeds::Pinned { claims } => {
                 let mut keys = std::collections::BTreeSet::new();
                 if let Some(c) = claims.iter().find(|c| !keys.insert(&c.key)) {

@@ -276,10 +276,12 @@ fn mig_shared_slices_run_together_and_an_exclusive_parent_waits_for_them() {
     let shared = DeviceNeeds::MigSlice {
         profile: "3g.40gb".into(),
         exclusive_parent: false,
+        model: None,
     };
     let exclusive = DeviceNeeds::MigSlice {
         profile: "3g.40gb".into(),
         exclusive_parent: true,
+        model: None,
     };
     let out = submit(&mut s, submission("t", &[shared, exclusive], 1), 1);
     let granted = leases(&out);
@@ -673,7 +675,8 @@ mod properties {
             (1u32..4).prop_map(|count| DeviceNeeds::Gpus { count, model: None }),
             any::<bool>().prop_map(|exclusive_parent| DeviceNeeds::MigSlice {
                 profile: "3g.40gb".into(),
-                exclusive_parent
+                exclusive_parent,
+                model: None,
             }),
         ]
     }
@@ -712,7 +715,7 @@ mod properties {
             let mut now = 0u64;
             log.extend(persisted(&hello(&mut s, "a", gpus("a", 2, "H100"), now)));
             log.extend(persisted(&hello(&mut s, "m", mig_node("m", "3g.40gb", 2), now)));
-            let needs = [one_gpu(), DeviceNeeds::CpuPackages, DeviceNeeds::MigSlice { profile: "3g.40gb".into(), exclusive_parent: false }];
+            let needs = [one_gpu(), DeviceNeeds::CpuPackages, DeviceNeeds::MigSlice { profile: "3g.40gb".into(), exclusive_parent: false, model: None }];
             log.extend(persisted(&submit(&mut s, submission("p", &needs, 3), now)));
             for op in ops {
                 now += 1_000;
@@ -968,6 +971,7 @@ fn a_stale_mig_run_keeps_its_parent_gpu_from_an_exclusive_parent_job() {
     let shared = DeviceNeeds::MigSlice {
         profile: "3g.40gb".into(),
         exclusive_parent: false,
+        model: None,
     };
     let out = submit(&mut s, submission("t1", &[shared], 1), 0);
     let run = leases(&out).remove(0);
@@ -993,6 +997,7 @@ fn a_stale_mig_run_keeps_its_parent_gpu_from_an_exclusive_parent_job() {
     let exclusive = DeviceNeeds::MigSlice {
         profile: "3g.40gb".into(),
         exclusive_parent: true,
+        model: None,
     };
     let out = submit(&mut s, submission("t2", &[exclusive], 1), past_expiry);
     assert!(
@@ -1082,4 +1087,96 @@ fn a_pinned_job_fits_no_agent_without_runner_slots_and_repeated_keys_are_refused
         panic!("{twice:?}");
     };
     assert!(e.to_string().contains("names rapl:package-0 twice"), "{e}");
+}
+
+fn mig_need(profile: &str, model: Option<&str>) -> DeviceNeeds {
+    DeviceNeeds::MigSlice {
+        profile: profile.into(),
+        exclusive_parent: false,
+        model: model.map(String::from),
+    }
+}
+
+#[test]
+fn a_mig_need_with_a_model_lands_only_on_a_parent_of_that_model() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    // Two nodes with a 1g.10gb slice each; only b's parent is the model asked for.
+    let _ = hello(&mut s, "a", mig_node("a", "1g.10gb", 1), 0);
+    let mut b = mig_node("b", "1g.10gb", 1);
+    b.gpus[0].model = "A100-80GB".into();
+    let b_slice = b.gpus[0].mig_slices[0].key.clone();
+    let _ = hello(&mut s, "b", b, 0);
+    let out = submit(
+        &mut s,
+        submission("t", &[mig_need("1g.10gb", Some("A100-80GB"))], 2),
+        1,
+    );
+    let granted = leases(&out);
+    assert_eq!(granted.len(), 1, "one slice of that model, two cycles");
+    assert_eq!(granted[0].placement.agent, agent("b"));
+    assert_eq!(granted[0].placement.devices, vec![b_slice.clone()]);
+    assert_eq!(
+        granted[0].placement.device_model.as_deref(),
+        Some("A100-80GB")
+    );
+    // a's free slice of the same profile is not used by the waiting cycle.
+    let waiting = s
+        .jobs()
+        .find(|j| j.status == JobStatus::Pending)
+        .expect("the second cycle waits")
+        .job;
+    assert_eq!(
+        s.pending_reason(waiting).as_deref(),
+        Some("waiting for a MIG slice of profile 1g.10gb (A100-80GB) to be free")
+    );
+    let next = leases(&finish(&mut s, &granted[0], Outcome::Succeeded, 2));
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].placement.devices, vec![b_slice]);
+}
+
+#[test]
+fn a_pending_job_says_whether_any_agent_could_ever_take_it() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let _ = hello(&mut s, "a", mig_node("a", "1g.10gb", 1), 0);
+    let out = submit(
+        &mut s,
+        submission(
+            "t",
+            &[
+                mig_need("1g.10gb", None),
+                mig_need("7g.80gb", None),
+                DeviceNeeds::Gpus {
+                    count: 2,
+                    model: Some("H100".into()),
+                },
+                mig_need("1g.10gb", None),
+            ],
+            1,
+        ),
+        1,
+    );
+    assert_eq!(leases(&out).len(), 1);
+    let reasons: Vec<Option<String>> = s.jobs().map(|j| s.pending_reason(j.job)).collect();
+    assert_eq!(
+        reasons,
+        [
+            None,
+            Some("no connected agent has a MIG slice of profile 7g.80gb".to_owned()),
+            Some("no connected agent has 2 whole GPUs on one node (H100)".to_owned()),
+            // Its own experiment: no cycle ran yet, so no model is pinned.
+            Some("waiting for a MIG slice of profile 1g.10gb to be free".to_owned()),
+        ]
+    );
+    // Drained, the only agent that could run the last job no longer counts as a place.
+    let _ = s.handle(
+        Event::DrainAgent {
+            request: RequestId(9),
+            agent: agent("a"),
+        },
+        TimeMs(2),
+    );
+    assert_eq!(
+        s.pending_reason(JobId(3)).as_deref(),
+        Some("only draining agents have a MIG slice of profile 1g.10gb")
+    );
 }

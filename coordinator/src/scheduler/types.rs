@@ -121,10 +121,13 @@ pub enum DeviceNeeds {
     Gpus { count: u32, model: Option<String> },
     /// One MIG slice of the given profile. `exclusive_parent` leases the whole parent GPU
     /// so its counter is this job's alone (energy-exact); otherwise the parent is shared
-    /// with other slices' jobs and energy is attributed.
+    /// with other slices' jobs and energy is attributed. `model` restricts the parent
+    /// GPU's product name.
     MigSlice {
         profile: String,
         exclusive_parent: bool,
+        #[serde(default)]
+        model: Option<String>,
     },
     /// The runner picks its devices itself, from the config (embedded mode, where the
     /// config's `gpu_list` and the host's packages decide): the lease takes one runner

@@ -4,7 +4,7 @@
 
 use super::QuicLink;
 use crate::driver::{aggregate_sweep, sweep_experiment_id, Driver, DriverError, Executed};
-use crate::scheduler::{AgentId, Event, RequestId, SweepId, TimeMs};
+use crate::scheduler::{AgentId, Event, RequestId, Scheduler, SweepId, TimeMs};
 use crate::store::{Store, StoreError, SweepRow};
 use crate::wire_cli_edge::{
     agent_to_wire, job_status_name, lease_to_wire, progress_to_wire, reply_to_wire,
@@ -67,6 +67,20 @@ pub fn answer(
     }
 }
 
+/// Pending jobs counted by sweep and reason, one line per group, in sweep order.
+fn waiting_lines(scheduler: &Scheduler) -> Vec<String> {
+    let mut groups: std::collections::BTreeMap<(SweepId, String), usize> = Default::default();
+    for job in scheduler.jobs() {
+        if let Some(reason) = scheduler.pending_reason(job.job) {
+            *groups.entry((job.sweep, reason)).or_default() += 1;
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((sweep, reason), n)| format!("{sweep}: {n} job(s): {reason}"))
+        .collect()
+}
+
 fn refused(reason: &str) -> CliReply {
     CliReply::Refused {
         reason: reason.to_owned(),
@@ -105,6 +119,7 @@ fn read(driver: &ServerDriver, request: CliRequest) -> Result<CliReply, StoreErr
                     cycle: j.cycle,
                     status: job_status_name(j.status).to_owned(),
                     errors: j.errors.to_vec(),
+                    pending_reason: scheduler.pending_reason(j.job),
                 })
                 .collect();
             CliReply::Sweep(SweepDetail { summary, jobs })
@@ -114,6 +129,7 @@ fn read(driver: &ServerDriver, request: CliRequest) -> Result<CliReply, StoreErr
             leases: scheduler.leases().map(lease_to_wire).collect(),
             queued_jobs: scheduler.queued_jobs() as u64,
             sweeps: sweeps(),
+            waiting: waiting_lines(scheduler),
         }),
         CliRequest::ListAgents => CliReply::Agents(scheduler.agents().map(agent_to_wire).collect()),
         CliRequest::ListResults => {

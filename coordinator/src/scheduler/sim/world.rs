@@ -225,11 +225,13 @@ fn needs_for(i: usize) -> DeviceNeeds {
         3 => DeviceNeeds::MigSlice {
             profile: "3g.40gb".into(),
             exclusive_parent: false,
+            model: None,
         },
         // Competes with the shared 3g.40gb jobs for the same parent.
         4 => DeviceNeeds::MigSlice {
             profile: "3g.40gb".into(),
             exclusive_parent: true,
+            model: None,
         },
         5 => DeviceNeeds::Gpus {
             count: 1,
@@ -238,6 +240,7 @@ fn needs_for(i: usize) -> DeviceNeeds {
         _ => DeviceNeeds::MigSlice {
             profile: "1g.10gb".into(),
             exclusive_parent: false,
+            model: None,
         },
     }
 }
