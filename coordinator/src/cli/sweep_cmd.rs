@@ -394,3 +394,92 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod submit_flag_tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+    use lem_common::wire::cli::DeviceNeeds;
+
+    /// `lem --coordinator … sweep submit <args>` as clap parses it.
+    fn submit_args(args: &[&str]) -> SweepArgsSubmit {
+        let mut argv = vec!["lem", "--coordinator", "127.0.0.1:1", "sweep", "submit"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Sweep(SweepCommand::Submit(args)) => *args,
+            other => panic!("not a sweep submit: {other:?}"),
+        }
+    }
+
+    fn base_config(dir: &std::path::Path) -> String {
+        let path = dir.join("base.yaml");
+        std::fs::write(
+            &path,
+            "config_name: base\nmodel_name: m\ngpu_list: [0, 1]\n",
+        )
+        .unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn device_flags_set_every_experiments_needs_and_models_stay_pinned_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = base_config(dir.path());
+        let plain = build_submission(&submit_args(&[&base])).unwrap();
+        assert!(plain.pin_device_model);
+        assert_eq!(
+            plain.experiments[0].needs,
+            DeviceNeeds::Gpus {
+                count: 2,
+                model: None
+            }
+        );
+        let sub = build_submission(&submit_args(&[
+            &base,
+            "--vary",
+            "batch_size=1,2",
+            "--gpu-model",
+            "NVIDIA A100-SXM4-40GB",
+            "--mig-profile",
+            "3g.20gb",
+            "--exclusive-parent",
+            "--mixed-device-models",
+        ]))
+        .unwrap();
+        assert!(!sub.pin_device_model);
+        let names: Vec<&str> = sub.experiments.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["base__batch_size-1", "base__batch_size-2"]);
+        for e in &sub.experiments {
+            assert_eq!(
+                e.needs,
+                DeviceNeeds::MigSlice {
+                    profile: "3g.20gb".into(),
+                    exclusive_parent: true,
+                    model: Some("NVIDIA A100-SXM4-40GB".into())
+                }
+            );
+            assert_eq!(e.config["devices"]["mig_profile"], "3g.20gb");
+        }
+        // The older spelling of --mixed-device-models still works.
+        assert!(submit_args(&[&base, "--allow-mixed-gpu-models"]).mixed_device_models);
+    }
+
+    #[test]
+    fn blank_or_contradicting_device_flags_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = base_config(dir.path());
+        let argv = ["lem", "--coordinator", "x:1", "sweep", "submit", &base];
+        for bad in [["--gpu-model", " "], ["--mig-profile", ""]] {
+            let err = Cli::try_parse_from(argv.iter().chain(&bad)).unwrap_err();
+            assert!(err.to_string().contains("must not be empty"), "{err}");
+        }
+        let err = build_submission(&submit_args(&[&base, "--exclusive-parent"])).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("--exclusive-parent needs a MIG profile"),
+            "{text}"
+        );
+        assert!(text.contains("nothing was submitted"), "{text}");
+    }
+}
