@@ -3,18 +3,43 @@
 //! is busy or draining.
 
 use super::claims::ClaimTable;
+use super::dispatch::Class;
 use super::placement::find_placement;
 use super::state::{JobStatus, Scheduler};
 use super::types::{DeviceNeeds, JobId};
+use std::collections::BTreeMap;
 
 impl Scheduler {
     /// `None` unless `job` is pending in the queue.
     pub fn pending_reason(&self, job: JobId) -> Option<String> {
-        let state = self.jobs.get(job.0 as usize)?;
-        if state.status != JobStatus::Pending {
-            return None;
+        self.pending_reasons([job]).remove(&job)
+    }
+
+    /// The reason of each of `jobs` that is pending, worked out once per placement
+    /// class (a status of thousands of queued jobs tries each agent once per class).
+    pub fn pending_reasons(
+        &self,
+        jobs: impl IntoIterator<Item = JobId>,
+    ) -> BTreeMap<JobId, String> {
+        let mut by_class: BTreeMap<&Class, String> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for job in jobs {
+            let pending = self
+                .jobs
+                .get(job.0 as usize)
+                .is_some_and(|j| j.status == JobStatus::Pending);
+            let Some(class) = self.queue.class_of(job).filter(|_| pending) else {
+                continue;
+            };
+            let reason = by_class
+                .entry(class)
+                .or_insert_with(|| self.class_reason(class));
+            out.insert(job, reason.clone());
         }
-        let (needs, model) = self.queue.class_of(job)?;
+        out
+    }
+
+    fn class_reason(&self, (needs, model): &Class) -> String {
         let wanted = describe_needs(needs, model.as_deref());
         // With nothing held anywhere: could this agent take the job at all?
         let nothing_held = ClaimTable::default();
@@ -28,16 +53,17 @@ impl Scheduler {
                     drained_fit = true;
                 } else {
                     live_fit = true;
+                    break;
                 }
             }
         }
-        Some(if live_fit {
+        if live_fit {
             format!("waiting for {wanted} to be free")
         } else if drained_fit {
             format!("only draining agents have {wanted}")
         } else {
             format!("no connected agent has {wanted}")
-        })
+        }
     }
 }
 

@@ -1167,6 +1167,13 @@ fn a_pending_job_says_whether_any_agent_could_ever_take_it() {
             Some("waiting for a MIG slice of profile 1g.10gb to be free".to_owned()),
         ]
     );
+    // Asked all at once (one try per class), the same answers.
+    let ids: Vec<JobId> = s.jobs().map(|j| j.job).collect();
+    let at_once: Vec<Option<String>> = {
+        let mut all = s.pending_reasons(ids.iter().copied());
+        ids.iter().map(|j| all.remove(j)).collect()
+    };
+    assert_eq!(at_once, reasons);
     // Drained, the only agent that could run the last job no longer counts as a place.
     let _ = s.handle(
         Event::DrainAgent {

@@ -4,7 +4,7 @@
 
 use super::QuicLink;
 use crate::driver::{aggregate_sweep, sweep_experiment_id, Driver, DriverError, Executed};
-use crate::scheduler::{AgentId, Event, RequestId, Scheduler, SweepId, TimeMs};
+use crate::scheduler::{AgentId, Event, JobStatus, RequestId, Scheduler, SweepId, TimeMs};
 use crate::store::{Store, StoreError, SweepRow};
 use crate::wire_cli_edge::{
     agent_to_wire, job_status_name, lease_to_wire, progress_to_wire, reply_to_wire,
@@ -69,11 +69,14 @@ pub fn answer(
 
 /// Pending jobs counted by sweep and reason, one line per group, in sweep order.
 fn waiting_lines(scheduler: &Scheduler) -> Vec<String> {
+    let sweep_of: std::collections::BTreeMap<_, _> = scheduler
+        .jobs()
+        .filter(|j| j.status == JobStatus::Pending)
+        .map(|j| (j.job, j.sweep))
+        .collect();
     let mut groups: std::collections::BTreeMap<(SweepId, String), usize> = Default::default();
-    for job in scheduler.jobs() {
-        if let Some(reason) = scheduler.pending_reason(job.job) {
-            *groups.entry((job.sweep, reason)).or_default() += 1;
-        }
+    for (job, reason) in scheduler.pending_reasons(sweep_of.keys().copied()) {
+        *groups.entry((sweep_of[&job], reason)).or_default() += 1;
     }
     groups
         .into_iter()
@@ -106,6 +109,12 @@ fn read(driver: &ServerDriver, request: CliRequest) -> Result<CliReply, StoreErr
             else {
                 return Ok(refused(&format!("no such sweep: sweep-{sweep}")));
             };
+            let mut reasons = scheduler.pending_reasons(
+                scheduler
+                    .jobs()
+                    .filter(|j| j.sweep == row.sweep && j.status == JobStatus::Pending)
+                    .map(|j| j.job),
+            );
             let jobs = scheduler
                 .jobs()
                 .filter(|j| j.sweep == row.sweep)
@@ -119,7 +128,7 @@ fn read(driver: &ServerDriver, request: CliRequest) -> Result<CliReply, StoreErr
                     cycle: j.cycle,
                     status: job_status_name(j.status).to_owned(),
                     errors: j.errors.to_vec(),
-                    pending_reason: scheduler.pending_reason(j.job),
+                    pending_reason: reasons.remove(&j.job),
                 })
                 .collect();
             CliReply::Sweep(SweepDetail { summary, jobs })
