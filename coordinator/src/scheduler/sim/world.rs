@@ -227,11 +227,11 @@ fn needs_for(i: usize) -> DeviceNeeds {
             exclusive_parent: false,
             model: None,
         },
-        // Competes with the shared 3g.40gb jobs for the same parent.
+        // Competes with the shared 3g.40gb jobs for the same parent, held to its model.
         4 => DeviceNeeds::MigSlice {
             profile: "3g.40gb".into(),
             exclusive_parent: true,
-            model: None,
+            model: Some("A100".into()),
         },
         5 => DeviceNeeds::Gpus {
             count: 1,
