@@ -169,3 +169,17 @@ fn devices_keys_can_be_varied() {
         .to_string();
     assert!(e.contains("devices.mig_profile"), "{e}");
 }
+
+#[test]
+fn the_cluster_mig_example_asks_a_slice_with_its_parent() {
+    let read = |p: &std::path::Path| std::fs::read_to_string(p);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let loaded = load_config(&root.join("configs/examples/cluster-mig.yaml"), &read).unwrap();
+    let r = resolve(None, Some(&loaded), &CliOverrides::default()).unwrap();
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let devices = r.config.devices.unwrap();
+    assert_eq!(devices.mig_profile.as_deref(), Some("1g.10gb"));
+    assert!(devices.exclusive_parent);
+    // The rest comes from quick.yaml through `_extends`.
+    assert_eq!(r.config.max_output_tokens, 32);
+}
