@@ -67,9 +67,10 @@ fn check_devices(config: &ExperimentConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// What one job of `config` needs: CPU inference meters the host's CPU packages; a MIG
-/// profile takes one slice of it; anything else takes `devices.gpus` whole GPUs (default:
-/// as many as `gpu_list` names, at least one), of `devices.gpu_model` when given.
+/// What one job of `config` needs: CPU inference meters the host's CPU packages; with a
+/// MIG profile, one slice of that profile; else `devices.gpus` whole GPUs (default: as
+/// many as `gpu_list` names, at least one). `devices.gpu_model` restricts the GPU (for a
+/// slice: its parent).
 pub fn needs_of(config: &ExperimentConfig) -> DeviceNeeds {
     let devices = config.devices.clone().unwrap_or_default();
     match config.device {
