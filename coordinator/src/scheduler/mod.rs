@@ -43,7 +43,7 @@ mod tests;
 pub use config::SchedulerConfig;
 pub use error::SchedulerError;
 pub use event::{AckVerdict, Action, Event, Lease, Reply, ToAgent};
-pub use query::{AgentView, JobView, LeaseView, SweepProgress};
+pub use query::{AgentView, JobView, LeaseView, SweepExperimentView, SweepProgress};
 pub use record::{AttemptEnd, Record};
 pub use state::{JobStatus, RecoverError, Scheduler};
 pub use sweep::{ExperimentSubmission, JobRecord, SweepCreated, SweepSubmission};
