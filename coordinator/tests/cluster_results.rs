@@ -150,9 +150,16 @@ fn results_through_a_coordinator_print_what_embedded_prints() {
             text(&here).0,
             "`lem {name}`: stdout through the coordinator and embedded differ"
         );
+        let shown = text(through).0;
         assert!(
-            !text(through).0.is_empty() || name.contains("--out"),
+            !shown.is_empty() || name.contains("--out"),
             "{name}: no output"
+        );
+        println!(
+            "lem {name}: {} lines, {} bytes, equal; first: {:?}",
+            shown.lines().count(),
+            shown.len(),
+            shown.lines().find(|l| !l.trim().is_empty()).unwrap_or("")
         );
     }
     assert_eq!(
