@@ -218,3 +218,7 @@ impl<T: Serialize> Page<T> {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+#[path = "result_pages_tests.rs"]
+mod tests;
