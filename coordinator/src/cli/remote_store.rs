@@ -144,3 +144,58 @@ pub fn record_from_wire(e: &ResultExperiment) -> Result<ExperimentRecord, CliErr
         until_ci: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(status: &str) -> ResultExperiment {
+        ResultExperiment {
+            id: "sweep-2/alpha".into(),
+            config_name: "alpha".into(),
+            model_name: "m".into(),
+            config: serde_json::json!({ "model_name": "m", "batching_options": { "batch_size": 4 } }),
+            cycles_planned: 3,
+            status: status.into(),
+            error: Some("1 of 3 cycles failed; cycle 2: boom".into()),
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            origin: "sweep `grid` (sweep-2)".into(),
+            aggregate: None,
+        }
+    }
+
+    #[test]
+    fn a_wire_experiment_becomes_the_record_embedded_commands_read() {
+        let e = wire("failed");
+        let rec = record_from_wire(&e).unwrap();
+        assert_eq!(rec.id, e.id);
+        assert_eq!(rec.config_name, e.config_name);
+        assert_eq!(rec.model_name, e.model_name);
+        assert_eq!(rec.effective_config, e.config);
+        assert_eq!(rec.config_fingerprint, fingerprint(&e.config));
+        assert_eq!(rec.num_cycles, 3);
+        assert_eq!(rec.status, ExperimentStatus::Failed);
+        assert_eq!(rec.error, e.error);
+        assert_eq!(rec.created_at, e.created_at);
+        assert_eq!(rec.origin, e.origin);
+        // It ran on no process of this machine.
+        assert_eq!((rec.pid, rec.hostname.as_str()), (0, ""));
+        for (text, status) in [
+            ("completed", ExperimentStatus::Completed),
+            ("running", ExperimentStatus::Running),
+            ("interrupted", ExperimentStatus::Interrupted),
+            ("partial", ExperimentStatus::Partial),
+        ] {
+            assert_eq!(record_from_wire(&wire(text)).unwrap().status, status);
+        }
+    }
+
+    #[test]
+    fn an_unknown_status_is_refused_naming_the_experiment() {
+        let err = record_from_wire(&wire("exploded")).unwrap_err().to_string();
+        assert!(
+            err.contains("sweep-2/alpha") && err.contains("`exploded`"),
+            "{err}"
+        );
+    }
+}
