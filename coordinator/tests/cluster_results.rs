@@ -2,7 +2,7 @@
 //!
 //! A real `lem serve` and one real `lem-agent` (a simulated GPU node: the fake NVML) run
 //! a small sweep on the real SmolLM2 with one or two output tokens. Then, with a VIEWER
-//! credential, `results show --raw`, `results compare`, `results export` (CSV, JSON
+//! credential, `results show` (summary, `--json`, `--raw`), `results compare`, `results export` (CSV, JSON
 //! Lines, Parquet; cycle, request and trace levels), `results table` and `report` go
 //! through `--coordinator`. After the coordinator stops, this test writes an embedded
 //! data dir of its own from the stopped store — an experiment record per sweep
@@ -10,7 +10,7 @@
 //! count, the first accepted cycle's start), the accepted results (read through the
 //! store's `accepted` tree) and the stored aggregates — and runs the same commands there
 //! with `--data-dir`. Both outputs must be equal, byte for byte (the report apart from
-//! the second it was generated).
+//! the second it was generated, a hint apart from the place it names).
 
 mod cluster_support;
 
@@ -77,6 +77,8 @@ fn results_through_a_coordinator_print_what_embedded_prints() {
     let html = |side: &str| out_dir.join(format!("{side}.html"));
     // Each command, with a placeholder for the side's output file.
     let commands: Vec<Vec<String>> = [
+        "results show sweep-0/c002",
+        "results show sweep-0/c002 --json",
         "results show sweep-0/c000 --raw",
         "results show sweep-0/c001 --raw --json",
         "results compare sweep-0/c000 sweep-0/c001",
@@ -145,8 +147,13 @@ fn results_through_a_coordinator_print_what_embedded_prints() {
             text(through)
         );
         assert!(here.status.success(), "{name} locally: {:?}", text(&here));
+        // A hint names where the results are: the coordinator, or the data dir.
+        let through_hinted = text(through).0.replace(
+            &format!("lem --coordinator {addr} "),
+            &format!("lem --data-dir {} ", local_dir.display()),
+        );
         assert_eq!(
-            text(through).0,
+            through_hinted,
             text(&here).0,
             "`lem {name}`: stdout through the coordinator and embedded differ"
         );

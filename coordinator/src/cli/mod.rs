@@ -776,12 +776,9 @@ fn run_remote(
         Command::Results(ResultsCommand::List { all, json, .. }) => {
             remote_results::list(&remote()?, all, json)
         }
-        Command::Results(ResultsCommand::Show {
-            id,
-            raw: false,
-            json,
-            ..
-        }) => remote_results::show(&remote()?, &id, json),
+        Command::Results(cmd @ ResultsCommand::Show { raw: false, .. }) => {
+            remote_results::show(&remote()?, cmd)
+        }
         Command::Results(
             cmd @ (ResultsCommand::Show { .. }
             | ResultsCommand::Compare { .. }

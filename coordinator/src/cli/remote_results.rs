@@ -1,9 +1,9 @@
-//! `lem --coordinator X results list|show` and `aggregate`: the coordinator's sweep
-//! results, printed with the same table columns and the same summary as embedded mode
-//! (the summary is `results::print_aggregate` on the aggregate fetched from the server).
-//! `results show --raw`, `results compare|export|table` and `report` load the
+//! `lem --coordinator X results list` and `aggregate`: the coordinator's sweep results,
+//! listed with the same table columns as embedded mode. `results show` (summary,
+//! `--json`, `--raw`), `results compare|export|table` and `report` load the
 //! coordinator's records into a private store (`remote_store.rs`) and run the embedded
-//! commands on it.
+//! commands on it; an experiment without a stored aggregate is shown from the aggregate
+//! the coordinator computes from its accepted results so far.
 
 use super::error::outln;
 use super::remote::{unexpected, Remote};
@@ -72,7 +72,37 @@ pub fn list(remote: &Remote, all: bool, json: bool) -> Result<Outcome, CliError>
     Ok(Outcome::Success)
 }
 
-pub fn show(remote: &Remote, id: &str, json: bool) -> Result<Outcome, CliError> {
+/// `results show ID` (not `--raw`): an experiment with a stored aggregate is shown by
+/// the embedded code, as embedded mode shows it; one without (its sweep still running,
+/// or ended incomplete) gets the aggregate the coordinator computes from its accepted
+/// results so far, printed with the same summary.
+pub fn show(remote: &Remote, cmd: ResultsCommand) -> Result<Outcome, CliError> {
+    let ResultsCommand::Show { id, json, .. } = &cmd else {
+        unreachable!("show is called with `results show`");
+    };
+    let loaded = RemoteStore::load_records(remote)?;
+    let stored = loaded
+        .handle
+        .read(|s| {
+            let rec = s.find_experiment(id)?;
+            let stored = s.aggregate::<serde_json::Value>(&rec.id)?.is_some();
+            Ok(stored.then_some(rec.id))
+        })
+        .map_err(|e| name_the_coordinator(e.into(), remote.target()))?;
+    match stored {
+        Some(full) => {
+            // The summary's model line reads the first accepted result.
+            let result = loaded
+                .load_accepted(remote, &[full])
+                .and_then(|()| super::results::run_on(&loaded.handle, cmd));
+            result.map_err(|e| name_the_coordinator(e, remote.target()))
+        }
+        None => show_live(remote, &id.clone(), *json),
+    }
+}
+
+/// The coordinator's aggregate of an experiment that has no stored one.
+fn show_live(remote: &Remote, id: &str, json: bool) -> Result<Outcome, CliError> {
     let (id, aggregate, model_info) =
         match remote.request(&CliRequest::ShowResult { id: id.to_owned() })? {
             CliReply::Aggregate {
