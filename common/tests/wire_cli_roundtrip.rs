@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;
-use wire_strategies::{json, text};
+use wire_strategies::{json, raw_result, text};
 
 fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Clone + Debug>(message: &T) {
     let frame = encode_frame(message, MAX_FRAME_BYTES).unwrap();
@@ -68,6 +68,9 @@ fn request() -> impl Strategy<Value = CliRequest> {
         text().prop_map(|id| CliRequest::ShowResult { id }),
         any::<u64>().prop_map(|sweep| CliRequest::AggregateSweep { sweep }),
         any::<u64>().prop_map(|ttl_ms| CliRequest::CreateJoinToken { ttl_ms }),
+        of(text()).prop_map(|after| CliRequest::ResultRecords { after }),
+        (text(), of(any::<u32>()))
+            .prop_map(|(id, after_cycle)| CliRequest::AcceptedResults { id, after_cycle }),
     ]
 }
 
@@ -122,6 +125,21 @@ prop_compose! {
         cycles_accepted in any::<u64>(), cycles_total in any::<u64>(), status in text(),
     ) -> ResultSummary {
         ResultSummary { id, sweep, experiment_name, model, cycles_accepted, cycles_total, status }
+    }
+}
+
+prop_compose! {
+    fn result_experiment()(
+        names in vec(text(), 5), config in json(), cycles_planned in any::<u32>(),
+        error in of(text()), aggregate in of(json()),
+    ) -> ResultExperiment {
+        let [id, config_name, model_name, status, created_at]: [String; 5] =
+            names.try_into().unwrap();
+        ResultExperiment {
+            origin: format!("sweep `{id}`"),
+            id, config_name, model_name, config, cycles_planned, status, error, created_at,
+            aggregate,
+        }
     }
 }
 
@@ -182,6 +200,10 @@ fn reply() -> impl Strategy<Value = CliReply> {
             expires_unix_ms
         }),
         text().prop_map(|reason| CliReply::Refused { reason }),
+        (vec(result_experiment(), 0..3), any::<bool>())
+            .prop_map(|(experiments, more)| CliReply::ResultRecords { experiments, more }),
+        (text(), vec(raw_result(), 0..2), any::<bool>())
+            .prop_map(|(id, results, more)| CliReply::AcceptedResults { id, results, more }),
     ]
 }
 
@@ -222,6 +244,11 @@ fn only_requests_that_change_nothing_are_read_only() {
         CliRequest::ListAgents,
         CliRequest::ListResults,
         CliRequest::ShowResult { id: "x".into() },
+        CliRequest::ResultRecords { after: None },
+        CliRequest::AcceptedResults {
+            id: "x".into(),
+            after_cycle: Some(1),
+        },
     ];
     for w in &writes {
         assert!(!w.is_read_only(), "{} passes as read-only", w.name());

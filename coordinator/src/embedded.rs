@@ -44,12 +44,16 @@ pub enum EmbeddedError {
 #[derive(Debug, Clone)]
 pub struct StoreHandle {
     pub data_dir: PathBuf,
+    /// `Some(HOST:PORT)` when this store is a private copy of a coordinator's records
+    /// (`lem --coordinator`): messages and hints then name the coordinator.
+    pub coordinator: Option<String>,
 }
 
 impl StoreHandle {
     pub fn new(data_dir: &Path) -> Self {
         Self {
             data_dir: data_dir.to_path_buf(),
+            coordinator: None,
         }
     }
     /// Opens the store (creating the data dir if needed) for one operation.

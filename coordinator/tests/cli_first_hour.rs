@@ -198,7 +198,7 @@ fn the_coordinator_flag_is_refused_by_commands_that_run_embedded_only() {
         .assert()
         .code(2)
         .stderr_eq(str![[r#"
-error: --coordinator head:7443: this command runs embedded only; through a coordinator lem offers sweep, status, agent, results list, results show, aggregate and token create (drop --coordinator, or unset LEM_COORDINATOR)
+error: --coordinator head:7443: this command runs embedded only; through a coordinator lem offers sweep, status, agent, results (list, show, compare, export, table), report, aggregate and token create (drop --coordinator, or unset LEM_COORDINATOR)
 
 "#]]);
 }

@@ -41,6 +41,17 @@ pub enum CliRequest {
     CreateJoinToken {
         ttl_ms: u64,
     },
+    /// One page of every sweep experiment's record and stored aggregate, in id order,
+    /// starting after the experiment `after` (from the start when `None`).
+    ResultRecords {
+        after: Option<String>,
+    },
+    /// One page of the accepted results of the experiment `id` (exact), in cycle order,
+    /// starting after cycle `after_cycle`. Superseded results are never sent.
+    AcceptedResults {
+        id: String,
+        after_cycle: Option<u32>,
+    },
 }
 
 impl CliRequest {
@@ -52,7 +63,9 @@ impl CliRequest {
             | CliRequest::Status
             | CliRequest::ListAgents
             | CliRequest::ListResults
-            | CliRequest::ShowResult { .. } => true,
+            | CliRequest::ShowResult { .. }
+            | CliRequest::ResultRecords { .. }
+            | CliRequest::AcceptedResults { .. } => true,
             CliRequest::SubmitSweep(_)
             | CliRequest::CancelSweep { .. }
             | CliRequest::ResumeSweep { .. }
@@ -77,6 +90,8 @@ impl CliRequest {
             CliRequest::ShowResult { .. } => "results show",
             CliRequest::AggregateSweep { .. } => "results aggregate",
             CliRequest::CreateJoinToken { .. } => "token create",
+            CliRequest::ResultRecords { .. } => "results (experiment records)",
+            CliRequest::AcceptedResults { .. } => "results (accepted results)",
         }
     }
 }
@@ -161,6 +176,19 @@ pub enum CliReply {
     JoinToken {
         token: String,
         expires_unix_ms: u64,
+    },
+    /// A page of experiment records; `more` when a later page follows (ask again
+    /// `after` the last one's id).
+    ResultRecords {
+        experiments: Vec<ResultExperiment>,
+        more: bool,
+    },
+    /// A page of one experiment's accepted results (`RawResult`s); `more` when a later
+    /// page follows (ask again after the last one's cycle).
+    AcceptedResults {
+        id: String,
+        results: Vec<crate::domain::RawResult>,
+        more: bool,
     },
     /// The request was not carried out; `reason` says why in words.
     Refused {
@@ -265,4 +293,33 @@ pub struct ResultSummary {
     /// `completed` when every job has its accepted result, `running` while some are
     /// open, `incomplete` when the sweep ended without some.
     pub status: String,
+}
+
+/// How many bytes of records or results one reply page carries at most (a single item
+/// larger than this goes alone, up to the frame limit): far below
+/// [`MAX_FRAME_BYTES`](super::MAX_FRAME_BYTES), so a page never nears it.
+pub const RESULTS_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// One experiment of a sweep as the results commands read it: what the embedded store
+/// keeps in its experiment record, and the stored aggregate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultExperiment {
+    /// `sweep-<n>/<experiment name>`.
+    pub id: String,
+    pub config_name: String,
+    pub model_name: String,
+    /// The resolved experiment config (JSON of `ExperimentConfig`).
+    pub config: serde_json::Value,
+    /// The experiment's jobs (one per cycle).
+    pub cycles_planned: u32,
+    /// `completed`, `running`, `failed` or `interrupted` (cancelled).
+    pub status: String,
+    /// Why it failed, from its jobs' errors.
+    pub error: Option<String>,
+    /// When its first accepted cycle started (RFC 3339), empty without one.
+    pub created_at: String,
+    /// Where it came from, for display.
+    pub origin: String,
+    /// The stored aggregate (the coordinator's aggregate type, as JSON), if any.
+    pub aggregate: Option<serde_json::Value>,
 }

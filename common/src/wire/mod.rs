@@ -28,4 +28,4 @@ pub use messages::{
 
 /// Version of the messages and framing in this module. Bump on any change a peer of the
 /// previous version could not decode; the handshake refuses a peer with another one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

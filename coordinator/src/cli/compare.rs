@@ -4,7 +4,7 @@
 //! Holm-adjusted p-values, so the chance of any false "significant" stays at 5%.
 
 use super::error::outln;
-use super::{lem_hint, CliError, Outcome};
+use super::{store_hint, CliError, Outcome};
 use crate::aggregate::{metric_cycle_values, metric_names, ExperimentAggregate};
 use crate::embedded::StoreHandle;
 use crate::store::ExperimentRecord;
@@ -111,12 +111,18 @@ fn load(store: &StoreHandle, id: &str) -> Result<Side, CliError> {
             } else {
                 " --force"
             };
+            let place = match &store.coordinator {
+                Some(_) => super::store_place(store),
+                None => format!(
+                    "the result store at {}",
+                    std::path::absolute(&path).unwrap_or(path).display()
+                ),
+            };
             Err(CliError::usage(format!(
-                "experiment {} ({}) in the result store at {} has no aggregate to compare; make one with `{}`",
+                "experiment {} ({}) in {place} has no aggregate to compare; make one with `{}`",
                 rec.id,
                 rec.status.as_str(),
-                std::path::absolute(&path).unwrap_or(path).display(),
-                lem_hint(&store.data_dir, &format!("aggregate {}{force}", rec.id))
+                store_hint(store, &format!("aggregate {}{force}", rec.id))
             )))
         }
     }

@@ -20,6 +20,7 @@ mod plots;
 mod reference;
 mod remote;
 mod remote_results;
+mod remote_store;
 mod report_cmd;
 mod results;
 mod run_display;
@@ -58,8 +59,8 @@ pub struct Cli {
     #[arg(long, env = "LEM_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 
-    /// A coordinator (`lem serve`) to send sweep, status, agent and results list/show
-    /// and aggregate commands to, as HOST:PORT; without it lem runs embedded.
+    /// A coordinator (`lem serve`) to send sweep, status, agent, results, report and
+    /// aggregate commands to, as HOST:PORT; without it lem runs embedded.
     #[arg(long, env = "LEM_COORDINATOR", value_name = "HOST:PORT")]
     pub coordinator: Option<String>,
 
@@ -809,8 +810,17 @@ fn run_remote(
         Command::Results(ResultsCommand::List { all, json, .. }) => {
             remote_results::list(&remote()?, all, json)
         }
-        Command::Results(ResultsCommand::Show { id, raw, json, .. }) => {
-            remote_results::show(&remote()?, &id, raw, json)
+        Command::Results(cmd @ ResultsCommand::Show { raw: false, .. }) => {
+            remote_results::show(&remote()?, cmd)
+        }
+        Command::Results(
+            cmd @ (ResultsCommand::Show { .. }
+            | ResultsCommand::Compare { .. }
+            | ResultsCommand::Export(_)
+            | ResultsCommand::Table(_)),
+        ) => remote_results::read_command(&remote()?, remote_results::ReadCommand::Results(cmd)),
+        Command::Report(args) => {
+            remote_results::read_command(&remote()?, remote_results::ReadCommand::Report(args))
         }
         Command::Aggregate(a) => remote_results::aggregate(&remote()?, a.id.as_deref(), a.all),
         Command::Token(TokenCommand::Create { ttl, .. }) => {
@@ -818,10 +828,27 @@ fn run_remote(
         }
         _ => Err(CliError::usage(format!(
             "--coordinator {target}: this command runs embedded only; through a coordinator \
-             lem offers sweep, status, agent, results list, results show, aggregate and \
-             token create \
+             lem offers sweep, status, agent, results (list, show, compare, export, table), \
+             report, aggregate and token create \
              (drop --coordinator, or unset LEM_COORDINATOR)"
         ))),
+    }
+}
+
+/// A hint for `store`: `lem --coordinator ADDR rest` for a coordinator's records, else
+/// [`lem_hint`] with its data dir.
+pub(crate) fn store_hint(store: &crate::embedded::StoreHandle, rest: &str) -> String {
+    match &store.coordinator {
+        Some(addr) => format!("lem --coordinator {addr} {rest}"),
+        None => lem_hint(&store.data_dir, rest),
+    }
+}
+
+/// Where `store`'s results live, for messages: its data dir, or the coordinator.
+pub(crate) fn store_place(store: &crate::embedded::StoreHandle) -> String {
+    match &store.coordinator {
+        Some(addr) => format!("the coordinator at {addr}"),
+        None => store.data_dir.display().to_string(),
     }
 }
 

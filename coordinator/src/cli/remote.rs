@@ -55,6 +55,11 @@ impl Remote {
         })
     }
 
+    /// The coordinator's address, as given.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
     /// Sends `request` and returns the reply; a refusal is an error carrying the
     /// coordinator's words.
     pub fn request(&self, request: &CliRequest) -> Result<CliReply, CliError> {

@@ -1,13 +1,19 @@
-//! `lem --coordinator X results list|show` and `aggregate`: the coordinator's sweep
-//! results, printed with the same table columns and the same summary as embedded mode
-//! (the summary is `results::print_aggregate` on the aggregate fetched from the server).
+//! `lem --coordinator X results list` and `aggregate`: the coordinator's sweep results,
+//! listed with the same table columns as embedded mode. `results show` (summary,
+//! `--json`, `--raw`), `results compare|export|table` and `report` load the
+//! coordinator's records into a private store (`remote_store.rs`) and run the embedded
+//! commands on it; an experiment without a stored aggregate is shown from the aggregate
+//! the coordinator computes from its accepted results so far.
 
 use super::error::outln;
 use super::remote::{unexpected, Remote};
+use super::remote_store::RemoteStore;
 use super::results::print_aggregate;
+use super::selection::in_sweep;
 use super::sweep_cmd::parse_sweep_id;
-use super::{CliError, Outcome};
+use super::{CliError, ExportArgs, Outcome, ReportArgs, ResultsCommand};
 use crate::aggregate::ExperimentAggregate;
+use crate::store::{ExperimentRecord, StoreError};
 use lem_common::domain::ModelInfo;
 use lem_common::wire::cli::{CliReply, CliRequest, ResultSummary};
 
@@ -66,12 +72,37 @@ pub fn list(remote: &Remote, all: bool, json: bool) -> Result<Outcome, CliError>
     Ok(Outcome::Success)
 }
 
-pub fn show(remote: &Remote, id: &str, raw: bool, json: bool) -> Result<Outcome, CliError> {
-    if raw {
-        return Err(CliError::usage(
-            "--raw is not available through a coordinator yet; use the aggregate (or --json)",
-        ));
+/// `results show ID` (not `--raw`): an experiment with a stored aggregate is shown by
+/// the embedded code, as embedded mode shows it; one without (its sweep still running,
+/// or ended incomplete) gets the aggregate the coordinator computes from its accepted
+/// results so far, printed with the same summary.
+pub fn show(remote: &Remote, cmd: ResultsCommand) -> Result<Outcome, CliError> {
+    let ResultsCommand::Show { id, json, .. } = &cmd else {
+        unreachable!("show is called with `results show`");
+    };
+    let loaded = RemoteStore::load_records(remote)?;
+    let stored = loaded
+        .handle
+        .read(|s| {
+            let rec = s.find_experiment(id)?;
+            let stored = s.aggregate::<serde_json::Value>(&rec.id)?.is_some();
+            Ok(stored.then_some(rec.id))
+        })
+        .map_err(|e| name_the_coordinator(e.into(), remote.target()))?;
+    match stored {
+        Some(full) => {
+            // The summary's model line reads the first accepted result.
+            let result = loaded
+                .load_accepted(remote, &[full])
+                .and_then(|()| super::results::run_on(&loaded.handle, cmd));
+            result.map_err(|e| name_the_coordinator(e, remote.target()))
+        }
+        None => show_live(remote, &id.clone(), *json),
     }
+}
+
+/// The coordinator's aggregate of an experiment that has no stored one.
+fn show_live(remote: &Remote, id: &str, json: bool) -> Result<Outcome, CliError> {
     let (id, aggregate, model_info) =
         match remote.request(&CliRequest::ShowResult { id: id.to_owned() })? {
             CliReply::Aggregate {
@@ -121,4 +152,75 @@ pub fn aggregate(remote: &Remote, id: Option<&str>, all: bool) -> Result<Outcome
         }
     }
     Ok(Outcome::Success)
+}
+
+/// `results show ID --raw`, `results compare`, `results export`, `results table` and
+/// `report` (given as `report`) on the coordinator's records, with the embedded code.
+pub fn read_command(remote: &Remote, command: ReadCommand) -> Result<Outcome, CliError> {
+    let loaded = RemoteStore::load_records(remote)?;
+    let store = &loaded.handle;
+    let result = (|| {
+        let raw_ids = raw_ids(store, &command)?;
+        loaded.load_accepted(remote, &raw_ids)?;
+        match command {
+            ReadCommand::Results(cmd) => super::results::run_on(store, cmd),
+            ReadCommand::Report(args) => super::report_cmd::run_on(store, args),
+        }
+    })();
+    result.map_err(|e| name_the_coordinator(e, remote.target()))
+}
+
+/// A command `read_command` runs.
+pub enum ReadCommand {
+    Results(ResultsCommand),
+    Report(ReportArgs),
+}
+
+/// The experiments whose accepted results `command` reads: those it selects (an id it
+/// cannot find is the error the command itself would give), none when it reads only
+/// records and aggregates.
+fn raw_ids(
+    store: &crate::embedded::StoreHandle,
+    command: &ReadCommand,
+) -> Result<Vec<String>, CliError> {
+    use crate::export::ExportLevel;
+    let (ids, all, sweep): (&[String], bool, Option<&str>) = match command {
+        ReadCommand::Results(ResultsCommand::Show { id, raw: true, .. }) => {
+            (std::slice::from_ref(id), false, None)
+        }
+        ReadCommand::Results(ResultsCommand::Export(ExportArgs {
+            ids,
+            all,
+            sweep,
+            level: ExportLevel::Request | ExportLevel::Trace,
+            ..
+        })) => (ids, *all, sweep.as_deref()),
+        ReadCommand::Report(a) => (&a.ids, a.all, a.sweep.as_deref()),
+        ReadCommand::Results(_) => return Ok(Vec::new()),
+    };
+    let records: Vec<ExperimentRecord> = store.read(|s| {
+        if !ids.is_empty() {
+            return ids.iter().map(|id| s.find_experiment(id)).collect();
+        }
+        Ok(s.experiments()?
+            .into_iter()
+            .filter(|r| all || sweep.is_some_and(|name| in_sweep(&r.config_name, name)))
+            .collect())
+    })?;
+    let mut out: Vec<String> = records.into_iter().map(|r| r.id).collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// An unknown experiment is looked for on the coordinator, not in the private store's
+/// folder: say so, with the same exit code as embedded.
+fn name_the_coordinator(error: CliError, target: &str) -> CliError {
+    match error {
+        CliError::Store(StoreError::UnknownExperiment { id, .. }) => CliError::usage(format!(
+            "no experiment `{id}` on the coordinator at {target} (`lem --coordinator {target} \
+             results list --all` lists them)"
+        )),
+        other => other,
+    }
 }

@@ -9,9 +9,13 @@ use std::io::Write;
 use std::path::Path;
 
 pub fn run(data_dir: &Path, args: ReportArgs) -> Result<Outcome, CliError> {
-    let store = StoreHandle::new(data_dir);
+    run_on(&StoreHandle::new(data_dir), args)
+}
+
+/// The report of `store`'s experiments (a data dir's, or a coordinator's records).
+pub fn run_on(store: &StoreHandle, args: ReportArgs) -> Result<Outcome, CliError> {
     let selection = Selection::from_args(&args.ids, args.all, args.sweep.as_deref());
-    let inputs: Vec<ExperimentInput> = select_aggregated(&store, selection, true)?
+    let inputs: Vec<ExperimentInput> = select_aggregated(store, selection, true)?
         .into_iter()
         .map(|s| ExperimentInput {
             record: s.rec,

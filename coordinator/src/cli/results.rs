@@ -2,7 +2,7 @@
 //! `results export` in `export_cmd.rs`, `results table` in `pivot_cmd.rs`).
 
 use super::error::outln;
-use super::{lem_hint, AggregateArgs, CliError, Outcome, ResultsCommand};
+use super::{AggregateArgs, CliError, Outcome, ResultsCommand};
 use crate::aggregate::{ExperimentAggregate, JobMetrics};
 use crate::embedded::{self, StoreHandle};
 use crate::store::{ExperimentRecord, ExperimentStatus, StoreError};
@@ -13,7 +13,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub fn run(data_dir: &Path, cmd: ResultsCommand) -> Result<Outcome, CliError> {
-    let store = StoreHandle::new(data_dir);
+    run_on(&StoreHandle::new(data_dir), cmd)
+}
+
+/// `cmd` on `store` (a data dir's, or a private copy of a coordinator's records).
+pub fn run_on(store: &StoreHandle, cmd: ResultsCommand) -> Result<Outcome, CliError> {
+    let store = store.clone();
     match cmd {
         ResultsCommand::List { all, json, .. } => list(&store, all, json),
         ResultsCommand::Show {
@@ -114,7 +119,7 @@ fn list(store: &StoreHandle, all: bool, json: bool) -> Result<Outcome, CliError>
             "({} more not shown: {}; `{}` lists them)",
             hidden.len(),
             counts.join(", "),
-            lem_hint(&store.data_dir, "results list --all")
+            super::store_hint(store, "results list --all")
         );
     }
     Ok(Outcome::Success)
@@ -225,17 +230,17 @@ fn show(
                 };
                 outln!(
                     "  aggregate it: {}",
-                    lem_hint(&store.data_dir, &format!("aggregate {}{force}", rec.id))
+                    super::store_hint(store, &format!("aggregate {}{force}", rec.id))
                 );
                 outln!(
                     "  per cycle:    {}",
-                    lem_hint(&store.data_dir, &format!("results show {} --raw", rec.id))
+                    super::store_hint(store, &format!("results show {} --raw", rec.id))
                 );
             }
             if embedded::is_resumable(&rec) {
                 outln!(
                     "  resume it:    {}",
-                    lem_hint(&store.data_dir, &format!("experiment --resume {}", rec.id))
+                    super::store_hint(store, &format!("experiment --resume {}", rec.id))
                 );
             }
             Ok(Outcome::Partial)
@@ -679,10 +684,7 @@ pub fn print_summary(
     print_aggregate(agg, &rec.config_name, model.as_ref())?;
     outln!(
         "  details: {}",
-        lem_hint(
-            &store.data_dir,
-            &format!("results show {} --raw", agg.experiment_id)
-        )
+        super::store_hint(store, &format!("results show {} --raw", agg.experiment_id))
     );
     Ok(())
 }

@@ -35,7 +35,7 @@ impl<'a> Selection<'a> {
 }
 
 /// True when `config_name` is sweep `sweep`'s base or one of its grid points.
-fn in_sweep(config_name: &str, sweep: &str) -> bool {
+pub(super) fn in_sweep(config_name: &str, sweep: &str) -> bool {
     config_name == sweep
         || config_name
             .strip_prefix(sweep)
@@ -95,7 +95,7 @@ pub(super) fn select_aggregated(
                 "experiment {} ({}) has no aggregate; aggregate it first: {}",
                 rec.id,
                 rec.status.as_str(),
-                super::lem_hint(&store.data_dir, &format!("aggregate {}", rec.id))
+                super::store_hint(store, &format!("aggregate {}", rec.id))
             )));
         }
     }
@@ -111,7 +111,7 @@ pub(super) fn select_aggregated(
         };
         return Err(CliError::failure(format!(
             "no experiment{which} in {} has an aggregate",
-            store.data_dir.display()
+            super::store_place(store)
         )));
     }
     Ok(found)

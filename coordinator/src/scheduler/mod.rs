@@ -45,7 +45,7 @@ pub use config::SchedulerConfig;
 pub use error::SchedulerError;
 pub use event::{AckVerdict, Action, Event, Lease, Reply, ToAgent};
 pub use pending_reason::describe_needs;
-pub use query::{AgentView, JobView, LeaseView, SweepProgress};
+pub use query::{AgentView, JobView, LeaseView, SweepExperimentView, SweepProgress};
 pub use record::{AttemptEnd, Record};
 pub use state::{JobStatus, RecoverError, Scheduler};
 pub use sweep::{ExperimentSubmission, JobRecord, SweepCreated, SweepSubmission};

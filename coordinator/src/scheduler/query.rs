@@ -39,6 +39,14 @@ pub struct JobView<'a> {
     pub errors: &'a [String],
 }
 
+/// One experiment of a sweep: its name, resolved config and jobs (cycles ascending).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepExperimentView<'a> {
+    pub name: &'a str,
+    pub config: &'a serde_json::Value,
+    pub jobs: &'a [JobId],
+}
+
 /// Counts of a sweep's jobs by state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SweepProgress {
@@ -93,6 +101,22 @@ impl Scheduler {
 
     pub fn sweep_name(&self, sweep: SweepId) -> Option<&str> {
         self.sweeps.get(&sweep).map(|s| s.name.as_str())
+    }
+
+    /// The experiments of `sweep` in submission order (none for an unknown sweep).
+    pub fn sweep_experiments(
+        &self,
+        sweep: SweepId,
+    ) -> impl Iterator<Item = SweepExperimentView<'_>> {
+        self.sweeps
+            .get(&sweep)
+            .into_iter()
+            .flat_map(|s| s.experiments.iter())
+            .map(|e| SweepExperimentView {
+                name: &e.name,
+                config: &e.config,
+                jobs: &e.jobs,
+            })
     }
 
     pub fn sweep_progress(&self, sweep: SweepId) -> Option<SweepProgress> {

@@ -2,6 +2,7 @@
 //! scheduler as events (their replies come back from the same call); the read-only ones
 //! are answered from the scheduler's views and the store.
 
+use super::result_pages::{accepted_page, experiment_page};
 use super::QuicLink;
 use crate::driver::{aggregate_sweep, sweep_experiment_id, Driver, DriverError, Executed};
 use crate::scheduler::{AgentId, Event, JobStatus, RequestId, Scheduler, SweepId, TimeMs};
@@ -12,6 +13,7 @@ use crate::wire_cli_edge::{
 };
 use lem_common::wire::cli::{
     CliReply, CliRequest, JobSummary, ResultSummary, StatusSnapshot, SweepDetail, SweepSummary,
+    RESULTS_PAGE_BYTES,
 };
 use std::sync::Arc;
 
@@ -152,6 +154,14 @@ fn read(driver: &ServerDriver, request: CliRequest) -> Result<CliReply, StoreErr
             CliReply::Results(out)
         }
         CliRequest::ShowResult { id } => show_result(store, &id)?,
+        CliRequest::ResultRecords { after } => {
+            experiment_page(scheduler, store, after.as_deref(), RESULTS_PAGE_BYTES)
+                .unwrap_or_else(|e| refused(&e.to_string()))
+        }
+        CliRequest::AcceptedResults { id, after_cycle } => {
+            accepted_page(scheduler, store, &id, after_cycle, RESULTS_PAGE_BYTES)
+                .unwrap_or_else(|e| refused(&e.to_string()))
+        }
         CliRequest::AggregateSweep { sweep } => {
             let sweep = SweepId(sweep);
             if store.sweep(sweep)?.is_none() {

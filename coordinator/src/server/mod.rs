@@ -20,6 +20,7 @@ mod metrics;
 mod metrics_http;
 mod options;
 mod quic_link;
+mod result_pages;
 mod run;
 
 pub use bootstrap::{ensure_operator_credential, OPERATOR_DIR};
