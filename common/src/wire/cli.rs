@@ -37,10 +37,17 @@ pub enum CliRequest {
     AggregateSweep {
         sweep: u64,
     },
-    /// A single-use join token for one agent, valid `ttl_ms` (only its hash is stored).
+    /// A join token valid `ttl_ms` that admits `uses` agents (only its hash is stored).
+    /// A peer that sends no `uses` asks for a single-use token.
     CreateJoinToken {
         ttl_ms: u64,
+        #[serde(default = "one_use")]
+        uses: u32,
     },
+}
+
+fn one_use() -> u32 {
+    1
 }
 
 impl CliRequest {
@@ -154,10 +161,13 @@ pub enum CliReply {
         sweep: u64,
         ids: Vec<String>,
     },
-    /// The token's text (its only copy) and when it expires.
+    /// The token's text (its only copy), when it expires and how many enrollments it
+    /// admits.
     JoinToken {
         token: String,
         expires_unix_ms: u64,
+        #[serde(default = "one_use")]
+        uses: u32,
     },
     /// The request was not carried out; `reason` says why in words.
     Refused {

@@ -293,12 +293,15 @@ impl Scheduler {
                 self.lift_fence(l.attempt);
             }
         }
-        for l in lost {
+        for l in &lost {
             if self.is_live_lease_of(&agent, l.attempt, l.epoch) {
                 let reason = format!("agent {agent} restarted during the run");
                 self.end_attempt(l.attempt, AttemptEnd::Lost { reason }, out);
+                // Its own word: the run is gone, so its devices need no fence.
+                self.lift_fence(l.attempt);
             }
         }
+        self.release_unannounced(&agent, &held, &lost, out);
         self.renew_held(&agent, &held, out);
         self.mark_maybe_free(&agent);
         if self.drained.contains(&agent) {
@@ -306,6 +309,32 @@ impl Scheduler {
                 agent,
                 msg: ToAgent::Drain,
             });
+        }
+    }
+
+    /// A Hello lists everything the agent holds (running or spooled), so a lease recovered
+    /// after a coordinator restart that its agent's Hello leaves out is not running there:
+    /// requeue it and free its devices now rather than at the end of the restart grace.
+    fn release_unannounced(
+        &mut self,
+        agent: &AgentId,
+        held: &[HeldAttempt],
+        lost: &[HeldAttempt],
+        out: &mut Vec<Action>,
+    ) {
+        let named = |attempt: AttemptId| held.iter().chain(lost).any(|h| h.attempt == attempt);
+        let unannounced: Vec<AttemptId> = self
+            .leases
+            .iter()
+            .filter(|(a, l)| &l.agent == agent && !l.reclaimed && !named(**a))
+            .map(|(a, _)| *a)
+            .collect();
+        for attempt in unannounced {
+            let reason = format!(
+                "agent {agent} reconnected after a coordinator restart without re-announcing it"
+            );
+            self.end_attempt(attempt, AttemptEnd::Lost { reason }, out);
+            self.lift_fence(attempt);
         }
     }
 
