@@ -264,6 +264,7 @@ impl Scheduler {
             out.push(Action::Send { agent, msg });
             return;
         }
+        self.hello_asked.remove(&agent);
         let previous = self.agents.insert(
             agent.clone(),
             AgentState {
@@ -340,10 +341,20 @@ impl Scheduler {
 
     fn on_heartbeat(&mut self, agent: AgentId, held: Vec<HeldAttempt>, out: &mut Vec<Action>) {
         if !self.agents.get(&agent).is_some_and(|a| a.alive) {
-            out.push(Action::Send {
-                agent,
-                msg: ToAgent::HelloRequired,
-            });
+            // Ask once per agent timeout, not once per heartbeat: after a cut shorter
+            // than the connection's idle timeout its queued heartbeats all arrive at
+            // once. Asking again after the timeout covers an answer lost on the way.
+            let asked_recently = self
+                .hello_asked
+                .get(&agent)
+                .is_some_and(|at| self.now < at.plus_ms(self.config.agent_timeout_ms));
+            if !asked_recently {
+                self.hello_asked.insert(agent.clone(), self.now);
+                out.push(Action::Send {
+                    agent,
+                    msg: ToAgent::HelloRequired,
+                });
+            }
             return;
         }
         self.touch_agent(&agent);

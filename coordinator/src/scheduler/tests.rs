@@ -1224,3 +1224,49 @@ fn a_pinned_job_fits_no_agent_without_runner_slots_and_repeated_keys_are_refused
     };
     assert!(e.to_string().contains("names rapl:package-0 twice"), "{e}");
 }
+
+fn hellos_required(actions: &[Action]) -> usize {
+    actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    msg: ToAgent::HelloRequired,
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
+#[test]
+fn a_burst_of_heartbeats_from_a_lost_agent_asks_for_one_hello() {
+    let cfg = SchedulerConfig::default();
+    let mut s = Scheduler::new(cfg.clone());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
+    // Silent past its timeout: declared lost.
+    let lost_at = cfg.agent_timeout_ms + 1;
+    let _ = s.handle(Event::Tick, TimeMs(lost_at));
+    assert!(!s.agents().any(|a| a.agent == &agent("a") && a.alive));
+    // The heartbeats it queued while cut off arrive together, then one more per
+    // timeout: one Hello asked for the burst, one more once the timeout has passed.
+    let burst = 20u64;
+    let asked: usize = (0..burst)
+        .map(|i| hellos_required(&heartbeat(&mut s, "a", &[], lost_at + i)))
+        .sum();
+    assert_eq!(asked, 1);
+    let again = lost_at + cfg.agent_timeout_ms;
+    assert_eq!(hellos_required(&heartbeat(&mut s, "a", &[], again - 1)), 0);
+    assert_eq!(hellos_required(&heartbeat(&mut s, "a", &[], again)), 1);
+    // Its Hello makes it alive; lost again later, it is asked afresh at once.
+    let back = again + 1;
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), back);
+    assert_eq!(hellos_required(&heartbeat(&mut s, "a", &[], back + 1)), 0);
+    let lost_again = back + 1 + cfg.agent_timeout_ms + 1;
+    let _ = s.handle(Event::Tick, TimeMs(lost_again));
+    assert_eq!(
+        hellos_required(&heartbeat(&mut s, "a", &[], lost_again + 1)),
+        1
+    );
+}
