@@ -20,10 +20,12 @@
 mod aggregate_compare;
 mod cluster_support;
 
-use aggregate_compare::{assert_same_aggregates, deterministic, embedded_aggregates};
+use aggregate_compare::{
+    assert_same_aggregates, deterministic, embedded_aggregates, experiments_from_env,
+};
 use cluster_support::{
-    accepted_agent_of, accepted_per_node, cluster_aggregates, experiments_from_env, join_token,
-    lem, mig_gpu, whole_gpu, write_configs, AgentProcess, Coordinator, Ledger, Node,
+    accepted_agent_of, accepted_per_node, cluster_aggregates, join_token, lem, mig_gpu, whole_gpu,
+    write_configs, AgentProcess, Coordinator, Ledger, Node,
 };
 use serde_json::Value;
 use std::collections::BTreeSet;

@@ -16,15 +16,13 @@
 //! given to `lem serve`.
 
 mod aggregate_compare;
-mod cluster_support;
 mod netns_support;
 mod serve_support;
 #[path = "../src/test_fixtures.rs"]
 #[allow(dead_code)]
 mod test_fixtures;
 
-use aggregate_compare::{assert_same_aggregates, embedded_aggregates};
-use cluster_support::experiments_from_env;
+use aggregate_compare::{assert_same_aggregates, embedded_aggregates, experiments_from_env};
 use lem_coordinator::store::{Disposition, Store};
 use netns_support::{agent_binary, eventually, lab_unavailable, NetAgent, NetLab, Node};
 use serde_json::Value;

@@ -13,6 +13,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Experiments per sweep: `LEM_CLUSTER_EXPERIMENTS` (the documented full run uses 50),
+/// else `default` (small, so CI stays short).
+pub fn experiments_from_env(default: usize) -> usize {
+    match std::env::var("LEM_CLUSTER_EXPERIMENTS") {
+        Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+            panic!("LEM_CLUSTER_EXPERIMENTS={text:?}: expected a whole number of experiments")
+        }),
+        Err(_) => default,
+    }
+}
+
 /// The same configs through `lem batch --cycles N` in `data_dir`, on the simulated
 /// devices `node_env` points a command at; each experiment's `results show --json`, by
 /// config name. `lem` makes a plain `lem` command.
