@@ -67,10 +67,11 @@ fn request() -> impl Strategy<Value = CliRequest> {
         Just(CliRequest::ListResults),
         text().prop_map(|id| CliRequest::ShowResult { id }),
         any::<u64>().prop_map(|sweep| CliRequest::AggregateSweep { sweep }),
-        any::<u64>().prop_map(|ttl_ms| CliRequest::CreateJoinToken { ttl_ms }),
         of(text()).prop_map(|after| CliRequest::ResultRecords { after }),
         (text(), of(any::<u32>()))
             .prop_map(|(id, after_cycle)| CliRequest::AcceptedResults { id, after_cycle }),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(ttl_ms, uses)| CliRequest::CreateJoinToken { ttl_ms, uses }),
     ]
 }
 
@@ -195,9 +196,12 @@ fn reply() -> impl Strategy<Value = CliReply> {
         }),
         (any::<u64>(), vec(text(), 0..3))
             .prop_map(|(sweep, ids)| CliReply::Aggregated { sweep, ids }),
-        (text(), any::<u64>()).prop_map(|(token, expires_unix_ms)| CliReply::JoinToken {
-            token,
-            expires_unix_ms
+        (text(), any::<u64>(), any::<u32>()).prop_map(|(token, expires_unix_ms, uses)| {
+            CliReply::JoinToken {
+                token,
+                expires_unix_ms,
+                uses,
+            }
         }),
         text().prop_map(|reason| CliReply::Refused { reason }),
         (vec(result_experiment(), 0..3), any::<bool>())
@@ -235,7 +239,7 @@ fn only_requests_that_change_nothing_are_read_only() {
         CliRequest::ResumeSweep { sweep: 0 },
         CliRequest::DrainAgent { agent: "a".into() },
         CliRequest::AggregateSweep { sweep: 0 },
-        CliRequest::CreateJoinToken { ttl_ms: 1 },
+        CliRequest::CreateJoinToken { ttl_ms: 1, uses: 1 },
     ];
     let reads = [
         CliRequest::ListSweeps,
@@ -256,4 +260,24 @@ fn only_requests_that_change_nothing_are_read_only() {
     for r in &reads {
         assert!(r.is_read_only(), "{} is refused to viewers", r.name());
     }
+}
+
+/// A peer built before join tokens had a use count sends no `uses`: it gets what it
+/// meant, a single-use token.
+#[test]
+fn a_token_request_without_uses_asks_for_one() {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum OlderRequest {
+        CreateJoinToken { ttl_ms: u64 },
+    }
+    let bytes = rmp_serde::to_vec_named(&OlderRequest::CreateJoinToken { ttl_ms: 900 }).unwrap();
+    let decoded: CliRequest = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(
+        decoded,
+        CliRequest::CreateJoinToken {
+            ttl_ms: 900,
+            uses: 1
+        }
+    );
 }

@@ -5,21 +5,30 @@
 //! and run elsewhere, and its late result, sent after the network heals, is stored as
 //! superseded and never aggregated.
 //!
+//! The sweep's aggregates equal the same configs run embedded (`lem batch`), compared as
+//! `cluster_loopback` compares them (`aggregate_compare`). Its size is
+//! `LEM_CLUSTER_EXPERIMENTS` experiments × 3 cycles (default 4, so CI stays short;
+//! `docs/reliability.md` has the 50-experiment run).
+//!
 //! Needs root and `ip` (iproute2); otherwise each test prints why and returns. Under
 //! `CI` with root they must run. The partition lasts `LEM_PARTITION_S` seconds (default
 //! 20; `LEM_PARTITION_S=60` is the documented long run), always above the agent timeout
 //! given to `lem serve`.
 
+mod aggregate_compare;
 mod netns_support;
 mod serve_support;
 #[path = "../src/test_fixtures.rs"]
 #[allow(dead_code)]
 mod test_fixtures;
 
+use aggregate_compare::{assert_same_aggregates, embedded_aggregates, experiments_from_env};
 use lem_coordinator::store::{Disposition, Store};
 use netns_support::{agent_binary, eventually, lab_unavailable, NetAgent, NetLab, Node};
+use serde_json::Value;
 use serve_support::{join_token, Server};
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -113,16 +122,24 @@ impl Cluster {
         }
     }
 
-    fn submit(&self, configs: usize, cycles: u64, idle_baseline_s: f64) -> u64 {
+    /// Submits `configs` configs × `cycles`; the number of jobs and the config files.
+    fn submit(&self, configs: usize, cycles: u64, idle_baseline_s: f64) -> (u64, Vec<PathBuf>) {
         let paths = netns_support::write_model_configs(self.dir.path(), configs, idle_baseline_s);
         let cycles_text = cycles.to_string();
         let mut submit = vec!["sweep", "submit", "--cycles", &cycles_text];
         submit.extend(paths.iter().map(|p| p.to_str().unwrap()));
         self.server.cli_ok(&submit);
-        configs as u64 * cycles
+        (configs as u64 * cycles, paths)
     }
 
     fn wait_sweep_done(&self, jobs: u64) {
+        // A large sweep takes longer than one status wait: poll, bounded by its size.
+        let wait = serve_support::WAIT + Duration::from_secs(20 * jobs);
+        eventually(wait, "every job ended", || {
+            let status = self.server.status_json();
+            let progress = &status["sweeps"][0]["progress"];
+            progress["pending"].as_u64() == Some(0) && progress["leased"].as_u64() == Some(0)
+        });
         let status = self.server.wait_status("every job accepted", |s| {
             s["sweeps"][0]["progress"]["accepted"].as_u64() == Some(jobs)
         });
@@ -147,13 +164,15 @@ impl Cluster {
     }
 
     /// Through the coordinator: every experiment has `cycles` distinct cycles; returns
-    /// how many cycle rows the aggregates hold beyond one per cycle (duplicates).
-    fn aggregate_duplicates(&self, configs: usize, cycles: u64) -> usize {
+    /// how many cycle rows the aggregates hold beyond one per cycle (duplicates), and
+    /// each experiment's `results show --json` by config name.
+    fn aggregates(&self, configs: usize, cycles: u64) -> (usize, BTreeMap<String, Value>) {
         let listed: serde_json::Value =
             serde_json::from_str(&self.server.cli_ok(&["results", "list", "--json"])).unwrap();
         let rows = listed.as_array().unwrap();
         assert_eq!(rows.len(), configs, "{listed:#}");
         let mut duplicates = 0;
+        let mut by_name = BTreeMap::new();
         for row in rows {
             assert_eq!(row["cycles_accepted"].as_u64(), Some(cycles), "{row}");
             assert_eq!(row["status"], "completed", "{row}");
@@ -170,6 +189,8 @@ impl Cluster {
             let distinct: BTreeSet<u64> = listed_cycles.iter().copied().collect();
             assert_eq!(distinct, (0..cycles).collect(), "{id}: {listed_cycles:?}");
             duplicates += listed_cycles.len() - distinct.len();
+            let name = shown["config_name"].as_str().unwrap().to_owned();
+            by_name.insert(name, shown);
         }
         let sweep = self.server.status_json()["sweeps"][0]["sweep"]
             .as_u64()
@@ -178,7 +199,7 @@ impl Cluster {
             .server
             .cli_ok(&["aggregate", &format!("sweep-{sweep}")]);
         assert!(aggregated.contains("aggregated"), "{aggregated}");
-        duplicates
+        (duplicates, by_name)
     }
 
     /// Attempts each agent's log says were acknowledged as accepted.
@@ -280,11 +301,13 @@ fn a_sweep_across_agents_in_network_namespaces_accepts_each_job_once() {
     let _one = ONE_CLUSTER_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let (configs, cycles) = (4, 3);
+    let (configs, cycles) = (experiments_from_env(4), 3);
     let cluster = Cluster::start();
-    let jobs = cluster.submit(configs, cycles, 0.2);
+    let started = Instant::now();
+    let (jobs, paths) = cluster.submit(configs, cycles, 0.2);
     cluster.wait_sweep_done(jobs);
-    let duplicates = cluster.aggregate_duplicates(configs, cycles);
+    let cluster_s = started.elapsed().as_secs_f64();
+    let (duplicates, remote) = cluster.aggregates(configs, cycles);
     let acked = cluster.acked_accepted();
     // Every agent got work: the first leases go to three idle one-GPU nodes.
     for (i, attempts) in &acked {
@@ -294,12 +317,28 @@ fn a_sweep_across_agents_in_network_namespaces_accepts_each_job_once() {
             cluster.agent_logs()
         );
     }
+    // The same configs embedded, on one node's simulated GPU, after the cluster ran.
+    let embedded_dir = cluster.dir.path().join("embedded");
+    let node = &cluster.nodes[0];
+    let started = Instant::now();
+    let local = embedded_aggregates(
+        serve_support::lem,
+        |batch| node.apply_env(batch),
+        &embedded_dir,
+        &paths,
+        cycles as usize,
+    );
+    let embedded_s = started.elapsed().as_secs_f64();
+    assert_same_aggregates(&remote, &local);
+    let per_agent: Vec<usize> = acked.values().map(BTreeSet::len).collect();
     let (store, _dir, _lab) = cluster.stop();
     let ledger = ledger(&store);
     let lost = acked_lost(&acked, &ledger);
     println!(
-        "netns sweep: agents={AGENTS} jobs={jobs} accepted_once={} acked_lost={lost} \
-         aggregate_duplicates={duplicates}",
+        "netns sweep: agents={AGENTS} experiments={configs} cycles={cycles} jobs={jobs} \
+         accepted_once={} acked_lost={lost} aggregate_duplicates={duplicates} \
+         accepted_per_agent={per_agent:?} cluster_s={cluster_s:.1} embedded_s={embedded_s:.1} \
+         aggregates_equal_embedded=true",
         ledger.accepted_once
     );
     assert_eq!(ledger.jobs, jobs);
@@ -325,7 +364,7 @@ fn an_agent_cut_off_past_its_timeout_is_requeued_and_its_late_result_superseded(
     let (configs, cycles) = (3, 2);
     let cluster = Cluster::start();
     // Each job idles 2 s first, so the lease seen below is still running when cut.
-    let jobs = cluster.submit(configs, cycles, 2.0);
+    let (jobs, _) = cluster.submit(configs, cycles, 2.0);
     let status = cluster.server.wait_status("a lease held", |s| {
         s["leases"].as_array().is_some_and(|l| !l.is_empty())
     });
@@ -374,8 +413,16 @@ fn an_agent_cut_off_past_its_timeout_is_requeued_and_its_late_result_superseded(
             .contains(&victim_attempt)
             && cluster.nodes[victim].spooled() == 0
     });
-    let duplicates = cluster.aggregate_duplicates(configs, cycles);
+    let (duplicates, _) = cluster.aggregates(configs, cycles);
     let acked = cluster.acked_accepted();
+    // Reconnecting is quiet: one Hello per connection the agent made, not one per
+    // heartbeat it queued while cut off.
+    let victim_log = &cluster.agents[victim];
+    let (hellos, connections) = (
+        victim_log.count("hello sent"),
+        victim_log.count("connected"),
+    );
+    let connect_failures = victim_log.count("cannot reach the coordinator");
     let (store, _dir, _lab) = cluster.stop();
     let ledger = ledger(&store);
     let lost = acked_lost(&acked, &ledger);
@@ -386,7 +433,8 @@ fn an_agent_cut_off_past_its_timeout_is_requeued_and_its_late_result_superseded(
     println!(
         "netns partition: agents={AGENTS} jobs={jobs} partition_s={:.1} agent_timeout_ms={AGENT_TIMEOUT_MS} \
          requeue_s={:.2} accepted_once={} acked_lost={lost} aggregate_duplicates={duplicates} \
-         late_result_attempt={victim_attempt} superseded={:?}",
+         late_result_attempt={victim_attempt} superseded={:?} victim_hellos={hellos} \
+         victim_connections={connections} victim_connect_failures={connect_failures}",
         healed_after.as_secs_f64(),
         requeue.as_secs_f64(),
         ledger.accepted_once,

@@ -90,11 +90,15 @@ async fn the_store_admits_a_token_once_and_refuses_reuse_and_expiry_without_writ
             secret_sha256: first.secret_sha256(),
             expires_at_unix_ms: START_UNIX_MS + TTL_MS,
             used_at_unix_ms: Some(enrolled_at),
+            max_uses: 1,
+            uses: 1,
         },
         StoredToken {
             secret_sha256: second.secret_sha256(),
             expires_at_unix_ms: START_UNIX_MS + TTL_MS,
             used_at_unix_ms: None,
+            max_uses: 1,
+            uses: 0,
         },
     ];
     expected.sort_by_key(|t| t.secret_sha256);

@@ -120,9 +120,13 @@ async fn serve(settings: Settings, mut shutdown: watch::Receiver<bool>) -> Resul
         match connected {
             Ok(session) => {
                 failures = 0;
-                backoff.reset();
                 tracing::info!(agent = %agent_id, coordinator = %target, "connected");
-                match agent.serve(session, &mut finished, &mut shutdown).await {
+                let started = std::time::Instant::now();
+                let end = agent.serve(session, &mut finished, &mut shutdown).await;
+                // Each connection sends one Hello; only a connection that lasted resets
+                // the delay, so sessions that die at once do not become a Hello storm.
+                backoff.connection_ended(started.elapsed());
+                match end {
                     SessionEnd::Shutdown => break,
                     SessionEnd::Lost(why) => {
                         tracing::warn!(agent = %agent_id, %why, "session lost; reconnecting")

@@ -60,6 +60,16 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.failures = 0;
     }
+
+    /// After a connection ended: one that lived at least as long as the longest delay
+    /// was a success; a shorter one (accepted, then dropped at once) counts as a
+    /// failure, so a peer that ends every session quickly meets growing delays, not a
+    /// reconnect (and Hello) every `initial`.
+    pub fn connection_ended(&mut self, lived: Duration) {
+        if lived >= self.max {
+            self.reset();
+        }
+    }
 }
 
 /// Runs `attempt` until it succeeds, fails with an error that is not retryable, or has
@@ -112,6 +122,28 @@ mod tests {
             );
         }
         backoff.reset();
+        assert_eq!(backoff.ceiling(), initial);
+    }
+
+    #[test]
+    fn only_a_connection_that_outlived_the_cap_resets_the_delays() {
+        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(2));
+        let mut backoff = Backoff::new(initial, max, 9);
+        // Connections dropped right after they were made: the delays keep growing.
+        for dropped in 0..6u32 {
+            let delay = backoff.next_delay();
+            let ceiling = Duration::from_millis((100u64 << dropped).min(2_000));
+            assert!(
+                delay >= ceiling / 2 && delay <= ceiling,
+                "{dropped}: {delay:?}"
+            );
+            backoff.connection_ended(Duration::from_millis(50));
+        }
+        assert_eq!(backoff.ceiling(), max);
+        backoff.connection_ended(max - Duration::from_millis(1));
+        assert_eq!(backoff.ceiling(), max);
+        // One that lived as long as the cap was healthy: back to the start.
+        backoff.connection_ended(max);
         assert_eq!(backoff.ceiling(), initial);
     }
 

@@ -28,5 +28,8 @@ pub use identity::{PeerIdentity, Role};
 pub use pki::{ClientCredential, ClusterCa};
 pub use server::{AcceptedSession, ServerEndpoint, ServerOptions};
 pub use stream::{FramedRecv, FramedSend, PeerConnection};
-pub use token::{create_join_token, InMemoryTokenBook, JoinToken, JoinTokenBook, StoredToken};
+pub use token::{
+    create_join_token, create_join_token_for, InMemoryTokenBook, JoinToken, JoinTokenBook,
+    StoredToken,
+};
 pub use transport::Timers;

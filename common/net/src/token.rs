@@ -1,4 +1,5 @@
-//! Join tokens: how an agent is admitted once. A token is single-use and expires; its
+//! Join tokens: how agents are admitted. A token expires and admits a fixed number of
+//! enrollments (one unless made for more, e.g. one token for a DaemonSet's nodes); its
 //! text carries a random secret and the SHA-256 of the cluster CA certificate, so the
 //! agent can pin the CA before it trusts the server it enrolls with. The coordinator
 //! keeps only the SHA-256 of the secret ([`StoredToken`]), in a [`JoinTokenBook`].
@@ -24,6 +25,13 @@ pub enum TokenError {
     Unknown,
     #[error("join token was already used (at {used_at_unix_ms} ms since the epoch); create a new one with `lem token create`")]
     AlreadyUsed { used_at_unix_ms: u64 },
+    #[error("join token is used up: all {max_uses} enrollments it allowed were made (the last at {last_used_at_unix_ms} ms since the epoch); create a new one with `lem token create --uses N`")]
+    UsedUp {
+        max_uses: u32,
+        last_used_at_unix_ms: u64,
+    },
+    #[error("a join token must admit at least one enrollment (--uses 1 or more)")]
+    NoUses,
     #[error("join token expired (at {expired_at_unix_ms} ms since the epoch); create a new one with `lem token create`")]
     Expired { expired_at_unix_ms: u64 },
     #[error("a join token with this secret's hash is already in the book")]
@@ -109,8 +117,12 @@ impl JoinToken {
 pub struct StoredToken {
     pub secret_sha256: Sha256Digest,
     pub expires_at_unix_ms: u64,
-    /// Set when an agent enrolled with it; a used token is never accepted again.
+    /// When an agent last enrolled with it (`None`: never).
     pub used_at_unix_ms: Option<u64>,
+    /// Enrollments it admits in all; once `uses` reaches it, it is never accepted again.
+    pub max_uses: u32,
+    /// Enrollments made with it so far.
+    pub uses: u32,
 }
 
 /// Whether `stored` admits an enrollment at `now_unix_ms`; on success, the record to
@@ -121,8 +133,18 @@ pub fn decide_redeem(
     now_unix_ms: u64,
 ) -> Result<StoredToken, TokenError> {
     let stored = stored.ok_or(TokenError::Unknown)?;
-    if let Some(used_at_unix_ms) = stored.used_at_unix_ms {
-        return Err(TokenError::AlreadyUsed { used_at_unix_ms });
+    if stored.uses >= stored.max_uses {
+        let last = stored.used_at_unix_ms.unwrap_or(0);
+        return Err(if stored.max_uses <= 1 {
+            TokenError::AlreadyUsed {
+                used_at_unix_ms: last,
+            }
+        } else {
+            TokenError::UsedUp {
+                max_uses: stored.max_uses,
+                last_used_at_unix_ms: last,
+            }
+        });
     }
     if now_unix_ms >= stored.expires_at_unix_ms {
         return Err(TokenError::Expired {
@@ -131,6 +153,7 @@ pub fn decide_redeem(
     }
     Ok(StoredToken {
         used_at_unix_ms: Some(now_unix_ms),
+        uses: stored.uses + 1,
         ..stored.clone()
     })
 }
@@ -182,19 +205,36 @@ impl JoinTokenBook for InMemoryTokenBook {
     }
 }
 
-/// Makes a token for `ca_sha256` that expires `ttl_ms` after `now_unix_ms`, and records
-/// its hash in `book`. The returned text is the only copy of the secret.
+/// Makes a single-use token for `ca_sha256` that expires `ttl_ms` after `now_unix_ms`,
+/// and records its hash in `book`. The returned text is the only copy of the secret.
 pub fn create_join_token(
     book: &dyn JoinTokenBook,
     ca_sha256: Sha256Digest,
     now_unix_ms: u64,
     ttl_ms: u64,
 ) -> Result<JoinToken, TokenError> {
+    create_join_token_for(book, ca_sha256, now_unix_ms, ttl_ms, 1)
+}
+
+/// As [`create_join_token`], for `max_uses` enrollments (at least one): one secret for
+/// many nodes that all read it from one place (a Kubernetes Secret).
+pub fn create_join_token_for(
+    book: &dyn JoinTokenBook,
+    ca_sha256: Sha256Digest,
+    now_unix_ms: u64,
+    ttl_ms: u64,
+    max_uses: u32,
+) -> Result<JoinToken, TokenError> {
+    if max_uses == 0 {
+        return Err(TokenError::NoUses);
+    }
     let token = JoinToken::generate(ca_sha256)?;
     book.add(StoredToken {
         secret_sha256: token.secret_sha256(),
         expires_at_unix_ms: now_unix_ms.saturating_add(ttl_ms),
         used_at_unix_ms: None,
+        max_uses,
+        uses: 0,
     })?;
     Ok(token)
 }
@@ -334,9 +374,51 @@ mod tests {
             secret_sha256: token.secret_sha256(),
             expires_at_unix_ms: 5_000,
             used_at_unix_ms: None,
+            max_uses: 1,
+            uses: 0,
         };
         assert_eq!(book.add(fresh), Err(TokenError::Duplicate));
         assert_eq!(book.snapshot()[0].used_at_unix_ms, Some(10));
+    }
+
+    #[test]
+    fn a_token_for_n_uses_admits_n_enrollments_then_refuses_without_writing() {
+        let book = InMemoryTokenBook::default();
+        let uses = 3u32;
+        let token = create_join_token_for(&book, [7; 32], 0, 1_000, uses).unwrap();
+        let hash = token.secret_sha256();
+        for n in 0..uses {
+            assert_eq!(book.redeem(&hash, 10 + u64::from(n)), Ok(()), "use {n}");
+            assert_eq!(book.snapshot()[0].uses, n + 1);
+        }
+        let used_up = book.snapshot();
+        let last = 10 + u64::from(uses - 1);
+        assert_eq!(used_up[0].used_at_unix_ms, Some(last));
+        let refused = book.redeem(&hash, 20).unwrap_err();
+        assert_eq!(
+            refused,
+            TokenError::UsedUp {
+                max_uses: uses,
+                last_used_at_unix_ms: last
+            }
+        );
+        assert!(
+            refused.to_string().contains("all 3 enrollments"),
+            "{refused}"
+        );
+        assert_eq!(book.snapshot(), used_up, "a refusal wrote");
+        // Expiry still applies to a token with uses left.
+        let short = create_join_token_for(&book, [7; 32], 0, 100, uses).unwrap();
+        assert_eq!(
+            book.redeem(&short.secret_sha256(), 100),
+            Err(TokenError::Expired {
+                expired_at_unix_ms: 100
+            })
+        );
+        assert_eq!(
+            create_join_token_for(&book, [7; 32], 0, 100, 0).unwrap_err(),
+            TokenError::NoUses
+        );
     }
 
     #[test]

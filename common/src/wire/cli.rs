@@ -37,9 +37,12 @@ pub enum CliRequest {
     AggregateSweep {
         sweep: u64,
     },
-    /// A single-use join token for one agent, valid `ttl_ms` (only its hash is stored).
+    /// A join token valid `ttl_ms` that admits `uses` agents (only its hash is stored).
+    /// A peer that sends no `uses` asks for a single-use token.
     CreateJoinToken {
         ttl_ms: u64,
+        #[serde(default = "one_use")]
+        uses: u32,
     },
     /// One page of every sweep experiment's record and stored aggregate, in id order,
     /// starting after the experiment `after` (from the start when `None`).
@@ -52,6 +55,10 @@ pub enum CliRequest {
         id: String,
         after_cycle: Option<u32>,
     },
+}
+
+fn one_use() -> u32 {
+    1
 }
 
 impl CliRequest {
@@ -172,10 +179,13 @@ pub enum CliReply {
         sweep: u64,
         ids: Vec<String>,
     },
-    /// The token's text (its only copy) and when it expires.
+    /// The token's text (its only copy), when it expires and how many enrollments it
+    /// admits.
     JoinToken {
         token: String,
         expires_unix_ms: u64,
+        #[serde(default = "one_use")]
+        uses: u32,
     },
     /// A page of experiment records; `more` when a later page follows (ask again
     /// `after` the last one's id).

@@ -361,12 +361,17 @@ fn parse_user_role(text: &str) -> Result<lem_net::Role, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Make a single-use join token, print it once, and store only its hash (creates
-    /// the cluster CA in the data dir on first use).
+    /// Make a join token, print it once, and store only its hash (creates the cluster
+    /// CA in the data dir on first use). Single-use unless --uses says more.
     Create {
-        /// How long the token admits an agent: a number with s, m, h or d (at most 7d).
+        /// How long the token admits agents: a number with s, m, h or d (at most 7d).
         #[arg(long, value_name = "TTL", default_value = "15m", value_parser = token_cmd::parse_ttl)]
         ttl: std::time::Duration,
+        /// How many agents may enroll with it (1 to 10000): one token for many nodes,
+        /// e.g. a Kubernetes DaemonSet reading it from a Secret. Counted in the store;
+        /// once used up, or expired, it is refused.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = token_cmd::parse_uses)]
+        uses: u32,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -778,8 +783,8 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Completions(a) => completions::run(a.shell),
         Command::Man(a) => man_page::run(a.out_dir.as_deref()),
         Command::Report(a) => report_cmd::run(&a.store.resolve(&top), a),
-        Command::Token(TokenCommand::Create { ttl, store }) => {
-            token_cmd::create(&store.resolve(&top), ttl)
+        Command::Token(TokenCommand::Create { ttl, uses, store }) => {
+            token_cmd::create(&store.resolve(&top), ttl, uses)
         }
         Command::Serve(args) => serve_cmd::run(args.store.resolve(&top), args),
         Command::User(UserCommand::Add {
@@ -823,8 +828,8 @@ fn run_remote(
             remote_results::read_command(&remote()?, remote_results::ReadCommand::Report(args))
         }
         Command::Aggregate(a) => remote_results::aggregate(&remote()?, a.id.as_deref(), a.all),
-        Command::Token(TokenCommand::Create { ttl, .. }) => {
-            token_cmd::create_remote(&remote()?, ttl)
+        Command::Token(TokenCommand::Create { ttl, uses, .. }) => {
+            token_cmd::create_remote(&remote()?, ttl, uses)
         }
         _ => Err(CliError::usage(format!(
             "--coordinator {target}: this command runs embedded only; through a coordinator \

@@ -1,12 +1,13 @@
-//! `lem token create`: a single-use join token for one agent, recorded (by hash only) in
-//! the data dir's store and printed once. The cluster CA lives beside the store; it is
+//! `lem token create`: a join token for one agent (or `--uses N` agents), recorded (by
+//! hash only, with its use count) in the data dir's store and printed once. The cluster CA lives beside the store; it is
 //! created on first use so the token can carry its hash.
 
 use super::error::{outln, CliError};
 use super::Outcome;
+use crate::server::MAX_TOKEN_USES;
 use crate::store::{Store, StoreError};
 use lem_net::pki::ClusterCa;
-use lem_net::token::create_join_token;
+use lem_net::token::create_join_token_for;
 use std::path::Path;
 use std::time::Duration;
 
@@ -50,8 +51,35 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
+/// `--uses`: a whole number of enrollments, 1 to [`MAX_TOKEN_USES`].
+pub fn parse_uses(text: &str) -> Result<u32, String> {
+    let uses: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number of enrollments (e.g. --uses 3)"))?;
+    if uses == 0 || uses > MAX_TOKEN_USES {
+        return Err(format!(
+            "a join token admits 1 to {MAX_TOKEN_USES} enrollments, not {uses}"
+        ));
+    }
+    Ok(uses)
+}
+
+/// What stderr says about a new token, before its text.
+fn describe(uses: u32, expires_unix_ms: u64) -> String {
+    let kind = if uses == 1 {
+        "single-use join token".to_owned()
+    } else {
+        format!("join token for {uses} agents")
+    };
+    format!(
+        "{kind}, valid until {}; this is its only copy:",
+        rfc3339_or_words(expires_unix_ms)
+    )
+}
+
 /// Creates the token and prints its text on stdout (the only copy), its expiry on stderr.
-pub fn create(data_dir: &Path, ttl: Duration) -> Result<Outcome, CliError> {
+pub fn create(data_dir: &Path, ttl: Duration, uses: u32) -> Result<Outcome, CliError> {
     let store = Store::open(data_dir, STORE_WAIT).map_err(|e| match e {
         StoreError::Locked { path, .. } => CliError::failure(format!(
             "cannot create a join token: the store at {} is held by another process \
@@ -85,26 +113,28 @@ pub fn create(data_dir: &Path, ttl: Duration) -> Result<Outcome, CliError> {
     }
     let now_unix_ms = (lem_net::system_clock())();
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    let token = create_join_token(&store, ca.sha256(), now_unix_ms, ttl_ms)
+    let token = create_join_token_for(&store, ca.sha256(), now_unix_ms, ttl_ms, uses)
         .map_err(|e| CliError::failure(format!("cannot create a join token: {e}")))?;
-    let expires = rfc3339_or_words(now_unix_ms.saturating_add(ttl_ms));
-    eprintln!("single-use join token, valid until {expires}; this is its only copy:");
+    eprintln!("{}", describe(uses, now_unix_ms.saturating_add(ttl_ms)));
     outln!("{}", token.to_text());
     Ok(Outcome::Success)
 }
 
 /// `lem --coordinator X token create`: the running coordinator makes the token.
-pub fn create_remote(remote: &super::remote::Remote, ttl: Duration) -> Result<Outcome, CliError> {
+pub fn create_remote(
+    remote: &super::remote::Remote,
+    ttl: Duration,
+    uses: u32,
+) -> Result<Outcome, CliError> {
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    match remote.request(&lem_common::wire::CliRequest::CreateJoinToken { ttl_ms })? {
+    let request = lem_common::wire::CliRequest::CreateJoinToken { ttl_ms, uses };
+    match remote.request(&request)? {
         lem_common::wire::CliReply::JoinToken {
             token,
             expires_unix_ms,
+            uses,
         } => {
-            eprintln!(
-                "single-use join token, valid until {}; this is its only copy:",
-                rfc3339_or_words(expires_unix_ms)
-            );
+            eprintln!("{}", describe(uses, expires_unix_ms));
             outln!("{token}");
             Ok(Outcome::Success)
         }
@@ -128,6 +158,22 @@ mod tests {
         assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_ttl("2h"), Ok(Duration::from_secs(2 * 3600)));
         assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(7 * 86_400)));
+    }
+
+    #[test]
+    fn uses_are_whole_numbers_from_one_to_the_cap() {
+        assert_eq!(parse_uses("1"), Ok(1));
+        assert_eq!(parse_uses("250"), Ok(250));
+        assert_eq!(parse_uses(&MAX_TOKEN_USES.to_string()), Ok(MAX_TOKEN_USES));
+        for (text, says) in [
+            ("0", "not 0"),
+            ("10001", "not 10001"),
+            ("-1", "whole number"),
+            ("three", "whole number"),
+        ] {
+            let err = parse_uses(text).unwrap_err();
+            assert!(err.contains(says), "{text}: {err}");
+        }
     }
 
     #[test]

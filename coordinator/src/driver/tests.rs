@@ -420,10 +420,11 @@ fn a_driver_killed_between_persist_and_send_restarts_and_completes_the_sweep() {
     h.run_until_finished(sweep);
     assert_accepted_once(&h.driver, sweep, 2 * 2);
     assert!(h.violations.borrow().is_empty(), "{:?}", h.violations);
-    // The unsent lease was never re-announced, so it was requeued after the grace.
+    // The unsent lease's agent reconnected without re-announcing it, so it was requeued
+    // at that Hello, not at the end of the grace.
     let row = h.driver.store().attempt(unsent).unwrap().unwrap();
     assert!(
-        matches!(&row.end, Some(AttemptEnd::Lost { reason }) if reason.contains("grace")),
+        matches!(&row.end, Some(AttemptEnd::Lost { reason }) if reason.contains("without re-announcing")),
         "{row:?}"
     );
     let created = h
@@ -435,6 +436,68 @@ fn a_driver_killed_between_persist_and_send_restarts_and_completes_the_sweep() {
         .filter(|r| matches!(r, Record::SweepCreated(_)))
         .count();
     assert_eq!(created, 1, "a sweep is expanded once");
+}
+
+#[test]
+fn an_epoch_issued_before_a_kill_is_never_reissued_and_its_late_result_is_superseded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(dir.path(), vec![FakeAgent::new("a", 1)], 0);
+    let sweep = h.submit(submission(1, 1));
+    // Agent a ran the lease; its result is still on the way when the driver dies.
+    let mut late = h.agents[0].respond();
+    assert_eq!(late.len(), 1, "one lease, one result");
+    let (late_event, late_body) = late.remove(0);
+    let Event::AttemptFinished {
+        attempt: old_attempt,
+        epoch: old_epoch,
+        ..
+    } = late_event.clone()
+    else {
+        panic!("{late_event:?}");
+    };
+    let (mut agents, now, violations) = h.kill();
+    assert!(violations.is_empty(), "{violations:?}");
+    let mut cut_off = agents.remove(0);
+
+    // Restarted; a stays away past the grace, b takes the job.
+    let mut h = Harness::start(dir.path(), vec![FakeAgent::new("b", 1)], now + 1_000);
+    h.run_until_finished(sweep);
+    let records = h.driver.store().records().unwrap();
+    let epochs: Vec<Epoch> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::AttemptStarted { job, epoch, .. } if *job == JobId(0) => Some(*epoch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(epochs.len(), 2, "{records:?}");
+    assert_eq!(epochs[0], old_epoch);
+    assert!(
+        epochs[1] > old_epoch,
+        "epoch reissued after the restart: {epochs:?}"
+    );
+    let new_attempt = h
+        .driver
+        .store()
+        .accepted_attempt(JobId(0))
+        .unwrap()
+        .unwrap();
+    assert_ne!(new_attempt, old_attempt);
+
+    // a comes back and resends the pre-restart result: stored superseded, acked so.
+    let mut events = cut_off.reconnect(&mut h.driver.link_mut().inner);
+    assert!(events.contains(&(late_event, late_body)));
+    events.retain(|(e, _)| matches!(e, Event::AttemptFinished { .. }));
+    let done = h.feed(events);
+    assert_eq!(done.persisted, 1, "the superseded result is stored once");
+    let _ = cut_off.respond();
+    assert_eq!(cut_off.acks, vec![(old_attempt, AckVerdict::Superseded)]);
+    let stored = h.driver.store().result(old_attempt).unwrap().unwrap();
+    assert_eq!(stored.disposition, Disposition::Superseded);
+    assert_eq!(stored.epoch, old_epoch);
+    // The aggregate counts the new attempt only.
+    assert_accepted_once(&h.driver, sweep, 1);
+    assert!(h.violations.borrow().is_empty(), "{:?}", h.violations);
 }
 
 #[test]

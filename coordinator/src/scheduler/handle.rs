@@ -264,6 +264,7 @@ impl Scheduler {
             out.push(Action::Send { agent, msg });
             return;
         }
+        self.hello_asked.remove(&agent);
         let previous = self.agents.insert(
             agent.clone(),
             AgentState {
@@ -293,12 +294,15 @@ impl Scheduler {
                 self.lift_fence(l.attempt);
             }
         }
-        for l in lost {
+        for l in &lost {
             if self.is_live_lease_of(&agent, l.attempt, l.epoch) {
                 let reason = format!("agent {agent} restarted during the run");
                 self.end_attempt(l.attempt, AttemptEnd::Lost { reason }, out);
+                // Its own word: the run is gone, so its devices need no fence.
+                self.lift_fence(l.attempt);
             }
         }
+        self.release_unannounced(&agent, &held, &lost, out);
         self.renew_held(&agent, &held, out);
         self.mark_maybe_free(&agent);
         if self.drained.contains(&agent) {
@@ -309,12 +313,48 @@ impl Scheduler {
         }
     }
 
+    /// A Hello lists everything the agent holds (running or spooled), so a lease recovered
+    /// after a coordinator restart that its agent's Hello leaves out is not running there:
+    /// requeue it and free its devices now rather than at the end of the restart grace.
+    fn release_unannounced(
+        &mut self,
+        agent: &AgentId,
+        held: &[HeldAttempt],
+        lost: &[HeldAttempt],
+        out: &mut Vec<Action>,
+    ) {
+        let named = |attempt: AttemptId| held.iter().chain(lost).any(|h| h.attempt == attempt);
+        let unannounced: Vec<AttemptId> = self
+            .leases
+            .iter()
+            .filter(|(a, l)| &l.agent == agent && !l.reclaimed && !named(**a))
+            .map(|(a, _)| *a)
+            .collect();
+        for attempt in unannounced {
+            let reason = format!(
+                "agent {agent} reconnected after a coordinator restart without re-announcing it"
+            );
+            self.end_attempt(attempt, AttemptEnd::Lost { reason }, out);
+            self.lift_fence(attempt);
+        }
+    }
+
     fn on_heartbeat(&mut self, agent: AgentId, held: Vec<HeldAttempt>, out: &mut Vec<Action>) {
         if !self.agents.get(&agent).is_some_and(|a| a.alive) {
-            out.push(Action::Send {
-                agent,
-                msg: ToAgent::HelloRequired,
-            });
+            // Ask once per agent timeout, not once per heartbeat: after a cut shorter
+            // than the connection's idle timeout its queued heartbeats all arrive at
+            // once. Asking again after the timeout covers an answer lost on the way.
+            let asked_recently = self
+                .hello_asked
+                .get(&agent)
+                .is_some_and(|at| self.now < at.plus_ms(self.config.agent_timeout_ms));
+            if !asked_recently {
+                self.hello_asked.insert(agent.clone(), self.now);
+                out.push(Action::Send {
+                    agent,
+                    msg: ToAgent::HelloRequired,
+                });
+            }
             return;
         }
         self.touch_agent(&agent);

@@ -50,6 +50,9 @@ pub struct Scheduler {
     pub(super) newly_finished: Vec<SweepId>,
     /// True while `recover` replays records: leases come back unclaimed, with the grace.
     pub(super) recovering: bool,
+    /// When each agent we do not know as alive was last asked for a Hello: heartbeats it
+    /// queued while cut off arrive in a burst, and one Hello answers them all.
+    pub(super) hello_asked: BTreeMap<AgentId, TimeMs>,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +180,7 @@ impl Scheduler {
             rescan_agents: false,
             newly_finished: Vec::new(),
             recovering: false,
+            hello_asked: BTreeMap::new(),
         }
     }
 

@@ -468,31 +468,41 @@ fn recovery_rebuilds_the_state_and_unclaimed_leases_requeue_after_the_grace() {
     };
     let mut s = Scheduler::new(cfg.clone());
     let mut log = Vec::new();
-    log.extend(persisted(&hello(&mut s, "a", gpus("a", 2, "H100"), 0)));
+    log.extend(persisted(&hello(&mut s, "a", gpus("a", 1, "H100"), 0)));
+    log.extend(persisted(&hello(&mut s, "b", gpus("b", 1, "H100"), 0)));
     let out = submit(&mut s, submission("t", &[one_gpu()], 3), 0);
     log.extend(persisted(&out));
     let granted = leases(&out);
-    log.extend(persisted(&finish(
-        &mut s,
-        &granted[0],
-        Outcome::Succeeded,
-        1,
-    )));
-    let third = s.leases().map(|l| l.attempt).max().unwrap();
+    assert_eq!(granted.len(), 2, "one GPU on each agent");
+    let on_a = granted
+        .iter()
+        .find(|l| l.placement.agent == agent("a"))
+        .unwrap();
+    let on_b = granted
+        .iter()
+        .find(|l| l.placement.agent == agent("b"))
+        .unwrap();
+    log.extend(persisted(&finish(&mut s, on_a, Outcome::Succeeded, 1)));
+    // a's freed GPU took the third cycle.
+    let (third, third_epoch) = s
+        .leases()
+        .find(|l| l.placement.agent == agent("a"))
+        .map(|l| (l.attempt, l.epoch))
+        .unwrap();
 
     // Restart: a fresh clock, only the log survives.
     let mut r = Scheduler::recover(cfg.clone(), log, TimeMs(1_000)).unwrap();
     let p = r.sweep_progress(SweepId(0)).unwrap();
     assert_eq!((p.accepted, p.leased, p.pending), (1, 2, 0));
     assert!(r.leases().all(|l| !l.reclaimed));
-    // Agent a re-announces the second attempt only; the third stays unclaimed.
+    // Agent a re-announces its attempt; b never comes back, so its lease waits out the grace.
     let out = r.handle(
         Event::AgentHello {
             agent: agent("a"),
-            inventory: gpus("a", 2, "H100"),
+            inventory: gpus("a", 1, "H100"),
             held: vec![HeldAttempt {
-                attempt: granted[1].attempt,
-                epoch: granted[1].epoch,
+                attempt: third,
+                epoch: third_epoch,
                 running: true,
             }],
             lost: vec![],
@@ -506,26 +516,157 @@ fn recovery_rebuilds_the_state_and_unclaimed_leases_requeue_after_the_grace() {
             ..
         }
     )));
-    let _ = heartbeat(
-        &mut r,
-        "a",
-        &[&granted[1]],
-        1_000 + cfg.restart_grace_ms - 1,
-    );
+    assert!(persisted(&out).is_empty(), "{out:?}");
+    let renewed_a = Lease {
+        attempt: third,
+        epoch: third_epoch,
+        ..on_a.clone()
+    };
+    let _ = heartbeat(&mut r, "a", &[&renewed_a], 1_000 + cfg.restart_grace_ms - 1);
     assert!(
-        r.leases().any(|l| l.attempt == third),
+        r.leases().any(|l| l.attempt == on_b.attempt),
         "requeued before the grace ran out"
     );
-    let out = heartbeat(&mut r, "a", &[&granted[1]], 1_000 + cfg.restart_grace_ms);
-    assert!(persisted(&out)
+    let out = heartbeat(&mut r, "a", &[&renewed_a], 1_000 + cfg.restart_grace_ms);
+    assert!(persisted(&out).iter().any(
+        |rec| matches!(rec, Record::AttemptEnded { attempt, .. } if *attempt == on_b.attempt)
+    ));
+    // b is not connected and a's GPU is busy: the job waits in the queue.
+    assert!(leases(&out).is_empty());
+    let p = r.sweep_progress(SweepId(0)).unwrap();
+    assert_eq!((p.accepted, p.leased, p.pending), (1, 1, 1));
+    assert!(r.leases().any(|l| l.attempt == third && l.reclaimed));
+}
+
+/// A recovered cluster: agent a (two GPUs) held two leases of one experiment when the
+/// coordinator restarted at 1 s. Returns the recovered scheduler and the two leases.
+fn recovered_with_two_leases_on_a(cfg: &SchedulerConfig) -> (Scheduler, Vec<Lease>, Vec<Action>) {
+    let mut s = Scheduler::new(cfg.clone());
+    let mut log = persisted(&hello(&mut s, "a", gpus("a", 2, "H100"), 0));
+    let sub = submission("t", &[one_gpu()], 2);
+    let out = submit(&mut s, sub, 0);
+    log.extend(persisted(&out));
+    let granted = leases(&out);
+    assert_eq!(granted.len(), 2);
+    let r = Scheduler::recover(cfg.clone(), log, TimeMs(1_000)).unwrap();
+    (r, granted, out)
+}
+
+#[test]
+fn a_recovered_lease_its_agents_hello_leaves_out_is_requeued_at_once() {
+    let cfg = SchedulerConfig {
+        agent_timeout_ms: 60_000,
+        ..SchedulerConfig::default()
+    };
+    let (mut r, granted, _) = recovered_with_two_leases_on_a(&cfg);
+    let (kept, dropped) = (&granted[0], &granted[1]);
+    // Well inside the grace, a reconnects holding only the first attempt.
+    let hello_at = 1_000 + cfg.restart_grace_ms / 10;
+    let out = r.handle(
+        Event::AgentHello {
+            agent: agent("a"),
+            inventory: gpus("a", 2, "H100"),
+            held: vec![HeldAttempt {
+                attempt: kept.attempt,
+                epoch: kept.epoch,
+                running: true,
+            }],
+            lost: vec![],
+        },
+        TimeMs(hello_at),
+    );
+    let ended_at = out
         .iter()
-        .any(|rec| matches!(rec, Record::AttemptEnded { attempt, .. } if *attempt == third)));
+        .position(|a| {
+            matches!(a, Action::Persist(Record::AttemptEnded { attempt, end: AttemptEnd::Lost { .. }, .. })
+                if *attempt == dropped.attempt)
+        })
+        .unwrap_or_else(|| panic!("the left-out attempt was not ended: {out:?}"));
+    // Its job runs again at once, on the GPU the dropped attempt held, as a new attempt
+    // with a higher epoch; the re-announced one keeps its lease.
     let again = leases(&out);
-    assert_eq!(again.len(), 1);
-    assert!(again[0].attempt > third, "a new attempt id after recovery");
-    assert!(r
-        .leases()
-        .any(|l| l.attempt == granted[1].attempt && l.reclaimed));
+    assert_eq!(again.len(), 1, "{out:?}");
+    assert_eq!(again[0].job, dropped.job);
+    assert_eq!(again[0].job_key, dropped.job_key);
+    assert!(again[0].attempt > dropped.attempt);
+    assert!(again[0].epoch > dropped.epoch);
+    assert_eq!(again[0].placement.devices, dropped.placement.devices);
+    let lease_at = out
+        .iter()
+        .position(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    msg: ToAgent::Lease(_),
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    assert!(ended_at < lease_at);
+    let live: Vec<AttemptId> = r.leases().map(|l| l.attempt).collect();
+    assert_eq!(live, vec![kept.attempt, again[0].attempt]);
+    // A late result of the dropped attempt is superseded, never accepted.
+    let out = finish(&mut r, dropped, Outcome::Succeeded, hello_at + 1);
+    assert_eq!(ack_verdicts(&out), vec![AckVerdict::Superseded]);
+}
+
+#[test]
+fn a_spooled_attempt_in_the_hello_keeps_its_recovered_lease_until_its_result() {
+    let cfg = SchedulerConfig::default();
+    let (mut r, granted, _) = recovered_with_two_leases_on_a(&cfg);
+    // One finished during the outage (spooled, not running), one still runs.
+    let held = vec![
+        HeldAttempt {
+            attempt: granted[0].attempt,
+            epoch: granted[0].epoch,
+            running: false,
+        },
+        HeldAttempt {
+            attempt: granted[1].attempt,
+            epoch: granted[1].epoch,
+            running: true,
+        },
+    ];
+    let out = r.handle(
+        Event::AgentHello {
+            agent: agent("a"),
+            inventory: gpus("a", 2, "H100"),
+            held,
+            lost: vec![],
+        },
+        TimeMs(2_000),
+    );
+    assert!(persisted(&out).is_empty(), "{out:?}");
+    assert!(leases(&out).is_empty());
+    let out = finish(&mut r, &granted[0], Outcome::Succeeded, 2_001);
+    assert_eq!(ack_verdicts(&out), vec![AckVerdict::Accepted]);
+}
+
+#[test]
+fn an_attempt_lost_in_an_agent_restart_frees_its_gpu_at_once() {
+    let cfg = SchedulerConfig::default();
+    let mut s = Scheduler::new(cfg.clone());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
+    let l = leases(&submit(&mut s, submission("t", &[one_gpu()], 2), 0)).remove(0);
+    // The agent restarted mid-run: well before the lease's TTL, it says the run is gone.
+    let now = cfg.lease_ttl_ms / 10;
+    let out = s.handle(
+        Event::AgentHello {
+            agent: agent("a"),
+            inventory: gpus("a", 1, "H100"),
+            held: vec![],
+            lost: vec![HeldAttempt {
+                attempt: l.attempt,
+                epoch: l.epoch,
+                running: true,
+            }],
+        },
+        TimeMs(now),
+    );
+    let again = leases(&out);
+    assert_eq!(again.len(), 1, "the only GPU was not freed: {out:?}");
+    assert_eq!(again[0].placement.devices, l.placement.devices);
 }
 
 #[test]
@@ -1185,5 +1326,51 @@ fn a_pending_job_says_whether_any_agent_could_ever_take_it() {
     assert_eq!(
         s.pending_reason(JobId(3)).as_deref(),
         Some("only draining agents have a MIG slice of profile 1g.10gb")
+    );
+}
+
+fn hellos_required(actions: &[Action]) -> usize {
+    actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    msg: ToAgent::HelloRequired,
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
+#[test]
+fn a_burst_of_heartbeats_from_a_lost_agent_asks_for_one_hello() {
+    let cfg = SchedulerConfig::default();
+    let mut s = Scheduler::new(cfg.clone());
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), 0);
+    // Silent past its timeout: declared lost.
+    let lost_at = cfg.agent_timeout_ms + 1;
+    let _ = s.handle(Event::Tick, TimeMs(lost_at));
+    assert!(!s.agents().any(|a| a.agent == &agent("a") && a.alive));
+    // The heartbeats it queued while cut off arrive together, then one more per
+    // timeout: one Hello asked for the burst, one more once the timeout has passed.
+    let burst = 20u64;
+    let asked: usize = (0..burst)
+        .map(|i| hellos_required(&heartbeat(&mut s, "a", &[], lost_at + i)))
+        .sum();
+    assert_eq!(asked, 1);
+    let again = lost_at + cfg.agent_timeout_ms;
+    assert_eq!(hellos_required(&heartbeat(&mut s, "a", &[], again - 1)), 0);
+    assert_eq!(hellos_required(&heartbeat(&mut s, "a", &[], again)), 1);
+    // Its Hello makes it alive; lost again later, it is asked afresh at once.
+    let back = again + 1;
+    let _ = hello(&mut s, "a", gpus("a", 1, "H100"), back);
+    assert_eq!(hellos_required(&heartbeat(&mut s, "a", &[], back + 1)), 0);
+    let lost_again = back + 1 + cfg.agent_timeout_ms + 1;
+    let _ = s.handle(Event::Tick, TimeMs(lost_again));
+    assert_eq!(
+        hellos_required(&heartbeat(&mut s, "a", &[], lost_again + 1)),
+        1
     );
 }

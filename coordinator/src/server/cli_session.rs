@@ -29,12 +29,12 @@ pub async fn serve_cli(
                 break;
             }
         };
-        let reply = if let (CliRequest::CreateJoinToken { ttl_ms }, Role::Operator) =
+        let reply = if let (CliRequest::CreateJoinToken { ttl_ms, uses }, Role::Operator) =
             (&request, peer.role)
         {
             // No scheduler state: answered here, from the store's token book.
-            tracing::info!(%peer, "join token created");
-            tokens.issue(*ttl_ms, (lem_net::system_clock())())
+            tracing::info!(%peer, uses, "join token created");
+            tokens.issue(*ttl_ms, *uses, (lem_net::system_clock())())
         } else if request.is_read_only() || peer.role == Role::Operator {
             let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
             let input = DriverInput::Cli {

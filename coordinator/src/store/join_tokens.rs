@@ -1,8 +1,9 @@
 //! The `join_tokens` tree: lem-net's [`JoinTokenBook`], durable. A row is a
 //! [`StoredToken`] keyed by the hex SHA-256 of the token's secret; the secret itself and
 //! the token's text are never stored. The redeem decision is lem-net's pure
-//! [`decide_redeem`], taken inside a sled transaction: of two racing redeems exactly one
-//! is admitted, and a refusal writes nothing.
+//! [`decide_redeem`], taken inside a sled transaction: a token's use count rises by one
+//! per admitted enrollment and never past its `max_uses` (of two racing redeems of a
+//! token's last use exactly one is admitted), and a refusal writes nothing.
 
 use super::codec::{to_json, JOIN_TOKENS};
 use super::error::StoreError;
@@ -13,11 +14,17 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 /// How a [`StoredToken`] is laid out in the tree: the hash as hex so the rows read in
 /// any JSON tool.
+/// Rows written before tokens had a use count lack `max_uses` and `uses`: they were
+/// single-use, used once if `used_at_unix_ms` is set.
 #[derive(Debug, Serialize, Deserialize)]
 struct TokenRow {
     secret_sha256: String,
     expires_at_unix_ms: u64,
     used_at_unix_ms: Option<u64>,
+    #[serde(default)]
+    max_uses: Option<u32>,
+    #[serde(default)]
+    uses: Option<u32>,
 }
 
 impl TokenRow {
@@ -26,6 +33,8 @@ impl TokenRow {
             secret_sha256: hex(&token.secret_sha256),
             expires_at_unix_ms: token.expires_at_unix_ms,
             used_at_unix_ms: token.used_at_unix_ms,
+            max_uses: Some(token.max_uses),
+            uses: Some(token.uses),
         }
     }
 
@@ -33,10 +42,13 @@ impl TokenRow {
         let secret_sha256 = unhex32(&self.secret_sha256).ok_or_else(|| {
             format!("store tree `{JOIN_TOKENS}` row `{key}`: secret_sha256 is not 64 hex digits")
         })?;
+        let used_before_counts = u32::from(self.used_at_unix_ms.is_some());
         Ok(StoredToken {
             secret_sha256,
             expires_at_unix_ms: self.expires_at_unix_ms,
             used_at_unix_ms: self.used_at_unix_ms,
+            max_uses: self.max_uses.unwrap_or(1),
+            uses: self.uses.unwrap_or(used_before_counts),
         })
     }
 }
@@ -132,7 +144,7 @@ fn unhex32(text: &str) -> Option<Sha256Digest> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lem_net::token::{create_join_token, JoinToken};
+    use lem_net::token::{create_join_token, create_join_token_for, JoinToken};
     use sha2::{Digest, Sha256};
     use std::sync::Arc;
     use std::time::Duration;
@@ -153,6 +165,8 @@ mod tests {
                 secret_sha256: token.secret_sha256(),
                 expires_at_unix_ms: 10_000,
                 used_at_unix_ms: None,
+                max_uses: 1,
+                uses: 0,
             })
             .unwrap();
         // The hash computed here from the secret bytes, as `sha256sum` would.
@@ -163,7 +177,9 @@ mod tests {
             vec![StoredToken {
                 secret_sha256: expected,
                 expires_at_unix_ms: 10_000,
-                used_at_unix_ms: None
+                used_at_unix_ms: None,
+                max_uses: 1,
+                uses: 0,
             }]
         );
         // Keyed by the hex of that hash.
@@ -207,6 +223,8 @@ mod tests {
                 secret_sha256: live.secret_sha256(),
                 expires_at_unix_ms: 99_999,
                 used_at_unix_ms: None,
+                max_uses: 1,
+                uses: 0,
             }),
             Err(TokenError::Duplicate),
             "re-adding a used token would reset it"
@@ -240,6 +258,74 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn a_multi_use_token_counts_racing_redeems_and_admits_exactly_its_uses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(&dir));
+        let uses = 3u32;
+        let token = create_join_token_for(store.as_ref(), [1; 32], 0, 60_000, uses).unwrap();
+        let hash = token.secret_sha256();
+        let racers = 8u64;
+        let threads: Vec<_> = (0..racers)
+            .map(|i| {
+                let store = store.clone();
+                std::thread::spawn(move || store.redeem(&hash, 100 + i))
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let admitted = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(admitted, uses as usize, "{results:?}");
+        let row = store.join_tokens().unwrap()[0].clone();
+        assert_eq!((row.uses, row.max_uses), (uses, uses));
+        for refused in results.iter().filter_map(|r| r.clone().err()) {
+            assert!(
+                matches!(refused, TokenError::UsedUp { max_uses, .. } if max_uses == uses),
+                "{refused:?}"
+            );
+        }
+        drop(store);
+        // The count is durable: a reopened store still refuses, and writes nothing.
+        let store = open(&dir);
+        let before = store.join_tokens().unwrap();
+        assert!(matches!(
+            store.redeem(&hash, 500),
+            Err(TokenError::UsedUp { .. })
+        ));
+        assert_eq!(store.join_tokens().unwrap(), before);
+    }
+
+    #[test]
+    fn a_row_from_before_use_counts_reads_as_single_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let (fresh, used) = ([4u8; 32], [5u8; 32]);
+        let tree = store.tree(JOIN_TOKENS).unwrap();
+        // The row layout of that version, written by hand.
+        let row = |hash: &[u8; 32], used_at: &str| {
+            format!(
+                "{{\"secret_sha256\":\"{}\",\"expires_at_unix_ms\":9000,\"used_at_unix_ms\":{used_at}}}",
+                hex(hash)
+            )
+        };
+        tree.insert(hex(&fresh).as_bytes(), row(&fresh, "null").into_bytes())
+            .unwrap();
+        tree.insert(hex(&used).as_bytes(), row(&used, "50").into_bytes())
+            .unwrap();
+        assert_eq!(
+            store.redeem(&used, 60),
+            Err(TokenError::AlreadyUsed {
+                used_at_unix_ms: 50
+            })
+        );
+        store.redeem(&fresh, 60).unwrap();
+        assert!(matches!(
+            store.redeem(&fresh, 61),
+            Err(TokenError::AlreadyUsed {
+                used_at_unix_ms: 60
+            })
+        ));
     }
 
     #[test]

@@ -19,17 +19,6 @@ use std::time::{Duration, Instant};
 /// Long enough for a loaded 2-core machine running real inference; a hang still ends.
 pub const WAIT: Duration = Duration::from_secs(600);
 
-/// Experiments per sweep: `LEM_CLUSTER_EXPERIMENTS` (the documented full run uses 50),
-/// else `default` (small, so CI stays short).
-pub fn experiments_from_env(default: usize) -> usize {
-    match std::env::var("LEM_CLUSTER_EXPERIMENTS") {
-        Ok(text) => text.trim().parse().unwrap_or_else(|_| {
-            panic!("LEM_CLUSTER_EXPERIMENTS={text:?}: expected a whole number of experiments")
-        }),
-        Err(_) => default,
-    }
-}
-
 /// `lem` with none of the variables that would point it elsewhere.
 pub fn lem() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lem"));

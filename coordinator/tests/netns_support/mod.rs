@@ -270,6 +270,13 @@ impl Node {
         self.dir.join("agent-data")
     }
 
+    /// Points `cmd` at this node's simulated GPU (an embedded `lem batch` on it).
+    pub fn apply_env(&self, cmd: &mut Command) {
+        cmd.env("LEM_NVML_LIB", &self.lib)
+            .env("FAKE_NVML_SCENARIO", &self.scenario)
+            .env("LEM_POWERCAP_ROOT", self.dir.join("powercap"));
+    }
+
     /// Result files spooled and not acknowledged yet.
     pub fn spooled(&self) -> usize {
         std::fs::read_dir(self.data_dir().join("spool"))
@@ -323,6 +330,14 @@ pub struct NetAgent {
 impl NetAgent {
     pub fn log_text(&self) -> String {
         strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// Lines of its log holding `needle` (e.g. how many Hellos it sent).
+    pub fn count(&self, needle: &str) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// Attempts whose outcome the coordinator acknowledged with `verdict` (`Accepted`,
