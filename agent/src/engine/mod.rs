@@ -10,6 +10,7 @@ mod attention;
 mod error;
 mod generate;
 mod model;
+mod q4_1_matmul;
 mod q8_matmul;
 mod requantize;
 mod safetensors;
@@ -18,6 +19,7 @@ mod safetensors_tests;
 pub mod sampling;
 mod spm;
 mod tokenizer;
+mod weight_matmul;
 
 /// ggml's spelling of a storage type (`Q4_K`, not candle's `Q4K`).
 pub use crate::model::ggml_name;
