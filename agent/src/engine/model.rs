@@ -11,8 +11,8 @@
 
 use super::attention::{attention, Heads};
 use super::error::EngineError;
-use super::weight_matmul::WeightMatmul;
 use super::requantize::requantize_q4_1;
+use super::weight_matmul::WeightMatmul;
 use crate::model::ModelError;
 use crate::model::{GgufFile, LlamaParams};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
@@ -100,8 +100,8 @@ fn build_matmul(
         return device_matmul(&t, device).map(WeightMatmul::Candle);
     }
     // Q4_1 on the CPU: lem's native kernel (the same bits as candle's Q4_1 path, faster).
-    if let Some(w) = WeightMatmul::native_q4_1(&t)
-        .map_err(EngineError::compute("repacking Q4_1 weights"))?
+    if let Some(w) =
+        WeightMatmul::native_q4_1(&t).map_err(EngineError::compute("repacking Q4_1 weights"))?
     {
         return Ok(w);
     }
@@ -199,10 +199,7 @@ impl Projection {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
         let (y, widths) = match &self.kind {
             ProjectionKind::Separate(ws) => {
-                let ys: Vec<Tensor> = ws
-                    .iter()
-                    .map(|w| w.forward(x))
-                    .collect::<Result<_, _>>()?;
+                let ys: Vec<Tensor> = ws.iter().map(|w| w.forward(x)).collect::<Result<_, _>>()?;
                 let Some(bias) = &self.bias else {
                     return Ok(ys);
                 };

@@ -58,8 +58,7 @@ impl PackedQ4_1 {
 pub(crate) fn forward(w: &PackedQ4_1, x: &Tensor) -> candle_core::Result<Tensor> {
     let (n, k) = (w.rows(), w.k);
     let dims = x.dims().to_vec();
-    if dims.last() != Some(&k) || !x.device().is_cpu() || x.dtype() != candle_core::DType::F32
-    {
+    if dims.last() != Some(&k) || !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
         candle_core::bail!(
             "q4_1 matmul: input {dims:?} {:?} on {:?} against weight ({n}, {k})",
             x.dtype(),
@@ -149,7 +148,13 @@ mod tests {
     fn bit_identical_to_candle_for_any_row_count() {
         // Widths: a partial group (n = 13), decode (m = 1), a ragged tile tail, more rows
         // than one chunk. Even block counts: candle's Q4_1 `vec_dot` asserts them.
-        for &(m, n, k) in &[(1, 8, 64), (3, 13, 64), (7, 24, 192), (70, 20, 128), (2, 40, 576)] {
+        for &(m, n, k) in &[
+            (1, 8, 64),
+            (3, 13, 64),
+            (7, 24, 192),
+            (70, 20, 128),
+            (2, 40, 576),
+        ] {
             let w = Tensor::from_vec(rand(n * k, 7 + m as u64, 0.5), (n, k), &Device::Cpu).unwrap();
             let t = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
             let packed = PackedQ4_1::new(&t).unwrap();
