@@ -61,7 +61,6 @@ fn load(
         requantize_q4_1_to_q8_0: key.quantization == Some(LoadQuantization::Q8_0),
         device: key.device,
         cuda_ordinal: key.cuda_ordinal,
-        ..defaults
     };
     let tokenizer = resolved.tokenizer_json.as_deref();
     let (path, loaded) = match &resolved.format {
