@@ -49,8 +49,15 @@ fn info_describes_the_model() {
     let Some(e) = engine() else { return };
     let info = e.info();
     assert_eq!(info.format, "gguf");
-    assert_eq!(info.weight_dtype, "Q8_0 (requantised from Q4_1)");
-    assert_eq!(info.compute_dtype, "f32");
+    assert_eq!(info.weight_dtype, "Q4_1");
+    // The kernel variant this CPU selects, as the dispatcher reports it.
+    assert_eq!(
+        info.compute_dtype,
+        format!(
+            "f32 (CPU kernels: {})",
+            lem_kernels::dispatch::selected().name()
+        )
+    );
     assert_eq!(info.tokenizer_source, "gguf-metadata");
     // 30 layers x (4 attention + 3 MLP matrices + 2 norms) + tied embedding + final norm.
     let s = &info.shape;

@@ -4,4 +4,6 @@
 //! and test profiles too (SIMD intrinsics at opt-level 0 run ~30× slower, which would make
 //! every engine test crawl), as it already does for candle.
 
+pub mod dispatch;
+pub mod q4_1;
 pub mod q8_0;

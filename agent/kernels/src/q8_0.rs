@@ -1,4 +1,5 @@
-//! Q8_0 weight × Q8_0 activation matmul, tiled for AVX2 + FMA.
+//! Q8_0 weight × Q8_0 activation matmul, tiled for AVX2 + FMA, with an AVX-512 VNNI
+//! variant (`dispatch`) whose `vpdpbusd` forms the same integer lanes in one instruction.
 //!
 //! A tile of `RM` weight rows × `RN` activation rows shares every load and keeps `RM·RN`
 //! accumulators in flight; the weight tile stays in L1 while a chunk of activation rows
@@ -6,6 +7,7 @@
 //! `vec_dot_q8_0_q8_0` (see `tile`), so results do not depend on the tile a row lands in or
 //! on the number of rows.
 
+use crate::dispatch::{self, Variant};
 use std::ops::Range;
 
 /// A Q8_0 block as ggml and candle store it (`repr(C)`: f16 scale bits, 32 signed bytes).
@@ -20,16 +22,15 @@ const _: () = assert!(std::mem::size_of::<Block>() == 34);
 /// Values per block.
 pub const QK: usize = 32;
 
-/// Whether `matmul` can run here (x86-64 with AVX2 and FMA).
+/// Whether `matmul` runs here: the selected variant is a SIMD one (there is no scalar
+/// Q8_0 variant: without one, callers use candle's own kernel, which gives the same bits).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    variant_runs(dispatch::selected())
+}
+
+/// Whether `matmul_with` can run `variant` on this CPU.
+pub fn variant_runs(variant: Variant) -> bool {
+    variant != Variant::Scalar && variant.available()
 }
 
 /// Runs `f` over `0..items` split in ranges, possibly on several threads (the caller's
@@ -39,12 +40,28 @@ pub type Parallel<'a> = &'a dyn Fn(usize, &(dyn Fn(Range<usize>) + Sync));
 /// `out[r·n + c] = Σ_b d_w·d_a · (w[c] · a[r])_b`: `w` is `n` rows of `a.kb` blocks, `a`
 /// holds `m` rows. Panics when the slices do not match the shapes or `available()` is false.
 pub fn matmul(w: &[Block], n: usize, a: &Acts, m: usize, out: &mut [f32], par: Parallel) {
-    assert!(available(), "q8_0 matmul needs AVX2 and FMA");
+    matmul_with(dispatch::selected(), w, n, a, m, out, par)
+}
+
+/// As `matmul` with a given variant; panics unless `variant_runs(variant)`.
+pub fn matmul_with(
+    variant: Variant,
+    w: &[Block],
+    n: usize,
+    a: &Acts,
+    m: usize,
+    out: &mut [f32],
+    par: Parallel,
+) {
+    assert!(
+        variant_runs(variant),
+        "q8_0 matmul: {variant:?} does not run here"
+    );
     assert_eq!(w.len(), n * a.kb, "weight blocks");
     assert_eq!(a.blocks.len(), m * a.kb, "activation blocks");
     assert_eq!(a.scales.len(), m * a.kb, "activation scales");
     assert_eq!(out.len(), m * n, "output length");
-    run(w, n, a, m, out, par);
+    run(variant, w, n, a, m, out, par);
 }
 
 /// Quantised activations: rows of `kb` blocks, with their scales widened to f32.
@@ -63,7 +80,15 @@ const RN: usize = 2;
 const ROW_CHUNK: usize = 64;
 
 /// Splits the output into (row chunk, group of RM weight rows) items over `par`.
-fn run(w: &[Block], n: usize, a: &Acts, m: usize, out: &mut [f32], par: Parallel) {
+fn run(
+    variant: Variant,
+    w: &[Block],
+    n: usize,
+    a: &Acts,
+    m: usize,
+    out: &mut [f32],
+    par: Parallel,
+) {
     let groups = n.div_ceil(RM);
     let chunks = m.div_ceil(ROW_CHUNK);
     let out_ptr = SendPtr(out.as_mut_ptr());
@@ -76,7 +101,7 @@ fn run(w: &[Block], n: usize, a: &Acts, m: usize, out: &mut [f32], par: Parallel
             let cols = group * RM..n.min((group + 1) * RM);
             // SAFETY: items cover disjoint (row, column) cells of `out`, which outlives the
             // pool call.
-            unsafe { group_rows(w, &mut w_scales, a, rows, cols, n, out_ptr.0) };
+            unsafe { group_rows(variant, w, &mut w_scales, a, rows, cols, n, out_ptr.0) };
         }
     };
     par(chunks * groups, &work);
@@ -90,8 +115,10 @@ unsafe impl Sync for SendPtr {}
 ///
 /// # Safety
 /// `out` must hold `m × n` floats and no other thread may write these cells; the CPU must
-/// have AVX2 and FMA.
+/// run `variant`.
+#[allow(clippy::too_many_arguments)]
 unsafe fn group_rows(
+    variant: Variant,
     w: &[Block],
     w_scales: &mut Vec<f32>,
     a: &Acts,
@@ -104,30 +131,13 @@ unsafe fn group_rows(
     let wr = &w[cols.start * kb..cols.end * kb];
     w_scales.clear();
     w_scales.extend(wr.iter().map(|b| f16_to_f32(b.d)));
-    let mut r = rows.start;
     #[cfg(target_arch = "x86_64")]
-    {
-        if cols.len() == RM {
-            while r + RN <= rows.end {
-                avx::tile::<RM, RN>(wr, w_scales, a, r, cols.start, n, out);
-                r += RN;
-            }
-            while r < rows.end {
-                avx::tile::<RM, 1>(wr, w_scales, a, r, cols.start, n, out);
-                r += 1;
-            }
-        } else {
-            // The last group of a width that is not a multiple of RM: one column at a time.
-            for c in 0..cols.len() {
-                let wc = &wr[c * kb..(c + 1) * kb];
-                let sc = &w_scales[c * kb..(c + 1) * kb];
-                for row in r..rows.end {
-                    avx::tile::<1, 1>(wc, sc, a, row, cols.start + c, n, out);
-                }
-            }
-        }
+    match variant {
+        Variant::Avx512Vnni => avx512vnni::group(wr, w_scales, a, rows, cols, n, out),
+        _ => avx2::group(wr, w_scales, a, rows, cols, n, out),
     }
-    let _ = (r, out, n);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (variant, wr, rows, cols, n, out);
 }
 
 /// Exact f16 → f32 (every f16 is representable in f32).
@@ -158,70 +168,145 @@ pub fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
+/// The AVX2 and AVX-512 VNNI bodies: the same code compiled twice with each variant's
+/// integer dot (a macro, so each copy is compiled with its own CPU features and inlines).
 #[cfg(target_arch = "x86_64")]
-mod avx {
-    use super::{Acts, Block};
-    use std::arch::x86_64::*;
+macro_rules! avx_variant {
+    ($module:ident, $features:literal, $dot:ident) => {
+        mod $module {
+            use super::{Acts, Block, RM, RN};
+            use std::arch::x86_64::*;
+            use std::ops::Range;
 
-    /// Out cells (rows r..r+N, columns c..c+M) of the product: weight rows `w` (M rows of
-    /// `a.kb` blocks, scales `ws`) against activation rows r..r+N.
-    ///
-    /// # Safety
-    /// AVX2 and FMA; `out` holds row-major rows of `n` floats covering the cells written.
-    #[target_feature(enable = "avx2,fma")]
-    // Index loops over the const tile dimensions keep the accumulators in registers.
-    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-    pub(super) unsafe fn tile<const M: usize, const N: usize>(
-        w: &[Block],
-        ws: &[f32],
-        a: &Acts,
-        r: usize,
-        c: usize,
-        n: usize,
-        out: *mut f32,
-    ) {
-        let kb = a.kb;
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); N]; M];
-        for b in 0..kb {
-            let mut ys = [_mm256_setzero_si256(); N];
-            let mut dy = [_mm256_setzero_ps(); N];
-            for j in 0..N {
-                let blk = a.blocks.get_unchecked((r + j) * kb + b);
-                ys[j] = _mm256_loadu_si256(blk.qs.as_ptr().cast());
-                dy[j] = _mm256_set1_ps(*a.scales.get_unchecked((r + j) * kb + b));
-            }
-            for i in 0..M {
-                let x = _mm256_loadu_si256(w.get_unchecked(i * kb + b).qs.as_ptr().cast());
-                // Broadcast from memory: a load, no shuffle.
-                let dx = _mm256_set1_ps(*ws.get_unchecked(i * kb + b));
-                // As candle: |w| (unsigned) times a with w's sign, pairs summed to i16,
-                // then to i32 lanes of four products each.
-                let ax = _mm256_sign_epi8(x, x);
-                for j in 0..N {
-                    let sy = _mm256_sign_epi8(ys[j], x);
-                    let dot = _mm256_maddubs_epi16(ax, sy);
-                    let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
-                    // Lane-wise f32(d_w) · f32(d_a): the same product candle forms in scalar.
-                    let d = _mm256_mul_ps(dx, dy[j]);
-                    acc[i][j] = _mm256_fmadd_ps(d, q, acc[i][j]);
+            /// The tiles of one group of weight rows.
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            pub(super) unsafe fn group(
+                wr: &[Block],
+                w_scales: &[f32],
+                a: &Acts,
+                rows: Range<usize>,
+                cols: Range<usize>,
+                n: usize,
+                out: *mut f32,
+            ) {
+                let kb = a.kb;
+                let mut r = rows.start;
+                if cols.len() == RM {
+                    while r + RN <= rows.end {
+                        tile::<RM, RN>(wr, w_scales, a, r, cols.start, n, out);
+                        r += RN;
+                    }
+                    while r < rows.end {
+                        tile::<RM, 1>(wr, w_scales, a, r, cols.start, n, out);
+                        r += 1;
+                    }
+                } else {
+                    // The last group of a width that is not a multiple of RM: one column at a time.
+                    for c in 0..cols.len() {
+                        let wc = &wr[c * kb..(c + 1) * kb];
+                        let sc = &w_scales[c * kb..(c + 1) * kb];
+                        for row in r..rows.end {
+                            tile::<1, 1>(wc, sc, a, row, cols.start + c, n, out);
+                        }
+                    }
                 }
             }
-        }
-        for (i, row) in acc.iter().enumerate() {
-            for (j, v) in row.iter().enumerate() {
-                *out.add((r + j) * n + c + i) = hsum(*v);
+
+            /// Out cells (rows r..r+N, columns c..c+M) of the product: weight rows `w` (M rows of
+            /// `a.kb` blocks, scales `ws`) against activation rows r..r+N.
+            ///
+            /// # Safety
+            /// AVX2 and FMA; `out` holds row-major rows of `n` floats covering the cells written.
+            #[target_feature(enable = $features)]
+            // Index loops over the const tile dimensions keep the accumulators in registers.
+            #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+            unsafe fn tile<const M: usize, const N: usize>(
+                w: &[Block],
+                ws: &[f32],
+                a: &Acts,
+                r: usize,
+                c: usize,
+                n: usize,
+                out: *mut f32,
+            ) {
+                let kb = a.kb;
+                let mut acc = [[_mm256_setzero_ps(); N]; M];
+                for b in 0..kb {
+                    let mut ys = [_mm256_setzero_si256(); N];
+                    let mut dy = [_mm256_setzero_ps(); N];
+                    for j in 0..N {
+                        let blk = a.blocks.get_unchecked((r + j) * kb + b);
+                        ys[j] = _mm256_loadu_si256(blk.qs.as_ptr().cast());
+                        dy[j] = _mm256_set1_ps(*a.scales.get_unchecked((r + j) * kb + b));
+                    }
+                    for i in 0..M {
+                        let x = _mm256_loadu_si256(w.get_unchecked(i * kb + b).qs.as_ptr().cast());
+                        // Broadcast from memory: a load, no shuffle.
+                        let dx = _mm256_set1_ps(*ws.get_unchecked(i * kb + b));
+                        // As candle: |w| (unsigned) times a with w's sign, pairs summed to i16,
+                        // then to i32 lanes of four products each.
+                        let ax = _mm256_sign_epi8(x, x);
+                        for j in 0..N {
+                            let sy = _mm256_sign_epi8(ys[j], x);
+                            let q = _mm256_cvtepi32_ps(super::$dot(ax, sy));
+                            // Lane-wise f32(d_w) · f32(d_a): the same product candle forms in scalar.
+                            let d = _mm256_mul_ps(dx, dy[j]);
+                            acc[i][j] = _mm256_fmadd_ps(d, q, acc[i][j]);
+                        }
+                    }
+                }
+                for (i, row) in acc.iter().enumerate() {
+                    for (j, v) in row.iter().enumerate() {
+                        *out.add((r + j) * n + c + i) = hsum(*v);
+                    }
+                }
+            }
+
+            /// candle's `hsum_float_8`, same order of additions.
+            #[target_feature(enable = $features)]
+            unsafe fn hsum(x: __m256) -> f32 {
+                let res = _mm256_extractf128_ps(x, 1);
+                let res = _mm_add_ps(res, _mm256_castps256_ps128(x));
+                let res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+                let res = _mm_add_ss(res, _mm_movehdup_ps(res));
+                _mm_cvtss_f32(res)
             }
         }
-    }
-
-    /// candle's `hsum_float_8`, same order of additions.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(x: __m256) -> f32 {
-        let res = _mm256_extractf128_ps(x, 1);
-        let res = _mm_add_ps(res, _mm256_castps256_ps128(x));
-        let res = _mm_add_ps(res, _mm_movehl_ps(res, res));
-        let res = _mm_add_ss(res, _mm_movehdup_ps(res));
-        _mm_cvtss_f32(res)
-    }
+    };
 }
+
+/// Eight i32 lanes of four products each of unsigned `ax` (|w|, ≤ 128) and signed `sy`,
+/// as candle forms them (`maddubs` pairs cannot saturate: |pair| ≤ 2 · 128 · 128, and
+/// only −128 · 128 pairs reach the bound, which i16 holds).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dot_avx2(
+    ax: std::arch::x86_64::__m256i,
+    sy: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(ax, sy))
+}
+
+/// The same lanes with one `vpdpbusd`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn dot_vnni(
+    ax: std::arch::x86_64::__m256i,
+    sy: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy)
+}
+
+#[cfg(target_arch = "x86_64")]
+avx_variant!(avx2, "avx2,fma,f16c", dot_avx2);
+#[cfg(target_arch = "x86_64")]
+avx_variant!(
+    avx512vnni,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    dot_vnni
+);

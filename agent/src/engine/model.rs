@@ -11,8 +11,8 @@
 
 use super::attention::{attention, Heads};
 use super::error::EngineError;
-use super::q8_matmul;
 use super::requantize::requantize_q4_1;
+use super::weight_matmul::WeightMatmul;
 use crate::model::ModelError;
 use crate::model::{GgufFile, LlamaParams};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
@@ -24,12 +24,12 @@ struct Layer {
     attn_norm: Tensor,
     /// Q, K, V (with their biases for Qwen2).
     qkv: Projection,
-    wo: QMatMul,
+    wo: WeightMatmul,
     wo_bias: Option<Tensor>,
     ffn_norm: Tensor,
     /// Gate, up.
     gate_up: Projection,
-    w_down: QMatMul,
+    w_down: WeightMatmul,
     gemma: Option<GemmaNorms>,
 }
 
@@ -82,21 +82,32 @@ pub(crate) enum WeightStorage {
 }
 
 #[cfg(test)]
-fn storage_of(m: &QMatMul) -> WeightStorage {
+fn storage_of(m: &WeightMatmul) -> WeightStorage {
     match m {
-        QMatMul::QTensor(t) => WeightStorage::Kernel(t.dtype()),
-        QMatMul::Tensor(t) => WeightStorage::Dense(t.dtype()),
-        QMatMul::TensorF16(_) => WeightStorage::Dense(DType::F16),
+        WeightMatmul::Candle(QMatMul::QTensor(t)) => WeightStorage::Kernel(t.dtype()),
+        WeightMatmul::Candle(QMatMul::Tensor(t)) => WeightStorage::Dense(t.dtype()),
+        WeightMatmul::Candle(QMatMul::TensorF16(_)) => WeightStorage::Dense(DType::F16),
+        WeightMatmul::Q4_1(_) => WeightStorage::Kernel(GgmlDType::Q4_1),
     }
 }
 
-fn build_matmul(t: QTensor, mode: MatmulMode, device: &Device) -> Result<QMatMul, EngineError> {
+fn build_matmul(
+    t: QTensor,
+    mode: MatmulMode,
+    device: &Device,
+) -> Result<WeightMatmul, EngineError> {
     if !device.is_cpu() {
-        return device_matmul(&t, device);
+        return device_matmul(&t, device).map(WeightMatmul::Candle);
+    }
+    // Q4_1 on the CPU: lem's native kernel (the same bits as candle's Q4_1 path, faster).
+    if let Some(w) =
+        WeightMatmul::native_q4_1(&t).map_err(EngineError::compute("repacking Q4_1 weights"))?
+    {
+        return Ok(w);
     }
     match mode {
-        MatmulMode::Ggml => qmatmul(t),
-        MatmulMode::Native => Ok(QMatMul::QTensor(Arc::new(t))),
+        MatmulMode::Ggml => qmatmul(t).map(WeightMatmul::Candle),
+        MatmulMode::Native => Ok(WeightMatmul::Candle(QMatMul::QTensor(Arc::new(t)))),
     }
 }
 
@@ -135,8 +146,8 @@ struct Projection {
 }
 
 enum ProjectionKind {
-    Fused { w: QMatMul, widths: Vec<usize> },
-    Separate(Vec<QMatMul>),
+    Fused { w: WeightMatmul, widths: Vec<usize> },
+    Separate(Vec<WeightMatmul>),
 }
 
 impl Projection {
@@ -188,10 +199,7 @@ impl Projection {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
         let (y, widths) = match &self.kind {
             ProjectionKind::Separate(ws) => {
-                let ys: Vec<Tensor> = ws
-                    .iter()
-                    .map(|w| q8_matmul::forward(w, x))
-                    .collect::<Result<_, _>>()?;
+                let ys: Vec<Tensor> = ws.iter().map(|w| w.forward(x)).collect::<Result<_, _>>()?;
                 let Some(bias) = &self.bias else {
                     return Ok(ys);
                 };
@@ -203,7 +211,7 @@ impl Projection {
                 (y, widths)
             }
             ProjectionKind::Fused { w, widths } => {
-                let y = q8_matmul::forward(w, x)?;
+                let y = w.forward(x)?;
                 let y = match &self.bias {
                     Some(bias) => y.broadcast_add(bias)?,
                     None => y,
@@ -304,7 +312,7 @@ pub(crate) struct LlamaModel {
     embed: Arc<QTensor>,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: QMatMul,
+    output: WeightMatmul,
     /// (max_positions, head_dim / 2) rotary tables (Gemma 3: of the global layers).
     cos: Tensor,
     sin: Tensor,
@@ -522,11 +530,17 @@ impl LlamaModel {
         let output = match w.output {
             Some(t) => build_matmul(t, mode, device)?,
             // The embedding table stays in host memory for the lookup; the GPU gets a copy.
-            None if !device.is_cpu() => device_matmul(&w.embed, device)?,
-            None => match mode {
-                MatmulMode::Ggml => QMatMul::from_arc(w.embed.clone())
-                    .map_err(EngineError::compute("building the tied output matmul"))?,
-                MatmulMode::Native => QMatMul::QTensor(w.embed.clone()),
+            None if !device.is_cpu() => WeightMatmul::Candle(device_matmul(&w.embed, device)?),
+            None => match WeightMatmul::native_q4_1(&w.embed)
+                .map_err(EngineError::compute("repacking the tied output matmul"))?
+            {
+                // The lookup keeps the stored table; the LM head gets a repacked copy.
+                Some(packed) => packed,
+                None => WeightMatmul::Candle(match mode {
+                    MatmulMode::Ggml => QMatMul::from_arc(w.embed.clone())
+                        .map_err(EngineError::compute("building the tied output matmul"))?,
+                    MatmulMode::Native => QMatMul::QTensor(w.embed.clone()),
+                }),
             },
         };
         let (cos, sin) = rope_tables(
@@ -686,7 +700,7 @@ impl LlamaModel {
             cache.k[i].slice_set(&k, 2, offset)?;
             cache.v[i].slice_set(&v, 2, offset)?;
             let y = attention(&q, &cache.k[i], &cache.v[i], offset, pads, heads, window)?;
-            let o = q8_matmul::forward(&layer.wo, &y)?;
+            let o = layer.wo.forward(&y)?;
             let o = match &layer.wo_bias {
                 Some(bias) => o.broadcast_add(bias)?,
                 None => o,
@@ -705,17 +719,19 @@ impl LlamaModel {
                 .map_err(|_| candle_core::Error::Msg("gate/up projection arity".into()))?;
             let Some(norms) = &layer.gemma else {
                 let gate = candle_nn::ops::silu(&gate)?;
-                x = (x + q8_matmul::forward(&layer.w_down, &(gate * up)?)?)?;
+                x = (x + layer.w_down.forward(&(gate * up)?)?)?;
                 continue;
             };
             // GeGLU with the tanh approximation of GELU (Gemma's `gelu_pytorch_tanh`).
             let gate = gate.gelu()?;
-            let down = q8_matmul::forward(&layer.w_down, &(gate * up)?)?;
+            let down = layer.w_down.forward(&(gate * up)?)?;
             x = (x + candle_nn::ops::rms_norm(&down, &norms.post_ffn_norm, eps)?)?;
         }
         let last = x.narrow(1, l - 1, 1)?.contiguous()?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        let logits = q8_matmul::forward(&self.output, &last)?
+        let logits = self
+            .output
+            .forward(&last)?
             .squeeze(1)?
             .to_dtype(DType::F32)?;
         match gemma.and_then(|g| g.final_logit_softcap) {

@@ -22,7 +22,7 @@ use lem_kernels::q8_0::{self as kernel, Block, QK};
 /// machine has AVX2 and FMA; candle's own path otherwise (other types, devices, CPUs).
 pub(crate) fn forward(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
     match w {
-        QMatMul::QTensor(t) if usable(t, x) => q8_0_matmul(t, x),
+        QMatMul::QTensor(t) if usable(t, x) => q8_0_matmul(lem_kernels::dispatch::selected(), t, x),
         _ => w.forward(x),
     }
 }
@@ -36,8 +36,12 @@ fn usable(t: &QTensor, x: &Tensor) -> bool {
         && kernel::available()
 }
 
-/// x: (..., k) f32; w: (n, k) Q8_0. Returns (..., n).
-fn q8_0_matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
+/// x: (..., k) f32; w: (n, k) Q8_0. Returns (..., n), computed by the kernel `variant`.
+fn q8_0_matmul(
+    variant: lem_kernels::dispatch::Variant,
+    w: &QTensor,
+    x: &Tensor,
+) -> candle_core::Result<Tensor> {
     use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
 
     let (n, k) = w.shape().dims2()?;
@@ -107,7 +111,7 @@ fn q8_0_matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
         scales: &a_scales,
         kb,
     };
-    kernel::matmul(qw, n, &a, m, &mut out, &|items, f| {
+    kernel::matmul_with(variant, qw, n, &a, m, &mut out, &|items, f| {
         candle_core::utils::barrier_pool().execute_chunked(items, f)
     });
     let mut out_dims = dims;
@@ -167,7 +171,12 @@ mod tests {
 
     #[test]
     fn bit_identical_to_candle_for_any_row_count() {
-        if !kernel::available() {
+        // Every SIMD variant this CPU runs (AVX2; AVX-512 VNNI where present).
+        let variants: Vec<_> = lem_kernels::dispatch::available()
+            .into_iter()
+            .filter(|&v| kernel::variant_runs(v))
+            .collect();
+        if variants.is_empty() {
             eprintln!("SKIPPED: no AVX2/FMA");
             return;
         }
@@ -187,12 +196,6 @@ mod tests {
             let QMatMul::QTensor(t) = &mm else {
                 panic!("expected a quantised matmul")
             };
-            let ours: Vec<f32> = q8_0_matmul(t, &x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
             let theirs: Vec<f32> = mm
                 .forward(&x)
                 .unwrap()
@@ -200,19 +203,31 @@ mod tests {
                 .unwrap()
                 .to_vec1()
                 .unwrap();
-            assert_eq!(ours, theirs, "m={m} n={n} k={k}");
-            // Each row alone gives the same bits as in the batch.
-            for r in 0..m {
-                let row =
-                    Tensor::from_vec(xs[r * k..(r + 1) * k].to_vec(), (1, 1, k), &Device::Cpu)
-                        .unwrap();
-                let alone: Vec<f32> = q8_0_matmul(t, &row)
+            for &v in &variants {
+                let ours: Vec<f32> = q8_0_matmul(v, t, &x)
                     .unwrap()
                     .flatten_all()
                     .unwrap()
                     .to_vec1()
                     .unwrap();
-                assert_eq!(alone, ours[r * n..(r + 1) * n], "row {r} m={m} n={n} k={k}");
+                assert_eq!(ours, theirs, "{v:?} m={m} n={n} k={k}");
+                // Each row alone gives the same bits as in the batch.
+                for r in 0..m {
+                    let row =
+                        Tensor::from_vec(xs[r * k..(r + 1) * k].to_vec(), (1, 1, k), &Device::Cpu)
+                            .unwrap();
+                    let alone: Vec<f32> = q8_0_matmul(v, t, &row)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    assert_eq!(
+                        alone,
+                        ours[r * n..(r + 1) * n],
+                        "{v:?} row {r} m={m} n={n} k={k}"
+                    );
+                }
             }
         }
     }

@@ -56,9 +56,11 @@ fn load(
         max_seq_len: defaults.max_seq_len.max(seq_len_needed),
         precision: key.precision,
         quantization: key.quantization,
+        // A GGUF's Q4_1 weights run as stored unless an 8-bit load is asked for, which
+        // keeps the Q8_0 re-quantisation available (safetensors: `quantization` above).
+        requantize_q4_1_to_q8_0: key.quantization == Some(LoadQuantization::Q8_0),
         device: key.device,
         cuda_ordinal: key.cuda_ordinal,
-        ..defaults
     };
     let tokenizer = resolved.tokenizer_json.as_deref();
     let (path, loaded) = match &resolved.format {

@@ -37,7 +37,13 @@ pub(super) fn config_notes(cfg: &ExperimentConfig, model: &ModelInfo) -> Vec<Str
         ));
     }
     let q = &cfg.quantization_config;
-    if model.format == "gguf" && (q.quantization || q.load_in_4bit || q.load_in_8bit) {
+    let requantised = model.weight_dtype.contains("requantised");
+    if model.format == "gguf" && q.load_in_8bit && requantised {
+        notes.push(format!(
+            "quantization_config.load_in_8bit: the GGUF's Q4_1 weights re-quantised to Q8_0 on load: {}",
+            model.weight_dtype
+        ));
+    } else if model.format == "gguf" && (q.quantization || q.load_in_4bit || q.load_in_8bit) {
         notes.push(format!(
             "quantization_config ignored: the GGUF model is already quantised ({})",
             model.weight_dtype

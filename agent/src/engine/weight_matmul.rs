@@ -1,0 +1,30 @@
+//! A weight matrix as the forward pass multiplies it: a candle `QMatMul` (through lem's
+//! Q8_0 kernel where it applies, `q8_matmul`) or a Q4_1 matrix repacked for lem's native
+//! Q4_1 kernel (`q4_1_matmul`, CPU only).
+
+use super::q4_1_matmul::{self, PackedQ4_1};
+use super::q8_matmul;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::Tensor;
+
+pub(crate) enum WeightMatmul {
+    Candle(QMatMul),
+    Q4_1(PackedQ4_1),
+}
+
+impl WeightMatmul {
+    /// A CPU Q4_1 tensor repacked for lem's kernel; None for any other type.
+    pub(crate) fn native_q4_1(t: &QTensor) -> candle_core::Result<Option<Self>> {
+        if t.dtype() != GgmlDType::Q4_1 || !t.shape().dims2()?.1.is_multiple_of(32) {
+            return Ok(None);
+        }
+        PackedQ4_1::new(t).map(|p| Some(Self::Q4_1(p)))
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Candle(w) => q8_matmul::forward(w, x),
+            Self::Q4_1(w) => q4_1_matmul::forward(w, x),
+        }
+    }
+}
