@@ -1,9 +1,12 @@
 //! lem's engine against llama.cpp on tiny random-weight models that lem's converter writes.
 //!
-//! Two seeded models, written here as Hugging Face checkpoints (safetensors, byte-level
+//! Three seeded models, written here as Hugging Face checkpoints (safetensors, byte-level
 //! BPE tokenizer.json, config.json): a Llama-shaped one (untied LM head, GQA 4:2, rotary
-//! theta 1e4) and a SmolLM2-shaped one (tied embeddings, GQA 3:1, theta 1e5, digit
-//! pre-tokenizer). `lem_agent::convert` turns each into GGUF at f32, q8_0 and q4_0.
+//! theta 1e4), a SmolLM2-shaped one (tied embeddings, GQA 3:1, theta 1e5, digit
+//! pre-tokenizer) and a Qwen2-shaped one (`Qwen2ForCausalLM`: Q/K/V biases, untied
+//! LM head as Qwen2.5-7B, GQA 4:2, theta 1e6, Qwen2's split-regex pre-tokenizer; its GGUF is
+//! `qwen2`, with rotate-half Q/K rows as llama.cpp's converter leaves them).
+//! `lem_agent::convert` turns each into GGUF at f32, q8_0 and q4_0.
 //! `scripts/reference/tiny_llamacpp.py` ran those same GGUFs through llama.cpp and wrote
 //! `tests/fixtures/tiny_llamacpp.json`: last-token logits (the full vocabulary) and greedy
 //! continuations for fixed token-id inputs.
@@ -17,6 +20,7 @@
 use candle_core::quantized::gguf_file;
 use lem_agent::convert::{self, TargetDtype, TargetFormat, PROVENANCE_KEY_PREFIX};
 use lem_agent::engine::{Engine, GenerationParams, LoadOptions, NoopObserver};
+use lem_agent::model::tokenizer::QWEN2_PRE_REGEX;
 use lem_common::rng::SplitMix64;
 use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
@@ -25,9 +29,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
+/// The Hugging Face class a tiny model is written as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TinyArch {
+    Llama,
+    /// Biases on Q, K and V; Qwen2's pre-tokenizer.
+    Qwen2,
+}
+
 /// One tiny model's shape and seed.
 struct TinySpec {
     name: &'static str,
+    arch: TinyArch,
     hidden: usize,
     heads: usize,
     kv_heads: usize,
@@ -40,9 +53,10 @@ struct TinySpec {
     seed: u64,
 }
 
-const SPECS: [TinySpec; 2] = [
+const SPECS: [TinySpec; 3] = [
     TinySpec {
         name: "llama-gqa",
+        arch: TinyArch::Llama,
         hidden: 64,
         heads: 4,
         kv_heads: 2,
@@ -55,6 +69,7 @@ const SPECS: [TinySpec; 2] = [
     },
     TinySpec {
         name: "smollm2-tied",
+        arch: TinyArch::Llama,
         hidden: 96,
         heads: 3,
         kv_heads: 1,
@@ -64,6 +79,19 @@ const SPECS: [TinySpec; 2] = [
         rope_theta: 100_000.0,
         digit_pre_tokenizer: true,
         seed: 0x5A011,
+    },
+    TinySpec {
+        name: "qwen2-bias",
+        arch: TinyArch::Qwen2,
+        hidden: 64,
+        heads: 4,
+        kv_heads: 2,
+        ffn: 96,
+        layers: 2,
+        tied: false,
+        rope_theta: 1_000_000.0,
+        digit_pre_tokenizer: false,
+        seed: 0x0E2B1,
     },
 ];
 
@@ -121,7 +149,12 @@ fn tokenizer_json(spec: &TinySpec) -> Json {
         })
         .collect();
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    let pre = if spec.digit_pre_tokenizer {
+    let pre = if spec.arch == TinyArch::Qwen2 {
+        // Qwen2's tokenizer.json: its regex split, then bytes mapped without a regex.
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN2_PRE_REGEX}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]})
+    } else if spec.digit_pre_tokenizer {
         json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true}, byte_level]})
     } else {
@@ -163,6 +196,15 @@ fn tensors(spec: &TinySpec) -> Vec<(String, Vec<usize>)> {
         ] {
             t.push((format!("model.layers.{l}.{name}"), shape));
         }
+        if spec.arch == TinyArch::Qwen2 {
+            for (name, len) in [
+                ("self_attn.q_proj.bias", q),
+                ("self_attn.k_proj.bias", kv),
+                ("self_attn.v_proj.bias", kv),
+            ] {
+                t.push((format!("model.layers.{l}.{name}"), vec![len]));
+            }
+        }
     }
     t.push(("model.norm.weight".into(), vec![h]));
     if !spec.tied {
@@ -171,13 +213,14 @@ fn tensors(spec: &TinySpec) -> Vec<(String, Vec<usize>)> {
     t
 }
 
-/// Seeded weights: norms near 1, the embedding in ±1, matrices in ±2/sqrt(fan-in) so
+/// Seeded weights: norms near 1, the embedding and biases in ±1 (biases as large as the
+/// projections' outputs, so a misplaced one shows), matrices in ±2/sqrt(fan-in) so
 /// activations neither vanish nor blow up over a few layers.
 fn weights(name: &str, shape: &[usize], rng: &mut SplitMix64) -> Vec<f32> {
     let n: usize = shape.iter().product();
     let scale = if name.ends_with("norm.weight") {
         0.2
-    } else if name == "model.embed_tokens.weight" {
+    } else if name == "model.embed_tokens.weight" || name.ends_with(".bias") {
         1.0
     } else {
         2.0 / (shape[1] as f64).sqrt()
@@ -217,9 +260,13 @@ fn write_safetensors(path: &Path, spec: &TinySpec) {
 
 fn write_source(dir: &Path, spec: &TinySpec) {
     std::fs::create_dir_all(dir).unwrap();
+    let (class, model_type) = match spec.arch {
+        TinyArch::Llama => ("LlamaForCausalLM", "llama"),
+        TinyArch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+    };
     let config = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [class],
+        "model_type": model_type,
         "hidden_size": spec.hidden,
         "intermediate_size": spec.ffn,
         "num_hidden_layers": spec.layers,
@@ -681,4 +728,92 @@ fn reference_script_reproduces_the_fixture() {
             );
         }
     }
+}
+
+/// A copy of a GGUF with `general.architecture` and its shape keys renamed to `to`;
+/// tensors unchanged.
+fn relabel_architecture(src: &Path, dst: &Path, to: &str) {
+    let mut f = std::fs::File::open(src).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let from = match &content.metadata["general.architecture"] {
+        gguf_file::Value::String(s) => s.clone(),
+        other => panic!("{other:?}"),
+    };
+    let metadata: Vec<(String, gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| {
+            let k = match k.strip_prefix(&format!("{from}.")) {
+                Some(rest) => format!("{to}.{rest}"),
+                None => k.clone(),
+            };
+            let v = if k == "general.architecture" {
+                gguf_file::Value::String(to.into())
+            } else {
+                v.clone()
+            };
+            (k, v)
+        })
+        .collect();
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> = content
+        .tensor_infos
+        .keys()
+        .map(|n| {
+            let t = content
+                .tensor(&mut f, n, &candle_core::Device::Cpu)
+                .unwrap();
+            (n.clone(), t)
+        })
+        .collect();
+    let md: Vec<(&str, &gguf_file::Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut out = std::fs::File::create(dst).unwrap();
+    gguf_file::write(&mut out, &md, &ts).unwrap();
+}
+
+#[test]
+fn qwen2_ggufs_run_as_qwen2_and_the_comparison_would_see_llama_semantics() {
+    // The converter wrote `qwen2` with Q/K/V biases, and lem runs it as Qwen2. The same
+    // tensors labelled `llama` (interleaved rotary, biases ignored) miss llama.cpp's
+    // logits by far more than the tolerance: the comparison above can fail.
+    if std::env::var_os("LEM_TINY_GGUF_OUT").is_some() {
+        return;
+    }
+    let (b, m) = pairs()
+        .into_iter()
+        .find(|(b, _)| b.model == "qwen2-bias" && b.dtype == "f32")
+        .expect("the qwen2 f32 GGUF");
+    let mut f = std::fs::File::open(&b.path).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    assert!(matches!(
+        &content.metadata["general.architecture"],
+        gguf_file::Value::String(s) if s == "qwen2"
+    ));
+    assert!(content.metadata.contains_key("qwen2.rope.freq_base"));
+    for t in [
+        "blk.0.attn_q.bias",
+        "blk.1.attn_k.bias",
+        "blk.1.attn_v.bias",
+    ] {
+        assert!(content.tensor_infos.contains_key(t), "{t}");
+    }
+    let e = load(&b.path);
+    assert_eq!(e.info().shape.architecture, "qwen2");
+
+    let dir = tempfile::tempdir().unwrap();
+    let as_llama = dir.path().join("as-llama.gguf");
+    relabel_architecture(&b.path, &as_llama, "llama");
+    let mut wrong = load(&as_llama);
+    let case = &m["cases"][2];
+    let got = wrong
+        .next_token_logits(&[ids(&case["input"])])
+        .unwrap()
+        .remove(0);
+    let (_, worst) = worst_diff(&got, &case["last_logits"]);
+    assert!(
+        worst > 100.0 * logit_tolerance("f32"),
+        "llama semantics came within {worst} of llama.cpp's qwen2 logits"
+    );
 }

@@ -2,7 +2,8 @@
 //! metadata keys. candle's own `TokenizerFromGguf` adds a prefix space after special
 //! tokens, so the GGUF path builds the `tokenizers` pipeline itself:
 //! BPE from `tokenizer.ggml.tokens` + `merges`; pre-tokenizer = (single digits, for the
-//! `smollm` pre-tokenizer) then byte-level without prefix space; byte-level decoder;
+//! `smollm` pre-tokenizer; Qwen2's split regex for `qwen2`) then byte-level without prefix
+//! space; byte-level decoder;
 //! control tokens registered as special so `<|im_start|>` encodes as one id.
 //! SentencePiece-style vocabularies (`tokenizer.ggml.model = llama`, Gemma) run through
 //! lem's own llama.cpp-compatible merger (`spm.rs`).
@@ -18,7 +19,9 @@ use tokenizers::models::bpe::{Merges, Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::{AddedToken, Tokenizer};
 
 /// How a single user message becomes a prompt.
@@ -446,6 +449,20 @@ fn build_bpe(g: &GgufFile) -> Result<Tokenizer, EngineError> {
         // SmolLM/StarCoder split numbers into single digits before the byte-level regex.
         "smollm" | "starcoder" | "refact" => {
             Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+        }
+        // Qwen2 splits with its own regex; the byte-level step then only maps bytes.
+        "qwen2" => {
+            let split = Split::new(
+                SplitPattern::Regex(crate::model::tokenizer::QWEN2_PRE_REGEX.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| bad_key("tokenizer.ggml.pre", e.to_string()))?;
+            Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, false, false).into(),
+            ])
+            .into()
         }
         _ => byte_level.into(),
     };
