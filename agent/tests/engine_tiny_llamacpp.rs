@@ -817,3 +817,94 @@ fn qwen2_ggufs_run_as_qwen2_and_the_comparison_would_see_llama_semantics() {
         "llama semantics came within {worst} of llama.cpp's qwen2 logits"
     );
 }
+
+/// A python with llama.cpp's gguf-py (`LEM_GGUF_PYTHON`, else the venv
+/// `scripts/setup-gguf-py.sh` makes), or why not.
+fn gguf_py_python() -> Result<PathBuf, String> {
+    let python = std::env::var_os("LEM_GGUF_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/lem-ref-venv/bin/python")
+        });
+    let ok = Command::new(&python)
+        .args(["-c", "import gguf, numpy"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("{}: {e}", python.display()))?;
+    if !ok.success() {
+        return Err(format!("{} cannot import gguf and numpy", python.display()));
+    }
+    Ok(python)
+}
+
+#[test]
+fn a_qwen2_gguf_written_by_llamacpps_gguf_py_loads_and_matches_llamacpp() {
+    // The tiny Qwen2 checkpoint written as llama.cpp's converter writes Qwen2 (its gguf-py
+    // library, scripts/reference/qwen2_gguf_py.py): other keys and key order, no
+    // `vocab_size` or `rope.dimension_count`, llama.cpp's `general.*` fields. lem loads
+    // it, gives llama.cpp's logits for lem's own conversion of the same weights (llama.cpp
+    // computes the same bits on both files: checked when the script was written), and
+    // tokenizes as the checkpoint's tokenizer.json does.
+    if std::env::var_os("LEM_TINY_GGUF_OUT").is_some() {
+        return;
+    }
+    let python = match gguf_py_python() {
+        Ok(p) => p,
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!("CI: gguf-py unavailable ({why}); run scripts/setup-gguf-py.sh")
+        }
+        Err(why) => {
+            eprintln!("skipped: gguf-py unavailable ({why})");
+            return;
+        }
+    };
+    let (b, m) = pairs()
+        .into_iter()
+        .find(|(b, _)| b.model == "qwen2-bias" && b.dtype == "f32")
+        .expect("the qwen2 f32 GGUF");
+    let source = b.path.parent().unwrap().join("src-qwen2-bias");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("gguf-py-qwen2.gguf");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/qwen2_gguf_py.py");
+    let status = Command::new(&python)
+        .arg(&script)
+        .arg(&source)
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{} failed", script.display());
+    // Not lem's bytes: llama.cpp's writer leaves out keys lem's writes.
+    let content = gguf_file::Content::read(&mut std::fs::File::open(&out).unwrap()).unwrap();
+    assert!(!content.metadata.contains_key("qwen2.vocab_size"));
+    assert!(!content
+        .metadata
+        .keys()
+        .any(|k| k.starts_with(PROVENANCE_KEY_PREFIX)));
+
+    let mut e = load(&out);
+    assert_eq!(e.info().shape.architecture, "qwen2");
+    for (i, case) in m["cases"].as_array().unwrap().iter().enumerate() {
+        let got = e
+            .next_token_logits(&[ids(&case["input"])])
+            .unwrap()
+            .remove(0);
+        let (id, worst) = worst_diff(&got, &case["last_logits"]);
+        assert!(
+            worst <= logit_tolerance("f32"),
+            "case {i}: token {id} differs by {worst}"
+        );
+    }
+    let hf = tokenizers::Tokenizer::from_file(source.join("tokenizer.json")).unwrap();
+    for text in [
+        "the 2026 cats",
+        "he's in, isn't he?",
+        "x\n\n  then\tHER 7.5!",
+        "<|im_start|>ther<|im_end|>",
+    ] {
+        let want = hf.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(e.tokenizer().encode(text).unwrap(), want, "{text:?}");
+    }
+}

@@ -1,5 +1,6 @@
 //! The Llama forward pass, written with candle ops: quantised matmuls (`QMatMul`), RMS
-//! norm, interleaved rotary embeddings, grouped-query attention over a preallocated KV
+//! norm, interleaved rotary embeddings (half-split for `qwen2`/`gemma3` GGUFs, with
+//! Qwen2's Q/K/V biases), grouped-query attention over a preallocated KV
 //! cache, and a SwiGLU MLP. Gemma 3 runs through the same pass with its additions
 //! (`LlamaParams::gemma3`): scaled embeddings, Q/K norms, post-attention and post-MLP
 //! norms, GELU gating, half-split rotary with a local and a global base, and sliding-window
