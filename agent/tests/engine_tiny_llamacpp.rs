@@ -639,28 +639,44 @@ fn safetensors_checkpoints_match_llamacpp_at_f32() {
     );
 }
 
-/// llama-cpp-python's python (`LEM_LLAMA_PYTHON`, else the venv
-/// `scripts/setup-llama-server.sh` builds), or why not.
-fn llama_python() -> Result<PathBuf, String> {
-    let python = std::env::var_os("LEM_LLAMA_PYTHON")
+/// A python that imports `modules`: `$env_var`, else `~/<default_venv>/bin/python`; or
+/// why there is none. Under `CI` (which installs it, running `setup`) none is a failure.
+fn python_with(env_var: &str, default_venv: &str, modules: &str, setup: &str) -> Option<PathBuf> {
+    let python = std::env::var_os(env_var)
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/lem-llama-venv/bin/python")
+                .join(default_venv)
+                .join("bin/python")
         });
-    let ok = Command::new(&python)
-        .args(["-c", "import llama_cpp, numpy"])
+    let why = match Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map_err(|e| format!("{}: {e}", python.display()))?;
-    if !ok.success() {
-        return Err(format!(
-            "{} cannot import llama_cpp and numpy",
-            python.display()
-        ));
+    {
+        Ok(s) if s.success() => return Some(python),
+        Ok(_) => format!("{} cannot import {modules}", python.display()),
+        Err(e) => format!("{}: {e}", python.display()),
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("CI: {why}; run {setup}");
     }
-    Ok(python)
+    eprintln!("skipped: {why} ({setup} installs it)");
+    None
+}
+
+/// Runs `scripts/reference/<name>` with `args`; panics unless it succeeds.
+fn run_reference_script(python: &Path, name: &str, args: &[&std::ffi::OsStr]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts/reference")
+        .join(name);
+    let status = Command::new(python)
+        .arg(&script)
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{} failed", script.display());
 }
 
 #[test]
@@ -670,30 +686,24 @@ fn reference_script_reproduces_the_fixture() {
     if std::env::var_os("LEM_TINY_GGUF_OUT").is_some() {
         return;
     }
-    let python = match llama_python() {
-        Ok(p) => p,
-        Err(why) if std::env::var_os("CI").is_some() => {
-            panic!("CI: llama.cpp unavailable ({why}); run scripts/setup-llama-server.sh")
-        }
-        Err(why) => {
-            eprintln!("skipped: llama.cpp unavailable ({why}); the fixture comparisons still ran");
-            return;
-        }
+    // Without llama.cpp the fixture comparisons above still ran.
+    let Some(python) = python_with(
+        "LEM_LLAMA_PYTHON",
+        ".cache/lem-llama-venv",
+        "llama_cpp, numpy",
+        "scripts/setup-llama-server.sh",
+    ) else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let built = build_all(dir.path());
     write_manifest(dir.path(), &built);
     let out = dir.path().join("rerun.json");
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/tiny_llamacpp.py");
-    let status = Command::new(&python)
-        .arg(&script)
-        .arg("--ggufs")
-        .arg(dir.path())
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "{} failed", script.display());
+    run_reference_script(
+        &python,
+        "tiny_llamacpp.py",
+        &["--ggufs".as_ref(), dir.path().as_os_str(), out.as_os_str()],
+    );
     let rerun: Json = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let committed = fixture();
     let (a, b) = (
@@ -812,31 +822,11 @@ fn qwen2_ggufs_run_as_qwen2_and_the_comparison_would_see_llama_semantics() {
         .unwrap()
         .remove(0);
     let (_, worst) = worst_diff(&got, &case["last_logits"]);
+    eprintln!("qwen2 weights run as llama: max |lem - llama.cpp| = {worst:.3}");
     assert!(
         worst > 100.0 * logit_tolerance("f32"),
         "llama semantics came within {worst} of llama.cpp's qwen2 logits"
     );
-}
-
-/// A python with llama.cpp's gguf-py (`LEM_GGUF_PYTHON`, else the venv
-/// `scripts/setup-gguf-py.sh` makes), or why not.
-fn gguf_py_python() -> Result<PathBuf, String> {
-    let python = std::env::var_os("LEM_GGUF_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/lem-ref-venv/bin/python")
-        });
-    let ok = Command::new(&python)
-        .args(["-c", "import gguf, numpy"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| format!("{}: {e}", python.display()))?;
-    if !ok.success() {
-        return Err(format!("{} cannot import gguf and numpy", python.display()));
-    }
-    Ok(python)
 }
 
 #[test]
@@ -850,15 +840,13 @@ fn a_qwen2_gguf_written_by_llamacpps_gguf_py_loads_and_matches_llamacpp() {
     if std::env::var_os("LEM_TINY_GGUF_OUT").is_some() {
         return;
     }
-    let python = match gguf_py_python() {
-        Ok(p) => p,
-        Err(why) if std::env::var_os("CI").is_some() => {
-            panic!("CI: gguf-py unavailable ({why}); run scripts/setup-gguf-py.sh")
-        }
-        Err(why) => {
-            eprintln!("skipped: gguf-py unavailable ({why})");
-            return;
-        }
+    let Some(python) = python_with(
+        "LEM_GGUF_PYTHON",
+        ".cache/lem-ref-venv",
+        "gguf, numpy",
+        "scripts/setup-gguf-py.sh",
+    ) else {
+        return;
     };
     let (b, m) = pairs()
         .into_iter()
@@ -867,15 +855,11 @@ fn a_qwen2_gguf_written_by_llamacpps_gguf_py_loads_and_matches_llamacpp() {
     let source = b.path.parent().unwrap().join("src-qwen2-bias");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("gguf-py-qwen2.gguf");
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/qwen2_gguf_py.py");
-    let status = Command::new(&python)
-        .arg(&script)
-        .arg(&source)
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "{} failed", script.display());
+    run_reference_script(
+        &python,
+        "qwen2_gguf_py.py",
+        &[source.as_os_str(), out.as_os_str()],
+    );
     // Not lem's bytes: llama.cpp's writer leaves out keys lem's writes.
     let content = gguf_file::Content::read(&mut std::fs::File::open(&out).unwrap()).unwrap();
     assert!(!content.metadata.contains_key("qwen2.vocab_size"));
