@@ -812,7 +812,43 @@ fn qwen2_ggufs_run_as_qwen2_and_the_comparison_would_see_llama_semantics() {
     let e = load(&b.path);
     assert_eq!(e.info().shape.architecture, "qwen2");
 
+    // GGUF -> safetensors -> GGUF gives back `qwen2`, its pre-tokenizer name (from the
+    // Split regex the safetensors tokenizer.json carries) and every tensor bit for bit.
     let dir = tempfile::tempdir().unwrap();
+    let (st, back) = (dir.path().join("st"), dir.path().join("back.gguf"));
+    convert::convert(
+        &b.path,
+        TargetFormat::Safetensors,
+        TargetDtype::F32,
+        &st,
+        true,
+    )
+    .unwrap();
+    convert::convert(&st, TargetFormat::Gguf, TargetDtype::F32, &back, true).unwrap();
+    let mut g = std::fs::File::open(&back).unwrap();
+    let round = gguf_file::Content::read(&mut g).unwrap();
+    for key in [
+        "general.architecture",
+        "tokenizer.ggml.pre",
+        "qwen2.rope.freq_base",
+    ] {
+        assert_eq!(
+            format!("{:?}", round.metadata[key]),
+            format!("{:?}", content.metadata[key]),
+            "{key}"
+        );
+    }
+    assert_eq!(round.tensor_infos.len(), content.tensor_infos.len());
+    for name in content.tensor_infos.keys() {
+        let a = content
+            .tensor(&mut f, name, &candle_core::Device::Cpu)
+            .unwrap();
+        let b = round
+            .tensor(&mut g, name, &candle_core::Device::Cpu)
+            .unwrap();
+        assert_eq!(a.data().unwrap(), b.data().unwrap(), "{name}");
+    }
+
     let as_llama = dir.path().join("as-llama.gguf");
     relabel_architecture(&b.path, &as_llama, "llama");
     let mut wrong = load(&as_llama);
