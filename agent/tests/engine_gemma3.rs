@@ -243,3 +243,66 @@ fn greedy_continuation_of_the_long_prompt_equals_llamacpp() {
     }
     assert!(compared >= 2, "only {compared} tokens compared");
 }
+
+/// Every row of a ragged batch, its rows of different lengths left-padded, computes the
+/// same bits as the prompt alone: logits after the prompt and greedy tokens, through the
+/// decode path. One prompt exceeds the 512-token window, so the sliding-window layers
+/// cut its keys while the short rows beside it carry ~690 columns of padding.
+#[test]
+fn ragged_batch_rows_equal_each_prompt_alone() {
+    let Some(e) = engine() else { return };
+    let mut e = lock(e);
+    let f = fixture();
+    let prompts: Vec<Vec<u32>> = ["long_window", "plain", "whitespace_unicode", "digits"]
+        .iter()
+        .map(|name| {
+            f.prompts
+                .iter()
+                .find(|p| p.name == *name)
+                .unwrap_or_else(|| panic!("fixture has no prompt `{name}`"))
+                .token_ids
+                .clone()
+        })
+        .collect();
+    let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    assert!(
+        lengths[0] > 512 && lengths[1..].iter().all(|&n| n < 32),
+        "{lengths:?}"
+    );
+
+    let batch = e.next_token_logits(&prompts).unwrap();
+    for (row, p) in prompts.iter().enumerate() {
+        let alone = e
+            .next_token_logits(std::slice::from_ref(p))
+            .unwrap()
+            .remove(0);
+        let differing = batch[row]
+            .iter()
+            .zip(&alone)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            differing,
+            0,
+            "row {row} ({} tokens): {differing} logits differ from the prompt alone",
+            p.len()
+        );
+    }
+
+    let params = GenerationParams {
+        max_new_tokens: 6,
+        ..GenerationParams::default()
+    };
+    let together = e.generate(&prompts, &params, &mut NoopObserver).unwrap();
+    for (row, p) in prompts.iter().enumerate() {
+        let alone = e
+            .generate(std::slice::from_ref(p), &params, &mut NoopObserver)
+            .unwrap();
+        assert_eq!(
+            together.sequences[row].output_token_ids,
+            alone.sequences[0].output_token_ids,
+            "row {row} ({} tokens): greedy tokens",
+            p.len()
+        );
+    }
+}

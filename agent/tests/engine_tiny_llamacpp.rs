@@ -1,9 +1,12 @@
 //! lem's engine against llama.cpp on tiny random-weight models that lem's converter writes.
 //!
-//! Two seeded models, written here as Hugging Face checkpoints (safetensors, byte-level
+//! Three seeded models, written here as Hugging Face checkpoints (safetensors, byte-level
 //! BPE tokenizer.json, config.json): a Llama-shaped one (untied LM head, GQA 4:2, rotary
-//! theta 1e4) and a SmolLM2-shaped one (tied embeddings, GQA 3:1, theta 1e5, digit
-//! pre-tokenizer). `lem_agent::convert` turns each into GGUF at f32, q8_0 and q4_0.
+//! theta 1e4), a SmolLM2-shaped one (tied embeddings, GQA 3:1, theta 1e5, digit
+//! pre-tokenizer) and a Qwen2-shaped one (`Qwen2ForCausalLM`: Q/K/V biases, untied
+//! LM head as Qwen2.5-7B, GQA 4:2, theta 1e6, Qwen2's split-regex pre-tokenizer; its GGUF is
+//! `qwen2`, with rotate-half Q/K rows as llama.cpp's converter leaves them).
+//! `lem_agent::convert` turns each into GGUF at f32, q8_0 and q4_0.
 //! `scripts/reference/tiny_llamacpp.py` ran those same GGUFs through llama.cpp and wrote
 //! `tests/fixtures/tiny_llamacpp.json`: last-token logits (the full vocabulary) and greedy
 //! continuations for fixed token-id inputs.
@@ -17,6 +20,7 @@
 use candle_core::quantized::gguf_file;
 use lem_agent::convert::{self, TargetDtype, TargetFormat, PROVENANCE_KEY_PREFIX};
 use lem_agent::engine::{Engine, GenerationParams, LoadOptions, NoopObserver};
+use lem_agent::model::tokenizer::QWEN2_PRE_REGEX;
 use lem_common::rng::SplitMix64;
 use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
@@ -25,9 +29,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
+/// The Hugging Face class a tiny model is written as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TinyArch {
+    Llama,
+    /// Biases on Q, K and V; Qwen2's pre-tokenizer.
+    Qwen2,
+}
+
 /// One tiny model's shape and seed.
 struct TinySpec {
     name: &'static str,
+    arch: TinyArch,
     hidden: usize,
     heads: usize,
     kv_heads: usize,
@@ -40,9 +53,10 @@ struct TinySpec {
     seed: u64,
 }
 
-const SPECS: [TinySpec; 2] = [
+const SPECS: [TinySpec; 3] = [
     TinySpec {
         name: "llama-gqa",
+        arch: TinyArch::Llama,
         hidden: 64,
         heads: 4,
         kv_heads: 2,
@@ -55,6 +69,7 @@ const SPECS: [TinySpec; 2] = [
     },
     TinySpec {
         name: "smollm2-tied",
+        arch: TinyArch::Llama,
         hidden: 96,
         heads: 3,
         kv_heads: 1,
@@ -64,6 +79,19 @@ const SPECS: [TinySpec; 2] = [
         rope_theta: 100_000.0,
         digit_pre_tokenizer: true,
         seed: 0x5A011,
+    },
+    TinySpec {
+        name: "qwen2-bias",
+        arch: TinyArch::Qwen2,
+        hidden: 64,
+        heads: 4,
+        kv_heads: 2,
+        ffn: 96,
+        layers: 2,
+        tied: false,
+        rope_theta: 1_000_000.0,
+        digit_pre_tokenizer: false,
+        seed: 0x0E2B1,
     },
 ];
 
@@ -121,7 +149,12 @@ fn tokenizer_json(spec: &TinySpec) -> Json {
         })
         .collect();
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    let pre = if spec.digit_pre_tokenizer {
+    let pre = if spec.arch == TinyArch::Qwen2 {
+        // Qwen2's tokenizer.json: its regex split, then bytes mapped without a regex.
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN2_PRE_REGEX}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]})
+    } else if spec.digit_pre_tokenizer {
         json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true}, byte_level]})
     } else {
@@ -163,6 +196,15 @@ fn tensors(spec: &TinySpec) -> Vec<(String, Vec<usize>)> {
         ] {
             t.push((format!("model.layers.{l}.{name}"), shape));
         }
+        if spec.arch == TinyArch::Qwen2 {
+            for (name, len) in [
+                ("self_attn.q_proj.bias", q),
+                ("self_attn.k_proj.bias", kv),
+                ("self_attn.v_proj.bias", kv),
+            ] {
+                t.push((format!("model.layers.{l}.{name}"), vec![len]));
+            }
+        }
     }
     t.push(("model.norm.weight".into(), vec![h]));
     if !spec.tied {
@@ -171,13 +213,14 @@ fn tensors(spec: &TinySpec) -> Vec<(String, Vec<usize>)> {
     t
 }
 
-/// Seeded weights: norms near 1, the embedding in ±1, matrices in ±2/sqrt(fan-in) so
+/// Seeded weights: norms near 1, the embedding and biases in ±1 (biases as large as the
+/// projections' outputs, so a misplaced one shows), matrices in ±2/sqrt(fan-in) so
 /// activations neither vanish nor blow up over a few layers.
 fn weights(name: &str, shape: &[usize], rng: &mut SplitMix64) -> Vec<f32> {
     let n: usize = shape.iter().product();
     let scale = if name.ends_with("norm.weight") {
         0.2
-    } else if name == "model.embed_tokens.weight" {
+    } else if name == "model.embed_tokens.weight" || name.ends_with(".bias") {
         1.0
     } else {
         2.0 / (shape[1] as f64).sqrt()
@@ -217,9 +260,13 @@ fn write_safetensors(path: &Path, spec: &TinySpec) {
 
 fn write_source(dir: &Path, spec: &TinySpec) {
     std::fs::create_dir_all(dir).unwrap();
+    let (class, model_type) = match spec.arch {
+        TinyArch::Llama => ("LlamaForCausalLM", "llama"),
+        TinyArch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+    };
     let config = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [class],
+        "model_type": model_type,
         "hidden_size": spec.hidden,
         "intermediate_size": spec.ffn,
         "num_hidden_layers": spec.layers,
@@ -592,28 +639,44 @@ fn safetensors_checkpoints_match_llamacpp_at_f32() {
     );
 }
 
-/// llama-cpp-python's python (`LEM_LLAMA_PYTHON`, else the venv
-/// `scripts/setup-llama-server.sh` builds), or why not.
-fn llama_python() -> Result<PathBuf, String> {
-    let python = std::env::var_os("LEM_LLAMA_PYTHON")
+/// A python that imports `modules`: `$env_var`, else `~/<default_venv>/bin/python`; or
+/// why there is none. Under `CI` (which installs it, running `setup`) none is a failure.
+fn python_with(env_var: &str, default_venv: &str, modules: &str, setup: &str) -> Option<PathBuf> {
+    let python = std::env::var_os(env_var)
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/lem-llama-venv/bin/python")
+                .join(default_venv)
+                .join("bin/python")
         });
-    let ok = Command::new(&python)
-        .args(["-c", "import llama_cpp, numpy"])
+    let why = match Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map_err(|e| format!("{}: {e}", python.display()))?;
-    if !ok.success() {
-        return Err(format!(
-            "{} cannot import llama_cpp and numpy",
-            python.display()
-        ));
+    {
+        Ok(s) if s.success() => return Some(python),
+        Ok(_) => format!("{} cannot import {modules}", python.display()),
+        Err(e) => format!("{}: {e}", python.display()),
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("CI: {why}; run {setup}");
     }
-    Ok(python)
+    eprintln!("skipped: {why} ({setup} installs it)");
+    None
+}
+
+/// Runs `scripts/reference/<name>` with `args`; panics unless it succeeds.
+fn run_reference_script(python: &Path, name: &str, args: &[&std::ffi::OsStr]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts/reference")
+        .join(name);
+    let status = Command::new(python)
+        .arg(&script)
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{} failed", script.display());
 }
 
 #[test]
@@ -623,30 +686,24 @@ fn reference_script_reproduces_the_fixture() {
     if std::env::var_os("LEM_TINY_GGUF_OUT").is_some() {
         return;
     }
-    let python = match llama_python() {
-        Ok(p) => p,
-        Err(why) if std::env::var_os("CI").is_some() => {
-            panic!("CI: llama.cpp unavailable ({why}); run scripts/setup-llama-server.sh")
-        }
-        Err(why) => {
-            eprintln!("skipped: llama.cpp unavailable ({why}); the fixture comparisons still ran");
-            return;
-        }
+    // Without llama.cpp the fixture comparisons above still ran.
+    let Some(python) = python_with(
+        "LEM_LLAMA_PYTHON",
+        ".cache/lem-llama-venv",
+        "llama_cpp, numpy",
+        "scripts/setup-llama-server.sh",
+    ) else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let built = build_all(dir.path());
     write_manifest(dir.path(), &built);
     let out = dir.path().join("rerun.json");
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/tiny_llamacpp.py");
-    let status = Command::new(&python)
-        .arg(&script)
-        .arg("--ggufs")
-        .arg(dir.path())
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "{} failed", script.display());
+    run_reference_script(
+        &python,
+        "tiny_llamacpp.py",
+        &["--ggufs".as_ref(), dir.path().as_os_str(), out.as_os_str()],
+    );
     let rerun: Json = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let committed = fixture();
     let (a, b) = (
@@ -680,5 +737,194 @@ fn reference_script_reproduces_the_fixture() {
                 "{what}: token {id} moved by {worst} since the fixture"
             );
         }
+    }
+}
+
+/// A copy of a GGUF with `general.architecture` and its shape keys renamed to `to`;
+/// tensors unchanged.
+fn relabel_architecture(src: &Path, dst: &Path, to: &str) {
+    let mut f = std::fs::File::open(src).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let from = match &content.metadata["general.architecture"] {
+        gguf_file::Value::String(s) => s.clone(),
+        other => panic!("{other:?}"),
+    };
+    let metadata: Vec<(String, gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| {
+            let k = match k.strip_prefix(&format!("{from}.")) {
+                Some(rest) => format!("{to}.{rest}"),
+                None => k.clone(),
+            };
+            let v = if k == "general.architecture" {
+                gguf_file::Value::String(to.into())
+            } else {
+                v.clone()
+            };
+            (k, v)
+        })
+        .collect();
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> = content
+        .tensor_infos
+        .keys()
+        .map(|n| {
+            let t = content
+                .tensor(&mut f, n, &candle_core::Device::Cpu)
+                .unwrap();
+            (n.clone(), t)
+        })
+        .collect();
+    let md: Vec<(&str, &gguf_file::Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut out = std::fs::File::create(dst).unwrap();
+    gguf_file::write(&mut out, &md, &ts).unwrap();
+}
+
+#[test]
+fn qwen2_ggufs_run_as_qwen2_and_the_comparison_would_see_llama_semantics() {
+    // The converter wrote `qwen2` with Q/K/V biases, and lem runs it as Qwen2. The same
+    // tensors labelled `llama` (interleaved rotary, biases ignored) miss llama.cpp's
+    // logits by far more than the tolerance: the comparison above can fail.
+    if std::env::var_os("LEM_TINY_GGUF_OUT").is_some() {
+        return;
+    }
+    let (b, m) = pairs()
+        .into_iter()
+        .find(|(b, _)| b.model == "qwen2-bias" && b.dtype == "f32")
+        .expect("the qwen2 f32 GGUF");
+    let mut f = std::fs::File::open(&b.path).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    assert!(matches!(
+        &content.metadata["general.architecture"],
+        gguf_file::Value::String(s) if s == "qwen2"
+    ));
+    assert!(content.metadata.contains_key("qwen2.rope.freq_base"));
+    for t in [
+        "blk.0.attn_q.bias",
+        "blk.1.attn_k.bias",
+        "blk.1.attn_v.bias",
+    ] {
+        assert!(content.tensor_infos.contains_key(t), "{t}");
+    }
+    let e = load(&b.path);
+    assert_eq!(e.info().shape.architecture, "qwen2");
+
+    // GGUF -> safetensors -> GGUF gives back `qwen2`, its pre-tokenizer name (from the
+    // Split regex the safetensors tokenizer.json carries) and every tensor bit for bit.
+    let dir = tempfile::tempdir().unwrap();
+    let (st, back) = (dir.path().join("st"), dir.path().join("back.gguf"));
+    convert::convert(
+        &b.path,
+        TargetFormat::Safetensors,
+        TargetDtype::F32,
+        &st,
+        true,
+    )
+    .unwrap();
+    convert::convert(&st, TargetFormat::Gguf, TargetDtype::F32, &back, true).unwrap();
+    let mut g = std::fs::File::open(&back).unwrap();
+    let round = gguf_file::Content::read(&mut g).unwrap();
+    for key in [
+        "general.architecture",
+        "tokenizer.ggml.pre",
+        "qwen2.rope.freq_base",
+    ] {
+        assert_eq!(
+            format!("{:?}", round.metadata[key]),
+            format!("{:?}", content.metadata[key]),
+            "{key}"
+        );
+    }
+    assert_eq!(round.tensor_infos.len(), content.tensor_infos.len());
+    for name in content.tensor_infos.keys() {
+        let a = content
+            .tensor(&mut f, name, &candle_core::Device::Cpu)
+            .unwrap();
+        let b = round
+            .tensor(&mut g, name, &candle_core::Device::Cpu)
+            .unwrap();
+        assert_eq!(a.data().unwrap(), b.data().unwrap(), "{name}");
+    }
+
+    let as_llama = dir.path().join("as-llama.gguf");
+    relabel_architecture(&b.path, &as_llama, "llama");
+    let mut wrong = load(&as_llama);
+    let case = &m["cases"][2];
+    let got = wrong
+        .next_token_logits(&[ids(&case["input"])])
+        .unwrap()
+        .remove(0);
+    let (_, worst) = worst_diff(&got, &case["last_logits"]);
+    eprintln!("qwen2 weights run as llama: max |lem - llama.cpp| = {worst:.3}");
+    assert!(
+        worst > 100.0 * logit_tolerance("f32"),
+        "llama semantics came within {worst} of llama.cpp's qwen2 logits"
+    );
+}
+
+#[test]
+fn a_qwen2_gguf_written_by_llamacpps_gguf_py_loads_and_matches_llamacpp() {
+    // The tiny Qwen2 checkpoint written as llama.cpp's converter writes Qwen2 (its gguf-py
+    // library, scripts/reference/qwen2_gguf_py.py): other keys and key order, no
+    // `vocab_size` or `rope.dimension_count`, llama.cpp's `general.*` fields. lem loads
+    // it, gives llama.cpp's logits for lem's own conversion of the same weights (llama.cpp
+    // computes the same bits on both files: checked when the script was written), and
+    // tokenizes as the checkpoint's tokenizer.json does.
+    if std::env::var_os("LEM_TINY_GGUF_OUT").is_some() {
+        return;
+    }
+    let Some(python) = python_with(
+        "LEM_GGUF_PYTHON",
+        ".cache/lem-ref-venv",
+        "gguf, numpy",
+        "scripts/setup-gguf-py.sh",
+    ) else {
+        return;
+    };
+    let (b, m) = pairs()
+        .into_iter()
+        .find(|(b, _)| b.model == "qwen2-bias" && b.dtype == "f32")
+        .expect("the qwen2 f32 GGUF");
+    let source = b.path.parent().unwrap().join("src-qwen2-bias");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("gguf-py-qwen2.gguf");
+    run_reference_script(
+        &python,
+        "qwen2_gguf_py.py",
+        &[source.as_os_str(), out.as_os_str()],
+    );
+    // Not lem's bytes: llama.cpp's writer leaves out keys lem's writes.
+    let content = gguf_file::Content::read(&mut std::fs::File::open(&out).unwrap()).unwrap();
+    assert!(!content.metadata.contains_key("qwen2.vocab_size"));
+    assert!(!content
+        .metadata
+        .keys()
+        .any(|k| k.starts_with(PROVENANCE_KEY_PREFIX)));
+
+    let mut e = load(&out);
+    assert_eq!(e.info().shape.architecture, "qwen2");
+    for (i, case) in m["cases"].as_array().unwrap().iter().enumerate() {
+        let got = e
+            .next_token_logits(&[ids(&case["input"])])
+            .unwrap()
+            .remove(0);
+        let (id, worst) = worst_diff(&got, &case["last_logits"]);
+        assert!(
+            worst <= logit_tolerance("f32"),
+            "case {i}: token {id} differs by {worst}"
+        );
+    }
+    let hf = tokenizers::Tokenizer::from_file(source.join("tokenizer.json")).unwrap();
+    for text in [
+        "the 2026 cats",
+        "he's in, isn't he?",
+        "x\n\n  then\tHER 7.5!",
+        "<|im_start|>ther<|im_end|>",
+    ] {
+        let want = hf.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(e.tokenizer().encode(text).unwrap(), want, "{text:?}");
     }
 }

@@ -359,7 +359,7 @@ fn an_unsupported_architecture_is_refused_before_anything_is_stored() {
         .assert()
         .code(2)
         .stderr_eq(str![[r#"
-error: model `gpt2.gguf`: gpt2.gguf: unsupported architecture `gpt2` (general.architecture); this engine runs Llama-family models (`llama`)
+error: model `gpt2.gguf`: gpt2.gguf: unsupported architecture `gpt2` (general.architecture); this engine runs `llama`, `qwen2` and `gemma3`
 
 "#]]);
     assert!(sb.store().experiments().unwrap().is_empty());

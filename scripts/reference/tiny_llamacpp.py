@@ -2,8 +2,9 @@
 """Reference logits from llama.cpp for the tiny random-weight GGUFs lem's converter writes.
 
 Step 1 runs agent/tests/engine_tiny_llamacpp.rs with LEM_TINY_GGUF_OUT set: the test
-writes two seeded tiny models (Llama-shaped with an untied LM head and GQA 4:2;
-SmolLM2-shaped with tied embeddings and GQA 3:1) as safetensors checkpoints, converts each
+writes three seeded tiny models (Llama-shaped with an untied LM head and GQA 4:2;
+SmolLM2-shaped with tied embeddings and GQA 3:1; Qwen2-shaped with Q/K/V biases, written
+as a `qwen2` GGUF) as safetensors checkpoints, converts each
 to GGUF at f32, q8_0 and q4_0 with lem's converter, and lists them in manifest.json.
 Step 2 runs every GGUF through llama.cpp (llama-cpp-python, CPU, f32 KV cache, no flash
 attention, as lem computes) for fixed token-id inputs: the full last-token logit vector

@@ -67,14 +67,12 @@ impl From<ModelError> for ConvertError {
             ModelError::UnsupportedArchitecture { path, architecture } => ConvertError::Key {
                 path,
                 key: "general.architecture".into(),
-                reason: format!(
-                    "`{architecture}` is not supported; lem converts Llama-family models (`llama`)"
-                ),
+                reason: super::source::unsupported_gguf(&architecture),
             },
             ModelError::UnsupportedHfArchitecture { path, architecture } => ConvertError::Key {
                 path,
                 key: "architectures".into(),
-                reason: format!("`{architecture}` is not supported; lem converts LlamaForCausalLM"),
+                reason: super::source::unsupported_hf(&architecture),
             },
             other => ConvertError::Model(other),
         }

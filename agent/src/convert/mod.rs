@@ -5,14 +5,15 @@
 //!   renamed to Hugging Face names, with `config.json`, `generation_config.json`,
 //!   `tokenizer.json` (the engine's GGUF-metadata tokenizer, serialised),
 //!   `tokenizer_config.json` and a `lem-convert.json` provenance file.
-//! - safetensors → GGUF: `llama.*` metadata from config.json, `tokenizer.ggml.*` from
+//! - safetensors → GGUF: `llama.*` (or `qwen2.*`) metadata from config.json, `tokenizer.ggml.*` from
 //!   tokenizer.json, tensors quantised with candle to `f32|f16|q8_0|q4_0` (norms stay f32).
 //! - GGUF → GGUF re-quantises; safetensors → safetensors re-casts.
 //!
 //! The converter is a client of the model layer (`crate::model`: readers, writers,
 //! names, parameters, the Q/K rotary permutation, tokenizer conversion); this module
-//! only decides what to write. Converting undoes (or redoes) llama.cpp's Q/K row
-//! permutation, so both outputs are true checkpoints of their format. Outputs are written
+//! only decides what to write. Families: `llama` and `qwen2` (`source.rs` lists them;
+//! refusals name them). Converting undoes (or redoes) llama.cpp's Q/K row permutation
+//! where llama.cpp makes one (`llama`, not `qwen2`), so both outputs are true checkpoints of their format. Outputs are written
 //! to a temporary sibling and renamed into place, so a failed conversion never leaves a
 //! half-written model where resolution would find it.
 //!

@@ -51,20 +51,20 @@ impl Source {
     fn open_gguf(path: &Path) -> Result<Self, ConvertError> {
         let g = GgufFile::open(path)?;
         let arch = g.str("general.architecture")?;
-        if arch != "llama" {
+        if !CONVERTS_GGUF.contains(&arch) {
             return Err(key_err(
                 path,
                 "general.architecture",
-                format!("`{arch}` is not supported; lem converts Llama-family models (`llama`)"),
+                unsupported_gguf(arch),
             ));
         }
         let mut params = LlamaParams::from_gguf(&g)?;
         // config.json gets the decimal GGUF meant, not the f32's binary expansion.
-        let f32_key = |k: &str| matches!(g.value(k), Some(Value::F32(_)));
-        if f32_key("llama.attention.layer_norm_rms_epsilon") {
+        let f32_key = |k: &str| matches!(g.value(&format!("{arch}.{k}")), Some(Value::F32(_)));
+        if f32_key("attention.layer_norm_rms_epsilon") {
             params.rms_norm_eps = tidy_f32(params.rms_norm_eps);
         }
-        if f32_key("llama.rope.freq_base") {
+        if f32_key("rope.freq_base") {
             params.rope_theta = tidy_f32(params.rope_theta);
         }
         let mut names = BTreeMap::new();
@@ -80,7 +80,11 @@ impl Source {
                 ));
             }
             let hf = gguf_to_hf_name(name).ok_or_else(|| {
-                tensor_err(path, name, "not a Llama tensor lem knows how to convert")
+                tensor_err(
+                    path,
+                    name,
+                    format!("not a `{arch}` tensor lem knows how to convert"),
+                )
             })?;
             *dtypes
                 .entry(ggml_name(info.ggml_dtype).to_string())
@@ -102,17 +106,14 @@ impl Source {
     fn open_safetensors(dir: &Path) -> Result<Self, ConvertError> {
         let hf = HfConfig::read(dir)?;
         let config_path = &hf.config_path;
-        if hf.architecture != HfArch::Llama {
+        if !CONVERTS_HF.contains(&hf.architecture) {
             return Err(key_err(
                 config_path,
                 "architectures",
-                format!(
-                    "`{}` is not supported; lem converts LlamaForCausalLM",
-                    hf.architecture.class_name()
-                ),
+                unsupported_hf(hf.architecture.class_name()),
             ));
         }
-        refuse_what_gguf_llama_cannot_hold(&hf)?;
+        refuse_what_gguf_cannot_hold(&hf)?;
         let set = SafetensorsSet::open(dir)?;
         let mut names = BTreeMap::new();
         let mut shapes = BTreeMap::new();
@@ -133,7 +134,10 @@ impl Source {
                 return Err(tensor_err(
                     &e.file,
                     &e.name,
-                    "not a Llama tensor lem knows how to convert",
+                    format!(
+                        "not a {} tensor lem knows how to convert",
+                        hf.architecture.class_name()
+                    ),
                 ));
             }
             names.insert(e.name.clone(), e.name.clone());
@@ -228,9 +232,33 @@ impl Source {
     }
 }
 
-/// What a GGUF `llama` model (and lem's engine reading it) cannot express: rope scaling
-/// (no `rope_freqs` is written) and biases.
-fn refuse_what_gguf_llama_cannot_hold(hf: &HfConfig) -> Result<(), ConvertError> {
+/// The GGUF architectures lem's converter reads (and writes).
+pub(super) const CONVERTS_GGUF: [&str; 2] = ["llama", "qwen2"];
+/// The Hugging Face classes lem's converter reads (and writes).
+pub(super) const CONVERTS_HF: [HfArch; 2] = [HfArch::Llama, HfArch::Qwen2];
+
+/// The refusal of a GGUF architecture, listing what is supported.
+pub(super) fn unsupported_gguf(arch: &str) -> String {
+    let list: Vec<String> = CONVERTS_GGUF.iter().map(|a| format!("`{a}`")).collect();
+    format!(
+        "`{arch}` is not supported; lem converts {} (general.architecture)",
+        list.join(", ")
+    )
+}
+
+/// The refusal of a Hugging Face class, listing what is supported.
+pub(super) fn unsupported_hf(class: &str) -> String {
+    let list: Vec<&str> = CONVERTS_HF.iter().map(|a| a.class_name()).collect();
+    format!(
+        "`{class}` is not supported; lem converts {}",
+        list.join(", ")
+    )
+}
+
+/// What a GGUF `llama`/`qwen2` model (and lem's engine reading it) cannot express: rope
+/// scaling (no `rope_freqs` is written), biases other than Qwen2's on Q/K/V, and a
+/// sliding window.
+fn refuse_what_gguf_cannot_hold(hf: &HfConfig) -> Result<(), ConvertError> {
     if hf.rope_freq_factors.is_some() {
         return Err(key_err(
             &hf.config_path,
@@ -238,11 +266,18 @@ fn refuse_what_gguf_llama_cannot_hold(hf: &HfConfig) -> Result<(), ConvertError>
             "rope scaling is not supported by lem's converter",
         ));
     }
-    if hf.qkv_bias || hf.o_bias {
+    if hf.o_bias || hf.qkv_bias != hf.cfg.has_qkv_bias() {
         return Err(key_err(
             &hf.config_path,
             "attention_bias",
-            "biases are not supported",
+            "biases are not supported (beyond Qwen2's on Q, K and V)",
+        ));
+    }
+    if hf.cfg.sliding_window.is_some() {
+        return Err(key_err(
+            &hf.config_path,
+            "use_sliding_window",
+            "sliding-window attention is not supported by lem's converter",
         ));
     }
     Ok(())

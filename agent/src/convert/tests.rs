@@ -117,12 +117,45 @@ fn configs_gguf_llama_cannot_hold_are_refused_naming_the_field() {
     write(&mistral);
     let e = open_err();
     assert!(e.contains("`MistralForCausalLM` is not supported"), "{e}");
+    // The refusal says what is supported.
+    assert!(
+        e.contains("lem converts LlamaForCausalLM, Qwen2ForCausalLM"),
+        "{e}"
+    );
+    let mut windowed = cfg.clone();
+    windowed["architectures"] = json!(["Qwen2ForCausalLM"]);
+    windowed["use_sliding_window"] = json!(true);
+    windowed["sliding_window"] = json!(32);
+    write(&windowed);
+    let e = open_err();
+    assert!(e.contains("config.json: `use_sliding_window`"), "{e}");
     let mut gpt2 = cfg;
     gpt2["architectures"] = json!(["GPT2LMHeadModel"]);
     write(&gpt2);
     let e = open_err();
     assert!(
         e.contains("config.json: `architectures`: `GPT2LMHeadModel`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_unsupported_gguf_architecture_is_refused_listing_the_supported_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("m.gguf");
+    let meta = vec![(
+        "general.architecture".to_string(),
+        candle_core::quantized::gguf_file::Value::String("phi3".into()),
+    )];
+    crate::model::gguf::write(&path, &meta, &[]).unwrap();
+    let e = match Source::open(&path) {
+        Ok(_) => panic!("opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains(
+            "`general.architecture`: `phi3` is not supported; lem converts `llama`, `qwen2`"
+        ),
         "{e}"
     );
 }

@@ -1,6 +1,7 @@
-//! Writes a GGUF file: `llama.*` metadata, the tokenizer (kept from a GGUF source,
+//! Writes a GGUF file: `llama.*` or `qwen2.*` metadata, the tokenizer (kept from a GGUF source,
 //! converted from tokenizer.json otherwise), the provenance, and the tensors quantised to
-//! the target type with Q/K rows in llama.cpp's interleaved order.
+//! the target type with Q/K rows in llama.cpp's order (interleaved for `llama`, as
+//! stored for `qwen2`).
 
 use super::error::{invalid, io_err, tensor_err, ConvertError};
 use super::output::staged;
@@ -29,10 +30,11 @@ pub(super) fn write_gguf_file(
         Weights::Gguf(g) => {
             // Keep the tokenizer and descriptive keys; re-derive the shape and file type.
             // `general.alignment` goes too: candle's writer always aligns to 32 bytes.
+            let shape_prefix = format!("{}.", src.params.architecture);
             let mut keys: Vec<&String> = g.metadata().keys().collect();
             keys.sort();
             for k in keys {
-                let derived = k.starts_with("llama.")
+                let derived = k.starts_with(&shape_prefix)
                     || k.starts_with(PROVENANCE_KEY_PREFIX)
                     || matches!(
                         k.as_str(),

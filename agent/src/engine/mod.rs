@@ -1,6 +1,6 @@
 //! Inference engine: model loading, tokenizer, batched generation with per-token timing.
 //!
-//! `Engine::load_gguf` reads a Llama-family GGUF (optionally re-quantising Q4_1 weights to
+//! `Engine::load_gguf` reads a Llama-family, Qwen2 or Gemma 3 GGUF (optionally re-quantising Q4_1 weights to
 //! Q8_0 for candle's AVX2 kernels); `Engine::load_safetensors` reads a Hugging Face
 //! Llama/Mistral/Qwen2 directory at f32/f16/bf16 or quantised on load. Both build the same
 //! model; `Engine::generate` runs a batch of token prompts with a preallocated KV cache.

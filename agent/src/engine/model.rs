@@ -1,5 +1,6 @@
 //! The Llama forward pass, written with candle ops: quantised matmuls (`QMatMul`), RMS
-//! norm, interleaved rotary embeddings, grouped-query attention over a preallocated KV
+//! norm, interleaved rotary embeddings (half-split for `qwen2`/`gemma3` GGUFs, with
+//! Qwen2's Q/K/V biases), grouped-query attention over a preallocated KV
 //! cache, and a SwiGLU MLP. Gemma 3 runs through the same pass with its additions
 //! (`LlamaParams::gemma3`): scaled embeddings, Q/K norms, post-attention and post-MLP
 //! norms, GELU gating, half-split rotary with a local and a global base, and sliding-window
@@ -267,6 +268,10 @@ pub(crate) struct ModelWeights {
     pub output: Option<QTensor>,
     /// Divisors of the rotary frequencies (Llama 3 `rope_freqs` / `rope_scaling`).
     pub rope_freq_factors: Option<Vec<f32>>,
+    /// Q/K rows as stored in a GGUF of `qwen2` or `gemma3`: each head rotates its halves
+    /// (NeoX). False: adjacent pairs (GGUF `llama`, and every safetensors model, whose
+    /// rows are reordered at load).
+    pub rotary_half_split: bool,
 }
 
 /// What loading did to the weights, for `EngineInfo::weight_dtype`.
@@ -318,6 +323,8 @@ pub(crate) struct LlamaModel {
     sin: Tensor,
     /// Gemma 3's tables for the sliding-window layers, with their own rotary base.
     local_rope: Option<(Tensor, Tensor)>,
+    /// `ModelWeights::rotary_half_split`.
+    rotary_half_split: bool,
     device: Device,
 }
 
@@ -425,12 +432,28 @@ impl LlamaModel {
         for i in 0..cfg.num_layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             let ffn = cfg.intermediate_size;
+            let qkv_bias = if cfg.has_qkv_bias() {
+                let b = |g: &mut GgufFile, s: &str, len: usize| {
+                    vector_of(g, &format!("blk.{i}.{s}.bias"), len)
+                };
+                let parts = [
+                    b(g, "attn_q", q_out)?,
+                    b(g, "attn_k", kv_out)?,
+                    b(g, "attn_v", kv_out)?,
+                ];
+                Some(
+                    Tensor::cat(&parts, 0)
+                        .map_err(EngineError::compute("joining the Q/K/V biases"))?,
+                )
+            } else {
+                None
+            };
             layers.push(LayerWeights {
                 attn_norm: vector(g, &n("attn_norm"))?,
                 q: weight(g, &n("attn_q"), &[q_out, h])?,
                 k: weight(g, &n("attn_k"), &[kv_out, h])?,
                 v: weight(g, &n("attn_v"), &[kv_out, h])?,
-                qkv_bias: None,
+                qkv_bias,
                 o: weight(g, &n("attn_output"), &[h, q_out])?,
                 o_bias: None,
                 ffn_norm: vector(g, &n("ffn_norm"))?,
@@ -488,6 +511,7 @@ impl LlamaModel {
             norm,
             output,
             rope_freq_factors,
+            rotary_half_split: !cfg.gguf_qk_interleaved(),
         };
         let model = Self::assemble(cfg, weights, MatmulMode::Ggml, max_positions, device)?;
         Ok((model, report))
@@ -573,6 +597,7 @@ impl LlamaModel {
             cos,
             sin,
             local_rope,
+            rotary_half_split: w.rotary_half_split,
             device: device.clone(),
         })
     }
@@ -678,6 +703,13 @@ impl LlamaModel {
             let q = split(q, nh)?;
             let k = split(k, nkv)?;
             let v = split(v, nkv)?;
+            let rotate = |t: &Tensor, c: &Tensor, s: &Tensor| {
+                if self.rotary_half_split {
+                    candle_nn::rotary_emb::rope(t, c, s)
+                } else {
+                    candle_nn::rotary_emb::rope_i(t, c, s)
+                }
+            };
             let (q, k, window) = match (gemma, &layer.gemma) {
                 (Some(g), Some(norms)) => {
                     let q = candle_nn::ops::rms_norm(&q, &norms.q_norm, eps)?;
@@ -686,15 +718,9 @@ impl LlamaModel {
                         (Some((lc, ls)), true) => ((lc, ls), Some(g.sliding_window)),
                         _ => ((&cos, &sin), None),
                     };
-                    let q = candle_nn::rotary_emb::rope(&q, c, s)?;
-                    let k = candle_nn::rotary_emb::rope(&k, c, s)?;
-                    (q, k, window)
+                    (rotate(&q, c, s)?, rotate(&k, c, s)?, window)
                 }
-                _ => {
-                    let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
-                    let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
-                    (q, k, None)
-                }
+                _ => (rotate(&q, &cos, &sin)?, rotate(&k, &cos, &sin)?, None),
             };
 
             cache.k[i].slice_set(&k, 2, offset)?;

@@ -247,6 +247,8 @@ pub(crate) fn load_weights(
             norm,
             output,
             rope_freq_factors: hf.rope_freq_factors.clone(),
+            // Q/K rows were reordered to adjacent pairs above.
+            rotary_half_split: false,
         },
         report,
     ))

@@ -2,7 +2,8 @@
 //! metadata keys. candle's own `TokenizerFromGguf` adds a prefix space after special
 //! tokens, so the GGUF path builds the `tokenizers` pipeline itself:
 //! BPE from `tokenizer.ggml.tokens` + `merges`; pre-tokenizer = (single digits, for the
-//! `smollm` pre-tokenizer) then byte-level without prefix space; byte-level decoder;
+//! `smollm` pre-tokenizer; Qwen2's split regex for `qwen2`) then byte-level without prefix
+//! space; byte-level decoder;
 //! control tokens registered as special so `<|im_start|>` encodes as one id.
 //! SentencePiece-style vocabularies (`tokenizer.ggml.model = llama`, Gemma) run through
 //! lem's own llama.cpp-compatible merger (`spm.rs`).
@@ -18,7 +19,9 @@ use tokenizers::models::bpe::{Merges, Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::{AddedToken, Tokenizer};
 
 /// How a single user message becomes a prompt.
@@ -441,14 +444,7 @@ fn build_bpe(g: &GgufFile) -> Result<Tokenizer, EngineError> {
     let mut tok = Tokenizer::new(bpe);
 
     let pre = g.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
-    let byte_level = ByteLevel::new(false, true, true);
-    let pre_tok: PreTokenizerWrapper = match pre {
-        // SmolLM/StarCoder split numbers into single digits before the byte-level regex.
-        "smollm" | "starcoder" | "refact" => {
-            Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
-        }
-        _ => byte_level.into(),
-    };
+    let pre_tok = pre_tokenizer(pre).map_err(|e| bad_key("tokenizer.ggml.pre", e))?;
     tok.with_pre_tokenizer(Some(pre_tok));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
 
@@ -477,6 +473,33 @@ fn build_bpe(g: &GgufFile) -> Result<Tokenizer, EngineError> {
             .map_err(|e| bad_key("tokenizer.ggml.token_type", e.to_string()))?;
     }
     Ok(tok)
+}
+
+/// The pre-tokenizer llama.cpp's `tokenizer.ggml.pre` name stands for, followed by the
+/// byte-level mapping (no prefix space).
+fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, String> {
+    let byte_level = ByteLevel::new(false, true, true);
+    Ok(match pre {
+        // SmolLM/StarCoder split numbers into single digits before the byte-level regex.
+        "smollm" | "starcoder" | "refact" => {
+            Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+        }
+        // Qwen2 splits with its own regex; the byte-level step then only maps bytes.
+        "qwen2" => {
+            let split = Split::new(
+                SplitPattern::Regex(crate::model::tokenizer::QWEN2_PRE_REGEX.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| e.to_string())?;
+            Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, false, false).into(),
+            ])
+            .into()
+        }
+        _ => byte_level.into(),
+    })
 }
 
 /// Recognises a ChatML or Gemma template and the default system message it inserts, if
@@ -532,6 +555,32 @@ fn default_system_message(t: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pre_tokens(pre: &str, text: &str) -> Vec<String> {
+        use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+        let mut s = PreTokenizedString::from(text);
+        pre_tokenizer(pre).unwrap().pre_tokenize(&mut s).unwrap();
+        s.get_splits(OffsetReferential::Original, OffsetType::Char)
+            .into_iter()
+            .map(|(piece, _, _)| piece.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn qwen2_splits_single_digits_and_case_blind_contractions() {
+        // Qwen2's regex, by hand: letters with one leading non-letter, each digit alone,
+        // `'S` as a contraction whatever its case, newline runs alone; then bytes mapped
+        // (space Ġ, newline Ċ).
+        assert_eq!(
+            pre_tokens("qwen2", "Hello 2026 WORLD'S\n\n(x"),
+            ["Hello", "Ġ", "2", "0", "2", "6", "ĠWORLD", "'S", "ĊĊ", "(x"]
+        );
+        // GPT-2's regex keeps ` 2026` whole and splits `'S`, the newlines and `(x`.
+        assert_eq!(
+            pre_tokens("gpt-2", "Hello 2026 WORLD'S\n\n(x"),
+            ["Hello", "Ġ2026", "ĠWORLD", "'", "S", "Ċ", "Ċ", "(", "x"]
+        );
+    }
 
     #[test]
     fn finds_smollm2_default_system_message() {

@@ -392,9 +392,10 @@ fn rope_scaling_factors(
 }
 
 impl LlamaParams {
-    /// A `config.json` for `LlamaForCausalLM` with weights stored as `dtype`.
+    /// A `config.json` for `LlamaForCausalLM` (or `Qwen2ForCausalLM`, for `qwen2`) with
+    /// weights stored as `dtype`.
     pub(crate) fn to_config_json(&self, dtype: DType) -> Value {
-        json!({
+        let mut cfg = json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
             "hidden_size": self.hidden_size,
@@ -420,7 +421,18 @@ impl LlamaParams {
             "eos_token_id": self.eos_token_id,
             "pad_token_id": self.pad_token_id,
             "torch_dtype": torch_dtype_name(dtype),
-        })
+        });
+        if self.architecture == "qwen2" {
+            // Qwen2's class always has Q/K/V biases and no `attention_bias` switch.
+            let m = cfg.as_object_mut().expect("an object");
+            for gone in ["attention_bias", "mlp_bias", "pretraining_tp"] {
+                m.remove(gone);
+            }
+            m.insert("architectures".into(), json!(["Qwen2ForCausalLM"]));
+            m.insert("model_type".into(), json!("qwen2"));
+            m.insert("use_sliding_window".into(), json!(false));
+        }
+        cfg
     }
 }
 
@@ -474,5 +486,19 @@ mod tests {
         cfg["eos_token_id"] = json!("x");
         let e = HfConfig::from_config_json(&cfg, Path::new("c.json")).unwrap_err();
         assert!(e.to_string().contains("c.json: `eos_token_id`"), "{e}");
+    }
+
+    #[test]
+    fn a_qwen2_config_reads_back_as_qwen2_with_qkv_biases() {
+        let mut p = crate::model::params::tiny_llama_params();
+        p.architecture = "qwen2".into();
+        p.rope_theta = 1e6;
+        let cfg = p.to_config_json(DType::F32);
+        assert_eq!(cfg["architectures"][0], "Qwen2ForCausalLM");
+        assert!(cfg.get("attention_bias").is_none());
+        let back = HfConfig::from_config_json(&cfg, Path::new("c.json")).unwrap();
+        assert_eq!(back.cfg, p);
+        assert_eq!(back.architecture, HfArch::Qwen2);
+        assert!(back.qkv_bias && !back.o_bias);
     }
 }

@@ -29,7 +29,7 @@ pub enum ModelError {
 
     /// `general.architecture` names a family lem has no parameters for.
     #[error(
-        "{path}: unsupported architecture `{architecture}` (general.architecture); this engine runs Llama-family models (`llama`)"
+        "{path}: unsupported architecture `{architecture}` (general.architecture); this engine runs `llama`, `qwen2` and `gemma3`"
     )]
     UnsupportedArchitecture { path: PathBuf, architecture: String },
 
@@ -142,5 +142,17 @@ mod tests {
         );
         let clean = without_backtrace(wrapped).to_string();
         assert_eq!(clean, "reading header\nunknown magic 0x6c6c6568");
+    }
+
+    #[test]
+    fn the_architecture_refusal_lists_every_architecture_lem_runs() {
+        let e = ModelError::UnsupportedArchitecture {
+            path: "m.gguf".into(),
+            architecture: "gpt2".into(),
+        }
+        .to_string();
+        for arch in crate::model::gguf_params::GGUF_ARCHITECTURES {
+            assert!(e.contains(&format!("`{arch}`")), "{e}");
+        }
     }
 }

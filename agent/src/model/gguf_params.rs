@@ -1,15 +1,20 @@
-//! `LlamaParams` ↔ GGUF metadata (`llama.*`, `gemma3.*`, the tokenizer's special ids).
+//! `LlamaParams` ↔ GGUF metadata (`llama.*`, `qwen2.*`, `gemma3.*`, the tokenizer's
+//! special ids).
 
 use super::error::ModelError;
 use super::gguf::GgufFile;
 use super::params::{Gemma3Params, LlamaParams};
 use candle_core::quantized::gguf_file::Value;
 
+/// The `general.architecture` values lem runs (and its converter reads and writes,
+/// `gemma3` excepted).
+pub const GGUF_ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "gemma3"];
+
 impl LlamaParams {
-    /// From a GGUF file's metadata (`llama` or `gemma3`).
+    /// From a GGUF file's metadata (`llama`, `qwen2` or `gemma3`).
     pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
         let arch = g.str("general.architecture")?;
-        if arch != "llama" && arch != "gemma3" {
+        if !GGUF_ARCHITECTURES.contains(&arch) {
             return Err(ModelError::UnsupportedArchitecture {
                 path: g.path().to_path_buf(),
                 architecture: arch.to_string(),
@@ -151,39 +156,36 @@ fn gemma3_params(g: &GgufFile, num_layers: usize) -> Result<Gemma3Params, ModelE
 }
 
 impl LlamaParams {
-    /// `general.architecture` and the `llama.*` keys.
+    /// `general.architecture` and the shape keys under its prefix (`llama.*` or
+    /// `qwen2.*`: the same names).
     pub(crate) fn gguf_metadata(&self) -> Vec<(String, Value)> {
         let u = |n: usize| Value::U32(n as u32);
+        let arch = self.architecture.as_str();
+        let k = |name: &str| format!("{arch}.{name}");
         let mut m = vec![
             (
                 "general.architecture".to_string(),
-                Value::String("llama".into()),
+                Value::String(arch.into()),
             ),
-            ("llama.block_count".into(), u(self.num_layers)),
-            ("llama.embedding_length".into(), u(self.hidden_size)),
+            (k("block_count"), u(self.num_layers)),
+            (k("embedding_length"), u(self.hidden_size)),
+            (k("feed_forward_length"), u(self.intermediate_size)),
+            (k("attention.head_count"), u(self.num_heads)),
+            (k("attention.head_count_kv"), u(self.num_kv_heads)),
+            (k("rope.dimension_count"), u(self.head_dim)),
+            (k("rope.freq_base"), Value::F32(self.rope_theta as f32)),
             (
-                "llama.feed_forward_length".into(),
-                u(self.intermediate_size),
-            ),
-            ("llama.attention.head_count".into(), u(self.num_heads)),
-            ("llama.attention.head_count_kv".into(), u(self.num_kv_heads)),
-            ("llama.rope.dimension_count".into(), u(self.head_dim)),
-            (
-                "llama.rope.freq_base".into(),
-                Value::F32(self.rope_theta as f32),
-            ),
-            (
-                "llama.attention.layer_norm_rms_epsilon".into(),
+                k("attention.layer_norm_rms_epsilon"),
                 Value::F32(self.rms_norm_eps as f32),
             ),
-            ("llama.vocab_size".into(), u(self.vocab_size)),
+            (k("vocab_size"), u(self.vocab_size)),
         ];
         if self.head_dim * self.num_heads != self.hidden_size {
-            m.push(("llama.attention.key_length".into(), u(self.head_dim)));
-            m.push(("llama.attention.value_length".into(), u(self.head_dim)));
+            m.push((k("attention.key_length"), u(self.head_dim)));
+            m.push((k("attention.value_length"), u(self.head_dim)));
         }
         if let Some(n) = self.context_length {
-            m.push(("llama.context_length".into(), Value::U32(n as u32)));
+            m.push((k("context_length"), Value::U32(n as u32)));
         }
         m
     }

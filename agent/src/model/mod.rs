@@ -3,7 +3,7 @@
 //! them). One file per format or concern:
 //!
 //! - `gguf.rs` — GGUF reader (typed metadata, tensor table with bounds checks) and writer;
-//!   `gguf_params.rs` — hyper-parameters ↔ `llama.*` / `gemma3.*` metadata.
+//!   `gguf_params.rs` — hyper-parameters ↔ `llama.*` / `qwen2.*` / `gemma3.*` metadata.
 //! - `safetensors.rs` — a model directory's weight files (memory-mapped) and the writer.
 //! - `config_json.rs` — Hugging Face `config.json` and its sibling JSON files.
 //! - `params.rs` — `LlamaParams`, one struct for every family (Gemma 3's additions in
@@ -18,7 +18,7 @@
 pub mod config_json;
 pub mod error;
 pub mod gguf;
-mod gguf_params;
+pub mod gguf_params;
 pub mod names;
 pub mod params;
 pub mod rope_permute;

@@ -6,7 +6,8 @@
 /// converter share. Gemma 3's additions are in `gemma3`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaParams {
-    /// `llama` or `gemma3` for GGUF; `llama`, `mistral` or `qwen2` for safetensors.
+    /// `llama`, `qwen2` or `gemma3` for GGUF; `llama`, `mistral` or `qwen2` for
+    /// safetensors.
     pub architecture: String,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -85,6 +86,19 @@ impl LlamaParams {
 }
 
 impl LlamaParams {
+    /// Qwen2 has biases on Q, K and V (and on nothing else).
+    pub fn has_qkv_bias(&self) -> bool {
+        self.architecture == "qwen2"
+    }
+
+    /// Whether a GGUF file of this architecture stores Q/K rows (and biases) in the
+    /// interleaved rotary order: llama.cpp's converter permutes them for `llama` only;
+    /// `qwen2` and `gemma3` keep the checkpoint's rotate-half order, which llama.cpp
+    /// rotates as halves (NeoX).
+    pub fn gguf_qk_interleaved(&self) -> bool {
+        self.architecture == "llama"
+    }
+
     /// Every tensor of the model: Hugging Face name and shape (outermost first), in
     /// llama.cpp's order (embedding, layers, final norm, head).
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
@@ -111,6 +125,15 @@ impl LlamaParams {
                 ("mlp.down_proj.weight", vec![h, i]),
             ] {
                 out.push((format!("{p}{name}"), shape));
+            }
+            if self.has_qkv_bias() {
+                for (name, len) in [
+                    ("self_attn.q_proj.bias", q),
+                    ("self_attn.k_proj.bias", kv),
+                    ("self_attn.v_proj.bias", kv),
+                ] {
+                    out.push((format!("{p}{name}"), vec![len]));
+                }
             }
         }
         out.push(("model.norm.weight".into(), vec![h]));

@@ -13,6 +13,29 @@ const TOKEN_CONTROL: i32 = 3;
 const TOKEN_USER_DEFINED: i32 = 4;
 const TOKEN_UNUSED: i32 = 5;
 
+/// llama.cpp's name for a tokenizer.json pre-tokenizer: Qwen2's split regex is `qwen2`;
+/// SmolLM/StarCoder split digits one by one before the byte-level regex (`smollm`);
+/// otherwise GPT-2's regex, which llama.cpp names `gpt-2` (it refuses a file saying `gpt2`).
+fn pre_tokenizer_name(pre: &Json) -> &'static str {
+    let steps: Vec<&Json> = match pre["pretokenizers"].as_array() {
+        Some(list) => list.iter().collect(),
+        None => vec![pre],
+    };
+    if steps
+        .iter()
+        .any(|s| s["type"] == "Split" && s["pattern"]["Regex"] == super::QWEN2_PRE_REGEX)
+    {
+        "qwen2"
+    } else if steps
+        .iter()
+        .any(|s| s["type"] == "Digits" && s["individual_digits"] == true)
+    {
+        "smollm"
+    } else {
+        "gpt-2"
+    }
+}
+
 /// The `tokenizer.ggml.*` keys (and `tokenizer.chat_template`) from a byte-level BPE
 /// tokenizer.json, as llama.cpp's converter writes them.
 pub fn gguf_metadata(
@@ -111,12 +134,7 @@ pub fn gguf_metadata(
     if merges.is_empty() {
         return Err(ModelError::config(path, "model.merges", "no merges"));
     }
-    // SmolLM/StarCoder split digits one by one before the byte-level regex; otherwise
-    // GPT-2's regex, which llama.cpp names "gpt-2" (it refuses a file saying "gpt2").
-    let pre = match tokenizer["pre_tokenizer"].to_string() {
-        s if s.contains("\"Digits\"") && s.contains("\"individual_digits\":true") => "smollm",
-        _ => "gpt-2",
-    };
+    let pre = pre_tokenizer_name(&tokenizer["pre_tokenizer"]);
     let add_bos = match tokenizer_config.and_then(|c| c.get("add_bos_token")) {
         Some(Json::Bool(b)) => *b,
         _ => {
@@ -241,5 +259,21 @@ mod tests {
         wp["model"]["type"] = json!("WordPiece");
         let e = gguf_metadata(&wp, None, None, &p, Path::new("t.json")).unwrap_err();
         assert!(e.to_string().contains("t.json: `model.type`"), "{e}");
+    }
+
+    #[test]
+    fn qwen2s_split_regex_is_named_qwen2() {
+        let qwen2 = json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": crate::model::tokenizer::QWEN2_PRE_REGEX},
+             "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false,
+             "use_regex": false}]});
+        assert_eq!(pre_tokenizer_name(&qwen2), "qwen2");
+        // Another split regex (Llama 3's groups digits by three) is not Qwen2's.
+        let mut other = qwen2.clone();
+        other["pretokenizers"][0]["pattern"]["Regex"] = json!("\\p{N}{1,3}");
+        assert_eq!(pre_tokenizer_name(&other), "gpt-2");
+        let digits = json!({"type": "Digits", "individual_digits": true});
+        assert_eq!(pre_tokenizer_name(&digits), "smollm");
     }
 }
