@@ -184,6 +184,8 @@ fn raw_ids(
     command: &ReadCommand,
 ) -> Result<Vec<String>, CliError> {
     use crate::export::ExportLevel;
+    // Export and report read the raw results of aggregated experiments only.
+    let aggregated_only = !matches!(command, ReadCommand::Results(ResultsCommand::Show { .. }));
     let (ids, all, sweep): (&[String], bool, Option<&str>) = match command {
         ReadCommand::Results(ResultsCommand::Show { id, raw: true, .. }) => {
             (std::slice::from_ref(id), false, None)
@@ -199,13 +201,23 @@ fn raw_ids(
         ReadCommand::Results(_) => return Ok(Vec::new()),
     };
     let records: Vec<ExperimentRecord> = store.read(|s| {
-        if !ids.is_empty() {
-            return ids.iter().map(|id| s.find_experiment(id)).collect();
+        let selected: Vec<ExperimentRecord> = if ids.is_empty() {
+            s.experiments()?
+                .into_iter()
+                .filter(|r| all || sweep.is_some_and(|name| in_sweep(&r.config_name, name)))
+                .collect()
+        } else {
+            ids.iter()
+                .map(|id| s.find_experiment(id))
+                .collect::<Result<_, _>>()?
+        };
+        let mut kept = Vec::new();
+        for rec in selected {
+            if !aggregated_only || s.aggregate::<serde_json::Value>(&rec.id)?.is_some() {
+                kept.push(rec);
+            }
         }
-        Ok(s.experiments()?
-            .into_iter()
-            .filter(|r| all || sweep.is_some_and(|name| in_sweep(&r.config_name, name)))
-            .collect())
+        Ok(kept)
     })?;
     let mut out: Vec<String> = records.into_iter().map(|r| r.id).collect();
     out.sort();
