@@ -47,3 +47,51 @@ async fn an_agent_notices_a_silent_coordinator_within_the_idle_timeout_and_retur
     next_matching(&mut again, WAIT, "Hello after the silence", is_hello).await;
     drop(session);
 }
+
+/// A coordinator that drops every session right after its Hello: each reconnection waits
+/// longer than the one before (the delay grows as after failed connects), so the agent
+/// does not send a Hello every `--reconnect-initial-ms`. Only lower bounds on the gaps are
+/// checked (a loaded machine can only make them longer); with the delay reset at every
+/// connection, as before, each gap would be about the initial delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_dropped_at_once_meet_growing_reconnect_delays() {
+    let node = Node::new();
+    let mut coordinator = Coordinator::start();
+    let (initial_ms, max_ms) = (400u64, 8_000u64);
+    let agent = node.spawn_with(
+        &coordinator.target,
+        Some(&coordinator.token()),
+        1,
+        &[
+            "--reconnect-initial-ms",
+            &initial_ms.to_string(),
+            "--reconnect-max-ms",
+            &max_ms.to_string(),
+        ],
+    );
+    let sessions = 6;
+    let mut hello_at = Vec::new();
+    for n in 0..sessions {
+        let accepted = tokio::time::timeout(WAIT, coordinator.server.accept()).await;
+        let Ok(Some(mut session)) = accepted else {
+            panic!("session {n} never came\n{}", agent.log_text());
+        };
+        next_matching(&mut session, WAIT, "Hello", is_hello).await;
+        hello_at.push(Instant::now());
+        session
+            .connection
+            .close(lem_net::close_code::DONE, "dropped at once");
+    }
+    // After the k-th dropped session (k from 1) the delay is at least half its ceiling,
+    // initial · 2^(k-1), capped at the maximum.
+    for k in 1..sessions {
+        let gap = hello_at[k] - hello_at[k - 1];
+        let ceiling_ms = (initial_ms << (k - 1)).min(max_ms);
+        let floor = Duration::from_millis(ceiling_ms / 2);
+        assert!(
+            gap >= floor,
+            "gap {k}: {gap:?} < {floor:?}\n{}",
+            agent.log_text()
+        );
+    }
+}

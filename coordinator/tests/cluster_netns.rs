@@ -456,6 +456,7 @@ fn an_agent_cut_off_past_its_timeout_is_requeued_and_its_late_result_superseded(
         "{requeue:?}"
     );
     assert!(requeue < healed_after, "{requeue:?} vs {healed_after:?}");
+    assert_eq!(hellos, connections, "one Hello per connection");
     let acked_all: BTreeSet<u64> = acked.values().flatten().copied().collect();
     assert_eq!(acked_all, ledger.accepted_attempts);
 }

@@ -154,12 +154,6 @@ impl Node {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--heartbeat-interval-ms", "500"])
-            .args([
-                "--reconnect-initial-ms",
-                "100",
-                "--reconnect-max-ms",
-                "1000",
-            ])
             .env_remove("LEM_DATA_DIR")
             .env_remove("LEM_AGENT_DATA_DIR")
             .env_remove("LEM_JOIN_TOKEN")
@@ -174,6 +168,15 @@ impl Node {
             .stderr(log);
         if let Some(token) = token {
             cmd.args(["--join-token", token]);
+        }
+        // Quick reconnects unless the test sets its own.
+        if !extra.contains(&"--reconnect-initial-ms") {
+            cmd.args([
+                "--reconnect-initial-ms",
+                "100",
+                "--reconnect-max-ms",
+                "1000",
+            ]);
         }
         cmd.args(extra);
         Agent {
