@@ -246,29 +246,26 @@ fn greedy_continuation_of_the_long_prompt_equals_llamacpp() {
 
 /// Every row of a ragged batch, its rows of different lengths left-padded, computes the
 /// same bits as the prompt alone: logits after the prompt and greedy tokens, through the
-/// decode path. One prompt exceeds the 512-token window, so the sliding-window layers
-/// cut its keys while the short rows beside it carry ~690 columns of padding.
+/// decode path. The long row runs past the 512-token window, so the sliding-window layers
+/// cut its keys, while the short row beside it carries over 512 columns of padding. (Two
+/// rows, the long prompt cut to 530 tokens: a padded batch computes every column, and the
+/// crate under test is unoptimised in test builds.)
 #[test]
 fn ragged_batch_rows_equal_each_prompt_alone() {
     let Some(e) = engine() else { return };
     let mut e = lock(e);
     let f = fixture();
-    let prompts: Vec<Vec<u32>> = ["long_window", "plain", "whitespace_unicode", "digits"]
-        .iter()
-        .map(|name| {
-            f.prompts
-                .iter()
-                .find(|p| p.name == *name)
-                .unwrap_or_else(|| panic!("fixture has no prompt `{name}`"))
-                .token_ids
-                .clone()
-        })
-        .collect();
-    let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
-    assert!(
-        lengths[0] > 512 && lengths[1..].iter().all(|&n| n < 32),
-        "{lengths:?}"
-    );
+    let prompt = |name: &str| {
+        f.prompts
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("fixture has no prompt `{name}`"))
+            .token_ids
+            .clone()
+    };
+    let long: Vec<u32> = prompt("long_window").into_iter().take(530).collect();
+    let prompts = vec![long, prompt("digits")];
+    assert!(prompts[0].len() == 530 && prompts[1].len() < 32);
 
     let batch = e.next_token_logits(&prompts).unwrap();
     for (row, p) in prompts.iter().enumerate() {
@@ -290,7 +287,7 @@ fn ragged_batch_rows_equal_each_prompt_alone() {
     }
 
     let params = GenerationParams {
-        max_new_tokens: 6,
+        max_new_tokens: 4,
         ..GenerationParams::default()
     };
     let together = e.generate(&prompts, &params, &mut NoopObserver).unwrap();
