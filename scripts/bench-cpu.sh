@@ -7,8 +7,12 @@ cd "$(dirname "$0")/.."
 runs="${1:-5}"
 threads="${2:-2}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lem-target}"
-cargo build --release --bin lem >/dev/null
-lem="$CARGO_TARGET_DIR/release/lem"
+# LEM_BIN: a `lem` built already (e.g. by scripts/bench-interleaved.sh); else a release build.
+lem="${LEM_BIN:-}"
+if [ -z "$lem" ]; then
+  cargo build --release --bin lem >/dev/null
+  lem="$CARGO_TARGET_DIR/release/lem"
+fi
 data="$(mktemp -d)"
 trap 'rm -rf "$data"' EXIT
 cfg="$data/bench.yaml"
