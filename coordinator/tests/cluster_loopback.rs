@@ -19,15 +19,21 @@
 
 mod aggregate_compare;
 mod cluster_support;
+mod serve_support;
+#[path = "../src/test_fixtures.rs"]
+#[allow(dead_code)]
+mod test_fixtures;
 
 use aggregate_compare::{
     assert_same_aggregates, deterministic, embedded_aggregates, experiments_from_env,
 };
 use cluster_support::{
-    accepted_agent_of, accepted_per_node, cluster_aggregates, join_token, lem, mig_gpu, whole_gpu,
-    write_configs, AgentProcess, Coordinator, Ledger, Node,
+    accepted_agent_of, accepted_per_node, cluster_aggregates, mig_gpu, start_coordinator,
+    whole_gpu, write_configs, Ledger,
 };
 use serde_json::Value;
+use serve_support::node::{AgentProcess, SimNode as Node};
+use serve_support::{join_token, lem, Server};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -67,7 +73,7 @@ fn nodes(dir: &Path) -> Vec<Node> {
 struct Cluster {
     dir: tempfile::TempDir,
     nodes: Vec<Node>,
-    coordinator: Coordinator,
+    coordinator: Server,
     agents: Vec<AgentProcess>,
 }
 
@@ -78,7 +84,7 @@ impl Cluster {
         let data_dir = dir.path().join("coordinator");
         let tokens: Vec<String> = nodes.iter().map(|_| join_token(&data_dir)).collect();
         let addr = format!("127.0.0.1:{}", cluster_support::free_udp_port());
-        let coordinator = Coordinator::start(&data_dir, &addr, serve_flags);
+        let coordinator = start_coordinator(&data_dir, &addr, serve_flags);
         let agents: Vec<AgentProcess> = nodes
             .iter()
             .zip(&tokens)

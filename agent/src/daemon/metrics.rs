@@ -2,10 +2,7 @@
 //! the energy counter and the temperature as NVML reports them at scrape time, under
 //! dcgm-exporter's names and labels, and the agent's own state (connected, draining,
 //! jobs running, outcomes spooled). A reading NVML cannot give is left out, with the
-//! reason in a comment line: never a zero.
-//!
-//! HTTP is the least that Prometheus needs: one `GET /metrics` per connection, the
-//! request head bounded in size and time.
+//! reason in a comment line: never a zero. The HTTP side is lem-net's `metrics_http`.
 
 use crate::meter::nvml::{init_nvml, simulation_reason};
 use lem_common::prometheus::{self, escape_label as escape, one_line, Kind};
@@ -16,14 +13,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// The longest request head read.
-const MAX_REQUEST_BYTES: usize = 8 * 1024;
-/// How long a client may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The agent's state as the endpoint shows it; the session keeps it current.
 #[derive(Debug, Default)]
@@ -224,84 +213,30 @@ fn family(out: &mut String, hostname: &str, gpus: &[GpuSample], f: Family<'_>) {
     }
 }
 
-/// Binds `listen` and serves scrapes until the runtime stops. Returns the bound address.
+/// Binds `listen` and serves scrapes until the runtime stops (lem-net's responder).
+/// Returns the bound address.
 pub async fn serve(
     listen: SocketAddr,
     hostname: String,
     reader: GpuReader,
     gauges: Arc<AgentGauges>,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(listen).await?;
-    let bound = listener.local_addr()?;
     let reader = Arc::new(reader);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let (reader, gauges, hostname) = (reader.clone(), gauges.clone(), hostname.clone());
-            tokio::spawn(async move {
-                if let Err(error) = answer(stream, &hostname, reader, &gauges).await {
-                    tracing::debug!(%error, "metrics request failed");
-                }
-            });
-        }
-    });
-    Ok(bound)
+    lem_net::metrics_http::serve(listen, move || {
+        let (reader, gauges, hostname) = (reader.clone(), gauges.clone(), hostname.clone());
+        async move { Ok(scrape(&hostname, reader, &gauges).await) }
+    })
+    .await
 }
 
-async fn answer(
-    mut stream: TcpStream,
-    hostname: &str,
-    reader: Arc<GpuReader>,
-    gauges: &AgentGauges,
-) -> std::io::Result<()> {
-    let head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream))
+/// The text of one scrape; a GPU that cannot be read is a note in it, so it always has one.
+async fn scrape(hostname: &str, reader: Arc<GpuReader>, gauges: &AgentGauges) -> String {
+    // NVML calls block: off the async workers.
+    let sampler = reader.clone();
+    let gpus = tokio::task::spawn_blocking(move || sampler.sample())
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head"))??;
-    let request_line = head.lines().next().unwrap_or_default();
-    let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, body) = match (method, path) {
-        ("GET", "/metrics") => {
-            // NVML calls block: off the async workers.
-            let sampler = reader.clone();
-            let gpus = tokio::task::spawn_blocking(move || sampler.sample())
-                .await
-                .unwrap_or_else(|e| Err(format!("sampling failed: {e}")));
-            let text = render(hostname, &gpus, reader.simulated.as_deref(), gauges);
-            ("200 OK", text)
-        }
-        ("GET", _) => ("404 Not Found", "only /metrics is served\n".to_owned()),
-        _ => ("405 Method Not Allowed", "only GET is served\n".to_owned()),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        prometheus::CONTENT_TYPE,
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// The request head, up to its blank line; at most [`MAX_REQUEST_BYTES`].
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_REQUEST_BYTES {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "request head too long",
-            ));
-        }
-    }
-    Ok(String::from_utf8_lossy(&head).into_owned())
+        .unwrap_or_else(|e| Err(format!("sampling failed: {e}")));
+    render(hostname, &gpus, reader.simulated.as_deref(), gauges)
 }
 
 #[cfg(test)]

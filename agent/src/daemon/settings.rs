@@ -68,85 +68,97 @@ pub struct Flags {
     pub metrics_listen: Option<String>,
 }
 
-/// One setting: its flag, the variables read for it (first set wins) and its key in the
-/// config file.
+/// One setting: its key in the config file (the flag is the key with `-`, e.g.
+/// `--heartbeat-interval-ms`), the variables read for it (first set wins) and where
+/// clap put its flag's text.
 struct Setting {
-    flag: &'static str,
-    envs: &'static [&'static str],
     key: &'static str,
+    envs: &'static [&'static str],
+    flag_value: fn(&Flags) -> &Option<String>,
+}
+
+impl Setting {
+    fn flag(&self) -> String {
+        format!("--{}", self.key.replace('_', "-"))
+    }
 }
 
 const COORDINATOR: Setting = Setting {
-    flag: "--coordinator",
-    envs: &["LEM_COORDINATOR"],
     key: "coordinator",
+    envs: &["LEM_COORDINATOR"],
+    flag_value: |f| &f.coordinator,
 };
 const JOIN_TOKEN: Setting = Setting {
-    flag: "--join-token",
-    envs: &["LEM_JOIN_TOKEN"],
     key: "join_token",
+    envs: &["LEM_JOIN_TOKEN"],
+    flag_value: |f| &f.join_token,
 };
 const DATA_DIR: Setting = Setting {
-    flag: "--data-dir",
-    envs: &["LEM_AGENT_DATA_DIR", "LEM_DATA_DIR"],
     key: "data_dir",
+    envs: &["LEM_AGENT_DATA_DIR", "LEM_DATA_DIR"],
+    flag_value: |f| &f.data_dir,
 };
 const NODE_NAME: Setting = Setting {
-    flag: "--node-name",
-    envs: &["LEM_NODE_NAME"],
     key: "node_name",
+    envs: &["LEM_NODE_NAME"],
+    flag_value: |f| &f.node_name,
 };
 const HEARTBEAT_INTERVAL_MS: Setting = Setting {
-    flag: "--heartbeat-interval-ms",
-    envs: &["LEM_HEARTBEAT_INTERVAL_MS"],
     key: "heartbeat_interval_ms",
+    envs: &["LEM_HEARTBEAT_INTERVAL_MS"],
+    flag_value: |f| &f.heartbeat_interval_ms,
 };
 const RECONNECT_INITIAL_MS: Setting = Setting {
-    flag: "--reconnect-initial-ms",
-    envs: &["LEM_RECONNECT_INITIAL_MS"],
     key: "reconnect_initial_ms",
+    envs: &["LEM_RECONNECT_INITIAL_MS"],
+    flag_value: |f| &f.reconnect_initial_ms,
 };
 const RECONNECT_MAX_MS: Setting = Setting {
-    flag: "--reconnect-max-ms",
-    envs: &["LEM_RECONNECT_MAX_MS"],
     key: "reconnect_max_ms",
+    envs: &["LEM_RECONNECT_MAX_MS"],
+    flag_value: |f| &f.reconnect_max_ms,
 };
 const MAX_CONNECT_ATTEMPTS: Setting = Setting {
-    flag: "--max-connect-attempts",
-    envs: &["LEM_MAX_CONNECT_ATTEMPTS"],
     key: "max_connect_attempts",
+    envs: &["LEM_MAX_CONNECT_ATTEMPTS"],
+    flag_value: |f| &f.max_connect_attempts,
 };
 const NVML_LIB: Setting = Setting {
-    flag: "--nvml-lib",
-    envs: &["LEM_NVML_LIB"],
     key: "nvml_lib",
+    envs: &["LEM_NVML_LIB"],
+    flag_value: |f| &f.nvml_lib,
 };
 const POWERCAP_ROOT: Setting = Setting {
-    flag: "--powercap-root",
-    envs: &["LEM_POWERCAP_ROOT"],
     key: "powercap_root",
+    envs: &["LEM_POWERCAP_ROOT"],
+    flag_value: |f| &f.powercap_root,
 };
-
 const METRICS_LISTEN: Setting = Setting {
-    flag: "--metrics-listen",
-    envs: &["LEM_AGENT_METRICS_LISTEN"],
     key: "metrics_listen",
+    envs: &["LEM_AGENT_METRICS_LISTEN"],
+    flag_value: |f| &f.metrics_listen,
 };
 
-/// Keys a config file may hold.
-const FILE_KEYS: &[&str] = &[
-    COORDINATOR.key,
-    JOIN_TOKEN.key,
-    DATA_DIR.key,
-    NODE_NAME.key,
-    HEARTBEAT_INTERVAL_MS.key,
-    RECONNECT_INITIAL_MS.key,
-    RECONNECT_MAX_MS.key,
-    MAX_CONNECT_ATTEMPTS.key,
-    NVML_LIB.key,
-    POWERCAP_ROOT.key,
-    METRICS_LISTEN.key,
+/// Every setting a flag, a variable or the config file can give (`--config` itself
+/// aside); the config file's keys are theirs.
+const SETTINGS: [&Setting; 11] = [
+    &COORDINATOR,
+    &JOIN_TOKEN,
+    &DATA_DIR,
+    &NODE_NAME,
+    &HEARTBEAT_INTERVAL_MS,
+    &RECONNECT_INITIAL_MS,
+    &RECONNECT_MAX_MS,
+    &MAX_CONNECT_ATTEMPTS,
+    &NVML_LIB,
+    &POWERCAP_ROOT,
+    &METRICS_LISTEN,
 ];
+
+/// The keys a config file may hold, for messages.
+fn file_keys() -> String {
+    SETTINGS.map(|s| s.key).join(", ")
+}
 
 /// The agent's settings, resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,7 +183,7 @@ pub enum SettingsError {
     #[error("no {what} given: pass {flag}, set {envs}, or put `{key}:` in the config file")]
     Missing {
         what: &'static str,
-        flag: &'static str,
+        flag: String,
         envs: String,
         key: &'static str,
     },
@@ -188,14 +200,14 @@ pub enum SettingsError {
     },
     #[error("config file {}: {message}", path.display())]
     ConfigParse { path: PathBuf, message: String },
-    #[error("config file {}: unknown key `{key}` (known: {})", path.display(), FILE_KEYS.join(", "))]
+    #[error("config file {}: unknown key `{key}` (known: {})", path.display(), file_keys())]
     UnknownKey { path: PathBuf, key: String },
 }
 
 /// Where one value came from, for errors.
 fn place_of(setting: &Setting, origin: Origin<'_>) -> String {
     match origin {
-        Origin::Flag => format!("flag {}", setting.flag),
+        Origin::Flag => format!("flag {}", setting.flag()),
         Origin::Env(name) => format!("environment variable {name}"),
         Origin::File(path) => format!("config file {}: key `{}`", path.display(), setting.key),
     }
@@ -240,7 +252,7 @@ impl FileValues {
             let serde_yaml::Value::String(key) = key else {
                 return Err(parse_error(format!("key {key:?} is not text")));
             };
-            if !FILE_KEYS.contains(&key.as_str()) {
+            if !SETTINGS.iter().any(|s| s.key == key) {
                 return Err(SettingsError::UnknownKey {
                     path: path.to_owned(),
                     key,
@@ -281,16 +293,14 @@ pub fn resolve(
         None => None,
     };
     let layers = Layers {
+        flags,
         env,
         file: file.as_ref(),
     };
-    let coordinator = layers
-        .text(&COORDINATOR, &flags.coordinator)
-        .ok_or_else(|| missing("coordinator address", &COORDINATOR))?;
-    let data_dir = layers
-        .text(&DATA_DIR, &flags.data_dir)
-        .ok_or_else(|| missing("data directory", &DATA_DIR))?;
-    let node_name = match layers.text(&NODE_NAME, &flags.node_name) {
+    // Checked in this order, so the first problem reported stays the same.
+    let coordinator = layers.required(&COORDINATOR, "coordinator address")?;
+    let data_dir = layers.required(&DATA_DIR, "data directory")?;
+    let node_name = match layers.text(&NODE_NAME) {
         Some((name, origin)) => {
             lem_net::identity::check_id(&name).map_err(|_| SettingsError::Invalid {
                 place: place_of(&NODE_NAME, origin),
@@ -301,12 +311,7 @@ pub fn resolve(
         }
         None => crate::sysinfo::hostname(),
     };
-    let ms = |setting: &Setting, flag: &Option<String>, default: u64| {
-        layers
-            .parsed::<u64>(setting, flag, "a whole number of milliseconds")
-            .map(|v| Duration::from_millis(v.unwrap_or(default)))
-    };
-    let heartbeat_interval = ms(&HEARTBEAT_INTERVAL_MS, &flags.heartbeat_interval_ms, 5_000)?;
+    let heartbeat_interval = layers.millis(&HEARTBEAT_INTERVAL_MS, 5_000)?;
     if heartbeat_interval.is_zero() {
         return Err(SettingsError::Invalid {
             place: "heartbeat interval".into(),
@@ -314,60 +319,39 @@ pub fn resolve(
             expected: "a positive number of milliseconds".into(),
         });
     }
-    let reconnect_initial = ms(&RECONNECT_INITIAL_MS, &flags.reconnect_initial_ms, 500)?;
-    let reconnect_max = ms(&RECONNECT_MAX_MS, &flags.reconnect_max_ms, 30_000)?;
-    let max_connect_attempts = layers
-        .parsed::<u32>(
-            &MAX_CONNECT_ATTEMPTS,
-            &flags.max_connect_attempts,
-            "a whole number of attempts",
-        )?
-        .filter(|&n| n > 0);
-    let metrics_listen = layers.parsed(
-        &METRICS_LISTEN,
-        &flags.metrics_listen,
-        "an address to listen on, IP:PORT",
-    )?;
     Ok(Settings {
-        metrics_listen,
-        coordinator: coordinator.0,
-        join_token: layers.text(&JOIN_TOKEN, &flags.join_token).map(|t| t.0),
-        data_dir: PathBuf::from(data_dir.0),
+        coordinator,
+        join_token: layers.optional(&JOIN_TOKEN),
+        data_dir: PathBuf::from(data_dir),
         node_name,
         heartbeat_interval,
-        reconnect_initial,
-        reconnect_max,
-        max_connect_attempts,
-        nvml_lib: layers
-            .text(&NVML_LIB, &flags.nvml_lib)
-            .map(|p| PathBuf::from(p.0)),
+        reconnect_initial: layers.millis(&RECONNECT_INITIAL_MS, 500)?,
+        reconnect_max: layers.millis(&RECONNECT_MAX_MS, 30_000)?,
+        max_connect_attempts: layers
+            .parsed::<u32>(&MAX_CONNECT_ATTEMPTS, "a whole number of attempts")?
+            .filter(|&n| n > 0),
+        nvml_lib: layers.optional(&NVML_LIB).map(PathBuf::from),
         powercap_root: layers
-            .text(&POWERCAP_ROOT, &flags.powercap_root)
-            .map_or_else(
-                || PathBuf::from("/sys/class/powercap"),
-                |p| PathBuf::from(p.0),
-            ),
+            .optional(&POWERCAP_ROOT)
+            .map_or_else(|| PathBuf::from("/sys/class/powercap"), PathBuf::from),
+        metrics_listen: layers.parsed(&METRICS_LISTEN, "an address to listen on, IP:PORT")?,
     })
 }
 
-fn missing(what: &'static str, setting: &Setting) -> SettingsError {
-    SettingsError::Missing {
-        what,
-        flag: setting.flag,
-        envs: setting.envs.join(" or "),
-        key: setting.key,
-    }
-}
-
+/// The layers a setting is looked up in, and one function per way of reading one.
 struct Layers<'a> {
+    flags: &'a Flags,
     env: &'a dyn Fn(&str) -> Option<String>,
     file: Option<&'a FileValues>,
 }
 
 impl<'a> Layers<'a> {
     /// The first non-empty value: flag, then each variable, then the file.
-    fn text(&self, setting: &Setting, flag: &Option<String>) -> Option<(String, Origin<'a>)> {
-        if let Some(v) = flag.as_ref().filter(|v| !v.is_empty()) {
+    fn text(&self, setting: &Setting) -> Option<(String, Origin<'a>)> {
+        if let Some(v) = (setting.flag_value)(self.flags)
+            .as_ref()
+            .filter(|v| !v.is_empty())
+        {
             return Some((v.clone(), Origin::Flag));
         }
         for name in setting.envs {
@@ -382,13 +366,29 @@ impl<'a> Layers<'a> {
             .map(|v| (v.clone(), Origin::File(&file.path)))
     }
 
+    /// The text, where a layer gives one.
+    fn optional(&self, setting: &Setting) -> Option<String> {
+        self.text(setting).map(|(text, _)| text)
+    }
+
+    /// The text, or an error that says every way to give it.
+    fn required(&self, setting: &Setting, what: &'static str) -> Result<String, SettingsError> {
+        self.optional(setting)
+            .ok_or_else(|| SettingsError::Missing {
+                what,
+                flag: setting.flag(),
+                envs: setting.envs.join(" or "),
+                key: setting.key,
+            })
+    }
+
+    /// The value parsed as `T`; text that does not parse is an error naming its place.
     fn parsed<T: FromStr>(
         &self,
         setting: &Setting,
-        flag: &Option<String>,
         expected: &str,
     ) -> Result<Option<T>, SettingsError> {
-        let Some((text, origin)) = self.text(setting, flag) else {
+        let Some((text, origin)) = self.text(setting) else {
             return Ok(None);
         };
         text.trim()
@@ -399,6 +399,12 @@ impl<'a> Layers<'a> {
                 value: text,
                 expected: expected.into(),
             })
+    }
+
+    /// A whole number of milliseconds, `default_ms` where no layer gives one.
+    fn millis(&self, setting: &Setting, default_ms: u64) -> Result<Duration, SettingsError> {
+        let ms = self.parsed::<u64>(setting, "a whole number of milliseconds")?;
+        Ok(Duration::from_millis(ms.unwrap_or(default_ms)))
     }
 }
 

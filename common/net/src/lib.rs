@@ -1,6 +1,7 @@
 //! lem-net: the transport both lem binaries use — QUIC endpoints (quinn), mutual TLS
 //! against the cluster CA (rustls with the ring provider only), certificates and
-//! enrollment (rcgen), and `common::wire` frames over QUIC streams. It is the only crate
+//! enrollment (rcgen), and `common::wire` frames over QUIC streams; also the plain-HTTP
+//! responder of both binaries' Prometheus endpoints (`metrics_http`). It is the only crate
 //! that touches quinn, rustls or rcgen; `docs/protocol.md` describes what it speaks.
 
 pub mod alpn;
@@ -10,6 +11,7 @@ pub mod enrollment;
 pub mod error;
 pub mod frame_io;
 pub mod identity;
+pub mod metrics_http;
 pub mod pki;
 pub mod server;
 pub mod stream;

@@ -2,14 +2,13 @@
 //! results they used) as CSV, JSON Lines or Parquet, to stdout or atomically to a file.
 //! The store is only read.
 
+use super::atomic_file::write_atomically;
 use super::selection::{select_aggregated, Selection};
 use super::{CliError, ExportArgs, Outcome};
 use crate::aggregate::ExperimentAggregate;
 use crate::embedded::StoreHandle;
 use crate::export::{self, ExportFormat, ExportLevel};
 use lem_common::domain::RawResult;
-use std::io::Write;
-use std::path::Path;
 
 pub fn export(store: &StoreHandle, args: ExportArgs) -> Result<Outcome, CliError> {
     use std::io::IsTerminal;
@@ -45,8 +44,10 @@ pub fn export(store: &StoreHandle, args: ExportArgs) -> Result<Outcome, CliError
     }
     match &args.out {
         None => export::write_table(&table, args.format, &mut std::io::stdout().lock())?,
-        Some(path) => write_atomically(path, |f| export::write_table(&table, args.format, f))
-            .map_err(|e| CliError::failure(format!("cannot write {}: {e}", path.display())))?,
+        Some(path) => write_atomically(path, "export", |f| {
+            export::write_table(&table, args.format, f)
+        })
+        .map_err(|e| CliError::failure(format!("cannot write {}: {e}", path.display())))?,
     }
     Ok(Outcome::Success)
 }
@@ -56,33 +57,4 @@ fn level_name(level: ExportLevel) -> String {
     level
         .to_possible_value()
         .map_or_else(|| format!("{level:?}"), |v| v.get_name().to_string())
-}
-
-/// Writes `path` through a temporary file beside it and a rename, so a reader never sees
-/// half a file and a failed export leaves an earlier file as it was.
-fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> Result<(), export::ExportError>,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or("the path names no file")?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.lem-export-{}", std::process::id()));
-    let result = (|| -> Result<(), Box<dyn std::error::Error>> {
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        write(&mut file)?;
-        let file = file.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

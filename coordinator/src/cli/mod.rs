@@ -2,6 +2,7 @@
 //! handlers. Handlers return an [`Outcome`] or a [`CliError`]; `main` maps them to exit
 //! codes.
 
+mod atomic_file;
 mod batch;
 mod cluster_cmd;
 mod compare;

@@ -1,11 +1,11 @@
 //! `lem report`: reads stored records, aggregates and raw results, builds the report's
 //! data (`crate::report`) and writes one self-contained HTML file atomically.
 
+use super::atomic_file::write_atomically;
 use super::selection::{select_aggregated, Selection};
 use super::{CliError, Outcome, ReportArgs};
 use crate::embedded::StoreHandle;
 use crate::report::{self, ExperimentInput};
-use std::io::Write;
 use std::path::Path;
 
 pub fn run(data_dir: &Path, args: ReportArgs) -> Result<Outcome, CliError> {
@@ -27,7 +27,7 @@ pub fn run_on(store: &StoreHandle, args: ReportArgs) -> Result<Outcome, CliError
     let html = report::build(&inputs, &now)
         .and_then(|data| report::render(&data))
         .map_err(|e| CliError::failure(format!("cannot build the report: {e}")))?;
-    write_atomically(&args.out, html.as_bytes())
+    write_atomically(&args.out, "report", |f| f.write_all(html.as_bytes()))
         .map_err(|e| CliError::failure(format!("cannot write {}: {e}", args.out.display())))?;
     eprintln!(
         "wrote {} ({} experiment{}, {} KiB)",
@@ -37,28 +37,4 @@ pub fn run_on(store: &StoreHandle, args: ReportArgs) -> Result<Outcome, CliError
         html.len() / 1024
     );
     Ok(Outcome::Success)
-}
-
-/// Writes `path` through a temporary file beside it and a rename, so a browser never
-/// opens half a report and a failed write leaves an earlier report as it was.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the path names no file"))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.lem-report-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

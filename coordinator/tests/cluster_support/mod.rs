@@ -1,116 +1,21 @@
-//! Support for `cluster_loopback`: the real `lem serve` on a fixed loopback port (so a
+//! Support for `cluster_loopback` (with `serve_support`, which starts the real `lem
+//! serve` and the real `lem-agent` on simulated GPU nodes): a fixed loopback port (so a
 //! restart on the same data dir is dialled at the same address by agents that were
-//! started once), real `lem-agent` processes on simulated GPU nodes (the fake NVML, one
-//! scenario per node), quick configs on the real SmolLM2 model, and the checks every
-//! fault run reports: jobs accepted exactly once, acknowledged results lost, duplicates
-//! in aggregates. Every wait is bounded and generous (a loaded 2-core machine).
+//! started once), the nodes' GPU scenarios, quick configs on the real SmolLM2 model, and
+//! the checks every fault run reports: jobs accepted exactly once, acknowledged results
+//! lost, duplicates in aggregates. Every wait is bounded and generous (a loaded 2-core
+//! machine).
 
 #![allow(dead_code)] // each test uses a subset
 
-#[path = "../../../tests/support.rs"]
-pub mod support;
-
+use crate::serve_support::{support, Server};
 use lem_coordinator::store::{Disposition, Store};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Long enough for a loaded 2-core machine running real inference; a hang still ends.
 pub const WAIT: Duration = Duration::from_secs(600);
-
-/// `lem` with none of the variables that would point it elsewhere.
-pub fn lem() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lem"));
-    for var in [
-        "LEM_DATA_DIR",
-        "LEM_COORDINATOR",
-        "LEM_CREDENTIAL",
-        "LEM_LISTEN",
-        "LEM_NVML_LIB",
-        "FAKE_NVML_SCENARIO",
-        "CUDA_VISIBLE_DEVICES",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("HF_HUB_OFFLINE", "1");
-    cmd
-}
-
-fn output_ok(what: &str, out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-/// The `lem-agent` binary of this build, next to `lem`. `cargo test --workspace` builds
-/// it; when it is missing or older than the agent's sources, cargo builds it here (slow:
-/// a build of one binary resolves features apart from the test build).
-pub fn agent_binary() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let lem = PathBuf::from(env!("CARGO_BIN_EXE_lem"));
-            let profile_dir = lem.parent().unwrap().to_path_buf();
-            let agent = profile_dir.join("lem-agent");
-            let built_at = std::fs::metadata(&agent).and_then(|m| m.modified()).ok();
-            let root = support::repo_root();
-            let sources = ["agent", "common", "Cargo.lock"].map(|p| root.join(p));
-            if built_at.is_some_and(|b| sources.iter().all(|s| newest_mtime(s) <= b)) {
-                return agent;
-            }
-            let target_dir = profile_dir.parent().unwrap();
-            let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
-                "debug" => "dev".to_owned(),
-                other => other.to_owned(),
-            };
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args([
-                    "build",
-                    "--quiet",
-                    "--bin",
-                    "lem-agent",
-                    "--profile",
-                    &profile,
-                ])
-                .arg("--manifest-path")
-                .arg(root.join("Cargo.toml"))
-                .arg("--target-dir")
-                .arg(target_dir)
-                .status()
-                .expect("run cargo build --bin lem-agent");
-            assert!(status.success(), "cargo build --bin lem-agent failed");
-            assert!(agent.exists(), "{} not built", agent.display());
-            agent
-        })
-        .clone()
-}
-
-/// The newest modification time of a file or of the sources under a directory.
-fn newest_mtime(path: &Path) -> std::time::SystemTime {
-    let meta = std::fs::metadata(path).unwrap();
-    if !meta.is_dir() {
-        return meta.modified().unwrap();
-    }
-    std::fs::read_dir(path)
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            e.path().is_dir() && name != "target" && !name.starts_with('.')
-                || name.ends_with(".rs")
-                || name == "Cargo.toml"
-        })
-        .map(|e| newest_mtime(&e.path()))
-        .max()
-        .unwrap_or(std::time::UNIX_EPOCH)
-}
 
 /// A loopback port free right now (bound and released), for a coordinator that must be
 /// restarted at the same address.
@@ -122,167 +27,10 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
-/// A running `lem serve`.
-pub struct Coordinator {
-    pub data_dir: PathBuf,
-    pub addr: String,
-    child: Child,
-    log: PathBuf,
-    extra: Vec<String>,
-    starts: u32,
-}
-
-impl Coordinator {
-    /// Starts `lem serve --listen addr` and waits for its address file.
-    pub fn start(data_dir: &Path, addr: &str, extra: &[&str]) -> Coordinator {
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, log) = spawn_serve(data_dir, addr, &extra, 0);
-        Coordinator {
-            data_dir: data_dir.to_owned(),
-            addr: addr.to_owned(),
-            child,
-            log,
-            extra,
-            starts: 1,
-        }
-    }
-
-    /// kill -9 (no shutdown path runs), then a new `lem serve` on the same data dir and
-    /// address. Returns when the new one has written its address.
-    pub fn kill9_and_restart(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        let (child, log) = spawn_serve(&self.data_dir, &self.addr, &self.extra, self.starts);
-        self.child = child;
-        self.log = log;
-        self.starts += 1;
-    }
-
-    pub fn cli(&self, args: &[&str]) -> Output {
-        lem()
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--coordinator", &self.addr])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    pub fn cli_ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "lem {args:?}: {}\nserver log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log_text()
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// `status --json`; None while the coordinator cannot answer (it is restarting).
-    pub fn try_status(&self) -> Option<serde_json::Value> {
-        let out = self.cli(&["status", "--json"]);
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    /// Polls `status --json` until `done` says so.
-    pub fn wait_status(
-        &self,
-        what: &str,
-        done: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let deadline = Instant::now() + WAIT;
-        let mut last = None;
-        loop {
-            if let Some(status) = self.try_status() {
-                if done(&status) {
-                    return status;
-                }
-                last = Some(status);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; last status {last:#?}\nserver log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM and wait: the store is flushed and released for the test to open.
-    pub fn stop(mut self) {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: signalling our own child process by its pid.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "lem serve exited {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "lem serve ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_serve(data_dir: &Path, addr: &str, extra: &[String], start: u32) -> (Child, PathBuf) {
-    let addr_file = data_dir.join("serve.addr");
-    let _ = std::fs::remove_file(&addr_file);
-    std::fs::create_dir_all(data_dir).unwrap();
-    let log = data_dir.join(format!("serve-{start}.log"));
-    let mut child = lem()
-        .args(["serve", "--listen", addr, "--data-dir"])
-        .arg(data_dir)
-        .args(extra)
-        .env("LEM_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("lem serve starts");
-    let deadline = Instant::now() + WAIT;
-    let listening = loop {
-        if let Ok(text) = std::fs::read_to_string(&addr_file) {
-            if text.ends_with('\n') {
-                break text.trim().to_owned();
-            }
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "lem serve wrote no address: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(listening, addr, "lem serve listens elsewhere");
-    (child, log)
-}
-
-/// `lem token create` on the data dir before the server holds it.
-pub fn join_token(data_dir: &Path) -> String {
-    let out = lem()
-        .args(["token", "create", "--ttl", "1h", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .unwrap();
-    output_ok("lem token create", &out).trim().to_owned()
+/// `lem serve --listen addr` on `data_dir` (a fixed address, so a restart keeps it),
+/// waiting up to [`WAIT`] for statuses and for its stop.
+pub fn start_coordinator(data_dir: &Path, addr: &str, extra: &[&str]) -> Server {
+    Server::start_on(data_dir, addr, extra).waiting(WAIT)
 }
 
 /// A GPU of a simulated node's scenario.
@@ -304,111 +52,6 @@ pub fn mig_gpu(uuid_tail: &str) -> serde_json::Value {
             { "profile": "2g.10gb", "uuid": format!("MIG-a1000000-2g10-4000-8000-{uuid_tail}"),
               "gpu_instance_id": 3, "compute_instance_id": 0, "slices": 2, "sm_count": 28,
               "memory_total_bytes": 10334765056u64, "allocated": true } ] })
-}
-
-/// A simulated GPU node: its own copy of the fake NVML, its scenario, an empty
-/// powercap tree and the agent's data dir, all under `dir`.
-pub struct Node {
-    pub name: String,
-    pub dir: PathBuf,
-    lib: PathBuf,
-    scenario: PathBuf,
-}
-
-impl Node {
-    pub fn new(parent: &Path, name: &str, gpus: Vec<serde_json::Value>) -> Node {
-        let dir = parent.join(name);
-        std::fs::create_dir_all(dir.join("powercap")).unwrap();
-        let lib = dir.join("libnvidia-ml.so.1");
-        std::fs::copy(support::build_fake_nvml(), &lib).unwrap();
-        let scenario = dir.join("scenario.json");
-        let s = serde_json::json!({ "driver_version": "550.54.15", "gpus": gpus });
-        std::fs::write(&scenario, s.to_string()).unwrap();
-        Node {
-            name: name.to_owned(),
-            dir,
-            lib,
-            scenario,
-        }
-    }
-
-    /// Starts `lem-agent` for this node; `n` numbers its log.
-    pub fn spawn(&self, coordinator: &str, token: &str, n: u32) -> AgentProcess {
-        let log = self.dir.join(format!("agent-{n}.log"));
-        let child = Command::new(agent_binary())
-            .args(["--coordinator", coordinator, "--node-name", &self.name])
-            .arg("--data-dir")
-            .arg(self.dir.join("agent-data"))
-            .args(["--join-token", token])
-            .args(["--heartbeat-interval-ms", "500"])
-            .args([
-                "--reconnect-initial-ms",
-                "100",
-                "--reconnect-max-ms",
-                "1000",
-            ])
-            .env_remove("LEM_DATA_DIR")
-            .env_remove("LEM_AGENT_DATA_DIR")
-            .env_remove("LEM_JOIN_TOKEN")
-            .env_remove("LEM_AGENT_CONFIG")
-            .env_remove("CUDA_VISIBLE_DEVICES")
-            .env("HF_HUB_OFFLINE", "1")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env("LEM_NVML_LIB", &self.lib)
-            .env("FAKE_NVML_SCENARIO", &self.scenario)
-            .env("LEM_POWERCAP_ROOT", self.dir.join("powercap"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("lem-agent starts");
-        AgentProcess { child, log }
-    }
-
-    /// The embedded run's environment: the same fake NVML with this node's scenario.
-    pub fn apply_to(&self, cmd: &mut Command) {
-        cmd.env("LEM_NVML_LIB", &self.lib)
-            .env("FAKE_NVML_SCENARIO", &self.scenario)
-            .env("LEM_POWERCAP_ROOT", self.dir.join("powercap"));
-    }
-}
-
-/// A running `lem-agent`.
-pub struct AgentProcess {
-    child: Child,
-    pub log: PathBuf,
-}
-
-impl AgentProcess {
-    /// kill -9: the agent's running jobs die with it.
-    pub fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Attempts whose outcome the agent logged as acknowledged by the coordinator.
-    pub fn acknowledged_attempts(&self) -> BTreeSet<u64> {
-        self.log_text()
-            .lines()
-            .filter(|line| line.contains("outcome acknowledged"))
-            .filter_map(|line| {
-                let rest = &line[line.find("attempt=")? + "attempt=".len()..];
-                let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-                digits.parse().ok()
-            })
-            .collect()
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `n` quick configs on the real SmolLM2: one prompt of 8 tokens, 1 or 2 output tokens,
@@ -538,7 +181,7 @@ impl Ledger {
 
 /// `results show ID --json` of every experiment of sweep 0, by experiment name.
 pub fn cluster_aggregates(
-    coordinator: &Coordinator,
+    coordinator: &Server,
     names: &[String],
 ) -> BTreeMap<String, serde_json::Value> {
     names

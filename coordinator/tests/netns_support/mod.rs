@@ -1,19 +1,19 @@
 //! Test support for `cluster_netns`: a small network lab (a bridge on the host with the
 //! coordinator's address, one network namespace per agent joined to it by a veth pair),
-//! real `lem-agent` processes started inside those namespaces on simulated GPU nodes
-//! (the fake NVML, one GPU each), and what their logs say was acknowledged.
+//! and real `lem-agent` processes (`serve_support::node`) started inside those
+//! namespaces on simulated GPU nodes (the fake NVML, one GPU each).
 //!
 //! Everything the lab creates carries a tag unique to this process, and `NetLab`'s Drop
-//! deletes it again, also when a test panics.
+//! deletes it again, also when a test panics; what a killed run left (its process gone)
+//! is deleted before the first lab of a process is made.
 
 #![allow(dead_code)] // each test uses a subset
 
-#[path = "../../../tests/support.rs"]
-pub mod support;
-
-use std::collections::BTreeSet;
+pub use crate::serve_support::node::agent_binary;
+use crate::serve_support::node::{AgentProcess, SimNode};
+use crate::serve_support::support;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,7 @@ fn probe_lab() -> Option<String> {
         Ok(out) => return Some(format!("`ip -V` failed: {}", out.status)),
         Err(e) => return Some(format!("no `ip` command (iproute2): {e}")),
     }
+    remove_stale_labs();
     let probe = format!("lemprobe{}", std::process::id());
     let created = ip(&["netns", "add", &probe]);
     let _ = ip(&["netns", "del", &probe]);
@@ -72,6 +73,65 @@ fn ip_ok(args: &[&str]) {
     }
 }
 
+/// Deletes the namespaces and links (bridges, host veth ends) that an earlier run killed
+/// before its Drop left behind: their names carry the id of the process that made them,
+/// and only those of a process that is gone are deleted (another run may be going on
+/// beside this one). Once per process.
+fn remove_stale_labs() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(remove_labs_of_gone_processes);
+}
+
+fn remove_labs_of_gone_processes() {
+    let ours = std::process::id();
+    let gone = |pid: u32| pid != ours && !Path::new(&format!("/proc/{pid}")).exists();
+    let listed = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    for line in listed(&["netns", "list"]).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if owner_of(name).is_some_and(gone) {
+            eprintln!("removing namespace {name} left by an earlier run");
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+    // `ip -o link show`: "7: lembxxxxxxxx: <...>" or "9: lemhxxxxxxxx0@if8: <...>".
+    for line in listed(&["-o", "link", "show"]).lines() {
+        let Some(name) = line.split(": ").nth(1) else {
+            continue;
+        };
+        let name = name.split('@').next().unwrap_or_default();
+        if name.starts_with("lemt-") || name.starts_with("lemprobe") {
+            continue;
+        }
+        if owner_of(name).is_some_and(gone) {
+            eprintln!("removing link {name} left by an earlier run");
+            let _ = ip(&["link", "del", name]);
+        }
+    }
+}
+
+/// The process id in the name of something this support creates (`lemprobe<pid>`, or
+/// `lemt-` / `lemb` / `lemh` followed by the tag: 6 hex digits of the pid and 2 of a
+/// counter); None for any other name.
+fn owner_of(name: &str) -> Option<u32> {
+    if let Some(pid) = name.strip_prefix("lemprobe") {
+        return pid.parse().ok();
+    }
+    let tag = ["lemt-", "lemb", "lemh"]
+        .iter()
+        .find_map(|prefix| name.strip_prefix(prefix))?;
+    let tag = tag.get(..8)?;
+    if !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(&tag[..6], 16).ok()
+}
+
 /// One agent's namespace, with the host end of its veth pair (a bridge port).
 pub struct Namespace {
     pub name: String,
@@ -90,6 +150,7 @@ pub struct NetLab {
 impl NetLab {
     /// A lab with `agents` namespaces on a free 10.231.x.0/24.
     pub fn create(agents: usize) -> NetLab {
+        remove_stale_labs();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         // Interface names are at most 15 bytes: "lemh" + 8 hex digits + agent index.
@@ -176,213 +237,37 @@ fn free_octet(seed: u32) -> u32 {
         .expect("every 10.231.x.0/24 is in use")
 }
 
-/// The `lem-agent` binary next to the `lem` binary under test, built (a no-op when
-/// fresh) as `build_fake_nvml` builds the fake library: a coordinator test cannot name
-/// another package's binary through `CARGO_BIN_EXE_*`.
-/// `LEM_AGENT_BIN` names a prebuilt one instead.
-pub fn agent_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("LEM_AGENT_BIN") {
-        let bin = PathBuf::from(bin);
-        assert!(
-            bin.exists(),
-            "LEM_AGENT_BIN={} does not exist",
-            bin.display()
-        );
-        return bin;
-    }
-    let lem = PathBuf::from(env!("CARGO_BIN_EXE_lem"));
-    let profile_dir = lem.parent().unwrap().to_path_buf();
-    let target_dir = profile_dir.parent().unwrap();
-    let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
-        "debug" => "dev".to_owned(),
-        other => other.to_owned(),
-    };
-    let bin = profile_dir.join("lem-agent");
-    if is_fresh(&bin, &profile_dir.join("deps")) {
-        // `cargo test --workspace` built it with the tests' features; a `cargo build`
-        // here would flip those features and rebuild the TLS stack for minutes.
-        return bin;
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        // `--workspace` as the tests are built: `-p` would unify features differently
-        // and rebuild the dependencies.
-        .args(["build", "--quiet", "--workspace", "--bin", "lem-agent"])
-        .args(["--profile", &profile])
-        .arg("--manifest-path")
-        .arg(support::repo_root().join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir)
-        .status()
-        .expect("run cargo build --bin lem-agent");
-    assert!(status.success(), "cargo build --bin lem-agent failed");
-    assert!(bin.exists(), "{} not built", bin.display());
-    bin
-}
+/// A simulated GPU node with one GPU at a constant 200 W, its agent started inside a
+/// namespace.
+pub struct Node(SimNode);
 
-/// `bin` exists and is newer than every `liblem_agent-*.rlib` in `deps` (the library it
-/// links).
-fn is_fresh(bin: &Path, deps: &Path) -> bool {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let Some(built) = modified(bin) else {
-        return false;
-    };
-    std::fs::read_dir(deps).is_ok_and(|entries| {
-        entries.flatten().all(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            !(name.starts_with("liblem_agent-") && name.ends_with(".rlib"))
-                || modified(&e.path()).is_some_and(|lib| lib <= built)
-        })
-    })
-}
-
-/// A simulated GPU node: the fake NVML (copied) with one GPU at a constant 200 W, an
-/// empty powercap tree, and the agent's data dir.
-pub struct Node {
-    pub name: String,
-    pub dir: PathBuf,
-    lib: PathBuf,
-    scenario: PathBuf,
+impl std::ops::Deref for Node {
+    type Target = SimNode;
+    fn deref(&self) -> &SimNode {
+        &self.0
+    }
 }
 
 impl Node {
     pub fn new(root: &Path, index: usize) -> Node {
-        let name = format!("nsnode{index}");
-        let dir = root.join(&name);
-        std::fs::create_dir_all(dir.join("powercap")).unwrap();
-        let lib = dir.join("libnvidia-ml.so.1");
-        std::fs::copy(support::build_fake_nvml(), &lib).unwrap();
-        let scenario = dir.join("scenario.json");
         let uuid = format!("GPU-0000{index:04x}-0000-4000-8000-00000000000{index}");
-        let s = serde_json::json!({ "driver_version": "550.54.15", "gpus": [{
-            "name": GPU_MODEL, "uuid": uuid, "power": [[0.0, 200.0]],
-            "temperature_c": [[0.0, 41]], "energy_start_mj": 5_000_000 }] });
-        std::fs::write(&scenario, s.to_string()).unwrap();
-        Node {
-            name,
-            dir,
-            lib,
-            scenario,
-        }
-    }
-
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.join("agent-data")
-    }
-
-    /// Points `cmd` at this node's simulated GPU (an embedded `lem batch` on it).
-    pub fn apply_env(&self, cmd: &mut Command) {
-        cmd.env("LEM_NVML_LIB", &self.lib)
-            .env("FAKE_NVML_SCENARIO", &self.scenario)
-            .env("LEM_POWERCAP_ROOT", self.dir.join("powercap"));
-    }
-
-    /// Result files spooled and not acknowledged yet.
-    pub fn spooled(&self) -> usize {
-        std::fs::read_dir(self.data_dir().join("spool"))
-            .map(|d| d.flatten().filter(|e| e.path().is_file()).count())
-            .unwrap_or(0)
+        let gpu = serde_json::json!({ "name": GPU_MODEL, "uuid": uuid,
+            "power": [[0.0, 200.0]], "temperature_c": [[0.0, 41]],
+            "energy_start_mj": 5_000_000 });
+        Node(SimNode::new(root, &format!("nsnode{index}"), vec![gpu]))
     }
 
     /// Starts `lem-agent` inside `namespace` (`ip netns exec` execs it: the child is the
     /// agent itself), dialling `coordinator`.
     pub fn spawn(&self, agent: &Path, namespace: &str, coordinator: &str, token: &str) -> NetAgent {
-        let log = self.dir.join("agent.log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", namespace])
-            .arg(agent)
-            .args(["--coordinator", coordinator, "--join-token", token])
-            .args(["--node-name", &self.name, "--data-dir"])
-            .arg(self.data_dir())
-            .args(["--heartbeat-interval-ms", "500"])
-            .args([
-                "--reconnect-initial-ms",
-                "100",
-                "--reconnect-max-ms",
-                "1000",
-            ])
-            .env_remove("LEM_DATA_DIR")
-            .env_remove("LEM_AGENT_DATA_DIR")
-            .env_remove("LEM_JOIN_TOKEN")
-            .env_remove("LEM_AGENT_CONFIG")
-            .env_remove("LEM_COORDINATOR")
-            .env_remove("CUDA_VISIBLE_DEVICES")
-            .env("HF_HUB_OFFLINE", "1")
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .env("LEM_NVML_LIB", &self.lib)
-            .env("FAKE_NVML_SCENARIO", &self.scenario)
-            .env("LEM_POWERCAP_ROOT", self.dir.join("powercap"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("ip netns exec lem-agent starts");
-        NetAgent { child, log }
+        let mut launcher = Command::new("ip");
+        launcher.args(["netns", "exec", namespace]).arg(agent);
+        self.0.spawn_with(launcher, coordinator, token, "agent.log")
     }
 }
 
-/// A running `lem-agent`; killed (SIGKILL) when dropped.
-pub struct NetAgent {
-    child: Child,
-    pub log: PathBuf,
-}
-
-impl NetAgent {
-    pub fn log_text(&self) -> String {
-        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
-    }
-
-    /// Lines of its log holding `needle` (e.g. how many Hellos it sent).
-    pub fn count(&self, needle: &str) -> usize {
-        self.log_text()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    /// Attempts whose outcome the coordinator acknowledged with `verdict` (`Accepted`,
-    /// `Superseded`), read from the agent's own log.
-    pub fn acknowledged(&self, verdict: &str) -> BTreeSet<u64> {
-        let wanted = format!("verdict={verdict}");
-        self.log_text()
-            .lines()
-            .filter(|l| l.contains("outcome acknowledged") && l.contains(&wanted))
-            .filter_map(|l| field(l, "attempt="))
-            .collect()
-    }
-}
-
-impl Drop for NetAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The number after `key` in a log line.
-fn field(line: &str, key: &str) -> Option<u64> {
-    let rest = &line[line.find(key)? + key.len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
-/// Removes terminal colour sequences (ESC [ ... letter), in case the logger adds them.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+/// A running `lem-agent` in a namespace; killed (SIGKILL) when dropped.
+pub type NetAgent = AgentProcess;
 
 /// Polls `done` every 200 ms until it holds; panics naming `what` after `wait`.
 pub fn eventually(wait: Duration, what: &str, mut done: impl FnMut() -> bool) {
@@ -418,4 +303,60 @@ pub fn write_model_configs(dir: &Path, count: usize, idle_baseline_s: f64) -> Ve
             path
         })
         .collect()
+}
+
+#[test]
+fn lab_names_carry_the_id_of_the_process_that_made_them() {
+    let pid = 0x01_2345;
+    let tag = format!("{pid:06x}{:02x}", 7);
+    for name in [
+        format!("lemt-{tag}-2"),
+        format!("lemb{tag}"),
+        format!("lemh{tag}0"),
+        format!("lemprobe{pid}"),
+    ] {
+        assert_eq!(owner_of(&name), Some(pid), "{name}");
+    }
+    for other in [
+        "lo",
+        "eth0",
+        "lembridge",
+        "lemh12",
+        "lemt-zz345607-0",
+        "docker0",
+    ] {
+        assert_eq!(owner_of(other), None, "{other}");
+    }
+}
+
+#[test]
+fn what_a_gone_process_left_is_removed_and_nothing_else() {
+    if let Some(why) = lab_unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    // A process id no process has now, within the tag's 6 hex digits.
+    let gone = (0x10_0000..0xff_ffffu32)
+        .rev()
+        .find(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        .unwrap();
+    let ours = std::process::id();
+    let stale_ns = format!("lemt-{gone:06x}ff-0");
+    let stale_bridge = format!("lemb{gone:06x}ff");
+    let live_bridge = format!("lemb{:06x}fe", ours & 0xff_ffff);
+    ip_ok(&["netns", "add", &stale_ns]);
+    ip_ok(&["link", "add", &stale_bridge, "type", "bridge"]);
+    ip_ok(&["link", "add", &live_bridge, "type", "bridge"]);
+    remove_labs_of_gone_processes();
+    let namespaces = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    let live_kept = ip(&["link", "del", &live_bridge]);
+    let namespaces = String::from_utf8_lossy(&namespaces.stdout);
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!namespaces.contains(&stale_ns), "{namespaces}");
+    assert!(!links.contains(&format!(": {stale_bridge}:")), "{links}");
+    assert_eq!(live_kept, Ok(()), "this process's bridge was removed");
 }
