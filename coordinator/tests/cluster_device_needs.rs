@@ -11,12 +11,18 @@
 //!   and `status` say why.
 
 mod cluster_support;
+mod serve_support;
+#[path = "../src/test_fixtures.rs"]
+#[allow(dead_code)]
+mod test_fixtures;
 
 use chrono::{DateTime, Utc};
-use cluster_support::{join_token, write_configs, Coordinator, Node};
+use cluster_support::{start_coordinator, write_configs};
 use lem_coordinator::scheduler::{ClaimMode, JobId};
 use lem_coordinator::store::{Disposition, Store};
 use serde_json::Value;
+use serve_support::node::SimNode as Node;
+use serve_support::{join_token, Server};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -74,7 +80,7 @@ fn config_with(dir: &Path, extra: &str) -> PathBuf {
     path
 }
 
-fn submit(coordinator: &Coordinator, args: &[&str]) -> String {
+fn submit(coordinator: &Server, args: &[&str]) -> String {
     let mut all = vec!["sweep", "submit"];
     all.extend(args);
     coordinator.cli_ok(&all)
@@ -142,7 +148,7 @@ fn mig_profiles_gpu_models_and_unplaceable_needs_through_sweep_submit() {
     let data_dir = dir.path().join("coordinator");
     let tokens: Vec<String> = nodes.iter().map(|_| join_token(&data_dir)).collect();
     let addr = format!("127.0.0.1:{}", cluster_support::free_udp_port());
-    let coordinator = Coordinator::start(&data_dir, &addr, &[]);
+    let coordinator = start_coordinator(&data_dir, &addr, &[]);
     let agents: Vec<_> = nodes
         .iter()
         .zip(&tokens)

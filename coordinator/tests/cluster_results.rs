@@ -13,10 +13,16 @@
 //! the second it was generated, a hint apart from the place it names).
 
 mod cluster_support;
+mod serve_support;
+#[path = "../src/test_fixtures.rs"]
+#[allow(dead_code)]
+mod test_fixtures;
 
-use cluster_support::{join_token, lem, whole_gpu, write_configs, Coordinator, Node};
+use cluster_support::{start_coordinator, whole_gpu, write_configs};
 use lem_coordinator::scheduler::{Record, SweepCreated};
 use lem_coordinator::store::{ExperimentRecord, ExperimentStatus, Store};
+use serve_support::node::SimNode as Node;
+use serve_support::{join_token, lem};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
@@ -55,7 +61,7 @@ fn results_through_a_coordinator_print_what_embedded_prints() {
         .unwrap();
     assert!(added.status.success(), "{:?}", text(&added));
     let addr = format!("127.0.0.1:{}", cluster_support::free_udp_port());
-    let coordinator = Coordinator::start(&data_dir, &addr, &[]);
+    let coordinator = start_coordinator(&data_dir, &addr, &[]);
     let _agent = node.spawn(&addr, &token, 0);
     coordinator.wait_status("the agent", |s| {
         s["agents"].as_array().is_some_and(|a| a.len() == 1)

@@ -12,7 +12,8 @@ mod test_fixtures;
 
 use lem_coordinator::store::Store;
 use lem_net::pki::CREDENTIAL_CERT_FILE;
-use netns_support::{agent_binary, support};
+use netns_support::agent_binary;
+use serve_support::support;
 use serve_support::{lem, Server, WAIT};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
