@@ -13,9 +13,14 @@ pub(crate) enum WeightMatmul {
 }
 
 impl WeightMatmul {
-    /// A CPU Q4_1 tensor repacked for lem's kernel; None for any other type.
+    /// A CPU Q4_1 tensor repacked for lem's kernel; None for any other type, and None
+    /// while candle is switched to dequantise every matmul (`CANDLE_DEQUANTIZE_ALL`, the
+    /// f32 reference check): then candle's `QMatMul` runs the dequantised weights.
     pub(crate) fn native_q4_1(t: &QTensor) -> candle_core::Result<Option<Self>> {
-        if t.dtype() != GgmlDType::Q4_1 || !t.shape().dims2()?.1.is_multiple_of(32) {
+        if t.dtype() != GgmlDType::Q4_1
+            || !t.shape().dims2()?.1.is_multiple_of(32)
+            || candle_dequantizes_all()?
+        {
             return Ok(None);
         }
         PackedQ4_1::new(t).map(|p| Some(Self::Q4_1(p)))
@@ -27,4 +32,20 @@ impl WeightMatmul {
             Self::Q4_1(w) => q4_1_matmul::forward(w, x),
         }
     }
+}
+
+/// Whether candle's `QMatMul` dequantises quantised weights in this process. Asked of
+/// candle itself (a one-block Q4_1 matrix), so lem reads no variable of its own.
+fn candle_dequantizes_all() -> candle_core::Result<bool> {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if let Some(answer) = ANSWER.get() {
+        return Ok(*answer);
+    }
+    let probe = Tensor::zeros((1, 32), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    let q = QTensor::quantize(&probe, GgmlDType::Q4_1)?;
+    let answer = matches!(
+        QMatMul::from_arc(std::sync::Arc::new(q))?,
+        QMatMul::Tensor(_) | QMatMul::TensorF16(_)
+    );
+    Ok(*ANSWER.get_or_init(|| answer))
 }
