@@ -761,9 +761,10 @@ fn quick_test_on_gguf_runs_without_warnings() {
         .find(|l| l.starts_with("  model "))
         .expect("a model line");
     // Q4_1 runs on its own weights; the kernel variant depends on this machine's CPU.
-    let variant = model_line
-        .strip_suffix("))")
-        .and_then(|l| l.split("(gguf; weights Q4_1, compute f32 (CPU kernels: ").nth(1));
+    let variant = model_line.strip_suffix("))").and_then(|l| {
+        l.split("(gguf; weights Q4_1, compute f32 (CPU kernels: ")
+            .nth(1)
+    });
     assert!(
         variant.is_some_and(|v| ["scalar", "avx2", "avx512vnni"].contains(&v)),
         "{model_line}"
