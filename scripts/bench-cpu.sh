@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# CPU inference speed of lem on SmolLM2-135M-Instruct Q4_1: decode and prefill tok/s,
+# CPU inference speed of lem (default SmolLM2-135M-Instruct Q4_1): decode and prefill tok/s,
 # median of RUNS separate `lem experiment` processes (each a fresh model load).
 # Usage: scripts/bench-cpu.sh [RUNS] [THREADS]      (figures go in docs/benchmarks.md)
+#   LEM_BENCH_MODEL  model_name to run (default HuggingFaceTB/SmolLM2-135M-Instruct;
+#                    google/gemma-3-270m-GGUF for Gemma 3 270M Q4_K_M)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-5}"
@@ -18,7 +20,7 @@ trap 'rm -rf "$data"' EXIT
 cfg="$data/bench.yaml"
 cat >"$cfg" <<YAML
 config_name: bench-cpu
-model_name: HuggingFaceTB/SmolLM2-135M-Instruct
+model_name: ${LEM_BENCH_MODEL:-HuggingFaceTB/SmolLM2-135M-Instruct}
 max_input_tokens: 128
 max_output_tokens: 64
 min_output_tokens: 64

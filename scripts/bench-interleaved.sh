@@ -5,11 +5,16 @@
 # Usage: scripts/bench-interleaved.sh [ROUNDS] [THREADS]
 #   LEM_BIN      a built `lem` (default: a release build, as bench-cpu.sh does)
 #   LLAMA_PYTHON python with llama-cpp-python (default ~/.cache/lem-llama-venv/bin/python)
+#   LEM_BENCH_MODEL=gemma3  Gemma 3 270M Q4_K_M on both sides instead of SmolLM2 Q4_1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-3}"
 threads="${2:-2}"
 py="${LLAMA_PYTHON:-$HOME/.cache/lem-llama-venv/bin/python}"
+if [ "${LEM_BENCH_MODEL:-}" = gemma3 ]; then
+  export LEM_BENCH_MODEL=google/gemma-3-270m-GGUF
+  export LEM_TEST_MODEL="${LEM_TEST_MODEL:-$HOME/.cache/lem/models/google--gemma-3-270m-GGUF/gemma-3-270m-q4_k_m.gguf}"
+fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 for r in $(seq "$rounds"); do
