@@ -37,6 +37,8 @@ mod timers;
 mod types;
 
 #[cfg(test)]
+mod fence_restart_tests;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;
