@@ -99,7 +99,10 @@ fn a_fenced_gpu_stays_unleased_after_a_restart_until_its_fence_runs_out() {
     let lost_at = renewed_at + cfg.agent_timeout_ms;
     // "a" may run the lost attempt until its last renewal + the TTL.
     let fence_ms = renewed_at + cfg.lease_ttl_ms - lost_at;
-    assert!(fence_ms > 1, "the scenario needs a lease outliving its agent");
+    assert!(
+        fence_ms > 1,
+        "the scenario needs a lease outliving its agent"
+    );
     let dir = tempfile::tempdir().unwrap();
 
     let mut d = start(dir.path(), 0);
@@ -109,8 +112,12 @@ fn a_fenced_gpu_stays_unleased_after_a_restart_until_its_fence_runs_out() {
     let lost = leases_sent(&a_rx).remove(0);
     let b_rx = d.link_mut().connect(AgentId("b".into()));
     d.handle(hello("b", vec![]), None, TimeMs(0)).unwrap();
-    d.handle(heartbeat("a", vec![running(&lost)]), None, TimeMs(renewed_at))
-        .unwrap();
+    d.handle(
+        heartbeat("a", vec![running(&lost)]),
+        None,
+        TimeMs(renewed_at),
+    )
+    .unwrap();
     d.handle(heartbeat("b", vec![]), None, TimeMs(renewed_at))
         .unwrap();
     d.handle(heartbeat("b", vec![]), None, TimeMs(lost_at - 1))
@@ -138,15 +145,28 @@ fn a_fenced_gpu_stays_unleased_after_a_restart_until_its_fence_runs_out() {
         .unwrap();
     d.handle(submit("second"), None, TimeMs(restart + 1))
         .unwrap();
-    assert!(leases_sent(&a_rx).is_empty(), "gpu:a-0 leased inside the fence");
-    assert!(leases_sent(&b_rx).is_empty(), "gpu:b-0 is busy with the moved job");
+    assert!(
+        leases_sent(&a_rx).is_empty(),
+        "gpu:a-0 leased inside the fence"
+    );
+    assert!(
+        leases_sent(&b_rx).is_empty(),
+        "gpu:b-0 is busy with the moved job"
+    );
     // One millisecond before the fence runs out, still nothing for "a".
     let last_fenced = restart + fence_ms - 1;
     d.handle(heartbeat("a", vec![]), None, TimeMs(last_fenced))
         .unwrap();
-    d.handle(heartbeat("b", vec![running(&moved)]), None, TimeMs(last_fenced))
-        .unwrap();
-    assert!(leases_sent(&a_rx).is_empty(), "gpu:a-0 leased inside the fence");
+    d.handle(
+        heartbeat("b", vec![running(&moved)]),
+        None,
+        TimeMs(last_fenced),
+    )
+    .unwrap();
+    assert!(
+        leases_sent(&a_rx).is_empty(),
+        "gpu:a-0 leased inside the fence"
+    );
     assert_eq!(d.poll_timeout(), Some(TimeMs(restart + fence_ms)));
     d.tick(TimeMs(restart + fence_ms)).unwrap();
     let granted = leases_sent(&a_rx);

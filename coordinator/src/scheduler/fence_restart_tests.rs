@@ -57,11 +57,17 @@ fn lose_agent_a_keeping_the_log() -> LostWithLog {
     let renewed_at = cfg.agent_timeout_ms / 4;
     let lost_at = renewed_at + cfg.agent_timeout_ms;
     let fence_ms = renewed_at + cfg.lease_ttl_ms - lost_at;
-    assert!(fence_ms > 1, "the scenario needs a lease outliving its agent");
+    assert!(
+        fence_ms > 1,
+        "the scenario needs a lease outliving its agent"
+    );
     let mut s = Scheduler::new(cfg.clone());
     let mut log = Vec::new();
     keep(&mut log, hello(&mut s, "a", gpus("a", 1, "H100"), 0));
-    let out = keep(&mut log, submit(&mut s, submission("t1", &[one_gpu()], 1), 0));
+    let out = keep(
+        &mut log,
+        submit(&mut s, submission("t1", &[one_gpu()], 1), 0),
+    );
     let lost = leases(&out).remove(0);
     assert_eq!(lost.placement.agent, agent("a"));
     keep(&mut log, hello(&mut s, "b", gpus("b", 1, "H100"), 0));
@@ -142,9 +148,13 @@ fn records_from_before_persisted_fences_load_and_release_at_replay_as_before() {
             serde_json::from_value(v).unwrap()
         })
         .collect();
-    assert!(old
-        .iter()
-        .all(|r| !matches!(r, Record::AttemptEnded { fence_ms: Some(_), .. })));
+    assert!(old.iter().all(|r| !matches!(
+        r,
+        Record::AttemptEnded {
+            fence_ms: Some(_),
+            ..
+        }
+    )));
     // And a record with no fence is written without the key, as before.
     let unfenced = Record::AttemptEnded {
         attempt: AttemptId(0),
@@ -152,17 +162,16 @@ fn records_from_before_persisted_fences_load_and_release_at_replay_as_before() {
         end: AttemptEnd::Cancelled,
         fence_ms: None,
     };
-    assert!(!serde_json::to_string(&unfenced).unwrap().contains("fence_ms"));
+    assert!(!serde_json::to_string(&unfenced)
+        .unwrap()
+        .contains("fence_ms"));
 
     let restart = 3;
     let mut s = Scheduler::recover(cfg, old, TimeMs(restart)).unwrap();
     let _ = hello(&mut s, "a", gpus("a", 1, "H100"), restart);
     let _ = hello_running(&mut s, "b", &moved, restart);
     let granted = submit_second(&mut s, restart).expect("no fence survives an old log");
-    assert_eq!(
-        granted.placement.devices,
-        vec![DeviceKey("gpu:a-0".into())]
-    );
+    assert_eq!(granted.placement.devices, vec![DeviceKey("gpu:a-0".into())]);
 }
 
 #[test]
@@ -176,8 +185,14 @@ fn a_replayed_fence_whose_devices_a_later_lease_took_is_not_held_again() {
         fence_ms,
         ..
     } = lose_agent_a_keeping_the_log();
-    keep(&mut log, hello(&mut s, "a", gpus("a", 1, "H100"), lost_at + 1));
-    keep(&mut log, submit(&mut s, submission("t2", &[one_gpu()], 1), lost_at + 1));
+    keep(
+        &mut log,
+        hello(&mut s, "a", gpus("a", 1, "H100"), lost_at + 1),
+    );
+    keep(
+        &mut log,
+        submit(&mut s, submission("t2", &[one_gpu()], 1), lost_at + 1),
+    );
     // The live fence runs out and the queued job takes gpu:a-0.
     let out = keep(&mut log, s.handle(Event::Tick, TimeMs(lost_at + fence_ms)));
     let next = leases(&out).remove(0);

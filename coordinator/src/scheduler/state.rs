@@ -9,8 +9,8 @@ use super::event::Action;
 use super::record::{AttemptEnd, Record};
 use super::timers::{Timer, Timers};
 use super::types::{
-    AgentId, AttemptId, Claim, ClaimMode, DeviceKey, DeviceNeeds, Epoch, Inventory, JobId, Placement, SweepId,
-    TimeMs,
+    AgentId, AttemptId, Claim, ClaimMode, DeviceKey, DeviceNeeds, Epoch, Inventory, JobId,
+    Placement, SweepId, TimeMs,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -478,10 +478,10 @@ impl Scheduler {
             .iter()
             .filter(|(_, fence)| {
                 claims.iter().any(|new| {
-                    fence
-                        .claims
-                        .iter()
-                        .any(|held| held.key == new.key && !(held.mode == ClaimMode::Shared && new.mode == ClaimMode::Shared))
+                    fence.claims.iter().any(|held| {
+                        held.key == new.key
+                            && !(held.mode == ClaimMode::Shared && new.mode == ClaimMode::Shared)
+                    })
                 })
             })
             .map(|(attempt, _)| *attempt)

@@ -4,9 +4,9 @@
 //! every step.
 
 use super::super::{
-    Action, AgentId, AttemptEnd, AttemptId, DeviceKey, DeviceNeeds, Event, ExperimentSubmission, GpuDevice,
-    Inventory, JobStatus, MigSlice, Record, Reply, RequestId, Scheduler, SchedulerConfig, SweepId,
-    SweepSubmission, TimeMs, ToAgent,
+    Action, AgentId, AttemptEnd, AttemptId, DeviceKey, DeviceNeeds, Event, ExperimentSubmission,
+    GpuDevice, Inventory, JobStatus, MigSlice, Record, Reply, RequestId, Scheduler,
+    SchedulerConfig, SweepId, SweepSubmission, TimeMs, ToAgent,
 };
 use super::agent::SimAgent;
 use super::invariants::{check_device_exclusivity, check_physical_exclusivity, LogChecker};
@@ -535,7 +535,10 @@ impl World {
         if self.coordinator.is_some() && self.rng.below(1000) < p.coordinator_restart_permille {
             self.crash_coordinator();
         }
-        let fence_open = self.coordinator.as_ref().is_some_and(|c| !c.fenced.is_empty());
+        let fence_open = self
+            .coordinator
+            .as_ref()
+            .is_some_and(|c| !c.fenced.is_empty());
         if fence_open && self.rng.below(1000) < p.fenced_restart_permille {
             self.crash_coordinator();
         }
