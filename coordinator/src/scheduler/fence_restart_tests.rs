@@ -207,3 +207,32 @@ fn a_replayed_fence_whose_devices_a_later_lease_took_is_not_held_again() {
     );
     assert!(s.leases().any(|l| l.attempt == next.attempt));
 }
+
+#[test]
+fn a_replayed_fence_is_lifted_when_its_agent_reports_the_run_lost() {
+    let LostWithLog {
+        cfg,
+        log,
+        lost,
+        moved,
+        ..
+    } = lose_agent_a_keeping_the_log();
+    let restart = 3;
+    let mut s = Scheduler::recover(cfg, log, TimeMs(restart)).unwrap();
+    // What an in-process agent reports after its process died: every fenced run of its.
+    let reported = s.fenced_runs_of(&agent("a"));
+    assert_eq!(reported, vec![running(&lost)]);
+    assert!(s.fenced_runs_of(&agent("b")).is_empty());
+    let _ = s.handle(
+        Event::AgentHello {
+            agent: agent("a"),
+            inventory: gpus("a", 1, "H100"),
+            held: vec![],
+            lost: reported,
+        },
+        TimeMs(restart),
+    );
+    let _ = hello_running(&mut s, "b", &moved, restart);
+    let granted = submit_second(&mut s, restart).expect("the run is gone: gpu:a-0 is free");
+    assert_eq!(granted.placement.devices, vec![DeviceKey("gpu:a-0".into())]);
+}

@@ -134,6 +134,7 @@ pub struct LiveLease {
 #[derive(Debug, Clone)]
 pub struct FencedRun {
     pub agent: AgentId,
+    pub epoch: Epoch,
     pub claims: Vec<Claim>,
     pub until: TimeMs,
 }
@@ -455,6 +456,7 @@ impl Scheduler {
                     self.timers.reset(Timer::Fence(attempt), None, until);
                     let fence = FencedRun {
                         agent,
+                        epoch: lease.epoch,
                         claims,
                         until,
                     };
