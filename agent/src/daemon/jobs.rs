@@ -8,6 +8,7 @@
 //! start reports it as lost.
 
 use super::inputs::ShippedInputs;
+use super::lease_clock::LeaseClock;
 use super::placement::{self, DeviceDirectory};
 use super::running::RunningMarkers;
 use super::spool::{Spool, SpoolEntry, SpooledOutcome};
@@ -51,7 +52,7 @@ struct RunningJob {
     claims: BTreeMap<String, ClaimMode>,
     stop: Arc<AtomicBool>,
     disowned: Arc<AtomicU8>,
-    expires_at: Instant,
+    lease: LeaseClock,
     thread: JoinHandle<()>,
 }
 
@@ -109,7 +110,7 @@ impl Jobs {
     pub fn shortest_ttl_left(&self, now: Instant) -> Option<Duration> {
         self.running
             .values()
-            .map(|j| j.expires_at.saturating_duration_since(now))
+            .map(|j| j.lease.expires_at().saturating_duration_since(now))
             .min()
     }
 
@@ -185,7 +186,7 @@ impl Jobs {
                 claims,
                 stop,
                 disowned,
-                expires_at: Instant::now() + Duration::from_millis(lease.ttl_ms),
+                lease: LeaseClock::granted(Instant::now(), Duration::from_millis(lease.ttl_ms)),
                 thread: handle,
             },
         );
@@ -206,12 +207,26 @@ impl Jobs {
         None
     }
 
-    /// These leases now end `ttl` from now.
+    /// A Hello or heartbeat listing every running attempt is about to be sent.
+    pub fn note_listed(&mut self, sent_at: Instant) {
+        for job in self.running.values_mut() {
+            job.lease.listed(sent_at);
+        }
+    }
+
+    /// A new session: what the old one sent will never be renewed.
+    pub fn forget_unanswered(&mut self) {
+        for job in self.running.values_mut() {
+            job.lease.forget_unanswered();
+        }
+    }
+
+    /// These leases now end `ttl` after the message the renewal answers was sent
+    /// (`LeaseClock`), so no later than the coordinator's own count.
     pub fn renew(&mut self, attempts: &[AttemptRef], ttl: Duration) {
-        let until = Instant::now() + ttl;
         for a in attempts {
             if let Some(job) = self.running.get_mut(a) {
-                job.expires_at = until;
+                job.lease.renewed(ttl);
             }
         }
     }
@@ -227,7 +242,7 @@ impl Jobs {
     /// Stops runs whose lease was not renewed in time.
     pub fn expire(&mut self, now: Instant) {
         for (attempt, job) in &self.running {
-            if job.expires_at <= now && !job.stop.load(Ordering::SeqCst) {
+            if job.lease.expires_at() <= now && !job.stop.load(Ordering::SeqCst) {
                 tracing::warn!(
                     attempt = attempt.attempt,
                     "lease expired without renewal: stopping its run"

@@ -12,6 +12,7 @@ pub mod error;
 pub mod inputs;
 pub mod inventory;
 pub mod jobs;
+pub mod lease_clock;
 pub mod metrics;
 pub mod placement;
 pub mod running;

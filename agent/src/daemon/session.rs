@@ -121,6 +121,7 @@ impl Agent {
                 self.spooled.insert(entry.attempt);
             }
         }
+        self.jobs.forget_unanswered();
         if let Err(why) = self.hello(send).await {
             return SessionEnd::Lost(why);
         }
@@ -135,6 +136,8 @@ impl Agent {
                     self.jobs.expire(std::time::Instant::now());
                     next_beat = Instant::now() + self.heartbeat_period();
                     let held = self.held();
+                    // Before the send: a renewal's TTL counts from here.
+                    self.jobs.note_listed(std::time::Instant::now());
                     send_message(send, &AgentMessage::Heartbeat { held }).await
                 }
                 message = incoming.recv() => match message {
@@ -177,6 +180,7 @@ impl Agent {
             held: self.held(),
             lost: self.lost.clone(),
         };
+        self.jobs.note_listed(std::time::Instant::now());
         send_message(send, &hello).await?;
         for attempt in std::mem::take(&mut self.lost_markers) {
             if let Err(error) = self.markers.clear(attempt) {

@@ -19,6 +19,8 @@ mod store_access;
 mod sweep_aggregate;
 
 #[cfg(test)]
+mod fence_tests;
+#[cfg(test)]
 mod tests;
 
 pub use link::{AgentLink, ChannelLink, LinkError};

@@ -104,34 +104,37 @@ pub fn run(
     let clock = MonotonicClock::starting_at(0);
     let mut link = ChannelLink::new();
     let (events_tx, events) = mpsc::channel();
-    let mut agents = Vec::new();
-    let mut threads = Vec::new();
-    for (i, executor) in executors.into_iter().enumerate() {
-        let agent = AgentId(format!("local-{i}"));
-        let inventory = Inventory {
-            runner_slots: vec![DeviceKey(format!("runner:{agent}"))],
-            ..Inventory::default()
-        };
-        let messages = link.connect(agent.clone());
-        let thread = spawn_local_agent(
-            agent.clone(),
-            inventory,
-            Vec::new(),
-            executor,
-            messages,
-            events_tx.clone(),
-        )
-        .map_err(RunFailure::Thread)?;
-        agents.push(agent);
-        threads.push(thread);
-    }
-    drop(events_tx);
+    let agents: Vec<AgentId> = (0..executors.len())
+        .map(|i| AgentId(format!("local-{i}")))
+        .collect();
+    let inboxes: Vec<_> = agents.iter().map(|a| link.connect(a.clone())).collect();
     let mut driver = Driver::start(
         store.clone(),
         link,
         in_process_scheduler_config(1),
         clock.now(),
     )?;
+    let mut threads = Vec::new();
+    for ((agent, executor), messages) in agents.iter().zip(executors).zip(inboxes) {
+        let inventory = Inventory {
+            runner_slots: vec![DeviceKey(format!("runner:{agent}"))],
+            ..Inventory::default()
+        };
+        // A fence the store kept for this agent covers a run of an earlier process,
+        // which died with it: reported lost, its devices are free at once.
+        let lost = driver.scheduler().fenced_runs_of(agent);
+        let thread = spawn_local_agent(
+            agent.clone(),
+            inventory,
+            lost,
+            executor,
+            messages,
+            events_tx.clone(),
+        )
+        .map_err(RunFailure::Thread)?;
+        threads.push(thread);
+    }
+    drop(events_tx);
     let result = submit_and_drive(&mut driver, &events, &clock, work, &agents, stop, observer);
     // Closing the links ends each runner thread once its current run returns (a stop
     // flag ends a run at its next token).

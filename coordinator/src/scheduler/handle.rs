@@ -47,7 +47,8 @@ impl Scheduler {
                 reason,
             } => {
                 if self.is_live_lease_of(&agent, attempt, epoch) {
-                    self.end_attempt(attempt, AttemptEnd::Rejected { reason }, &mut out);
+                    let end = AttemptEnd::Rejected { reason };
+                    self.end_attempt(attempt, end, false, &mut out);
                 }
             }
             Event::Tick => {}
@@ -80,7 +81,7 @@ impl Scheduler {
                     } else {
                         "not re-announced within the grace after a coordinator restart".to_string()
                     };
-                    self.end_attempt(attempt, AttemptEnd::Lost { reason }, out);
+                    self.end_attempt(attempt, AttemptEnd::Lost { reason }, true, out);
                 }
                 Timer::Fence(attempt) => self.lift_fence(attempt),
                 Timer::Agent(agent) => {
@@ -98,7 +99,7 @@ impl Scheduler {
                         .collect();
                     for attempt in held {
                         let reason = format!("agent {agent} lost (no heartbeat)");
-                        self.end_attempt(attempt, AttemptEnd::Lost { reason }, out);
+                        self.end_attempt(attempt, AttemptEnd::Lost { reason }, true, out);
                     }
                 }
             }
@@ -106,14 +107,32 @@ impl Scheduler {
     }
 
     /// Ends a live attempt without a result; fails the job when its budget is spent.
+    /// `agent_may_run`: the coordinator ended it on its own (agent lost, sweep cancelled,
+    /// lease expired), so its claims stay fenced for what is left of its lease; false when
+    /// the agent said the run is not going (failed, rejected, lost in a restart).
     pub(super) fn end_attempt(
         &mut self,
         attempt: AttemptId,
         end: AttemptEnd,
+        agent_may_run: bool,
         out: &mut Vec<Action>,
     ) {
         let job = self.attempts[&attempt].job;
-        self.commit(Record::AttemptEnded { attempt, job, end }, out);
+        let fence_ms = self
+            .leases
+            .get(&attempt)
+            .filter(|_| agent_may_run)
+            .map(|lease| lease.expires.0.saturating_sub(self.now.0))
+            .filter(|ms| *ms > 0);
+        self.commit(
+            Record::AttemptEnded {
+                attempt,
+                job,
+                end,
+                fence_ms,
+            },
+            out,
+        );
         let j = &self.jobs[job.0 as usize];
         let exhausted =
             j.failures >= self.config.max_failures || j.ended_attempts >= self.config.max_attempts;
@@ -184,7 +203,7 @@ impl Scheduler {
             if let JobStatus::Leased(attempt) = self.jobs[job.0 as usize].status {
                 let lease = &self.leases[&attempt];
                 let (agent, epoch) = (lease.agent.clone(), lease.epoch);
-                self.end_attempt(attempt, AttemptEnd::Cancelled, out);
+                self.end_attempt(attempt, AttemptEnd::Cancelled, true, out);
                 let msg = ToAgent::Cancel(HeldAttempt {
                     attempt,
                     epoch,
@@ -297,9 +316,8 @@ impl Scheduler {
         for l in &lost {
             if self.is_live_lease_of(&agent, l.attempt, l.epoch) {
                 let reason = format!("agent {agent} restarted during the run");
-                self.end_attempt(l.attempt, AttemptEnd::Lost { reason }, out);
                 // Its own word: the run is gone, so its devices need no fence.
-                self.lift_fence(l.attempt);
+                self.end_attempt(l.attempt, AttemptEnd::Lost { reason }, false, out);
             }
         }
         self.release_unannounced(&agent, &held, &lost, out);
@@ -334,8 +352,7 @@ impl Scheduler {
             let reason = format!(
                 "agent {agent} reconnected after a coordinator restart without re-announcing it"
             );
-            self.end_attempt(attempt, AttemptEnd::Lost { reason }, out);
-            self.lift_fence(attempt);
+            self.end_attempt(attempt, AttemptEnd::Lost { reason }, false, out);
         }
     }
 
@@ -462,7 +479,7 @@ impl Scheduler {
                     AckVerdict::Accepted
                 }
                 Outcome::Failed { error } => {
-                    self.end_attempt(attempt, AttemptEnd::Failed { error }, out);
+                    self.end_attempt(attempt, AttemptEnd::Failed { error }, false, out);
                     AckVerdict::FailureRecorded
                 }
             }

@@ -15,7 +15,8 @@
 //! - a metered device is never held by two leases (`claims`);
 //! - nor, physically, run by two attempts: an attempt ended while its agent may still run
 //!   it (agent lost, sweep cancelled) keeps its claims until its lease would have expired
-//!   or the agent says it stopped (`state::FencedRun`);
+//!   or the agent says it stopped (`state::FencedRun`), also across a restart (its
+//!   `AttemptEnded` record carries what was left of the lease, `fence_ms`);
 //! - a job has at most one accepted attempt, and only the attempt holding the job's live
 //!   lease with its current epoch can be accepted; anything else is superseded;
 //! - a result is acknowledged only after the record that stores it was persisted;
@@ -36,6 +37,8 @@ mod sweep;
 mod timers;
 mod types;
 
+#[cfg(test)]
+mod fence_restart_tests;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Read-only views of the scheduler for status output and tests.
 
 use super::state::{JobStatus, Scheduler};
-use super::types::{AgentId, AttemptId, Epoch, Inventory, JobId, Placement, SweepId, TimeMs};
+use super::types::{
+    AgentId, AttemptId, Epoch, HeldAttempt, Inventory, JobId, Placement, SweepId, TimeMs,
+};
 
 /// One agent the scheduler has heard from.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +69,21 @@ impl SweepProgress {
 }
 
 impl Scheduler {
+    /// The ended attempts whose claims `agent` still holds fenced, as running attempts:
+    /// what an agent living in the coordinator's own process reports `lost` after a
+    /// restart (they died with the old process), which lifts their fences at once.
+    pub fn fenced_runs_of(&self, agent: &AgentId) -> Vec<HeldAttempt> {
+        self.fenced
+            .iter()
+            .filter(|(_, f)| &f.agent == agent)
+            .map(|(attempt, f)| HeldAttempt {
+                attempt: *attempt,
+                epoch: f.epoch,
+                running: true,
+            })
+            .collect()
+    }
+
     pub fn leases(&self) -> impl Iterator<Item = LeaseView<'_>> {
         self.leases.iter().map(|(attempt, l)| LeaseView {
             attempt: *attempt,

@@ -21,6 +21,13 @@ pub enum Record {
         attempt: AttemptId,
         job: JobId,
         end: AttemptEnd,
+        /// Set when the coordinator ended an attempt its agent may still be running
+        /// (agent lost, sweep cancelled): how much longer, from this record, its lease
+        /// would have lived, so its claims stay fenced that long — also after a
+        /// restart, counted from the restart (see `Scheduler::recover`). Absent in
+        /// records written before fences were persisted: those release at once.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence_ms: Option<u64>,
     },
     /// The job's one accepted attempt; written (with the result body) before the Ack.
     ResultAccepted {

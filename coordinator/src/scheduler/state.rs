@@ -9,8 +9,8 @@ use super::event::Action;
 use super::record::{AttemptEnd, Record};
 use super::timers::{Timer, Timers};
 use super::types::{
-    AgentId, AttemptId, Claim, DeviceKey, DeviceNeeds, Epoch, Inventory, JobId, Placement, SweepId,
-    TimeMs,
+    AgentId, AttemptId, Claim, ClaimMode, DeviceKey, DeviceNeeds, Epoch, Inventory, JobId,
+    Placement, SweepId, TimeMs,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -31,6 +31,7 @@ pub struct Scheduler {
     pub(super) leases: BTreeMap<AttemptId, LiveLease>,
     /// Attempts whose lease ended while their agent may still run them (agent lost,
     /// sweep cancelled): they keep their claims until the lease would have expired.
+    /// Persisted as `fence_ms` on the `AttemptEnded` record, so a restart keeps them.
     pub(super) fenced: BTreeMap<AttemptId, FencedRun>,
     pub(super) claims: ClaimTable,
     pub(super) agents: BTreeMap<AgentId, AgentState>,
@@ -133,6 +134,7 @@ pub struct LiveLease {
 #[derive(Debug, Clone)]
 pub struct FencedRun {
     pub agent: AgentId,
+    pub epoch: Epoch,
     pub claims: Vec<Claim>,
     pub until: TimeMs,
 }
@@ -188,6 +190,18 @@ impl Scheduler {
     /// persisted. Leases that were live come back unclaimed: their agents have
     /// `restart_grace_ms` from `now` to re-announce them, after which they are requeued.
     /// Finished sweeps are not announced again.
+    ///
+    /// Fences come back too: an attempt ended while its agent may still run it keeps its
+    /// claims for the `fence_ms` its `AttemptEnded` record holds, counted from `now`, unless
+    /// a later `AttemptStarted` took a claim the fence excluded (so it had been lifted).
+    /// That holds a fence at least as long as the live coordinator would have: the record
+    /// says how long the lease had left when it was written, measured on the one clock that
+    /// also set the lease's expiry, and any time since (the outage) only shortens what is
+    /// really left. No reading of the old process's clock is compared with the new one's,
+    /// so neither a restart of the driver's clock at 0 nor a clock step, back or forward,
+    /// can shorten a fence; a stepped-back `now` is clamped by `handle` and only lengthens
+    /// one. The cost is a fence held up to `lease_ttl_ms` past its real expiry after a
+    /// restart, while recovered leases wait out `restart_grace_ms` anyway.
     pub fn recover(
         config: SchedulerConfig,
         records: impl IntoIterator<Item = Record>,
@@ -321,14 +335,23 @@ impl Scheduler {
                     },
                 );
                 self.timers.reset(Timer::Lease(*attempt), None, expires);
+                if self.recovering {
+                    self.drop_replayed_fences_in_the_way(&placement.claims);
+                }
                 self.claims.acquire(*attempt, &placement.claims);
                 self.pin_model(*job, placement.device_model.as_deref());
             }
-            Record::AttemptEnded { attempt, job, end } => {
-                // The agent may still run it unless it said it stopped (failed) or
-                // never started it (rejected).
-                let may_still_run = matches!(end, AttemptEnd::Lost { .. } | AttemptEnd::Cancelled);
-                self.end_attempt_state(*attempt, *job, may_still_run)?;
+            Record::AttemptEnded {
+                attempt,
+                job,
+                end,
+                fence_ms,
+            } => {
+                // Live, `now + fence_ms` is the lease's own expiry. Replayed, `now` is
+                // the restart, so the fence runs `fence_ms` from there: never shorter
+                // than what was left of it, whatever time the coordinator was down.
+                let fence_until = fence_ms.filter(|ms| *ms > 0).map(|ms| self.now.plus_ms(ms));
+                self.end_attempt_state(*attempt, *job, fence_until)?;
                 let j = &mut self.jobs[job.0 as usize];
                 j.ended_attempts += 1;
                 if matches!(end, AttemptEnd::Failed { .. }) {
@@ -347,7 +370,7 @@ impl Scheduler {
                 }
             }
             Record::ResultAccepted { attempt, job } => {
-                self.end_attempt_state(*attempt, *job, false)?;
+                self.end_attempt_state(*attempt, *job, None)?;
                 if let JobStatus::Accepted(other) = self.jobs[job.0 as usize].status {
                     return Err(format!("{job} already accepted {other}"));
                 }
@@ -404,14 +427,13 @@ impl Scheduler {
             .ok_or_else(|| format!("no {job}"))
     }
 
-    /// Marks an attempt ended and drops its lease. Its claims are released, or, when the
-    /// agent `may_still_run` it and its lease has not expired yet, fenced until then.
-    /// Fences are volatile: `recover` replays no clock, so a replayed end releases.
+    /// Marks an attempt ended and drops its lease. Its claims are released, or, when
+    /// `fence_until` is given (its agent may still run it), held until then.
     fn end_attempt_state(
         &mut self,
         attempt: AttemptId,
         job: JobId,
-        may_still_run: bool,
+        fence_until: Option<TimeMs>,
     ) -> Result<(), String> {
         self.check_job(job)?;
         let a = self
@@ -426,23 +448,49 @@ impl Scheduler {
         }
         a.ended = true;
         let claims = a.placement.claims.clone();
+        let agent = a.placement.agent.clone();
         if let Some(lease) = self.leases.remove(&attempt) {
             self.timers.cancel(Timer::Lease(attempt), lease.expires);
-            if may_still_run && !self.recovering && lease.expires > self.now {
-                self.timers
-                    .reset(Timer::Fence(attempt), None, lease.expires);
-                let fence = FencedRun {
-                    agent: lease.agent,
-                    claims,
-                    until: lease.expires,
-                };
-                self.fenced.insert(attempt, fence);
-            } else {
-                self.claims.release(attempt, &claims);
-                self.mark_maybe_free(&lease.agent);
+            match fence_until {
+                Some(until) => {
+                    self.timers.reset(Timer::Fence(attempt), None, until);
+                    let fence = FencedRun {
+                        agent,
+                        epoch: lease.epoch,
+                        claims,
+                        until,
+                    };
+                    self.fenced.insert(attempt, fence);
+                }
+                None => {
+                    self.claims.release(attempt, &claims);
+                    self.mark_maybe_free(&agent);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Replay only: a fence restored from the log is proven lifted when a later attempt
+    /// was granted a claim that it excluded (the live scheduler granted that claim, so
+    /// the fence had ended by then: its expiry passed or its agent said the run stopped).
+    fn drop_replayed_fences_in_the_way(&mut self, claims: &[Claim]) {
+        let in_the_way: Vec<AttemptId> = self
+            .fenced
+            .iter()
+            .filter(|(_, fence)| {
+                claims.iter().any(|new| {
+                    fence.claims.iter().any(|held| {
+                        held.key == new.key
+                            && !(held.mode == ClaimMode::Shared && new.mode == ClaimMode::Shared)
+                    })
+                })
+            })
+            .map(|(attempt, _)| *attempt)
+            .collect();
+        for attempt in in_the_way {
+            self.lift_fence(attempt);
+        }
     }
 
     /// Releases a fenced attempt's claims: its lease would have expired, or its agent

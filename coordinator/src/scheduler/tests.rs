@@ -5,11 +5,11 @@ use super::*;
 use lem_common::domain::job_key;
 use serde_json::json;
 
-fn agent(name: &str) -> AgentId {
+pub(super) fn agent(name: &str) -> AgentId {
     AgentId(name.into())
 }
 
-fn gpus(name: &str, n: usize, model: &str) -> Inventory {
+pub(super) fn gpus(name: &str, n: usize, model: &str) -> Inventory {
     Inventory {
         gpus: (0..n)
             .map(|i| GpuDevice {
@@ -23,7 +23,7 @@ fn gpus(name: &str, n: usize, model: &str) -> Inventory {
     }
 }
 
-fn mig_node(name: &str, profile: &str, slices: usize) -> Inventory {
+pub(super) fn mig_node(name: &str, profile: &str, slices: usize) -> Inventory {
     Inventory {
         gpus: vec![GpuDevice {
             key: DeviceKey(format!("gpu:{name}-0")),
@@ -40,7 +40,7 @@ fn mig_node(name: &str, profile: &str, slices: usize) -> Inventory {
     }
 }
 
-fn submission(token: &str, needs: &[DeviceNeeds], cycles: u32) -> SweepSubmission {
+pub(super) fn submission(token: &str, needs: &[DeviceNeeds], cycles: u32) -> SweepSubmission {
     SweepSubmission {
         idempotency_token: token.into(),
         name: "test".into(),
@@ -58,14 +58,14 @@ fn submission(token: &str, needs: &[DeviceNeeds], cycles: u32) -> SweepSubmissio
     }
 }
 
-fn one_gpu() -> DeviceNeeds {
+pub(super) fn one_gpu() -> DeviceNeeds {
     DeviceNeeds::Gpus {
         count: 1,
         model: None,
     }
 }
 
-fn hello(s: &mut Scheduler, name: &str, inventory: Inventory, now: u64) -> Vec<Action> {
+pub(super) fn hello(s: &mut Scheduler, name: &str, inventory: Inventory, now: u64) -> Vec<Action> {
     s.handle(
         Event::AgentHello {
             agent: agent(name),
@@ -77,7 +77,7 @@ fn hello(s: &mut Scheduler, name: &str, inventory: Inventory, now: u64) -> Vec<A
     )
 }
 
-fn submit(s: &mut Scheduler, sub: SweepSubmission, now: u64) -> Vec<Action> {
+pub(super) fn submit(s: &mut Scheduler, sub: SweepSubmission, now: u64) -> Vec<Action> {
     s.handle(
         Event::SubmitSweep {
             request: RequestId(1),
@@ -87,7 +87,7 @@ fn submit(s: &mut Scheduler, sub: SweepSubmission, now: u64) -> Vec<Action> {
     )
 }
 
-fn leases(actions: &[Action]) -> Vec<Lease> {
+pub(super) fn leases(actions: &[Action]) -> Vec<Lease> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -100,7 +100,7 @@ fn leases(actions: &[Action]) -> Vec<Lease> {
         .collect()
 }
 
-fn persisted(actions: &[Action]) -> Vec<Record> {
+pub(super) fn persisted(actions: &[Action]) -> Vec<Record> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -145,7 +145,7 @@ fn ack_verdicts(actions: &[Action]) -> Vec<AckVerdict> {
         .collect()
 }
 
-fn heartbeat(s: &mut Scheduler, name: &str, held: &[&Lease], now: u64) -> Vec<Action> {
+pub(super) fn heartbeat(s: &mut Scheduler, name: &str, held: &[&Lease], now: u64) -> Vec<Action> {
     let held = held
         .iter()
         .map(|l| HeldAttempt {

@@ -77,6 +77,7 @@ fn fixture(store: &Store) -> (Scheduler, Vec<RawResult>) {
                 end: AttemptEnd::Lost {
                     reason: "agent lost".into(),
                 },
+                fence_ms: None,
             },
             None,
         ),
@@ -112,6 +113,7 @@ fn fixture(store: &Store) -> (Scheduler, Vec<RawResult>) {
                 end: AttemptEnd::Failed {
                     error: "model file truncated".into(),
                 },
+                fence_ms: None,
             },
             None,
         ),

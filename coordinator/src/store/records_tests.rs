@@ -81,6 +81,7 @@ fn records_survive_a_reopen_in_order_and_recover_the_scheduler() {
             end: AttemptEnd::Failed {
                 error: "boom".into(),
             },
+            fence_ms: None,
         },
         accepted(0, 0),
     ];
@@ -175,6 +176,7 @@ fn a_stale_epoch_result_is_stored_superseded_and_never_aggregated() {
                 end: AttemptEnd::Lost {
                     reason: "agent lost".into(),
                 },
+                fence_ms: None,
             },
             None,
         )
@@ -277,6 +279,7 @@ fn a_second_record_for_an_existing_sweep_or_attempt_is_refused_so_the_log_still_
         attempt: AttemptId(0),
         job: JobId(0),
         end: AttemptEnd::Cancelled,
+        fence_ms: None,
     };
     store.persist(&ended, None).unwrap();
     // What a second scheduler minting the same ids would write.

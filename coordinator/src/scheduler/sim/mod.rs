@@ -71,6 +71,10 @@ fn seeded_faults_keep_every_invariant_and_the_sweep_completes() {
         assert!(totals.superseded > 0, "no stale result was ever fenced");
         assert!(totals.requeued > 0, "no lease was ever requeued");
         assert!(totals.drains > 0, "no agent was ever drained");
+        assert!(
+            totals.restarts_with_open_fence > 0,
+            "no coordinator restarted while it held an open fence"
+        );
     }
 }
 

@@ -4,9 +4,9 @@
 //! every step.
 
 use super::super::{
-    Action, AgentId, AttemptEnd, DeviceKey, DeviceNeeds, Event, ExperimentSubmission, GpuDevice,
-    Inventory, JobStatus, MigSlice, Record, Reply, RequestId, Scheduler, SchedulerConfig, SweepId,
-    SweepSubmission, TimeMs, ToAgent,
+    Action, AgentId, AttemptEnd, AttemptId, DeviceKey, DeviceNeeds, Event, ExperimentSubmission,
+    GpuDevice, Inventory, JobStatus, MigSlice, Record, Reply, RequestId, Scheduler,
+    SchedulerConfig, SweepId, SweepSubmission, TimeMs, ToAgent,
 };
 use super::agent::SimAgent;
 use super::invariants::{check_device_exclusivity, check_physical_exclusivity, LogChecker};
@@ -30,6 +30,9 @@ pub struct SimParams {
     pub agent_crash_permille: u64,
     pub partition_permille: u64,
     pub coordinator_restart_permille: u64,
+    /// Per fault check while the coordinator holds a fence: restart it, so a fence is
+    /// often open across a restart.
+    pub fenced_restart_permille: u64,
     /// Per coordinator step during faults: crash after executing only part of its actions.
     pub mid_batch_crash_permille: u64,
     pub clock_step_back_permille: u64,
@@ -59,6 +62,7 @@ impl SimParams {
             agent_crash_permille: r.below(40),
             partition_permille: r.below(40),
             coordinator_restart_permille: r.below(30),
+            fenced_restart_permille: 0,
             mid_batch_crash_permille: r.below(10),
             clock_step_back_permille: r.below(50),
             runner_fail_permille: r.below(100),
@@ -68,6 +72,8 @@ impl SimParams {
         if p.agents > 2 && r.below(2) == 0 {
             p.drain_agent = Some(2 + r.below(p.agents as u64 - 2) as usize);
         }
+        // Drawn last, so the draws above keep their values.
+        p.fenced_restart_permille = r.below(150);
         p
     }
 }
@@ -81,6 +87,8 @@ pub struct Summary {
     pub superseded: usize,
     pub requeued: usize,
     pub coordinator_restarts: usize,
+    /// Restarts of a coordinator that held a fence still open (its end in the log).
+    pub restarts_with_open_fence: usize,
     pub agent_crashes: usize,
     pub partitions: usize,
     pub drains: usize,
@@ -97,6 +105,7 @@ impl Summary {
         self.superseded += o.superseded;
         self.requeued += o.requeued;
         self.coordinator_restarts += o.coordinator_restarts;
+        self.restarts_with_open_fence += o.restarts_with_open_fence;
         self.agent_crashes += o.agent_crashes;
         self.partitions += o.partitions;
         self.drains += o.drains;
@@ -110,14 +119,15 @@ impl fmt::Display for Summary {
         write!(
             f,
             "jobs {} (accepted {}, failed {}), superseded results {}, requeued attempts {}, \
-             coordinator restarts {}, agent crashes {}, partitions {}, drains {}, steps {}, \
-             virtual {} s",
+             coordinator restarts {} ({} with a fence open), agent crashes {}, partitions {}, \
+             drains {}, steps {}, virtual {} s",
             self.jobs,
             self.accepted,
             self.failed,
             self.superseded,
             self.requeued,
             self.coordinator_restarts,
+            self.restarts_with_open_fence,
             self.agent_crashes,
             self.partitions,
             self.drains,
@@ -149,6 +159,8 @@ pub struct World {
     coordinator_up_at: Option<TimeMs>,
     /// How far the coordinator's clock lags (a clock stepped back; the scheduler clamps).
     coordinator_lag_ms: u64,
+    /// The fences the last crashed coordinator held, checked against the recovered one.
+    fences_at_crash: Option<FencesAtCrash>,
     log: Vec<Record>,
     agents: Vec<SimAgent>,
     net: Net,
@@ -288,6 +300,7 @@ impl World {
             config,
             coordinator_up_at: None,
             coordinator_lag_ms: 0,
+            fences_at_crash: None,
             log: Vec::new(),
             agents,
             net: Net::default(),
@@ -459,6 +472,9 @@ impl World {
                 self.coordinator_now(),
             )
             .map_err(|e| format!("recover failed: {e}"))?;
+            if let Some(before) = self.fences_at_crash.take() {
+                check_fences_survive_restart(&before, &recovered, &self.log)?;
+            }
             self.coordinator = Some(recovered);
         } else if let Some(msg) = self.net.pop_due(now) {
             self.deliver(msg)?;
@@ -519,6 +535,13 @@ impl World {
         if self.coordinator.is_some() && self.rng.below(1000) < p.coordinator_restart_permille {
             self.crash_coordinator();
         }
+        let fence_open = self
+            .coordinator
+            .as_ref()
+            .is_some_and(|c| !c.fenced.is_empty());
+        if fence_open && self.rng.below(1000) < p.fenced_restart_permille {
+            self.crash_coordinator();
+        }
         if self.rng.below(1000) < p.clock_step_back_permille {
             self.coordinator_lag_ms = self.rng.below(3_000);
         } else if self.rng.below(10) == 0 {
@@ -530,7 +553,13 @@ impl World {
     }
 
     fn crash_coordinator(&mut self) {
-        self.coordinator = None;
+        if let Some(c) = self.coordinator.take() {
+            let before = FencesAtCrash::of(&c, &self.log);
+            if !before.open.is_empty() {
+                self.summary.restarts_with_open_fence += 1;
+            }
+            self.fences_at_crash = Some(before);
+        }
         self.net.drop_to_coordinator();
         let down_ms = 500 + self.rng.below(8_000);
         self.coordinator_up_at = Some(self.now.plus_ms(down_ms));
@@ -692,4 +721,57 @@ impl World {
         }
         Ok(())
     }
+}
+
+/// The fences a coordinator held when it crashed: those still open at its last `now`
+/// whose `AttemptEnded` had reached the log (a fence applied in a batch cut short by the
+/// crash is not durable: its attempt comes back as a recovered lease instead).
+#[derive(Debug)]
+struct FencesAtCrash {
+    /// (attempt, what was left of its fence at the crash, on the crashed scheduler's clock)
+    open: Vec<(AttemptId, u64)>,
+}
+
+impl FencesAtCrash {
+    fn of(c: &Scheduler, log: &[Record]) -> Self {
+        let ended_in_log = |attempt: AttemptId| {
+            log.iter()
+                .any(|r| matches!(r, Record::AttemptEnded { attempt: a, .. } if *a == attempt))
+        };
+        let open = c
+            .fenced
+            .iter()
+            .filter(|(attempt, f)| f.until > c.now && ended_in_log(**attempt))
+            .map(|(attempt, f)| (*attempt, f.until.0 - c.now.0))
+            .collect();
+        Self { open }
+    }
+}
+
+/// A restart never shortens a fence: each fence open at the crash is held by the recovered
+/// coordinator for at least what was left of it at the crash, counted from the restart.
+/// Both sides are measured on their own scheduler's clock, so this holds whatever the
+/// coordinator's clock did across the restart.
+fn check_fences_survive_restart(
+    before: &FencesAtCrash,
+    recovered: &Scheduler,
+    log: &[Record],
+) -> Result<(), String> {
+    for (attempt, left_ms) in &before.open {
+        let Some(fence) = recovered.fenced.get(attempt) else {
+            return Err(format!(
+                "{attempt} was fenced for {left_ms} ms more when the coordinator crashed; \
+                 after recovery (from {} records) its devices are not fenced",
+                log.len()
+            ));
+        };
+        let held_ms = fence.until.0.saturating_sub(recovered.now.0);
+        if held_ms < *left_ms {
+            return Err(format!(
+                "{attempt} was fenced for {left_ms} ms more when the coordinator crashed; \
+                 the recovered coordinator fences it for only {held_ms} ms"
+            ));
+        }
+    }
+    Ok(())
 }
