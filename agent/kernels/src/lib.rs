@@ -6,4 +6,5 @@
 
 pub mod dispatch;
 pub mod q4_1;
+pub mod q5_0;
 pub mod q8_0;

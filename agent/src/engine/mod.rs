@@ -11,6 +11,7 @@ mod error;
 mod generate;
 mod model;
 mod q4_1_matmul;
+mod q5_0_matmul;
 mod q8_matmul;
 mod requantize;
 mod safetensors;

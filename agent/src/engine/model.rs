@@ -89,6 +89,7 @@ fn storage_of(m: &WeightMatmul) -> WeightStorage {
         WeightMatmul::Candle(QMatMul::Tensor(t)) => WeightStorage::Dense(t.dtype()),
         WeightMatmul::Candle(QMatMul::TensorF16(_)) => WeightStorage::Dense(DType::F16),
         WeightMatmul::Q4_1(_) => WeightStorage::Kernel(GgmlDType::Q4_1),
+        WeightMatmul::Q5_0(_) => WeightStorage::Kernel(GgmlDType::Q5_0),
     }
 }
 
@@ -100,9 +101,9 @@ fn build_matmul(
     if !device.is_cpu() {
         return device_matmul(&t, device).map(WeightMatmul::Candle);
     }
-    // Q4_1 on the CPU: lem's native kernel (the same bits as candle's Q4_1 path, faster).
+    // Q4_1 and Q5_0 on the CPU: lem's native kernels (the same bits as candle's, faster).
     if let Some(w) =
-        WeightMatmul::native_q4_1(&t).map_err(EngineError::compute("repacking Q4_1 weights"))?
+        WeightMatmul::native(&t).map_err(EngineError::compute("repacking quantised weights"))?
     {
         return Ok(w);
     }
@@ -555,7 +556,7 @@ impl LlamaModel {
             Some(t) => build_matmul(t, mode, device)?,
             // The embedding table stays in host memory for the lookup; the GPU gets a copy.
             None if !device.is_cpu() => WeightMatmul::Candle(device_matmul(&w.embed, device)?),
-            None => match WeightMatmul::native_q4_1(&w.embed)
+            None => match WeightMatmul::native(&w.embed)
                 .map_err(EngineError::compute("repacking the tied output matmul"))?
             {
                 // The lookup keeps the stored table; the LM head gets a repacked copy.

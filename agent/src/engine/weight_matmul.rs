@@ -1,8 +1,9 @@
 //! A weight matrix as the forward pass multiplies it: a candle `QMatMul` (through lem's
-//! Q8_0 kernel where it applies, `q8_matmul`) or a Q4_1 matrix repacked for lem's native
-//! Q4_1 kernel (`q4_1_matmul`, CPU only).
+//! Q8_0 kernel where it applies, `q8_matmul`) or a Q4_1 or Q5_0 matrix repacked for lem's
+//! native kernels (`q4_1_matmul`, `q5_0_matmul`, CPU only).
 
 use super::q4_1_matmul::{self, PackedQ4_1};
+use super::q5_0_matmul::{self, PackedQ5_0};
 use super::q8_matmul;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::Tensor;
@@ -10,6 +11,7 @@ use candle_core::Tensor;
 pub(crate) enum WeightMatmul {
     Candle(QMatMul),
     Q4_1(PackedQ4_1),
+    Q5_0(PackedQ5_0),
 }
 
 impl WeightMatmul {
@@ -26,10 +28,23 @@ impl WeightMatmul {
         PackedQ4_1::new(t).map(|p| Some(Self::Q4_1(p)))
     }
 
+    /// A CPU tensor of a type with a native kernel (Q4_1, Q5_0) repacked for it; None for
+    /// other types and while candle dequantises every matmul (as `native_q4_1`).
+    pub(crate) fn native(t: &QTensor) -> candle_core::Result<Option<Self>> {
+        if t.dtype() != GgmlDType::Q5_0 {
+            return Self::native_q4_1(t);
+        }
+        if !t.shape().dims2()?.1.is_multiple_of(32) || candle_dequantizes_all()? {
+            return Ok(None);
+        }
+        PackedQ5_0::new(t).map(|p| Some(Self::Q5_0(p)))
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Candle(w) => q8_matmul::forward(w, x),
             Self::Q4_1(w) => q4_1_matmul::forward(w, x),
+            Self::Q5_0(w) => q5_0_matmul::forward(w, x),
         }
     }
 }

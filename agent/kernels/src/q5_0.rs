@@ -1,0 +1,579 @@
+//! Q5_0 weight × Q8_0 activation matmul: a GGUF's 5-bit weights (Gemma 3's Q4_K_M files
+//! store Q, K, gate and up as Q5_0) multiplied as stored. candle 0.11 has only a scalar
+//! `vec_dot_q5_0_q8_0`, so these matrices were most of a Gemma prefill.
+//!
+//! Per output element the arithmetic is exactly candle 0.11's `vec_dot_q5_0_q8_0`: per
+//! block the whole 32-product integer dot `sumi` of the signed weights `q - 16` and the
+//! activation quants, then in f32 `sum = sum + sumi · d_w · d_a`, blocks in order, no
+//! fused multiply-add. The SIMD variants multiply the unsigned 5-bit `q` (0..=31) and
+//! subtract `16 · Σ y` afterwards, which is the same integer; eight weight rows sit in the
+//! eight lanes of a float vector, so each lane runs the scalar float sequence for its own
+//! row. Hence every variant, tile shape and number of activation rows gives the same bits
+//! (ragged batches rely on a row computing the same alone and in a batch).
+
+use crate::dispatch::{self, Variant};
+use crate::q8_0::{f16_to_f32, Parallel};
+use std::ops::Range;
+
+/// A Q5_0 block as ggml stores it: f16 scale, the 32 fifth bits (bit `e` of the
+/// little-endian `qh` belongs to element `e`), 32 low nibbles (element `j` in the low
+/// nibble of byte `j`, element `16 + j` in its high nibble).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Block {
+    pub d: u16,
+    pub qh: [u8; 4],
+    pub qs: [u8; 16],
+}
+const _: () = assert!(std::mem::size_of::<Block>() == 22);
+
+/// Values per block.
+pub const QK: usize = 32;
+/// Weight rows per group: the lanes of one 256-bit float vector.
+pub const GROUP: usize = 8;
+
+/// One block column of a group of eight weight rows, stored together so that the kernel
+/// reads the weights as one sequential stream and loads eight scales with one instruction.
+/// Same 22 bytes per row-block as the GGUF layout.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GroupBlock {
+    d: [u16; GROUP],
+    qh: [u32; GROUP],
+    qs: [[u8; 16]; GROUP],
+}
+
+/// A Q5_0 matrix (`n` rows of `kb` blocks) repacked for the kernel; rows past `n` in the
+/// last group are zero and never written out.
+pub struct Packed {
+    groups: Vec<GroupBlock>,
+    n: usize,
+    kb: usize,
+}
+
+impl Packed {
+    /// Repacks `w`, row-major `n` rows of `kb` blocks. Panics when the length differs.
+    pub fn new(w: &[Block], n: usize, kb: usize) -> Self {
+        assert_eq!(w.len(), n * kb, "q5_0 weight blocks");
+        let zero = GroupBlock {
+            d: [0; GROUP],
+            qh: [0; GROUP],
+            qs: [[0; 16]; GROUP],
+        };
+        let mut groups = vec![zero; n.div_ceil(GROUP) * kb];
+        for (r, row) in w.chunks_exact(kb.max(1)).enumerate().take(n) {
+            let (g, i) = (r / GROUP, r % GROUP);
+            for (b, src) in row.iter().enumerate() {
+                let dst = &mut groups[g * kb + b];
+                dst.d[i] = src.d;
+                dst.qh[i] = u32::from_le_bytes(src.qh);
+                dst.qs[i] = src.qs;
+            }
+        }
+        Self { groups, n, kb }
+    }
+
+    /// Output width (weight rows).
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Blocks per row (input width / 32).
+    pub fn blocks_per_row(&self) -> usize {
+        self.kb
+    }
+
+    /// Bytes held (padding rows included).
+    pub fn bytes(&self) -> usize {
+        self.groups.len() * std::mem::size_of::<GroupBlock>()
+    }
+}
+
+/// Quantised activations (Q8_0 blocks, `crate::q8_0::Block`): rows of `kb` blocks, each
+/// block's scale widened to f32 and the sum of its 32 quants.
+pub struct Acts<'a> {
+    pub blocks: &'a [crate::q8_0::Block],
+    pub d: &'a [f32],
+    pub sums: &'a [i32],
+    pub kb: usize,
+}
+
+/// The sum of a Q8_0 block's quants, for `Acts::sums`.
+pub fn quant_sum(b: &crate::q8_0::Block) -> i32 {
+    b.qs.iter().map(|&q| q as i32).sum()
+}
+
+/// `out[r·n + c] = Σ_b sumi · d_w · d_a` for the `m` rows of `a`, with the variant this
+/// process selected (`dispatch::selected`).
+pub fn matmul(w: &Packed, a: &Acts, m: usize, out: &mut [f32], par: Parallel) {
+    matmul_with(dispatch::selected(), w, a, m, out, par)
+}
+
+/// As `matmul` with a given variant. Panics when the slices do not match the shapes or
+/// the CPU cannot run `variant`.
+pub fn matmul_with(
+    variant: Variant,
+    w: &Packed,
+    a: &Acts,
+    m: usize,
+    out: &mut [f32],
+    par: Parallel,
+) {
+    assert!(
+        variant.available(),
+        "{variant:?} needs CPU features absent here"
+    );
+    assert_eq!(a.kb, w.kb, "activation and weight widths");
+    assert_eq!(a.blocks.len(), m * a.kb, "activation blocks");
+    assert_eq!(a.d.len(), m * a.kb, "activation scales");
+    assert_eq!(a.sums.len(), m * a.kb, "activation sums");
+    assert_eq!(out.len(), m * w.n, "output length");
+    let groups = w.n.div_ceil(GROUP);
+    let chunks = m.div_ceil(ROW_CHUNK);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let work = |range: Range<usize>| {
+        let out_ptr = &out_ptr;
+        for item in range {
+            let (chunk, g) = (item / groups, item % groups);
+            let rows = chunk * ROW_CHUNK..m.min((chunk + 1) * ROW_CHUNK);
+            // SAFETY: items cover disjoint (row, group) cells of `out`, which outlives the
+            // pool call; the variant's CPU features were checked above.
+            unsafe { group_rows(variant, w, a, g, rows, out_ptr.0) };
+        }
+    };
+    par(chunks * groups, &work);
+}
+
+/// Activation rows per work item (their blocks stay in L2 while the weights stream past).
+const ROW_CHUNK: usize = 64;
+
+struct SendPtr(*mut f32);
+// SAFETY: workers write disjoint elements (see `matmul_with`).
+unsafe impl Sync for SendPtr {}
+
+/// # Safety
+/// `out` holds `m × w.n` floats, no other thread writes these cells, and the CPU runs
+/// `variant`.
+unsafe fn group_rows(
+    variant: Variant,
+    w: &Packed,
+    a: &Acts,
+    g: usize,
+    rows: Range<usize>,
+    out: *mut f32,
+) {
+    match variant {
+        Variant::Scalar => scalar_group(w, a, g, rows, out),
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => avx2::group(w, a, g, rows, out),
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512Vnni => avx512vnni::group(w, a, g, rows, out),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("checked available"),
+    }
+}
+
+/// Writes the valid lanes of one group's outputs for activation row `r`.
+///
+/// # Safety
+/// As `group_rows`.
+unsafe fn store(w: &Packed, g: usize, r: usize, lanes: &[f32; GROUP], out: *mut f32) {
+    let c0 = g * GROUP;
+    let valid = GROUP.min(w.n - c0);
+    std::ptr::copy_nonoverlapping(lanes.as_ptr(), out.add(r * w.n + c0), valid);
+}
+
+/// The definition: candle's scalar `vec_dot_q5_0_q8_0` for each of the group's rows.
+///
+/// # Safety
+/// As `group_rows`.
+unsafe fn scalar_group(w: &Packed, a: &Acts, g: usize, rows: Range<usize>, out: *mut f32) {
+    let kb = w.kb;
+    for r in rows {
+        let mut acc = [0f32; GROUP];
+        for b in 0..kb {
+            let gb = &w.groups[g * kb + b];
+            let y = &a.blocks[r * kb + b].qs;
+            let da = a.d[r * kb + b];
+            for (i, lane) in acc.iter_mut().enumerate() {
+                let qh = gb.qh[i];
+                let mut sumi = 0i32;
+                for (j, &q) in gb.qs[i].iter().enumerate() {
+                    let x0 = ((q & 0x0F) as i32 | (((qh >> j) & 1) << 4) as i32) - 16;
+                    let x1 = ((q >> 4) as i32 | (((qh >> (j + 16)) & 1) << 4) as i32) - 16;
+                    sumi += x0 * y[j] as i32 + x1 * y[j + 16] as i32;
+                }
+                *lane += sumi as f32 * f16_to_f32(gb.d[i]) * da;
+            }
+        }
+        store(w, g, r, &acc, out);
+    }
+}
+
+/// The AVX2 and AVX-512 VNNI bodies: the same code compiled twice, with each variant's
+/// integer dot (a macro, so both copies are compiled with their own CPU features and
+/// everything inlines).
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx_variant {
+    ($module:ident, $features:literal, $dot:ident) => {
+        mod $module {
+            use super::{store, Acts, Packed, GROUP};
+            use std::arch::x86_64::*;
+            use std::ops::Range;
+
+            /// Activation rows per tile: each weight block is unpacked once for them.
+            const RN: usize = 4;
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn group(
+                w: &Packed,
+                a: &Acts,
+                g: usize,
+                rows: Range<usize>,
+                out: *mut f32,
+            ) {
+                let mut r = rows.start;
+                while r + RN <= rows.end {
+                    tile::<RN>(w, a, g, r, out);
+                    r += RN;
+                }
+                while r < rows.end {
+                    tile::<1>(w, a, g, r, out);
+                    r += 1;
+                }
+            }
+
+            /// Rows r..r+N of activations against the group's eight weight rows.
+            #[target_feature(enable = $features)]
+            // Index loops over the const tile size keep the vectors in registers.
+            #[allow(clippy::needless_range_loop)]
+            unsafe fn tile<const N: usize>(
+                w: &Packed,
+                a: &Acts,
+                g: usize,
+                r: usize,
+                out: *mut f32,
+            ) {
+                let kb = w.kb;
+                let mut acc = [_mm256_setzero_ps(); N];
+                let gbs = w.groups.as_ptr().add(g * kb);
+                for b in 0..kb {
+                    let gb = &*gbs.add(b);
+                    let mut ys = [_mm256_setzero_si256(); N];
+                    for j in 0..N {
+                        let blk = a.blocks.get_unchecked((r + j) * kb + b);
+                        ys[j] = _mm256_loadu_si256(blk.qs.as_ptr().cast());
+                    }
+                    // Per activation row, the eight weight rows' i32 lanes reduced to one
+                    // sum per row (lane i = weight row i). Integer sums: exact in any order.
+                    let mut quads = [[_mm256_setzero_si256(); 2]; N];
+                    for half in 0..2 {
+                        let mut pairs = [[_mm256_setzero_si256(); 2]; N];
+                        for p in 0..2 {
+                            let i = half * 4 + p * 2;
+                            let w0 = unpack(&gb.qs[i], gb.qh[i]);
+                            let w1 = unpack(&gb.qs[i + 1], gb.qh[i + 1]);
+                            for j in 0..N {
+                                pairs[j][p] = _mm256_hadd_epi32(
+                                    super::$dot(w0, ys[j]),
+                                    super::$dot(w1, ys[j]),
+                                );
+                            }
+                        }
+                        for j in 0..N {
+                            quads[j][half] = _mm256_hadd_epi32(pairs[j][0], pairs[j][1]);
+                        }
+                    }
+                    let dx = _mm256_cvtph_ps(_mm_loadu_si128(gb.d.as_ptr().cast()));
+                    for j in 0..N {
+                        // quads: [r0..r3 low halves | r0..r3 high halves], [r4..r7 …].
+                        let lo = _mm256_permute2x128_si256(quads[j][0], quads[j][1], 0x20);
+                        let hi = _mm256_permute2x128_si256(quads[j][0], quads[j][1], 0x31);
+                        let k = (r + j) * kb + b;
+                        // Σ q·y − 16·Σ y = Σ (q − 16)·y, candle's signed dot, exactly.
+                        let bias = _mm256_set1_epi32(16 * *a.sums.get_unchecked(k));
+                        let sumi =
+                            _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_add_epi32(lo, hi), bias));
+                        let da = _mm256_set1_ps(*a.d.get_unchecked(k));
+                        // candle's order: (sumi · d_w) · d_a, then the add.
+                        let t = _mm256_mul_ps(_mm256_mul_ps(sumi, dx), da);
+                        acc[j] = _mm256_add_ps(acc[j], t);
+                    }
+                }
+                for j in 0..N {
+                    let mut lanes = [0f32; GROUP];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[j]);
+                    store(w, g, r + j, &lanes, out);
+                }
+            }
+
+            /// One row-block → 32 unsigned bytes 0..=31 in element order: the nibbles
+            /// (low nibbles, then high nibbles) with bit `e` of `qh` as element `e`'s 16.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn unpack(qs: &[u8; 16], qh: u32) -> __m256i {
+                let x = _mm_loadu_si128(qs.as_ptr().cast());
+                let hi = _mm_srli_epi16(x, 4);
+                let nibbles = _mm256_and_si256(_mm256_set_m128i(hi, x), _mm256_set1_epi8(0x0F));
+                // Byte e takes qh's byte e / 8; then all bits but bit e % 8 are set, so
+                // the byte is all ones exactly when element e's bit is.
+                let spread = _mm256_shuffle_epi8(
+                    _mm256_set1_epi32(qh as i32),
+                    _mm256_set_epi64x(
+                        0x0303_0303_0303_0303,
+                        0x0202_0202_0202_0202,
+                        0x0101_0101_0101_0101,
+                        0,
+                    ),
+                );
+                let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64);
+                let set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1));
+                _mm256_or_si256(nibbles, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+            }
+        }
+    };
+}
+
+/// Eight i32 lanes, each the sum of four products of unsigned `w` and signed `y` bytes.
+/// No saturation: |w·y| pairs stay below 2 · 31 · 128.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dot_avx2(
+    w: std::arch::x86_64::__m256i,
+    y: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), _mm256_set1_epi16(1))
+}
+
+/// The same eight lanes with one `vpdpbusd`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn dot_vnni(
+    w: std::arch::x86_64::__m256i,
+    y: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+avx_variant!(avx2, "avx2,fma,f16c", dot_avx2);
+#[cfg(target_arch = "x86_64")]
+avx_variant!(
+    avx512vnni,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    dot_vnni
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::q8_0::Block as ActBlock;
+
+    /// A small deterministic generator (the kernel crate has no dependencies).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) as u32
+        }
+    }
+
+    /// f16 bits of a normal value in [2^-10, 2^-3) with either sign.
+    fn f16_bits(rng: &mut Lcg) -> u16 {
+        let exp = 5 + rng.next() % 8;
+        let man = rng.next() & 0x3ff;
+        let sign = (rng.next() & 1) << 15;
+        (sign | (exp << 10) | man) as u16
+    }
+
+    fn weights(n: usize, kb: usize, seed: u64) -> Vec<Block> {
+        let mut rng = Lcg(seed);
+        (0..n * kb)
+            .map(|_| Block {
+                d: f16_bits(&mut rng),
+                qh: rng.next().to_le_bytes(),
+                qs: std::array::from_fn(|_| rng.next() as u8),
+            })
+            .collect()
+    }
+
+    struct OwnedActs {
+        blocks: Vec<ActBlock>,
+        d: Vec<f32>,
+        sums: Vec<i32>,
+    }
+
+    fn acts(m: usize, kb: usize, seed: u64) -> OwnedActs {
+        let mut rng = Lcg(seed);
+        let blocks: Vec<ActBlock> = (0..m * kb)
+            .map(|_| ActBlock {
+                d: f16_bits(&mut rng) & 0x7fff,
+                // The full i8 range, -128 included (the AVX2 path must not saturate).
+                qs: std::array::from_fn(|_| rng.next() as i8),
+            })
+            .collect();
+        let d = blocks.iter().map(|b| f16_to_f32(b.d)).collect();
+        let sums = blocks.iter().map(quant_sum).collect();
+        OwnedActs { blocks, d, sums }
+    }
+
+    fn serial(items: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
+        f(0..items)
+    }
+
+    /// Items split in uneven ranges, as a pool might.
+    fn split(items: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
+        let mid = items / 3;
+        f(mid..items);
+        f(0..mid);
+    }
+
+    /// candle's `vec_dot_q5_0_q8_0`, written from its definition on the unpacked blocks:
+    /// element e's fifth bit is bit e of the little-endian `qh`.
+    fn reference(w: &[Block], a: &OwnedActs, m: usize, n: usize, kb: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                let mut sumf = 0f32;
+                for b in 0..kb {
+                    let (x, y) = (&w[c * kb + b], &a.blocks[r * kb + b]);
+                    let qh = u32::from_le_bytes(x.qh);
+                    let mut sumi = 0i32;
+                    for e in 0..32 {
+                        let nibble = if e < 16 {
+                            x.qs[e] & 0x0F
+                        } else {
+                            x.qs[e - 16] >> 4
+                        };
+                        let q = nibble as i32 + 16 * ((qh >> e) & 1) as i32;
+                        sumi += (q - 16) * y.qs[e] as i32;
+                    }
+                    sumf += sumi as f32 * f16_to_f32(x.d) * f16_to_f32(y.d);
+                }
+                out[r * n + c] = sumf;
+            }
+        }
+        out
+    }
+
+    fn run(v: Variant, p: &Packed, a: &OwnedActs, m: usize, par: Parallel) -> Vec<f32> {
+        let mut out = vec![f32::NAN; m * p.rows()];
+        let acts = Acts {
+            blocks: &a.blocks,
+            d: &a.d,
+            sums: &a.sums,
+            kb: p.blocks_per_row(),
+        };
+        matmul_with(v, p, &acts, m, &mut out, par);
+        out
+    }
+
+    #[test]
+    fn every_variant_equals_the_definition_bit_for_bit() {
+        // Shapes: a partial last group (n = 13), decode (m = 1), a ragged tile tail (m = 7),
+        // more rows than one chunk (m = 70), one block per row.
+        for &(m, n, kb) in &[(1, 8, 2), (7, 13, 3), (70, 24, 4), (5, 3, 1), (2, 64, 20)] {
+            let w = weights(n, kb, 11 + n as u64);
+            let a = acts(m, kb, 5 + m as u64);
+            let want: Vec<u32> = reference(&w, &a, m, n, kb)
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            let p = Packed::new(&w, n, kb);
+            for v in dispatch::available() {
+                for par in [&serial as Parallel, &split as Parallel] {
+                    let got: Vec<u32> =
+                        run(v, &p, &a, m, par).iter().map(|x| x.to_bits()).collect();
+                    assert_eq!(got, want, "{v:?} m={m} n={n} kb={kb}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_quants_do_not_saturate() {
+        // Every weight at 31 (q − 16 = 15) or 0 (−16) against activations at −128 / 127.
+        let (m, n, kb) = (4, 8, 2);
+        let w: Vec<Block> = (0..n * kb)
+            .map(|i| Block {
+                d: 0x3c00, // 1.0
+                qh: if i % 2 == 0 { [0xff; 4] } else { [0; 4] },
+                qs: if i % 2 == 0 { [0xff; 16] } else { [0; 16] },
+            })
+            .collect();
+        let blocks: Vec<ActBlock> = (0..m * kb)
+            .map(|i| ActBlock {
+                d: 0x3c00,
+                qs: [if i % 2 == 0 { -128 } else { 127 }; 32],
+            })
+            .collect();
+        let a = OwnedActs {
+            d: vec![1.0; m * kb],
+            sums: blocks.iter().map(quant_sum).collect(),
+            blocks,
+        };
+        let want = reference(&w, &a, m, n, kb);
+        // Block 0 of every weight row is 15s, block 1 is −16s; activations alternate per
+        // block the same way: 32·15·(−128) + 32·(−16)·127.
+        assert_eq!(want[0], (32 * 15 * -128 + 32 * -16 * 127) as f32);
+        let p = Packed::new(&w, n, kb);
+        for v in dispatch::available() {
+            assert_eq!(run(v, &p, &a, m, &serial), want, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn a_row_alone_equals_the_same_row_in_a_batch() {
+        let (m, n, kb) = (9, 16, 5);
+        let w = weights(n, kb, 3);
+        let a = acts(m, kb, 4);
+        let p = Packed::new(&w, n, kb);
+        for v in dispatch::available() {
+            let batch = run(v, &p, &a, m, &serial);
+            for r in 0..m {
+                let one = OwnedActs {
+                    blocks: a.blocks[r * kb..(r + 1) * kb].to_vec(),
+                    d: a.d[r * kb..(r + 1) * kb].to_vec(),
+                    sums: a.sums[r * kb..(r + 1) * kb].to_vec(),
+                };
+                let alone = run(v, &p, &one, 1, &serial);
+                let same = alone
+                    .iter()
+                    .zip(&batch[r * n..(r + 1) * n])
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(
+                    same,
+                    "{v:?} row {r}: {alone:?} vs {:?}",
+                    &batch[r * n..(r + 1) * n]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn packing_keeps_every_block() {
+        let (n, kb) = (11, 3);
+        let w = weights(n, kb, 9);
+        let p = Packed::new(&w, n, kb);
+        assert_eq!(p.bytes(), 2 * kb * 8 * 22);
+        for r in 0..n {
+            for b in 0..kb {
+                let gb = &p.groups[(r / GROUP) * kb + b];
+                let (i, src) = (r % GROUP, &w[r * kb + b]);
+                assert_eq!(
+                    (gb.d[i], gb.qh[i].to_le_bytes(), gb.qs[i]),
+                    (src.d, src.qh, src.qs)
+                );
+            }
+        }
+        // Padding rows are zero.
+        assert!(p.groups[kb..].iter().all(|gb| gb.qs[3..] == [[0u8; 16]; 5]));
+    }
+}
