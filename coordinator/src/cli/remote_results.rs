@@ -16,7 +16,7 @@ use crate::aggregate::ExperimentAggregate;
 use crate::embedded::StoreHandle;
 use crate::store::{ExperimentRecord, StoreError};
 use lem_common::domain::ModelInfo;
-use lem_common::wire::cli::{CliReply, CliRequest, RecordSelection};
+use lem_common::wire::cli::{CliReply, CliRequest, RecordSelection, ResultExperiment};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -41,20 +41,29 @@ pub fn list(remote: &Remote, all: bool, json: bool) -> Result<Outcome, CliError>
     };
     let mut rows = Vec::with_capacity(records.len());
     for e in &records {
-        let accepted = match e.cycles_accepted {
-            Some(n) => u64::from(n),
-            None => older_counts.get(&e.id).copied().ok_or_else(|| {
-                CliError::failure(format!(
-                    "the coordinator at {} listed {} without its accepted cycles",
-                    remote.target(),
-                    e.id
-                ))
-            })?,
-        };
-        let cycles_done = usize::try_from(accepted).unwrap_or(usize::MAX);
+        let cycles_done = cycles_accepted(e, &older_counts, remote.target())?;
         rows.push(ListRow::new(&store, record_from_wire(e)?, cycles_done));
     }
     print_list(&store, rows, None, all, json)
+}
+
+/// `e`'s accepted cycles: from its record, or (an older coordinator's record has none)
+/// from `older_counts`, its `ListResults` counts.
+fn cycles_accepted(
+    e: &ResultExperiment,
+    older_counts: &BTreeMap<String, u64>,
+    target: &str,
+) -> Result<usize, CliError> {
+    let accepted = match e.cycles_accepted {
+        Some(n) => u64::from(n),
+        None => older_counts.get(&e.id).copied().ok_or_else(|| {
+            CliError::failure(format!(
+                "the coordinator at {target} listed {} without its accepted cycles",
+                e.id
+            ))
+        })?,
+    };
+    Ok(usize::try_from(accepted).unwrap_or(usize::MAX))
 }
 
 /// Accepted cycles by experiment id, from `ListResults`.
@@ -235,5 +244,45 @@ fn name_the_coordinator(error: CliError, target: &str) -> CliError {
              results list --all` lists them)"
         )),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, cycles_accepted: Option<u32>) -> ResultExperiment {
+        ResultExperiment {
+            id: id.into(),
+            config_name: "a".into(),
+            model_name: "m".into(),
+            config: serde_json::json!({}),
+            cycles_planned: 3,
+            status: "running".into(),
+            error: None,
+            created_at: String::new(),
+            origin: String::new(),
+            aggregate: None,
+            cycles_accepted,
+        }
+    }
+
+    #[test]
+    fn an_older_coordinators_record_takes_its_count_from_the_listing() {
+        let older: BTreeMap<String, u64> = [("sweep-0/a".to_string(), 2)].into();
+        // A record's own count wins; the listing is read only where it has none.
+        assert_eq!(
+            cycles_accepted(&record("sweep-0/a", Some(1)), &older, "h:1").unwrap(),
+            1
+        );
+        assert_eq!(
+            cycles_accepted(&record("sweep-0/a", None), &older, "h:1").unwrap(),
+            2
+        );
+        // Neither: an error naming the coordinator and the experiment, not a zero.
+        let err = cycles_accepted(&record("sweep-0/b", None), &older, "h:1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("h:1") && err.contains("sweep-0/b"), "{err}");
     }
 }
