@@ -54,6 +54,14 @@ prop_compose! {
     }
 }
 
+prop_compose! {
+    fn record_selection()(
+        id_prefixes in vec(text(), 0..3), sweep in of(text()), without_aggregates in any::<bool>(),
+    ) -> RecordSelection {
+        RecordSelection { id_prefixes, sweep, without_aggregates }
+    }
+}
+
 fn request() -> impl Strategy<Value = CliRequest> {
     prop_oneof![
         submission().prop_map(CliRequest::SubmitSweep),
@@ -67,7 +75,8 @@ fn request() -> impl Strategy<Value = CliRequest> {
         Just(CliRequest::ListResults),
         text().prop_map(|id| CliRequest::ShowResult { id }),
         any::<u64>().prop_map(|sweep| CliRequest::AggregateSweep { sweep }),
-        of(text()).prop_map(|after| CliRequest::ResultRecords { after }),
+        (of(text()), record_selection())
+            .prop_map(|(after, select)| CliRequest::ResultRecords { after, select }),
         (text(), of(any::<u32>()))
             .prop_map(|(id, after_cycle)| CliRequest::AcceptedResults { id, after_cycle }),
         (any::<u64>(), any::<u32>())
@@ -132,14 +141,14 @@ prop_compose! {
 prop_compose! {
     fn result_experiment()(
         names in vec(text(), 5), config in json(), cycles_planned in any::<u32>(),
-        error in of(text()), aggregate in of(json()),
+        error in of(text()), aggregate in of(json()), cycles_accepted in of(any::<u32>()),
     ) -> ResultExperiment {
         let [id, config_name, model_name, status, created_at]: [String; 5] =
             names.try_into().unwrap();
         ResultExperiment {
             origin: format!("sweep `{id}`"),
             id, config_name, model_name, config, cycles_planned, status, error, created_at,
-            aggregate,
+            aggregate, cycles_accepted,
         }
     }
 }
@@ -248,7 +257,10 @@ fn only_requests_that_change_nothing_are_read_only() {
         CliRequest::ListAgents,
         CliRequest::ListResults,
         CliRequest::ShowResult { id: "x".into() },
-        CliRequest::ResultRecords { after: None },
+        CliRequest::ResultRecords {
+            after: None,
+            select: RecordSelection::default(),
+        },
         CliRequest::AcceptedResults {
             id: "x".into(),
             after_cycle: Some(1),
@@ -280,4 +292,56 @@ fn a_token_request_without_uses_asks_for_one() {
             uses: 1
         }
     );
+}
+
+/// A CLI built before record selections sends `ResultRecords { after }` alone: it asks
+/// for every experiment with its aggregate, as it did. A coordinator built before them
+/// reads a selecting request as that same request (it ignores `select`), so a newer CLI
+/// still gets every record it needs and selects among them itself.
+#[test]
+fn a_record_request_without_a_selection_asks_for_every_experiment() {
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum OlderRequest {
+        ResultRecords { after: Option<String> },
+    }
+    let older = OlderRequest::ResultRecords {
+        after: Some("sweep-0/a".into()),
+    };
+    let decoded: CliRequest =
+        rmp_serde::from_slice(&rmp_serde::to_vec_named(&older).unwrap()).unwrap();
+    assert_eq!(
+        decoded,
+        CliRequest::ResultRecords {
+            after: Some("sweep-0/a".into()),
+            select: RecordSelection::default(),
+        }
+    );
+    let newer = CliRequest::ResultRecords {
+        after: None,
+        select: RecordSelection {
+            id_prefixes: vec!["sweep-0/c".into()],
+            sweep: Some("c".into()),
+            without_aggregates: true,
+        },
+    };
+    let read_by_older: OlderRequest =
+        rmp_serde::from_slice(&rmp_serde::to_vec_named(&newer).unwrap()).unwrap();
+    assert_eq!(read_by_older, OlderRequest::ResultRecords { after: None });
+}
+
+/// A record from a coordinator built before it counted accepted cycles has no count:
+/// unknown (`None`), never zero.
+#[test]
+fn a_record_without_an_accepted_count_reads_as_unknown() {
+    let record = serde_json::json!({
+        "id": "sweep-0/a", "config_name": "a", "model_name": "m", "config": {},
+        "cycles_planned": 3, "status": "completed", "error": null,
+        "created_at": "2026-01-01T00:00:00Z", "origin": "sweep `s` (sweep-0)",
+        "aggregate": null,
+    });
+    let bytes = rmp_serde::to_vec_named(&record).unwrap();
+    let decoded: ResultExperiment = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(decoded.cycles_accepted, None);
+    assert_eq!(decoded.cycles_planned, 3);
 }

@@ -176,7 +176,7 @@ impl Cluster {
         let mut duplicates = 0;
         let mut by_name = BTreeMap::new();
         for row in rows {
-            assert_eq!(row["cycles_accepted"].as_u64(), Some(cycles), "{row}");
+            assert_eq!(row["cycles_done"].as_u64(), Some(cycles), "{row}");
             assert_eq!(row["status"], "completed", "{row}");
             let id = row["id"].as_str().unwrap();
             let shown: serde_json::Value =

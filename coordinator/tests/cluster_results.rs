@@ -1,10 +1,13 @@
 //! The results commands through a coordinator print what the embedded commands print.
 //!
 //! A real `lem serve` and one real `lem-agent` (a simulated GPU node: the fake NVML) run
-//! a small sweep on the real SmolLM2 with one or two output tokens. Then, with a VIEWER
-//! credential, `results show` (summary, `--json`, `--raw`), `results compare`, `results export` (CSV, JSON
+//! a small sweep on the real SmolLM2 with one or two output tokens; a second sweep no
+//! node can place is cancelled (an interrupted experiment, hidden from a plain `results
+//! list`). Then, with a VIEWER credential, `results list` (`--all`, `--json`), `results
+//! show` (summary, `--json`, `--raw`), `results compare`, `results export` (CSV, JSON
 //! Lines, Parquet; cycle, request and trace levels), `results table` and `report` go
-//! through `--coordinator`. After the coordinator stops, this test writes an embedded
+//! through `--coordinator`; each fetches only the records it selects (counted from the
+//! CLI's log). After the coordinator stops, this test writes an embedded
 //! data dir of its own from the stopped store — an experiment record per sweep
 //! experiment (fields derived here: id `sweep-N/name`, the submitted config, the job
 //! count, the first accepted cycle's start), the accepted results (read through the
@@ -76,6 +79,22 @@ fn results_through_a_coordinator_print_what_embedded_prints() {
         s["sweeps"][0]["progress"]["accepted"].as_u64() == Some(jobs)
     });
     assert_eq!(status["sweeps"][0]["progress"]["failed"].as_u64(), Some(0));
+    // sweep-1: one experiment no node can place (a MIG profile nobody has). Pending, it
+    // is running on the coordinator; cancelled, it is interrupted and `results list`
+    // counts it among the hidden rows.
+    let out = coordinator.cli_ok(&[
+        "sweep",
+        "submit",
+        configs[0].to_str().unwrap(),
+        "--mig-profile",
+        "7g.40gb",
+        "--name",
+        "unplaced",
+    ]);
+    assert!(
+        out.contains("sweep-1: submitted 1 experiment(s), 1 job(s)"),
+        "{out}"
+    );
 
     let out_dir = dir.path().join("out");
     std::fs::create_dir_all(&out_dir).unwrap();
@@ -83,6 +102,10 @@ fn results_through_a_coordinator_print_what_embedded_prints() {
     let html = |side: &str| out_dir.join(format!("{side}.html"));
     // Each command, with a placeholder for the side's output file.
     let commands: Vec<Vec<String>> = [
+        "results list",
+        "results list --all",
+        "results list --json",
+        "results list --all --json",
         "results show sweep-0/c002",
         "results show sweep-0/c002 --json",
         "results show sweep-0/c000 --raw",
@@ -96,6 +119,8 @@ fn results_through_a_coordinator_print_what_embedded_prints() {
         "results export --all --format parquet --level request --out {parquet}",
         "results table --all --rows max_output_tokens --cols random_seed --metric output_tokens_per_s",
         "results table --all --rows max_output_tokens --cols random_seed --metric output_tokens_per_s --json",
+        "results table sweep-0/c000 sweep-0/c001 --rows max_output_tokens --cols random_seed --metric output_tokens_per_s --format markdown",
+        "results export --sweep c000 --format csv --level cycle",
         "report --all --out {html}",
     ]
     .iter()
@@ -118,10 +143,87 @@ fn results_through_a_coordinator_print_what_embedded_prints() {
             .output()
             .unwrap()
     };
+    // Running on the coordinator, not "killed": no process of this machine runs it.
+    let listed: serde_json::Value = serde_json::from_slice(
+        &remote(&["results", "list", "--all", "--json"].map(String::from)).stdout,
+    )
+    .unwrap();
+    let unplaced = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "sweep-1/c000")
+        .unwrap_or_else(|| panic!("sweep-1/c000 listed: {listed:#}"));
+    assert_eq!(unplaced["status"], "running", "{unplaced}");
+    assert_eq!(unplaced["cycles_done"], 0, "{unplaced}");
+    coordinator.cli_ok(&["sweep", "cancel", "1"]);
+
     let remote_outputs: Vec<Output> = commands
         .iter()
         .map(|c| remote(&fill(c, "remote")))
         .collect();
+    // The coordinator sends only the records a command selects: one of the four for a
+    // named experiment, all four under --all (counted as the CLI logs them).
+    let experiments_there = EXPERIMENTS + 1;
+    let fetched = |args: &[&str]| -> Output {
+        lem()
+            .env("LEM_LOG", "lem_coordinator::cli::remote_store=info")
+            .args(["--coordinator", &addr, "--credential"])
+            .arg(&viewer)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for (args, records) in [
+        (
+            &[
+                "results",
+                "export",
+                "sweep-0/c001",
+                "--format",
+                "csv",
+                "--level",
+                "cycle",
+            ][..],
+            1,
+        ),
+        (&["results", "show", "sweep-0/c002", "--raw"], 1),
+        (&["results", "compare", "sweep-0/c000", "sweep-0/c002"], 2),
+        // A prefix takes every id it starts, so an ambiguous one can be told.
+        (
+            &[
+                "results",
+                "export",
+                "sweep-0/c00",
+                "--format",
+                "csv",
+                "--level",
+                "cycle",
+            ],
+            EXPERIMENTS,
+        ),
+        (
+            &[
+                "results", "export", "--sweep", "c001", "--format", "csv", "--level", "cycle",
+            ],
+            1,
+        ),
+        (
+            &[
+                "results", "export", "--all", "--format", "csv", "--level", "cycle",
+            ],
+            experiments_there,
+        ),
+        (&["results", "list", "--all"], experiments_there),
+    ] {
+        let out = fetched(args);
+        // The ambiguous prefix is refused as embedded refuses it (usage, exit 2).
+        let code = if args.contains(&"sweep-0/c00") { 2 } else { 0 };
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {:?}", text(&out));
+        let log = text(&out).1;
+        let said = format!("fetched {records} experiment record(s)");
+        assert!(log.contains(&said), "{args:?}: expected `{said}` in {log}");
+    }
     // Bad selections, through the coordinator.
     let missing = remote(&["results", "compare", "sweep-0/nope", "sweep-0/c000"].map(String::from));
     let ambiguous = remote(&["results", "show", "sweep-0/c00", "--raw"].map(String::from));
@@ -241,7 +343,14 @@ fn embedded_copy(from: &Path, to: &Path) -> usize {
                 .filter(|a| a.job.experiment as usize == index)
                 .collect();
             mine.sort_by_key(|a| a.job.cycle);
-            assert_eq!(mine.len(), planned, "{id}: every cycle accepted");
+            // Sweep 1 was cancelled before its one job could be placed.
+            let status = if row.sweep.0 == 1 {
+                assert!(mine.is_empty(), "{id}: the unplaced job ran");
+                ExperimentStatus::Interrupted
+            } else {
+                assert_eq!(mine.len(), planned, "{id}: every cycle accepted");
+                ExperimentStatus::Completed
+            };
             let created_at = mine
                 .first()
                 .map(|a| a.raw.started_at.clone())
@@ -255,7 +364,7 @@ fn embedded_copy(from: &Path, to: &Path) -> usize {
                     effective_config: experiment.config.clone(),
                     cli_overrides: BTreeMap::new(),
                     num_cycles: planned as u32,
-                    status: ExperimentStatus::Completed,
+                    status,
                     created_at: created_at.clone(),
                     updated_at: created_at,
                     pid: 0,
@@ -272,11 +381,15 @@ fn embedded_copy(from: &Path, to: &Path) -> usize {
                 target.put_raw(&raw).unwrap();
                 copied += 1;
             }
-            let aggregate: serde_json::Value = source
-                .aggregate(&id)
-                .unwrap()
-                .unwrap_or_else(|| panic!("{id} has a stored aggregate"));
-            target.put_aggregate(&id, &aggregate).unwrap();
+            // The ended sweep's aggregate (the cancelled one's has no cycles).
+            let aggregate: Option<serde_json::Value> = source.aggregate(&id).unwrap();
+            assert!(
+                aggregate.is_some() || status != ExperimentStatus::Completed,
+                "{id}: no stored aggregate"
+            );
+            if let Some(aggregate) = aggregate {
+                target.put_aggregate(&id, &aggregate).unwrap();
+            }
         }
     }
     copied

@@ -89,10 +89,10 @@ fn a_sweep_runs_on_a_network_agent_and_each_job_is_stored_once() {
     let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["sweep-0/alpha", "sweep-0/beta"]);
     for (row, model) in rows.iter().zip(["test/model-0", "test/model-1"]) {
-        assert_eq!(row["cycles_accepted"].as_u64(), Some(CYCLES), "{row}");
-        assert_eq!(row["cycles_total"].as_u64(), Some(CYCLES), "{row}");
+        assert_eq!(row["cycles_done"].as_u64(), Some(CYCLES), "{row}");
+        assert_eq!(row["num_cycles"].as_u64(), Some(CYCLES), "{row}");
         assert_eq!(row["status"], "completed");
-        assert_eq!(row["model"], model);
+        assert_eq!(row["model_name"], model);
     }
     let text = server.cli_ok(&["results", "list"]);
     assert!(

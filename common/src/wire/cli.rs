@@ -44,10 +44,13 @@ pub enum CliRequest {
         #[serde(default = "one_use")]
         uses: u32,
     },
-    /// One page of every sweep experiment's record and stored aggregate, in id order,
-    /// starting after the experiment `after` (from the start when `None`).
+    /// One page of the selected sweep experiments' records and stored aggregates, in id
+    /// order, starting after the experiment `after` (from the start when `None`). A peer
+    /// that sends no `select` asks for every experiment with its aggregate.
     ResultRecords {
         after: Option<String>,
+        #[serde(default)]
+        select: RecordSelection,
     },
     /// One page of the accepted results of the experiment `id` (exact), in cycle order,
     /// starting after cycle `after_cycle`. Superseded results are never sent.
@@ -330,6 +333,103 @@ pub struct ResultExperiment {
     pub created_at: String,
     /// Where it came from, for display.
     pub origin: String,
-    /// The stored aggregate (the coordinator's aggregate type, as JSON), if any.
+    /// The stored aggregate (the coordinator's aggregate type, as JSON), if any; always
+    /// `None` when the request's selection left aggregates out.
     pub aggregate: Option<serde_json::Value>,
+    /// Cycles with an accepted result. `None` from a coordinator built before it was
+    /// sent (not zero: unknown).
+    #[serde(default)]
+    pub cycles_accepted: Option<u32>,
+}
+
+/// Which experiments a `ResultRecords` listing carries, so a command that reads a few
+/// does not fetch every record. The default takes every experiment with its aggregate.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RecordSelection {
+    /// Experiment ids or id prefixes: an experiment is taken when its id starts with one
+    /// of them (so the CLI can tell a unique prefix from an ambiguous one). Empty: any id.
+    #[serde(default)]
+    pub id_prefixes: Vec<String>,
+    /// Only the experiments of this config-name sweep ([`in_sweep`]).
+    #[serde(default)]
+    pub sweep: Option<String>,
+    /// Leave every stored aggregate out (`results list` reads none).
+    #[serde(default)]
+    pub without_aggregates: bool,
+}
+
+impl RecordSelection {
+    /// The experiments whose ids start with one of `prefixes` (an exact id is a prefix
+    /// of itself), with their aggregates.
+    pub fn ids(prefixes: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            id_prefixes: prefixes.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
+    /// True when the experiment `id` with config name `config_name` is selected.
+    pub fn takes(&self, id: &str, config_name: &str) -> bool {
+        let id_taken = self.id_prefixes.is_empty()
+            || self.id_prefixes.iter().any(|p| id.starts_with(p.as_str()));
+        id_taken
+            && self
+                .sweep
+                .as_deref()
+                .is_none_or(|sweep| in_sweep(config_name, sweep))
+    }
+}
+
+/// True when `config_name` is config-name sweep `sweep`'s base or one of its grid points
+/// (`sweep__…`, as `lem config generate-grid` names them).
+pub fn in_sweep(config_name: &str, sweep: &str) -> bool {
+    config_name == sweep
+        || config_name
+            .strip_prefix(sweep)
+            .is_some_and(|rest| rest.starts_with("__"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_is_its_base_and_the_grid_points_named_after_it() {
+        assert!(in_sweep("base-exp", "base-exp"));
+        assert!(in_sweep(
+            "base-exp__batch_size-4__fp_precision-float16",
+            "base-exp"
+        ));
+        // Another config that only starts with the same letters is not in it.
+        assert!(!in_sweep("base-exp2__batch_size-4", "base-exp"));
+        assert!(!in_sweep("base", "base-exp"));
+    }
+
+    #[test]
+    fn a_selection_takes_ids_by_prefix_within_its_sweep() {
+        let every = RecordSelection::default();
+        assert!(every.takes("sweep-0/a", "a"));
+        let prefixes = RecordSelection {
+            id_prefixes: vec!["sweep-0/c00".into(), "sweep-1/x".into()],
+            ..RecordSelection::default()
+        };
+        assert!(prefixes.takes("sweep-0/c001", "c001"));
+        assert!(prefixes.takes("sweep-1/x", "x"));
+        assert!(!prefixes.takes("sweep-0/c010", "c010"));
+        assert!(!prefixes.takes("sweep-2/x", "x"));
+        let grid = RecordSelection {
+            sweep: Some("base".into()),
+            ..RecordSelection::default()
+        };
+        assert!(grid.takes("sweep-3/base__batch_size-2", "base__batch_size-2"));
+        assert!(!grid.takes("sweep-3/base2", "base2"));
+        // Both filters hold at once.
+        let both = RecordSelection {
+            id_prefixes: vec!["sweep-3/".into()],
+            sweep: Some("base".into()),
+            without_aggregates: true,
+        };
+        assert!(both.takes("sweep-3/base", "base"));
+        assert!(!both.takes("sweep-4/base", "base"));
+    }
 }

@@ -19,14 +19,11 @@ pub fn export(store: &StoreHandle, args: ExportArgs) -> Result<Outcome, CliError
         ));
     }
     let need_raw = matches!(args.level, ExportLevel::Request | ExportLevel::Trace);
-    let found: Vec<(ExperimentAggregate, Vec<RawResult>)> = select_aggregated(
-        store,
-        Selection::from_args(&args.ids, args.all, args.sweep.as_deref()),
-        need_raw,
-    )?
-    .into_iter()
-    .map(|s| (s.agg, s.raws))
-    .collect();
+    let found: Vec<(ExperimentAggregate, Vec<RawResult>)> =
+        select_aggregated(store, Selection::of(&args.select), need_raw)?
+            .into_iter()
+            .map(|s| (s.agg, s.raws))
+            .collect();
     let table = export::build_table(args.level, &found)?;
     if table.rows.is_empty() {
         // Only traces can be absent from every cycle (RAPL and counter-only readings

@@ -379,8 +379,25 @@ pub enum TokenCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("ids", |a| a.help(REPORT_IDS_HELP)))]
 pub struct ReportArgs {
-    /// Experiment ids (or unique prefixes); two or more are also compared.
+    #[command(flatten)]
+    pub select: SelectionArgs,
+    /// The HTML file to write (replaced whole, never half-written).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// `lem report`'s words for its ids: a report of several also compares them.
+const REPORT_IDS_HELP: &str = "Experiment ids (or unique prefixes); two or more are also compared";
+
+/// Which experiments `report`, `results export` and `results table` take: ids, `--all`
+/// or `--sweep` (one of them). `selection.rs` resolves them.
+#[derive(Debug, Args, Clone)]
+pub struct SelectionArgs {
+    /// Experiment ids (or unique prefixes).
     #[arg(
         value_name = "ID",
         required_unless_present_any = ["all", "sweep"],
@@ -394,11 +411,6 @@ pub struct ReportArgs {
     /// generate-grid` names the points of a grid made from config NAME).
     #[arg(long, value_name = "NAME")]
     pub sweep: Option<String>,
-    /// The HTML file to write (replaced whole, never half-written).
-    #[arg(long, value_name = "FILE")]
-    pub out: PathBuf,
-    #[command(flatten)]
-    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -686,20 +698,8 @@ pub enum TableFormat {
 
 #[derive(Debug, Args)]
 pub struct TableArgs {
-    /// Experiment ids (or unique prefixes).
-    #[arg(
-        value_name = "ID",
-        required_unless_present_any = ["all", "sweep"],
-        conflicts_with_all = ["all", "sweep"]
-    )]
-    pub ids: Vec<String>,
-    /// Every experiment that has an aggregate; the others are named on stderr.
-    #[arg(long, conflicts_with = "sweep")]
-    pub all: bool,
-    /// The experiments of a sweep: config name NAME or NAME__… (how `lem config
-    /// generate-grid` names the points of a grid made from config NAME).
-    #[arg(long, value_name = "NAME")]
-    pub sweep: Option<String>,
+    #[command(flatten)]
+    pub select: SelectionArgs,
     /// Config field down the rows: a short name (batch_size, precision, quantization,
     /// arrival_rate, temperature, model, ...) or a dotted path (decoder_config.top_p).
     #[arg(long, value_name = "FIELD")]
@@ -724,20 +724,8 @@ pub struct TableArgs {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// Experiment ids (or unique prefixes).
-    #[arg(
-        value_name = "ID",
-        required_unless_present_any = ["all", "sweep"],
-        conflicts_with_all = ["all", "sweep"]
-    )]
-    pub ids: Vec<String>,
-    /// Every experiment that has an aggregate; the others are named on stderr.
-    #[arg(long, conflicts_with = "sweep")]
-    pub all: bool,
-    /// The experiments of a sweep: config name NAME or NAME__… (how `lem config
-    /// generate-grid` names the points of a grid made from config NAME).
-    #[arg(long, value_name = "NAME")]
-    pub sweep: Option<String>,
+    #[command(flatten)]
+    pub select: SelectionArgs,
     /// CSV (null = empty cell), JSON Lines (null = `null`) or Parquet (typed, nullable
     /// columns; binary, best with --out).
     #[arg(long, value_enum)]

@@ -17,7 +17,7 @@ pub fn table(store: &StoreHandle, args: TableArgs) -> Result<Outcome, CliError> 
             known.join(", ")
         )));
     }
-    let selection = Selection::from_args(&args.ids, args.all, args.sweep.as_deref());
+    let selection = Selection::of(&args.select);
     let selected = select_aggregated(store, selection, false)?;
     let inputs: Vec<PivotInput> = selected
         .iter()

@@ -1,75 +1,80 @@
-//! `lem --coordinator X results list` and `aggregate`: the coordinator's sweep results,
-//! listed with the same table columns as embedded mode. `results show` (summary,
-//! `--json`, `--raw`), `results compare|export|table` and `report` load the
-//! coordinator's records into a private store (`remote_store.rs`) and run the embedded
-//! commands on it; an experiment without a stored aggregate is shown from the aggregate
-//! the coordinator computes from its accepted results so far.
+//! `lem --coordinator X results ...`, `report` and `aggregate`. `results list` prints the
+//! coordinator's records with the embedded listing code. `results show` (summary,
+//! `--json`, `--raw`), `results compare|export|table` and `report` load the records they
+//! select (the coordinator sends only those) into a private store (`remote_store.rs`)
+//! and run the embedded commands on it; an experiment without a stored aggregate is
+//! shown from the aggregate the coordinator computes from its accepted results so far.
 
 use super::error::outln;
 use super::remote::{unexpected, Remote};
-use super::remote_store::RemoteStore;
-use super::results::print_aggregate;
-use super::selection::in_sweep;
+use super::remote_store::{fetch_records, record_from_wire, RemoteStore};
+use super::results::{print_aggregate, print_list, ListRow};
+use super::selection::{resolve, Selection};
 use super::sweep_cmd::parse_sweep_id;
-use super::{CliError, ExportArgs, Outcome, ReportArgs, ResultsCommand};
+use super::{CliError, ExportArgs, Outcome, ReportArgs, ResultsCommand, TableArgs};
 use crate::aggregate::ExperimentAggregate;
+use crate::embedded::StoreHandle;
 use crate::store::{ExperimentRecord, StoreError};
 use lem_common::domain::ModelInfo;
-use lem_common::wire::cli::{CliReply, CliRequest, ResultSummary};
+use lem_common::wire::cli::{CliReply, CliRequest, RecordSelection, ResultExperiment};
+use std::collections::BTreeMap;
+use std::path::Path;
 
+/// `results list [--all] [--json]`: the coordinator's records (without their
+/// aggregates), printed by the embedded listing.
 pub fn list(remote: &Remote, all: bool, json: bool) -> Result<Outcome, CliError> {
-    let rows = match remote.request(&CliRequest::ListResults)? {
-        CliReply::Results(rows) => rows,
-        other => return Err(unexpected("results list", &other)),
+    let select = RecordSelection {
+        without_aggregates: true,
+        ..RecordSelection::default()
     };
-    let (shown, hidden): (Vec<ResultSummary>, Vec<ResultSummary>) = rows
-        .into_iter()
-        .partition(|r| all || r.status == "completed");
-    if json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&shown).expect("plain data")
-        );
-        return Ok(Outcome::Success);
-    }
-    if shown.is_empty() {
-        outln!(
-            "No {}experiments on the coordinator.",
-            if all { "" } else { "completed " }
-        );
+    let records = fetch_records(remote, &select)?;
+    // A coordinator built before records carried their accepted count: its listing has it.
+    let older_counts = if records.iter().any(|r| r.cycles_accepted.is_none()) {
+        accepted_counts(remote)?
     } else {
-        let header = ["ID", "STATUS", "CYCLES", "CONFIG", "MODEL"].map(String::from);
-        let cells: Vec<[String; 5]> = shown
-            .iter()
-            .map(|r| {
-                [
-                    r.id.clone(),
-                    r.status.clone(),
-                    format!("{}/{}", r.cycles_accepted, r.cycles_total),
-                    r.experiment_name.clone(),
-                    r.model.clone(),
-                ]
-            })
-            .collect();
-        let [w0, w1, w2, w3, _] = super::table::column_widths(&header, &cells);
-        for r in [&header].into_iter().chain(&cells) {
-            outln!(
-                "{:<w0$}  {:<w1$}  {:>w2$}  {:<w3$}  {}",
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4]
-            );
-        }
+        BTreeMap::new()
+    };
+    // Nothing is read from a store: the handle only makes messages name the coordinator.
+    let store = StoreHandle {
+        coordinator: Some(remote.target().to_owned()),
+        ..StoreHandle::new(Path::new(""))
+    };
+    let mut rows = Vec::with_capacity(records.len());
+    for e in &records {
+        let cycles_done = cycles_accepted(e, &older_counts, remote.target())?;
+        rows.push(ListRow::new(&store, record_from_wire(e)?, cycles_done));
     }
-    if !hidden.is_empty() {
-        outln!(
-            "({} more not shown: running or incomplete; `results list --all` lists them)",
-            hidden.len()
-        );
+    print_list(&store, rows, None, all, json)
+}
+
+/// `e`'s accepted cycles: from its record, or (an older coordinator's record has none)
+/// from `older_counts`, its `ListResults` counts.
+fn cycles_accepted(
+    e: &ResultExperiment,
+    older_counts: &BTreeMap<String, u64>,
+    target: &str,
+) -> Result<usize, CliError> {
+    let accepted = match e.cycles_accepted {
+        Some(n) => u64::from(n),
+        None => older_counts.get(&e.id).copied().ok_or_else(|| {
+            CliError::failure(format!(
+                "the coordinator at {target} listed {} without its accepted cycles",
+                e.id
+            ))
+        })?,
+    };
+    Ok(usize::try_from(accepted).unwrap_or(usize::MAX))
+}
+
+/// Accepted cycles by experiment id, from `ListResults`.
+fn accepted_counts(remote: &Remote) -> Result<BTreeMap<String, u64>, CliError> {
+    match remote.request(&CliRequest::ListResults)? {
+        CliReply::Results(rows) => Ok(rows
+            .into_iter()
+            .map(|r| (r.id, r.cycles_accepted))
+            .collect()),
+        other => Err(unexpected("results list", &other)),
     }
-    Ok(Outcome::Success)
 }
 
 /// `results show ID` (not `--raw`): an experiment with a stored aggregate is shown by
@@ -80,7 +85,7 @@ pub fn show(remote: &Remote, cmd: ResultsCommand) -> Result<Outcome, CliError> {
     let ResultsCommand::Show { id, json, .. } = &cmd else {
         unreachable!("show is called with `results show`");
     };
-    let loaded = RemoteStore::load_records(remote)?;
+    let loaded = RemoteStore::load_records(remote, &RecordSelection::ids([id.clone()]))?;
     let stored = loaded
         .handle
         .read(|s| {
@@ -157,7 +162,7 @@ pub fn aggregate(remote: &Remote, id: Option<&str>, all: bool) -> Result<Outcome
 /// `results show ID --raw`, `results compare`, `results export`, `results table` and
 /// `report` (given as `report`) on the coordinator's records, with the embedded code.
 pub fn read_command(remote: &Remote, command: ReadCommand) -> Result<Outcome, CliError> {
-    let loaded = RemoteStore::load_records(remote)?;
+    let loaded = RemoteStore::load_records(remote, &record_selection(&command))?;
     let store = &loaded.handle;
     let result = (|| {
         let raw_ids = raw_ids(store, &command)?;
@@ -168,6 +173,22 @@ pub fn read_command(remote: &Remote, command: ReadCommand) -> Result<Outcome, Cl
         }
     })();
     result.map_err(|e| name_the_coordinator(e, remote.target()))
+}
+
+/// The records `command` reads, so the coordinator sends only those: the ids (or
+/// prefixes) it names, a config-name sweep's, or every one.
+fn record_selection(command: &ReadCommand) -> RecordSelection {
+    match command {
+        ReadCommand::Results(ResultsCommand::Show { id, .. }) => RecordSelection::ids([id.clone()]),
+        ReadCommand::Results(ResultsCommand::Compare { a, b, .. }) => {
+            RecordSelection::ids([a.clone(), b.clone()])
+        }
+        ReadCommand::Results(ResultsCommand::Export(ExportArgs { select, .. }))
+        | ReadCommand::Results(ResultsCommand::Table(TableArgs { select, .. }))
+        | ReadCommand::Report(ReportArgs { select, .. }) => Selection::of(select).on_the_wire(),
+        // Listing has its own path (`list`); every record should it ever come here.
+        ReadCommand::Results(ResultsCommand::List { .. }) => RecordSelection::default(),
+    }
 }
 
 /// A command `read_command` runs.
@@ -184,35 +205,24 @@ fn raw_ids(
     command: &ReadCommand,
 ) -> Result<Vec<String>, CliError> {
     use crate::export::ExportLevel;
+    let ids: Vec<String>;
     // Export and report read the raw results of aggregated experiments only.
-    let aggregated_only = !matches!(command, ReadCommand::Results(ResultsCommand::Show { .. }));
-    let (ids, all, sweep): (&[String], bool, Option<&str>) = match command {
+    let (selection, aggregated_only) = match command {
         ReadCommand::Results(ResultsCommand::Show { id, raw: true, .. }) => {
-            (std::slice::from_ref(id), false, None)
+            ids = vec![id.clone()];
+            (Selection::Ids(&ids), false)
         }
         ReadCommand::Results(ResultsCommand::Export(ExportArgs {
-            ids,
-            all,
-            sweep,
+            select,
             level: ExportLevel::Request | ExportLevel::Trace,
             ..
-        })) => (ids, *all, sweep.as_deref()),
-        ReadCommand::Report(a) => (&a.ids, a.all, a.sweep.as_deref()),
+        }))
+        | ReadCommand::Report(ReportArgs { select, .. }) => (Selection::of(select), true),
         ReadCommand::Results(_) => return Ok(Vec::new()),
     };
     let records: Vec<ExperimentRecord> = store.read(|s| {
-        let selected: Vec<ExperimentRecord> = if ids.is_empty() {
-            s.experiments()?
-                .into_iter()
-                .filter(|r| all || sweep.is_some_and(|name| in_sweep(&r.config_name, name)))
-                .collect()
-        } else {
-            ids.iter()
-                .map(|id| s.find_experiment(id))
-                .collect::<Result<_, _>>()?
-        };
         let mut kept = Vec::new();
-        for rec in selected {
+        for rec in resolve(s, &selection)? {
             if !aggregated_only || s.aggregate::<serde_json::Value>(&rec.id)?.is_some() {
                 kept.push(rec);
             }
@@ -234,5 +244,45 @@ fn name_the_coordinator(error: CliError, target: &str) -> CliError {
              results list --all` lists them)"
         )),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, cycles_accepted: Option<u32>) -> ResultExperiment {
+        ResultExperiment {
+            id: id.into(),
+            config_name: "a".into(),
+            model_name: "m".into(),
+            config: serde_json::json!({}),
+            cycles_planned: 3,
+            status: "running".into(),
+            error: None,
+            created_at: String::new(),
+            origin: String::new(),
+            aggregate: None,
+            cycles_accepted,
+        }
+    }
+
+    #[test]
+    fn an_older_coordinators_record_takes_its_count_from_the_listing() {
+        let older: BTreeMap<String, u64> = [("sweep-0/a".to_string(), 2)].into();
+        // A record's own count wins; the listing is read only where it has none.
+        assert_eq!(
+            cycles_accepted(&record("sweep-0/a", Some(1)), &older, "h:1").unwrap(),
+            1
+        );
+        assert_eq!(
+            cycles_accepted(&record("sweep-0/a", None), &older, "h:1").unwrap(),
+            2
+        );
+        // Neither: an error naming the coordinator and the experiment, not a zero.
+        let err = cycles_accepted(&record("sweep-0/b", None), &older, "h:1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("h:1") && err.contains("sweep-0/b"), "{err}");
     }
 }

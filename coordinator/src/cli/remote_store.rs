@@ -1,6 +1,7 @@
 //! A private, temporary store holding a coordinator's results as the embedded store
-//! keeps them: each sweep experiment's record and stored aggregate, and (for the ids
-//! asked for) its accepted results. `lem --coordinator X results compare|export|table`,
+//! keeps them: the record and stored aggregate of each sweep experiment a command
+//! selects (the coordinator sends only those), and (for the ids asked for) its accepted
+//! results. `lem --coordinator X results compare|export|table`,
 //! `results show --raw` and `report` run the embedded command code on it, so their
 //! output is the embedded output by construction.
 
@@ -9,7 +10,7 @@ use super::CliError;
 use crate::embedded::StoreHandle;
 use crate::store::{ExperimentRecord, ExperimentStatus, Store, StoreError};
 use lem_common::domain::fingerprint;
-use lem_common::wire::cli::{CliReply, CliRequest, ResultExperiment};
+use lem_common::wire::cli::{CliReply, CliRequest, RecordSelection, ResultExperiment};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -24,37 +25,26 @@ pub struct RemoteStore {
 }
 
 impl RemoteStore {
-    /// Every experiment record and stored aggregate of the coordinator at `remote`.
-    pub fn load_records(remote: &Remote) -> Result<Self, CliError> {
+    /// The experiment records (and, unless `select` leaves them out, stored aggregates)
+    /// that `select` takes on the coordinator at `remote`.
+    pub fn load_records(remote: &Remote, select: &RecordSelection) -> Result<Self, CliError> {
         let dir = tempfile::Builder::new()
             .prefix("lem-remote-results-")
             .tempdir()
             .map_err(|e| CliError::failure(format!("cannot make a temporary store: {e}")))?;
-        let mut handle = StoreHandle::new(dir.path());
-        handle.coordinator = Some(remote.target().to_owned());
+        let handle = StoreHandle {
+            coordinator: Some(remote.target().to_owned()),
+            ..StoreHandle::new(dir.path())
+        };
         let loaded = Self { _dir: dir, handle };
         let store = loaded.open()?;
-        let mut after: Option<String> = None;
-        for _ in 0..MAX_PAGES {
-            let request = CliRequest::ResultRecords {
-                after: after.clone(),
-            };
-            let (experiments, more) = match remote.request(&request)? {
-                CliReply::ResultRecords { experiments, more } => (experiments, more),
-                other => return Err(unexpected(request.name(), &other)),
-            };
-            for e in &experiments {
-                store.create_experiment(&record_from_wire(e)?)?;
-                if let Some(agg) = &e.aggregate {
-                    store.put_aggregate(&e.id, agg)?;
-                }
-            }
-            match (more, experiments.last()) {
-                (true, Some(last)) => after = Some(last.id.clone()),
-                _ => return Ok(loaded),
+        for e in fetch_records(remote, select)? {
+            store.create_experiment(&record_from_wire(&e)?)?;
+            if let Some(agg) = &e.aggregate {
+                store.put_aggregate(&e.id, agg)?;
             }
         }
-        Err(too_many_pages(remote, "experiment records"))
+        Ok(loaded)
     }
 
     /// Adds the accepted results of each experiment in `ids` (exact ids).
@@ -100,6 +90,40 @@ impl RemoteStore {
     fn open(&self) -> Result<Store, StoreError> {
         Store::open(&self.handle.data_dir, Duration::from_secs(5))
     }
+}
+
+/// The records `select` takes, every page of them. Says on the log (`-v`) how many came:
+/// what a selection saved is visible.
+pub fn fetch_records(
+    remote: &Remote,
+    select: &RecordSelection,
+) -> Result<Vec<ResultExperiment>, CliError> {
+    let mut records: Vec<ResultExperiment> = Vec::new();
+    let mut after: Option<String> = None;
+    for page in 1..=MAX_PAGES {
+        let request = CliRequest::ResultRecords {
+            after: after.clone(),
+            select: select.clone(),
+        };
+        let (experiments, more) = match remote.request(&request)? {
+            CliReply::ResultRecords { experiments, more } => (experiments, more),
+            other => return Err(unexpected(request.name(), &other)),
+        };
+        records.extend(experiments);
+        match (more, records.last()) {
+            (true, Some(last)) => after = Some(last.id.clone()),
+            _ => {
+                tracing::info!(
+                    records = records.len(),
+                    pages = page,
+                    "fetched {} experiment record(s) from the coordinator",
+                    records.len()
+                );
+                return Ok(records);
+            }
+        }
+    }
+    Err(too_many_pages(remote, "experiment records"))
 }
 
 fn too_many_pages(remote: &Remote, what: &str) -> CliError {
@@ -161,6 +185,7 @@ mod tests {
             created_at: "2026-01-01T00:00:00.000Z".into(),
             origin: "sweep `grid` (sweep-2)".into(),
             aggregate: None,
+            cycles_accepted: Some(2),
         }
     }
 

@@ -14,7 +14,7 @@ pub fn run(data_dir: &Path, args: ReportArgs) -> Result<Outcome, CliError> {
 
 /// The report of `store`'s experiments (a data dir's, or a coordinator's records).
 pub fn run_on(store: &StoreHandle, args: ReportArgs) -> Result<Outcome, CliError> {
-    let selection = Selection::from_args(&args.ids, args.all, args.sweep.as_deref());
+    let selection = Selection::of(&args.select);
     let inputs: Vec<ExperimentInput> = select_aggregated(store, selection, true)?
         .into_iter()
         .map(|s| ExperimentInput {

@@ -46,11 +46,28 @@ pub fn run_on(store: &StoreHandle, cmd: ResultsCommand) -> Result<Outcome, CliEr
 }
 
 /// One row of `lem results list`.
-struct ListRow {
+pub(super) struct ListRow {
     rec: ExperimentRecord,
     cycles_done: usize,
     /// `killed` for a running record whose process is gone, else the stored status.
     status: &'static str,
+}
+
+impl ListRow {
+    /// `rec` of `store` with `cycles_done` cycles that have results.
+    pub(super) fn new(store: &StoreHandle, rec: ExperimentRecord, cycles_done: usize) -> Self {
+        // A coordinator's running experiment runs on its agents, not in a process here.
+        let killed = store.coordinator.is_none() && embedded::is_dead_run(&rec);
+        Self {
+            status: if killed {
+                "killed"
+            } else {
+                rec.status.as_str()
+            },
+            rec,
+            cycles_done,
+        }
+    }
 }
 
 fn list(store: &StoreHandle, all: bool, json: bool) -> Result<Outcome, CliError> {
@@ -66,17 +83,25 @@ fn list(store: &StoreHandle, all: bool, json: bool) -> Result<Outcome, CliError>
         Err(e @ StoreError::NoStore { .. }) => (Vec::new(), Some(e)),
         Err(e) => return Err(e.into()),
     };
-    let (rows, hidden): (Vec<ListRow>, Vec<ListRow>) = recs
+    let rows = recs
         .into_iter()
-        .map(|(cycles_done, rec)| ListRow {
-            status: if embedded::is_dead_run(&rec) {
-                "killed"
-            } else {
-                rec.status.as_str()
-            },
-            rec,
-            cycles_done,
-        })
+        .map(|(cycles_done, rec)| ListRow::new(store, rec, cycles_done))
+        .collect();
+    print_list(store, rows, no_store, all, json)
+}
+
+/// `lem results list`'s output for `rows` of `store` (a data dir's, or a coordinator's):
+/// the finished ones (every one with `all`) as a table or JSON, and a line counting the
+/// others by status.
+pub(super) fn print_list(
+    store: &StoreHandle,
+    rows: Vec<ListRow>,
+    no_store: Option<StoreError>,
+    all: bool,
+    json: bool,
+) -> Result<Outcome, CliError> {
+    let (rows, hidden): (Vec<ListRow>, Vec<ListRow>) = rows
+        .into_iter()
         .partition(|row| all || row.rec.status.is_finished());
     if json {
         let v: Vec<serde_json::Value> = rows
@@ -98,10 +123,13 @@ fn list(store: &StoreHandle, all: bool, json: bool) -> Result<Outcome, CliError>
         // Same words as `results show`: where lem looked, and how to point it elsewhere.
         outln!("No experiments: {no_store}");
     } else if rows.is_empty() {
+        let place = match &store.coordinator {
+            Some(addr) => format!("on the coordinator at {addr}"),
+            None => format!("in {}", store.data_dir.display()),
+        };
         outln!(
-            "No {}experiments in {}.",
-            if all { "" } else { "completed " },
-            store.data_dir.display()
+            "No {}experiments {place}.",
+            if all { "" } else { "completed " }
         );
     } else {
         print_rows(&rows)?;

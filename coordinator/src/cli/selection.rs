@@ -1,12 +1,14 @@
-//! Which experiments `lem results export`, `lem results table` and `lem report` take: named ids (or
-//! prefixes), `--all`, or `--sweep S`; each with its aggregate and, where asked for, its
-//! raw results. The store is only read.
+//! Which experiments `lem results export`, `lem results table` and `lem report` take
+//! (`SelectionArgs`): named ids (or prefixes), `--all`, or `--sweep S`; each with its
+//! aggregate and, where asked for, its raw results. The store is only read. Through a
+//! coordinator the same selection tells it which records to send.
 
-use super::CliError;
+use super::{CliError, SelectionArgs};
 use crate::aggregate::ExperimentAggregate;
 use crate::embedded::StoreHandle;
-use crate::store::ExperimentRecord;
+use crate::store::{ExperimentRecord, Store, StoreError};
 use lem_common::domain::RawResult;
+use lem_common::wire::cli::{in_sweep, RecordSelection};
 
 /// An experiment with its aggregate and, where asked for, its raw results.
 pub(super) struct Selected {
@@ -25,21 +27,54 @@ pub(super) enum Selection<'a> {
 }
 
 impl<'a> Selection<'a> {
-    pub(super) fn from_args(ids: &'a [String], all: bool, sweep: Option<&'a str>) -> Self {
-        match (all, sweep) {
+    /// What the command line asked for (clap lets only one of them through).
+    pub(super) fn of(args: &'a SelectionArgs) -> Self {
+        match (args.all, args.sweep.as_deref()) {
             (true, _) => Self::All,
             (false, Some(s)) => Self::Sweep(s),
-            (false, None) => Self::Ids(ids),
+            (false, None) => Self::Ids(&args.ids),
+        }
+    }
+
+    /// The records a coordinator sends for this selection (ids as prefixes: the private
+    /// store then tells a unique prefix from an ambiguous one as a data dir's does).
+    pub(super) fn on_the_wire(&self) -> RecordSelection {
+        match self {
+            Self::All => RecordSelection::default(),
+            Self::Sweep(sweep) => RecordSelection {
+                sweep: Some((*sweep).to_owned()),
+                ..RecordSelection::default()
+            },
+            Self::Ids(ids) => RecordSelection::ids(ids.iter().cloned()),
         }
     }
 }
 
-/// True when `config_name` is sweep `sweep`'s base or one of its grid points.
-pub(super) fn in_sweep(config_name: &str, sweep: &str) -> bool {
-    config_name == sweep
-        || config_name
-            .strip_prefix(sweep)
-            .is_some_and(|rest| rest.starts_with("__"))
+/// The records `selection` takes from `s`, in store order; a named one each once. An id
+/// that matches nothing (or a prefix that matches several) is the store's error.
+pub(super) fn resolve(
+    s: &Store,
+    selection: &Selection,
+) -> Result<Vec<ExperimentRecord>, StoreError> {
+    Ok(match selection {
+        Selection::All => s.experiments()?,
+        Selection::Sweep(sweep) => s
+            .experiments()?
+            .into_iter()
+            .filter(|r| in_sweep(&r.config_name, sweep))
+            .collect(),
+        Selection::Ids(ids) => {
+            let mut recs: Vec<ExperimentRecord> = Vec::new();
+            for id in *ids {
+                let rec = s.find_experiment(id)?;
+                // The same experiment named twice (id and prefix) is taken once.
+                if !recs.iter().any(|r| r.id == rec.id) {
+                    recs.push(rec);
+                }
+            }
+            recs
+        }
+    })
 }
 
 /// The selected experiments (named ones each once) that have an aggregate. A named one
@@ -53,25 +88,7 @@ pub(super) fn select_aggregated(
     let named = matches!(selection, Selection::Ids(_));
     // One store open for every record, aggregate and raw result.
     let (found, skipped) = store.read(|s| {
-        let recs: Vec<ExperimentRecord> = match &selection {
-            Selection::All => s.experiments()?,
-            Selection::Sweep(sweep) => s
-                .experiments()?
-                .into_iter()
-                .filter(|r| in_sweep(&r.config_name, sweep))
-                .collect(),
-            Selection::Ids(ids) => {
-                let mut recs: Vec<ExperimentRecord> = Vec::new();
-                for id in *ids {
-                    let rec = s.find_experiment(id)?;
-                    // The same experiment named twice (id and prefix) is taken once.
-                    if !recs.iter().any(|r| r.id == rec.id) {
-                        recs.push(rec);
-                    }
-                }
-                recs
-            }
-        };
+        let recs = resolve(s, &selection)?;
         let mut found: Vec<Selected> = Vec::new();
         let mut skipped: Vec<ExperimentRecord> = Vec::new();
         for rec in recs {
@@ -115,21 +132,4 @@ pub(super) fn select_aggregated(
         )));
     }
     Ok(found)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::in_sweep;
-
-    #[test]
-    fn a_sweep_is_its_base_and_the_grid_points_named_after_it() {
-        assert!(in_sweep("base-exp", "base-exp"));
-        assert!(in_sweep(
-            "base-exp__batch_size-4__fp_precision-float16",
-            "base-exp"
-        ));
-        // Another config that only starts with the same letters is not in it.
-        assert!(!in_sweep("base-exp2__batch_size-4", "base-exp"));
-        assert!(!in_sweep("base", "base-exp"));
-    }
 }

@@ -154,10 +154,14 @@ fn read(driver: &ServerDriver, request: CliRequest) -> Result<CliReply, StoreErr
             CliReply::Results(out)
         }
         CliRequest::ShowResult { id } => show_result(store, &id)?,
-        CliRequest::ResultRecords { after } => {
-            experiment_page(scheduler, store, after.as_deref(), RESULTS_PAGE_BYTES)
-                .unwrap_or_else(|e| refused(&e.to_string()))
-        }
+        CliRequest::ResultRecords { after, select } => experiment_page(
+            scheduler,
+            store,
+            after.as_deref(),
+            &select,
+            RESULTS_PAGE_BYTES,
+        )
+        .unwrap_or_else(|e| refused(&e.to_string())),
         CliRequest::AcceptedResults { id, after_cycle } => {
             accepted_page(scheduler, store, &id, after_cycle, RESULTS_PAGE_BYTES)
                 .unwrap_or_else(|e| refused(&e.to_string()))

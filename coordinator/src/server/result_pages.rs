@@ -9,7 +9,7 @@ use crate::driver::sweep_experiment_id;
 use crate::scheduler::{JobStatus, Scheduler, SweepExperimentView, SweepId};
 use crate::store::{Store, StoreError};
 use lem_common::domain::RawResult;
-use lem_common::wire::cli::{CliReply, ResultExperiment};
+use lem_common::wire::cli::{CliReply, RecordSelection, ResultExperiment};
 use lem_common::wire::{encode_frame, MAX_FRAME_BYTES};
 use serde::Serialize;
 
@@ -24,19 +24,21 @@ pub enum PageError {
     TooLarge { what: String, bytes: usize },
 }
 
-/// The experiments after `after` (ids in byte order, as a store lists them), as many as
-/// fit `page_bytes` (at least one).
+/// The experiments `select` takes after `after` (ids in byte order, as a store lists
+/// them), as many as fit `page_bytes` (at least one). Only those are read from the
+/// store: a command that names one experiment never costs every record.
 pub fn experiment_page(
     scheduler: &Scheduler,
     store: &Store,
     after: Option<&str>,
+    select: &RecordSelection,
     page_bytes: usize,
 ) -> Result<CliReply, PageError> {
     let mut ids: Vec<(String, SweepId, usize)> = Vec::new();
     for sweep in scheduler.sweep_ids() {
         for (index, e) in scheduler.sweep_experiments(sweep).enumerate() {
             let id = sweep_experiment_id(sweep, e.name);
-            if after.is_none_or(|a| id.as_str() > a) {
+            if after.is_none_or(|a| id.as_str() > a) && select.takes(&id, e.name) {
                 ids.push((id, sweep, index));
             }
         }
@@ -47,7 +49,8 @@ pub fn experiment_page(
         let Some(view) = scheduler.sweep_experiments(*sweep).nth(*index) else {
             continue;
         };
-        let item = result_experiment(scheduler, store, id, *sweep, &view)?;
+        let with_aggregate = !select.without_aggregates;
+        let item = result_experiment(scheduler, store, id, *sweep, &view, with_aggregate)?;
         if !page.push(item, || format!("the record of {id}"))? {
             break;
         }
@@ -109,7 +112,8 @@ pub fn accepted_page(
     })
 }
 
-/// One experiment as the results commands read it. Its status comes from its jobs:
+/// One experiment as the results commands read it (its stored aggregate only when
+/// `with_aggregate`). Its status comes from its jobs:
 /// every cycle accepted → completed; any open → running; any failed → failed (with the
 /// first failed cycle's last error); else cancelled → interrupted.
 fn result_experiment(
@@ -118,15 +122,17 @@ fn result_experiment(
     id: &str,
     sweep: SweepId,
     view: &SweepExperimentView<'_>,
+    with_aggregate: bool,
 ) -> Result<ResultExperiment, StoreError> {
     let jobs: Vec<_> = view.jobs.iter().filter_map(|j| scheduler.job(*j)).collect();
-    let first_accepted = jobs
+    let accepted: Vec<_> = jobs
         .iter()
         .filter_map(|j| match j.status {
             JobStatus::Accepted(attempt) => Some((j.cycle, attempt)),
             _ => None,
         })
-        .min();
+        .collect();
+    let first_accepted = accepted.iter().min().copied();
     let first_raw = match first_accepted {
         Some((_, attempt)) => store.result(attempt)?.map(|s| s.raw),
         None => None,
@@ -179,7 +185,12 @@ fn result_experiment(
             "sweep `{}` ({sweep})",
             scheduler.sweep_name(sweep).unwrap_or_default()
         ),
-        aggregate: store.aggregate::<serde_json::Value>(id)?,
+        aggregate: if with_aggregate {
+            store.aggregate::<serde_json::Value>(id)?
+        } else {
+            None
+        },
+        cycles_accepted: Some(accepted.len() as u32),
     })
 }
 

@@ -12,6 +12,12 @@ use lem_common::domain::job_key;
 use std::time::Duration;
 
 const NO_LIMIT: usize = usize::MAX;
+/// What a peer that sends no selection asks for: every experiment with its aggregate.
+const EVERY: RecordSelection = RecordSelection {
+    id_prefixes: Vec::new(),
+    sweep: None,
+    without_aggregates: false,
+};
 
 fn started(attempt: u64, job: u64, epoch: u64) -> Record {
     Record::AttemptStarted {
@@ -205,7 +211,8 @@ fn records_say_what_each_experiment_ran_and_how_it_ended_and_pages_resume() {
         .put_aggregate("sweep-0/alpha", &serde_json::json!({ "cycles": 2 }))
         .unwrap();
 
-    let (all, more) = experiments(experiment_page(&scheduler, &store, None, NO_LIMIT).unwrap());
+    let (all, more) =
+        experiments(experiment_page(&scheduler, &store, None, &EVERY, NO_LIMIT).unwrap());
     assert!(!more);
     let ids: Vec<&str> = all.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["sweep-0/alpha", "sweep-0/beta"]);
@@ -220,6 +227,10 @@ fn records_say_what_each_experiment_ran_and_how_it_ended_and_pages_resume() {
     assert_eq!(alpha.created_at, accepted[0].started_at);
     assert_eq!(alpha.aggregate, Some(serde_json::json!({ "cycles": 2 })));
     assert_eq!(alpha.origin, "sweep `pages` (sweep-0)");
+    // Both cycles accepted (the superseded attempt is not counted twice).
+    assert_eq!(alpha.cycles_accepted, Some(2));
+    // Cycle 0 failed, cycle 1 accepted.
+    assert_eq!(beta.cycles_accepted, Some(1));
     assert_eq!(beta.status, "failed");
     let why = beta.error.as_deref().unwrap();
     assert!(
@@ -228,11 +239,129 @@ fn records_say_what_each_experiment_ran_and_how_it_ended_and_pages_resume() {
     );
     assert_eq!(beta.aggregate, None);
 
-    let (first, more) = experiments(experiment_page(&scheduler, &store, None, 1).unwrap());
+    let (first, more) = experiments(experiment_page(&scheduler, &store, None, &EVERY, 1).unwrap());
     assert!(more);
     assert_eq!(first, all[..1]);
     let (rest, more) =
-        experiments(experiment_page(&scheduler, &store, Some("sweep-0/alpha"), 1).unwrap());
+        experiments(experiment_page(&scheduler, &store, Some("sweep-0/alpha"), &EVERY, 1).unwrap());
     assert!(!more);
     assert_eq!(rest, all[1..]);
+}
+
+/// Sweep 0 named `grid`: experiments `e000`…, one job each and none run, every one with
+/// a stored aggregate naming it.
+fn many(store: &Store, n: usize) -> Scheduler {
+    let experiments: Vec<ExperimentSubmission> = (0..n)
+        .map(|i| ExperimentSubmission {
+            name: format!("e{i:03}"),
+            config: serde_json::json!({ "model_name": "m", "i": i }),
+            needs: DeviceNeeds::CpuPackages,
+        })
+        .collect();
+    let jobs = (0..n)
+        .map(|i| JobRecord {
+            job: JobId(i as u64),
+            experiment: i as u32,
+            cycle: 0,
+            key: job_key(&experiments[i].config, 0),
+        })
+        .collect();
+    let created = SweepCreated {
+        sweep: SweepId(0),
+        idempotency_token: "tok".into(),
+        submission_fingerprint: "fp".into(),
+        name: "grid".into(),
+        pin_device_model: true,
+        experiments,
+        jobs,
+    };
+    store.persist(&Record::SweepCreated(created), None).unwrap();
+    for i in 0..n {
+        let id = format!("sweep-0/e{i:03}");
+        store
+            .put_aggregate(&id, &serde_json::json!({ "of": id }))
+            .unwrap();
+    }
+    Scheduler::recover(
+        SchedulerConfig::default(),
+        store.records().unwrap(),
+        TimeMs(0),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_selection_pages_back_only_the_experiments_it_names() {
+    const N: usize = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Duration::from_secs(5)).unwrap();
+    let scheduler = many(&store, N);
+    let page = |select: &RecordSelection| {
+        let (records, more) =
+            experiments(experiment_page(&scheduler, &store, None, select, NO_LIMIT).unwrap());
+        assert!(!more, "one page holds them all");
+        records
+    };
+    let ids = |records: &[ResultExperiment]| -> Vec<String> {
+        records.iter().map(|r| r.id.clone()).collect()
+    };
+    assert_eq!(page(&EVERY).len(), N);
+
+    // One id of N: that record alone, with its aggregate.
+    let one = page(&RecordSelection {
+        id_prefixes: vec!["sweep-0/e007".into()],
+        ..EVERY
+    });
+    assert_eq!(ids(&one), ["sweep-0/e007"]);
+    assert_eq!(
+        one[0].aggregate,
+        Some(serde_json::json!({ "of": "sweep-0/e007" }))
+    );
+    // A prefix takes every id it starts: e010…e019, so the CLI can tell it is ambiguous.
+    let expected: Vec<String> = (10..20).map(|i| format!("sweep-0/e{i:03}")).collect();
+    let by_prefix = page(&RecordSelection {
+        id_prefixes: vec!["sweep-0/e01".into()],
+        ..EVERY
+    });
+    assert_eq!(ids(&by_prefix), expected);
+    // A config-name sweep: the base name alone here (no `e003__…` points).
+    let sweep = page(&RecordSelection {
+        sweep: Some("e003".into()),
+        ..EVERY
+    });
+    assert_eq!(ids(&sweep), ["sweep-0/e003"]);
+    // No such experiment: an empty page, not an error (the CLI names what is missing).
+    assert!(page(&RecordSelection {
+        id_prefixes: vec!["sweep-9/".into()],
+        ..EVERY
+    })
+    .is_empty());
+    // Records without their aggregates, for `results list`.
+    let bare = page(&RecordSelection {
+        without_aggregates: true,
+        ..EVERY
+    });
+    assert_eq!(bare.len(), N);
+    assert!(bare.iter().all(|r| r.aggregate.is_none()));
+    assert!(bare.iter().all(|r| r.cycles_accepted == Some(0)));
+
+    // Paging a selection resumes within it: one record a page, only the selected ones.
+    let select = RecordSelection {
+        id_prefixes: vec!["sweep-0/e02".into()],
+        ..EVERY
+    };
+    let mut after: Option<String> = None;
+    let mut paged = Vec::new();
+    for _ in 0..N {
+        let (records, more) =
+            experiments(experiment_page(&scheduler, &store, after.as_deref(), &select, 1).unwrap());
+        assert_eq!(records.len(), 1);
+        after = Some(records[0].id.clone());
+        paged.extend(records);
+        if !more {
+            break;
+        }
+    }
+    let expected: Vec<String> = (20..N).map(|i| format!("sweep-0/e{i:03}")).collect();
+    assert_eq!(ids(&paged), expected);
 }
