@@ -111,7 +111,8 @@ impl SimNode {
             .unwrap_or(0)
     }
 
-    /// This node's hardware for `cmd`: the fake NVML with its scenario, its powercap tree.
+    /// This node's hardware for `cmd` (a `lem` run, not an agent): the fake NVML with
+    /// its scenario, its powercap tree.
     pub fn apply_to(&self, cmd: &mut Command) {
         cmd.env("LEM_NVML_LIB", &self.lib)
             .env("FAKE_NVML_SCENARIO", &self.scenario)
@@ -136,32 +137,22 @@ impl SimNode {
         log_name: &str,
     ) -> AgentProcess {
         let log = self.dir.join(log_name);
-        launcher
-            .args(["--coordinator", coordinator, "--join-token", token])
-            .args(["--node-name", &self.name, "--data-dir"])
-            .arg(self.data_dir())
-            .args(["--heartbeat-interval-ms", "500"])
-            .args([
-                "--reconnect-initial-ms",
-                "100",
-                "--reconnect-max-ms",
-                "1000",
-            ]);
-        for var in [
-            "LEM_DATA_DIR",
-            "LEM_AGENT_DATA_DIR",
-            "LEM_JOIN_TOKEN",
-            "LEM_AGENT_CONFIG",
-            "LEM_COORDINATOR",
-            "CUDA_VISIBLE_DEVICES",
-        ] {
-            launcher.env_remove(var);
-        }
-        launcher
-            .env("HF_HUB_OFFLINE", "1")
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info");
-        self.apply_to(&mut launcher);
+        let powercap_root = self.dir.join("powercap");
+        let hardware = support::SimHardware {
+            nvml_lib: &self.lib,
+            scenario: &self.scenario,
+            powercap_root: &powercap_root,
+        };
+        let data_dir = self.data_dir();
+        support::agent_command(
+            &mut launcher,
+            coordinator,
+            &self.name,
+            &data_dir,
+            Some(token),
+            &hardware,
+            &[],
+        );
         let child = launcher
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -178,6 +169,21 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
+    /// Waits (bounded by `within`) for an agent expected to give up by itself, as one
+    /// that is refused enrollment does; its exit status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// kill -9: the agent's running jobs die with it.
     pub fn kill9(&mut self) {
         self.child.kill().unwrap();
