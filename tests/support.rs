@@ -121,3 +121,60 @@ pub fn build_fake_nvml() -> PathBuf {
     assert!(lib.exists(), "{} not built", lib.display());
     lib
 }
+
+/// A simulated node's hardware, as a test `lem-agent` is pointed at it.
+pub struct SimHardware<'a> {
+    /// The fake NVML library (a copy per node, so a rebuild elsewhere cannot change it).
+    pub nvml_lib: &'a Path,
+    /// The fake NVML's scenario (tests/fake-nvml).
+    pub scenario: &'a Path,
+    pub powercap_root: &'a Path,
+}
+
+/// Adds what every test agent gets to `cmd` (the `lem-agent` binary, or a launcher that
+/// execs it): the coordinator, node name and data dir, 500 ms heartbeats, quick
+/// reconnects unless `extra` sets its own, the join token if any, then `extra`; none of
+/// the variables that would point it elsewhere; this node's fake NVML and powercap
+/// tree; offline, info logs, no colour.
+pub fn agent_command(
+    cmd: &mut Command,
+    coordinator: &str,
+    node_name: &str,
+    data_dir: &Path,
+    token: Option<&str>,
+    hardware: &SimHardware<'_>,
+    extra: &[&str],
+) {
+    cmd.args(["--coordinator", coordinator, "--node-name", node_name])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--heartbeat-interval-ms", "500"]);
+    if let Some(token) = token {
+        cmd.args(["--join-token", token]);
+    }
+    if !extra.contains(&"--reconnect-initial-ms") {
+        cmd.args([
+            "--reconnect-initial-ms",
+            "100",
+            "--reconnect-max-ms",
+            "1000",
+        ]);
+    }
+    cmd.args(extra);
+    for var in [
+        "LEM_DATA_DIR",
+        "LEM_AGENT_DATA_DIR",
+        "LEM_JOIN_TOKEN",
+        "LEM_AGENT_CONFIG",
+        "LEM_COORDINATOR",
+        "CUDA_VISIBLE_DEVICES",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("HF_HUB_OFFLINE", "1")
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .env("LEM_NVML_LIB", hardware.nvml_lib)
+        .env("FAKE_NVML_SCENARIO", hardware.scenario)
+        .env("LEM_POWERCAP_ROOT", hardware.powercap_root);
+}

@@ -150,35 +150,17 @@ impl Node {
         let log_path = self.dir.path().join(format!("agent-{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lem-agent"));
-        cmd.args(["--coordinator", target, "--node-name", "node-a"])
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .args(["--heartbeat-interval-ms", "500"])
-            .env_remove("LEM_DATA_DIR")
-            .env_remove("LEM_AGENT_DATA_DIR")
-            .env_remove("LEM_JOIN_TOKEN")
-            .env_remove("LEM_AGENT_CONFIG")
-            .env_remove("CUDA_VISIBLE_DEVICES")
-            .env("HF_HUB_OFFLINE", "1")
-            .env("RUST_LOG", "info")
-            .env("LEM_NVML_LIB", &self.lib)
-            .env("FAKE_NVML_SCENARIO", &self.scenario)
-            .env("LEM_POWERCAP_ROOT", self.dir.path().join("powercap"))
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(token) = token {
-            cmd.args(["--join-token", token]);
-        }
-        // Quick reconnects unless the test sets its own.
-        if !extra.contains(&"--reconnect-initial-ms") {
-            cmd.args([
-                "--reconnect-initial-ms",
-                "100",
-                "--reconnect-max-ms",
-                "1000",
-            ]);
-        }
-        cmd.args(extra);
+        let powercap_root = self.dir.path().join("powercap");
+        let hardware = support::SimHardware {
+            nvml_lib: &self.lib,
+            scenario: &self.scenario,
+            powercap_root: &powercap_root,
+        };
+        let data_dir = self.data_dir();
+        support::agent_command(
+            &mut cmd, target, "node-a", &data_dir, token, &hardware, extra,
+        );
+        cmd.stdout(Stdio::null()).stderr(log);
         Agent {
             child: cmd.spawn().unwrap(),
             log: log_path,
