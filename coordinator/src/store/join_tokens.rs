@@ -147,8 +147,8 @@ pub const MIN_TOKEN_ID_HEX_DIGITS: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum RevokeError {
     #[error(
-        "`{id}` is not a join token id: an id is {MIN_TOKEN_ID_HEX_DIGITS} to \
-         {SHORT_ID_HEX_DIGITS} hex digits, as `lem token list` shows it"
+        "`{id}` is not a join token id: give at least {MIN_TOKEN_ID_HEX_DIGITS} of the \
+         {SHORT_ID_HEX_DIGITS} hex digits of the id `lem token list` shows"
     )]
     BadId { id: String },
     #[error("no join token has id `{id}`; `lem token list --all` lists every token")]
