@@ -122,32 +122,24 @@ pub fn build_fake_nvml() -> PathBuf {
     lib
 }
 
-/// A simulated node's hardware, as a test `lem-agent` is pointed at it.
-pub struct SimHardware<'a> {
-    /// The fake NVML library (a copy per node, so a rebuild elsewhere cannot change it).
-    pub nvml_lib: &'a Path,
-    /// The fake NVML's scenario (tests/fake-nvml).
-    pub scenario: &'a Path,
-    pub powercap_root: &'a Path,
-}
-
 /// Adds what every test agent gets to `cmd` (the `lem-agent` binary, or a launcher that
 /// execs it): the coordinator, node name and data dir, 500 ms heartbeats, quick
 /// reconnects unless `extra` sets its own, the join token if any, then `extra`; none of
-/// the variables that would point it elsewhere; this node's fake NVML and powercap
-/// tree; offline, info logs, no colour.
+/// the variables that would point it elsewhere; the simulated node's hardware; offline,
+/// info logs, no colour. A simulated node is laid out under `node_dir` as
+/// `libnvidia-ml.so.1` (its copy of the fake NVML, so a rebuild elsewhere cannot change
+/// it), `scenario.json` (tests/fake-nvml), `powercap/` and the agent's `agent-data/`.
 pub fn agent_command(
     cmd: &mut Command,
-    coordinator: &str,
+    node_dir: &Path,
     node_name: &str,
-    data_dir: &Path,
+    coordinator: &str,
     token: Option<&str>,
-    hardware: &SimHardware<'_>,
     extra: &[&str],
 ) {
     cmd.args(["--coordinator", coordinator, "--node-name", node_name])
         .arg("--data-dir")
-        .arg(data_dir)
+        .arg(node_dir.join("agent-data"))
         .args(["--heartbeat-interval-ms", "500"]);
     if let Some(token) = token {
         cmd.args(["--join-token", token]);
@@ -174,7 +166,7 @@ pub fn agent_command(
     cmd.env("HF_HUB_OFFLINE", "1")
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
-        .env("LEM_NVML_LIB", hardware.nvml_lib)
-        .env("FAKE_NVML_SCENARIO", hardware.scenario)
-        .env("LEM_POWERCAP_ROOT", hardware.powercap_root);
+        .env("LEM_NVML_LIB", node_dir.join("libnvidia-ml.so.1"))
+        .env("FAKE_NVML_SCENARIO", node_dir.join("scenario.json"))
+        .env("LEM_POWERCAP_ROOT", node_dir.join("powercap"));
 }

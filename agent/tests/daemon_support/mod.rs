@@ -104,7 +104,8 @@ pub async fn send(session: &mut AcceptedSession, message: &CoordinatorMessage) {
 }
 
 /// A simulated node: the fake NVML (copied, so another test's rebuild cannot change it)
-/// with two GPUs at a constant 200 W, an empty powercap tree, and a data dir.
+/// with two GPUs at a constant 200 W, an empty powercap tree, and a data dir, laid out
+/// as `support::agent_command` expects.
 pub struct Node {
     pub dir: tempfile::TempDir,
     pub lib: PathBuf,
@@ -150,16 +151,7 @@ impl Node {
         let log_path = self.dir.path().join(format!("agent-{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lem-agent"));
-        let powercap_root = self.dir.path().join("powercap");
-        let hardware = support::SimHardware {
-            nvml_lib: &self.lib,
-            scenario: &self.scenario,
-            powercap_root: &powercap_root,
-        };
-        let data_dir = self.data_dir();
-        support::agent_command(
-            &mut cmd, target, "node-a", &data_dir, token, &hardware, extra,
-        );
+        support::agent_command(&mut cmd, self.dir.path(), "node-a", target, token, extra);
         cmd.stdout(Stdio::null()).stderr(log);
         Agent {
             child: cmd.spawn().unwrap(),

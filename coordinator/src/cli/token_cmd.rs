@@ -263,16 +263,20 @@ fn print_list(rows: Vec<JoinTokenSummary>, all: bool, json: bool) -> Result<Outc
                 ]
             })
             .collect();
-        let [w0, w1, w2, w3, _] = super::table::column_widths(&header, &cells);
-        for r in [&header].into_iter().chain(&cells) {
-            outln!(
-                "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {}",
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4]
-            );
+        let widths = super::table::column_widths(&header, &cells);
+        for row in [&header].into_iter().chain(&cells) {
+            // Uses left align right; the last column is not padded.
+            let padded: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .enumerate()
+                .map(|(column, (cell, width))| match column {
+                    3 => format!("{cell:>width$}"),
+                    4 => cell.clone(),
+                    _ => format!("{cell:<width$}"),
+                })
+                .collect();
+            outln!("{}", padded.join("  "));
         }
     }
     if !hidden.is_empty() {

@@ -83,7 +83,8 @@ pub struct SimNode {
 }
 
 impl SimNode {
-    /// A node whose fake NVML reports `gpus` (scenario GPU entries, see tests/fake-nvml).
+    /// A node whose fake NVML reports `gpus` (scenario GPU entries, see tests/fake-nvml),
+    /// laid out as `support::agent_command` expects.
     pub fn new(parent: &Path, name: &str, gpus: Vec<serde_json::Value>) -> SimNode {
         let dir = parent.join(name);
         std::fs::create_dir_all(dir.join("powercap")).unwrap();
@@ -137,20 +138,12 @@ impl SimNode {
         log_name: &str,
     ) -> AgentProcess {
         let log = self.dir.join(log_name);
-        let powercap_root = self.dir.join("powercap");
-        let hardware = support::SimHardware {
-            nvml_lib: &self.lib,
-            scenario: &self.scenario,
-            powercap_root: &powercap_root,
-        };
-        let data_dir = self.data_dir();
         support::agent_command(
             &mut launcher,
-            coordinator,
+            &self.dir,
             &self.name,
-            &data_dir,
+            coordinator,
             Some(token),
-            &hardware,
             &[],
         );
         let child = launcher
