@@ -121,3 +121,52 @@ pub fn build_fake_nvml() -> PathBuf {
     assert!(lib.exists(), "{} not built", lib.display());
     lib
 }
+
+/// Adds what every test agent gets to `cmd` (the `lem-agent` binary, or a launcher that
+/// execs it): the coordinator, node name and data dir, 500 ms heartbeats, quick
+/// reconnects unless `extra` sets its own, the join token if any, then `extra`; none of
+/// the variables that would point it elsewhere; the simulated node's hardware; offline,
+/// info logs, no colour. A simulated node is laid out under `node_dir` as
+/// `libnvidia-ml.so.1` (its copy of the fake NVML, so a rebuild elsewhere cannot change
+/// it), `scenario.json` (tests/fake-nvml), `powercap/` and the agent's `agent-data/`.
+pub fn agent_command(
+    cmd: &mut Command,
+    node_dir: &Path,
+    node_name: &str,
+    coordinator: &str,
+    token: Option<&str>,
+    extra: &[&str],
+) {
+    cmd.args(["--coordinator", coordinator, "--node-name", node_name])
+        .arg("--data-dir")
+        .arg(node_dir.join("agent-data"))
+        .args(["--heartbeat-interval-ms", "500"]);
+    if let Some(token) = token {
+        cmd.args(["--join-token", token]);
+    }
+    if !extra.contains(&"--reconnect-initial-ms") {
+        cmd.args([
+            "--reconnect-initial-ms",
+            "100",
+            "--reconnect-max-ms",
+            "1000",
+        ]);
+    }
+    cmd.args(extra);
+    for var in [
+        "LEM_DATA_DIR",
+        "LEM_AGENT_DATA_DIR",
+        "LEM_JOIN_TOKEN",
+        "LEM_AGENT_CONFIG",
+        "LEM_COORDINATOR",
+        "CUDA_VISIBLE_DEVICES",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("HF_HUB_OFFLINE", "1")
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .env("LEM_NVML_LIB", node_dir.join("libnvidia-ml.so.1"))
+        .env("FAKE_NVML_SCENARIO", node_dir.join("scenario.json"))
+        .env("LEM_POWERCAP_ROOT", node_dir.join("powercap"));
+}

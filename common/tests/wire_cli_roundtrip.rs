@@ -81,7 +81,21 @@ fn request() -> impl Strategy<Value = CliRequest> {
             .prop_map(|(id, after_cycle)| CliRequest::AcceptedResults { id, after_cycle }),
         (any::<u64>(), any::<u32>())
             .prop_map(|(ttl_ms, uses)| CliRequest::CreateJoinToken { ttl_ms, uses }),
+        Just(CliRequest::ListJoinTokens),
+        text().prop_map(|id| CliRequest::RevokeJoinToken { id }),
     ]
+}
+
+prop_compose! {
+    fn join_token_summary()(
+        id in text(), created_unix_ms in of(any::<u64>()), expires_unix_ms in any::<u64>(),
+        uses in any::<u32>(), max_uses in any::<u32>(), state in text(),
+        revoked_unix_ms in of(any::<u64>()),
+    ) -> JoinTokenSummary {
+        JoinTokenSummary {
+            id, created_unix_ms, expires_unix_ms, uses, max_uses, state, revoked_unix_ms,
+        }
+    }
 }
 
 prop_compose! {
@@ -212,6 +226,14 @@ fn reply() -> impl Strategy<Value = CliReply> {
                 uses,
             }
         }),
+        vec(join_token_summary(), 0..3).prop_map(CliReply::JoinTokens),
+        (text(), any::<u64>(), any::<bool>()).prop_map(|(id, revoked_unix_ms, newly_revoked)| {
+            CliReply::JoinTokenRevoked {
+                id,
+                revoked_unix_ms,
+                newly_revoked,
+            }
+        }),
         text().prop_map(|reason| CliReply::Refused { reason }),
         (vec(result_experiment(), 0..3), any::<bool>())
             .prop_map(|(experiments, more)| CliReply::ResultRecords { experiments, more }),
@@ -249,6 +271,7 @@ fn only_requests_that_change_nothing_are_read_only() {
         CliRequest::DrainAgent { agent: "a".into() },
         CliRequest::AggregateSweep { sweep: 0 },
         CliRequest::CreateJoinToken { ttl_ms: 1, uses: 1 },
+        CliRequest::RevokeJoinToken { id: "abcd".into() },
     ];
     let reads = [
         CliRequest::ListSweeps,
@@ -265,6 +288,7 @@ fn only_requests_that_change_nothing_are_read_only() {
             id: "x".into(),
             after_cycle: Some(1),
         },
+        CliRequest::ListJoinTokens,
     ];
     for w in &writes {
         assert!(!w.is_read_only(), "{} passes as read-only", w.name());

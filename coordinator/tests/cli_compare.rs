@@ -15,6 +15,7 @@ use std::time::Duration;
 #[path = "../src/test_fixtures.rs"]
 #[allow(dead_code)]
 mod fixtures;
+mod record_fixture;
 
 /// Per-cycle wall times (s) of the two experiments: the "clear" pair of the script.
 const A_WALL_S: [f64; 5] = [10.1, 9.8, 10.4, 10.0, 9.9];
@@ -94,25 +95,7 @@ fn experiment(store: &Store, id: &str, config_name: &str, wall_s: &[f64]) -> Exp
     let mut resolved = fixtures::resolved_config("org/model");
     resolved.config.config_name = config_name.to_string();
     resolved.config.num_cycles = wall_s.len() as u32;
-    let cfg = &resolved.config;
-    let rec = ExperimentRecord {
-        id: id.to_string(),
-        config_name: cfg.config_name.clone(),
-        model_name: cfg.model_name.clone(),
-        config_fingerprint: embedded::config_fingerprint(cfg),
-        effective_config: cfg.to_json(),
-        cli_overrides: resolved.cli_overrides.clone(),
-        num_cycles: cfg.num_cycles,
-        status: ExperimentStatus::Completed,
-        created_at: "2026-01-01T00:00:00.000Z".into(),
-        updated_at: "2026-01-01T00:00:00.000Z".into(),
-        pid: std::process::id(),
-        hostname: "test-host".into(),
-        error: None,
-        error_chain: Vec::new(),
-        origin: "test".into(),
-        until_ci: None,
-    };
+    let rec = record_fixture::experiment_record(&resolved, id, ExperimentStatus::Completed);
     store.create_experiment(&rec).unwrap();
     for (cycle, s) in wall_s.iter().enumerate() {
         let wall_ns = (s * 1e9).round() as u64;

@@ -17,6 +17,7 @@ mod support;
 #[path = "../src/test_fixtures.rs"]
 #[allow(dead_code)]
 mod fixtures;
+mod record_fixture;
 
 /// Simulated GPU energy of exp_a's cycles (mJ) and their wall times (ns).
 const GPU_MJ: [f64; 2] = [40_000.0, 46_000.0];
@@ -37,25 +38,10 @@ struct Fixture {
 fn record(id: &str, cycles: u32, status: ExperimentStatus) -> ExperimentRecord {
     let mut resolved = fixtures::resolved_config("org/model");
     resolved.config.num_cycles = cycles;
-    let cfg = &resolved.config;
-    ExperimentRecord {
-        id: id.to_string(),
-        config_name: format!("cfg-{id}"),
-        model_name: cfg.model_name.clone(),
-        config_fingerprint: embedded::config_fingerprint(cfg),
-        effective_config: cfg.to_json(),
-        cli_overrides: resolved.cli_overrides.clone(),
-        num_cycles: cycles,
-        status,
-        created_at: "2026-01-01T00:00:00.000Z".into(),
-        updated_at: "2026-01-01T00:00:00.000Z".into(),
-        pid: std::process::id(),
-        hostname: "test-host".into(),
-        error: (status == ExperimentStatus::Failed).then(|| "cycle 1: no prompts".into()),
-        error_chain: Vec::new(),
-        origin: "test".into(),
-        until_ci: None,
-    }
+    let mut rec = record_fixture::experiment_record(&resolved, id, status);
+    rec.config_name = format!("cfg-{id}");
+    rec.error = (status == ExperimentStatus::Failed).then(|| "cycle 1: no prompts".into());
+    rec
 }
 
 fn simulated_gpu(energy_mj: f64, window_ns: u64, cycle: u32) -> EnergyReading {

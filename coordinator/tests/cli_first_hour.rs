@@ -20,6 +20,7 @@ mod support;
 #[path = "../src/test_fixtures.rs"]
 #[allow(dead_code)]
 mod fixtures;
+mod record_fixture;
 
 /// A scratch directory standing in for a user's working directory, with empty model
 /// caches (so no model is found by accident) and no RAPL.
@@ -198,7 +199,7 @@ fn the_coordinator_flag_is_refused_by_commands_that_run_embedded_only() {
         .assert()
         .code(2)
         .stderr_eq(str![[r#"
-error: --coordinator head:7443: this command runs embedded only; through a coordinator lem offers sweep, status, agent, results (list, show, compare, export, table), report, aggregate and token create (drop --coordinator, or unset LEM_COORDINATOR)
+error: --coordinator head:7443: this command runs embedded only; through a coordinator lem offers sweep, status, agent, results (list, show, compare, export, table), report, aggregate and token (create, list, revoke) (drop --coordinator, or unset LEM_COORDINATOR)
 
 "#]]);
 }
@@ -454,7 +455,7 @@ fn completed_experiment(
     let mut resolved = fixtures::resolved_config("org/model");
     resolved.config.config_name = config_name.to_string();
     resolved.config.num_cycles = cycles;
-    let mut rec = fixture_record(&resolved, id);
+    let mut rec = record_fixture::experiment_record(&resolved, id, ExperimentStatus::Running);
     rec.status = ExperimentStatus::Completed;
     store.create_experiment(&rec).unwrap();
     for cycle in 0..cycles {
@@ -471,36 +472,10 @@ fn completed_experiment(
     rec
 }
 
-/// A record as `create_experiment` writes it, with a chosen id.
-fn fixture_record(
-    resolved: &lem_common::config::ResolvedConfig,
-    id: &str,
-) -> lem_coordinator::store::ExperimentRecord {
-    let cfg = &resolved.config;
-    lem_coordinator::store::ExperimentRecord {
-        id: id.to_string(),
-        config_name: cfg.config_name.clone(),
-        model_name: cfg.model_name.clone(),
-        config_fingerprint: embedded::config_fingerprint(cfg),
-        effective_config: cfg.to_json(),
-        cli_overrides: resolved.cli_overrides.clone(),
-        num_cycles: cfg.num_cycles,
-        status: ExperimentStatus::Running,
-        created_at: "2026-01-01T00:00:00.000Z".into(),
-        updated_at: "2026-01-01T00:00:00.000Z".into(),
-        pid: std::process::id(),
-        hostname: "test-host".into(),
-        error: None,
-        error_chain: Vec::new(),
-        origin: "test".into(),
-        until_ci: None,
-    }
-}
-
 /// A failed experiment with no results, as a run that failed in its first cycle leaves.
 fn failed_experiment(store: &Store, id: &str) {
     let resolved = fixtures::resolved_config("org/model");
-    let mut rec = fixture_record(&resolved, id);
+    let mut rec = record_fixture::experiment_record(&resolved, id, ExperimentStatus::Running);
     rec.status = ExperimentStatus::Failed;
     rec.error = Some(format!(
         "experiment {id} cycle 1: prompts: cannot read prompts.txt"
@@ -688,11 +663,19 @@ fn a_killed_run_is_offered_with_a_resume_hint_that_works_as_printed() {
     {
         // A run that says "running" on another host: killed, as far as this one knows.
         let store = sb.store();
-        let mut rec = fixture_record(&resolved, "exp_20260101_000000_dddddd");
+        let mut rec = record_fixture::experiment_record(
+            &resolved,
+            "exp_20260101_000000_dddddd",
+            ExperimentStatus::Running,
+        );
         rec.hostname = "another-host".into();
         store.create_experiment(&rec).unwrap();
         // A failed run of the same config is never offered.
-        let mut failed = fixture_record(&resolved, "exp_20260101_000001_eeeeee");
+        let mut failed = record_fixture::experiment_record(
+            &resolved,
+            "exp_20260101_000001_eeeeee",
+            ExperimentStatus::Running,
+        );
         failed.status = ExperimentStatus::Failed;
         store.create_experiment(&failed).unwrap();
     }

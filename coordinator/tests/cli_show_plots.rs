@@ -3,7 +3,7 @@
 //! `--no-plots`. The store is filled through the library (no model).
 
 use lem_coordinator::embedded::{self, StoreHandle};
-use lem_coordinator::store::{ExperimentRecord, ExperimentStatus, Store};
+use lem_coordinator::store::{ExperimentStatus, Store};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use std::time::Duration;
 #[path = "../src/test_fixtures.rs"]
 #[allow(dead_code)]
 mod fixtures;
+mod record_fixture;
 
 const ID: &str = "exp_plots";
 /// Cycle wall times (s): 6 output tokens each, so throughput 6, 3, 1.5 tok/s.
@@ -19,25 +20,8 @@ const WALL_S: [f64; 3] = [1.0, 2.0, 4.0];
 fn store_with_three_cycles(data: &Path) {
     let mut resolved = fixtures::resolved_config("org/model");
     resolved.config.num_cycles = WALL_S.len() as u32;
-    let cfg = &resolved.config;
-    let rec = ExperimentRecord {
-        id: ID.into(),
-        config_name: "plots".into(),
-        model_name: cfg.model_name.clone(),
-        config_fingerprint: embedded::config_fingerprint(cfg),
-        effective_config: cfg.to_json(),
-        cli_overrides: resolved.cli_overrides.clone(),
-        num_cycles: cfg.num_cycles,
-        status: ExperimentStatus::Completed,
-        created_at: "2026-01-01T00:00:00.000Z".into(),
-        updated_at: "2026-01-01T00:00:00.000Z".into(),
-        pid: std::process::id(),
-        hostname: "test-host".into(),
-        error: None,
-        error_chain: Vec::new(),
-        origin: "test".into(),
-        until_ci: None,
-    };
+    let mut rec = record_fixture::experiment_record(&resolved, ID, ExperimentStatus::Completed);
+    rec.config_name = "plots".into();
     {
         let store = Store::open(data, Duration::from_secs(10)).unwrap();
         store.create_experiment(&rec).unwrap();

@@ -14,6 +14,7 @@ use std::time::Duration;
 #[path = "../src/test_fixtures.rs"]
 #[allow(dead_code)]
 mod fixtures;
+mod record_fixture;
 
 const T_975: [f64; 3] = [f64::NAN, 12.706204736174705, 4.302652729911275];
 
@@ -33,28 +34,11 @@ fn record(id: &str, batch: u32, precision: &str, cycles: u32) -> ExperimentRecor
     let mut resolved = fixtures::resolved_config("org/model");
     resolved.config.num_cycles = cycles;
     resolved.config.batching_options.batch_size = batch;
-    let cfg = &resolved.config;
-    let mut effective = cfg.to_json();
-    effective["fp_precision"] = precision.into();
-    ExperimentRecord {
-        id: id.to_string(),
-        // Named as `lem config generate-grid` names the points of a grid from `grid`.
-        config_name: format!("grid__{id}"),
-        model_name: cfg.model_name.clone(),
-        config_fingerprint: embedded::config_fingerprint(cfg),
-        effective_config: effective,
-        cli_overrides: resolved.cli_overrides.clone(),
-        num_cycles: cycles,
-        status: ExperimentStatus::Completed,
-        created_at: "2026-01-01T00:00:00.000Z".into(),
-        updated_at: "2026-01-01T00:00:00.000Z".into(),
-        pid: std::process::id(),
-        hostname: "test-host".into(),
-        error: None,
-        error_chain: Vec::new(),
-        origin: "test".into(),
-        until_ci: None,
-    }
+    let mut rec = record_fixture::experiment_record(&resolved, id, ExperimentStatus::Completed);
+    // Named as `lem config generate-grid` names the points of a grid from `grid`.
+    rec.config_name = format!("grid__{id}");
+    rec.effective_config["fp_precision"] = precision.into();
+    rec
 }
 
 impl Fixture {

@@ -34,7 +34,7 @@ use cluster_support::{
 use serde_json::Value;
 use serve_support::node::{AgentProcess, SimNode as Node};
 use serve_support::{join_token, lem, Server};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -149,6 +149,49 @@ impl Cluster {
             .flat_map(|a| a.acknowledged_attempts())
             .collect()
     }
+
+    /// Once every job is accepted: the sweep's aggregates and the attempts the agents
+    /// saw acknowledged, read before the agents are killed and the coordinator stopped.
+    fn finish(self, jobs: usize, configs: &[PathBuf]) -> Finished {
+        self.wait_all_accepted(jobs);
+        let aggregates = cluster_aggregates(&self.coordinator, &names(configs));
+        let acknowledged = self.acknowledged();
+        let data_dir = self.coordinator.data_dir.clone();
+        let Cluster {
+            dir,
+            nodes,
+            coordinator,
+            agents,
+        } = self;
+        drop(agents);
+        coordinator.stop();
+        Finished {
+            dir,
+            nodes,
+            aggregates,
+            acknowledged,
+            data_dir,
+        }
+    }
+}
+
+/// What a finished sweep left, with its temp dir (dropped last).
+struct Finished {
+    nodes: Vec<Node>,
+    /// By experiment name.
+    aggregates: BTreeMap<String, Value>,
+    acknowledged: BTreeSet<u64>,
+    data_dir: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Finished {
+    /// The ledger of the sweep's store, asserted clean.
+    fn assert_clean(&self, what: &str) {
+        let aggregates: Vec<Value> = self.aggregates.values().cloned().collect();
+        Ledger::read(&self.data_dir, &self.acknowledged, &aggregates)
+            .assert_clean(what, self.acknowledged.len());
+    }
 }
 
 fn names(configs: &[PathBuf]) -> Vec<String> {
@@ -168,23 +211,10 @@ fn a_sweep_on_three_real_agents_aggregates_as_the_same_sweep_embedded() {
     cluster.submit(&configs);
     cluster.wait_all_accepted(jobs);
     let cluster_s = started.elapsed().as_secs_f64();
-    let names = names(&configs);
-    let remote = cluster_aggregates(&cluster.coordinator, &names);
-    let acknowledged = cluster.acknowledged();
-    let data_dir = cluster.coordinator.data_dir.clone();
-    let Cluster {
-        dir,
-        nodes,
-        coordinator,
-        agents,
-    } = cluster;
-    drop(agents);
-    coordinator.stop();
-
-    let aggregates: Vec<Value> = remote.values().cloned().collect();
-    let ledger = Ledger::read(&data_dir, &acknowledged, &aggregates);
-    ledger.assert_clean("loopback sweep", acknowledged.len());
-    let per_node = accepted_per_node(&data_dir, &NODES);
+    let done = cluster.finish(jobs, &configs);
+    done.assert_clean("loopback sweep");
+    let (remote, data_dir) = (&done.aggregates, &done.data_dir);
+    let per_node = accepted_per_node(data_dir, &NODES);
     println!(
         "loopback sweep: {experiments} experiments x {CYCLES} cycles = {jobs} jobs on 3 agents in \
          {cluster_s:.1} s; accepted per node {per_node:?}"
@@ -198,8 +228,8 @@ fn a_sweep_on_three_real_agents_aggregates_as_the_same_sweep_embedded() {
     let started = Instant::now();
     let local = embedded_aggregates(
         lem,
-        |batch| nodes[0].apply_to(batch),
-        &dir.path().join("embedded"),
+        |batch| done.nodes[0].apply_to(batch),
+        &done.dir.path().join("embedded"),
         &configs,
         CYCLES,
     );
@@ -207,8 +237,8 @@ fn a_sweep_on_three_real_agents_aggregates_as_the_same_sweep_embedded() {
         "embedded: the same {jobs} jobs in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    assert_same_aggregates(&remote, &local);
-    for (name, cluster_aggregate) in &remote {
+    assert_same_aggregates(remote, &local);
+    for (name, cluster_aggregate) in remote {
         let exact = deterministic(cluster_aggregate);
         // Derived independently: the config asks for 1 prompt and 1 or 2 tokens.
         let index: usize = name[1..].parse().unwrap();
@@ -281,22 +311,8 @@ fn kill_9_of_an_agent_mid_job_requeues_its_job_on_another_agent() {
             leased_again || Cluster::accepted(s) == jobs as u64
         });
     let leased_again_s = killed_at.elapsed().as_secs_f64();
-    cluster.wait_all_accepted(jobs);
-    let aggregates: Vec<Value> = cluster_aggregates(&cluster.coordinator, &names(&configs))
-        .into_values()
-        .collect();
-    let acknowledged = cluster.acknowledged();
-    let data_dir = cluster.coordinator.data_dir.clone();
-    let Cluster {
-        coordinator,
-        agents,
-        dir: _dir,
-        ..
-    } = cluster;
-    drop(agents);
-    coordinator.stop();
-
-    let (accepted_attempt, agent) = accepted_agent_of(&data_dir, job);
+    let done = cluster.finish(jobs, &configs);
+    let (accepted_attempt, agent) = accepted_agent_of(&done.data_dir, job);
     println!(
         "agent kill -9: attempt {killed_attempt} of job {job} killed on {victim}; requeued \
          {requeue_s:.2} s after the kill (agent timeout 3 s), leased again after \
@@ -304,8 +320,7 @@ fn kill_9_of_an_agent_mid_job_requeues_its_job_on_another_agent() {
     );
     assert_ne!(accepted_attempt, killed_attempt);
     assert!(!agent.starts_with(&format!("{victim}-")), "{agent}");
-    Ledger::read(&data_dir, &acknowledged, &aggregates)
-        .assert_clean("agent kill -9", acknowledged.len());
+    done.assert_clean("agent kill -9");
 }
 
 #[test]
@@ -337,25 +352,11 @@ fn kill_9_of_the_coordinator_three_times_during_ingest_loses_nothing() {
             .wait_status("the sweep running again", |s| Cluster::accepted(s) > before);
         resumed_s.push(restarted.elapsed().as_secs_f64());
     }
-    cluster.wait_all_accepted(jobs);
-    let aggregates: Vec<Value> = cluster_aggregates(&cluster.coordinator, &names(&configs))
-        .into_values()
-        .collect();
-    let acknowledged = cluster.acknowledged();
-    let data_dir = cluster.coordinator.data_dir.clone();
-    let Cluster {
-        coordinator,
-        agents,
-        dir: _dir,
-        ..
-    } = cluster;
-    drop(agents);
-    coordinator.stop();
+    let done = cluster.finish(jobs, &configs);
     let times: Vec<String> = resumed_s.iter().map(|s| format!("{s:.2} s")).collect();
     println!(
         "coordinator kill -9 x3: {jobs} jobs; restart to next accepted result: {}",
         times.join(", ")
     );
-    Ledger::read(&data_dir, &acknowledged, &aggregates)
-        .assert_clean("coordinator kill -9 x3", acknowledged.len());
+    done.assert_clean("coordinator kill -9 x3");
 }

@@ -4,6 +4,8 @@
 //! token is refused the same way. A token made through the running coordinator carries
 //! its use count too.
 
+// Only its GPU model name is used here.
+#[allow(unused_imports)]
 mod netns_support;
 mod serve_support;
 #[path = "../src/test_fixtures.rs"]
@@ -12,96 +14,47 @@ mod test_fixtures;
 
 use lem_coordinator::store::Store;
 use lem_net::pki::CREDENTIAL_CERT_FILE;
-use netns_support::agent_binary;
-use serve_support::support;
+use serve_support::node::{AgentProcess, SimNode};
 use serve_support::{lem, Server, WAIT};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 /// A simulated one-GPU node for a real `lem-agent` on loopback.
-struct AgentNode {
-    name: String,
-    dir: PathBuf,
-}
-
-impl AgentNode {
-    fn new(root: &Path, name: &str) -> AgentNode {
-        let dir = root.join(name);
-        std::fs::create_dir_all(dir.join("powercap")).unwrap();
-        let scenario = serde_json::json!({ "driver_version": "550.54.15", "gpus": [{
-            "name": netns_support::GPU_MODEL,
-            "uuid": format!("GPU-{name}-0000-4000-8000-000000000001"),
-            "power": [[0.0, 200.0]], "temperature_c": [[0.0, 41]],
-            "energy_start_mj": 5_000_000 }] });
-        std::fs::write(dir.join("scenario.json"), scenario.to_string()).unwrap();
-        AgentNode {
-            name: name.to_owned(),
-            dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
-    }
-
-    fn spawn(&self, coordinator: &str, token: &str) -> Child {
-        Command::new(agent_binary())
-            .args(["--coordinator", coordinator, "--join-token", token])
-            .args(["--node-name", &self.name, "--data-dir"])
-            .arg(self.dir.join("agent-data"))
-            .args(["--heartbeat-interval-ms", "500"])
-            .args([
-                "--reconnect-initial-ms",
-                "100",
-                "--reconnect-max-ms",
-                "1000",
-            ])
-            .env_remove("LEM_DATA_DIR")
-            .env_remove("LEM_AGENT_DATA_DIR")
-            .env_remove("LEM_JOIN_TOKEN")
-            .env_remove("LEM_AGENT_CONFIG")
-            .env_remove("LEM_COORDINATOR")
-            .env_remove("CUDA_VISIBLE_DEVICES")
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .env("LEM_NVML_LIB", support::build_fake_nvml())
-            .env("FAKE_NVML_SCENARIO", self.dir.join("scenario.json"))
-            .env("LEM_POWERCAP_ROOT", self.dir.join("powercap"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join("agent.log")).unwrap())
-            .spawn()
-            .expect("lem-agent starts")
-    }
-}
-
-/// Kills the agents when the test ends, passed or not.
-struct Agents(Vec<Child>);
-
-impl Drop for Agents {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+fn one_gpu_node(root: &Path, name: &str) -> SimNode {
+    let gpu = serde_json::json!({
+        "name": netns_support::GPU_MODEL,
+        "uuid": format!("GPU-{name}-0000-4000-8000-000000000001"),
+        "power": [[0.0, 200.0]], "temperature_c": [[0.0, 41]],
+        "energy_start_mj": 5_000_000 });
+    SimNode::new(root, name, vec![gpu])
 }
 
 /// Waits (bounded) for an agent that is expected to give up.
-fn exit_of(child: &mut Child, node: &AgentNode) -> ExitStatus {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
+fn exit_of(agent: &mut AgentProcess, node: &SimNode) -> ExitStatus {
+    agent.wait_exit(WAIT).unwrap_or_else(|| {
+        panic!(
             "{} still runs after {WAIT:?}:\n{}",
             node.name,
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+            agent.log_text()
+        )
+    })
+}
+
+/// Waits (bounded) for `count` agents, all alive; their ids.
+fn alive_agent_ids(server: &Server, count: usize, what: &str) -> Vec<String> {
+    let status = server.wait_status(what, |s| {
+        s["agents"]
+            .as_array()
+            .is_some_and(|a| a.len() == count && a.iter().all(|x| x["alive"] == true))
+    });
+    status["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// `lem token create` on the data dir: the token's text and what stderr said.
@@ -139,45 +92,33 @@ fn a_two_use_token_enrolls_two_agents_and_refuses_a_third_and_an_expired_one() {
     let short_made = Instant::now();
     let server = Server::start(&data_dir, &[]);
 
-    let nodes: Vec<AgentNode> = ["tok-a", "tok-b", "tok-c", "tok-d"]
+    let nodes: Vec<SimNode> = ["tok-a", "tok-b", "tok-c", "tok-d"]
         .iter()
-        .map(|n| AgentNode::new(dir.path(), n))
+        .map(|n| one_gpu_node(dir.path(), n))
         .collect();
-    let mut agents = Agents(
-        nodes[..2]
-            .iter()
-            .map(|n| n.spawn(&server.addr, &shared_token))
-            .collect(),
-    );
-    let status = server.wait_status("two agents on one token", |s| {
-        s["agents"]
-            .as_array()
-            .is_some_and(|a| a.len() == 2 && a.iter().all(|x| x["alive"] == true))
-    });
-    let ids: Vec<&str> = status["agents"]
-        .as_array()
-        .unwrap()
+    let agents: Vec<AgentProcess> = nodes[..2]
         .iter()
-        .map(|a| a["id"].as_str().unwrap())
+        .map(|n| n.spawn(&server.addr, &shared_token, 0))
         .collect();
+    let ids = alive_agent_ids(&server, 2, "two agents on one token");
     for node in &nodes[..2] {
         let prefix = format!("{}-", node.name);
         assert!(ids.iter().any(|id| id.starts_with(&prefix)), "{ids:?}");
     }
 
     // A third node with the same token: refused, and it says why.
-    let mut third = nodes[2].spawn(&server.addr, &shared_token);
+    let mut third = nodes[2].spawn(&server.addr, &shared_token, 0);
     let exit = exit_of(&mut third, &nodes[2]);
-    let log = nodes[2].log();
+    let log = third.log_text();
     assert!(!exit.success(), "{log}");
     assert!(log.contains("used up"), "{log}");
     assert!(log.contains(&format!("all {uses} enrollments")), "{log}");
 
     // A token past its TTL: refused as expired.
     std::thread::sleep(Duration::from_secs(1).saturating_sub(short_made.elapsed()));
-    let mut late = nodes[3].spawn(&server.addr, &short_token);
+    let mut late = nodes[3].spawn(&server.addr, &short_token, 0);
     let exit = exit_of(&mut late, &nodes[3]);
-    let log = nodes[3].log();
+    let log = late.log_text();
     assert!(!exit.success(), "{log}");
     assert!(log.contains("expired"), "{log}");
 
@@ -189,9 +130,7 @@ fn a_two_use_token_enrolls_two_agents_and_refuses_a_third_and_an_expired_one() {
 
     let status = server.status_json();
     assert_eq!(status["agents"].as_array().unwrap().len(), 2, "{status:#}");
-    agents.0.push(third);
-    agents.0.push(late);
-    drop(agents);
+    drop((agents, third, late));
     server.stop();
 
     // Nothing stored for the refused nodes: the shared token used exactly twice, the
@@ -206,7 +145,204 @@ fn a_two_use_token_enrolls_two_agents_and_refuses_a_third_and_an_expired_one() {
     rows.sort();
     assert_eq!(rows, vec![(uses, uses), (3, 0), (5, 0)]);
     for (i, node) in nodes.iter().enumerate() {
-        let certificate = node.dir.join("agent-data").join(CREDENTIAL_CERT_FILE);
+        let certificate = node.data_dir().join(CREDENTIAL_CERT_FILE);
         assert_eq!(certificate.exists(), i < 2, "{}", certificate.display());
     }
+}
+
+/// A token's id as `lem token list` should show it, computed here from the token's
+/// text: the first 12 hex digits of the SHA-256 of its secret (`lemjoin1.<secret>.<ca>`).
+fn expected_id(token: &str) -> String {
+    let secret_hex = token.split('.').nth(1).unwrap();
+    let secret: Vec<u8> = (0..secret_hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&secret_hex[i..i + 2], 16).unwrap())
+        .collect();
+    Sha256::digest(&secret)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()[..12]
+        .to_owned()
+}
+
+/// `token list --json` rows by id: (uses, max_uses, uses_left, state).
+fn listed(stdout: &str) -> std::collections::BTreeMap<String, (u64, u64, u64, String)> {
+    let rows: serde_json::Value = serde_json::from_str(stdout).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_owned(),
+                (
+                    r["uses"].as_u64().unwrap(),
+                    r["max_uses"].as_u64().unwrap(),
+                    r["uses_left"].as_u64().unwrap(),
+                    r["state"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn stdout_of(out: &std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn listed_tokens_show_their_uses_and_a_revoked_one_enrolls_no_one_while_the_other_still_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("coord");
+    let (revoked_token, said) = token_create(&data_dir, "1h", "2");
+    let revoked_id = expected_id(&revoked_token);
+    assert!(said.contains(&revoked_id), "create names the id: {said}");
+    let (kept_token, _) = token_create(&data_dir, "1h", "3");
+    let kept_id = expected_id(&kept_token);
+
+    // On the data dir: both, unused.
+    let local = |args: &[&str]| {
+        lem()
+            .args(["token"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .output()
+            .unwrap()
+    };
+    let rows = listed(&stdout_of(&local(&["list", "--json"]), "local list"));
+    assert_eq!(
+        rows,
+        [
+            (revoked_id.clone(), (0, 2, 2, "active".to_owned())),
+            (kept_id.clone(), (0, 3, 3, "active".to_owned())),
+        ]
+        .into()
+    );
+    let table = stdout_of(&local(&["list"]), "local list table");
+    assert!(!table.contains(revoked_token.split('.').nth(1).unwrap()));
+    for (id, left) in [(&revoked_id, "2/2"), (&kept_id, "3/3")] {
+        let line = table.lines().find(|l| l.starts_with(id.as_str())).unwrap();
+        assert!(line.contains(left) && line.ends_with("active"), "{table}");
+    }
+
+    let server = Server::start(&data_dir, &[]);
+    let nodes: Vec<SimNode> = ["rev-a", "rev-b", "rev-c"]
+        .iter()
+        .map(|n| one_gpu_node(dir.path(), n))
+        .collect();
+    let first = nodes[0].spawn(&server.addr, &revoked_token, 0);
+    server.wait_status("the first agent", |s| {
+        s["agents"].as_array().is_some_and(|a| a.len() == 1)
+    });
+
+    // Through the coordinator: the first token used once, the other not at all.
+    let rows = listed(&server.cli_ok(&["token", "list", "--json"]));
+    assert_eq!(rows[&revoked_id], (1, 2, 1, "active".to_owned()));
+    assert_eq!(rows[&kept_id], (0, 3, 3, "active".to_owned()));
+
+    // A viewer lists, and is refused a revoke.
+    let viewer_dir = dir.path().join("viewer");
+    let out = lem()
+        .args(["user", "add", "vera", "--role", "viewer", "--out"])
+        .arg(&viewer_dir)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    stdout_of(&out, "user add");
+    let as_viewer = |args: &[&str]| {
+        lem()
+            .args(["--coordinator", &server.addr, "--credential"])
+            .arg(&viewer_dir)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let viewer_rows = listed(&stdout_of(
+        &as_viewer(&["token", "list", "--json"]),
+        "viewer list",
+    ));
+    assert_eq!(viewer_rows, rows);
+    let refused = as_viewer(&["token", "revoke", &revoked_id]);
+    assert!(!refused.status.success(), "a viewer revoked a token");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("may only read"), "{said}");
+    assert_eq!(
+        listed(&server.cli_ok(&["token", "list", "--json"])),
+        rows,
+        "a viewer's revoke changed a token"
+    );
+
+    // The operator revokes it (by a prefix), twice: the second changes nothing.
+    let said = server.cli_ok(&["token", "revoke", &revoked_id[..8]]);
+    assert!(
+        said.contains(&format!("revoked join token {revoked_id}")),
+        "{said}"
+    );
+    let said = server.cli_ok(&["token", "revoke", &revoked_id]);
+    assert!(said.contains("already revoked"), "{said}");
+    let unknown = server.cli(&["token", "revoke", "0000000000ff"]);
+    assert!(!unknown.status.success());
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(said.contains("no join token has id"), "{said}");
+
+    // An agent enrolling with the revoked token is refused and says why; one with the
+    // other token still enrolls.
+    let mut refused_agent = nodes[1].spawn(&server.addr, &revoked_token, 0);
+    let exit = exit_of(&mut refused_agent, &nodes[1]);
+    let log = refused_agent.log_text();
+    assert!(!exit.success(), "{log}");
+    assert!(log.contains("revoked"), "{log}");
+    let second = nodes[2].spawn(&server.addr, &kept_token, 0);
+    let ids = alive_agent_ids(&server, 2, "the agent on the kept token");
+    assert!(!ids.iter().any(|id| id.starts_with("rev-b-")), "{ids:?}");
+
+    // Active ones only by default, and how many are hidden; all with --all.
+    let table = server.cli_ok(&["token", "list"]);
+    assert!(
+        table.contains(&kept_id) && !table.contains(&revoked_id),
+        "{table}"
+    );
+    assert!(table.contains("(1 more not shown"), "{table}");
+    let rows = listed(&server.cli_ok(&["token", "list", "--all", "--json"]));
+    assert_eq!(rows[&revoked_id], (1, 2, 1, "revoked".to_owned()));
+    assert_eq!(rows[&kept_id], (1, 3, 2, "active".to_owned()));
+    drop((first, refused_agent, second));
+    server.stop();
+
+    // Nothing stored for the refused node: the revoked token still counts one use, and
+    // the refused node holds no certificate.
+    let store = Store::open(&data_dir, Duration::from_secs(10)).unwrap();
+    let mut uses: Vec<(u32, u32, bool)> = store
+        .join_tokens()
+        .unwrap()
+        .iter()
+        .map(|t| (t.max_uses, t.uses, t.revoked_at_unix_ms.is_some()))
+        .collect();
+    uses.sort();
+    assert_eq!(uses, vec![(2, 1, true), (3, 1, false)]);
+    drop(store);
+    for (node, enrolled) in nodes.iter().zip([true, false, true]) {
+        let certificate = node.data_dir().join(CREDENTIAL_CERT_FILE);
+        assert_eq!(certificate.exists(), enrolled, "{}", certificate.display());
+    }
+
+    // On the data dir again: a revoke there, seen by the next list.
+    let said = stdout_of(&local(&["revoke", &kept_id]), "local revoke");
+    assert!(
+        said.contains(&format!("revoked join token {kept_id}")),
+        "{said}"
+    );
+    let rows = listed(&stdout_of(&local(&["list", "--json"]), "local list"));
+    assert!(rows.is_empty(), "{rows:?}");
+    let rows = listed(&stdout_of(
+        &local(&["list", "--all", "--json"]),
+        "local list --all",
+    ));
+    assert_eq!(rows[&kept_id], (1, 3, 2, "revoked".to_owned()));
 }

@@ -92,6 +92,8 @@ async fn the_store_admits_a_token_once_and_refuses_reuse_and_expiry_without_writ
             used_at_unix_ms: Some(enrolled_at),
             max_uses: 1,
             uses: 1,
+            created_at_unix_ms: Some(START_UNIX_MS),
+            revoked_at_unix_ms: None,
         },
         StoredToken {
             secret_sha256: second.secret_sha256(),
@@ -99,6 +101,8 @@ async fn the_store_admits_a_token_once_and_refuses_reuse_and_expiry_without_writ
             used_at_unix_ms: None,
             max_uses: 1,
             uses: 0,
+            created_at_unix_ms: Some(START_UNIX_MS),
+            revoked_at_unix_ms: None,
         },
     ];
     expected.sort_by_key(|t| t.secret_sha256);

@@ -104,7 +104,8 @@ pub async fn send(session: &mut AcceptedSession, message: &CoordinatorMessage) {
 }
 
 /// A simulated node: the fake NVML (copied, so another test's rebuild cannot change it)
-/// with two GPUs at a constant 200 W, an empty powercap tree, and a data dir.
+/// with two GPUs at a constant 200 W, an empty powercap tree, and a data dir, laid out
+/// as `support::agent_command` expects.
 pub struct Node {
     pub dir: tempfile::TempDir,
     pub lib: PathBuf,
@@ -150,35 +151,8 @@ impl Node {
         let log_path = self.dir.path().join(format!("agent-{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lem-agent"));
-        cmd.args(["--coordinator", target, "--node-name", "node-a"])
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .args(["--heartbeat-interval-ms", "500"])
-            .env_remove("LEM_DATA_DIR")
-            .env_remove("LEM_AGENT_DATA_DIR")
-            .env_remove("LEM_JOIN_TOKEN")
-            .env_remove("LEM_AGENT_CONFIG")
-            .env_remove("CUDA_VISIBLE_DEVICES")
-            .env("HF_HUB_OFFLINE", "1")
-            .env("RUST_LOG", "info")
-            .env("LEM_NVML_LIB", &self.lib)
-            .env("FAKE_NVML_SCENARIO", &self.scenario)
-            .env("LEM_POWERCAP_ROOT", self.dir.path().join("powercap"))
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(token) = token {
-            cmd.args(["--join-token", token]);
-        }
-        // Quick reconnects unless the test sets its own.
-        if !extra.contains(&"--reconnect-initial-ms") {
-            cmd.args([
-                "--reconnect-initial-ms",
-                "100",
-                "--reconnect-max-ms",
-                "1000",
-            ]);
-        }
-        cmd.args(extra);
+        support::agent_command(&mut cmd, self.dir.path(), "node-a", target, token, extra);
+        cmd.stdout(Stdio::null()).stderr(log);
         Agent {
             child: cmd.spawn().unwrap(),
             log: log_path,

@@ -34,6 +34,8 @@ pub enum TokenError {
     NoUses,
     #[error("join token expired (at {expired_at_unix_ms} ms since the epoch); create a new one with `lem token create`")]
     Expired { expired_at_unix_ms: u64 },
+    #[error("join token was revoked (at {revoked_at_unix_ms} ms since the epoch); create a new one with `lem token create`")]
+    Revoked { revoked_at_unix_ms: u64 },
     #[error("a join token with this secret's hash is already in the book")]
     Duplicate,
     #[error("join token store failed: {detail}")]
@@ -83,6 +85,11 @@ impl JoinToken {
         Sha256::digest(self.secret).into()
     }
 
+    /// The id `lem token list` shows for this token ([`short_id`]).
+    pub fn short_id(&self) -> String {
+        short_id(&self.secret_sha256())
+    }
+
     pub fn to_text(&self) -> String {
         format!(
             "{TOKEN_PREFIX}.{}.{}",
@@ -123,6 +130,58 @@ pub struct StoredToken {
     pub max_uses: u32,
     /// Enrollments made with it so far.
     pub uses: u32,
+    /// When it was made (`None`: a row from before tokens recorded it).
+    pub created_at_unix_ms: Option<u64>,
+    /// When an operator revoked it (`None`: never); a revoked token admits no one.
+    pub revoked_at_unix_ms: Option<u64>,
+}
+
+/// Hex digits of a token's [`short_id`]: 48 bits of the secret's hash, enough to tell an
+/// operator's tokens apart and far too few to matter (the secret itself has 128 bits,
+/// and the hash is not what an agent presents).
+pub const SHORT_ID_HEX_DIGITS: usize = 12;
+
+/// The id an operator lists and revokes a token by: the first [`SHORT_ID_HEX_DIGITS`]
+/// hex digits of its secret's SHA-256, never the secret.
+pub fn short_id(secret_sha256: &Sha256Digest) -> String {
+    let mut id = hex(secret_sha256);
+    id.truncate(SHORT_ID_HEX_DIGITS);
+    id
+}
+
+/// Where a token stands at a moment, as `lem token list` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    Active,
+    Expired,
+    UsedUp,
+    Revoked,
+}
+
+impl TokenState {
+    /// The word in listings and JSON: `active`, `expired`, `used_up`, `revoked`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::Active => "active",
+            TokenState::Expired => "expired",
+            TokenState::UsedUp => "used_up",
+            TokenState::Revoked => "revoked",
+        }
+    }
+}
+
+/// The state of `token` at `now_unix_ms`, in the order [`decide_redeem`] refuses: revoked
+/// first, then used up, then expired.
+pub fn token_state(token: &StoredToken, now_unix_ms: u64) -> TokenState {
+    if token.revoked_at_unix_ms.is_some() {
+        TokenState::Revoked
+    } else if token.uses >= token.max_uses {
+        TokenState::UsedUp
+    } else if now_unix_ms >= token.expires_at_unix_ms {
+        TokenState::Expired
+    } else {
+        TokenState::Active
+    }
 }
 
 /// Whether `stored` admits an enrollment at `now_unix_ms`; on success, the record to
@@ -133,6 +192,9 @@ pub fn decide_redeem(
     now_unix_ms: u64,
 ) -> Result<StoredToken, TokenError> {
     let stored = stored.ok_or(TokenError::Unknown)?;
+    if let Some(revoked_at_unix_ms) = stored.revoked_at_unix_ms {
+        return Err(TokenError::Revoked { revoked_at_unix_ms });
+    }
     if stored.uses >= stored.max_uses {
         let last = stored.used_at_unix_ms.unwrap_or(0);
         return Err(if stored.max_uses <= 1 {
@@ -235,6 +297,8 @@ pub fn create_join_token_for(
         used_at_unix_ms: None,
         max_uses,
         uses: 0,
+        created_at_unix_ms: Some(now_unix_ms),
+        revoked_at_unix_ms: None,
     })?;
     Ok(token)
 }
@@ -376,6 +440,8 @@ mod tests {
             used_at_unix_ms: None,
             max_uses: 1,
             uses: 0,
+            created_at_unix_ms: Some(4_000),
+            revoked_at_unix_ms: None,
         };
         assert_eq!(book.add(fresh), Err(TokenError::Duplicate));
         assert_eq!(book.snapshot()[0].used_at_unix_ms, Some(10));
@@ -419,6 +485,62 @@ mod tests {
             create_join_token_for(&book, [7; 32], 0, 100, 0).unwrap_err(),
             TokenError::NoUses
         );
+    }
+
+    #[test]
+    fn a_revoked_token_is_refused_first_and_its_state_reads_in_refusal_order() {
+        let fresh = StoredToken {
+            secret_sha256: [9; 32],
+            expires_at_unix_ms: 1_000,
+            used_at_unix_ms: None,
+            max_uses: 2,
+            uses: 0,
+            created_at_unix_ms: Some(0),
+            revoked_at_unix_ms: None,
+        };
+        assert_eq!(token_state(&fresh, 999), TokenState::Active);
+        assert_eq!(token_state(&fresh, 1_000), TokenState::Expired);
+        let used_up = StoredToken {
+            uses: 2,
+            ..fresh.clone()
+        };
+        assert_eq!(token_state(&used_up, 1_000), TokenState::UsedUp);
+        let revoked = StoredToken {
+            revoked_at_unix_ms: Some(500),
+            ..used_up
+        };
+        assert_eq!(token_state(&revoked, 1_000), TokenState::Revoked);
+        // Revoked before it expired and with uses left: still refused, as revoked.
+        let revoked_fresh = StoredToken {
+            revoked_at_unix_ms: Some(500),
+            ..fresh
+        };
+        let refusal = decide_redeem(Some(&revoked_fresh), 600).unwrap_err();
+        assert_eq!(
+            refusal,
+            TokenError::Revoked {
+                revoked_at_unix_ms: 500
+            }
+        );
+        assert!(refusal.to_string().contains("revoked"), "{refusal}");
+        assert_eq!(
+            [
+                TokenState::Active,
+                TokenState::Expired,
+                TokenState::UsedUp,
+                TokenState::Revoked
+            ]
+            .map(TokenState::as_str),
+            ["active", "expired", "used_up", "revoked"]
+        );
+    }
+
+    #[test]
+    fn the_short_id_is_a_prefix_of_the_secrets_hash_and_never_the_secret() {
+        let token = token();
+        let hash_hex = hex(&Sha256::digest([0xab; SECRET_BYTES]));
+        assert_eq!(token.short_id(), hash_hex[..SHORT_ID_HEX_DIGITS]);
+        assert!(!"ab".repeat(16).contains(&token.short_id()));
     }
 
     #[test]

@@ -1,35 +1,8 @@
 //! The `devices` section: how it loads, what validation refuses (with file, line and
 //! key), and that configs without it are unchanged.
 
+use super::test_text::{errors, resolved, warnings, MIN};
 use super::*;
-
-fn text(t: &str) -> LoadedConfig {
-    parse_config_str("configs/a.yaml", t).unwrap()
-}
-
-fn errors(t: &str) -> Vec<String> {
-    validate(&text(t))
-        .errors
-        .iter()
-        .map(|p| p.to_string())
-        .collect()
-}
-
-fn warnings(t: &str) -> Vec<String> {
-    validate(&text(t))
-        .warnings
-        .iter()
-        .map(|p| p.to_string())
-        .collect()
-}
-
-fn resolved(t: &str) -> ExperimentConfig {
-    resolve(None, Some(&text(t)), &CliOverrides::default())
-        .unwrap()
-        .config
-}
-
-const MIN: &str = "config_name: t\nmodel_name: m\n";
 
 /// The 1-based line of the first line of `t` containing `needle`.
 fn line_of(t: &str, needle: &str) -> usize {

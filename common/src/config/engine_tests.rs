@@ -1,34 +1,19 @@
 //! Tests of the engine choice: `engine: candle` (default) and `engine: openai` with its
 //! server section, as parsed, resolved and validated.
 
+use super::test_text::{self, MIN};
 use super::*;
 
-const MIN: &str = "config_name: t\nmodel_name: m\n";
-
-fn loaded(extra: &str) -> LoadedConfig {
-    parse_config_str("configs/a.yaml", &format!("{MIN}{extra}")).unwrap()
-}
-
 fn errors(extra: &str) -> Vec<String> {
-    validate(&loaded(extra))
-        .errors
-        .iter()
-        .map(|p| p.to_string())
-        .collect()
+    test_text::errors(&format!("{MIN}{extra}"))
 }
 
 fn warnings(extra: &str) -> Vec<String> {
-    validate(&loaded(extra))
-        .warnings
-        .iter()
-        .map(|p| p.to_string())
-        .collect()
+    test_text::warnings(&format!("{MIN}{extra}"))
 }
 
 fn resolved(extra: &str) -> ExperimentConfig {
-    resolve(None, Some(&loaded(extra)), &CliOverrides::default())
-        .unwrap()
-        .config
+    test_text::resolved(&format!("{MIN}{extra}"))
 }
 
 const SERVER: &str = "engine: openai

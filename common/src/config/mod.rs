@@ -37,4 +37,6 @@ mod devices_tests;
 #[cfg(test)]
 mod engine_tests;
 #[cfg(test)]
+mod test_text;
+#[cfg(test)]
 mod tests;

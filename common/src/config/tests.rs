@@ -1,6 +1,7 @@
 //! Tests across the config modules: parsing, defaults, presets, precedence, CLI rules,
 //! validation rules and the wording of error messages (snapshots).
 
+use super::test_text::{errors, resolve_text, text, warnings, MIN};
 use super::*;
 use serde_json::json;
 use std::collections::HashMap;
@@ -21,33 +22,6 @@ fn files(list: &[(&str, &str)]) -> impl Fn(&Path) -> std::io::Result<String> {
 fn load(list: &[(&str, &str)], path: &str) -> LoadedConfig {
     load_config(Path::new(path), &files(list)).unwrap()
 }
-
-fn text(t: &str) -> LoadedConfig {
-    parse_config_str("configs/a.yaml", t).unwrap()
-}
-
-fn resolve_text(t: &str) -> Result<ResolvedConfig, ConfigError> {
-    resolve(None, Some(&text(t)), &CliOverrides::default())
-}
-
-/// Error lines of validating `t` as configs/a.yaml.
-fn errors(t: &str) -> Vec<String> {
-    validate(&text(t))
-        .errors
-        .iter()
-        .map(|p| p.to_string())
-        .collect()
-}
-
-fn warnings(t: &str) -> Vec<String> {
-    validate(&text(t))
-        .warnings
-        .iter()
-        .map(|p| p.to_string())
-        .collect()
-}
-
-const MIN: &str = "config_name: t\nmodel_name: m\n";
 
 const SEED_STYLE: &str = r#"
 config_name: llama-energy

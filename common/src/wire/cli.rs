@@ -44,6 +44,14 @@ pub enum CliRequest {
         #[serde(default = "one_use")]
         uses: u32,
     },
+    /// Every join token the coordinator has made, as [`JoinTokenSummary`] rows (never a
+    /// secret).
+    ListJoinTokens,
+    /// Revokes the join token whose short id starts with `id`: from then on it admits
+    /// no one. Revoking a revoked token changes nothing and is not an error.
+    RevokeJoinToken {
+        id: String,
+    },
     /// One page of the selected sweep experiments' records and stored aggregates, in id
     /// order, starting after the experiment `after` (from the start when `None`). A peer
     /// that sends no `select` asks for every experiment with its aggregate.
@@ -75,13 +83,15 @@ impl CliRequest {
             | CliRequest::ListResults
             | CliRequest::ShowResult { .. }
             | CliRequest::ResultRecords { .. }
-            | CliRequest::AcceptedResults { .. } => true,
+            | CliRequest::AcceptedResults { .. }
+            | CliRequest::ListJoinTokens => true,
             CliRequest::SubmitSweep(_)
             | CliRequest::CancelSweep { .. }
             | CliRequest::ResumeSweep { .. }
             | CliRequest::DrainAgent { .. }
             | CliRequest::AggregateSweep { .. }
-            | CliRequest::CreateJoinToken { .. } => false,
+            | CliRequest::CreateJoinToken { .. }
+            | CliRequest::RevokeJoinToken { .. } => false,
         }
     }
 
@@ -100,6 +110,8 @@ impl CliRequest {
             CliRequest::ShowResult { .. } => "results show",
             CliRequest::AggregateSweep { .. } => "results aggregate",
             CliRequest::CreateJoinToken { .. } => "token create",
+            CliRequest::ListJoinTokens => "token list",
+            CliRequest::RevokeJoinToken { .. } => "token revoke",
             CliRequest::ResultRecords { .. } => "results (experiment records)",
             CliRequest::AcceptedResults { .. } => "results (accepted results)",
         }
@@ -190,6 +202,15 @@ pub enum CliReply {
         #[serde(default = "one_use")]
         uses: u32,
     },
+    /// Every join token, oldest first.
+    JoinTokens(Vec<JoinTokenSummary>),
+    /// The token is revoked; `newly_revoked` is false when it already was (at the time
+    /// given, which a second revoke keeps).
+    JoinTokenRevoked {
+        id: String,
+        revoked_unix_ms: u64,
+        newly_revoked: bool,
+    },
     /// A page of experiment records; `more` when a later page follows (ask again
     /// `after` the last one's id).
     ResultRecords {
@@ -207,6 +228,22 @@ pub enum CliReply {
     Refused {
         reason: String,
     },
+}
+
+/// A join token as `lem token list` shows it: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenSummary {
+    /// The first hex digits of the secret's SHA-256 (`lem token revoke ID` takes it).
+    pub id: String,
+    /// `None` for a token made before tokens recorded it.
+    pub created_unix_ms: Option<u64>,
+    pub expires_unix_ms: u64,
+    /// Enrollments made with it so far, of `max_uses`.
+    pub uses: u32,
+    pub max_uses: u32,
+    /// `active`, `expired`, `used_up` or `revoked`, when the coordinator answered.
+    pub state: String,
+    pub revoked_unix_ms: Option<u64>,
 }
 
 /// Counts of a sweep's jobs by state.

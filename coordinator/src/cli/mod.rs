@@ -376,6 +376,28 @@ pub enum TokenCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// One row per join token: id, created, expires, uses left of total, state (never
+    /// the secret). Expired, used-up and revoked tokens only with --all.
+    List {
+        /// Also the tokens that admit no one any more (expired, used up, revoked).
+        #[arg(long)]
+        all: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a join token by its id (from `lem token list`; a unique prefix of at least
+    /// 4 digits will do): no agent enrolls with it afterwards. Agents already enrolled
+    /// keep their certificates. Revoking a revoked token changes nothing.
+    Revoke {
+        /// The token's id, as `lem token list` shows it.
+        #[arg(value_name = "ID")]
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -775,6 +797,12 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Token(TokenCommand::Create { ttl, uses, store }) => {
             token_cmd::create(&store.resolve(&top), ttl, uses)
         }
+        Command::Token(TokenCommand::List { all, json, store }) => {
+            token_cmd::list(&store.resolve(&top), all, json)
+        }
+        Command::Token(TokenCommand::Revoke { id, store }) => {
+            token_cmd::revoke(&store.resolve(&top), &id)
+        }
         Command::Serve(args) => serve_cmd::run(args.store.resolve(&top), args),
         Command::User(UserCommand::Add {
             name,
@@ -820,10 +848,16 @@ fn run_remote(
         Command::Token(TokenCommand::Create { ttl, uses, .. }) => {
             token_cmd::create_remote(&remote()?, ttl, uses)
         }
+        Command::Token(TokenCommand::List { all, json, .. }) => {
+            token_cmd::list_remote(&remote()?, all, json)
+        }
+        Command::Token(TokenCommand::Revoke { id, .. }) => {
+            token_cmd::revoke_remote(&remote()?, &id)
+        }
         _ => Err(CliError::usage(format!(
             "--coordinator {target}: this command runs embedded only; through a coordinator \
              lem offers sweep, status, agent, results (list, show, compare, export, table), \
-             report, aggregate and token create \
+             report, aggregate and token (create, list, revoke) \
              (drop --coordinator, or unset LEM_COORDINATOR)"
         ))),
     }
@@ -927,6 +961,8 @@ mod tests {
             "results table",
             "report",
             "token create",
+            "token list",
+            "token revoke",
             "user add",
             "serve",
         ];

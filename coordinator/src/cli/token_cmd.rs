@@ -1,13 +1,19 @@
 //! `lem token create`: a join token for one agent (or `--uses N` agents), recorded (by
 //! hash only, with its use count) in the data dir's store and printed once. The cluster CA lives beside the store; it is
 //! created on first use so the token can carry its hash.
+//! `lem token list` shows every token by a short id (never the secret) and `lem token
+//! revoke ID` stops one admitting agents; each works on the data dir or through
+//! `--coordinator`, with the same rows and words.
 
 use super::error::{outln, CliError};
 use super::Outcome;
 use crate::server::MAX_TOKEN_USES;
+use crate::server::{revoke_join_token, token_summaries};
 use crate::store::{Store, StoreError};
+use lem_common::wire::cli::JoinTokenSummary;
+use lem_common::wire::{CliReply, CliRequest};
 use lem_net::pki::ClusterCa;
-use lem_net::token::create_join_token_for;
+use lem_net::token::{create_join_token_for, JoinToken};
 use std::path::Path;
 use std::time::Duration;
 
@@ -66,37 +72,48 @@ pub fn parse_uses(text: &str) -> Result<u32, String> {
 }
 
 /// What stderr says about a new token, before its text.
-fn describe(uses: u32, expires_unix_ms: u64) -> String {
+fn describe(id: &str, uses: u32, expires_unix_ms: u64) -> String {
     let kind = if uses == 1 {
         "single-use join token".to_owned()
     } else {
         format!("join token for {uses} agents")
     };
     format!(
-        "{kind}, valid until {}; this is its only copy:",
+        "{kind} {id}, valid until {}; this is its only copy:",
         rfc3339_or_words(expires_unix_ms)
     )
 }
 
-/// Creates the token and prints its text on stdout (the only copy), its expiry on stderr.
-pub fn create(data_dir: &Path, ttl: Duration, uses: u32) -> Result<Outcome, CliError> {
-    let store = Store::open(data_dir, STORE_WAIT).map_err(|e| match e {
+/// Opens the data dir's store for `lem token <verb>` (`create` makes the store; the
+/// others need one), saying how to go through a coordinator that holds it.
+fn open_store(data_dir: &Path, verb: &str) -> Result<Store, CliError> {
+    let opened = if verb == "create" {
+        Store::open(data_dir, STORE_WAIT)
+    } else {
+        Store::open_existing(data_dir, STORE_WAIT)
+    };
+    opened.map_err(|e| match e {
         StoreError::Locked { path, .. } => CliError::failure(format!(
-            "cannot create a join token: the store at {} is held by another process \
-             (a running `lem` command or coordinator); with `lem serve` running, create it \
+            "cannot {verb} join tokens: the store at {} is held by another process \
+             (a running `lem` command or coordinator); with `lem serve` running, go \
              through the coordinator: `lem --data-dir {} --coordinator HOST:PORT token \
-             create` (its address is in {})",
+             {verb}` (its address is in {})",
             path.display(),
             data_dir.display(),
             data_dir.join(crate::server::ADDR_FILE).display()
         )),
         StoreError::HeldByServer { addr, .. } => CliError::failure(format!(
-            "cannot create a join token here: `lem serve` at {addr} holds the store; create \
-             it through the coordinator: `lem --data-dir {} --coordinator {addr} token create`",
+            "cannot {verb} join tokens here: `lem serve` at {addr} holds the store; go \
+             through the coordinator: `lem --data-dir {} --coordinator {addr} token {verb}`",
             data_dir.display()
         )),
         other => other.into(),
-    })?;
+    })
+}
+
+/// Creates the token and prints its text on stdout (the only copy), its expiry on stderr.
+pub fn create(data_dir: &Path, ttl: Duration, uses: u32) -> Result<Outcome, CliError> {
+    let store = open_store(data_dir, "create")?;
     let (ca, created) = ClusterCa::load_or_create(data_dir).map_err(|e| {
         CliError::failure(format!(
             "cluster CA in {}: {e}",
@@ -115,7 +132,10 @@ pub fn create(data_dir: &Path, ttl: Duration, uses: u32) -> Result<Outcome, CliE
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
     let token = create_join_token_for(&store, ca.sha256(), now_unix_ms, ttl_ms, uses)
         .map_err(|e| CliError::failure(format!("cannot create a join token: {e}")))?;
-    eprintln!("{}", describe(uses, now_unix_ms.saturating_add(ttl_ms)));
+    eprintln!(
+        "{}",
+        describe(&token.short_id(), uses, now_unix_ms.saturating_add(ttl_ms))
+    );
     outln!("{}", token.to_text());
     Ok(Outcome::Success)
 }
@@ -134,12 +154,138 @@ pub fn create_remote(
             expires_unix_ms,
             uses,
         } => {
-            eprintln!("{}", describe(uses, expires_unix_ms));
+            let id = JoinToken::parse(&token)
+                .map(|t| t.short_id())
+                .map_err(|e| CliError::failure(format!("the coordinator sent a bad token: {e}")))?;
+            eprintln!("{}", describe(&id, uses, expires_unix_ms));
             outln!("{token}");
             Ok(Outcome::Success)
         }
         other => Err(super::remote::unexpected("token create", &other)),
     }
+}
+
+/// `lem token list` on the data dir.
+pub fn list(data_dir: &Path, all: bool, json: bool) -> Result<Outcome, CliError> {
+    let store = open_store(data_dir, "list")?;
+    let rows = token_summaries(&store, (lem_net::system_clock())())?;
+    print_list(rows, all, json)
+}
+
+/// `lem --coordinator X token list`.
+pub fn list_remote(
+    remote: &super::remote::Remote,
+    all: bool,
+    json: bool,
+) -> Result<Outcome, CliError> {
+    match remote.request(&CliRequest::ListJoinTokens)? {
+        CliReply::JoinTokens(rows) => print_list(rows, all, json),
+        other => Err(super::remote::unexpected("token list", &other)),
+    }
+}
+
+/// `lem token revoke ID` on the data dir.
+pub fn revoke(data_dir: &Path, id: &str) -> Result<Outcome, CliError> {
+    let store = open_store(data_dir, "revoke")?;
+    let reply = revoke_join_token(&store, id, (lem_net::system_clock())())
+        .map_err(|e| CliError::failure(format!("cannot revoke join token: {e}")))?;
+    print_revoked(&reply)
+}
+
+/// `lem --coordinator X token revoke ID` (an operator's credential).
+pub fn revoke_remote(remote: &super::remote::Remote, id: &str) -> Result<Outcome, CliError> {
+    let request = CliRequest::RevokeJoinToken { id: id.to_owned() };
+    print_revoked(&remote.request(&request)?)
+}
+
+fn print_revoked(reply: &CliReply) -> Result<Outcome, CliError> {
+    match reply {
+        CliReply::JoinTokenRevoked {
+            id,
+            revoked_unix_ms,
+            newly_revoked: true,
+        } => {
+            outln!(
+                "revoked join token {id} at {}; no agent enrolls with it any more",
+                rfc3339_or_words(*revoked_unix_ms)
+            );
+            Ok(Outcome::Success)
+        }
+        CliReply::JoinTokenRevoked {
+            id,
+            revoked_unix_ms,
+            ..
+        } => {
+            outln!(
+                "join token {id} was already revoked at {}; nothing changed",
+                rfc3339_or_words(*revoked_unix_ms)
+            );
+            Ok(Outcome::Success)
+        }
+        other => Err(super::remote::unexpected("token revoke", other)),
+    }
+}
+
+/// The listing: active tokens, or all with `--all`; how many are hidden is said.
+fn print_list(rows: Vec<JoinTokenSummary>, all: bool, json: bool) -> Result<Outcome, CliError> {
+    let (shown, hidden): (Vec<JoinTokenSummary>, Vec<JoinTokenSummary>) =
+        rows.into_iter().partition(|r| all || r.state == "active");
+    if json {
+        let values: Vec<serde_json::Value> = shown
+            .iter()
+            .map(|r| {
+                let mut value = serde_json::to_value(r).expect("plain data");
+                value["uses_left"] = r.max_uses.saturating_sub(r.uses).into();
+                value
+            })
+            .collect();
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&values).expect("plain data")
+        );
+        return Ok(Outcome::Success);
+    }
+    if shown.is_empty() {
+        outln!("No {}join tokens.", if all { "" } else { "active " });
+    } else {
+        let header = ["ID", "CREATED", "EXPIRES", "USES LEFT", "STATE"].map(String::from);
+        let cells: Vec<[String; 5]> = shown
+            .iter()
+            .map(|r| {
+                [
+                    r.id.clone(),
+                    r.created_unix_ms
+                        .map(rfc3339_or_words)
+                        .unwrap_or_else(|| "unknown".into()),
+                    rfc3339_or_words(r.expires_unix_ms),
+                    format!("{}/{}", r.max_uses.saturating_sub(r.uses), r.max_uses),
+                    r.state.replace('_', " "),
+                ]
+            })
+            .collect();
+        let widths = super::table::column_widths(&header, &cells);
+        for row in [&header].into_iter().chain(&cells) {
+            // Uses left align right; the last column is not padded.
+            let padded: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .enumerate()
+                .map(|(column, (cell, width))| match column {
+                    3 => format!("{cell:>width$}"),
+                    4 => cell.clone(),
+                    _ => format!("{cell:<width$}"),
+                })
+                .collect();
+            outln!("{}", padded.join("  "));
+        }
+    }
+    if !hidden.is_empty() {
+        outln!(
+            "({} more not shown: expired, used up or revoked; `token list --all` lists them)",
+            hidden.len()
+        );
+    }
+    Ok(Outcome::Success)
 }
 
 fn rfc3339_or_words(unix_ms: u64) -> String {

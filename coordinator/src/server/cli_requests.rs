@@ -181,12 +181,15 @@ fn read(driver: &ServerDriver, request: CliRequest) -> Result<CliReply, StoreErr
                 ids,
             }
         }
+        // The CLI session answers join-token requests from the store's token book.
+        CliRequest::ListJoinTokens => refused("join tokens are answered by the CLI session"),
         // Changes go through the scheduler (`answer`), never here.
         CliRequest::SubmitSweep(_)
         | CliRequest::CancelSweep { .. }
         | CliRequest::ResumeSweep { .. }
         | CliRequest::DrainAgent { .. }
-        | CliRequest::CreateJoinToken { .. } => refused("not a read-only request"),
+        | CliRequest::CreateJoinToken { .. }
+        | CliRequest::RevokeJoinToken { .. } => refused("not a read-only request"),
     })
 }
 

@@ -29,13 +29,20 @@ pub async fn serve_cli(
                 break;
             }
         };
-        let reply = if let (CliRequest::CreateJoinToken { ttl_ms, uses }, Role::Operator) =
-            (&request, peer.role)
-        {
-            // No scheduler state: answered here, from the store's token book.
-            tracing::info!(%peer, uses, "join token created");
-            tokens.issue(*ttl_ms, *uses, (lem_net::system_clock())())
-        } else if request.is_read_only() || peer.role == Role::Operator {
+        let reply = if !request.is_read_only() && peer.role != Role::Operator {
+            tracing::warn!(%peer, request = request.name(), "refused: role may only read");
+            CliReply::Refused {
+                reason: format!(
+                    "{peer} may only read; `{}` needs an operator credential \
+                     (`lem user add NAME --role operator` on the coordinator host)",
+                    request.name()
+                ),
+            }
+        } else if let Some(reply) = tokens.answer(&request, (lem_net::system_clock())()) {
+            // Join tokens: no scheduler state, answered here from the store's token book.
+            tracing::info!(%peer, request = request.name(), reply = reply_kind(&reply), "join tokens");
+            reply
+        } else {
             let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
             let input = DriverInput::Cli {
                 request,
@@ -45,15 +52,6 @@ pub async fn serve_cli(
                 Ok(()) => reply_rx.await.unwrap_or_else(|_| shutting_down()),
                 Err(_) => shutting_down(),
             }
-        } else {
-            tracing::warn!(%peer, request = request.name(), "refused: role may only read");
-            CliReply::Refused {
-                reason: format!(
-                    "{peer} may only read; `{}` needs an operator credential \
-                     (`lem user add NAME --role operator` on the coordinator host)",
-                    request.name()
-                ),
-            }
         };
         if let Err(error) = send.send(&reply).await {
             tracing::info!(%peer, %error, "CLI session: reply not written");
@@ -61,6 +59,21 @@ pub async fn serve_cli(
         }
     }
     connection.close(lem_net::close_code::DONE, "done");
+}
+
+/// How a join-token reply is logged: its kind, never a token's text.
+fn reply_kind(reply: &CliReply) -> &'static str {
+    match reply {
+        CliReply::JoinToken { .. } => "created",
+        CliReply::JoinTokens(_) => "listed",
+        CliReply::JoinTokenRevoked {
+            newly_revoked: true,
+            ..
+        } => "revoked",
+        CliReply::JoinTokenRevoked { .. } => "already revoked",
+        CliReply::Refused { .. } => "refused",
+        _ => "other",
+    }
 }
 
 fn shutting_down() -> CliReply {

@@ -1,10 +1,12 @@
-//! Join tokens made by the running coordinator for an operator (`lem --coordinator X
-//! token create`): while the server holds the store, this is the way to make one.
+//! Join tokens through the running coordinator (`lem --coordinator X token
+//! create|list|revoke`): while the server holds the store, this is the way to reach
+//! them. Answered from the store's token book, with no scheduler state. The rows `lem
+//! token list` shows are made here for both ways in (data dir or coordinator).
 
-use crate::store::Store;
-use lem_common::wire::CliReply;
-use lem_net::token::create_join_token_for;
-use lem_net::token::Sha256Digest;
+use crate::store::{RevokeError, Store, StoreError};
+use lem_common::wire::cli::JoinTokenSummary;
+use lem_common::wire::{CliReply, CliRequest};
+use lem_net::token::{create_join_token_for, short_id, token_state, Sha256Digest, StoredToken};
 use std::sync::Arc;
 
 /// The longest TTL a token may have, as for `lem token create` on the data dir.
@@ -20,6 +22,29 @@ pub struct JoinTokenIssuer {
 }
 
 impl JoinTokenIssuer {
+    /// The reply to a join-token request (`None`: not one). The caller has checked the
+    /// peer's role.
+    pub fn answer(&self, request: &CliRequest, now_unix_ms: u64) -> Option<CliReply> {
+        Some(match request {
+            CliRequest::CreateJoinToken { ttl_ms, uses } => self.issue(*ttl_ms, *uses, now_unix_ms),
+            CliRequest::ListJoinTokens => match token_summaries(&self.store, now_unix_ms) {
+                Ok(rows) => CliReply::JoinTokens(rows),
+                Err(e) => CliReply::Refused {
+                    reason: format!("cannot list join tokens: {e}"),
+                },
+            },
+            CliRequest::RevokeJoinToken { id } => {
+                match self.store.revoke_join_token(id, now_unix_ms) {
+                    Ok(done) => revoked_reply(&done),
+                    Err(e) => CliReply::Refused {
+                        reason: e.to_string(),
+                    },
+                }
+            }
+            _ => return None,
+        })
+    }
+
     /// A new token valid `ttl_ms` from `now_unix_ms` for `uses` enrollments (its hash
     /// stored, its text returned once), or a refusal saying why.
     pub fn issue(&self, ttl_ms: u64, uses: u32, now_unix_ms: u64) -> CliReply {
@@ -46,6 +71,47 @@ impl JoinTokenIssuer {
                 reason: format!("cannot create a join token: {e}"),
             },
         }
+    }
+}
+
+/// A revoke's reply, the same from a data dir and from the coordinator.
+pub fn revoked_reply(done: &crate::store::Revocation) -> CliReply {
+    CliReply::JoinTokenRevoked {
+        id: short_id(&done.token.secret_sha256),
+        revoked_unix_ms: done.token.revoked_at_unix_ms.unwrap_or_default(),
+        newly_revoked: done.newly_revoked,
+    }
+}
+
+/// Revokes `id` in `store` now, for `lem token revoke` on a data dir.
+pub fn revoke(store: &Store, id: &str, now_unix_ms: u64) -> Result<CliReply, RevokeError> {
+    Ok(revoked_reply(&store.revoke_join_token(id, now_unix_ms)?))
+}
+
+/// Every token in `store` as `lem token list` shows it at `now_unix_ms`: oldest first
+/// (tokens from before creation times were recorded lead), then by id.
+pub fn token_summaries(
+    store: &Store,
+    now_unix_ms: u64,
+) -> Result<Vec<JoinTokenSummary>, StoreError> {
+    let mut rows: Vec<JoinTokenSummary> = store
+        .join_tokens()?
+        .iter()
+        .map(|token| summary(token, now_unix_ms))
+        .collect();
+    rows.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
+    Ok(rows)
+}
+
+fn summary(token: &StoredToken, now_unix_ms: u64) -> JoinTokenSummary {
+    JoinTokenSummary {
+        id: short_id(&token.secret_sha256),
+        created_unix_ms: token.created_at_unix_ms,
+        expires_unix_ms: token.expires_at_unix_ms,
+        uses: token.uses,
+        max_uses: token.max_uses,
+        state: token_state(token, now_unix_ms).as_str().to_owned(),
+        revoked_unix_ms: token.revoked_at_unix_ms,
     }
 }
 

@@ -24,7 +24,9 @@ mod result_pages;
 mod run;
 
 pub use bootstrap::{ensure_operator_credential, OPERATOR_DIR};
-pub use join_tokens::{JoinTokenIssuer, MAX_TOKEN_TTL_MS, MAX_TOKEN_USES};
+pub use join_tokens::{
+    revoke as revoke_join_token, token_summaries, JoinTokenIssuer, MAX_TOKEN_TTL_MS, MAX_TOKEN_USES,
+};
 pub use metrics::trace_samples;
 pub use options::ServeOptions;
 pub use quic_link::QuicLink;

@@ -3,12 +3,17 @@
 //! the token's text are never stored. The redeem decision is lem-net's pure
 //! [`decide_redeem`], taken inside a sled transaction: a token's use count rises by one
 //! per admitted enrollment and never past its `max_uses` (of two racing redeems of a
-//! token's last use exactly one is admitted), and a refusal writes nothing.
+//! token's last use exactly one is admitted), and a refusal writes nothing. An operator
+//! revokes a token by its short id ([`lem_net::token::short_id`]: a prefix of the row's key), in a
+//! transaction that sets its revoked time and nothing else; from then on
+//! [`decide_redeem`] refuses it.
 
 use super::codec::{to_json, JOIN_TOKENS};
 use super::error::StoreError;
 use super::Store;
-use lem_net::token::{decide_redeem, JoinTokenBook, Sha256Digest, StoredToken, TokenError};
+use lem_net::token::{
+    decide_redeem, JoinTokenBook, Sha256Digest, StoredToken, TokenError, SHORT_ID_HEX_DIGITS,
+};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
@@ -25,6 +30,11 @@ struct TokenRow {
     max_uses: Option<u32>,
     #[serde(default)]
     uses: Option<u32>,
+    /// Absent from rows written before tokens recorded when they were made.
+    #[serde(default)]
+    created_at_unix_ms: Option<u64>,
+    #[serde(default)]
+    revoked_at_unix_ms: Option<u64>,
 }
 
 impl TokenRow {
@@ -35,6 +45,8 @@ impl TokenRow {
             used_at_unix_ms: token.used_at_unix_ms,
             max_uses: Some(token.max_uses),
             uses: Some(token.uses),
+            created_at_unix_ms: token.created_at_unix_ms,
+            revoked_at_unix_ms: token.revoked_at_unix_ms,
         }
     }
 
@@ -49,6 +61,8 @@ impl TokenRow {
             used_at_unix_ms: self.used_at_unix_ms,
             max_uses: self.max_uses.unwrap_or(1),
             uses: self.uses.unwrap_or(used_before_counts),
+            created_at_unix_ms: self.created_at_unix_ms,
+            revoked_at_unix_ms: self.revoked_at_unix_ms,
         })
     }
 }
@@ -126,6 +140,104 @@ impl Store {
     }
 }
 
+/// The fewest hex digits a revoke may name a token by: fewer would match by accident.
+pub const MIN_TOKEN_ID_HEX_DIGITS: usize = 4;
+
+/// Why `lem token revoke ID` revoked nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    #[error(
+        "`{id}` is not a join token id: give at least {MIN_TOKEN_ID_HEX_DIGITS} of the \
+         {SHORT_ID_HEX_DIGITS} hex digits of the id `lem token list` shows"
+    )]
+    BadId { id: String },
+    #[error("no join token has id `{id}`; `lem token list --all` lists every token")]
+    Unknown { id: String },
+    #[error("join token id `{id}` is ambiguous: it starts {matches:?}; give more digits")]
+    Ambiguous { id: String, matches: Vec<String> },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a revoke did: the token as it now stands, and whether this call revoked it
+/// (`false`: it was already revoked, at the time it keeps, and nothing was written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub token: StoredToken,
+    pub newly_revoked: bool,
+}
+
+impl Store {
+    /// Revokes the token whose [`lem_net::token::short_id`] starts with `id` (a unique prefix), at
+    /// `now_unix_ms`. Idempotent: revoking a revoked token succeeds with
+    /// `newly_revoked: false` and keeps the first revoke time. Only `revoked_at_unix_ms`
+    /// changes; the revoke is on disk before this returns.
+    pub fn revoke_join_token(&self, id: &str, now_unix_ms: u64) -> Result<Revocation, RevokeError> {
+        let id = id.trim().to_ascii_lowercase();
+        let well_formed = (MIN_TOKEN_ID_HEX_DIGITS..=64).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_hexdigit());
+        if !well_formed {
+            return Err(RevokeError::BadId { id });
+        }
+        let tree = self.tree(JOIN_TOKENS)?;
+        let mut keys = Vec::new();
+        for item in tree.scan_prefix(id.as_bytes()) {
+            let (key, _) = item.map_err(StoreError::from)?;
+            keys.push(String::from_utf8_lossy(&key).into_owned());
+        }
+        let key = match keys.as_slice() {
+            [] => return Err(RevokeError::Unknown { id }),
+            [key] => key.clone(),
+            many => {
+                let matches = many
+                    .iter()
+                    .map(|k| k.chars().take(SHORT_ID_HEX_DIGITS).collect())
+                    .collect();
+                return Err(RevokeError::Ambiguous { id, matches });
+            }
+        };
+        let outcome = tree.transaction(|tx| {
+            let Some(bytes) = tx.get(key.as_bytes())? else {
+                // Rows are never deleted; absent here only if the key vanished under us.
+                return Err(ConflictableTransactionError::Abort(RevokeError::Unknown {
+                    id: id.clone(),
+                }));
+            };
+            let token = decode_row(&key, &bytes).map_err(|_| {
+                ConflictableTransactionError::Abort(RevokeError::Store(StoreError::BadKey {
+                    tree: JOIN_TOKENS,
+                    key: key.clone(),
+                }))
+            })?;
+            if token.revoked_at_unix_ms.is_some() {
+                return Ok(Revocation {
+                    token,
+                    newly_revoked: false,
+                });
+            }
+            let revoked = StoredToken {
+                revoked_at_unix_ms: Some(now_unix_ms),
+                ..token
+            };
+            tx.insert(key.as_bytes(), to_json(&TokenRow::from_stored(&revoked)))?;
+            Ok(Revocation {
+                token: revoked,
+                newly_revoked: true,
+            })
+        });
+        let revocation = match outcome {
+            Ok(revocation) => revocation,
+            Err(TransactionError::Abort(refusal)) => return Err(refusal),
+            Err(TransactionError::Storage(e)) => return Err(StoreError::from(e).into()),
+        };
+        if revocation.newly_revoked {
+            // Revoked only once it is on disk: a crash cannot bring the token back.
+            tree.flush().map_err(StoreError::from)?;
+        }
+        Ok(revocation)
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -167,6 +279,8 @@ mod tests {
                 used_at_unix_ms: None,
                 max_uses: 1,
                 uses: 0,
+                created_at_unix_ms: Some(4_000),
+                revoked_at_unix_ms: None,
             })
             .unwrap();
         // The hash computed here from the secret bytes, as `sha256sum` would.
@@ -180,6 +294,8 @@ mod tests {
                 used_at_unix_ms: None,
                 max_uses: 1,
                 uses: 0,
+                created_at_unix_ms: Some(4_000),
+                revoked_at_unix_ms: None,
             }]
         );
         // Keyed by the hex of that hash.
@@ -225,6 +341,8 @@ mod tests {
                 used_at_unix_ms: None,
                 max_uses: 1,
                 uses: 0,
+                created_at_unix_ms: None,
+                revoked_at_unix_ms: None,
             }),
             Err(TokenError::Duplicate),
             "re-adding a used token would reset it"
@@ -326,6 +444,149 @@ mod tests {
                 used_at_unix_ms: 60
             })
         ));
+    }
+
+    #[test]
+    fn revoke_refuses_the_token_and_changes_nothing_else_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let kept = create_join_token_for(&store, [1; 32], 1_000, 60_000, 3).unwrap();
+        let revoked = create_join_token_for(&store, [1; 32], 1_000, 60_000, 3).unwrap();
+        store.redeem(&revoked.secret_sha256(), 2_000).unwrap();
+        let before = store.join_tokens().unwrap();
+        let row_of = |rows: &[StoredToken], hash: Sha256Digest| {
+            rows.iter()
+                .find(|t| t.secret_sha256 == hash)
+                .cloned()
+                .unwrap()
+        };
+
+        // Its id as the operator reads it: the first 12 hex digits of the secret's hash.
+        let hash_hex: String = Sha256::digest(revoked_secret(&revoked))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let id = &hash_hex[..12];
+        assert_eq!(revoked.short_id(), id);
+        let done = store.revoke_join_token(&id.to_uppercase(), 3_000).unwrap();
+        assert!(done.newly_revoked);
+        let expected = StoredToken {
+            revoked_at_unix_ms: Some(3_000),
+            ..row_of(&before, revoked.secret_sha256())
+        };
+        assert_eq!(done.token, expected);
+        drop(store);
+
+        let store = open(&dir);
+        let after = store.join_tokens().unwrap();
+        assert_eq!(row_of(&after, revoked.secret_sha256()), expected);
+        assert_eq!(
+            row_of(&after, kept.secret_sha256()),
+            row_of(&before, kept.secret_sha256()),
+            "the other token changed"
+        );
+        assert_eq!(
+            store.redeem(&revoked.secret_sha256(), 4_000),
+            Err(TokenError::Revoked {
+                revoked_at_unix_ms: 3_000
+            })
+        );
+        assert_eq!(
+            store.join_tokens().unwrap(),
+            after,
+            "a refused redeem wrote"
+        );
+        store.redeem(&kept.secret_sha256(), 4_000).unwrap();
+    }
+
+    /// The secret's bytes, read back from the token's text (`lemjoin1.<secret>.<ca>`).
+    fn revoked_secret(token: &JoinToken) -> Vec<u8> {
+        let text = token.to_text();
+        let secret_hex = text.split('.').nth(1).unwrap();
+        (0..secret_hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&secret_hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn revoking_twice_is_idempotent_and_keeps_the_first_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let token = create_join_token(&store, [1; 32], 1_000, 60_000).unwrap();
+        let first = store.revoke_join_token(&token.short_id(), 2_000).unwrap();
+        let rows = store.join_tokens().unwrap();
+        let again = store.revoke_join_token(&token.short_id(), 5_000).unwrap();
+        assert!(first.newly_revoked);
+        assert!(!again.newly_revoked);
+        assert_eq!(again.token.revoked_at_unix_ms, Some(2_000));
+        assert_eq!(store.join_tokens().unwrap(), rows, "a second revoke wrote");
+    }
+
+    #[test]
+    fn revoke_of_an_unknown_or_malformed_id_says_so_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let token = create_join_token(&store, [1; 32], 1_000, 60_000).unwrap();
+        let rows = store.join_tokens().unwrap();
+        // An id no token's hash starts with: the first digit changed.
+        let id = token.short_id();
+        let first = u8::from_str_radix(&id[..1], 16).unwrap();
+        let other = format!("{:x}{}", (first + 1) % 16, &id[1..]);
+        let err = store.revoke_join_token(&other, 2_000).unwrap_err();
+        assert!(
+            matches!(&err, RevokeError::Unknown { id } if *id == other),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("token list --all"), "{err}");
+        for bad in ["", "abc", "not-hex-at-all", &"a".repeat(65)] {
+            let err = store.revoke_join_token(bad, 2_000).unwrap_err();
+            assert!(matches!(err, RevokeError::BadId { .. }), "{bad:?}: {err:?}");
+        }
+        assert_eq!(store.join_tokens().unwrap(), rows);
+    }
+
+    #[test]
+    fn a_prefix_two_tokens_share_is_ambiguous_and_names_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let tree = store.tree(JOIN_TOKENS).unwrap();
+        // Two hashes that share their first four hex digits, written as rows by hand.
+        let mut a = [0u8; 32];
+        let mut b = [0u8; 32];
+        a[..2].copy_from_slice(&[0xab, 0xcd]);
+        b[..2].copy_from_slice(&[0xab, 0xcd]);
+        a[2] = 0x01;
+        b[2] = 0x02;
+        for hash in [a, b] {
+            let row = TokenRow::from_stored(&StoredToken {
+                secret_sha256: hash,
+                expires_at_unix_ms: 9_000,
+                used_at_unix_ms: None,
+                max_uses: 1,
+                uses: 0,
+                created_at_unix_ms: Some(1_000),
+                revoked_at_unix_ms: None,
+            });
+            tree.insert(hex(&hash).as_bytes(), to_json(&row)).unwrap();
+        }
+        let err = store.revoke_join_token("abcd", 2_000).unwrap_err();
+        let RevokeError::Ambiguous { matches, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(matches, &["abcd01000000", "abcd02000000"]);
+        assert!(store
+            .join_tokens()
+            .unwrap()
+            .iter()
+            .all(|t| t.revoked_at_unix_ms.is_none()));
+        // One more digit tells them apart.
+        assert!(
+            store
+                .revoke_join_token("abcd02", 2_000)
+                .unwrap()
+                .newly_revoked
+        );
     }
 
     #[test]

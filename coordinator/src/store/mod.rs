@@ -36,6 +36,7 @@ mod scheduler_rows;
 pub use agents::AgentRecord;
 pub use error::StoreError;
 pub use experiments::{ExperimentRecord, ExperimentStatus};
+pub use join_tokens::{Revocation, RevokeError, MIN_TOKEN_ID_HEX_DIGITS};
 pub use raw::raw_key;
 pub use records::Persisted;
 pub use results::{AcceptedResult, Disposition, StoredResult};

@@ -83,7 +83,8 @@ pub struct SimNode {
 }
 
 impl SimNode {
-    /// A node whose fake NVML reports `gpus` (scenario GPU entries, see tests/fake-nvml).
+    /// A node whose fake NVML reports `gpus` (scenario GPU entries, see tests/fake-nvml),
+    /// laid out as `support::agent_command` expects.
     pub fn new(parent: &Path, name: &str, gpus: Vec<serde_json::Value>) -> SimNode {
         let dir = parent.join(name);
         std::fs::create_dir_all(dir.join("powercap")).unwrap();
@@ -111,7 +112,8 @@ impl SimNode {
             .unwrap_or(0)
     }
 
-    /// This node's hardware for `cmd`: the fake NVML with its scenario, its powercap tree.
+    /// This node's hardware for `cmd` (a `lem` run, not an agent): the fake NVML with
+    /// its scenario, its powercap tree.
     pub fn apply_to(&self, cmd: &mut Command) {
         cmd.env("LEM_NVML_LIB", &self.lib)
             .env("FAKE_NVML_SCENARIO", &self.scenario)
@@ -136,32 +138,14 @@ impl SimNode {
         log_name: &str,
     ) -> AgentProcess {
         let log = self.dir.join(log_name);
-        launcher
-            .args(["--coordinator", coordinator, "--join-token", token])
-            .args(["--node-name", &self.name, "--data-dir"])
-            .arg(self.data_dir())
-            .args(["--heartbeat-interval-ms", "500"])
-            .args([
-                "--reconnect-initial-ms",
-                "100",
-                "--reconnect-max-ms",
-                "1000",
-            ]);
-        for var in [
-            "LEM_DATA_DIR",
-            "LEM_AGENT_DATA_DIR",
-            "LEM_JOIN_TOKEN",
-            "LEM_AGENT_CONFIG",
-            "LEM_COORDINATOR",
-            "CUDA_VISIBLE_DEVICES",
-        ] {
-            launcher.env_remove(var);
-        }
-        launcher
-            .env("HF_HUB_OFFLINE", "1")
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info");
-        self.apply_to(&mut launcher);
+        support::agent_command(
+            &mut launcher,
+            &self.dir,
+            &self.name,
+            coordinator,
+            Some(token),
+            &[],
+        );
         let child = launcher
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -178,6 +162,21 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
+    /// Waits (bounded by `within`) for an agent expected to give up by itself, as one
+    /// that is refused enrollment does; its exit status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// kill -9: the agent's running jobs die with it.
     pub fn kill9(&mut self) {
         self.child.kill().unwrap();
