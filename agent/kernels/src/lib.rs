@@ -5,5 +5,8 @@
 //! every engine test crawl), as it already does for candle.
 
 pub mod dispatch;
+pub mod parallel;
 pub mod q4_1;
 pub mod q8_0;
+#[cfg(test)]
+mod test_support;

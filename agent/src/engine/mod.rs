@@ -12,6 +12,7 @@ mod generate;
 mod model;
 mod q4_1_matmul;
 mod q8_matmul;
+mod quantized_matmul;
 mod requantize;
 mod safetensors;
 #[cfg(test)]
