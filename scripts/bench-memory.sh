@@ -27,8 +27,8 @@ for dtype in f32 f16 bf16; do
   "$lem" model convert "$gguf" --to safetensors --dtype "$dtype" --out "$tmp/st-$dtype" >/dev/null
 done
 run() { printf '%-34s ' "$1"; shift; "$bench" "$@"; }
-run "GGUF Q4_1 -> Q8_0 (default)" gguf "$gguf" requant
-run "GGUF Q4_1 kept" gguf "$gguf" keep
+run "GGUF Q4_1 -> Q8_0" gguf "$gguf" requant
+run "GGUF Q4_1 kept (default)" gguf "$gguf" keep
 run "safetensors f32" safetensors "$tmp/st-f32" keep f32
 run "safetensors f16" safetensors "$tmp/st-f16" keep f16
 run "safetensors bf16" safetensors "$tmp/st-bf16" keep bf16
