@@ -14,21 +14,15 @@ Nothing from lem is used.
     scripts/fetch-gemma3.sh
     ~/.cache/lem-llama-venv/bin/python scripts/reference/gemma3_llamacpp.py [model.gguf] [out.json]
 """
-import hashlib
-import json
 import os
 import sys
 
 import llama_cpp
-import numpy as np
 
-DEFAULT_MODEL = os.path.expanduser(
-    "~/.cache/lem/models/google--gemma-3-270m-GGUF/gemma-3-270m-q4_k_m.gguf"
-)
-DEFAULT_OUT = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)),
-    "..", "..", "agent", "tests", "fixtures", "gemma3_llamacpp.json",
-)
+from common import MODELS, fixture_path, load, model_fixture, prompt_reference, write_fixture
+
+DEFAULT_MODEL = os.path.join(MODELS, "google--gemma-3-270m-GGUF", "gemma-3-270m-q4_k_m.gguf")
+DEFAULT_OUT = fixture_path("gemma3_llamacpp.json")
 GREEDY_TOKENS = 16
 TOP_K = 10
 
@@ -50,21 +44,6 @@ PROMPTS = [
 ]
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def last_logits(llm):
-    """The logits llama.cpp computed for the last token evaluated (float32, as f64)."""
-    n_vocab = llm.n_vocab()
-    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-    return np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float64)
-
-
 def eog_ids(llm):
     """Every token llama.cpp ends generation at (EOS, end-of-turn) for this file."""
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
@@ -75,64 +54,17 @@ def eog_ids(llm):
 def main():
     model = sys.argv[1] if len(sys.argv) > 1 else DEFAULT_MODEL
     out = sys.argv[2] if len(sys.argv) > 2 else DEFAULT_OUT
-    llm = llama_cpp.Llama(
-        model_path=model,
-        n_ctx=2048,
-        n_batch=2048,
-        n_ubatch=2048,
-        n_threads=2,
-        n_gpu_layers=0,
-        # f32 K/V and no flash attention, as lem computes: llama.cpp's default f16 cache
-        # alone moves this model's logits by up to ~0.25.
-        type_k=llama_cpp.GGML_TYPE_F32,
-        type_v=llama_cpp.GGML_TYPE_F32,
-        flash_attn=False,
-        verbose=False,
-    )
+    llm = load(model, 2048)
     results = []
     for p in PROMPTS:
-        ids = llm.tokenize(p["text"].encode("utf-8"), add_bos=True, special=True)
-        llm.reset()
-        llm.eval(ids)
-        logits = last_logits(llm)
-        top = np.argsort(-logits, kind="stable")[:TOP_K]
-        greedy = []
-        margins = []
-        step = logits
-        for _ in range(GREEDY_TOKENS):
-            tok = int(np.argmax(step))
-            greedy.append(tok)
-            # How far the chosen token leads the runner-up: a near-tie may go either way
-            # in another engine's rounding.
-            first, second = np.sort(step)[-2:][::-1]
-            margins.append(round(float(first - second), 5))
-            llm.eval([tok])
-            step = last_logits(llm)
-        entry = {
-            "name": p["name"],
-            "text": p["text"],
-            "token_ids": [int(t) for t in ids],
-            "top_logits": [[int(t), round(float(logits[t]), 5)] for t in top],
-            "greedy": greedy,
-            "greedy_margins": margins,
-        }
+        entry = prompt_reference(llm, p["name"], p["text"], True, GREEDY_TOKENS, TOP_K)
         if "chat_user" in p:
             entry["chat_user"] = p["chat_user"]
         results.append(entry)
-        print(p["name"], len(ids), "tokens; top", entry["top_logits"][:3], "greedy", greedy[:6], file=sys.stderr)
-    doc = {
-        "generator": "scripts/reference/gemma3_llamacpp.py",
-        "llama_cpp_python": llama_cpp.__version__,
-        "model_file": os.path.basename(model),
-        "model_sha256": sha256(model),
-        "eog_token_ids": eog_ids(llm),
-        "greedy_tokens": GREEDY_TOKENS,
-        "prompts": results,
-    }
-    with open(out, "w") as f:
-        json.dump(doc, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    print("wrote", os.path.normpath(out), file=sys.stderr)
+        print(p["name"], len(entry["token_ids"]), "tokens; top", entry["top_logits"][:3],
+              "greedy", entry["greedy"][:6], file=sys.stderr)
+    doc = model_fixture("gemma3_llamacpp.py", model, GREEDY_TOKENS, results, eog_token_ids=eog_ids(llm))
+    write_fixture(doc, out, indent=1)
 
 
 if __name__ == "__main__":

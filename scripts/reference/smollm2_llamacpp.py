@@ -12,21 +12,15 @@ which are llama.cpp's own tokenisation of the prompt texts.
 
     ~/.cache/lem-llama-venv/bin/python scripts/reference/smollm2_llamacpp.py [model.gguf] [out.json]
 """
-import hashlib
-import json
 import os
 import sys
 
-import llama_cpp
-import numpy as np
+from common import MODELS, fixture_path, load, model_fixture, prompt_reference, write_fixture
 
-DEFAULT_MODEL = os.path.expanduser(
-    "~/.cache/lem/models/HuggingFaceTB--SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL = os.path.join(
+    MODELS, "HuggingFaceTB--SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct.Q4_1.gguf"
 )
-DEFAULT_OUT = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)),
-    "..", "..", "agent", "tests", "fixtures", "smollm2_llamacpp.json",
-)
+DEFAULT_OUT = fixture_path("smollm2_llamacpp.json")
 GREEDY_TOKENS = 16
 TOP_K = 10
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -45,64 +39,19 @@ PROMPTS = [
 ]
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def last_logits(llm):
-    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float64)
-
-
 def main():
     model = sys.argv[1] if len(sys.argv) > 1 else DEFAULT_MODEL
     out = sys.argv[2] if len(sys.argv) > 2 else DEFAULT_OUT
-    llm = llama_cpp.Llama(
-        model_path=model, n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2,
-        n_gpu_layers=0, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32,
-        flash_attn=False, verbose=False,
-    )
+    llm = load(model, 512)
     results = []
     for p in PROMPTS:
-        ids = llm.tokenize(p["text"].encode("utf-8"), add_bos=False, special=True)
-        llm.reset()
-        llm.eval(ids)
-        logits = last_logits(llm)
-        top = np.argsort(-logits, kind="stable")[:TOP_K]
-        greedy, margins, step = [], [], logits
-        for _ in range(GREEDY_TOKENS):
-            tok = int(np.argmax(step))
-            greedy.append(tok)
-            first, second = np.sort(step)[-2:][::-1]
-            margins.append(round(float(first - second), 5))
-            llm.eval([tok])
-            step = last_logits(llm)
-        results.append({
-            "name": p["name"],
-            "text": p["text"],
-            "token_ids": [int(t) for t in ids],
-            "top_logits": [[int(t), round(float(logits[t]), 5)] for t in top],
-            "greedy": greedy,
-            "greedy_margins": margins,
-        })
-        print(p["name"], len(ids), "tokens; top", results[-1]["top_logits"][:3],
-              "greedy", greedy[:8], "margins", margins[:8], file=sys.stderr)
-    doc = {
-        "generator": "scripts/reference/smollm2_llamacpp.py",
-        "llama_cpp_python": llama_cpp.__version__,
-        "model_file": os.path.basename(model),
-        "model_sha256": sha256(model),
-        "greedy_tokens": GREEDY_TOKENS,
-        "prompts": results,
-    }
-    with open(out, "w") as f:
-        json.dump(doc, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    print("wrote", os.path.normpath(out), file=sys.stderr)
+        entry = prompt_reference(llm, p["name"], p["text"], False, GREEDY_TOKENS, TOP_K)
+        results.append(entry)
+        print(p["name"], len(entry["token_ids"]), "tokens; top", entry["top_logits"][:3],
+              "greedy", entry["greedy"][:8], "margins", entry["greedy_margins"][:8],
+              file=sys.stderr)
+    doc = model_fixture("smollm2_llamacpp.py", model, GREEDY_TOKENS, results)
+    write_fixture(doc, out, indent=1)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ same test file compares lem's engine against. Only the GGUF bytes come from lem.
 --ggufs DIR skips step 1 and reads DIR/manifest.json (written earlier by step 1).
 """
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -25,10 +24,10 @@ import sys
 import tempfile
 
 import llama_cpp
-import numpy as np
 
-ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-DEFAULT_OUT = os.path.join(ROOT, "agent", "tests", "fixtures", "tiny_llamacpp.json")
+from common import ROOT, fixture_path, load, run_prompt, write_fixture
+
+DEFAULT_OUT = fixture_path("tiny_llamacpp.json")
 GREEDY_TOKENS = 12
 
 # Token ids below the tiny vocabulary (77): BOS alone; a short mixed run; 40 ids from a
@@ -48,13 +47,6 @@ INPUTS = [
 ]
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read())
-    return h.hexdigest()
-
-
 def write_ggufs(out_dir):
     env = dict(os.environ, LEM_TINY_GGUF_OUT=out_dir)
     cmd = ["cargo", "test", "--workspace", "--test", "engine_tiny_llamacpp",
@@ -63,23 +55,8 @@ def write_ggufs(out_dir):
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
 
 
-def last_logits(llm):
-    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float64)
-
-
 def run_case(llm, ids):
-    llm.reset()
-    llm.eval(ids)
-    logits = last_logits(llm)
-    greedy, margins, step = [], [], logits
-    for _ in range(GREEDY_TOKENS):
-        tok = int(np.argmax(step))
-        greedy.append(tok)
-        first, second = np.sort(step)[-2:][::-1]
-        margins.append(round(float(first - second), 6))
-        llm.eval([tok])
-        step = last_logits(llm)
+    logits, greedy, margins = run_prompt(llm, ids, GREEDY_TOKENS, 6)
     return {
         "input": ids,
         # float32 from llama.cpp; repr of the f64 keeps every bit.
@@ -106,19 +83,7 @@ def main():
     models = []
     for m in manifest:
         path = os.path.join(gguf_dir, m["file"])
-        llm = llama_cpp.Llama(
-            model_path=path,
-            n_ctx=256,
-            n_batch=256,
-            n_ubatch=256,
-            n_threads=2,
-            n_gpu_layers=0,
-            type_k=llama_cpp.GGML_TYPE_F32,
-            type_v=llama_cpp.GGML_TYPE_F32,
-            flash_attn=False,
-            logits_all=True,
-            verbose=False,
-        )
+        llm = load(path, 256, logits_all=True)
         cases = [run_case(llm, ids) for ids in INPUTS]
         models.append({
             "model": m["model"],
@@ -137,10 +102,7 @@ def main():
         "greedy_tokens": GREEDY_TOKENS,
         "models": models,
     }
-    with open(args.out, "w") as f:
-        json.dump(doc, f, indent=None, separators=(",", ":"))
-        f.write("\n")
-    print("wrote", os.path.relpath(args.out, ROOT), file=sys.stderr)
+    write_fixture(doc, args.out, indent=None, separators=(",", ":"))
 
 
 if __name__ == "__main__":

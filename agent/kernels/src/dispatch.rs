@@ -123,6 +123,50 @@ pub fn check_override() -> Result<(), OverrideError> {
     choose(env.as_deref()).map(|_| ())
 }
 
+/// Eight i32 lanes, each the sum of four products of unsigned `u` and signed `s` bytes
+/// (lane `l` covers bytes `4l..4l + 4`), with AVX2's `vpmaddubsw` then `vpmaddwd`. Exact
+/// while no pair of products leaves i16: the callers keep `|u · s|` pairs within
+/// `2 · 128 · 128` with only `−128 · 128` pairs reaching the bound, which i16 holds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(crate) unsafe fn dot_avx2(
+    u: std::arch::x86_64::__m256i,
+    s: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// The same eight lanes with one `vpdpbusd` (no intermediate i16, so nothing to saturate).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+pub(crate) unsafe fn dot_vnni(
+    u: std::arch::x86_64::__m256i,
+    s: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+}
+
+/// Expands `$body!(module, "target features", dot)` once per SIMD variant: a kernel writes
+/// its SIMD body once as a macro and gets a module per variant, each compiled with that
+/// variant's CPU features and integer dot (so everything inlines).
+#[cfg(target_arch = "x86_64")]
+macro_rules! simd_variants {
+    ($body:ident) => {
+        $body!(avx2, "avx2,fma,f16c", $crate::dispatch::dot_avx2);
+        $body!(
+            avx512vnni,
+            "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+            $crate::dispatch::dot_vnni
+        );
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use simd_variants;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,9 @@
 //! every engine test crawl), as it already does for candle.
 
 pub mod dispatch;
+pub mod parallel;
 pub mod q4_1;
 pub mod q5_0;
 pub mod q8_0;
+#[cfg(test)]
+mod test_support;

@@ -12,7 +12,8 @@
 //! (ragged batches rely on a row computing the same alone and in a batch).
 
 use crate::dispatch::{self, Variant};
-use crate::q8_0::{f16_to_f32, Parallel};
+use crate::parallel::Parallel;
+use crate::q8_0::f16_to_f32;
 use std::ops::Range;
 
 /// A Q5_0 block as ggml stores it: f16 scale, the 32 fifth bits (bit `e` of the

@@ -8,6 +8,7 @@
 //! on the number of rows.
 
 use crate::dispatch::{self, Variant};
+use crate::parallel::{for_each_row_chunk_and_group, Parallel};
 use std::ops::Range;
 
 /// A Q8_0 block as ggml and candle store it (`repr(C)`: f16 scale bits, 32 signed bytes).
@@ -33,10 +34,6 @@ pub fn variant_runs(variant: Variant) -> bool {
     variant != Variant::Scalar && variant.available()
 }
 
-/// Runs `f` over `0..items` split in ranges, possibly on several threads (the caller's
-/// pool); every item must be run exactly once.
-pub type Parallel<'a> = &'a dyn Fn(usize, &(dyn Fn(Range<usize>) + Sync));
-
 /// `out[r·n + c] = Σ_b d_w·d_a · (w[c] · a[r])_b`: `w` is `n` rows of `a.kb` blocks, `a`
 /// holds `m` rows. Panics when the slices do not match the shapes or `available()` is false.
 pub fn matmul(w: &[Block], n: usize, a: &Acts, m: usize, out: &mut [f32], par: Parallel) {
@@ -61,7 +58,18 @@ pub fn matmul_with(
     assert_eq!(a.blocks.len(), m * a.kb, "activation blocks");
     assert_eq!(a.scales.len(), m * a.kb, "activation scales");
     assert_eq!(out.len(), m * n, "output length");
-    run(variant, w, n, a, m, out, par);
+    for_each_row_chunk_and_group(
+        m,
+        n.div_ceil(RM),
+        out,
+        par,
+        |w_scales: &mut Vec<f32>, rows, group, out| {
+            let cols = group * RM..n.min((group + 1) * RM);
+            // SAFETY: each call writes only its (rows, cols) cells of `out`; the variant
+            // runs here (asserted above).
+            unsafe { group_rows(variant, w, w_scales, a, rows, cols, n, out) };
+        },
+    );
 }
 
 /// Quantised activations: rows of `kb` blocks, with their scales widened to f32.
@@ -75,41 +83,6 @@ pub struct Acts<'a> {
 const RM: usize = 4;
 /// Activation rows per tile.
 const RN: usize = 2;
-/// Activation rows per work item: their quantised blocks stay in L2 while a thread runs
-/// its weight tiles past them (64 rows × 1536 columns ≈ 100 KiB).
-const ROW_CHUNK: usize = 64;
-
-/// Splits the output into (row chunk, group of RM weight rows) items over `par`.
-fn run(
-    variant: Variant,
-    w: &[Block],
-    n: usize,
-    a: &Acts,
-    m: usize,
-    out: &mut [f32],
-    par: Parallel,
-) {
-    let groups = n.div_ceil(RM);
-    let chunks = m.div_ceil(ROW_CHUNK);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let work = |range: std::ops::Range<usize>| {
-        let out_ptr = &out_ptr;
-        let mut w_scales = Vec::new();
-        for item in range {
-            let (chunk, group) = (item / groups, item % groups);
-            let rows = chunk * ROW_CHUNK..m.min((chunk + 1) * ROW_CHUNK);
-            let cols = group * RM..n.min((group + 1) * RM);
-            // SAFETY: items cover disjoint (row, column) cells of `out`, which outlives the
-            // pool call.
-            unsafe { group_rows(variant, w, &mut w_scales, a, rows, cols, n, out_ptr.0) };
-        }
-    };
-    par(chunks * groups, &work);
-}
-
-struct SendPtr(*mut f32);
-// SAFETY: workers write disjoint elements (see `run`).
-unsafe impl Sync for SendPtr {}
 
 /// Output cells (rows × cols) for one group of ≤ RM weight rows.
 ///
@@ -172,7 +145,7 @@ pub fn f16_to_f32(h: u16) -> f32 {
 /// integer dot (a macro, so each copy is compiled with its own CPU features and inlines).
 #[cfg(target_arch = "x86_64")]
 macro_rules! avx_variant {
-    ($module:ident, $features:literal, $dot:ident) => {
+    ($module:ident, $features:literal, $dot:path) => {
         mod $module {
             use super::{Acts, Block, RM, RN};
             use std::arch::x86_64::*;
@@ -249,7 +222,7 @@ macro_rules! avx_variant {
                         let ax = _mm256_sign_epi8(x, x);
                         for j in 0..N {
                             let sy = _mm256_sign_epi8(ys[j], x);
-                            let q = _mm256_cvtepi32_ps(super::$dot(ax, sy));
+                            let q = _mm256_cvtepi32_ps($dot(ax, sy));
                             // Lane-wise f32(d_w) · f32(d_a): the same product candle forms in scalar.
                             let d = _mm256_mul_ps(dx, dy[j]);
                             acc[i][j] = _mm256_fmadd_ps(d, q, acc[i][j]);
@@ -276,37 +249,85 @@ macro_rules! avx_variant {
     };
 }
 
-/// Eight i32 lanes of four products each of unsigned `ax` (|w|, ≤ 128) and signed `sy`,
-/// as candle forms them (`maddubs` pairs cannot saturate: |pair| ≤ 2 · 128 · 128, and
-/// only −128 · 128 pairs reach the bound, which i16 holds).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn dot_avx2(
-    ax: std::arch::x86_64::__m256i,
-    sy: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(ax, sy))
-}
+dispatch::simd_variants!(avx_variant);
 
-/// The same lanes with one `vpdpbusd`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
-unsafe fn dot_vnni(
-    ax: std::arch::x86_64::__m256i,
-    sy: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{f16_bits, serial, split, Lcg};
 
-#[cfg(target_arch = "x86_64")]
-avx_variant!(avx2, "avx2,fma,f16c", dot_avx2);
-#[cfg(target_arch = "x86_64")]
-avx_variant!(
-    avx512vnni,
-    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
-    dot_vnni
-);
+    /// Blocks with quants in −127..=127, as Q8_0 quantisation makes them (the kernel's
+    /// `sign` trick, as candle's, assumes no −128), and scales of either sign unless
+    /// `positive`.
+    fn blocks(count: usize, seed: u64, positive: bool) -> Vec<Block> {
+        let mut rng = Lcg(seed);
+        (0..count)
+            .map(|_| Block {
+                d: f16_bits(&mut rng) & if positive { 0x7fff } else { 0xffff },
+                qs: std::array::from_fn(|_| ((rng.next() % 255) as i32 - 127) as i8),
+            })
+            .collect()
+    }
+
+    /// candle's x86 `vec_dot_q8_0_q8_0` from its definition: per block, eight i32 lanes of
+    /// four products (lane `l`: bytes `4l..4l + 4`), each fused into its own f32
+    /// accumulator times `f32(d_w) · f32(d_a)`, then `hsum_float_8`'s order of additions.
+    fn reference(w: &[Block], a: &[Block], m: usize, n: usize, kb: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                let mut acc = [0f32; 8];
+                for b in 0..kb {
+                    let (x, y) = (&w[c * kb + b], &a[r * kb + b]);
+                    let d = f16_to_f32(x.d) * f16_to_f32(y.d);
+                    for (l, lane) in acc.iter_mut().enumerate() {
+                        let q: i32 = (4 * l..4 * l + 4)
+                            .map(|t| x.qs[t] as i32 * y.qs[t] as i32)
+                            .sum();
+                        *lane = d.mul_add(q as f32, *lane);
+                    }
+                }
+                let s: [f32; 4] = std::array::from_fn(|l| acc[l] + acc[l + 4]);
+                out[r * n + c] = (s[0] + s[2]) + (s[1] + s[3]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_simd_variant_equals_the_definition_bit_for_bit() {
+        let variants: Vec<Variant> = dispatch::available()
+            .into_iter()
+            .filter(|&v| variant_runs(v))
+            .collect();
+        if variants.is_empty() {
+            eprintln!("SKIPPED: no SIMD variant runs on this CPU");
+            return;
+        }
+        // Shapes: a partial last weight group (n = 6, 13), decode (m = 1), an odd tile
+        // tail (m = 7), more rows than one chunk (m = 70), one block per row.
+        for &(m, n, kb) in &[(1, 8, 2), (7, 13, 3), (70, 6, 4), (5, 3, 1), (2, 64, 18)] {
+            let w = blocks(n * kb, 11 + n as u64, true);
+            let acts = blocks(m * kb, 5 + m as u64, false);
+            let scales: Vec<f32> = acts.iter().map(|b| f16_to_f32(b.d)).collect();
+            let want: Vec<u32> = reference(&w, &acts, m, n, kb)
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            let a = Acts {
+                blocks: &acts,
+                scales: &scales,
+                kb,
+            };
+            for &v in &variants {
+                for par in [&serial as Parallel, &split as Parallel] {
+                    let mut out = vec![f32::NAN; m * n];
+                    matmul_with(v, &w, n, &a, m, &mut out, par);
+                    let got: Vec<u32> = out.iter().map(|x| x.to_bits()).collect();
+                    assert_eq!(got, want, "{v:?} m={m} n={n} kb={kb}");
+                }
+            }
+        }
+    }
+}

@@ -13,6 +13,7 @@ mod model;
 mod q4_1_matmul;
 mod q5_0_matmul;
 mod q8_matmul;
+mod quantized_matmul;
 mod requantize;
 mod safetensors;
 #[cfg(test)]

@@ -7,10 +7,12 @@
 //! candle's `QMatMul` on the same Q4_1 tensor, and a row gives the same bits alone and in
 //! any batch. The weights are repacked once at load (groups of eight rows, same bytes).
 
+use super::quantized_matmul::{on_candle_pool, quantized_matmul};
 use candle_core::quantized::k_quants::{BlockQ8_1, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Tensor;
 use lem_kernels::q4_1::{self as kernel, ActBlock, Block, Packed, QK};
+use lem_kernels::q8_0::f16_to_f32;
 
 /// A Q4_1 weight matrix (n, k) repacked for the kernel.
 pub(crate) struct PackedQ4_1 {
@@ -56,93 +58,31 @@ impl PackedQ4_1 {
 
 /// x: (..., k) f32 on the CPU; returns (..., n).
 pub(crate) fn forward(w: &PackedQ4_1, x: &Tensor) -> candle_core::Result<Tensor> {
-    let (n, k) = (w.rows(), w.k);
-    let dims = x.dims().to_vec();
-    if dims.last() != Some(&k) || !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
-        candle_core::bail!(
-            "q4_1 matmul: input {dims:?} {:?} on {:?} against weight ({n}, {k})",
-            x.dtype(),
-            x.device().location()
-        );
+    let kb = w.k / QK;
+    // SAFETY: candle's BlockQ8_1 is `repr(C)` { f16, f16, [i8; 32] }, ActBlock's layout.
+    unsafe {
+        quantized_matmul(
+            "q4_1 matmul",
+            x,
+            w.rows(),
+            w.k,
+            QK,
+            BlockQ8_1::zeros(),
+            BlockQ8_1::from_float,
+            |b: &ActBlock| [f16_to_f32(b.d), f16_to_f32(b.s)],
+            |blocks, [d, s], m, out| {
+                let a = kernel::Acts { blocks, d, s, kb };
+                kernel::matmul(&w.w, &a, m, out, &on_candle_pool);
+            },
+        )
     }
-    let m = x.elem_count() / k;
-    let kb = k / QK;
-    let x = x.contiguous()?;
-
-    let mut qa = vec![BlockQ8_1::zeros(); m * kb];
-    let mut a_d = vec![0f32; m * kb];
-    let mut a_s = vec![0f32; m * kb];
-    {
-        let (store, layout) = x.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*store else {
-            candle_core::bail!("q4_1 matmul: input not on the CPU");
-        };
-        let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * k];
-        let qa_ptr = SendPtr(qa.as_mut_ptr());
-        let d_ptr = SendPtr(a_d.as_mut_ptr());
-        let s_ptr = SendPtr(a_s.as_mut_ptr());
-        let quantise = |rows: std::ops::Range<usize>| {
-            let (qa_ptr, d_ptr, s_ptr) = (&qa_ptr, &d_ptr, &s_ptr);
-            for r in rows {
-                // SAFETY: row r's blocks and scales are written by this worker only.
-                let (blocks, ds, ss) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(qa_ptr.0.add(r * kb), kb),
-                        std::slice::from_raw_parts_mut(d_ptr.0.add(r * kb), kb),
-                        std::slice::from_raw_parts_mut(s_ptr.0.add(r * kb), kb),
-                    )
-                };
-                BlockQ8_1::from_float(&xs[r * k..(r + 1) * k], blocks);
-                // SAFETY: BlockQ8_1 is `repr(C)` { f16, f16, [i8; 32] }, ActBlock's layout.
-                let blocks: &[ActBlock] =
-                    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), kb) };
-                for ((d, s), b) in ds.iter_mut().zip(ss.iter_mut()).zip(blocks) {
-                    *d = lem_kernels::q8_0::f16_to_f32(b.d);
-                    *s = lem_kernels::q8_0::f16_to_f32(b.s);
-                }
-            }
-        };
-        // A pool dispatch costs more than quantising a few rows (decode).
-        if m >= 16 {
-            candle_core::utils::barrier_pool().execute_chunked(m, quantise);
-        } else {
-            quantise(0..m);
-        }
-    }
-    // SAFETY: as above.
-    let qa: &[ActBlock] = unsafe { std::slice::from_raw_parts(qa.as_ptr().cast(), qa.len()) };
-
-    let mut out = vec![0f32; m * n];
-    let a = kernel::Acts {
-        blocks: qa,
-        d: &a_d,
-        s: &a_s,
-        kb,
-    };
-    kernel::matmul(&w.w, &a, m, &mut out, &|items, f| {
-        candle_core::utils::barrier_pool().execute_chunked(items, f)
-    });
-    let mut out_dims = dims;
-    *out_dims.last_mut().expect("checked above") = n;
-    Tensor::from_vec(out, out_dims, x.device())
 }
-
-struct SendPtr<T>(*mut T);
-// SAFETY: pool workers write disjoint rows (see `forward`).
-unsafe impl<T> Sync for SendPtr<T> {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::QMatMul;
-    use candle_core::{Device, Module};
-
-    fn rand(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut rng = lem_common::rng::SplitMix64::new(seed);
-        (0..n)
-            .map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * scale)
-            .collect()
-    }
+    use crate::engine::quantized_matmul::test_cases::Case;
+    use candle_core::Device;
 
     #[test]
     fn bit_identical_to_candle_for_any_row_count() {
@@ -155,25 +95,11 @@ mod tests {
             (70, 20, 128),
             (2, 40, 576),
         ] {
-            let w = Tensor::from_vec(rand(n * k, 7 + m as u64, 0.5), (n, k), &Device::Cpu).unwrap();
-            let t = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
-            let packed = PackedQ4_1::new(&t).unwrap();
-            let xs = rand(m * k, 3, 30.0);
-            let x = Tensor::from_vec(xs.clone(), (1, m, k), &Device::Cpu).unwrap();
-            let flat = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
-            let ours = flat(forward(&packed, &x).unwrap());
-            let theirs = flat(QMatMul::from_qtensor(t).unwrap().forward(&x).unwrap());
-            assert_eq!(ours, theirs, "m={m} n={n} k={k}");
-            for r in 0..m {
-                let row =
-                    Tensor::from_vec(xs[r * k..(r + 1) * k].to_vec(), (1, 1, k), &Device::Cpu)
-                        .unwrap();
-                let alone = flat(forward(&packed, &row).unwrap());
-                assert_eq!(alone, ours[r * n..(r + 1) * n], "row {r} m={m} n={n} k={k}");
-            }
+            let case = Case::new(m, n, k, GgmlDType::Q4_1);
+            let packed = PackedQ4_1::new(case.weight()).unwrap();
+            case.assert_same_bits_as_candle(|x| forward(&packed, x), "q4_1");
         }
     }
-
     #[test]
     fn refuses_other_types_and_widths() {
         let w = Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap();

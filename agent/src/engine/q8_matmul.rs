@@ -14,6 +14,8 @@
 //! candle's kernel and to themselves whatever the number of rows or the tile a row lands
 //! in: a prompt computes the same bits alone and in any batch, in prefill and decode.
 
+use super::quantized_matmul::{on_candle_pool, quantized_matmul};
+use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 use lem_kernels::q8_0::{self as kernel, Block, QK};
@@ -42,17 +44,8 @@ fn q8_0_matmul(
     w: &QTensor,
     x: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
-
     let (n, k) = w.shape().dims2()?;
-    let dims = x.dims().to_vec();
-    if dims.last() != Some(&k) {
-        candle_core::bail!("q8_0 matmul: input {dims:?} against weight ({n}, {k})");
-    }
-    let m = x.elem_count() / k;
     let kb = k / QK;
-    let x = x.contiguous()?;
-
     let data = w.data()?;
     if data.len() != n * kb * std::mem::size_of::<Block>() {
         candle_core::bail!("q8_0 matmul: {} bytes for a ({n}, {k}) weight", data.len());
@@ -63,82 +56,31 @@ fn q8_0_matmul(
     // SAFETY: length and alignment checked above; every bit pattern is a valid Block.
     let qw: &[Block] = unsafe { std::slice::from_raw_parts(data.as_ptr().cast(), n * kb) };
 
-    let mut qa = vec![BlockQ8_0::zeros(); m * kb];
-    let mut a_scales = vec![0f32; m * kb];
-    {
-        let (store, layout) = x.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*store else {
-            candle_core::bail!("q8_0 matmul: input not on the CPU");
-        };
-        let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * k];
-        // Rows quantised with candle's own routine (the exact blocks its kernel would use),
-        // spread over the pool: each worker owns whole rows.
-        let qa_ptr = SendPtr(qa.as_mut_ptr());
-        let sc_ptr = SendPtr(a_scales.as_mut_ptr());
-        let quantise = |rows: std::ops::Range<usize>| {
-            let (qa_ptr, sc_ptr) = (&qa_ptr, &sc_ptr);
-            for r in rows {
-                // SAFETY: row r's blocks and scales are written by this worker only.
-                let (blocks, scales) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(qa_ptr.0.add(r * kb), kb),
-                        std::slice::from_raw_parts_mut(sc_ptr.0.add(r * kb), kb),
-                    )
-                };
-                BlockQ8_0::from_float(&xs[r * k..(r + 1) * k], blocks);
-                // SAFETY: BlockQ8_0 is `repr(C)` { f16, [i8; 32] }, Block's layout.
-                let blocks: &[Block] =
-                    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), kb) };
-                for (s, b) in scales.iter_mut().zip(blocks) {
-                    *s = kernel::f16_to_f32(b.d);
-                }
-            }
-        };
-        // A pool dispatch costs more than quantising a few rows (decode); the blocks are the
-        // same either way.
-        if m >= 16 {
-            candle_core::utils::barrier_pool().execute_chunked(m, quantise);
-        } else {
-            quantise(0..m);
-        }
+    // Rows quantised with candle's own routine: the exact blocks its kernel would use.
+    // SAFETY: candle's BlockQ8_0 is `repr(C)` { f16, [i8; 32] }, Block's layout.
+    unsafe {
+        quantized_matmul(
+            "q8_0 matmul",
+            x,
+            n,
+            k,
+            QK,
+            BlockQ8_0::zeros(),
+            BlockQ8_0::from_float,
+            |b: &Block| [kernel::f16_to_f32(b.d)],
+            |blocks, [scales], m, out| {
+                let a = kernel::Acts { blocks, scales, kb };
+                kernel::matmul_with(variant, qw, n, &a, m, out, &on_candle_pool);
+            },
+        )
     }
-    // SAFETY: as above.
-    let qa: &[Block] = unsafe { std::slice::from_raw_parts(qa.as_ptr().cast(), qa.len()) };
-
-    let mut out = vec![0f32; m * n];
-    let a = kernel::Acts {
-        blocks: qa,
-        scales: &a_scales,
-        kb,
-    };
-    kernel::matmul_with(variant, qw, n, &a, m, &mut out, &|items, f| {
-        candle_core::utils::barrier_pool().execute_chunked(items, f)
-    });
-    let mut out_dims = dims;
-    *out_dims.last_mut().expect("checked above") = n;
-    Tensor::from_vec(out, out_dims, x.device())
 }
-
-struct SendPtr<T>(*mut T);
-// SAFETY: pool workers write disjoint rows (see `q8_0_matmul`).
-unsafe impl<T> Sync for SendPtr<T> {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::quantized_matmul::test_cases::Case;
     use candle_core::Device;
-
-    fn rand(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut rng = lem_common::rng::SplitMix64::new(seed);
-        (0..n)
-            .map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * scale)
-            .collect()
-    }
-
-    fn q8(n: usize, k: usize, seed: u64) -> QTensor {
-        let w = Tensor::from_vec(rand(n * k, seed, 0.5), (n, k), &Device::Cpu).unwrap();
-        QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()
-    }
 
     #[test]
     fn f16_widening_matches_candle() {
@@ -189,45 +131,10 @@ mod tests {
             (70, 20, 128),
             (2, 4, 256),
         ] {
-            let w = q8(n, k, 7 + m as u64);
-            let xs = rand(m * k, 3, 30.0);
-            let x = Tensor::from_vec(xs.clone(), (1, m, k), &Device::Cpu).unwrap();
-            let mm = QMatMul::from_qtensor(w).unwrap();
-            let QMatMul::QTensor(t) = &mm else {
-                panic!("expected a quantised matmul")
-            };
-            let theirs: Vec<f32> = mm
-                .forward(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let case = Case::new(m, n, k, GgmlDType::Q8_0);
             for &v in &variants {
-                let ours: Vec<f32> = q8_0_matmul(v, t, &x)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                assert_eq!(ours, theirs, "{v:?} m={m} n={n} k={k}");
-                // Each row alone gives the same bits as in the batch.
-                for r in 0..m {
-                    let row =
-                        Tensor::from_vec(xs[r * k..(r + 1) * k].to_vec(), (1, 1, k), &Device::Cpu)
-                            .unwrap();
-                    let alone: Vec<f32> = q8_0_matmul(v, t, &row)
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1()
-                        .unwrap();
-                    assert_eq!(
-                        alone,
-                        ours[r * n..(r + 1) * n],
-                        "{v:?} row {r} m={m} n={n} k={k}"
-                    );
-                }
+                let label = format!("{v:?}");
+                case.assert_same_bits_as_candle(|x| q8_0_matmul(v, case.weight(), x), &label);
             }
         }
     }
