@@ -346,3 +346,55 @@ fn listed_tokens_show_their_uses_and_a_revoked_one_enrolls_no_one_while_the_othe
     ));
     assert_eq!(rows[&kept_id], (1, 3, 2, "revoked".to_owned()));
 }
+
+/// The coordinator-host line, `lem token create --data-dir D` without
+/// `--coordinator`, while `lem serve` holds D: it goes through that server with D's
+/// operator credential (whatever names the server certificate was asked for), and so do
+/// `list` and `revoke`; the token it prints enrolls an agent.
+#[test]
+fn token_commands_on_a_data_dir_held_by_its_server_go_through_that_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("coord");
+    let server = Server::start(&data_dir, &["--server-name", "head.example"]);
+
+    let (token, said) = token_create(&data_dir, "10m", "1");
+    assert!(said.contains("going through it"), "{said}");
+    let id = expected_id(&token);
+    let on_data_dir = |args: &[&str]| {
+        lem()
+            .args(["token"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .output()
+            .unwrap()
+    };
+    let rows = listed(&stdout_of(&on_data_dir(&["list", "--json"]), "token list"));
+    assert_eq!(
+        rows.get(&id),
+        Some(&(0, 1, 1, "active".to_owned())),
+        "{rows:?}"
+    );
+
+    let node = one_gpu_node(dir.path(), "via-host");
+    let agent = node.spawn(&server.addr, &token, 0);
+    let ids = alive_agent_ids(&server, 1, "an agent on a token made on the data dir");
+    assert!(ids[0].starts_with("via-host-"), "{ids:?}");
+
+    // A second token, revoked on the data dir: the server's store says so.
+    let (other, _) = token_create(&data_dir, "10m", "1");
+    let other_id = expected_id(&other);
+    stdout_of(&on_data_dir(&["revoke", &other_id]), "token revoke");
+    let rows = listed(&stdout_of(
+        &on_data_dir(&["list", "--all", "--json"]),
+        "token list --all",
+    ));
+    assert_eq!(
+        rows.get(&id),
+        Some(&(1, 1, 0, "used_up".to_owned())),
+        "{rows:?}"
+    );
+    assert_eq!(rows[&other_id].3, "revoked", "{rows:?}");
+    drop(agent);
+    server.stop();
+}

@@ -84,16 +84,26 @@ fn describe(id: &str, uses: u32, expires_unix_ms: u64) -> String {
     )
 }
 
+/// The data dir's store for `lem token <verb>`, or the address of the `lem serve` that
+/// holds it (the command then goes through that server with the data dir's operator
+/// credential, as the coordinator host's operator expects).
+enum Opened {
+    Here(Store),
+    HeldBy(String),
+}
+
 /// Opens the data dir's store for `lem token <verb>` (`create` makes the store; the
-/// others need one), saying how to go through a coordinator that holds it.
-fn open_store(data_dir: &Path, verb: &str) -> Result<Store, CliError> {
+/// others need one); another process holding it (not a server) is an error that says so.
+fn open_store(data_dir: &Path, verb: &str) -> Result<Opened, CliError> {
     let opened = if verb == "create" {
         Store::open(data_dir, STORE_WAIT)
     } else {
         Store::open_existing(data_dir, STORE_WAIT)
     };
-    opened.map_err(|e| match e {
-        StoreError::Locked { path, .. } => CliError::failure(format!(
+    match opened {
+        Ok(store) => Ok(Opened::Here(store)),
+        Err(StoreError::HeldByServer { addr, .. }) => Ok(Opened::HeldBy(addr)),
+        Err(StoreError::Locked { path, .. }) => Err(CliError::failure(format!(
             "cannot {verb} join tokens: the store at {} is held by another process \
              (a running `lem` command or coordinator); with `lem serve` running, go \
              through the coordinator: `lem --data-dir {} --coordinator HOST:PORT token \
@@ -101,19 +111,46 @@ fn open_store(data_dir: &Path, verb: &str) -> Result<Store, CliError> {
             path.display(),
             data_dir.display(),
             data_dir.join(crate::server::ADDR_FILE).display()
-        )),
-        StoreError::HeldByServer { addr, .. } => CliError::failure(format!(
-            "cannot {verb} join tokens here: `lem serve` at {addr} holds the store; go \
-             through the coordinator: `lem --data-dir {} --coordinator {addr} token {verb}`",
-            data_dir.display()
-        )),
-        other => other.into(),
-    })
+        ))),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// The coordinator that holds `data_dir`, reached on this host with the data dir's
+/// operator credential (an unspecified listen address is dialled on loopback, a name the
+/// server certificate always carries).
+fn through_local_server(data_dir: &Path, addr: &str) -> Result<super::remote::Remote, CliError> {
+    let target = local_dial_target(addr);
+    eprintln!(
+        "`lem serve` at {addr} holds {}; going through it",
+        data_dir.display()
+    );
+    super::remote::Remote::new(&target, None, data_dir)
+}
+
+/// `addr` as this host dials it: `0.0.0.0:P` / `[::]:P` become loopback.
+fn local_dial_target(addr: &str) -> String {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => {
+            let loopback: std::net::IpAddr = if a.is_ipv6() {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            };
+            std::net::SocketAddr::new(loopback, a.port()).to_string()
+        }
+        _ => addr.to_owned(),
+    }
 }
 
 /// Creates the token and prints its text on stdout (the only copy), its expiry on stderr.
 pub fn create(data_dir: &Path, ttl: Duration, uses: u32) -> Result<Outcome, CliError> {
-    let store = open_store(data_dir, "create")?;
+    let store = match open_store(data_dir, "create")? {
+        Opened::Here(store) => store,
+        Opened::HeldBy(addr) => {
+            return create_remote(&through_local_server(data_dir, &addr)?, ttl, uses)
+        }
+    };
     let (ca, created) = ClusterCa::load_or_create(data_dir).map_err(|e| {
         CliError::failure(format!(
             "cluster CA in {}: {e}",
@@ -167,7 +204,12 @@ pub fn create_remote(
 
 /// `lem token list` on the data dir.
 pub fn list(data_dir: &Path, all: bool, json: bool) -> Result<Outcome, CliError> {
-    let store = open_store(data_dir, "list")?;
+    let store = match open_store(data_dir, "list")? {
+        Opened::Here(store) => store,
+        Opened::HeldBy(addr) => {
+            return list_remote(&through_local_server(data_dir, &addr)?, all, json)
+        }
+    };
     let rows = token_summaries(&store, (lem_net::system_clock())())?;
     print_list(rows, all, json)
 }
@@ -186,7 +228,10 @@ pub fn list_remote(
 
 /// `lem token revoke ID` on the data dir.
 pub fn revoke(data_dir: &Path, id: &str) -> Result<Outcome, CliError> {
-    let store = open_store(data_dir, "revoke")?;
+    let store = match open_store(data_dir, "revoke")? {
+        Opened::Here(store) => store,
+        Opened::HeldBy(addr) => return revoke_remote(&through_local_server(data_dir, &addr)?, id),
+    };
     let reply = revoke_join_token(&store, id, (lem_net::system_clock())())
         .map_err(|e| CliError::failure(format!("cannot revoke join token: {e}")))?;
     print_revoked(&reply)
@@ -296,6 +341,14 @@ fn rfc3339_or_words(unix_ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_unspecified_listen_address_is_dialled_on_loopback() {
+        assert_eq!(super::local_dial_target("0.0.0.0:7443"), "127.0.0.1:7443");
+        assert_eq!(super::local_dial_target("[::]:7443"), "[::1]:7443");
+        assert_eq!(super::local_dial_target("10.0.0.1:7443"), "10.0.0.1:7443");
+        assert_eq!(super::local_dial_target("head:7443"), "head:7443");
+    }
+
     use super::*;
 
     #[test]

@@ -142,7 +142,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
         };
         let mut endpoint = ServerEndpoint::bind(
             desk,
-            ServerOptions::new(options.listen, options.server_names.clone()),
+            ServerOptions::new(options.listen, certificate_names(&options.server_names)),
         )?;
         let addr = endpoint.local_addr()?;
         if let Some(listen) = options.metrics_listen {
@@ -162,7 +162,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
         tracing::info!(%addr, "listening");
         say(&format!(
             "listening on {addr} (names: {}); address in {}",
-            options.server_names.join(", "),
+            certificate_names(&options.server_names).join(", "),
             data_dir.join(ADDR_FILE).display()
         ));
         let mut next_session = 0u64;
@@ -224,4 +224,17 @@ fn write_addr_file(data_dir: &Path, file: &str, addr: &str) -> Result<(), ServeE
     std::fs::write(&tmp, format!("{addr}\n")).map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)?;
     Ok(())
+}
+
+/// The names the server certificate carries: the ones asked for, plus loopback, so `lem
+/// token …` and other commands on the coordinator host reach it whatever names a cluster
+/// gives (only holders of the cluster's certificates can use the connection either way).
+fn certificate_names(asked: &[String]) -> Vec<String> {
+    let mut names = asked.to_vec();
+    for loopback in ["localhost", "127.0.0.1", "::1"] {
+        if !names.iter().any(|n| n == loopback) {
+            names.push(loopback.to_owned());
+        }
+    }
+    names
 }
