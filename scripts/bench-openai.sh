@@ -3,14 +3,18 @@
 # driven by lem on the same prompts: SmolLM2-135M-Instruct Q4_1, THREADS threads each,
 # requests one at a time. Prints per-cycle medians (figures go in docs/benchmarks.md).
 # Usage: scripts/bench-openai.sh [CYCLES] [THREADS] [CONCURRENCY]
+#   LEM_BIN  a built `lem` (default: a release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cycles="${1:-5}"
 threads="${2:-2}"
 concurrency="${3:-1}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lem-target}"
-cargo build --release --bin lem >/dev/null
-lem="$CARGO_TARGET_DIR/release/lem"
+lem="${LEM_BIN:-}"
+if [ -z "$lem" ]; then
+  cargo build --release --bin lem >/dev/null
+  lem="$CARGO_TARGET_DIR/release/lem"
+fi
 python="$(scripts/setup-llama-server.sh)"
 model="${LEM_MODEL_DIR:-$HOME/.cache/lem/models}/HuggingFaceTB--SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 data="$(mktemp -d)"
