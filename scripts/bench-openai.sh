@@ -48,11 +48,14 @@ import json, os, sys, statistics as st
 agg = json.load(sys.stdin)
 cs = agg["cycles"]
 med = lambda f: st.median(f(c) for c in cs)
-print(f"{os.environ[\"ENGINE\"]:<7} cycles {len(cs)}  in/out tokens per cycle {cs[0][\"input_tokens\"]}/{cs[0][\"output_tokens\"]}"
-      f"  output tok/s {med(lambda c: c[\"output_tokens_per_s\"]):.1f}"
-      f"  TTFT p50 {med(lambda c: c[\"ttft_ms\"][\"p50\"]):.1f} ms"
-      f"  ITL p50 {med(lambda c: c[\"itl_ms\"][\"p50\"]):.2f} ms"
-      f"  e2e p50 {med(lambda c: c[\"e2e_ms\"][\"p50\"]):.0f} ms"
-      f"  failed {sum(c.get(\"failed_requests\", 0) for c in cs)}")
+engine = os.environ["ENGINE"]
+tokens = "%s/%s" % (cs[0]["input_tokens"], cs[0]["output_tokens"])
+out = med(lambda c: c["output_tokens_per_s"])
+ttft = med(lambda c: c["ttft_ms"]["p50"])
+itl = med(lambda c: c["itl_ms"]["p50"])
+e2e = med(lambda c: c["e2e_ms"]["p50"])
+failed = sum(c.get("failed_requests", 0) for c in cs)
+print(f"{engine:<7} cycles {len(cs)}  in/out tokens per cycle {tokens}  output tok/s {out:.1f}"
+      f"  TTFT p50 {ttft:.1f} ms  ITL p50 {itl:.2f} ms  e2e p50 {e2e:.0f} ms  failed {failed}")
 '
 done
