@@ -74,7 +74,8 @@ fn request() -> impl Strategy<Value = CliRequest> {
         text().prop_map(|agent| CliRequest::DrainAgent { agent }),
         Just(CliRequest::ListResults),
         text().prop_map(|id| CliRequest::ShowResult { id }),
-        any::<u64>().prop_map(|sweep| CliRequest::AggregateSweep { sweep }),
+        (any::<u64>(), of(vec(text(), 0..3)))
+            .prop_map(|(sweep, experiments)| CliRequest::AggregateSweep { sweep, experiments }),
         (of(text()), record_selection())
             .prop_map(|(after, select)| CliRequest::ResultRecords { after, select }),
         (text(), of(any::<u32>()))
@@ -84,6 +85,13 @@ fn request() -> impl Strategy<Value = CliRequest> {
         Just(CliRequest::ListJoinTokens),
         text().prop_map(|id| CliRequest::RevokeJoinToken { id }),
     ]
+}
+
+prop_compose! {
+    fn aggregated_experiment()(id in text(), cycles in any::<u32>(), complete in any::<bool>())
+        -> AggregatedExperiment {
+        AggregatedExperiment { id, cycles, complete }
+    }
 }
 
 prop_compose! {
@@ -217,8 +225,16 @@ fn reply() -> impl Strategy<Value = CliReply> {
                 model_info,
             }
         }),
-        (any::<u64>(), vec(text(), 0..3))
-            .prop_map(|(sweep, ids)| CliReply::Aggregated { sweep, ids }),
+        (
+            any::<u64>(),
+            vec(text(), 0..3),
+            vec(aggregated_experiment(), 0..3)
+        )
+            .prop_map(|(sweep, ids, experiments)| CliReply::Aggregated {
+                sweep,
+                ids,
+                experiments
+            }),
         (text(), any::<u64>(), any::<u32>()).prop_map(|(token, expires_unix_ms, uses)| {
             CliReply::JoinToken {
                 token,
@@ -269,7 +285,10 @@ fn only_requests_that_change_nothing_are_read_only() {
         CliRequest::CancelSweep { sweep: 0 },
         CliRequest::ResumeSweep { sweep: 0 },
         CliRequest::DrainAgent { agent: "a".into() },
-        CliRequest::AggregateSweep { sweep: 0 },
+        CliRequest::AggregateSweep {
+            sweep: 0,
+            experiments: None,
+        },
         CliRequest::CreateJoinToken { ttl_ms: 1, uses: 1 },
         CliRequest::RevokeJoinToken { id: "abcd".into() },
     ];
@@ -368,4 +387,43 @@ fn a_record_without_an_accepted_count_reads_as_unknown() {
     let decoded: ResultExperiment = rmp_serde::from_slice(&bytes).unwrap();
     assert_eq!(decoded.cycles_accepted, None);
     assert_eq!(decoded.cycles_planned, 3);
+}
+
+/// A CLI built before `AggregateSweep` took experiments asks for the whole sweep; a
+/// coordinator built before `Aggregated` listed what each aggregate covers sends none.
+#[test]
+fn an_older_aggregate_request_and_reply_read_as_the_whole_sweep() {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum OlderRequest {
+        AggregateSweep { sweep: u64 },
+    }
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum OlderReply {
+        Aggregated { sweep: u64, ids: Vec<String> },
+    }
+    let bytes = rmp_serde::to_vec_named(&OlderRequest::AggregateSweep { sweep: 4 }).unwrap();
+    let decoded: CliRequest = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(
+        decoded,
+        CliRequest::AggregateSweep {
+            sweep: 4,
+            experiments: None
+        }
+    );
+    let bytes = rmp_serde::to_vec_named(&OlderReply::Aggregated {
+        sweep: 4,
+        ids: vec!["sweep-4/a".into()],
+    })
+    .unwrap();
+    let decoded: CliReply = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(
+        decoded,
+        CliReply::Aggregated {
+            sweep: 4,
+            ids: vec!["sweep-4/a".into()],
+            experiments: vec![]
+        }
+    );
 }

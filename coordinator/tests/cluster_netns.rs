@@ -197,10 +197,11 @@ impl Cluster {
         let sweep = self.server.status_json()["sweeps"][0]["sweep"]
             .as_u64()
             .unwrap();
-        let aggregated = self
-            .server
-            .cli_ok(&["aggregate", &format!("sweep-{sweep}")]);
-        assert!(aggregated.contains("aggregated"), "{aggregated}");
+        let aggregated = self.server.cli_ok(&["aggregate", "--all", "--force"]);
+        assert!(
+            aggregated.contains(&format!("sweep-{sweep}/")) && aggregated.contains("aggregated"),
+            "{aggregated}"
+        );
         (duplicates, by_name)
     }
 

@@ -13,7 +13,10 @@
 //! count, the first accepted cycle's start), the accepted results (read through the
 //! store's `accepted` tree) and the stored aggregates — and runs the same commands there
 //! with `--data-dir`. Both outputs must be equal, byte for byte (the report apart from
-//! the second it was generated, a hint apart from the place it names).
+//! the second it was generated, a hint apart from the place it names). `aggregate` (by
+//! id, `--all`, `--force`, `--json`) writes, so an operator runs it through the
+//! coordinator before it stops, and a viewer is refused; it must print what the same
+//! command prints embedded.
 
 mod cluster_support;
 mod serve_support;
@@ -230,6 +233,37 @@ fn results_through_a_coordinator_print_what_embedded_prints() {
     // A viewer may not change anything.
     let refused = remote(&["sweep", "cancel", "0"].map(String::from));
     assert!(!refused.status.success(), "a viewer cancelled a sweep");
+    let viewer_aggregate = remote(&["aggregate", "sweep-0/c000"].map(String::from));
+    assert!(
+        !viewer_aggregate.status.success(),
+        "a viewer aggregated: {:?}",
+        text(&viewer_aggregate)
+    );
+    assert!(
+        text(&viewer_aggregate).1.contains("results aggregate"),
+        "{:?}",
+        text(&viewer_aggregate)
+    );
+    // `aggregate` writes: an operator runs it (the coordinator's own credential). The
+    // cancelled sweep-1/c000 has no cycle: skipped under --all, refused by id.
+    let aggregate_commands: Vec<Vec<String>> = [
+        "aggregate sweep-0/c000",
+        "aggregate sweep-0/c001 --json",
+        "aggregate --all",
+        "aggregate --all --json",
+        "aggregate --all --force",
+        "aggregate sweep-1/c000",
+    ]
+    .iter()
+    .map(|c| c.split(' ').map(str::to_owned).collect())
+    .collect();
+    let aggregated_through: Vec<Output> = aggregate_commands
+        .iter()
+        .map(|c| {
+            let args: Vec<&str> = c.iter().map(String::as_str).collect();
+            coordinator.cli(&args)
+        })
+        .collect();
     coordinator.stop();
 
     let local_dir = dir.path().join("local");
@@ -277,6 +311,50 @@ fn results_through_a_coordinator_print_what_embedded_prints() {
             shown.lines().find(|l| !l.trim().is_empty()).unwrap_or("")
         );
     }
+    for (cmd, through) in aggregate_commands.iter().zip(&aggregated_through) {
+        let here = local(cmd);
+        let name = cmd.join(" ");
+        // Only the cancelled experiment is refused ("nothing to aggregate", exit 1).
+        let code = if name.contains("sweep-1/") { 1 } else { 0 };
+        assert_eq!(
+            through.status.code(),
+            Some(code),
+            "{name}: {:?}",
+            text(through)
+        );
+        assert_eq!(here.status.code(), Some(code), "{name}: {:?}", text(&here));
+        assert_eq!(
+            text(through),
+            text(&here),
+            "`lem {name}`: output through the coordinator and embedded differ"
+        );
+        println!("lem {name}: equal: {:?}", text(through));
+    }
+    let (all_json, _) = text(&aggregated_through[3]);
+    let entries: serde_json::Value = serde_json::from_str(&all_json).unwrap();
+    let actions: Vec<(&str, &str)> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("sweep-0/c000", "already_aggregated"),
+            ("sweep-0/c001", "already_aggregated"),
+            ("sweep-0/c002", "already_aggregated"),
+            ("sweep-1/c000", "skipped_no_cycles"),
+        ],
+        "{all_json}"
+    );
+    assert!(
+        text(&aggregated_through[0])
+            .0
+            .contains("sweep-0/c000: aggregated 3 cycle(s)\n"),
+        "{:?}",
+        text(&aggregated_through[0])
+    );
     assert_eq!(
         std::fs::read(parquet("remote")).unwrap(),
         std::fs::read(parquet("local")).unwrap(),

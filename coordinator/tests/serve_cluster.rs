@@ -111,10 +111,12 @@ fn a_sweep_runs_on_a_network_agent_and_each_job_is_stored_once() {
     assert_eq!(cycles, [0, 1, 2]);
     let summary = server.cli_ok(&["results", "show", "sweep-0/alpha"]);
     assert!(summary.contains("Experiment sweep-0/alpha"), "{summary}");
-    let aggregated = server.cli_ok(&["aggregate", "sweep-0"]);
-    assert!(
-        aggregated.contains("sweep-0: aggregated sweep-0/alpha, sweep-0/beta"),
-        "{aggregated}"
+    // As embedded `lem aggregate`: one line per experiment (`--force` recomputes the
+    // aggregates the finished sweep stored).
+    let aggregated = server.cli_ok(&["aggregate", "--all", "--force"]);
+    assert_eq!(
+        aggregated,
+        "sweep-0/alpha: aggregated 3 cycle(s)\nsweep-0/beta: aggregated 3 cycle(s)\n"
     );
 
     // The ack of the first result was "lost": the agent sent it again and got a
@@ -209,8 +211,10 @@ fn a_sweep_runs_on_a_network_agent_and_each_job_is_stored_once() {
             String::from_utf8_lossy(&read.stderr)
         );
     }
-    let refused = as_viewer(&["aggregate", "sweep-0"]);
+    let refused = as_viewer(&["aggregate", "sweep-0/alpha"]);
     assert_eq!(refused.status.code(), Some(1), "a viewer aggregated");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("viewer vera may only read"), "{stderr}");
     let mut viewer_submit = vec!["sweep", "submit"];
     viewer_submit.extend(&config_args);
     let refused = as_viewer(&viewer_submit);

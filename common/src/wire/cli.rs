@@ -33,9 +33,14 @@ pub enum CliRequest {
     ShowResult {
         id: String,
     },
-    /// Aggregates one sweep again from its accepted results, and stores them.
+    /// Aggregates one sweep again from its accepted results, and stores them: every
+    /// experiment with an accepted result, or only those in `experiments` (full ids,
+    /// `sweep-3/name`). An older coordinator ignores `experiments` and does the whole
+    /// sweep.
     AggregateSweep {
         sweep: u64,
+        #[serde(default)]
+        experiments: Option<Vec<String>>,
     },
     /// A join token valid `ttl_ms` that admits `uses` agents (only its hash is stored).
     /// A peer that sends no `uses` asks for a single-use token.
@@ -193,6 +198,10 @@ pub enum CliReply {
     Aggregated {
         sweep: u64,
         ids: Vec<String>,
+        /// What each stored aggregate covers, in the order of `ids` (empty from an
+        /// older coordinator).
+        #[serde(default)]
+        experiments: Vec<AggregatedExperiment>,
     },
     /// The token's text (its only copy), when it expires and how many enrollments it
     /// admits.
@@ -469,4 +478,14 @@ mod tests {
         assert!(both.takes("sweep-3/base", "base"));
         assert!(!both.takes("sweep-4/base", "base"));
     }
+}
+
+/// One aggregate an `AggregateSweep` stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AggregatedExperiment {
+    pub id: String,
+    /// Accepted cycles it covers.
+    pub cycles: u32,
+    /// Whether it covers every planned cycle.
+    pub complete: bool,
 }

@@ -844,7 +844,7 @@ fn run_remote(
         Command::Report(args) => {
             remote_results::read_command(&remote()?, remote_results::ReadCommand::Report(args))
         }
-        Command::Aggregate(a) => remote_results::aggregate(&remote()?, a.id.as_deref(), a.all),
+        Command::Aggregate(a) => remote_results::aggregate(&remote()?, a),
         Command::Token(TokenCommand::Create { ttl, uses, .. }) => {
             token_cmd::create_remote(&remote()?, ttl, uses)
         }

@@ -1,5 +1,6 @@
 //! `lem --coordinator X results ...`, `report` and `aggregate`. `results list` prints the
-//! coordinator's records with the embedded listing code. `results show` (summary,
+//! coordinator's records with the embedded listing code. `aggregate` decides and prints
+//! as embedded `lem aggregate` does; the coordinator aggregates and stores. `results show` (summary,
 //! `--json`, `--raw`), `results compare|export|table` and `report` load the records they
 //! select (the coordinator sends only those) into a private store (`remote_store.rs`)
 //! and run the embedded commands on it; an experiment without a stored aggregate is
@@ -8,10 +9,12 @@
 use super::error::outln;
 use super::remote::{unexpected, Remote};
 use super::remote_store::{fetch_records, record_from_wire, RemoteStore};
-use super::results::{print_aggregate, print_list, ListRow};
+use super::results::{
+    aggregate_each, print_aggregate, print_list, AggregateCandidate, AggregateMade, ListRow,
+};
 use super::selection::{resolve, Selection};
 use super::sweep_cmd::parse_sweep_id;
-use super::{CliError, ExportArgs, Outcome, ReportArgs, ResultsCommand, TableArgs};
+use super::{AggregateArgs, CliError, ExportArgs, Outcome, ReportArgs, ResultsCommand, TableArgs};
 use crate::aggregate::ExperimentAggregate;
 use crate::embedded::StoreHandle;
 use crate::store::{ExperimentRecord, StoreError};
@@ -54,15 +57,23 @@ fn cycles_accepted(
     older_counts: &BTreeMap<String, u64>,
     target: &str,
 ) -> Result<usize, CliError> {
-    let accepted = match e.cycles_accepted {
-        Some(n) => u64::from(n),
-        None => older_counts.get(&e.id).copied().ok_or_else(|| {
-            CliError::failure(format!(
-                "the coordinator at {target} listed {} without its accepted cycles",
-                e.id
-            ))
-        })?,
-    };
+    match e.cycles_accepted {
+        Some(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        None => older_count(older_counts, &e.id, target),
+    }
+}
+
+/// Experiment `id`'s accepted cycles from an older coordinator's listing.
+fn older_count(
+    older_counts: &BTreeMap<String, u64>,
+    id: &str,
+    target: &str,
+) -> Result<usize, CliError> {
+    let accepted = older_counts.get(id).copied().ok_or_else(|| {
+        CliError::failure(format!(
+            "the coordinator at {target} listed {id} without its accepted cycles"
+        ))
+    })?;
     Ok(usize::try_from(accepted).unwrap_or(usize::MAX))
 }
 
@@ -135,28 +146,72 @@ fn show_live(remote: &Remote, id: &str, json: bool) -> Result<Outcome, CliError>
     Ok(Outcome::Success)
 }
 
-/// `aggregate sweep-N` (or `--all`): the coordinator aggregates the sweep again from its
-/// accepted results and stores the result.
-pub fn aggregate(remote: &Remote, id: Option<&str>, all: bool) -> Result<Outcome, CliError> {
-    let sweeps: Vec<u64> = if all {
-        match remote.request(&CliRequest::ListSweeps)? {
-            CliReply::Sweeps(sweeps) => sweeps.iter().map(|s| s.sweep).collect(),
-            other => return Err(unexpected("sweep list", &other)),
-        }
-    } else {
-        let id = id.unwrap_or_default();
-        let sweep = id.split('/').next().unwrap_or(id);
-        vec![parse_sweep_id(sweep).map_err(CliError::usage)?.0]
+/// `aggregate [ID] [--all] [--force] [--json]`: the embedded command's decisions and
+/// printing (`results::aggregate_each`) on the coordinator's records; each experiment it
+/// aggregates, the coordinator aggregates from its accepted results and stores.
+pub fn aggregate(remote: &Remote, args: AggregateArgs) -> Result<Outcome, CliError> {
+    let target = remote.target();
+    let select = match (&args.id, args.all) {
+        (Some(id), false) => RecordSelection::ids([id.clone()]),
+        _ => RecordSelection::default(),
     };
-    for sweep in sweeps {
-        match remote.request(&CliRequest::AggregateSweep { sweep })? {
-            CliReply::Aggregated { sweep, ids } => {
-                outln!("sweep-{sweep}: aggregated {}", ids.join(", "));
-            }
-            other => return Err(unexpected("aggregate", &other)),
-        }
+    let loaded = RemoteStore::load_records(remote, &select)?;
+    let recs = loaded
+        .handle
+        .read(|s| match (&args.id, args.all) {
+            (Some(id), false) => Ok(vec![s.find_experiment(id)?]),
+            _ => s.experiments(),
+        })
+        .map_err(|e| name_the_coordinator(e.into(), target))?;
+    // A coordinator built before records carried their accepted count: its listing has it.
+    let older_counts = if loaded.cycles_accepted.values().any(Option::is_none) {
+        accepted_counts(remote)?
+    } else {
+        BTreeMap::new()
+    };
+    let mut candidates = Vec::with_capacity(recs.len());
+    for rec in recs {
+        let accepted = loaded.cycles_accepted.get(&rec.id).copied().flatten();
+        let cycles_with_results = match accepted {
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => older_count(&older_counts, &rec.id, target)?,
+        };
+        let has_aggregate = loaded
+            .handle
+            .read(|s| s.aggregate::<serde_json::Value>(&rec.id))?
+            .is_some();
+        candidates.push(AggregateCandidate {
+            rec,
+            cycles_with_results,
+            has_aggregate,
+        });
     }
-    Ok(Outcome::Success)
+    aggregate_each(candidates, &args, |rec| aggregate_one(remote, &rec.id))
+}
+
+/// Has the coordinator aggregate and store experiment `id` (a full id) alone.
+fn aggregate_one(remote: &Remote, id: &str) -> Result<AggregateMade, CliError> {
+    let sweep_part = id.split('/').next().unwrap_or(id);
+    let sweep = parse_sweep_id(sweep_part).map_err(CliError::usage)?.0;
+    let request = CliRequest::AggregateSweep {
+        sweep,
+        experiments: Some(vec![id.to_owned()]),
+    };
+    let experiments = match remote.request(&request)? {
+        CliReply::Aggregated { experiments, .. } => experiments,
+        other => return Err(unexpected(request.name(), &other)),
+    };
+    let made = experiments.iter().find(|e| e.id == id).ok_or_else(|| {
+        CliError::failure(format!(
+            "the coordinator at {} did not say what it aggregated of {id} (a coordinator \
+             older than this lem aggregates whole sweeps: upgrade it)",
+            remote.target()
+        ))
+    })?;
+    Ok(AggregateMade {
+        cycles: usize::try_from(made.cycles).unwrap_or(usize::MAX),
+        complete: made.complete,
+    })
 }
 
 /// `results show ID --raw`, `results compare`, `results export`, `results table` and

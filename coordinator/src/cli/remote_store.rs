@@ -22,6 +22,9 @@ const MAX_PAGES: usize = 8192;
 pub struct RemoteStore {
     _dir: tempfile::TempDir,
     pub handle: StoreHandle,
+    /// Each loaded experiment's accepted cycles, as its record says (none from a
+    /// coordinator built before records carried them).
+    pub cycles_accepted: BTreeMap<String, Option<u32>>,
 }
 
 impl RemoteStore {
@@ -36,9 +39,16 @@ impl RemoteStore {
             coordinator: Some(remote.target().to_owned()),
             ..StoreHandle::new(dir.path())
         };
-        let loaded = Self { _dir: dir, handle };
+        let mut loaded = Self {
+            _dir: dir,
+            handle,
+            cycles_accepted: BTreeMap::new(),
+        };
         let store = loaded.open()?;
         for e in fetch_records(remote, select)? {
+            loaded
+                .cycles_accepted
+                .insert(e.id.clone(), e.cycles_accepted);
             store.create_experiment(&record_from_wire(&e)?)?;
             if let Some(agg) = &e.aggregate {
                 store.put_aggregate(&e.id, agg)?;

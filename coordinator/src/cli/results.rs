@@ -338,6 +338,22 @@ struct AggregateEntry {
     reason: Option<String>,
 }
 
+/// One experiment `lem aggregate` looks at: its record, how many of its cycles have
+/// results and whether an aggregate of it is stored.
+pub(super) struct AggregateCandidate {
+    pub rec: ExperimentRecord,
+    pub cycles_with_results: usize,
+    pub has_aggregate: bool,
+}
+
+/// What aggregating (and storing) one experiment made.
+pub(super) struct AggregateMade {
+    pub cycles: usize,
+    /// Whether it covers every planned cycle.
+    pub complete: bool,
+}
+
+/// `lem aggregate [ID] [--all] [--force] [--json]` on a data dir.
 pub fn aggregate(data_dir: &Path, args: AggregateArgs) -> Result<Outcome, CliError> {
     let store = StoreHandle::new(data_dir);
     let recs = if args.all {
@@ -346,14 +362,41 @@ pub fn aggregate(data_dir: &Path, args: AggregateArgs) -> Result<Outcome, CliErr
         let id = args.id.as_deref().expect("clap requires id without --all");
         vec![store.read(|s| s.find_experiment(id))?]
     };
+    let mut candidates = Vec::with_capacity(recs.len());
+    for rec in recs {
+        let cycles_with_results = embedded::completed_cycles(&store, &rec.id)?.len();
+        let has_aggregate = store
+            .read(|s| s.aggregate::<ExperimentAggregate>(&rec.id))?
+            .is_some();
+        candidates.push(AggregateCandidate {
+            rec,
+            cycles_with_results,
+            has_aggregate,
+        });
+    }
+    aggregate_each(candidates, &args, |rec| {
+        let agg = embedded::aggregate_and_store(&store, rec)?;
+        Ok(AggregateMade {
+            cycles: agg.cycles.len(),
+            complete: agg.complete,
+        })
+    })
+}
+
+/// Decides for each candidate whether to aggregate it (`aggregate_one` does it and
+/// stores the result), and prints what happened as `lem aggregate` does: embedded and
+/// `lem --coordinator X aggregate` share it, so they print the same lines and JSON.
+pub(super) fn aggregate_each(
+    candidates: Vec<AggregateCandidate>,
+    args: &AggregateArgs,
+    mut aggregate_one: impl FnMut(&ExperimentRecord) -> Result<AggregateMade, CliError>,
+) -> Result<Outcome, CliError> {
     let mut outcome = Outcome::Success;
     let mut skipped: Vec<String> = Vec::new();
     let mut entries: Vec<AggregateEntry> = Vec::new();
-    for rec in recs {
-        let done = embedded::completed_cycles(&store, &rec.id)?.len();
-        let has_agg = store
-            .read(|s| s.aggregate::<ExperimentAggregate>(&rec.id))?
-            .is_some();
+    for candidate in candidates {
+        let rec = &candidate.rec;
+        let done = candidate.cycles_with_results;
         let entry = |action, complete, reason: Option<String>| AggregateEntry {
             id: rec.id.clone(),
             action,
@@ -396,23 +439,23 @@ pub fn aggregate(data_dir: &Path, args: AggregateArgs) -> Result<Outcome, CliErr
             outcome = Outcome::Partial;
             continue;
         }
-        if has_agg && !args.force && args.all {
+        if candidate.has_aggregate && !args.force && args.all {
             if !args.json {
                 outln!("{}: already aggregated (--force recomputes)", rec.id);
             }
             entries.push(entry("already_aggregated", None, None));
             continue;
         }
-        let agg = embedded::aggregate_and_store(&store, &rec)?;
+        let made = aggregate_one(rec)?;
         if !args.json {
             outln!(
                 "{}: aggregated {} cycle(s){}",
                 rec.id,
-                agg.cycles.len(),
-                if agg.complete { "" } else { " (partial)" }
+                made.cycles,
+                if made.complete { "" } else { " (partial)" }
             );
         }
-        entries.push(entry("aggregated", Some(agg.complete), None));
+        entries.push(entry("aggregated", Some(made.complete), None));
     }
     if !skipped.is_empty() {
         eprintln!(

@@ -27,7 +27,7 @@ pub use link::{AgentLink, ChannelLink, LinkError};
 pub use local_agent::{in_process_scheduler_config, spawn_local_agent, AgentEvent, JobExecutor};
 pub use run_sweep::{drive_sweep, MonotonicClock};
 pub use store_access::StoreAccess;
-pub use sweep_aggregate::{aggregate_sweep, sweep_experiment_id};
+pub use sweep_aggregate::{aggregate_sweep, aggregates_to_store, sweep_experiment_id};
 
 use crate::scheduler::{
     Action, AttemptId, Event, JobId, Outcome, Record, RecoverError, Reply, RequestId, Scheduler,
@@ -232,7 +232,7 @@ impl<L: AgentLink, S: StoreAccess> Driver<L, S> {
             Action::Reply { request, reply } => done.replies.push((request, reply)),
             Action::SweepFinished { sweep } => {
                 self.store.with_store(|s| {
-                    for agg in aggregate_sweep(s, sweep)? {
+                    for agg in aggregates_to_store(s, sweep)? {
                         s.put_aggregate(&agg.experiment_id, &agg)?;
                     }
                     Ok(())

@@ -5,6 +5,18 @@ use crate::scheduler::SweepId;
 use crate::store::{Store, StoreError};
 use std::collections::BTreeMap;
 
+/// The aggregates of `sweep` worth storing: those of experiments with an accepted cycle.
+/// One without (cancelled before it ran) would be an empty summary; embedded `lem
+/// aggregate` refuses it as "nothing to aggregate", and so does this.
+pub fn aggregates_to_store(
+    store: &Store,
+    sweep: SweepId,
+) -> Result<Vec<ExperimentAggregate>, StoreError> {
+    let mut out = aggregate_sweep(store, sweep)?;
+    out.retain(|agg| !agg.cycles.is_empty());
+    Ok(out)
+}
+
 /// The id a sweep experiment's aggregate is stored under.
 pub fn sweep_experiment_id(sweep: SweepId, experiment_name: &str) -> String {
     format!("{sweep}/{experiment_name}")

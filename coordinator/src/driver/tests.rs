@@ -614,3 +614,32 @@ fn after_a_failed_persist_the_driver_executes_nothing_until_restarted() {
     let err = h.driver.handle(beat, None, TimeMs(h.now)).unwrap_err();
     assert!(matches!(err, DriverError::MustRestart), "{err}");
 }
+
+#[test]
+fn a_cancelled_sweep_stores_no_aggregate_for_an_experiment_without_an_accepted_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(dir.path(), vec![FakeAgent::new("a", 1)], 0);
+    let sweep = h.submit(submission(2, 1));
+    // One GPU: exp0's job runs and is accepted; exp1's is then cancelled before any
+    // result of it arrives.
+    let events = h.agents[0].respond();
+    h.feed(events);
+    h.feed(vec![(
+        Event::CancelSweep {
+            request: RequestId(2),
+            sweep,
+        },
+        None,
+    )]);
+    assert!(h.finished.contains(&sweep), "the cancelled sweep finished");
+    let store = h.driver.store();
+    let ran: Option<ExperimentAggregate> = store
+        .aggregate(&sweep_experiment_id(sweep, "exp0"))
+        .unwrap();
+    assert_eq!(ran.expect("exp0 has an aggregate").cycles.len(), 1);
+    // Not an empty summary: no aggregate at all, as embedded `lem aggregate` refuses it.
+    let never_ran: Option<serde_json::Value> = store
+        .aggregate(&sweep_experiment_id(sweep, "exp1"))
+        .unwrap();
+    assert!(never_ran.is_none(), "exp1 stored {never_ran:?}");
+}

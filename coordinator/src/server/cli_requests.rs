@@ -4,7 +4,9 @@
 
 use super::result_pages::{accepted_page, experiment_page};
 use super::QuicLink;
-use crate::driver::{aggregate_sweep, sweep_experiment_id, Driver, DriverError, Executed};
+use crate::driver::{
+    aggregate_sweep, aggregates_to_store, sweep_experiment_id, Driver, DriverError, Executed,
+};
 use crate::scheduler::{AgentId, Event, JobStatus, RequestId, Scheduler, SweepId, TimeMs};
 use crate::store::{Store, StoreError, SweepRow};
 use crate::wire_cli_edge::{
@@ -12,8 +14,8 @@ use crate::wire_cli_edge::{
     submission_from_wire,
 };
 use lem_common::wire::cli::{
-    CliReply, CliRequest, JobSummary, ResultSummary, StatusSnapshot, SweepDetail, SweepSummary,
-    RESULTS_PAGE_BYTES,
+    AggregatedExperiment, CliReply, CliRequest, JobSummary, ResultSummary, StatusSnapshot,
+    SweepDetail, SweepSummary, RESULTS_PAGE_BYTES,
 };
 use std::sync::Arc;
 
@@ -166,20 +168,8 @@ fn read(driver: &ServerDriver, request: CliRequest) -> Result<CliReply, StoreErr
             accepted_page(scheduler, store, &id, after_cycle, RESULTS_PAGE_BYTES)
                 .unwrap_or_else(|e| refused(&e.to_string()))
         }
-        CliRequest::AggregateSweep { sweep } => {
-            let sweep = SweepId(sweep);
-            if store.sweep(sweep)?.is_none() {
-                return Ok(refused(&format!("no such sweep: {sweep}")));
-            }
-            let mut ids = Vec::new();
-            for agg in aggregate_sweep(store, sweep)? {
-                store.put_aggregate(&agg.experiment_id, &agg)?;
-                ids.push(agg.experiment_id);
-            }
-            CliReply::Aggregated {
-                sweep: sweep.0,
-                ids,
-            }
+        CliRequest::AggregateSweep { sweep, experiments } => {
+            aggregate_and_store(store, SweepId(sweep), experiments.as_deref())?
         }
         // The CLI session answers join-token requests from the store's token book.
         CliRequest::ListJoinTokens => refused("join tokens are answered by the CLI session"),
@@ -190,6 +180,46 @@ fn read(driver: &ServerDriver, request: CliRequest) -> Result<CliReply, StoreErr
         | CliRequest::DrainAgent { .. }
         | CliRequest::CreateJoinToken { .. }
         | CliRequest::RevokeJoinToken { .. } => refused("not a read-only request"),
+    })
+}
+
+/// `AggregateSweep`: the aggregates of `sweep` (of only `experiments`, when given)
+/// computed again from its accepted results and stored. Experiments without an accepted
+/// cycle get none; one asked for by id is refused, naming it.
+fn aggregate_and_store(
+    store: &Store,
+    sweep: SweepId,
+    experiments: Option<&[String]>,
+) -> Result<CliReply, StoreError> {
+    if store.sweep(sweep)?.is_none() {
+        return Ok(refused(&format!("no such sweep: {sweep}")));
+    }
+    let mut made = aggregates_to_store(store, sweep)?;
+    if let Some(wanted) = experiments {
+        for id in wanted {
+            if !made.iter().any(|agg| &agg.experiment_id == id) {
+                return Ok(refused(&format!(
+                    "{id}: nothing to aggregate in {sweep} (no such experiment, or no accepted cycle)"
+                )));
+            }
+        }
+        made.retain(|agg| wanted.contains(&agg.experiment_id));
+    }
+    let mut ids = Vec::with_capacity(made.len());
+    let mut entries = Vec::with_capacity(made.len());
+    for agg in made {
+        store.put_aggregate(&agg.experiment_id, &agg)?;
+        entries.push(AggregatedExperiment {
+            id: agg.experiment_id.clone(),
+            cycles: u32::try_from(agg.cycles.len()).unwrap_or(u32::MAX),
+            complete: agg.complete,
+        });
+        ids.push(agg.experiment_id);
+    }
+    Ok(CliReply::Aggregated {
+        sweep: sweep.0,
+        ids,
+        experiments: entries,
     })
 }
 
