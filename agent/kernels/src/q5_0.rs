@@ -12,7 +12,7 @@
 //! (ragged batches rely on a row computing the same alone and in a batch).
 
 use crate::dispatch::{self, Variant};
-use crate::parallel::Parallel;
+use crate::parallel::{for_each_row_chunk_and_group, Parallel};
 use crate::q8_0::f16_to_f32;
 use std::ops::Range;
 
@@ -129,28 +129,12 @@ pub fn matmul_with(
     assert_eq!(a.d.len(), m * a.kb, "activation scales");
     assert_eq!(a.sums.len(), m * a.kb, "activation sums");
     assert_eq!(out.len(), m * w.n, "output length");
-    let groups = w.n.div_ceil(GROUP);
-    let chunks = m.div_ceil(ROW_CHUNK);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let work = |range: Range<usize>| {
-        let out_ptr = &out_ptr;
-        for item in range {
-            let (chunk, g) = (item / groups, item % groups);
-            let rows = chunk * ROW_CHUNK..m.min((chunk + 1) * ROW_CHUNK);
-            // SAFETY: items cover disjoint (row, group) cells of `out`, which outlives the
-            // pool call; the variant's CPU features were checked above.
-            unsafe { group_rows(variant, w, a, g, rows, out_ptr.0) };
-        }
-    };
-    par(chunks * groups, &work);
+    for_each_row_chunk_and_group::<()>(m, w.n.div_ceil(GROUP), out, par, |_, rows, g, out| {
+        // SAFETY: each call writes only its (rows, group) cells of `out`; the variant's
+        // CPU features were checked above.
+        unsafe { group_rows(variant, w, a, g, rows, out) };
+    });
 }
-
-/// Activation rows per work item (their blocks stay in L2 while the weights stream past).
-const ROW_CHUNK: usize = 64;
-
-struct SendPtr(*mut f32);
-// SAFETY: workers write disjoint elements (see `matmul_with`).
-unsafe impl Sync for SendPtr {}
 
 /// # Safety
 /// `out` holds `m × w.n` floats, no other thread writes these cells, and the CPU runs
@@ -216,7 +200,7 @@ unsafe fn scalar_group(w: &Packed, a: &Acts, g: usize, rows: Range<usize>, out: 
 /// everything inlines).
 #[cfg(target_arch = "x86_64")]
 macro_rules! avx_variant {
-    ($module:ident, $features:literal, $dot:ident) => {
+    ($module:ident, $features:literal, $dot:path) => {
         mod $module {
             use super::{store, Acts, Packed, GROUP};
             use std::arch::x86_64::*;
@@ -275,10 +259,7 @@ macro_rules! avx_variant {
                             let w0 = unpack(&gb.qs[i], gb.qh[i]);
                             let w1 = unpack(&gb.qs[i + 1], gb.qh[i + 1]);
                             for j in 0..N {
-                                pairs[j][p] = _mm256_hadd_epi32(
-                                    super::$dot(w0, ys[j]),
-                                    super::$dot(w1, ys[j]),
-                                );
+                                pairs[j][p] = _mm256_hadd_epi32($dot(w0, ys[j]), $dot(w1, ys[j]));
                             }
                         }
                         for j in 0..N {
@@ -335,64 +316,16 @@ macro_rules! avx_variant {
     };
 }
 
-/// Eight i32 lanes, each the sum of four products of unsigned `w` and signed `y` bytes.
-/// No saturation: |w·y| pairs stay below 2 · 31 · 128.
+// The shared `dispatch::dot_avx2` stays exact here: unsigned weights are at most 31, so
+// a pair of products is at most 2 · 31 · 128 in magnitude, well inside i16.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn dot_avx2(
-    w: std::arch::x86_64::__m256i,
-    y: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), _mm256_set1_epi16(1))
-}
-
-/// The same eight lanes with one `vpdpbusd`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
-unsafe fn dot_vnni(
-    w: std::arch::x86_64::__m256i,
-    y: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-avx_variant!(avx2, "avx2,fma,f16c", dot_avx2);
-#[cfg(target_arch = "x86_64")]
-avx_variant!(
-    avx512vnni,
-    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
-    dot_vnni
-);
+dispatch::simd_variants!(avx_variant);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::q8_0::Block as ActBlock;
-
-    /// A small deterministic generator (the kernel crate has no dependencies).
-    struct Lcg(u64);
-    impl Lcg {
-        fn next(&mut self) -> u32 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (self.0 >> 33) as u32
-        }
-    }
-
-    /// f16 bits of a normal value in [2^-10, 2^-3) with either sign.
-    fn f16_bits(rng: &mut Lcg) -> u16 {
-        let exp = 5 + rng.next() % 8;
-        let man = rng.next() & 0x3ff;
-        let sign = (rng.next() & 1) << 15;
-        (sign | (exp << 10) | man) as u16
-    }
+    use crate::test_support::{f16_bits, serial, split, Lcg};
 
     fn weights(n: usize, kb: usize, seed: u64) -> Vec<Block> {
         let mut rng = Lcg(seed);
@@ -423,17 +356,6 @@ mod tests {
         let d = blocks.iter().map(|b| f16_to_f32(b.d)).collect();
         let sums = blocks.iter().map(quant_sum).collect();
         OwnedActs { blocks, d, sums }
-    }
-
-    fn serial(items: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
-        f(0..items)
-    }
-
-    /// Items split in uneven ranges, as a pool might.
-    fn split(items: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
-        let mid = items / 3;
-        f(mid..items);
-        f(0..mid);
     }
 
     /// candle's `vec_dot_q5_0_q8_0`, written from its definition on the unpacked blocks:

@@ -69,8 +69,8 @@ pub(crate) fn forward(w: &PackedQ4_1, x: &Tensor) -> candle_core::Result<Tensor>
             QK,
             BlockQ8_1::zeros(),
             BlockQ8_1::from_float,
-            |b: &ActBlock| [f16_to_f32(b.d), f16_to_f32(b.s)],
-            |blocks, [d, s], m, out| {
+            |b: &ActBlock| ([f16_to_f32(b.d), f16_to_f32(b.s)], []),
+            |blocks, [d, s], [], m, out| {
                 let a = kernel::Acts { blocks, d, s, kb };
                 kernel::matmul(&w.w, &a, m, out, &on_candle_pool);
             },
