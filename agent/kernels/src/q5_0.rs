@@ -12,6 +12,8 @@
 //! (ragged batches rely on a row computing the same alone and in a batch).
 
 use crate::dispatch::{self, Variant};
+use crate::grouped::Grouped;
+pub use crate::grouped::GROUP;
 use crate::parallel::{for_each_row_chunk_and_group, Parallel};
 use crate::q8_0::f16_to_f32;
 use std::ops::Range;
@@ -30,63 +32,34 @@ const _: () = assert!(std::mem::size_of::<Block>() == 22);
 
 /// Values per block.
 pub const QK: usize = 32;
-/// Weight rows per group: the lanes of one 256-bit float vector.
-pub const GROUP: usize = 8;
 
 /// One block column of a group of eight weight rows, stored together so that the kernel
 /// reads the weights as one sequential stream and loads eight scales with one instruction.
 /// Same 22 bytes per row-block as the GGUF layout.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct GroupBlock {
+pub struct GroupBlock {
     d: [u16; GROUP],
     qh: [u32; GROUP],
     qs: [[u8; 16]; GROUP],
 }
 
-/// A Q5_0 matrix (`n` rows of `kb` blocks) repacked for the kernel; rows past `n` in the
-/// last group are zero and never written out.
-pub struct Packed {
-    groups: Vec<GroupBlock>,
-    n: usize,
-    kb: usize,
-}
+/// A Q5_0 matrix (`n` rows of `kb` blocks) repacked for the kernel.
+pub type Packed = Grouped<GroupBlock>;
 
 impl Packed {
     /// Repacks `w`, row-major `n` rows of `kb` blocks. Panics when the length differs.
     pub fn new(w: &[Block], n: usize, kb: usize) -> Self {
-        assert_eq!(w.len(), n * kb, "q5_0 weight blocks");
         let zero = GroupBlock {
             d: [0; GROUP],
             qh: [0; GROUP],
             qs: [[0; 16]; GROUP],
         };
-        let mut groups = vec![zero; n.div_ceil(GROUP) * kb];
-        for (r, row) in w.chunks_exact(kb.max(1)).enumerate().take(n) {
-            let (g, i) = (r / GROUP, r % GROUP);
-            for (b, src) in row.iter().enumerate() {
-                let dst = &mut groups[g * kb + b];
-                dst.d[i] = src.d;
-                dst.qh[i] = u32::from_le_bytes(src.qh);
-                dst.qs[i] = src.qs;
-            }
-        }
-        Self { groups, n, kb }
-    }
-
-    /// Output width (weight rows).
-    pub fn rows(&self) -> usize {
-        self.n
-    }
-
-    /// Blocks per row (input width / 32).
-    pub fn blocks_per_row(&self) -> usize {
-        self.kb
-    }
-
-    /// Bytes held (padding rows included).
-    pub fn bytes(&self) -> usize {
-        self.groups.len() * std::mem::size_of::<GroupBlock>()
+        Grouped::repack("q5_0", w, n, kb, zero, |gb, lane, src: &Block| {
+            gb.d[lane] = src.d;
+            gb.qh[lane] = u32::from_le_bytes(src.qh);
+            gb.qs[lane] = src.qs;
+        })
     }
 }
 
@@ -158,16 +131,6 @@ unsafe fn group_rows(
     }
 }
 
-/// Writes the valid lanes of one group's outputs for activation row `r`.
-///
-/// # Safety
-/// As `group_rows`.
-unsafe fn store(w: &Packed, g: usize, r: usize, lanes: &[f32; GROUP], out: *mut f32) {
-    let c0 = g * GROUP;
-    let valid = GROUP.min(w.n - c0);
-    std::ptr::copy_nonoverlapping(lanes.as_ptr(), out.add(r * w.n + c0), valid);
-}
-
 /// The definition: candle's scalar `vec_dot_q5_0_q8_0` for each of the group's rows.
 ///
 /// # Safety
@@ -191,7 +154,7 @@ unsafe fn scalar_group(w: &Packed, a: &Acts, g: usize, rows: Range<usize>, out: 
                 *lane += sumi as f32 * f16_to_f32(gb.d[i]) * da;
             }
         }
-        store(w, g, r, &acc, out);
+        w.store(g, r, &acc, out);
     }
 }
 
@@ -202,7 +165,7 @@ unsafe fn scalar_group(w: &Packed, a: &Acts, g: usize, rows: Range<usize>, out: 
 macro_rules! avx_variant {
     ($module:ident, $features:literal, $dot:path) => {
         mod $module {
-            use super::{store, Acts, Packed, GROUP};
+            use super::{Acts, Packed, GROUP};
             use std::arch::x86_64::*;
             use std::ops::Range;
 
@@ -285,7 +248,7 @@ macro_rules! avx_variant {
                 for j in 0..N {
                     let mut lanes = [0f32; GROUP];
                     _mm256_storeu_ps(lanes.as_mut_ptr(), acc[j]);
-                    store(w, g, r + j, &lanes, out);
+                    w.store(g, r + j, &lanes, out);
                 }
             }
 
