@@ -7,7 +7,7 @@
 //! candle's `QMatMul` on the same Q5_0 tensor, and a row gives the same bits alone and in
 //! any batch. The weights are repacked once at load (groups of eight rows, same bytes).
 
-use super::quantized_matmul::{on_candle_pool, quantized_matmul};
+use super::quantized_matmul::{on_candle_pool, quantized_matmul, stored_blocks};
 use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Tensor;
@@ -23,27 +23,12 @@ pub(crate) struct PackedQ5_0 {
 impl PackedQ5_0 {
     /// Repacks a CPU Q5_0 tensor of shape (n, k), k a multiple of 32.
     pub(crate) fn new(t: &QTensor) -> candle_core::Result<Self> {
-        if t.dtype() != GgmlDType::Q5_0 {
-            candle_core::bail!("q5_0 matmul: a {:?} weight", t.dtype());
-        }
-        let (n, k) = t.shape().dims2()?;
-        if !k.is_multiple_of(QK) {
-            candle_core::bail!("q5_0 matmul: width {k} is not a multiple of {QK}");
-        }
+        let (blocks, n, k) = stored_blocks("q5_0 matmul", t, GgmlDType::Q5_0, QK, |b| Block {
+            d: u16::from_le_bytes([b[0], b[1]]),
+            qh: b[2..6].try_into().expect("4 high-bit bytes"),
+            qs: b[6..22].try_into().expect("16 quant bytes"),
+        })?;
         let kb = k / QK;
-        let data = t.data()?;
-        if data.len() != n * kb * std::mem::size_of::<Block>() {
-            candle_core::bail!("q5_0 matmul: {} bytes for a ({n}, {k}) weight", data.len());
-        }
-        // Copied out block by block: the storage's alignment is not assumed.
-        let blocks: Vec<Block> = data
-            .chunks_exact(std::mem::size_of::<Block>())
-            .map(|b| Block {
-                d: u16::from_le_bytes([b[0], b[1]]),
-                qh: b[2..6].try_into().expect("4 high-bit bytes"),
-                qs: b[6..22].try_into().expect("16 quant bytes"),
-            })
-            .collect();
         Ok(Self {
             w: Packed::new(&blocks, n, kb),
             k,

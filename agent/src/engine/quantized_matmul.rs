@@ -3,6 +3,7 @@
 //! thread pool, and the output's shape. Each matmul brings only its row quantiser and its
 //! kernel call.
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Tensor};
 
 /// x: (..., k) f32 on the CPU against a weight of `n` rows of `k` values; returns
@@ -101,6 +102,32 @@ pub(crate) unsafe fn quantized_matmul<
     let mut out_dims = dims;
     *out_dims.last_mut().expect("checked above") = n;
     Tensor::from_vec(out, out_dims, x.device())
+}
+
+/// A quantised weight `t` of `dtype`, shape (n, k) with k a multiple of `block_len`, as
+/// `n × k / block_len` blocks `parse`d from its stored bytes (copied out block by block:
+/// the storage's alignment is not assumed); returns them with (n, k). `what` names the
+/// matmul in errors.
+pub(crate) fn stored_blocks<B>(
+    what: &str,
+    t: &QTensor,
+    dtype: GgmlDType,
+    block_len: usize,
+    parse: impl Fn(&[u8]) -> B,
+) -> candle_core::Result<(Vec<B>, usize, usize)> {
+    if t.dtype() != dtype {
+        candle_core::bail!("{what}: a {:?} weight", t.dtype());
+    }
+    let (n, k) = t.shape().dims2()?;
+    if !k.is_multiple_of(block_len) {
+        candle_core::bail!("{what}: width {k} is not a multiple of {block_len}");
+    }
+    let data = t.data()?;
+    let block_bytes = std::mem::size_of::<B>();
+    if data.len() != n * (k / block_len) * block_bytes {
+        candle_core::bail!("{what}: {} bytes for a ({n}, {k}) weight", data.len());
+    }
+    Ok((data.chunks_exact(block_bytes).map(parse).collect(), n, k))
 }
 
 /// The kernels' `Parallel`: items split over candle's CPU thread pool.
