@@ -2,6 +2,10 @@
 //! repacked so that one block column of eight rows (a group, one row per lane of a 256-bit
 //! float vector) lies together, and the kernel reads the weights as one sequential stream.
 
+use crate::dispatch::Variant;
+use crate::parallel::{for_each_row_chunk_and_group, Parallel};
+use std::ops::Range;
+
 /// Weight rows per group: the lanes of one 256-bit float vector.
 pub const GROUP: usize = 8;
 
@@ -61,4 +65,40 @@ impl<G: Copy> Grouped<G> {
         let valid = GROUP.min(self.n - c0);
         std::ptr::copy_nonoverlapping(lanes.as_ptr(), out.add(r * self.n + c0), valid);
     }
+}
+
+/// One kernel variant's body: writes the (rows × group `g`) cells of `out`.
+///
+/// # Safety (for callers)
+/// `out` holds `m × w.n` floats, no other thread writes these cells, and the CPU runs the
+/// variant.
+pub(crate) type GroupRows<G, A> = unsafe fn(&Grouped<G>, &A, usize, Range<usize>, *mut f32);
+
+/// Runs a grouped kernel: checks `variant` and the output length, then calls the variant's
+/// body from `bodies` (scalar, AVX2, AVX-512 VNNI) for every (row chunk, group) item,
+/// spread over `par`. The caller has checked `a` against `w` and `m`.
+pub(crate) fn matmul_groups<G: Sync, A: Sync>(
+    variant: Variant,
+    w: &Grouped<G>,
+    a: &A,
+    m: usize,
+    out: &mut [f32],
+    par: Parallel,
+    bodies: [GroupRows<G, A>; 3],
+) {
+    assert!(
+        variant.available(),
+        "{variant:?} needs CPU features absent here"
+    );
+    assert_eq!(out.len(), m * w.n, "output length");
+    let body = match variant {
+        Variant::Scalar => bodies[0],
+        Variant::Avx2 => bodies[1],
+        Variant::Avx512Vnni => bodies[2],
+    };
+    for_each_row_chunk_and_group::<()>(m, w.n.div_ceil(GROUP), out, par, |_, rows, g, out| {
+        // SAFETY: each call writes only its (rows, group) cells of `out`; the variant's
+        // CPU features were checked above.
+        unsafe { body(w, a, g, rows, out) };
+    });
 }

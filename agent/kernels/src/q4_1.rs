@@ -12,9 +12,9 @@
 //! on a row computing the same alone and in a batch).
 
 use crate::dispatch::{self, Variant};
-use crate::grouped::Grouped;
 pub use crate::grouped::GROUP;
-use crate::parallel::{for_each_row_chunk_and_group, Parallel};
+use crate::grouped::{matmul_groups, GroupRows, Grouped};
+use crate::parallel::Parallel;
 use crate::q8_0::f16_to_f32;
 use std::ops::Range;
 
@@ -97,48 +97,28 @@ pub fn matmul_with(
     out: &mut [f32],
     par: Parallel,
 ) {
-    assert!(
-        variant.available(),
-        "{variant:?} needs CPU features absent here"
-    );
     assert_eq!(a.kb, w.kb, "activation and weight widths");
     assert_eq!(a.blocks.len(), m * a.kb, "activation blocks");
     assert_eq!(a.d.len(), m * a.kb, "activation scales");
     assert_eq!(a.s.len(), m * a.kb, "activation sums");
-    assert_eq!(out.len(), m * w.n, "output length");
-    for_each_row_chunk_and_group::<()>(m, w.n.div_ceil(GROUP), out, par, |_, rows, g, out| {
-        // SAFETY: each call writes only its (rows, group) cells of `out`; the variant's
-        // CPU features were checked above.
-        unsafe { group_rows(variant, w, a, g, rows, out) };
-    });
-}
-
-/// # Safety
-/// `out` holds `m × w.n` floats, no other thread writes these cells, and the CPU runs
-/// `variant`.
-unsafe fn group_rows(
-    variant: Variant,
-    w: &Packed,
-    a: &Acts,
-    g: usize,
-    rows: Range<usize>,
-    out: *mut f32,
-) {
-    match variant {
-        Variant::Scalar => scalar_group(w, a, g, rows, out),
-        #[cfg(target_arch = "x86_64")]
-        Variant::Avx2 => avx2::group(w, a, g, rows, out),
-        #[cfg(target_arch = "x86_64")]
-        Variant::Avx512Vnni => avx512vnni::group(w, a, g, rows, out),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("checked available"),
-    }
+    // Through closures: `#[target_feature]` fns do not coerce to the pointer type.
+    // SAFETY (the closures): `matmul_groups` calls them under `GroupRows`' contract.
+    #[cfg(target_arch = "x86_64")]
+    let bodies: [GroupRows<GroupBlock, Acts>; 3] = [
+        scalar_group,
+        |w, a, g, rows, out| unsafe { avx2::group(w, a, g, rows, out) },
+        |w, a, g, rows, out| unsafe { avx512vnni::group(w, a, g, rows, out) },
+    ];
+    // Elsewhere only the scalar variant is available (`matmul_groups` checks).
+    #[cfg(not(target_arch = "x86_64"))]
+    let bodies: [GroupRows<GroupBlock, Acts>; 3] = [scalar_group; 3];
+    matmul_groups(variant, w, a, m, out, par, bodies);
 }
 
 /// The definition: candle's scalar `vec_dot_q4_1_q8_1` for each of the group's rows.
 ///
 /// # Safety
-/// As `group_rows`.
+/// As `GroupRows`.
 unsafe fn scalar_group(w: &Packed, a: &Acts, g: usize, rows: Range<usize>, out: *mut f32) {
     let kb = w.kb;
     for r in rows {
