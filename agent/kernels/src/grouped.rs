@@ -102,3 +102,24 @@ pub(crate) fn matmul_groups<G: Sync, A: Sync>(
         unsafe { body(w, a, g, rows, out) };
     });
 }
+
+/// The `[GroupRows; 3]` for `matmul_groups` of the calling kernel module, which defines
+/// `scalar_group` and (on x86-64, through `simd_variants!`) `avx2::group` and
+/// `avx512vnni::group`.
+macro_rules! group_bodies {
+    () => {{
+        // Through closures: `#[target_feature]` fns do not coerce to the pointer type.
+        // SAFETY (the closures): `matmul_groups` calls them under `GroupRows`' contract.
+        #[cfg(target_arch = "x86_64")]
+        let bodies: [$crate::grouped::GroupRows<_, _>; 3] = [
+            scalar_group,
+            |w, a, g, rows, out| unsafe { avx2::group(w, a, g, rows, out) },
+            |w, a, g, rows, out| unsafe { avx512vnni::group(w, a, g, rows, out) },
+        ];
+        // Elsewhere only the scalar variant is available (`matmul_groups` checks).
+        #[cfg(not(target_arch = "x86_64"))]
+        let bodies: [$crate::grouped::GroupRows<_, _>; 3] = [scalar_group; 3];
+        bodies
+    }};
+}
+pub(crate) use group_bodies;

@@ -13,7 +13,7 @@
 
 use crate::dispatch::{self, Variant};
 pub use crate::grouped::GROUP;
-use crate::grouped::{matmul_groups, GroupRows, Grouped};
+use crate::grouped::{group_bodies, matmul_groups, Grouped};
 use crate::parallel::Parallel;
 use crate::q8_0::f16_to_f32;
 use std::ops::Range;
@@ -97,18 +97,7 @@ pub fn matmul_with(
     assert_eq!(a.blocks.len(), m * a.kb, "activation blocks");
     assert_eq!(a.d.len(), m * a.kb, "activation scales");
     assert_eq!(a.sums.len(), m * a.kb, "activation sums");
-    // Through closures: `#[target_feature]` fns do not coerce to the pointer type.
-    // SAFETY (the closures): `matmul_groups` calls them under `GroupRows`' contract.
-    #[cfg(target_arch = "x86_64")]
-    let bodies: [GroupRows<GroupBlock, Acts>; 3] = [
-        scalar_group,
-        |w, a, g, rows, out| unsafe { avx2::group(w, a, g, rows, out) },
-        |w, a, g, rows, out| unsafe { avx512vnni::group(w, a, g, rows, out) },
-    ];
-    // Elsewhere only the scalar variant is available (`matmul_groups` checks).
-    #[cfg(not(target_arch = "x86_64"))]
-    let bodies: [GroupRows<GroupBlock, Acts>; 3] = [scalar_group; 3];
-    matmul_groups(variant, w, a, m, out, par, bodies);
+    matmul_groups(variant, w, a, m, out, par, group_bodies!());
 }
 
 /// The definition: candle's scalar `vec_dot_q5_0_q8_0` for each of the group's rows.
