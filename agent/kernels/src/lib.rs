@@ -5,6 +5,7 @@
 //! every engine test crawl), as it already does for candle.
 
 pub mod dispatch;
+pub mod grouped;
 pub mod parallel;
 pub mod q4_1;
 pub mod q5_0;

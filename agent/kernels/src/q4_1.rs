@@ -12,7 +12,9 @@
 //! on a row computing the same alone and in a batch).
 
 use crate::dispatch::{self, Variant};
-use crate::parallel::{for_each_row_chunk_and_group, Parallel};
+pub use crate::grouped::GROUP;
+use crate::grouped::{group_bodies, matmul_groups, Grouped};
+use crate::parallel::Parallel;
 use crate::q8_0::f16_to_f32;
 use std::ops::Range;
 
@@ -40,63 +42,34 @@ const _: () = assert!(std::mem::size_of::<ActBlock>() == 36);
 
 /// Values per block.
 pub const QK: usize = 32;
-/// Weight rows per group: the lanes of one 256-bit float vector.
-pub const GROUP: usize = 8;
 
 /// One block column of a group of eight weight rows, stored together so that the kernel
 /// reads the weights as one sequential stream and loads eight scales with one instruction.
 /// Same 20 bytes per row-block as the GGUF layout.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct GroupBlock {
+pub struct GroupBlock {
     d: [u16; GROUP],
     m: [u16; GROUP],
     qs: [[u8; 16]; GROUP],
 }
 
-/// A Q4_1 matrix (`n` rows of `kb` blocks) repacked for the kernel; rows past `n` in the
-/// last group are zero and never written out.
-pub struct Packed {
-    groups: Vec<GroupBlock>,
-    n: usize,
-    kb: usize,
-}
+/// A Q4_1 matrix (`n` rows of `kb` blocks) repacked for the kernel.
+pub type Packed = Grouped<GroupBlock>;
 
 impl Packed {
     /// Repacks `w`, row-major `n` rows of `kb` blocks. Panics when the length differs.
     pub fn new(w: &[Block], n: usize, kb: usize) -> Self {
-        assert_eq!(w.len(), n * kb, "q4_1 weight blocks");
         let zero = GroupBlock {
             d: [0; GROUP],
             m: [0; GROUP],
             qs: [[0; 16]; GROUP],
         };
-        let mut groups = vec![zero; n.div_ceil(GROUP) * kb];
-        for (r, row) in w.chunks_exact(kb.max(1)).enumerate().take(n) {
-            let (g, i) = (r / GROUP, r % GROUP);
-            for (b, src) in row.iter().enumerate() {
-                let dst = &mut groups[g * kb + b];
-                dst.d[i] = src.d;
-                dst.m[i] = src.m;
-                dst.qs[i] = src.qs;
-            }
-        }
-        Self { groups, n, kb }
-    }
-
-    /// Output width (weight rows).
-    pub fn rows(&self) -> usize {
-        self.n
-    }
-
-    /// Blocks per row (input width / 32).
-    pub fn blocks_per_row(&self) -> usize {
-        self.kb
-    }
-
-    /// Bytes held (padding rows included).
-    pub fn bytes(&self) -> usize {
-        self.groups.len() * std::mem::size_of::<GroupBlock>()
+        Grouped::repack("q4_1", w, n, kb, zero, |gb, lane, src: &Block| {
+            gb.d[lane] = src.d;
+            gb.m[lane] = src.m;
+            gb.qs[lane] = src.qs;
+        })
     }
 }
 
@@ -124,58 +97,17 @@ pub fn matmul_with(
     out: &mut [f32],
     par: Parallel,
 ) {
-    assert!(
-        variant.available(),
-        "{variant:?} needs CPU features absent here"
-    );
     assert_eq!(a.kb, w.kb, "activation and weight widths");
     assert_eq!(a.blocks.len(), m * a.kb, "activation blocks");
     assert_eq!(a.d.len(), m * a.kb, "activation scales");
     assert_eq!(a.s.len(), m * a.kb, "activation sums");
-    assert_eq!(out.len(), m * w.n, "output length");
-    for_each_row_chunk_and_group::<()>(m, w.n.div_ceil(GROUP), out, par, |_, rows, g, out| {
-        // SAFETY: each call writes only its (rows, group) cells of `out`; the variant's
-        // CPU features were checked above.
-        unsafe { group_rows(variant, w, a, g, rows, out) };
-    });
-}
-
-/// # Safety
-/// `out` holds `m × w.n` floats, no other thread writes these cells, and the CPU runs
-/// `variant`.
-unsafe fn group_rows(
-    variant: Variant,
-    w: &Packed,
-    a: &Acts,
-    g: usize,
-    rows: Range<usize>,
-    out: *mut f32,
-) {
-    match variant {
-        Variant::Scalar => scalar_group(w, a, g, rows, out),
-        #[cfg(target_arch = "x86_64")]
-        Variant::Avx2 => avx2::group(w, a, g, rows, out),
-        #[cfg(target_arch = "x86_64")]
-        Variant::Avx512Vnni => avx512vnni::group(w, a, g, rows, out),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("checked available"),
-    }
-}
-
-/// Writes the valid lanes of one group's outputs for activation row `r`.
-///
-/// # Safety
-/// As `group_rows`.
-unsafe fn store(w: &Packed, g: usize, r: usize, lanes: &[f32; GROUP], out: *mut f32) {
-    let c0 = g * GROUP;
-    let valid = GROUP.min(w.n - c0);
-    std::ptr::copy_nonoverlapping(lanes.as_ptr(), out.add(r * w.n + c0), valid);
+    matmul_groups(variant, w, a, m, out, par, group_bodies!());
 }
 
 /// The definition: candle's scalar `vec_dot_q4_1_q8_1` for each of the group's rows.
 ///
 /// # Safety
-/// As `group_rows`.
+/// As `GroupRows`.
 unsafe fn scalar_group(w: &Packed, a: &Acts, g: usize, rows: Range<usize>, out: *mut f32) {
     let kb = w.kb;
     for r in rows {
@@ -193,7 +125,7 @@ unsafe fn scalar_group(w: &Packed, a: &Acts, g: usize, rows: Range<usize>, out: 
                 *lane += t + f16_to_f32(gb.m[i]) * sa;
             }
         }
-        store(w, g, r, &acc, out);
+        w.store(g, r, &acc, out);
     }
 }
 
@@ -204,7 +136,7 @@ unsafe fn scalar_group(w: &Packed, a: &Acts, g: usize, rows: Range<usize>, out: 
 macro_rules! avx_variant {
     ($module:ident, $features:literal, $dot:path) => {
         mod $module {
-            use super::{store, Acts, Packed, GROUP};
+            use super::{Acts, Packed, GROUP};
             use std::arch::x86_64::*;
             use std::ops::Range;
 
@@ -288,7 +220,7 @@ macro_rules! avx_variant {
                 for j in 0..N {
                     let mut lanes = [0f32; GROUP];
                     _mm256_storeu_ps(lanes.as_mut_ptr(), acc[j]);
-                    store(w, g, r + j, &lanes, out);
+                    w.store(g, r + j, &lanes, out);
                 }
             }
 

@@ -12,6 +12,8 @@
 //! (ragged batches rely on a row computing the same alone and in a batch).
 
 use crate::dispatch::{self, Variant};
+pub use crate::grouped::GROUP;
+use crate::grouped::{group_bodies, matmul_groups, Grouped};
 use crate::parallel::Parallel;
 use crate::q8_0::f16_to_f32;
 use std::ops::Range;
@@ -30,63 +32,34 @@ const _: () = assert!(std::mem::size_of::<Block>() == 22);
 
 /// Values per block.
 pub const QK: usize = 32;
-/// Weight rows per group: the lanes of one 256-bit float vector.
-pub const GROUP: usize = 8;
 
 /// One block column of a group of eight weight rows, stored together so that the kernel
 /// reads the weights as one sequential stream and loads eight scales with one instruction.
 /// Same 22 bytes per row-block as the GGUF layout.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct GroupBlock {
+pub struct GroupBlock {
     d: [u16; GROUP],
     qh: [u32; GROUP],
     qs: [[u8; 16]; GROUP],
 }
 
-/// A Q5_0 matrix (`n` rows of `kb` blocks) repacked for the kernel; rows past `n` in the
-/// last group are zero and never written out.
-pub struct Packed {
-    groups: Vec<GroupBlock>,
-    n: usize,
-    kb: usize,
-}
+/// A Q5_0 matrix (`n` rows of `kb` blocks) repacked for the kernel.
+pub type Packed = Grouped<GroupBlock>;
 
 impl Packed {
     /// Repacks `w`, row-major `n` rows of `kb` blocks. Panics when the length differs.
     pub fn new(w: &[Block], n: usize, kb: usize) -> Self {
-        assert_eq!(w.len(), n * kb, "q5_0 weight blocks");
         let zero = GroupBlock {
             d: [0; GROUP],
             qh: [0; GROUP],
             qs: [[0; 16]; GROUP],
         };
-        let mut groups = vec![zero; n.div_ceil(GROUP) * kb];
-        for (r, row) in w.chunks_exact(kb.max(1)).enumerate().take(n) {
-            let (g, i) = (r / GROUP, r % GROUP);
-            for (b, src) in row.iter().enumerate() {
-                let dst = &mut groups[g * kb + b];
-                dst.d[i] = src.d;
-                dst.qh[i] = u32::from_le_bytes(src.qh);
-                dst.qs[i] = src.qs;
-            }
-        }
-        Self { groups, n, kb }
-    }
-
-    /// Output width (weight rows).
-    pub fn rows(&self) -> usize {
-        self.n
-    }
-
-    /// Blocks per row (input width / 32).
-    pub fn blocks_per_row(&self) -> usize {
-        self.kb
-    }
-
-    /// Bytes held (padding rows included).
-    pub fn bytes(&self) -> usize {
-        self.groups.len() * std::mem::size_of::<GroupBlock>()
+        Grouped::repack("q5_0", w, n, kb, zero, |gb, lane, src: &Block| {
+            gb.d[lane] = src.d;
+            gb.qh[lane] = u32::from_le_bytes(src.qh);
+            gb.qs[lane] = src.qs;
+        })
     }
 }
 
@@ -120,74 +93,17 @@ pub fn matmul_with(
     out: &mut [f32],
     par: Parallel,
 ) {
-    assert!(
-        variant.available(),
-        "{variant:?} needs CPU features absent here"
-    );
     assert_eq!(a.kb, w.kb, "activation and weight widths");
     assert_eq!(a.blocks.len(), m * a.kb, "activation blocks");
     assert_eq!(a.d.len(), m * a.kb, "activation scales");
     assert_eq!(a.sums.len(), m * a.kb, "activation sums");
-    assert_eq!(out.len(), m * w.n, "output length");
-    let groups = w.n.div_ceil(GROUP);
-    let chunks = m.div_ceil(ROW_CHUNK);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let work = |range: Range<usize>| {
-        let out_ptr = &out_ptr;
-        for item in range {
-            let (chunk, g) = (item / groups, item % groups);
-            let rows = chunk * ROW_CHUNK..m.min((chunk + 1) * ROW_CHUNK);
-            // SAFETY: items cover disjoint (row, group) cells of `out`, which outlives the
-            // pool call; the variant's CPU features were checked above.
-            unsafe { group_rows(variant, w, a, g, rows, out_ptr.0) };
-        }
-    };
-    par(chunks * groups, &work);
-}
-
-/// Activation rows per work item (their blocks stay in L2 while the weights stream past).
-const ROW_CHUNK: usize = 64;
-
-struct SendPtr(*mut f32);
-// SAFETY: workers write disjoint elements (see `matmul_with`).
-unsafe impl Sync for SendPtr {}
-
-/// # Safety
-/// `out` holds `m × w.n` floats, no other thread writes these cells, and the CPU runs
-/// `variant`.
-unsafe fn group_rows(
-    variant: Variant,
-    w: &Packed,
-    a: &Acts,
-    g: usize,
-    rows: Range<usize>,
-    out: *mut f32,
-) {
-    match variant {
-        Variant::Scalar => scalar_group(w, a, g, rows, out),
-        #[cfg(target_arch = "x86_64")]
-        Variant::Avx2 => avx2::group(w, a, g, rows, out),
-        #[cfg(target_arch = "x86_64")]
-        Variant::Avx512Vnni => avx512vnni::group(w, a, g, rows, out),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("checked available"),
-    }
-}
-
-/// Writes the valid lanes of one group's outputs for activation row `r`.
-///
-/// # Safety
-/// As `group_rows`.
-unsafe fn store(w: &Packed, g: usize, r: usize, lanes: &[f32; GROUP], out: *mut f32) {
-    let c0 = g * GROUP;
-    let valid = GROUP.min(w.n - c0);
-    std::ptr::copy_nonoverlapping(lanes.as_ptr(), out.add(r * w.n + c0), valid);
+    matmul_groups(variant, w, a, m, out, par, group_bodies!());
 }
 
 /// The definition: candle's scalar `vec_dot_q5_0_q8_0` for each of the group's rows.
 ///
 /// # Safety
-/// As `group_rows`.
+/// As `GroupRows`.
 unsafe fn scalar_group(w: &Packed, a: &Acts, g: usize, rows: Range<usize>, out: *mut f32) {
     let kb = w.kb;
     for r in rows {
@@ -207,7 +123,7 @@ unsafe fn scalar_group(w: &Packed, a: &Acts, g: usize, rows: Range<usize>, out: 
                 *lane += sumi as f32 * f16_to_f32(gb.d[i]) * da;
             }
         }
-        store(w, g, r, &acc, out);
+        w.store(g, r, &acc, out);
     }
 }
 
@@ -216,9 +132,9 @@ unsafe fn scalar_group(w: &Packed, a: &Acts, g: usize, rows: Range<usize>, out: 
 /// everything inlines).
 #[cfg(target_arch = "x86_64")]
 macro_rules! avx_variant {
-    ($module:ident, $features:literal, $dot:ident) => {
+    ($module:ident, $features:literal, $dot:path) => {
         mod $module {
-            use super::{store, Acts, Packed, GROUP};
+            use super::{Acts, Packed, GROUP};
             use std::arch::x86_64::*;
             use std::ops::Range;
 
@@ -275,10 +191,7 @@ macro_rules! avx_variant {
                             let w0 = unpack(&gb.qs[i], gb.qh[i]);
                             let w1 = unpack(&gb.qs[i + 1], gb.qh[i + 1]);
                             for j in 0..N {
-                                pairs[j][p] = _mm256_hadd_epi32(
-                                    super::$dot(w0, ys[j]),
-                                    super::$dot(w1, ys[j]),
-                                );
+                                pairs[j][p] = _mm256_hadd_epi32($dot(w0, ys[j]), $dot(w1, ys[j]));
                             }
                         }
                         for j in 0..N {
@@ -304,7 +217,7 @@ macro_rules! avx_variant {
                 for j in 0..N {
                     let mut lanes = [0f32; GROUP];
                     _mm256_storeu_ps(lanes.as_mut_ptr(), acc[j]);
-                    store(w, g, r + j, &lanes, out);
+                    w.store(g, r + j, &lanes, out);
                 }
             }
 
@@ -335,64 +248,16 @@ macro_rules! avx_variant {
     };
 }
 
-/// Eight i32 lanes, each the sum of four products of unsigned `w` and signed `y` bytes.
-/// No saturation: |w·y| pairs stay below 2 · 31 · 128.
+// The shared `dispatch::dot_avx2` stays exact here: unsigned weights are at most 31, so
+// a pair of products is at most 2 · 31 · 128 in magnitude, well inside i16.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn dot_avx2(
-    w: std::arch::x86_64::__m256i,
-    y: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), _mm256_set1_epi16(1))
-}
-
-/// The same eight lanes with one `vpdpbusd`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
-unsafe fn dot_vnni(
-    w: std::arch::x86_64::__m256i,
-    y: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-avx_variant!(avx2, "avx2,fma,f16c", dot_avx2);
-#[cfg(target_arch = "x86_64")]
-avx_variant!(
-    avx512vnni,
-    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
-    dot_vnni
-);
+dispatch::simd_variants!(avx_variant);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::q8_0::Block as ActBlock;
-
-    /// A small deterministic generator (the kernel crate has no dependencies).
-    struct Lcg(u64);
-    impl Lcg {
-        fn next(&mut self) -> u32 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (self.0 >> 33) as u32
-        }
-    }
-
-    /// f16 bits of a normal value in [2^-10, 2^-3) with either sign.
-    fn f16_bits(rng: &mut Lcg) -> u16 {
-        let exp = 5 + rng.next() % 8;
-        let man = rng.next() & 0x3ff;
-        let sign = (rng.next() & 1) << 15;
-        (sign | (exp << 10) | man) as u16
-    }
+    use crate::test_support::{f16_bits, serial, split, Lcg};
 
     fn weights(n: usize, kb: usize, seed: u64) -> Vec<Block> {
         let mut rng = Lcg(seed);
@@ -423,17 +288,6 @@ mod tests {
         let d = blocks.iter().map(|b| f16_to_f32(b.d)).collect();
         let sums = blocks.iter().map(quant_sum).collect();
         OwnedActs { blocks, d, sums }
-    }
-
-    fn serial(items: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
-        f(0..items)
-    }
-
-    /// Items split in uneven ranges, as a pool might.
-    fn split(items: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
-        let mid = items / 3;
-        f(mid..items);
-        f(0..mid);
     }
 
     /// candle's `vec_dot_q5_0_q8_0`, written from its definition on the unpacked blocks:

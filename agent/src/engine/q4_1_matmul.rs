@@ -7,7 +7,7 @@
 //! candle's `QMatMul` on the same Q4_1 tensor, and a row gives the same bits alone and in
 //! any batch. The weights are repacked once at load (groups of eight rows, same bytes).
 
-use super::quantized_matmul::{on_candle_pool, quantized_matmul};
+use super::quantized_matmul::{on_candle_pool, quantized_matmul, stored_blocks};
 use candle_core::quantized::k_quants::{BlockQ8_1, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Tensor;
@@ -23,27 +23,12 @@ pub(crate) struct PackedQ4_1 {
 impl PackedQ4_1 {
     /// Repacks a CPU Q4_1 tensor of shape (n, k), k a multiple of 32.
     pub(crate) fn new(t: &QTensor) -> candle_core::Result<Self> {
-        if t.dtype() != GgmlDType::Q4_1 {
-            candle_core::bail!("q4_1 matmul: a {:?} weight", t.dtype());
-        }
-        let (n, k) = t.shape().dims2()?;
-        if !k.is_multiple_of(QK) {
-            candle_core::bail!("q4_1 matmul: width {k} is not a multiple of {QK}");
-        }
+        let (blocks, n, k) = stored_blocks("q4_1 matmul", t, GgmlDType::Q4_1, QK, |b| Block {
+            d: u16::from_le_bytes([b[0], b[1]]),
+            m: u16::from_le_bytes([b[2], b[3]]),
+            qs: b[4..20].try_into().expect("16 quant bytes"),
+        })?;
         let kb = k / QK;
-        let data = t.data()?;
-        if data.len() != n * kb * std::mem::size_of::<Block>() {
-            candle_core::bail!("q4_1 matmul: {} bytes for a ({n}, {k}) weight", data.len());
-        }
-        // Copied out block by block: the storage's alignment is not assumed.
-        let blocks: Vec<Block> = data
-            .chunks_exact(std::mem::size_of::<Block>())
-            .map(|b| Block {
-                d: u16::from_le_bytes([b[0], b[1]]),
-                m: u16::from_le_bytes([b[2], b[3]]),
-                qs: b[4..20].try_into().expect("16 quant bytes"),
-            })
-            .collect();
         Ok(Self {
             w: Packed::new(&blocks, n, kb),
             k,
@@ -69,8 +54,8 @@ pub(crate) fn forward(w: &PackedQ4_1, x: &Tensor) -> candle_core::Result<Tensor>
             QK,
             BlockQ8_1::zeros(),
             BlockQ8_1::from_float,
-            |b: &ActBlock| [f16_to_f32(b.d), f16_to_f32(b.s)],
-            |blocks, [d, s], m, out| {
+            |b: &ActBlock| ([f16_to_f32(b.d), f16_to_f32(b.s)], []),
+            |blocks, [d, s], [], m, out| {
                 let a = kernel::Acts { blocks, d, s, kb };
                 kernel::matmul(&w.w, &a, m, out, &on_candle_pool);
             },

@@ -67,8 +67,8 @@ fn q8_0_matmul(
             QK,
             BlockQ8_0::zeros(),
             BlockQ8_0::from_float,
-            |b: &Block| [kernel::f16_to_f32(b.d)],
-            |blocks, [scales], m, out| {
+            |b: &Block| ([kernel::f16_to_f32(b.d)], []),
+            |blocks, [scales], [], m, out| {
                 let a = kernel::Acts { blocks, scales, kb };
                 kernel::matmul_with(variant, qw, n, &a, m, out, &on_candle_pool);
             },

@@ -1,22 +1,28 @@
-//! What the CPU quantised matmuls (`q8_matmul`, `q4_1_matmul`) share around their kernels:
-//! the input checks, activation rows quantised over candle's thread pool, the kernel's
-//! thread pool, and the output's shape. Each matmul brings only its row quantiser and its
-//! kernel call.
+//! What the CPU quantised matmuls (`q8_matmul`, `q4_1_matmul`, `q5_0_matmul`) share around
+//! their kernels: reading a stored weight's blocks, the input checks, activation rows
+//! quantised over candle's thread pool, the kernel's thread pool, and the output's shape.
+//! Each matmul brings only its block layout, its row quantiser and its kernel call.
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Tensor};
 
 /// x: (..., k) f32 on the CPU against a weight of `n` rows of `k` values; returns
 /// (..., n). Each of x's `m` rows is quantised by candle's `quantise(values, blocks)` into
 /// its `k / block_len` blocks (starting as `empty`), which are then read as the kernel's
-/// block type `K`, and `widen(block)` gives each block's `SCALES` f32 scales (widened once
-/// here rather than once per weight row). `kernel(blocks, scales, m, out)` fills the
-/// `m × n` output. `what` names the matmul in errors ("q8_0 matmul").
+/// block type `K`, and `widen(block)` gives each block's `SCALES` f32 scales and `SUMS`
+/// i32 sums (worked out once here rather than once per weight row).
+/// `kernel(blocks, scales, sums, m, out)` fills the `m × n` output. `what` names the matmul in errors ("q8_0 matmul").
 ///
 /// # Safety
 /// `K` must have `B`'s layout (both `repr(C)` with the same fields), every bit pattern
 /// being a valid `K`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn quantized_matmul<B: Clone + Send, K: Sync, const SCALES: usize>(
+pub(crate) unsafe fn quantized_matmul<
+    B: Clone + Send,
+    K: Sync,
+    const SCALES: usize,
+    const SUMS: usize,
+>(
     what: &str,
     x: &Tensor,
     n: usize,
@@ -24,8 +30,8 @@ pub(crate) unsafe fn quantized_matmul<B: Clone + Send, K: Sync, const SCALES: us
     block_len: usize,
     empty: B,
     quantise: impl Fn(&[f32], &mut [B]) + Sync,
-    widen: impl Fn(&K) -> [f32; SCALES] + Sync,
-    kernel: impl FnOnce(&[K], &[Vec<f32>; SCALES], usize, &mut [f32]),
+    widen: impl Fn(&K) -> ([f32; SCALES], [i32; SUMS]) + Sync,
+    kernel: impl FnOnce(&[K], &[Vec<f32>; SCALES], &[Vec<i32>; SUMS], usize, &mut [f32]),
 ) -> candle_core::Result<Tensor> {
     assert_eq!(std::mem::size_of::<B>(), std::mem::size_of::<K>());
     assert!(std::mem::align_of::<B>() >= std::mem::align_of::<K>());
@@ -47,6 +53,7 @@ pub(crate) unsafe fn quantized_matmul<B: Clone + Send, K: Sync, const SCALES: us
 
     let mut blocks = vec![empty; m * kb];
     let mut scales: [Vec<f32>; SCALES] = std::array::from_fn(|_| vec![0f32; m * kb]);
+    let mut sums: [Vec<i32>; SUMS] = std::array::from_fn(|_| vec![0i32; m * kb]);
     {
         let (store, layout) = x.storage_and_layout();
         let candle_core::Storage::Cpu(cpu) = &*store else {
@@ -56,8 +63,9 @@ pub(crate) unsafe fn quantized_matmul<B: Clone + Send, K: Sync, const SCALES: us
         let blocks_ptr = SendPtr(blocks.as_mut_ptr());
         let scale_ptrs: [SendPtr<f32>; SCALES] =
             std::array::from_fn(|i| SendPtr(scales[i].as_mut_ptr()));
+        let sum_ptrs: [SendPtr<i32>; SUMS] = std::array::from_fn(|i| SendPtr(sums[i].as_mut_ptr()));
         let quantise_rows = |rows: std::ops::Range<usize>| {
-            let (blocks_ptr, scale_ptrs) = (&blocks_ptr, &scale_ptrs);
+            let (blocks_ptr, scale_ptrs, sum_ptrs) = (&blocks_ptr, &scale_ptrs, &sum_ptrs);
             for r in rows {
                 // SAFETY: row r's blocks and scales are written by this worker only, and
                 // the buffers outlive the pool call.
@@ -66,8 +74,13 @@ pub(crate) unsafe fn quantized_matmul<B: Clone + Send, K: Sync, const SCALES: us
                 // SAFETY: K has B's layout (the caller's promise).
                 let row: &[K] = unsafe { std::slice::from_raw_parts(row.as_ptr().cast(), kb) };
                 for (b, block) in row.iter().enumerate() {
-                    for (ptr, value) in scale_ptrs.iter().zip(widen(block)) {
+                    let (block_scales, block_sums) = widen(block);
+                    for (ptr, value) in scale_ptrs.iter().zip(block_scales) {
                         // SAFETY: as for the blocks: this row's cells, this worker only.
+                        unsafe { *ptr.0.add(r * kb + b) = value };
+                    }
+                    for (ptr, value) in sum_ptrs.iter().zip(block_sums) {
+                        // SAFETY: as for the scales.
                         unsafe { *ptr.0.add(r * kb + b) = value };
                     }
                 }
@@ -85,10 +98,36 @@ pub(crate) unsafe fn quantized_matmul<B: Clone + Send, K: Sync, const SCALES: us
     let blocks: &[K] = unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), m * kb) };
 
     let mut out = vec![0f32; m * n];
-    kernel(blocks, &scales, m, &mut out);
+    kernel(blocks, &scales, &sums, m, &mut out);
     let mut out_dims = dims;
     *out_dims.last_mut().expect("checked above") = n;
     Tensor::from_vec(out, out_dims, x.device())
+}
+
+/// A quantised weight `t` of `dtype`, shape (n, k) with k a multiple of `block_len`, as
+/// `n × k / block_len` blocks `parse`d from its stored bytes (copied out block by block:
+/// the storage's alignment is not assumed); returns them with (n, k). `what` names the
+/// matmul in errors.
+pub(crate) fn stored_blocks<B>(
+    what: &str,
+    t: &QTensor,
+    dtype: GgmlDType,
+    block_len: usize,
+    parse: impl Fn(&[u8]) -> B,
+) -> candle_core::Result<(Vec<B>, usize, usize)> {
+    if t.dtype() != dtype {
+        candle_core::bail!("{what}: a {:?} weight", t.dtype());
+    }
+    let (n, k) = t.shape().dims2()?;
+    if !k.is_multiple_of(block_len) {
+        candle_core::bail!("{what}: width {k} is not a multiple of {block_len}");
+    }
+    let data = t.data()?;
+    let block_bytes = std::mem::size_of::<B>();
+    if data.len() != n * (k / block_len) * block_bytes {
+        candle_core::bail!("{what}: {} bytes for a ({n}, {k}) weight", data.len());
+    }
+    Ok((data.chunks_exact(block_bytes).map(parse).collect(), n, k))
 }
 
 /// The kernels' `Parallel`: items split over candle's CPU thread pool.
