@@ -185,6 +185,17 @@ fn listed(stdout: &str) -> std::collections::BTreeMap<String, (u64, u64, u64, St
         .collect()
 }
 
+/// `lem token ARGS --data-dir DATA_DIR` (no `--coordinator`).
+fn token_on_data_dir(data_dir: &Path, args: &[&str]) -> std::process::Output {
+    lem()
+        .args(["token"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap()
+}
+
 fn stdout_of(out: &std::process::Output, what: &str) -> String {
     assert!(
         out.status.success(),
@@ -205,15 +216,7 @@ fn listed_tokens_show_their_uses_and_a_revoked_one_enrolls_no_one_while_the_othe
     let kept_id = expected_id(&kept_token);
 
     // On the data dir: both, unused.
-    let local = |args: &[&str]| {
-        lem()
-            .args(["token"])
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .output()
-            .unwrap()
-    };
+    let local = |args: &[&str]| token_on_data_dir(&data_dir, args);
     let rows = listed(&stdout_of(&local(&["list", "--json"]), "local list"));
     assert_eq!(
         rows,
@@ -360,15 +363,7 @@ fn token_commands_on_a_data_dir_held_by_its_server_go_through_that_server() {
     let (token, said) = token_create(&data_dir, "10m", "1");
     assert!(said.contains("going through it"), "{said}");
     let id = expected_id(&token);
-    let on_data_dir = |args: &[&str]| {
-        lem()
-            .args(["token"])
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .output()
-            .unwrap()
-    };
+    let on_data_dir = |args: &[&str]| token_on_data_dir(&data_dir, args);
     let rows = listed(&stdout_of(&on_data_dir(&["list", "--json"]), "token list"));
     assert_eq!(
         rows.get(&id),
