@@ -1,6 +1,7 @@
 //! The deployment files in deploy/ parse and say what deploy/README.md promises: unit files
-//! are valid systemd syntax (checked with `systemd-analyze verify` where installed), the
-//! Kubernetes manifests carry the fields the cluster needs, the Slurm script is valid bash.
+//! are `Key=Value` sections with the hardening and state directory, the Kubernetes
+//! manifests carry the fields the cluster needs, the Slurm script is valid bash.
+//! `deploy_run.rs` runs them where this machine can (`systemd-analyze`, Slurm).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -98,44 +99,6 @@ fn systemd_units_are_hardened_services_with_their_own_state_directory() {
             "{file}: LEM_DATA_DIR in the state directory"
         );
     }
-}
-
-#[test]
-fn systemd_analyze_accepts_the_units_without_warnings() {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: systemd-analyze is not installed");
-        return;
-    }
-    // `verify` checks that ExecStart exists: point it at a binary that does.
-    let dir = tempfile::tempdir().unwrap();
-    let mut units = Vec::new();
-    for file in ["lem-serve.service", "lem-agent.service"] {
-        let text = read(&format!("systemd/{file}"))
-            .replace("/usr/local/bin/lem-agent", "/bin/true")
-            .replace("/usr/local/bin/lem serve", "/bin/true serve");
-        let path = dir.path().join(file);
-        std::fs::write(&path, text).unwrap();
-        units.push(path);
-    }
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .args(&units)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // Offline verification can only complain about the unit text itself.
-    let complaints: Vec<&str> = stderr
-        .lines()
-        .filter(|l| units.iter().any(|u| l.contains(&*u.to_string_lossy())))
-        .collect();
-    assert!(
-        out.status.success() && complaints.is_empty(),
-        "systemd-analyze verify: {stderr}"
-    );
 }
 
 fn yaml_docs(rel: &str) -> Vec<serde_yaml::Value> {
