@@ -6,7 +6,7 @@
 #   `lem token create --uses 1` -> `sbatch --gres=gpu:1 deploy/slurm/lem-agents.sbatch`
 #   -> the agent is listed (offering only the GPU Slurm gave it) -> a 1-experiment,
 #   2-cycle sweep on SmolLM2 (CPU inference, fake NVML) is accepted -> `scancel` -> the
-#   agent logged a clean stop and the coordinator shows it disconnected.
+#   job leaves squeue, the agent logged a clean stop, the coordinator lists it lost.
 # Everything it started is stopped on exit (trap), the temp dir removed unless
 # LEM_SMOKE_KEEP=1. Needs root, slurm-wlm and munge (Debian: apt-get install slurm-wlm
 # munge), python3, and built binaries:
@@ -15,8 +15,8 @@
 #   FAKE_NVML_LIB  tests/fake-nvml's library (default libnvidia_ml.so next to LEM_BIN;
 #                  cargo build --workspace -p fake-nvml)
 #   LEM_TEST_MODEL the SmolLM2 GGUF (default as scripts/fetch-model.sh installs it)
-# Prints one line of timings at the end: `slurm-smoke: agent joined after X s, sweep
-# accepted after Y s, agent gone after Z s`.
+# Prints one line of timings at the end: `slurm-smoke: agent joined after A s, sweep
+# accepted after B s, job ended C s after scancel, agent listed lost after D s`.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -81,6 +81,7 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
+trap 'say "FAILED at line $LINENO: $BASH_COMMAND"' ERR
 
 free_tcp_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -202,9 +203,11 @@ agent_joined() {
 wait_for "the agent of job $job in \`lem agent list\`" agent_joined
 joined_s=$((SECONDS - start))
 agents=$(agent_json)
-say "agent joined after ${joined_s}s: $agents"
-gpus=$(echo "$agents" | json_query "len(j[0]['gpus'])")
-[[ $gpus == 1 ]] || die "the agent offers $gpus GPUs; Slurm gave it 1 (CUDA_VISIBLE_DEVICES)"
+say "agent joined after ${joined_s}s: $(echo "$agents" | json_query "j[0]['id'], [g['key'] for g in j[0]['gpus']]")"
+# Slurm gave the job GPU index 0 (CUDA_VISIBLE_DEVICES=0): the agent offers that one only.
+offered=$(echo "$agents" | json_query "' '.join(g['key'] for g in j[0]['gpus'])")
+[[ $offered == gpu:GPU-51a00000-0000-4000-8000-000000000000 ]] ||
+    die "the agent offers '$offered'; Slurm gave it GPU 0 only (CUDA_VISIBLE_DEVICES)"
 
 # --- a sweep ----------------------------------------------------------------------------
 cat >"$work/smoke.yaml" <<EOF
@@ -230,7 +233,7 @@ EOF
 cycles=2
 sweep_start=$SECONDS
 lem sweep submit --cycles "$cycles" --name slurm-smoke "$work/smoke.yaml" >&2
-progress() { lem status --json | json_query "j['sweeps'][0]['progress']"; }
+progress() { lem status --json | json_query "json.dumps(j['sweeps'][0]['progress'])"; }
 sweep_done() {
     lem status --json 2>/dev/null |
         json_query "(lambda p: p['accepted'] + p['failed'] == $cycles)(j['sweeps'][0]['progress'])" |
@@ -249,13 +252,15 @@ scancel "$job"
 job_gone() { [[ -z $(squeue --noheader --jobs="$job" 2>/dev/null) ]]; }
 wait_for "job $job to leave squeue" job_gone
 job=""
-agent_disconnected() {
-    agent_json 2>/dev/null | json_query "j[0].get('alive') is False" | grep -qx True
-}
-wait_for "the coordinator to see the agent gone" agent_disconnected
-gone_s=$((SECONDS - cancel_start))
+ended_s=$((SECONDS - cancel_start))
 out=$(ls "$work"/submit/slurm-*.out)
 grep -q "signal received" "$out" || die "the agent's log ($out) has no 'signal received'"
-grep -q "stopped" "$out" || die "the agent did not log a clean stop ('stopped') in $out"
+grep -q "INFO lem_agent::daemon: stopped" "$out" || die "the agent did not log a clean stop in $out"
+# The coordinator marks an agent lost when it has not heard from it for its agent timeout.
+agent_lost() {
+    agent_json 2>/dev/null | json_query "j[0].get('alive') is False" | grep -qx True
+}
+wait_for "the coordinator to list the agent as lost" agent_lost
+lost_s=$((SECONDS - cancel_start))
 ok=1
-say "agent joined after ${joined_s} s, sweep accepted after ${sweep_s} s, agent gone after ${gone_s} s"
+say "agent joined after ${joined_s} s, sweep accepted after ${sweep_s} s, job ended ${ended_s} s after scancel, agent listed lost after ${lost_s} s"

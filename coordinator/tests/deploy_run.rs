@@ -161,7 +161,8 @@ fn slurm_batch_script_starts_an_agent_that_serves_a_sweep_and_stops_on_scancel()
     assert!(
         last.starts_with("slurm-smoke: agent joined after ")
             && last.contains("sweep accepted after")
-            && last.contains("agent gone after"),
+            && last.contains("after scancel")
+            && last.contains("agent listed lost after"),
         "{last}"
     );
     eprintln!("slurm smoke run took {:?}", started.elapsed());
