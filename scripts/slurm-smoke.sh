@@ -197,7 +197,17 @@ job=$(sbatch --parsable --nodes=1 --gres=gpu:1 --export=ALL "$repo/deploy/slurm/
 say "submitted Slurm job $job"
 
 agent_json() { lem agent list --json; }
+job_gone() { # squeue answered and lists the job no more (or no longer knows it)
+    local listed
+    if ! listed=$(squeue --noheader --jobs="$job" 2>&1); then
+        [[ $listed == *"Invalid job id"* ]]
+        return
+    fi
+    [[ -z $listed ]]
+}
 agent_joined() {
+    # A batch script that failed ends the job: say so now rather than at the timeout.
+    job_gone && die "Slurm job $job ended before its agent joined (its output is below)"
     agent_json 2>/dev/null | json_query "len(j) == 1 and j[0].get('alive') is True" | grep -qx True
 }
 wait_for "the agent of job $job in \`lem agent list\`" agent_joined
@@ -249,7 +259,6 @@ say "sweep accepted after ${sweep_s}s: $final"
 # --- scancel: the agent stops cleanly -----------------------------------------------------
 cancel_start=$SECONDS
 scancel "$job"
-job_gone() { [[ -z $(squeue --noheader --jobs="$job" 2>/dev/null) ]]; }
 wait_for "job $job to leave squeue" job_gone
 job=""
 ended_s=$((SECONDS - cancel_start))

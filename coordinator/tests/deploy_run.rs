@@ -35,8 +35,8 @@ fn deploy_dir() -> PathBuf {
 /// A copy of the unit `file` in `dir` with its ExecStart binary replaced by `binary`.
 fn unit_running(dir: &Path, file: &str, installed: &str, binary: &Path) -> PathBuf {
     let source = deploy_dir().join("systemd").join(file);
-    let text = std::fs::read_to_string(&source)
-        .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+    let text =
+        std::fs::read_to_string(&source).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
     let line = format!("ExecStart={installed}");
     assert!(
         text.lines()
@@ -66,12 +66,7 @@ fn systemd_units_on_the_built_binaries_pass_verify_and_keep_their_exposure() {
     let dir = tempfile::tempdir().unwrap();
     let lem = PathBuf::from(env!("CARGO_BIN_EXE_lem"));
     let units = [
-        unit_running(
-            dir.path(),
-            "lem-serve.service",
-            "/usr/local/bin/lem",
-            &lem,
-        ),
+        unit_running(dir.path(), "lem-serve.service", "/usr/local/bin/lem", &lem),
         unit_running(
             dir.path(),
             "lem-agent.service",
