@@ -113,9 +113,12 @@ munged --force --key-file="$work/munge/munge.key" --socket="$munge_socket" \
 # --- slurm ------------------------------------------------------------------------------
 node=$(hostname)
 mkdir -p "$work/state" "$work/log" "$work/spool/slurmd-$node" "$work/dev" "$work/submit"
-# Two GPU device files for the gpu GRES (char 1:3, as /dev/null): Slurm only needs their
-# names to hand out indexes and set CUDA_VISIBLE_DEVICES; the fake NVML is the GPUs.
-for i in 0 1; do mknod "$work/dev/nvidia$i" c 1 3; done
+# Two GPU device files for the gpu GRES (char 1:3, as /dev/null): Slurm hands out their
+# indexes and sets CUDA_VISIBLE_DEVICES from them (for plain files it sets nothing, and the
+# agent would offer every GPU); the fake NVML is the GPUs.
+for i in 0 1; do
+    mknod "$work/dev/nvidia$i" c 1 3 || die "cannot mknod a device file (no CAP_MKNOD here?)"
+done
 export SLURM_CONF=$work/slurm.conf
 cat >"$SLURM_CONF" <<EOF
 ClusterName=lemsmoke
