@@ -8,7 +8,7 @@
 //!   loopback, serves a sweep and stops cleanly on `scancel`.
 //!
 //! Each skips with the reason printed when its tool is missing (Slurm also needs root);
-//! Slurm's absence does not fail CI (whether CI installs it is decided separately).
+//! `.ci/run` installs Slurm and munge (`scripts/setup-slurm.sh`), so CI runs the Slurm test.
 
 mod serve_support;
 #[path = "../src/test_fixtures.rs"]
@@ -136,6 +136,21 @@ fn slurm_batch_script_starts_an_agent_that_serves_a_sweep_and_stops_on_scancel()
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: a throwaway Slurm cluster needs root (slurmd runs jobs as users)");
+        return;
+    }
+    // Slurm sets CUDA_VISIBLE_DEVICES only for GRES backed by device nodes; a container
+    // without CAP_MKNOD cannot make them.
+    let probe_dir = tempfile::tempdir().unwrap();
+    let probe = Command::new("mknod")
+        .arg(probe_dir.path().join("probe"))
+        .args(["c", "1", "3"])
+        .output()
+        .expect("mknod runs");
+    if !probe.status.success() {
+        eprintln!(
+            "skipped: cannot make device nodes here (no CAP_MKNOD): {}",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        );
         return;
     }
     let started = std::time::Instant::now();
