@@ -3,8 +3,8 @@
 //! machine must pass); loops are bounded.
 
 use lem_common::wire::{
-    encode_frame, AgentMessage, AttemptRef, CoordinatorMessage, Handshake, HandshakeReply,
-    HeldAttempt, PeerRole, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    encode_frame, AgentMessage, AttemptRef, CoordinatorMessage, EnrollReply, EnrollRequest,
+    Handshake, HandshakeReply, HeldAttempt, PeerRole, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use lem_net::frame_io::read_frame;
 use lem_net::pki::{ClientCredential, ClusterCa, LEAF_VALIDITY};
@@ -449,7 +449,22 @@ async fn raw_agent_connection(
     quinn::SendStream,
     Option<HandshakeReply>,
 ) {
-    let tls = lem_net::tls::client_config(credential, Alpn::Agent).unwrap();
+    raw_session_connection(cluster, credential, Alpn::Agent, handshake).await
+}
+
+/// [`raw_agent_connection`] on any session ALPN.
+async fn raw_session_connection(
+    cluster: &Cluster,
+    credential: &ClientCredential,
+    alpn: Alpn,
+    handshake: &Handshake,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    Option<HandshakeReply>,
+) {
+    let tls = lem_net::tls::client_config(credential, alpn).unwrap();
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let connection = endpoint
@@ -510,6 +525,103 @@ async fn another_protocol_version_gets_a_refusal_naming_both() {
         .next_session(Duration::from_millis(300))
         .await
         .is_none());
+}
+
+/// The version before the current one, written out: what an unupgraded peer sends.
+const PREVIOUS_PROTOCOL_VERSION: u32 = 2;
+
+/// The refusal names the peer's version and build and ours, in numbers and in words.
+fn assert_names_both_versions(message: &str) {
+    for part in [
+        "protocol version 2 (lem 9.9.9-test) is not supported".to_string(),
+        format!("speaks version {PROTOCOL_VERSION} "),
+    ] {
+        assert!(message.contains(&part), "{message:?} lacks {part:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_agent_cli_or_enrolling_peer_is_refused_naming_both_versions() {
+    assert_eq!(
+        PROTOCOL_VERSION,
+        PREVIOUS_PROTOCOL_VERSION + 1,
+        "bumped again: make PREVIOUS_PROTOCOL_VERSION the version before it"
+    );
+    let mut cluster = Cluster::start();
+    let sessions = [
+        (
+            Alpn::Agent,
+            PeerRole::Agent,
+            cluster.credential(Role::Agent, "old-agent"),
+        ),
+        (
+            Alpn::Cli,
+            PeerRole::Cli,
+            cluster.credential(Role::Operator, "old-cli"),
+        ),
+    ];
+    for (alpn, role, credential) in sessions {
+        let (_endpoint, connection, _send, reply) = raw_session_connection(
+            &cluster,
+            &credential,
+            alpn,
+            &agent_handshake(PREVIOUS_PROTOCOL_VERSION, role),
+        )
+        .await;
+        let Some(HandshakeReply::Refused(refusal)) = reply else {
+            panic!("{alpn}: expected a version refusal, got {reply:?}");
+        };
+        assert_eq!(
+            (refusal.our_version, refusal.peer_version),
+            (PROTOCOL_VERSION, PREVIOUS_PROTOCOL_VERSION),
+            "{alpn}"
+        );
+        assert_names_both_versions(&refusal.message);
+        connection.close(0u32.into(), b"bye");
+        assert!(cluster
+            .next_session(Duration::from_millis(300))
+            .await
+            .is_none());
+    }
+
+    // Enrollment has no handshake: the request carries its version, and a valid token
+    // stays unused.
+    let token = cluster.token();
+    let before = cluster.book.snapshot();
+    let pending = lem_net::pki::PendingEnrollment::generate("old-node").unwrap();
+    let (tls, _) = lem_net::tls::pinned_client_config(cluster.ca.sha256(), Alpn::Enroll).unwrap();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connection = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(quic)),
+            cluster.target.parse().unwrap(),
+            "127.0.0.1",
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let request = EnrollRequest {
+        protocol_version: PREVIOUS_PROTOCOL_VERSION,
+        lem_version: "9.9.9-test".into(),
+        join_token: token.to_text(),
+        csr_pem: pending.csr_pem().to_owned(),
+        node_name: "old-node".into(),
+    };
+    send.write_all(&encode_frame(&request, MAX_FRAME_BYTES).unwrap())
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(STEP, read_frame(&mut recv, MAX_FRAME_BYTES))
+        .await
+        .unwrap()
+        .unwrap();
+    match reply {
+        Some(EnrollReply::Refused { reason }) => assert_names_both_versions(&reason),
+        other => panic!("expected an enrollment refusal, got {other:?}"),
+    }
+    connection.close(0u32.into(), b"bye");
+    assert_eq!(cluster.book.snapshot(), before, "the token was touched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
