@@ -103,6 +103,55 @@ impl Cluster {
             .ok()
             .flatten()
     }
+
+    /// No session was yielded to the application.
+    async fn assert_no_session(&mut self) {
+        let session = self.next_session(Duration::from_millis(300)).await;
+        assert!(
+            session.is_none(),
+            "a session was yielded: {:?}",
+            session.map(|s| s.peer)
+        );
+    }
+
+    /// A QUIC connection to the server made with quinn directly, with `tls` (so a test can
+    /// present any certificate, or none, on any ALPN and then send anything). The endpoint
+    /// must outlive the connection.
+    async fn raw_connection(
+        &self,
+        tls: rustls::ClientConfig,
+    ) -> (quinn::Endpoint, quinn::Connection) {
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let connection = endpoint
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(quic)),
+                self.target.parse().unwrap(),
+                "127.0.0.1",
+            )
+            .unwrap()
+            .await
+            .unwrap();
+        (endpoint, connection)
+    }
+}
+
+/// The server closes `connection` with `code` and a reason containing `reason_part`.
+async fn assert_closed_with(connection: &quinn::Connection, code: u32, reason_part: &str) {
+    match tokio::time::timeout(STEP, connection.closed())
+        .await
+        .unwrap()
+    {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code.into_inner(), u64::from(code));
+            let reason = String::from_utf8_lossy(&close.reason);
+            assert!(
+                reason.contains(reason_part),
+                "{reason:?} lacks {reason_part:?}"
+            );
+        }
+        other => panic!("expected a close with code {code} naming {reason_part:?}, got {other}"),
+    }
 }
 
 fn heartbeat(attempt: u64) -> AgentMessage {
@@ -230,10 +279,7 @@ async fn assert_refused(
         Err(other) => panic!("expected a refusal naming {reason_part:?}, got {other}"),
         Ok(_) => panic!("connection was admitted"),
     }
-    assert!(cluster
-        .next_session(Duration::from_millis(300))
-        .await
-        .is_none());
+    cluster.assert_no_session().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,33 +287,14 @@ async fn agent_alpn_without_a_client_certificate_is_refused() {
     let mut cluster = Cluster::start();
     // A client that trusts the server (pinned CA) but presents no certificate.
     let (tls, _) = lem_net::tls::pinned_client_config(cluster.ca.sha256(), Alpn::Agent).unwrap();
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let connection = endpoint
-        .connect_with(
-            quinn::ClientConfig::new(Arc::new(quic)),
-            cluster.target.parse().unwrap(),
-            "127.0.0.1",
-        )
-        .unwrap()
-        .await
-        .unwrap();
-    let closed = tokio::time::timeout(STEP, connection.closed())
-        .await
-        .unwrap();
-    let quinn::ConnectionError::ApplicationClosed(close) = closed else {
-        panic!("expected an application close, got {closed}");
-    };
-    assert_eq!(
-        close.error_code.into_inner(),
-        u64::from(lem_net::close_code::REFUSED)
-    );
-    let reason = String::from_utf8_lossy(&close.reason);
-    assert!(reason.contains("needs a client certificate"), "{reason}");
-    assert!(cluster
-        .next_session(Duration::from_millis(300))
-        .await
-        .is_none());
+    let (_endpoint, connection) = cluster.raw_connection(tls).await;
+    assert_closed_with(
+        &connection,
+        lem_net::close_code::REFUSED,
+        "needs a client certificate",
+    )
+    .await;
+    cluster.assert_no_session().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,10 +362,7 @@ async fn certificate_from_another_ca_is_refused_in_the_tls_handshake() {
         Err(other) => panic!("expected the TLS handshake to fail, got {other}"),
         Ok(_) => panic!("a certificate from another CA was admitted"),
     }
-    assert!(cluster
-        .next_session(Duration::from_millis(300))
-        .await
-        .is_none());
+    cluster.assert_no_session().await;
 }
 
 fn assert_enrollment_refused(result: Result<ClientCredential, NetError>, reason_part: &str) {
@@ -465,17 +489,7 @@ async fn raw_session_connection(
     Option<HandshakeReply>,
 ) {
     let tls = lem_net::tls::client_config(credential, alpn).unwrap();
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let connection = endpoint
-        .connect_with(
-            quinn::ClientConfig::new(Arc::new(quic)),
-            cluster.target.parse().unwrap(),
-            "127.0.0.1",
-        )
-        .unwrap()
-        .await
-        .unwrap();
+    let (endpoint, connection) = cluster.raw_connection(tls).await;
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
     send.write_all(&encode_frame(handshake, MAX_FRAME_BYTES).unwrap())
         .await
@@ -521,10 +535,7 @@ async fn another_protocol_version_gets_a_refusal_naming_both() {
         other => panic!("expected a version refusal, got {other:?}"),
     }
     connection.close(0u32.into(), b"bye");
-    assert!(cluster
-        .next_session(Duration::from_millis(300))
-        .await
-        .is_none());
+    cluster.assert_no_session().await;
 }
 
 /// The version before the current one, written out: what an unupgraded peer sends.
@@ -578,10 +589,7 @@ async fn a_version_2_agent_cli_or_enrolling_peer_is_refused_naming_both_versions
         );
         assert_names_both_versions(&refusal.message);
         connection.close(0u32.into(), b"bye");
-        assert!(cluster
-            .next_session(Duration::from_millis(300))
-            .await
-            .is_none());
+        cluster.assert_no_session().await;
     }
 
     // Enrollment has no handshake: the request carries its version, and a valid token
@@ -590,17 +598,7 @@ async fn a_version_2_agent_cli_or_enrolling_peer_is_refused_naming_both_versions
     let before = cluster.book.snapshot();
     let pending = lem_net::pki::PendingEnrollment::generate("old-node").unwrap();
     let (tls, _) = lem_net::tls::pinned_client_config(cluster.ca.sha256(), Alpn::Enroll).unwrap();
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let connection = endpoint
-        .connect_with(
-            quinn::ClientConfig::new(Arc::new(quic)),
-            cluster.target.parse().unwrap(),
-            "127.0.0.1",
-        )
-        .unwrap()
-        .await
-        .unwrap();
+    let (_endpoint, connection) = cluster.raw_connection(tls).await;
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
     let request = EnrollRequest {
         protocol_version: PREVIOUS_PROTOCOL_VERSION,
@@ -634,24 +632,8 @@ async fn a_handshake_naming_the_cli_role_on_the_agent_alpn_is_closed() {
     )
     .await;
     assert!(reply.is_none(), "{reply:?}");
-    match tokio::time::timeout(STEP, connection.closed())
-        .await
-        .unwrap()
-    {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(
-                close.error_code.into_inner(),
-                u64::from(lem_net::close_code::PROTOCOL)
-            );
-            let reason = String::from_utf8_lossy(&close.reason);
-            assert!(reason.contains("lem-agent/1"), "{reason}");
-        }
-        other => panic!("expected a protocol close, got {other}"),
-    }
-    assert!(cluster
-        .next_session(Duration::from_millis(300))
-        .await
-        .is_none());
+    assert_closed_with(&connection, lem_net::close_code::PROTOCOL, "lem-agent/1").await;
+    cluster.assert_no_session().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -691,17 +673,12 @@ async fn a_malformed_frame_closes_only_its_own_connection() {
         matches!(server_result, Err(NetError::MalformedFrame { .. })),
         "{server_result:?}"
     );
-    match tokio::time::timeout(STEP, bad.closed()).await.unwrap() {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(
-                close.error_code.into_inner(),
-                u64::from(lem_net::close_code::MALFORMED_FRAME)
-            );
-            let reason = String::from_utf8_lossy(&close.reason);
-            assert!(reason.contains("0xc1 is reserved"), "{reason}");
-        }
-        other => panic!("expected a close for the malformed frame, got {other}"),
-    }
+    assert_closed_with(
+        &bad,
+        lem_net::close_code::MALFORMED_FRAME,
+        "0xc1 is reserved",
+    )
+    .await;
     // The server logged why, naming the peer.
     let logged = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
     let line = logged
@@ -780,10 +757,7 @@ async fn a_client_of_another_cluster_does_not_trust_this_server() {
         Err(other) => panic!("expected the client to reject the server, got {other}"),
         Ok(_) => panic!("the client trusted a server of another CA"),
     }
-    assert!(cluster
-        .next_session(Duration::from_millis(300))
-        .await
-        .is_none());
+    cluster.assert_no_session().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -792,39 +766,18 @@ async fn the_enrollment_alpn_serves_nothing_but_enrollment() {
     let before = cluster.book.snapshot();
     // No certificate, on lem-enroll/1, trying to open a session with a handshake.
     let (tls, _) = lem_net::tls::pinned_client_config(cluster.ca.sha256(), Alpn::Enroll).unwrap();
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let connection = endpoint
-        .connect_with(
-            quinn::ClientConfig::new(Arc::new(quic)),
-            cluster.target.parse().unwrap(),
-            "127.0.0.1",
-        )
-        .unwrap()
-        .await
-        .unwrap();
+    let (_endpoint, connection) = cluster.raw_connection(tls).await;
     let (mut send, _recv) = connection.open_bi().await.unwrap();
     let handshake = agent_handshake(PROTOCOL_VERSION, PeerRole::Agent);
     send.write_all(&encode_frame(&handshake, MAX_FRAME_BYTES).unwrap())
         .await
         .unwrap();
-    match tokio::time::timeout(STEP, connection.closed())
-        .await
-        .unwrap()
-    {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(
-                close.error_code.into_inner(),
-                u64::from(lem_net::close_code::MALFORMED_FRAME)
-            );
-            let reason = String::from_utf8_lossy(&close.reason);
-            assert!(reason.contains("EnrollRequest"), "{reason}");
-        }
-        other => panic!("expected the connection closed as malformed, got {other}"),
-    }
-    assert!(cluster
-        .next_session(Duration::from_millis(300))
-        .await
-        .is_none());
+    assert_closed_with(
+        &connection,
+        lem_net::close_code::MALFORMED_FRAME,
+        "EnrollRequest",
+    )
+    .await;
+    cluster.assert_no_session().await;
     assert_eq!(cluster.book.snapshot(), before);
 }
