@@ -307,9 +307,10 @@ impl World {
         let config = SchedulerConfig {
             lease_ttl_ms: 15_000,
             agent_timeout_ms: 10_000,
-            // Not shorter than the TTL (the defaults are equal): a recovered lease that
-            // is not re-announced is requeued at the end of the grace without a fence, so
-            // a shorter grace lets its agent run on after the coordinator stops counting it.
+            // Not shorter than the TTL (`lem serve` defaults to twice it): a recovered
+            // lease that is not re-announced is requeued at the end of the grace without a
+            // fence, so a shorter grace lets its agent run on after the coordinator stops
+            // counting it.
             restart_grace_ms: 15_000,
             max_failures: 3,
             max_attempts: 1_000,
