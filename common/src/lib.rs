@@ -8,6 +8,7 @@ pub mod config;
 pub mod domain;
 pub mod flops;
 pub mod holm;
+pub mod lease_ttl;
 pub mod mig;
 pub mod phases;
 pub mod prometheus;

@@ -5,23 +5,18 @@
 //! A renewal was made when the coordinator handled the Hello or heartbeat it answers,
 //! which is after the agent sent that message. So the agent counts the TTL from when it
 //! *sent* the message (never from when the renewal arrived, which may be much later),
-//! minus [`drift_margin`] for the two clocks running at slightly different rates. The
-//! coordinator answers the messages of one session in order, on one ordered stream,
-//! with at most one `Renew` each; so the n-th `Renew` naming a run answers the n-th or
-//! a later message that listed it, and pairing them in order never counts from a time
-//! later than the true one. A message that drew no `Renew` only makes later counts
+//! minus a drift margin for the two clocks running at slightly different rates: the rule
+//! is `lem_common::lease_ttl::lease_end`, which the scheduler simulation's agents follow
+//! too. The coordinator answers the messages of one session in order, on one ordered
+//! stream, with at most one `Renew` each; so the n-th `Renew` naming a run answers the
+//! n-th or a later message that listed it, and pairing them in order never counts from a
+//! time later than the true one. A message that drew no `Renew` only makes later counts
 //! earlier (the run may stop early, never late). A new session starts the pairing
 //! afresh: the old connection's messages will never be answered.
 
+use lem_common::lease_ttl::lease_end;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
-
-/// What the agent takes off every TTL: monotonic clocks of two machines drift apart by
-/// far less than 5% over a TTL; the rest covers the trip of the first lease (its TTL is
-/// counted from its arrival, there being no earlier message it answers).
-pub fn drift_margin(ttl: Duration) -> Duration {
-    ttl / 20
-}
 
 #[derive(Debug, Clone)]
 pub struct LeaseClock {
@@ -35,7 +30,7 @@ impl LeaseClock {
     /// A lease that arrived at `received_at` with `ttl`.
     pub fn granted(received_at: Instant, ttl: Duration) -> Self {
         Self {
-            expires_at: received_at + ttl - drift_margin(ttl),
+            expires_at: lease_end(received_at, ttl),
             unanswered: VecDeque::new(),
         }
     }
@@ -57,7 +52,7 @@ impl LeaseClock {
             tracing::warn!("a renewal answers no heartbeat this session sent; ignored");
             return;
         };
-        self.expires_at = self.expires_at.max(sent_at + ttl - drift_margin(ttl));
+        self.expires_at = self.expires_at.max(lease_end(sent_at, ttl));
     }
 
     /// A new session: messages of the old one will never be answered.

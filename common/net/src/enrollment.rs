@@ -4,7 +4,7 @@
 
 use crate::pki::ClusterCa;
 use crate::token::{hex, JoinToken, JoinTokenBook};
-use lem_common::wire::{EnrollReply, EnrollRequest, PROTOCOL_VERSION};
+use lem_common::wire::{version_refusal_message, EnrollReply, EnrollRequest, PROTOCOL_VERSION};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,12 +42,9 @@ impl EnrollmentDesk {
 
     fn try_enroll(&self, request: &EnrollRequest) -> Result<EnrollReply, String> {
         if request.protocol_version != PROTOCOL_VERSION {
-            return Err(format!(
-                "protocol version {} (lem {}) is not supported: this coordinator speaks \
-                 version {PROTOCOL_VERSION} (lem {})",
+            return Err(version_refusal_message(
                 request.protocol_version,
-                request.lem_version,
-                env!("CARGO_PKG_VERSION")
+                &request.lem_version,
             ));
         }
         let token = JoinToken::parse(&request.join_token).map_err(|e| e.to_string())?;

@@ -3,8 +3,8 @@
 //! machine must pass); loops are bounded.
 
 use lem_common::wire::{
-    encode_frame, AgentMessage, AttemptRef, CoordinatorMessage, Handshake, HandshakeReply,
-    HeldAttempt, PeerRole, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    encode_frame, AgentMessage, AttemptRef, CoordinatorMessage, EnrollReply, EnrollRequest,
+    Handshake, HandshakeReply, HeldAttempt, PeerRole, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use lem_net::frame_io::read_frame;
 use lem_net::pki::{ClientCredential, ClusterCa, LEAF_VALIDITY};
@@ -102,6 +102,55 @@ impl Cluster {
             .await
             .ok()
             .flatten()
+    }
+
+    /// No session was yielded to the application.
+    async fn assert_no_session(&mut self) {
+        let session = self.next_session(Duration::from_millis(300)).await;
+        assert!(
+            session.is_none(),
+            "a session was yielded: {:?}",
+            session.map(|s| s.peer)
+        );
+    }
+
+    /// A QUIC connection to the server made with quinn directly, with `tls` (so a test can
+    /// present any certificate, or none, on any ALPN and then send anything). The endpoint
+    /// must outlive the connection.
+    async fn raw_connection(
+        &self,
+        tls: rustls::ClientConfig,
+    ) -> (quinn::Endpoint, quinn::Connection) {
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let connection = endpoint
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(quic)),
+                self.target.parse().unwrap(),
+                "127.0.0.1",
+            )
+            .unwrap()
+            .await
+            .unwrap();
+        (endpoint, connection)
+    }
+}
+
+/// The server closes `connection` with `code` and a reason containing `reason_part`.
+async fn assert_closed_with(connection: &quinn::Connection, code: u32, reason_part: &str) {
+    match tokio::time::timeout(STEP, connection.closed())
+        .await
+        .unwrap()
+    {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code.into_inner(), u64::from(code));
+            let reason = String::from_utf8_lossy(&close.reason);
+            assert!(
+                reason.contains(reason_part),
+                "{reason:?} lacks {reason_part:?}"
+            );
+        }
+        other => panic!("expected a close with code {code} naming {reason_part:?}, got {other}"),
     }
 }
 
@@ -230,10 +279,7 @@ async fn assert_refused(
         Err(other) => panic!("expected a refusal naming {reason_part:?}, got {other}"),
         Ok(_) => panic!("connection was admitted"),
     }
-    assert!(cluster
-        .next_session(Duration::from_millis(300))
-        .await
-        .is_none());
+    cluster.assert_no_session().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,33 +287,14 @@ async fn agent_alpn_without_a_client_certificate_is_refused() {
     let mut cluster = Cluster::start();
     // A client that trusts the server (pinned CA) but presents no certificate.
     let (tls, _) = lem_net::tls::pinned_client_config(cluster.ca.sha256(), Alpn::Agent).unwrap();
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let connection = endpoint
-        .connect_with(
-            quinn::ClientConfig::new(Arc::new(quic)),
-            cluster.target.parse().unwrap(),
-            "127.0.0.1",
-        )
-        .unwrap()
-        .await
-        .unwrap();
-    let closed = tokio::time::timeout(STEP, connection.closed())
-        .await
-        .unwrap();
-    let quinn::ConnectionError::ApplicationClosed(close) = closed else {
-        panic!("expected an application close, got {closed}");
-    };
-    assert_eq!(
-        close.error_code.into_inner(),
-        u64::from(lem_net::close_code::REFUSED)
-    );
-    let reason = String::from_utf8_lossy(&close.reason);
-    assert!(reason.contains("needs a client certificate"), "{reason}");
-    assert!(cluster
-        .next_session(Duration::from_millis(300))
-        .await
-        .is_none());
+    let (_endpoint, connection) = cluster.raw_connection(tls).await;
+    assert_closed_with(
+        &connection,
+        lem_net::close_code::REFUSED,
+        "needs a client certificate",
+    )
+    .await;
+    cluster.assert_no_session().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,10 +362,7 @@ async fn certificate_from_another_ca_is_refused_in_the_tls_handshake() {
         Err(other) => panic!("expected the TLS handshake to fail, got {other}"),
         Ok(_) => panic!("a certificate from another CA was admitted"),
     }
-    assert!(cluster
-        .next_session(Duration::from_millis(300))
-        .await
-        .is_none());
+    cluster.assert_no_session().await;
 }
 
 fn assert_enrollment_refused(result: Result<ClientCredential, NetError>, reason_part: &str) {
@@ -449,18 +473,23 @@ async fn raw_agent_connection(
     quinn::SendStream,
     Option<HandshakeReply>,
 ) {
-    let tls = lem_net::tls::client_config(credential, Alpn::Agent).unwrap();
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let connection = endpoint
-        .connect_with(
-            quinn::ClientConfig::new(Arc::new(quic)),
-            cluster.target.parse().unwrap(),
-            "127.0.0.1",
-        )
-        .unwrap()
-        .await
-        .unwrap();
+    raw_session_connection(cluster, credential, Alpn::Agent, handshake).await
+}
+
+/// [`raw_agent_connection`] on any session ALPN.
+async fn raw_session_connection(
+    cluster: &Cluster,
+    credential: &ClientCredential,
+    alpn: Alpn,
+    handshake: &Handshake,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    Option<HandshakeReply>,
+) {
+    let tls = lem_net::tls::client_config(credential, alpn).unwrap();
+    let (endpoint, connection) = cluster.raw_connection(tls).await;
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
     send.write_all(&encode_frame(handshake, MAX_FRAME_BYTES).unwrap())
         .await
@@ -506,10 +535,91 @@ async fn another_protocol_version_gets_a_refusal_naming_both() {
         other => panic!("expected a version refusal, got {other:?}"),
     }
     connection.close(0u32.into(), b"bye");
-    assert!(cluster
-        .next_session(Duration::from_millis(300))
+    cluster.assert_no_session().await;
+}
+
+/// The version before the current one, written out: what an unupgraded peer sends.
+const PREVIOUS_PROTOCOL_VERSION: u32 = 2;
+
+/// The refusal names the peer's version and build and ours, in numbers and in words.
+fn assert_names_both_versions(message: &str) {
+    for part in [
+        "protocol version 2 (lem 9.9.9-test) is not supported".to_string(),
+        format!("speaks version {PROTOCOL_VERSION} "),
+    ] {
+        assert!(message.contains(&part), "{message:?} lacks {part:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_agent_cli_or_enrolling_peer_is_refused_naming_both_versions() {
+    assert_eq!(
+        PROTOCOL_VERSION,
+        PREVIOUS_PROTOCOL_VERSION + 1,
+        "bumped again: make PREVIOUS_PROTOCOL_VERSION the version before it"
+    );
+    let mut cluster = Cluster::start();
+    let sessions = [
+        (
+            Alpn::Agent,
+            PeerRole::Agent,
+            cluster.credential(Role::Agent, "old-agent"),
+        ),
+        (
+            Alpn::Cli,
+            PeerRole::Cli,
+            cluster.credential(Role::Operator, "old-cli"),
+        ),
+    ];
+    for (alpn, role, credential) in sessions {
+        let (_endpoint, connection, _send, reply) = raw_session_connection(
+            &cluster,
+            &credential,
+            alpn,
+            &agent_handshake(PREVIOUS_PROTOCOL_VERSION, role),
+        )
+        .await;
+        let Some(HandshakeReply::Refused(refusal)) = reply else {
+            panic!("{alpn}: expected a version refusal, got {reply:?}");
+        };
+        assert_eq!(
+            (refusal.our_version, refusal.peer_version),
+            (PROTOCOL_VERSION, PREVIOUS_PROTOCOL_VERSION),
+            "{alpn}"
+        );
+        assert_names_both_versions(&refusal.message);
+        connection.close(0u32.into(), b"bye");
+        cluster.assert_no_session().await;
+    }
+
+    // Enrollment has no handshake: the request carries its version, and a valid token
+    // stays unused.
+    let token = cluster.token();
+    let before = cluster.book.snapshot();
+    let pending = lem_net::pki::PendingEnrollment::generate("old-node").unwrap();
+    let (tls, _) = lem_net::tls::pinned_client_config(cluster.ca.sha256(), Alpn::Enroll).unwrap();
+    let (_endpoint, connection) = cluster.raw_connection(tls).await;
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let request = EnrollRequest {
+        protocol_version: PREVIOUS_PROTOCOL_VERSION,
+        lem_version: "9.9.9-test".into(),
+        join_token: token.to_text(),
+        csr_pem: pending.csr_pem().to_owned(),
+        node_name: "old-node".into(),
+    };
+    send.write_all(&encode_frame(&request, MAX_FRAME_BYTES).unwrap())
         .await
-        .is_none());
+        .unwrap();
+    let reply = tokio::time::timeout(STEP, read_frame(&mut recv, MAX_FRAME_BYTES))
+        .await
+        .unwrap()
+        .unwrap();
+    match reply {
+        Some(EnrollReply::Refused { reason }) => assert_names_both_versions(&reason),
+        other => panic!("expected an enrollment refusal, got {other:?}"),
+    }
+    connection.close(0u32.into(), b"bye");
+    assert_eq!(cluster.book.snapshot(), before, "the token was touched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,24 +632,8 @@ async fn a_handshake_naming_the_cli_role_on_the_agent_alpn_is_closed() {
     )
     .await;
     assert!(reply.is_none(), "{reply:?}");
-    match tokio::time::timeout(STEP, connection.closed())
-        .await
-        .unwrap()
-    {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(
-                close.error_code.into_inner(),
-                u64::from(lem_net::close_code::PROTOCOL)
-            );
-            let reason = String::from_utf8_lossy(&close.reason);
-            assert!(reason.contains("lem-agent/1"), "{reason}");
-        }
-        other => panic!("expected a protocol close, got {other}"),
-    }
-    assert!(cluster
-        .next_session(Duration::from_millis(300))
-        .await
-        .is_none());
+    assert_closed_with(&connection, lem_net::close_code::PROTOCOL, "lem-agent/1").await;
+    cluster.assert_no_session().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,17 +673,12 @@ async fn a_malformed_frame_closes_only_its_own_connection() {
         matches!(server_result, Err(NetError::MalformedFrame { .. })),
         "{server_result:?}"
     );
-    match tokio::time::timeout(STEP, bad.closed()).await.unwrap() {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(
-                close.error_code.into_inner(),
-                u64::from(lem_net::close_code::MALFORMED_FRAME)
-            );
-            let reason = String::from_utf8_lossy(&close.reason);
-            assert!(reason.contains("0xc1 is reserved"), "{reason}");
-        }
-        other => panic!("expected a close for the malformed frame, got {other}"),
-    }
+    assert_closed_with(
+        &bad,
+        lem_net::close_code::MALFORMED_FRAME,
+        "0xc1 is reserved",
+    )
+    .await;
     // The server logged why, naming the peer.
     let logged = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
     let line = logged
@@ -668,10 +757,7 @@ async fn a_client_of_another_cluster_does_not_trust_this_server() {
         Err(other) => panic!("expected the client to reject the server, got {other}"),
         Ok(_) => panic!("the client trusted a server of another CA"),
     }
-    assert!(cluster
-        .next_session(Duration::from_millis(300))
-        .await
-        .is_none());
+    cluster.assert_no_session().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -680,39 +766,18 @@ async fn the_enrollment_alpn_serves_nothing_but_enrollment() {
     let before = cluster.book.snapshot();
     // No certificate, on lem-enroll/1, trying to open a session with a handshake.
     let (tls, _) = lem_net::tls::pinned_client_config(cluster.ca.sha256(), Alpn::Enroll).unwrap();
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let connection = endpoint
-        .connect_with(
-            quinn::ClientConfig::new(Arc::new(quic)),
-            cluster.target.parse().unwrap(),
-            "127.0.0.1",
-        )
-        .unwrap()
-        .await
-        .unwrap();
+    let (_endpoint, connection) = cluster.raw_connection(tls).await;
     let (mut send, _recv) = connection.open_bi().await.unwrap();
     let handshake = agent_handshake(PROTOCOL_VERSION, PeerRole::Agent);
     send.write_all(&encode_frame(&handshake, MAX_FRAME_BYTES).unwrap())
         .await
         .unwrap();
-    match tokio::time::timeout(STEP, connection.closed())
-        .await
-        .unwrap()
-    {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(
-                close.error_code.into_inner(),
-                u64::from(lem_net::close_code::MALFORMED_FRAME)
-            );
-            let reason = String::from_utf8_lossy(&close.reason);
-            assert!(reason.contains("EnrollRequest"), "{reason}");
-        }
-        other => panic!("expected the connection closed as malformed, got {other}"),
-    }
-    assert!(cluster
-        .next_session(Duration::from_millis(300))
-        .await
-        .is_none());
+    assert_closed_with(
+        &connection,
+        lem_net::close_code::MALFORMED_FRAME,
+        "EnrollRequest",
+    )
+    .await;
+    cluster.assert_no_session().await;
     assert_eq!(cluster.book.snapshot(), before);
 }

@@ -48,16 +48,19 @@ pub fn answer_handshake(peer: &Handshake) -> HandshakeReply {
     HandshakeReply::Refused(VersionRefusal {
         our_version: PROTOCOL_VERSION,
         peer_version: peer.protocol_version,
-        message: format!(
-            "protocol version {} (lem {}) is not supported: this coordinator speaks \
-             version {} (lem {}); run the same lem version on the coordinator and every \
-             agent and CLI",
-            peer.protocol_version,
-            peer.lem_version,
-            PROTOCOL_VERSION,
-            env!("CARGO_PKG_VERSION"),
-        ),
+        message: version_refusal_message(peer.protocol_version, &peer.lem_version),
     })
+}
+
+/// Why a peer speaking `peer_version` (build `peer_lem_version`) is refused, naming both
+/// versions and both builds; the handshake and enrollment both say it.
+pub fn version_refusal_message(peer_version: u32, peer_lem_version: &str) -> String {
+    format!(
+        "protocol version {peer_version} (lem {peer_lem_version}) is not supported: this \
+         coordinator speaks version {PROTOCOL_VERSION} (lem {}); run the same lem version \
+         on the coordinator and every agent and CLI",
+        env!("CARGO_PKG_VERSION"),
+    )
 }
 
 #[cfg(test)]

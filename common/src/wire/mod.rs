@@ -20,7 +20,9 @@ pub use frame::{
     decode_frame, encode_frame, Decoded, FrameBuffer, FrameError, FRAME_HEADER_BYTES,
     MAX_FRAME_BYTES, MAX_NESTING_DEPTH,
 };
-pub use handshake::{answer_handshake, Handshake, HandshakeReply, PeerRole, VersionRefusal};
+pub use handshake::{
+    answer_handshake, version_refusal_message, Handshake, HandshakeReply, PeerRole, VersionRefusal,
+};
 pub use messages::{
     AckVerdict, AgentMessage, AttemptRef, ClaimMode, CoordinatorMessage, DeviceClaim, Gpu,
     HeldAttempt, Inventory, LeaseGrant, MigSlice,
@@ -28,4 +30,7 @@ pub use messages::{
 
 /// Version of the messages and framing in this module. Bump on any change a peer of the
 /// previous version could not decode; the handshake refuses a peer with another one.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3 added CLI requests and replies a version-2 peer cannot decode
+/// (`ListJoinTokens`, `RevokeJoinToken`, `JoinTokens`, `JoinTokenRevoked`); see
+/// `docs/protocol.md` for each version's changes.
+pub const PROTOCOL_VERSION: u32 = 3;

@@ -6,10 +6,23 @@ use super::super::{
     AckVerdict, AgentId, AttemptId, Claim, DeviceKey, Epoch, Event, HeldAttempt, Inventory, Lease,
     Outcome, TimeMs, ToAgent,
 };
+use lem_common::lease_ttl;
 use lem_common::rng::SplitMix64;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 pub const HEARTBEAT_MS: u64 = 3_000;
+
+/// How an agent counts a lease's TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseCount {
+    /// The real agent's rule (`lem_common::lease_ttl`): a renewal from when the agent sent
+    /// the message it answers, a new lease from its arrival, each less the drift margin.
+    LikeTheRealAgent,
+    /// The rule the simulation used before: the whole TTL from the arrival of the lease
+    /// or renewal. Kept only to show that the invariants catch it.
+    FromArrival,
+}
 
 #[derive(Debug, Clone)]
 struct Run {
@@ -20,6 +33,8 @@ struct Run {
     finish_at: TimeMs,
     /// The agent stops the run here unless a renewal arrives (its own clock).
     fence_at: TimeMs,
+    /// A renewal arrived for it: its end is counted from a message the agent sent.
+    renewed: bool,
 }
 
 /// What the agent wants the world to do after it handled something.
@@ -36,6 +51,7 @@ pub struct SimAgent {
     pub inventory: Inventory,
     /// Local duration = real duration × rate / 1000 (skewed clock).
     pub clock_rate_permille: u64,
+    pub lease_count: LeaseCount,
     pub up: bool,
     pub restart_at: Option<TimeMs>,
     pub partitioned_until: TimeMs,
@@ -54,12 +70,14 @@ impl SimAgent {
         id: AgentId,
         inventory: Inventory,
         clock_rate_permille: u64,
+        lease_count: LeaseCount,
         fail_permille: u64,
     ) -> Self {
         Self {
             id,
             inventory,
             clock_rate_permille,
+            lease_count,
             up: false,
             restart_at: Some(TimeMs(0)),
             partitioned_until: TimeMs(0),
@@ -74,6 +92,18 @@ impl SimAgent {
 
     fn local(&self, ms: u64) -> u64 {
         ms * self.clock_rate_permille / 1000
+    }
+
+    /// When a lease with `ttl_ms` counted from `counted_from` ends, by this agent's clock:
+    /// the real agent's rule ([`lease_ttl::counted_ttl`]) timed on the skewed clock.
+    fn lease_end(&self, counted_from: TimeMs, ttl_ms: u64) -> TimeMs {
+        let counted_ms = match self.lease_count {
+            LeaseCount::LikeTheRealAgent => {
+                lease_ttl::counted_ttl(Duration::from_millis(ttl_ms)).as_millis() as u64
+            }
+            LeaseCount::FromArrival => ttl_ms,
+        };
+        counted_from.plus_ms(self.local(counted_ms))
     }
 
     pub fn next_wake(&self) -> Option<TimeMs> {
@@ -96,6 +126,23 @@ impl SimAgent {
             .iter()
             .filter(move |(_, r)| r.finish_at.min(r.fence_at) > now)
             .map(|(a, r)| (*a, r.claims.as_slice()))
+    }
+
+    /// The runs still going at `now` whose lease was renewed at least once: attempt,
+    /// epoch and when the run stops (it finishes or its lease runs out, by this agent's
+    /// count). A run never renewed ends a TTL after the lease's arrival, which is safe
+    /// only when the lease's trip took less than the drift margin; a lease delayed longer
+    /// (this network delays up to 3 s, the margin at the simulation's TTL is 0.75 s)
+    /// and then never renewed may outlast the coordinator's count, on a real network too.
+    pub fn renewed_runs(
+        &self,
+        now: TimeMs,
+    ) -> impl Iterator<Item = (AttemptId, Epoch, TimeMs)> + '_ {
+        self.runs
+            .iter()
+            .filter(|(_, r)| r.renewed)
+            .map(|(a, r)| (*a, r.epoch, r.finish_at.min(r.fence_at)))
+            .filter(move |(_, _, stops_at)| *stops_at > now)
     }
 
     pub fn has_unacked(&self) -> bool {
@@ -201,7 +248,15 @@ impl SimAgent {
         out
     }
 
-    pub fn receive(&mut self, now: TimeMs, msg: ToAgent, rng: &mut SplitMix64) -> AgentOutput {
+    /// Handles `msg`; a renewal comes with `answers_sent_at`, when this agent sent the
+    /// Hello or heartbeat it answers.
+    pub fn receive(
+        &mut self,
+        now: TimeMs,
+        msg: ToAgent,
+        answers_sent_at: Option<TimeMs>,
+        rng: &mut SplitMix64,
+    ) -> AgentOutput {
         let mut out = AgentOutput::default();
         if !self.up {
             return out;
@@ -209,11 +264,20 @@ impl SimAgent {
         match msg {
             ToAgent::Lease(lease) => self.start(now, lease, rng, &mut out),
             ToAgent::Renewed { attempts, ttl_ms } => {
-                let fence_at = now.plus_ms(self.local(ttl_ms));
+                // Like the real agent: from when it sent what the renewal answers.
+                let counted_from = match self.lease_count {
+                    LeaseCount::LikeTheRealAgent => answers_sent_at,
+                    LeaseCount::FromArrival => Some(now),
+                };
+                let Some(counted_from) = counted_from else {
+                    return out;
+                };
+                let fence_at = self.lease_end(counted_from, ttl_ms);
                 for h in attempts {
                     if let Some(run) = self.runs.get_mut(&h.attempt) {
                         if run.epoch == h.epoch {
                             run.fence_at = run.fence_at.max(fence_at);
+                            run.renewed = true;
                         }
                     }
                 }
@@ -269,7 +333,8 @@ impl SimAgent {
                 devices: lease.placement.devices.clone(),
                 claims: lease.placement.claims.clone(),
                 finish_at: now.plus_ms(run_ms),
-                fence_at: now.plus_ms(self.local(lease.ttl_ms)),
+                fence_at: self.lease_end(now, lease.ttl_ms),
+                renewed: false,
             },
         );
     }

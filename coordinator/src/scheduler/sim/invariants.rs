@@ -4,7 +4,7 @@
 
 use super::super::{
     AckVerdict, AgentId, AttemptEnd, AttemptId, Claim, ClaimMode, Epoch, HeldAttempt, JobId,
-    Outcome, Record, Scheduler,
+    Outcome, Record, Scheduler, TimeMs,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -199,6 +199,39 @@ pub fn check_device_exclusivity(s: &Scheduler) -> Result<(), String> {
         if exclusive.len() > 1 || (!exclusive.is_empty() && !shared.is_empty()) {
             return Err(format!(
                 "device {key} held exclusively by {exclusive:?} and shared by {shared:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every run an agent still has is one the coordinator still counts as occupying its
+/// devices: a live lease of that agent with the run's epoch, a fence, or a run the agent
+/// reported after it ended (kept out of placement while reported). Otherwise the
+/// coordinator may place other work on those devices while the run goes on: the agent
+/// must stop a run no later than the coordinator stops counting its lease. Physical
+/// exclusivity (4b) cannot show this in the simulation, since a device is only ever
+/// leased again to the agent that runs it, which refuses a lease for a busy device.
+pub fn check_runs_counted(
+    s: &Scheduler,
+    agent: &AgentId,
+    runs: impl Iterator<Item = (AttemptId, Epoch, TimeMs)>,
+) -> Result<(), String> {
+    for (attempt, epoch, stops_at) in runs {
+        let leased = s
+            .leases
+            .get(&attempt)
+            .is_some_and(|l| &l.agent == agent && l.epoch == epoch);
+        let fenced = s.fenced.get(&attempt).is_some_and(|f| &f.agent == agent);
+        let reported = s
+            .agents
+            .get(agent)
+            .is_some_and(|a| a.stale_running.contains_key(&attempt));
+        if !(leased || fenced || reported) {
+            return Err(format!(
+                "{agent} still runs {attempt} ({epoch}) until {} ms, but the \
+                 coordinator (at {} ms) no longer counts it: its devices may be leased again",
+                stops_at.0, s.now.0
             ));
         }
     }

@@ -9,8 +9,20 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone)]
 /// A message in flight, by destination.
 pub enum Msg {
-    Coordinator(Event),
-    Agent(usize, ToAgent),
+    /// `sent_by_agent_at`: when an agent sent it (`None` from the client or operator).
+    Coordinator {
+        event: Event,
+        sent_by_agent_at: Option<TimeMs>,
+    },
+    /// `answers_sent_at`: for a renewal, when the agent sent the Hello or heartbeat it
+    /// answers (what the real agent learns by pairing renewals with its messages in
+    /// order, on a stream that neither reorders nor duplicates; this network does both,
+    /// so the envelope carries the answer exactly).
+    Agent {
+        agent: usize,
+        msg: ToAgent,
+        answers_sent_at: Option<TimeMs>,
+    },
     Client(Reply),
 }
 
@@ -64,6 +76,6 @@ impl Net {
     /// Drops everything addressed to the coordinator (it crashed; connections are gone).
     pub fn drop_to_coordinator(&mut self) {
         self.in_flight
-            .retain(|_, m| !matches!(m, Msg::Coordinator(_)));
+            .retain(|_, m| !matches!(m, Msg::Coordinator { .. }));
     }
 }

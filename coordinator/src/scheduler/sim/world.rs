@@ -8,8 +8,10 @@ use super::super::{
     GpuDevice, Inventory, JobStatus, MigSlice, Record, Reply, RequestId, Scheduler,
     SchedulerConfig, SweepId, SweepSubmission, TimeMs, ToAgent,
 };
-use super::agent::SimAgent;
-use super::invariants::{check_device_exclusivity, check_physical_exclusivity, LogChecker};
+use super::agent::{LeaseCount, SimAgent};
+use super::invariants::{
+    check_device_exclusivity, check_physical_exclusivity, check_runs_counted, LogChecker,
+};
 use super::net::{Msg, Net, NetFaults};
 use lem_common::rng::SplitMix64;
 use std::fmt;
@@ -42,6 +44,9 @@ pub struct SimParams {
     /// An operator drains this agent during the faults (never one of the first two, so
     /// every need stays placeable).
     pub drain_agent: Option<usize>,
+    /// How the agents count a lease's TTL (like the real agent, unless a test shows the
+    /// invariants catch another rule).
+    pub lease_count: LeaseCount,
 }
 
 impl SimParams {
@@ -68,6 +73,7 @@ impl SimParams {
             runner_fail_permille: r.below(100),
             cancel_and_resume: r.below(3) == 0,
             drain_agent: None,
+            lease_count: LeaseCount::LikeTheRealAgent,
         };
         if p.agents > 2 && r.below(2) == 0 {
             p.drain_agent = Some(2 + r.below(p.agents as u64 - 2) as usize);
@@ -147,6 +153,9 @@ enum ClientStep {
 }
 
 const CLIENT_RETRY_MS: u64 = 5_000;
+/// Agent clocks run at 0.96–1.04× real time.
+const MIN_AGENT_CLOCK_PERMILLE: u64 = 960;
+const MAX_AGENT_CLOCK_PERMILLE: u64 = 1_040;
 const FAULT_CHECK_MS: u64 = 1_000;
 const MAX_STEPS: u64 = 5_000_000;
 
@@ -269,8 +278,17 @@ impl World {
                 } else {
                     a100_mig_node(&name)
                 };
-                let rate = 800 + rng.below(450);
-                SimAgent::new(AgentId(name), inventory, rate, p.runner_fail_permille)
+                // Within the real agent's premise: its drift margin (5 %) covers less
+                // than 5.2 % of clock skew; a clock off by more may stop runs late.
+                let rate = MIN_AGENT_CLOCK_PERMILLE
+                    + rng.below(MAX_AGENT_CLOCK_PERMILLE - MIN_AGENT_CLOCK_PERMILLE + 1);
+                SimAgent::new(
+                    AgentId(name),
+                    inventory,
+                    rate,
+                    p.lease_count,
+                    p.runner_fail_permille,
+                )
             })
             .collect();
         let submission = SweepSubmission {
@@ -289,7 +307,11 @@ impl World {
         let config = SchedulerConfig {
             lease_ttl_ms: 15_000,
             agent_timeout_ms: 10_000,
-            restart_grace_ms: 12_000,
+            // Not shorter than the TTL (`lem serve` defaults to twice it): a recovered
+            // lease that is not re-announced is requeued at the end of the grace without a
+            // fence, so a shorter grace lets its agent run on after the coordinator stops
+            // counting it.
+            restart_grace_ms: 15_000,
             max_failures: 3,
             max_attempts: 1_000,
         };
@@ -479,7 +501,7 @@ impl World {
         } else if let Some(msg) = self.net.pop_due(now) {
             self.deliver(msg)?;
         } else if coordinator_timer.is_some_and(|t| t <= now) {
-            self.coordinator_step(Event::Tick)?;
+            self.coordinator_step(Event::Tick, None)?;
         } else if let Some((_, i)) = agent_wake.filter(|(t, _)| *t <= now) {
             let out = self.agents[i].wake(now, &mut self.rng);
             for event in out.to_coordinator {
@@ -495,6 +517,13 @@ impl World {
         self.checker.advance(&self.log)?;
         if let Some(c) = &self.coordinator {
             check_device_exclusivity(c)?;
+        }
+        // A run is counted by the coordinator while it lasts (when the coordinator is up:
+        // while it is down nothing is placed, and the recovered one is checked).
+        if let Some(c) = &self.coordinator {
+            for a in self.agents.iter().filter(|a| a.up) {
+                check_runs_counted(c, &a.id, a.renewed_runs(self.now))?;
+            }
         }
         // A crashed agent's runs died with it; every live agent's runs are on its devices.
         let runs = self
@@ -515,7 +544,10 @@ impl World {
                     request: RequestId(u64::MAX),
                     agent: self.agents[i].id.clone(),
                 };
-                let msg = Msg::Coordinator(event);
+                let msg = Msg::Coordinator {
+                    event,
+                    sent_by_agent_at: None,
+                };
                 self.net.send(now, msg, None, &mut SplitMix64::new(0));
             }
         }
@@ -542,13 +574,12 @@ impl World {
         if fence_open && self.rng.below(1000) < p.fenced_restart_permille {
             self.crash_coordinator();
         }
+        // The clock steps back (the scheduler clamps: it stands still) until it lags by
+        // up to 3 s. It never jumps forward while the coordinator lives, as the real
+        // driver's monotonic clock cannot; a restart starts it afresh.
         if self.rng.below(1000) < p.clock_step_back_permille {
-            self.coordinator_lag_ms = self.rng.below(3_000);
-        } else if self.rng.below(10) == 0 {
-            self.coordinator_lag_ms = 0;
-        }
-        if self.now.plus_ms(FAULT_CHECK_MS) >= p.faults_until {
-            self.coordinator_lag_ms = 0;
+            let lag_ms = self.rng.below(3_000);
+            self.coordinator_lag_ms = self.coordinator_lag_ms.max(lag_ms);
         }
     }
 
@@ -561,6 +592,7 @@ impl World {
             self.fences_at_crash = Some(before);
         }
         self.net.drop_to_coordinator();
+        self.coordinator_lag_ms = 0;
         let down_ms = 500 + self.rng.below(8_000);
         self.coordinator_up_at = Some(self.now.plus_ms(down_ms));
         self.summary.coordinator_restarts += 1;
@@ -577,19 +609,29 @@ impl World {
     fn send_from_agent(&mut self, agent: usize, event: Event) {
         if !self.partitioned(agent) {
             let faults = self.net_faults();
-            self.net
-                .send(self.now, Msg::Coordinator(event), faults, &mut self.rng);
+            let msg = Msg::Coordinator {
+                event,
+                sent_by_agent_at: Some(self.now),
+            };
+            self.net.send(self.now, msg, faults, &mut self.rng);
         }
     }
 
     fn deliver(&mut self, msg: Msg) -> Result<(), String> {
         match msg {
-            Msg::Coordinator(event) => self.coordinator_step(event)?,
-            Msg::Agent(i, m) => {
+            Msg::Coordinator {
+                event,
+                sent_by_agent_at,
+            } => self.coordinator_step(event, sent_by_agent_at)?,
+            Msg::Agent {
+                agent: i,
+                msg,
+                answers_sent_at,
+            } => {
                 if self.partitioned(i) {
                     return Ok(());
                 }
-                let out = self.agents[i].receive(self.now, m, &mut self.rng);
+                let out = self.agents[i].receive(self.now, msg, answers_sent_at, &mut self.rng);
                 // The coordinator persisted before it sent; the log must show every ack.
                 self.checker.advance(&self.log)?;
                 for (held, verdict, outcome) in &out.acks {
@@ -606,7 +648,12 @@ impl World {
 
     /// One coordinator step: handle, then execute the actions in order (persist, then
     /// send). Under faults it may crash after executing only a prefix.
-    fn coordinator_step(&mut self, event: Event) -> Result<(), String> {
+    /// `sent_by_agent_at`: when the agent sent `event`, which a renewal it draws answers.
+    fn coordinator_step(
+        &mut self,
+        event: Event,
+        sent_by_agent_at: Option<TimeMs>,
+    ) -> Result<(), String> {
         let now = self.coordinator_now();
         let Some(c) = self.coordinator.as_mut() else {
             return Ok(());
@@ -631,10 +678,20 @@ impl World {
                         ToAgent::Lease(l) => self.checker.check_lease_sent(l.job, l.attempt)?,
                         _ => {}
                     }
+                    let answers_sent_at = match &msg {
+                        ToAgent::Renewed { .. } => Some(sent_by_agent_at.ok_or_else(|| {
+                            format!("a renewal for {agent} answers no message of an agent")
+                        })?),
+                        _ => None,
+                    };
                     let i = self.agent_index(&agent);
                     let faults = self.net_faults();
-                    self.net
-                        .send(self.now, Msg::Agent(i, msg), faults, &mut self.rng);
+                    let msg = Msg::Agent {
+                        agent: i,
+                        msg,
+                        answers_sent_at,
+                    };
+                    self.net.send(self.now, msg, faults, &mut self.rng);
                 }
                 // The client's link is reliable and ordered (a CLI over one stream); it
                 // loses only what a coordinator crash cuts off.
@@ -677,12 +734,11 @@ impl World {
             (ClientStep::Resume, Some(sweep)) => Event::ResumeSweep { request, sweep },
             _ => return,
         };
-        self.net.send(
-            self.now,
-            Msg::Coordinator(event),
-            None,
-            &mut SplitMix64::new(0),
-        );
+        let msg = Msg::Coordinator {
+            event,
+            sent_by_agent_at: None,
+        };
+        self.net.send(self.now, msg, None, &mut SplitMix64::new(0));
     }
 
     fn client_receive(&mut self, reply: Reply) -> Result<(), String> {
