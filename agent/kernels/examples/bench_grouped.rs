@@ -1,7 +1,8 @@
 //! Times the Q4_1 and Q5_0 matmuls on one thread at SmolLM2-135M and Gemma-3-270M shapes,
 //! for each SIMD variant this CPU runs: the median of 5 timed runs, printed as µs per
 //! matmul. For comparing a kernel change before and after on one machine:
-//! `cargo run --release -p lem-kernels --example bench_grouped`.
+//! `cargo run --release -p lem-kernels --example bench_grouped [MACS_PER_RUN]` (a small
+//! count, e.g. 10000000, suits an instruction counter such as `valgrind --tool=callgrind`).
 
 use lem_kernels::dispatch::{self, Variant};
 use lem_kernels::{q4_1, q5_0, q8_0};
@@ -10,8 +11,9 @@ use std::time::Instant;
 
 /// Timed runs per case; the median is reported.
 const RUNS: usize = 5;
-/// Multiply-adds per timed run (about 0.1–1 s per run here), so small shapes repeat more.
-const WORK_PER_RUN: usize = 2_000_000_000;
+/// Multiply-adds per timed run unless the first argument says otherwise (about 0.1–1 s per
+/// run here), so small shapes repeat more.
+const DEFAULT_MACS_PER_RUN: usize = 2_000_000_000;
 
 fn serial(items: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
     f(0..items)
@@ -114,7 +116,13 @@ fn bench_q5_0(v: Variant, m: usize, n: usize, k: usize) -> f64 {
 }
 
 fn reps(m: usize, n: usize, k: usize) -> usize {
-    (WORK_PER_RUN / (m * n * k)).max(1)
+    let macs_per_run = match std::env::args().nth(1) {
+        Some(arg) => arg
+            .parse()
+            .unwrap_or_else(|_| panic!("MACS_PER_RUN {arg:?}: not a whole number")),
+        None => DEFAULT_MACS_PER_RUN,
+    };
+    (macs_per_run / (m * n * k)).max(1)
 }
 
 fn main() {
