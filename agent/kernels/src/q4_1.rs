@@ -173,7 +173,10 @@ impl GroupFormat for Acts<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{f16_bits, serial, split, Lcg};
+    use crate::test_support::{
+        assert_every_variant_gives, assert_rows_alone_match_batch, f16_bits, serial, Lcg,
+    };
+    use std::ops::Range;
 
     fn weights(n: usize, kb: usize, seed: u64) -> Vec<Block> {
         let mut rng = Lcg(seed);
@@ -230,15 +233,18 @@ mod tests {
         out
     }
 
-    fn run(v: Variant, p: &Packed, a: &OwnedActs, m: usize, par: Parallel) -> Vec<f32> {
-        let mut out = vec![f32::NAN; m * p.rows()];
+    /// The kernel on activation rows `rows` of `a`.
+    fn run(v: Variant, p: &Packed, a: &OwnedActs, rows: Range<usize>, par: Parallel) -> Vec<f32> {
+        let kb = p.blocks_per_row();
+        let ks = rows.start * kb..rows.end * kb;
         let acts = Acts {
-            blocks: &a.blocks,
-            d: &a.d,
-            s: &a.s,
-            kb: p.blocks_per_row(),
+            blocks: &a.blocks[ks.clone()],
+            d: &a.d[ks.clone()],
+            s: &a.s[ks],
+            kb,
         };
-        matmul_with(v, p, &acts, m, &mut out, par);
+        let mut out = vec![f32::NAN; rows.len() * p.rows()];
+        matmul_with(v, p, &acts, rows.len(), &mut out, par);
         out
     }
 
@@ -249,18 +255,11 @@ mod tests {
         for &(m, n, kb) in &[(1, 8, 2), (7, 13, 3), (70, 24, 4), (5, 3, 1), (2, 64, 18)] {
             let w = weights(n, kb, 11 + n as u64);
             let a = acts(m, kb, 5 + m as u64);
-            let want: Vec<u32> = reference(&w, &a, m, n, kb)
-                .iter()
-                .map(|v| v.to_bits())
-                .collect();
+            let want = reference(&w, &a, m, n, kb);
             let p = Packed::new(&w, n, kb);
-            for v in dispatch::available() {
-                for par in [&serial as Parallel, &split as Parallel] {
-                    let got: Vec<u32> =
-                        run(v, &p, &a, m, par).iter().map(|x| x.to_bits()).collect();
-                    assert_eq!(got, want, "{v:?} m={m} n={n} kb={kb}");
-                }
-            }
+            assert_every_variant_gives(&want, &format!("m={m} n={n} kb={kb}"), |v, par| {
+                run(v, &p, &a, 0..m, par)
+            });
         }
     }
 
@@ -270,26 +269,7 @@ mod tests {
         let w = weights(n, kb, 3);
         let a = acts(m, kb, 4);
         let p = Packed::new(&w, n, kb);
-        for v in dispatch::available() {
-            let batch = run(v, &p, &a, m, &serial);
-            for r in 0..m {
-                let one = OwnedActs {
-                    blocks: a.blocks[r * kb..(r + 1) * kb].to_vec(),
-                    d: a.d[r * kb..(r + 1) * kb].to_vec(),
-                    s: a.s[r * kb..(r + 1) * kb].to_vec(),
-                };
-                let alone = run(v, &p, &one, 1, &serial);
-                let same = alone
-                    .iter()
-                    .zip(&batch[r * n..(r + 1) * n])
-                    .all(|(x, y)| x.to_bits() == y.to_bits());
-                assert!(
-                    same,
-                    "{v:?} row {r}: {alone:?} vs {:?}",
-                    &batch[r * n..(r + 1) * n]
-                );
-            }
-        }
+        assert_rows_alone_match_batch(m, n, |v, rows| run(v, &p, &a, rows, &serial));
     }
 
     #[test]
