@@ -9,9 +9,8 @@
 mod attention;
 mod error;
 mod generate;
+mod grouped_matmul;
 mod model;
-mod q4_1_matmul;
-mod q5_0_matmul;
 mod q8_matmul;
 mod quantized_matmul;
 mod requantize;
@@ -130,6 +129,16 @@ pub struct ModelHeaders {
     pub format: &'static str,
 }
 
+/// What differs between the formats' loads, for `Engine::assembled`.
+struct Loaded<'a> {
+    /// The GGUF file or the safetensors model directory.
+    path: &'a Path,
+    format: &'static str,
+    weight_dtype: String,
+    compute_dtype: String,
+    num_parameters: u64,
+}
+
 pub struct Engine {
     model: LlamaModel,
     tokenizer: LemTokenizer,
@@ -167,43 +176,31 @@ impl Engine {
             opts.max_seq_len,
             &device,
         )?;
-        let shape = cfg.shape();
-        let info = EngineInfo {
-            path: path.to_path_buf(),
-            format: "gguf".into(),
-            weight_dtype: weights.describe(),
-            compute_dtype: if device.is_cpu() {
-                // Which variant of lem's CPU kernels ran (chosen once per process).
-                format!(
-                    "f32 (CPU kernels: {})",
-                    lem_kernels::dispatch::selected().name()
-                )
-            } else {
-                "f32".into()
-            },
-            num_parameters,
-            shape,
-            tokenizer_source: tokenizer.source().to_string(),
-            eos_token_ids: tokenizer.eos_token_ids().to_vec(),
-            context_length: cfg.context_length,
-            max_seq_len: opts.max_seq_len,
-            device: compute_device(&device, opts.cuda_ordinal, threads, note),
-            load_ns: t0.elapsed().as_nanos() as u64,
+        let compute_dtype = if device.is_cpu() {
+            // Which variant of lem's CPU kernels ran (chosen once per process).
+            format!(
+                "f32 (CPU kernels: {})",
+                lem_kernels::dispatch::selected().name()
+            )
+        } else {
+            "f32".into()
         };
-        tracing::info!(
-            path = %path.display(),
-            weights = %info.weight_dtype,
-            params = num_parameters,
-            threads,
-            "model loaded"
-        );
-        Ok(Engine {
+        let loaded = Loaded {
+            path,
+            format: "gguf",
+            weight_dtype: weights.describe(),
+            compute_dtype,
+            num_parameters,
+        };
+        Ok(Engine::assembled(
             model,
             tokenizer,
-            info,
-            max_seq_len: opts.max_seq_len,
-            cache: None,
-        })
+            &cfg,
+            loaded,
+            opts,
+            (device, note, threads),
+            t0,
+        ))
     }
 
     /// Loads a Hugging Face model directory: `config.json` (`LlamaForCausalLM`,
@@ -244,18 +241,46 @@ impl Engine {
             opts.max_seq_len,
             &device,
         )?;
-        let shape = cfg.shape();
-        let info = EngineInfo {
-            path: dir.to_path_buf(),
-            format: "safetensors".into(),
+        let compute_dtype = if device.is_cpu() {
+            report.compute_dtype()
+        } else {
+            gpu_compute_dtype(opts.precision, opts.quantization)
+        };
+        let loaded = Loaded {
+            path: dir,
+            format: "safetensors",
             weight_dtype: report.weight_dtype(),
-            compute_dtype: if device.is_cpu() {
-                report.compute_dtype()
-            } else {
-                gpu_compute_dtype(opts.precision, opts.quantization)
-            },
+            compute_dtype,
             num_parameters,
-            shape,
+        };
+        Ok(Engine::assembled(
+            model,
+            tokenizer,
+            &cfg,
+            loaded,
+            opts,
+            (device, note, threads),
+            t0,
+        ))
+    }
+
+    /// The engine over a loaded model, with its description; logs the load.
+    fn assembled(
+        model: LlamaModel,
+        tokenizer: LemTokenizer,
+        cfg: &LlamaParams,
+        loaded: Loaded,
+        opts: &LoadOptions,
+        (device, note, threads): (Device, String, usize),
+        t0: Instant,
+    ) -> Engine {
+        let info = EngineInfo {
+            path: loaded.path.to_path_buf(),
+            format: loaded.format.into(),
+            weight_dtype: loaded.weight_dtype,
+            compute_dtype: loaded.compute_dtype,
+            num_parameters: loaded.num_parameters,
+            shape: cfg.shape(),
             tokenizer_source: tokenizer.source().to_string(),
             eos_token_ids: tokenizer.eos_token_ids().to_vec(),
             context_length: cfg.context_length,
@@ -264,20 +289,20 @@ impl Engine {
             load_ns: t0.elapsed().as_nanos() as u64,
         };
         tracing::info!(
-            path = %dir.display(),
+            path = %info.path.display(),
             weights = %info.weight_dtype,
             compute = %info.compute_dtype,
-            params = num_parameters,
+            params = info.num_parameters,
             threads,
             "model loaded"
         );
-        Ok(Engine {
+        Engine {
             model,
             tokenizer,
             info,
             max_seq_len: opts.max_seq_len,
             cache: None,
-        })
+        }
     }
 
     /// Reads a GGUF's header (metadata and tensor table, no weights) and checks that the
