@@ -162,8 +162,8 @@ impl Engine {
         tokenizer_json: Option<&Path>,
         opts: &LoadOptions,
     ) -> Result<Engine, EngineError> {
-        let t0 = Instant::now();
-        let (device, note, threads) = prepare(opts)?;
+        let prepared = prepare(opts)?;
+        let device = &prepared.device;
         let mut g = GgufFile::open(path)?;
         let cfg = LlamaParams::from_gguf(&g)?;
         let tokenizer = LemTokenizer::load(&g, tokenizer_json)?;
@@ -174,7 +174,7 @@ impl Engine {
             // A CPU-kernel choice: candle's CUDA backend has Q4_1 kernels.
             opts.requantize_q4_1_to_q8_0 && device.is_cpu(),
             opts.max_seq_len,
-            &device,
+            device,
         )?;
         let compute_dtype = if device.is_cpu() {
             // Which variant of lem's CPU kernels ran (chosen once per process).
@@ -193,13 +193,7 @@ impl Engine {
             num_parameters,
         };
         Ok(Engine::assembled(
-            model,
-            tokenizer,
-            &cfg,
-            loaded,
-            opts,
-            (device, note, threads),
-            t0,
+            model, tokenizer, &cfg, loaded, opts, prepared,
         ))
     }
 
@@ -217,8 +211,8 @@ impl Engine {
         tokenizer_json: Option<&Path>,
         opts: &LoadOptions,
     ) -> Result<Engine, EngineError> {
-        let t0 = Instant::now();
-        let (device, note, threads) = prepare(opts)?;
+        let prepared = prepare(opts)?;
+        let device = &prepared.device;
         let hf = HfConfig::read(dir)?;
         let tokenizer = LemTokenizer::for_hf_dir(dir, tokenizer_json, &hf)?;
         let files = SafetensorsSet::open(dir)?;
@@ -239,7 +233,7 @@ impl Engine {
             weights,
             MatmulMode::Native,
             opts.max_seq_len,
-            &device,
+            device,
         )?;
         let compute_dtype = if device.is_cpu() {
             report.compute_dtype()
@@ -254,13 +248,7 @@ impl Engine {
             num_parameters,
         };
         Ok(Engine::assembled(
-            model,
-            tokenizer,
-            &cfg,
-            loaded,
-            opts,
-            (device, note, threads),
-            t0,
+            model, tokenizer, &cfg, loaded, opts, prepared,
         ))
     }
 
@@ -271,9 +259,14 @@ impl Engine {
         cfg: &LlamaParams,
         loaded: Loaded,
         opts: &LoadOptions,
-        (device, note, threads): (Device, String, usize),
-        t0: Instant,
+        prepared: Prepared,
     ) -> Engine {
+        let Prepared {
+            device,
+            note,
+            cpu_threads,
+            t0,
+        } = prepared;
         let info = EngineInfo {
             path: loaded.path.to_path_buf(),
             format: loaded.format.into(),
@@ -285,7 +278,7 @@ impl Engine {
             eos_token_ids: tokenizer.eos_token_ids().to_vec(),
             context_length: cfg.context_length,
             max_seq_len: opts.max_seq_len,
-            device: compute_device(&device, opts.cuda_ordinal, threads, note),
+            device: compute_device(&device, opts.cuda_ordinal, cpu_threads, note),
             load_ns: t0.elapsed().as_nanos() as u64,
         };
         tracing::info!(
@@ -293,7 +286,7 @@ impl Engine {
             weights = %info.weight_dtype,
             compute = %info.compute_dtype,
             params = info.num_parameters,
-            threads,
+            threads = cpu_threads,
             "model loaded"
         );
         Engine {
@@ -391,9 +384,19 @@ impl Engine {
     }
 }
 
-/// Checks `opts` and opens the device and thread pool a load uses: (device, the note on
-/// why it was chosen, CPU threads).
-fn prepare(opts: &LoadOptions) -> Result<(Device, String, usize), EngineError> {
+/// What `prepare` set up for a load.
+struct Prepared {
+    device: Device,
+    /// Why the device was chosen.
+    note: String,
+    cpu_threads: usize,
+    /// When the load started (for `EngineInfo::load_ns`).
+    t0: Instant,
+}
+
+/// Checks `opts` and opens the device and thread pool a load uses.
+fn prepare(opts: &LoadOptions) -> Result<Prepared, EngineError> {
+    let t0 = Instant::now();
     if opts.max_seq_len < 2 {
         return Err(EngineError::InvalidParams(format!(
             "max_seq_len {} is too small",
@@ -405,7 +408,12 @@ fn prepare(opts: &LoadOptions) -> Result<(Device, String, usize), EngineError> {
         // A LEM_CPU_KERNEL this CPU cannot run is refused here, not silently replaced.
         lem_kernels::dispatch::check_override().map_err(|e| EngineError::Device(e.to_string()))?;
     }
-    Ok((device, note, configure_threads(opts.cpu_threads)))
+    Ok(Prepared {
+        device,
+        note,
+        cpu_threads: configure_threads(opts.cpu_threads),
+        t0,
+    })
 }
 
 /// The CPU thread count in use, fixed when the process started (`crate::threads::init`);
