@@ -18,6 +18,9 @@ use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+use tiny_hf::TinyHf;
+
+mod tiny_hf;
 
 const HIDDEN: usize = 64;
 const HEADS: usize = 4;
@@ -51,53 +54,21 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn tensors() -> Vec<(String, Vec<usize>)> {
-    let hd = HIDDEN / HEADS;
-    let (q, kv) = (HEADS * hd, KV_HEADS * hd);
-    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![VOCAB, HIDDEN])];
-    for l in 0..LAYERS {
-        for (name, shape) in [
-            ("input_layernorm.weight", vec![HIDDEN]),
-            ("self_attn.q_proj.weight", vec![q, HIDDEN]),
-            ("self_attn.k_proj.weight", vec![kv, HIDDEN]),
-            ("self_attn.v_proj.weight", vec![kv, HIDDEN]),
-            ("self_attn.o_proj.weight", vec![HIDDEN, q]),
-            ("post_attention_layernorm.weight", vec![HIDDEN]),
-            ("mlp.gate_proj.weight", vec![FFN, HIDDEN]),
-            ("mlp.up_proj.weight", vec![FFN, HIDDEN]),
-            ("mlp.down_proj.weight", vec![HIDDEN, FFN]),
-        ] {
-            t.push((format!("model.layers.{l}.{name}"), shape));
-        }
+/// The tiny Llama: one layer, grouped-query attention, an untied head.
+fn source() -> TinyHf {
+    TinyHf {
+        model_type: "llama",
+        hidden: HIDDEN,
+        heads: HEADS,
+        kv_heads: KV_HEADS,
+        ffn: FFN,
+        layers: LAYERS,
+        vocab: VOCAB,
+        tied: false,
+        rope_theta: 10000.0,
+        bos_token_id: 30 + 4,
+        eos_token_id: 30 + 6,
     }
-    t.push(("model.norm.weight".into(), vec![HIDDEN]));
-    t.push(("lm_head.weight".into(), vec![VOCAB, HIDDEN]));
-    t
-}
-
-/// A safetensors file written by hand: u64 header length, JSON header, f32 data.
-fn write_safetensors(path: &Path) {
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    for (i, (name, shape)) in tensors().iter().enumerate() {
-        let n: usize = shape.iter().product();
-        let start = data.len();
-        for v in values(n, i as u64 + 1) {
-            data.extend_from_slice(&v.to_le_bytes());
-        }
-        header.insert(
-            name.clone(),
-            json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
-        );
-    }
-    let mut h = Json::Object(header).to_string();
-    while !h.len().is_multiple_of(8) {
-        h.push(' ');
-    }
-    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(h.as_bytes());
-    bytes.extend_from_slice(&data);
-    std::fs::write(path, bytes).unwrap();
 }
 
 /// A byte-level BPE tokenizer.json: single characters, a few merges, three specials.
@@ -144,33 +115,10 @@ fn tokenizer_json() -> Json {
 }
 
 fn write_source(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let config = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": HIDDEN,
-        "intermediate_size": FFN,
-        "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS,
-        "hidden_act": "silu",
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "vocab_size": VOCAB,
-        "max_position_embeddings": 256,
-        "tie_word_embeddings": false,
-        "bos_token_id": 30 + 4,
-        "eos_token_id": 30 + 6,
-        "torch_dtype": "float32",
+    // Each tensor's values seeded by its index in the file.
+    source().write_dir(dir, &tokenizer_json(), |i, _, shape| {
+        values(shape.iter().product(), i as u64 + 1)
     });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    std::fs::write(dir.join("tokenizer.json"), tokenizer_json().to_string()).unwrap();
-    let tok_cfg = json!({
-        "add_bos_token": false,
-        "chat_template": "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}",
-    });
-    std::fs::write(dir.join("tokenizer_config.json"), tok_cfg.to_string()).unwrap();
-    write_safetensors(&dir.join("model.safetensors"));
     set_mtime(&dir.join("model.safetensors"));
 }
 

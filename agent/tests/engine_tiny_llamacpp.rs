@@ -28,6 +28,9 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use tiny_hf::TinyHf;
+
+mod tiny_hf;
 
 /// The Hugging Face class a tiny model is written as.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -119,6 +122,28 @@ const MERGES: [(&str, &str); 6] = [
     ("a", "n"),
 ];
 
+impl TinySpec {
+    /// The checkpoint's shape (BOS 1 and EOS 2: SmolLM2's specials, see `vocab`).
+    fn hf(&self) -> TinyHf {
+        TinyHf {
+            model_type: match self.arch {
+                TinyArch::Llama => "llama",
+                TinyArch::Qwen2 => "qwen2",
+            },
+            hidden: self.hidden,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            ffn: self.ffn,
+            layers: self.layers,
+            vocab: vocab().len(),
+            tied: self.tied,
+            rope_theta: self.rope_theta,
+            bos_token_id: 1,
+            eos_token_id: 2,
+        }
+    }
+}
+
 /// Specials at 0..3 (as SmolLM2), byte-level characters, then one token per merge.
 fn vocab() -> Vec<String> {
     let mut v: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
@@ -174,45 +199,6 @@ fn tokenizer_json(spec: &TinySpec) -> Json {
     })
 }
 
-/// Hugging Face tensor names and shapes, in the order the weights are drawn.
-fn tensors(spec: &TinySpec) -> Vec<(String, Vec<usize>)> {
-    let head_dim = spec.hidden / spec.heads;
-    let (q, kv, h) = (spec.heads * head_dim, spec.kv_heads * head_dim, spec.hidden);
-    let mut t = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![vocab().len(), h],
-    )];
-    for l in 0..spec.layers {
-        for (name, shape) in [
-            ("input_layernorm.weight", vec![h]),
-            ("self_attn.q_proj.weight", vec![q, h]),
-            ("self_attn.k_proj.weight", vec![kv, h]),
-            ("self_attn.v_proj.weight", vec![kv, h]),
-            ("self_attn.o_proj.weight", vec![h, q]),
-            ("post_attention_layernorm.weight", vec![h]),
-            ("mlp.gate_proj.weight", vec![spec.ffn, h]),
-            ("mlp.up_proj.weight", vec![spec.ffn, h]),
-            ("mlp.down_proj.weight", vec![h, spec.ffn]),
-        ] {
-            t.push((format!("model.layers.{l}.{name}"), shape));
-        }
-        if spec.arch == TinyArch::Qwen2 {
-            for (name, len) in [
-                ("self_attn.q_proj.bias", q),
-                ("self_attn.k_proj.bias", kv),
-                ("self_attn.v_proj.bias", kv),
-            ] {
-                t.push((format!("model.layers.{l}.{name}"), vec![len]));
-            }
-        }
-    }
-    t.push(("model.norm.weight".into(), vec![h]));
-    if !spec.tied {
-        t.push(("lm_head.weight".into(), vec![vocab().len(), h]));
-    }
-    t
-}
-
 /// Seeded weights: norms near 1, the embedding and biases in ±1 (biases as large as the
 /// projections' outputs, so a misplaced one shows), matrices in ±2/sqrt(fan-in) so
 /// activations neither vanish nor blow up over a few layers.
@@ -233,63 +219,13 @@ fn weights(name: &str, shape: &[usize], rng: &mut SplitMix64) -> Vec<f32> {
     }
 }
 
-/// A safetensors file written by hand: u64 header length, JSON header, f32 data.
-fn write_safetensors(path: &Path, spec: &TinySpec) {
-    let mut rng = SplitMix64::new(spec.seed);
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    for (name, shape) in tensors(spec) {
-        let start = data.len();
-        for v in weights(&name, &shape, &mut rng) {
-            data.extend_from_slice(&v.to_le_bytes());
-        }
-        header.insert(
-            name,
-            json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
-        );
-    }
-    let mut h = Json::Object(header).to_string();
-    while !h.len().is_multiple_of(8) {
-        h.push(' ');
-    }
-    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(h.as_bytes());
-    bytes.extend_from_slice(&data);
-    std::fs::write(path, bytes).unwrap();
-}
-
 fn write_source(dir: &Path, spec: &TinySpec) {
-    std::fs::create_dir_all(dir).unwrap();
-    let (class, model_type) = match spec.arch {
-        TinyArch::Llama => ("LlamaForCausalLM", "llama"),
-        TinyArch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
-    };
-    let config = json!({
-        "architectures": [class],
-        "model_type": model_type,
-        "hidden_size": spec.hidden,
-        "intermediate_size": spec.ffn,
-        "num_hidden_layers": spec.layers,
-        "num_attention_heads": spec.heads,
-        "num_key_value_heads": spec.kv_heads,
-        "hidden_act": "silu",
-        "rms_norm_eps": 1e-5,
-        "rope_theta": spec.rope_theta,
-        "vocab_size": vocab().len(),
-        "max_position_embeddings": 256,
-        "tie_word_embeddings": spec.tied,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "torch_dtype": "float32",
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    std::fs::write(dir.join("tokenizer.json"), tokenizer_json(spec).to_string()).unwrap();
-    let tok_cfg = json!({
-        "add_bos_token": false,
-        "chat_template": "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}",
-    });
-    std::fs::write(dir.join("tokenizer_config.json"), tok_cfg.to_string()).unwrap();
-    write_safetensors(&dir.join("model.safetensors"), spec);
+    // One generator for the whole file, in tensor order.
+    let mut rng = SplitMix64::new(spec.seed);
+    spec.hf()
+        .write_dir(dir, &tokenizer_json(spec), |_, name, shape| {
+            weights(name, shape, &mut rng)
+        });
 }
 
 // ----- the GGUFs and their content hash -----

@@ -1,8 +1,10 @@
 //! The weight layout the Q4_1 and Q5_0 kernels share: a matrix of `n` rows of `kb` blocks
 //! repacked so that one block column of eight rows (a group, one row per lane of a 256-bit
 //! float vector) lies together, and the kernel reads the weights as one sequential stream.
+//! The loop bodies over it are `grouped_tile.rs`.
 
 use crate::dispatch::Variant;
+use crate::grouped_tile::{self, GroupFormat};
 use crate::parallel::{for_each_row_chunk_and_group, Parallel};
 use std::ops::Range;
 
@@ -74,52 +76,26 @@ impl<G: Copy> Grouped<G> {
 /// variant.
 pub(crate) type GroupRows<G, A> = unsafe fn(&Grouped<G>, &A, usize, Range<usize>, *mut f32);
 
-/// Runs a grouped kernel: checks `variant` and the output length, then calls the variant's
-/// body from `bodies` (scalar, AVX2, AVX-512 VNNI) for every (row chunk, group) item,
-/// spread over `par`. The caller has checked `a` against `w` and `m`.
-pub(crate) fn matmul_groups<G: Sync, A: Sync>(
+/// Runs a grouped kernel: checks `variant` and the output length, then runs the format's
+/// body for the variant (`grouped_tile`) on every (row chunk, group) item, spread over
+/// `par`. The caller has checked `a` against `w` and `m`.
+pub(crate) fn matmul_groups<F: GroupFormat>(
     variant: Variant,
-    w: &Grouped<G>,
-    a: &A,
+    w: &Grouped<F::Block>,
+    a: &F,
     m: usize,
     out: &mut [f32],
     par: Parallel,
-    bodies: [GroupRows<G, A>; 3],
 ) {
     assert!(
         variant.available(),
         "{variant:?} needs CPU features absent here"
     );
     assert_eq!(out.len(), m * w.n, "output length");
-    let body = match variant {
-        Variant::Scalar => bodies[0],
-        Variant::Avx2 => bodies[1],
-        Variant::Avx512Vnni => bodies[2],
-    };
+    let body = grouped_tile::body::<F>(variant);
     for_each_row_chunk_and_group::<()>(m, w.n.div_ceil(GROUP), out, par, |_, rows, g, out| {
         // SAFETY: each call writes only its (rows, group) cells of `out`; the variant's
         // CPU features were checked above.
         unsafe { body(w, a, g, rows, out) };
     });
 }
-
-/// The `[GroupRows; 3]` for `matmul_groups` of the calling kernel module, which defines
-/// `scalar_group` and (on x86-64, through `simd_variants!`) `avx2::group` and
-/// `avx512vnni::group`.
-macro_rules! group_bodies {
-    () => {{
-        // Through closures: `#[target_feature]` fns do not coerce to the pointer type.
-        // SAFETY (the closures): `matmul_groups` calls them under `GroupRows`' contract.
-        #[cfg(target_arch = "x86_64")]
-        let bodies: [$crate::grouped::GroupRows<_, _>; 3] = [
-            scalar_group,
-            |w, a, g, rows, out| unsafe { avx2::group(w, a, g, rows, out) },
-            |w, a, g, rows, out| unsafe { avx512vnni::group(w, a, g, rows, out) },
-        ];
-        // Elsewhere only the scalar variant is available (`matmul_groups` checks).
-        #[cfg(not(target_arch = "x86_64"))]
-        let bodies: [$crate::grouped::GroupRows<_, _>; 3] = [scalar_group; 3];
-        bodies
-    }};
-}
-pub(crate) use group_bodies;

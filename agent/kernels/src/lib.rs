@@ -6,6 +6,7 @@
 
 pub mod dispatch;
 pub mod grouped;
+mod grouped_tile;
 pub mod parallel;
 pub mod q4_1;
 pub mod q5_0;

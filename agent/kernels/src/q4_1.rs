@@ -9,14 +9,14 @@
 //! lane runs that scalar sequence for its own row and no horizontal float sum is needed;
 //! the integer dots are exact whatever instructions form them. Hence every variant, every
 //! tile shape and every number of activation rows gives the same bits (ragged batches rely
-//! on a row computing the same alone and in a batch).
+//! on a row computing the same alone and in a batch). The loop bodies are `grouped_tile.rs`.
 
 use crate::dispatch::{self, Variant};
 pub use crate::grouped::GROUP;
-use crate::grouped::{group_bodies, matmul_groups, Grouped};
+use crate::grouped::{matmul_groups, Grouped};
+use crate::grouped_tile::GroupFormat;
 use crate::parallel::Parallel;
 use crate::q8_0::f16_to_f32;
-use std::ops::Range;
 
 /// A Q4_1 block as ggml stores it: f16 scale and minimum, 32 4-bit quants (element `j`
 /// in the low nibble of byte `j`, element `16 + j` in its high nibble).
@@ -101,149 +101,82 @@ pub fn matmul_with(
     assert_eq!(a.blocks.len(), m * a.kb, "activation blocks");
     assert_eq!(a.d.len(), m * a.kb, "activation scales");
     assert_eq!(a.s.len(), m * a.kb, "activation sums");
-    matmul_groups(variant, w, a, m, out, par, group_bodies!());
+    matmul_groups(variant, w, a, m, out, par);
 }
 
-/// The definition: candle's scalar `vec_dot_q4_1_q8_1` for each of the group's rows.
-///
-/// # Safety
-/// As `GroupRows`.
-unsafe fn scalar_group(w: &Packed, a: &Acts, g: usize, rows: Range<usize>, out: *mut f32) {
-    let kb = w.kb;
-    for r in rows {
-        let mut acc = [0f32; GROUP];
-        for b in 0..kb {
-            let gb = &w.groups[g * kb + b];
-            let y = &a.blocks[r * kb + b].qs;
-            let (da, sa) = (a.d[r * kb + b], a.s[r * kb + b]);
-            for (i, lane) in acc.iter_mut().enumerate() {
-                let mut sumi = 0i32;
-                for (j, &q) in gb.qs[i].iter().enumerate() {
-                    sumi += (q & 0x0F) as i32 * y[j] as i32 + (q >> 4) as i32 * y[j + 16] as i32;
-                }
-                let t = sumi as f32 * f16_to_f32(gb.d[i]) * da;
-                *lane += t + f16_to_f32(gb.m[i]) * sa;
-            }
-        }
-        w.store(g, r, &acc, out);
+/// What Q4_1 brings to the shared bodies (`grouped_tile`): unsigned 4-bit weights, and per
+/// block `sum + (sumi · d_w · d_a + m_w · s_a)`.
+impl GroupFormat for Acts<'_> {
+    type Block = GroupBlock;
+
+    #[inline(always)]
+    unsafe fn quants(&self, k: usize) -> &[i8; 32] {
+        &self.blocks.get_unchecked(k).qs
+    }
+
+    #[inline(always)]
+    fn weights(gb: &GroupBlock, lane: usize) -> [i8; 32] {
+        // Element j in the low nibble of byte j, element 16 + j in its high nibble.
+        let qs = &gb.qs[lane];
+        std::array::from_fn(|e| if e < 16 { qs[e] & 0x0F } else { qs[e - 16] >> 4 } as i8)
+    }
+
+    #[inline(always)]
+    fn add_block(&self, acc: f32, sumi: i32, gb: &GroupBlock, lane: usize, k: usize) -> f32 {
+        let t = sumi as f32 * f16_to_f32(gb.d[lane]) * self.d[k];
+        acc + (t + f16_to_f32(gb.m[lane]) * self.s[k])
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    type Scales = [std::arch::x86_64::__m256; 2];
+
+    /// 16 bytes of nibbles → 32 bytes 0..15 in element order (low nibbles, then high).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn unpack(gb: &GroupBlock, lane: usize) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        let x = _mm_loadu_si128(gb.qs[lane].as_ptr().cast());
+        let hi = _mm_srli_epi16(x, 4);
+        _mm256_and_si256(_mm256_set_m128i(hi, x), _mm256_set1_epi8(0x0F))
+    }
+
+    /// The eight rows' `d` and `m`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn scales(gb: &GroupBlock) -> Self::Scales {
+        use std::arch::x86_64::*;
+        [
+            _mm256_cvtph_ps(_mm_loadu_si128(gb.d.as_ptr().cast())),
+            _mm256_cvtph_ps(_mm_loadu_si128(gb.m.as_ptr().cast())),
+        ]
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn add_block_x8(
+        &self,
+        acc: std::arch::x86_64::__m256,
+        dots: std::arch::x86_64::__m256i,
+        [dx, mx]: Self::Scales,
+        k: usize,
+    ) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let sumi = _mm256_cvtepi32_ps(dots);
+        let da = _mm256_set1_ps(*self.d.get_unchecked(k));
+        let sa = _mm256_set1_ps(*self.s.get_unchecked(k));
+        // candle's order: (sumi · d_w) · d_a + m_w · s_a, then the add.
+        let t = _mm256_mul_ps(_mm256_mul_ps(sumi, dx), da);
+        _mm256_add_ps(acc, _mm256_add_ps(t, _mm256_mul_ps(mx, sa)))
     }
 }
-
-/// The AVX2 and AVX-512 VNNI bodies: the same code compiled twice, with each variant's
-/// integer dot (a macro, so both copies are compiled with their own CPU features and
-/// everything inlines).
-#[cfg(target_arch = "x86_64")]
-macro_rules! avx_variant {
-    ($module:ident, $features:literal, $dot:path) => {
-        mod $module {
-            use super::{Acts, Packed, GROUP};
-            use std::arch::x86_64::*;
-            use std::ops::Range;
-
-            /// Activation rows per tile: each weight block is unpacked once for them.
-            const RN: usize = 4;
-
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn group(
-                w: &Packed,
-                a: &Acts,
-                g: usize,
-                rows: Range<usize>,
-                out: *mut f32,
-            ) {
-                let mut r = rows.start;
-                while r + RN <= rows.end {
-                    tile::<RN>(w, a, g, r, out);
-                    r += RN;
-                }
-                while r < rows.end {
-                    tile::<1>(w, a, g, r, out);
-                    r += 1;
-                }
-            }
-
-            /// Rows r..r+N of activations against the group's eight weight rows.
-            #[target_feature(enable = $features)]
-            // Index loops over the const tile size keep the vectors in registers.
-            #[allow(clippy::needless_range_loop)]
-            unsafe fn tile<const N: usize>(
-                w: &Packed,
-                a: &Acts,
-                g: usize,
-                r: usize,
-                out: *mut f32,
-            ) {
-                let kb = w.kb;
-                let mask = _mm256_set1_epi8(0x0F);
-                let mut acc = [_mm256_setzero_ps(); N];
-                let gbs = w.groups.as_ptr().add(g * kb);
-                for b in 0..kb {
-                    let gb = &*gbs.add(b);
-                    let mut ys = [_mm256_setzero_si256(); N];
-                    for j in 0..N {
-                        let blk = a.blocks.get_unchecked((r + j) * kb + b);
-                        ys[j] = _mm256_loadu_si256(blk.qs.as_ptr().cast());
-                    }
-                    // Per activation row, the eight weight rows' i32 lanes reduced to one
-                    // sum per row (lane i = weight row i). Integer sums: exact in any order.
-                    let mut quads = [[_mm256_setzero_si256(); 2]; N];
-                    for half in 0..2 {
-                        let mut pairs = [[_mm256_setzero_si256(); 2]; N];
-                        for p in 0..2 {
-                            let i = half * 4 + p * 2;
-                            let w0 = unpack(&gb.qs[i], mask);
-                            let w1 = unpack(&gb.qs[i + 1], mask);
-                            for j in 0..N {
-                                pairs[j][p] = _mm256_hadd_epi32($dot(w0, ys[j]), $dot(w1, ys[j]));
-                            }
-                        }
-                        for j in 0..N {
-                            quads[j][half] = _mm256_hadd_epi32(pairs[j][0], pairs[j][1]);
-                        }
-                    }
-                    let dx = _mm256_cvtph_ps(_mm_loadu_si128(gb.d.as_ptr().cast()));
-                    let mx = _mm256_cvtph_ps(_mm_loadu_si128(gb.m.as_ptr().cast()));
-                    for j in 0..N {
-                        // quads: [r0..r3 low halves | r0..r3 high halves], [r4..r7 …].
-                        let lo = _mm256_permute2x128_si256(quads[j][0], quads[j][1], 0x20);
-                        let hi = _mm256_permute2x128_si256(quads[j][0], quads[j][1], 0x31);
-                        let sumi = _mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi));
-                        let k = (r + j) * kb + b;
-                        let da = _mm256_set1_ps(*a.d.get_unchecked(k));
-                        let sa = _mm256_set1_ps(*a.s.get_unchecked(k));
-                        // candle's order: (sumi · d_w) · d_a + m_w · s_a, then the add.
-                        let t = _mm256_mul_ps(_mm256_mul_ps(sumi, dx), da);
-                        let u = _mm256_add_ps(t, _mm256_mul_ps(mx, sa));
-                        acc[j] = _mm256_add_ps(acc[j], u);
-                    }
-                }
-                for j in 0..N {
-                    let mut lanes = [0f32; GROUP];
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[j]);
-                    w.store(g, r + j, &lanes, out);
-                }
-            }
-
-            /// 16 bytes of nibbles → 32 bytes 0..15 in element order (low nibbles, then
-            /// high nibbles).
-            #[target_feature(enable = $features)]
-            #[inline]
-            unsafe fn unpack(qs: &[u8; 16], mask: __m256i) -> __m256i {
-                let x = _mm_loadu_si128(qs.as_ptr().cast());
-                let hi = _mm_srli_epi16(x, 4);
-                _mm256_and_si256(_mm256_set_m128i(hi, x), mask)
-            }
-        }
-    };
-}
-
-#[cfg(target_arch = "x86_64")]
-dispatch::simd_variants!(avx_variant);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{f16_bits, serial, split, Lcg};
+    use crate::test_support::{
+        assert_every_variant_gives, assert_rows_alone_match_batch, f16_bits, serial, Lcg,
+    };
+    use std::ops::Range;
 
     fn weights(n: usize, kb: usize, seed: u64) -> Vec<Block> {
         let mut rng = Lcg(seed);
@@ -300,15 +233,18 @@ mod tests {
         out
     }
 
-    fn run(v: Variant, p: &Packed, a: &OwnedActs, m: usize, par: Parallel) -> Vec<f32> {
-        let mut out = vec![f32::NAN; m * p.rows()];
+    /// The kernel on activation rows `rows` of `a`.
+    fn run(v: Variant, p: &Packed, a: &OwnedActs, rows: Range<usize>, par: Parallel) -> Vec<f32> {
+        let kb = p.blocks_per_row();
+        let ks = rows.start * kb..rows.end * kb;
         let acts = Acts {
-            blocks: &a.blocks,
-            d: &a.d,
-            s: &a.s,
-            kb: p.blocks_per_row(),
+            blocks: &a.blocks[ks.clone()],
+            d: &a.d[ks.clone()],
+            s: &a.s[ks],
+            kb,
         };
-        matmul_with(v, p, &acts, m, &mut out, par);
+        let mut out = vec![f32::NAN; rows.len() * p.rows()];
+        matmul_with(v, p, &acts, rows.len(), &mut out, par);
         out
     }
 
@@ -319,18 +255,11 @@ mod tests {
         for &(m, n, kb) in &[(1, 8, 2), (7, 13, 3), (70, 24, 4), (5, 3, 1), (2, 64, 18)] {
             let w = weights(n, kb, 11 + n as u64);
             let a = acts(m, kb, 5 + m as u64);
-            let want: Vec<u32> = reference(&w, &a, m, n, kb)
-                .iter()
-                .map(|v| v.to_bits())
-                .collect();
+            let want = reference(&w, &a, m, n, kb);
             let p = Packed::new(&w, n, kb);
-            for v in dispatch::available() {
-                for par in [&serial as Parallel, &split as Parallel] {
-                    let got: Vec<u32> =
-                        run(v, &p, &a, m, par).iter().map(|x| x.to_bits()).collect();
-                    assert_eq!(got, want, "{v:?} m={m} n={n} kb={kb}");
-                }
-            }
+            assert_every_variant_gives(&want, &format!("m={m} n={n} kb={kb}"), |v, par| {
+                run(v, &p, &a, 0..m, par)
+            });
         }
     }
 
@@ -340,26 +269,7 @@ mod tests {
         let w = weights(n, kb, 3);
         let a = acts(m, kb, 4);
         let p = Packed::new(&w, n, kb);
-        for v in dispatch::available() {
-            let batch = run(v, &p, &a, m, &serial);
-            for r in 0..m {
-                let one = OwnedActs {
-                    blocks: a.blocks[r * kb..(r + 1) * kb].to_vec(),
-                    d: a.d[r * kb..(r + 1) * kb].to_vec(),
-                    s: a.s[r * kb..(r + 1) * kb].to_vec(),
-                };
-                let alone = run(v, &p, &one, 1, &serial);
-                let same = alone
-                    .iter()
-                    .zip(&batch[r * n..(r + 1) * n])
-                    .all(|(x, y)| x.to_bits() == y.to_bits());
-                assert!(
-                    same,
-                    "{v:?} row {r}: {alone:?} vs {:?}",
-                    &batch[r * n..(r + 1) * n]
-                );
-            }
-        }
+        assert_rows_alone_match_batch(m, n, |v, rows| run(v, &p, &a, rows, &serial));
     }
 
     #[test]

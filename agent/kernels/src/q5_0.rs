@@ -9,14 +9,15 @@
 //! subtract `16 · Σ y` afterwards, which is the same integer; eight weight rows sit in the
 //! eight lanes of a float vector, so each lane runs the scalar float sequence for its own
 //! row. Hence every variant, tile shape and number of activation rows gives the same bits
-//! (ragged batches rely on a row computing the same alone and in a batch).
+//! (ragged batches rely on a row computing the same alone and in a batch). The loop bodies
+//! are `grouped_tile.rs`.
 
 use crate::dispatch::{self, Variant};
 pub use crate::grouped::GROUP;
-use crate::grouped::{group_bodies, matmul_groups, Grouped};
+use crate::grouped::{matmul_groups, Grouped};
+use crate::grouped_tile::GroupFormat;
 use crate::parallel::Parallel;
 use crate::q8_0::f16_to_f32;
-use std::ops::Range;
 
 /// A Q5_0 block as ggml stores it: f16 scale, the 32 fifth bits (bit `e` of the
 /// little-endian `qh` belongs to element `e`), 32 low nibbles (element `j` in the low
@@ -97,167 +98,103 @@ pub fn matmul_with(
     assert_eq!(a.blocks.len(), m * a.kb, "activation blocks");
     assert_eq!(a.d.len(), m * a.kb, "activation scales");
     assert_eq!(a.sums.len(), m * a.kb, "activation sums");
-    matmul_groups(variant, w, a, m, out, par, group_bodies!());
+    matmul_groups(variant, w, a, m, out, par);
 }
 
-/// The definition: candle's scalar `vec_dot_q5_0_q8_0` for each of the group's rows.
-///
-/// # Safety
-/// As `GroupRows`.
-unsafe fn scalar_group(w: &Packed, a: &Acts, g: usize, rows: Range<usize>, out: *mut f32) {
-    let kb = w.kb;
-    for r in rows {
-        let mut acc = [0f32; GROUP];
-        for b in 0..kb {
-            let gb = &w.groups[g * kb + b];
-            let y = &a.blocks[r * kb + b].qs;
-            let da = a.d[r * kb + b];
-            for (i, lane) in acc.iter_mut().enumerate() {
-                let qh = gb.qh[i];
-                let mut sumi = 0i32;
-                for (j, &q) in gb.qs[i].iter().enumerate() {
-                    let x0 = ((q & 0x0F) as i32 | (((qh >> j) & 1) << 4) as i32) - 16;
-                    let x1 = ((q >> 4) as i32 | (((qh >> (j + 16)) & 1) << 4) as i32) - 16;
-                    sumi += x0 * y[j] as i32 + x1 * y[j + 16] as i32;
-                }
-                *lane += sumi as f32 * f16_to_f32(gb.d[i]) * da;
-            }
-        }
-        w.store(g, r, &acc, out);
+/// What Q5_0 brings to the shared bodies (`grouped_tile`): 5-bit weights, `q − 16` in the
+/// definition and unsigned `q` in the SIMD dot (the bias subtracted after), and per block
+/// `sum + sumi · d_w · d_a`. The shared AVX2 dot stays exact: unsigned weights are at most
+/// 31, so a pair of products is at most 2 · 31 · 128 in magnitude, well inside i16.
+impl GroupFormat for Acts<'_> {
+    type Block = GroupBlock;
+
+    #[inline(always)]
+    unsafe fn quants(&self, k: usize) -> &[i8; 32] {
+        &self.blocks.get_unchecked(k).qs
+    }
+
+    #[inline(always)]
+    fn weights(gb: &GroupBlock, lane: usize) -> [i8; 32] {
+        // Element e: nibble j = e % 16 of byte j (low for e < 16), bit e of qh as its 16.
+        let (qs, qh) = (&gb.qs[lane], gb.qh[lane]);
+        std::array::from_fn(|e| {
+            let nibble = if e < 16 {
+                qs[e] & 0x0F
+            } else {
+                qs[e - 16] >> 4
+            };
+            (nibble | (((qh >> e) & 1) << 4) as u8) as i8 - 16
+        })
+    }
+
+    #[inline(always)]
+    fn add_block(&self, acc: f32, sumi: i32, gb: &GroupBlock, lane: usize, k: usize) -> f32 {
+        acc + sumi as f32 * f16_to_f32(gb.d[lane]) * self.d[k]
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    type Scales = std::arch::x86_64::__m256;
+
+    /// One row-block → 32 unsigned bytes 0..=31 in element order: the nibbles (low
+    /// nibbles, then high nibbles) with bit `e` of `qh` as element `e`'s 16.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn unpack(gb: &GroupBlock, lane: usize) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        let x = _mm_loadu_si128(gb.qs[lane].as_ptr().cast());
+        let hi = _mm_srli_epi16(x, 4);
+        let nibbles = _mm256_and_si256(_mm256_set_m128i(hi, x), _mm256_set1_epi8(0x0F));
+        // Byte e takes qh's byte e / 8; then all bits but bit e % 8 are set, so the byte is
+        // all ones exactly when element e's bit is.
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(gb.qh[lane] as i32),
+            _mm256_set_epi64x(
+                0x0303_0303_0303_0303,
+                0x0202_0202_0202_0202,
+                0x0101_0101_0101_0101,
+                0,
+            ),
+        );
+        let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1));
+        _mm256_or_si256(nibbles, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+    }
+
+    /// The eight rows' `d`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn scales(gb: &GroupBlock) -> Self::Scales {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(gb.d.as_ptr().cast()))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn add_block_x8(
+        &self,
+        acc: std::arch::x86_64::__m256,
+        dots: std::arch::x86_64::__m256i,
+        dx: Self::Scales,
+        k: usize,
+    ) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // Σ q·y − 16·Σ y = Σ (q − 16)·y, candle's signed dot, exactly.
+        let bias = _mm256_set1_epi32(16 * *self.sums.get_unchecked(k));
+        let sumi = _mm256_cvtepi32_ps(_mm256_sub_epi32(dots, bias));
+        let da = _mm256_set1_ps(*self.d.get_unchecked(k));
+        // candle's order: (sumi · d_w) · d_a, then the add.
+        _mm256_add_ps(acc, _mm256_mul_ps(_mm256_mul_ps(sumi, dx), da))
     }
 }
-
-/// The AVX2 and AVX-512 VNNI bodies: the same code compiled twice, with each variant's
-/// integer dot (a macro, so both copies are compiled with their own CPU features and
-/// everything inlines).
-#[cfg(target_arch = "x86_64")]
-macro_rules! avx_variant {
-    ($module:ident, $features:literal, $dot:path) => {
-        mod $module {
-            use super::{Acts, Packed, GROUP};
-            use std::arch::x86_64::*;
-            use std::ops::Range;
-
-            /// Activation rows per tile: each weight block is unpacked once for them.
-            const RN: usize = 4;
-
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn group(
-                w: &Packed,
-                a: &Acts,
-                g: usize,
-                rows: Range<usize>,
-                out: *mut f32,
-            ) {
-                let mut r = rows.start;
-                while r + RN <= rows.end {
-                    tile::<RN>(w, a, g, r, out);
-                    r += RN;
-                }
-                while r < rows.end {
-                    tile::<1>(w, a, g, r, out);
-                    r += 1;
-                }
-            }
-
-            /// Rows r..r+N of activations against the group's eight weight rows.
-            #[target_feature(enable = $features)]
-            // Index loops over the const tile size keep the vectors in registers.
-            #[allow(clippy::needless_range_loop)]
-            unsafe fn tile<const N: usize>(
-                w: &Packed,
-                a: &Acts,
-                g: usize,
-                r: usize,
-                out: *mut f32,
-            ) {
-                let kb = w.kb;
-                let mut acc = [_mm256_setzero_ps(); N];
-                let gbs = w.groups.as_ptr().add(g * kb);
-                for b in 0..kb {
-                    let gb = &*gbs.add(b);
-                    let mut ys = [_mm256_setzero_si256(); N];
-                    for j in 0..N {
-                        let blk = a.blocks.get_unchecked((r + j) * kb + b);
-                        ys[j] = _mm256_loadu_si256(blk.qs.as_ptr().cast());
-                    }
-                    // Per activation row, the eight weight rows' i32 lanes reduced to one
-                    // sum per row (lane i = weight row i). Integer sums: exact in any order.
-                    let mut quads = [[_mm256_setzero_si256(); 2]; N];
-                    for half in 0..2 {
-                        let mut pairs = [[_mm256_setzero_si256(); 2]; N];
-                        for p in 0..2 {
-                            let i = half * 4 + p * 2;
-                            let w0 = unpack(&gb.qs[i], gb.qh[i]);
-                            let w1 = unpack(&gb.qs[i + 1], gb.qh[i + 1]);
-                            for j in 0..N {
-                                pairs[j][p] = _mm256_hadd_epi32($dot(w0, ys[j]), $dot(w1, ys[j]));
-                            }
-                        }
-                        for j in 0..N {
-                            quads[j][half] = _mm256_hadd_epi32(pairs[j][0], pairs[j][1]);
-                        }
-                    }
-                    let dx = _mm256_cvtph_ps(_mm_loadu_si128(gb.d.as_ptr().cast()));
-                    for j in 0..N {
-                        // quads: [r0..r3 low halves | r0..r3 high halves], [r4..r7 …].
-                        let lo = _mm256_permute2x128_si256(quads[j][0], quads[j][1], 0x20);
-                        let hi = _mm256_permute2x128_si256(quads[j][0], quads[j][1], 0x31);
-                        let k = (r + j) * kb + b;
-                        // Σ q·y − 16·Σ y = Σ (q − 16)·y, candle's signed dot, exactly.
-                        let bias = _mm256_set1_epi32(16 * *a.sums.get_unchecked(k));
-                        let sumi =
-                            _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_add_epi32(lo, hi), bias));
-                        let da = _mm256_set1_ps(*a.d.get_unchecked(k));
-                        // candle's order: (sumi · d_w) · d_a, then the add.
-                        let t = _mm256_mul_ps(_mm256_mul_ps(sumi, dx), da);
-                        acc[j] = _mm256_add_ps(acc[j], t);
-                    }
-                }
-                for j in 0..N {
-                    let mut lanes = [0f32; GROUP];
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[j]);
-                    w.store(g, r + j, &lanes, out);
-                }
-            }
-
-            /// One row-block → 32 unsigned bytes 0..=31 in element order: the nibbles
-            /// (low nibbles, then high nibbles) with bit `e` of `qh` as element `e`'s 16.
-            #[target_feature(enable = $features)]
-            #[inline]
-            unsafe fn unpack(qs: &[u8; 16], qh: u32) -> __m256i {
-                let x = _mm_loadu_si128(qs.as_ptr().cast());
-                let hi = _mm_srli_epi16(x, 4);
-                let nibbles = _mm256_and_si256(_mm256_set_m128i(hi, x), _mm256_set1_epi8(0x0F));
-                // Byte e takes qh's byte e / 8; then all bits but bit e % 8 are set, so
-                // the byte is all ones exactly when element e's bit is.
-                let spread = _mm256_shuffle_epi8(
-                    _mm256_set1_epi32(qh as i32),
-                    _mm256_set_epi64x(
-                        0x0303_0303_0303_0303,
-                        0x0202_0202_0202_0202,
-                        0x0101_0101_0101_0101,
-                        0,
-                    ),
-                );
-                let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64);
-                let set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1));
-                _mm256_or_si256(nibbles, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
-            }
-        }
-    };
-}
-
-// The shared `dispatch::dot_avx2` stays exact here: unsigned weights are at most 31, so
-// a pair of products is at most 2 · 31 · 128 in magnitude, well inside i16.
-#[cfg(target_arch = "x86_64")]
-dispatch::simd_variants!(avx_variant);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::q8_0::Block as ActBlock;
-    use crate::test_support::{f16_bits, serial, split, Lcg};
+    use crate::test_support::{
+        assert_every_variant_gives, assert_rows_alone_match_batch, f16_bits, serial, Lcg,
+    };
+    use std::ops::Range;
 
     fn weights(n: usize, kb: usize, seed: u64) -> Vec<Block> {
         let mut rng = Lcg(seed);
@@ -318,15 +255,18 @@ mod tests {
         out
     }
 
-    fn run(v: Variant, p: &Packed, a: &OwnedActs, m: usize, par: Parallel) -> Vec<f32> {
-        let mut out = vec![f32::NAN; m * p.rows()];
+    /// The kernel on activation rows `rows` of `a`.
+    fn run(v: Variant, p: &Packed, a: &OwnedActs, rows: Range<usize>, par: Parallel) -> Vec<f32> {
+        let kb = p.blocks_per_row();
+        let ks = rows.start * kb..rows.end * kb;
         let acts = Acts {
-            blocks: &a.blocks,
-            d: &a.d,
-            sums: &a.sums,
-            kb: p.blocks_per_row(),
+            blocks: &a.blocks[ks.clone()],
+            d: &a.d[ks.clone()],
+            sums: &a.sums[ks],
+            kb,
         };
-        matmul_with(v, p, &acts, m, &mut out, par);
+        let mut out = vec![f32::NAN; rows.len() * p.rows()];
+        matmul_with(v, p, &acts, rows.len(), &mut out, par);
         out
     }
 
@@ -337,18 +277,11 @@ mod tests {
         for &(m, n, kb) in &[(1, 8, 2), (7, 13, 3), (70, 24, 4), (5, 3, 1), (2, 64, 20)] {
             let w = weights(n, kb, 11 + n as u64);
             let a = acts(m, kb, 5 + m as u64);
-            let want: Vec<u32> = reference(&w, &a, m, n, kb)
-                .iter()
-                .map(|v| v.to_bits())
-                .collect();
+            let want = reference(&w, &a, m, n, kb);
             let p = Packed::new(&w, n, kb);
-            for v in dispatch::available() {
-                for par in [&serial as Parallel, &split as Parallel] {
-                    let got: Vec<u32> =
-                        run(v, &p, &a, m, par).iter().map(|x| x.to_bits()).collect();
-                    assert_eq!(got, want, "{v:?} m={m} n={n} kb={kb}");
-                }
-            }
+            assert_every_variant_gives(&want, &format!("m={m} n={n} kb={kb}"), |v, par| {
+                run(v, &p, &a, 0..m, par)
+            });
         }
     }
 
@@ -380,7 +313,7 @@ mod tests {
         assert_eq!(want[0], (32 * 15 * -128 + 32 * -16 * 127) as f32);
         let p = Packed::new(&w, n, kb);
         for v in dispatch::available() {
-            assert_eq!(run(v, &p, &a, m, &serial), want, "{v:?}");
+            assert_eq!(run(v, &p, &a, 0..m, &serial), want, "{v:?}");
         }
     }
 
@@ -390,26 +323,7 @@ mod tests {
         let w = weights(n, kb, 3);
         let a = acts(m, kb, 4);
         let p = Packed::new(&w, n, kb);
-        for v in dispatch::available() {
-            let batch = run(v, &p, &a, m, &serial);
-            for r in 0..m {
-                let one = OwnedActs {
-                    blocks: a.blocks[r * kb..(r + 1) * kb].to_vec(),
-                    d: a.d[r * kb..(r + 1) * kb].to_vec(),
-                    sums: a.sums[r * kb..(r + 1) * kb].to_vec(),
-                };
-                let alone = run(v, &p, &one, 1, &serial);
-                let same = alone
-                    .iter()
-                    .zip(&batch[r * n..(r + 1) * n])
-                    .all(|(x, y)| x.to_bits() == y.to_bits());
-                assert!(
-                    same,
-                    "{v:?} row {r}: {alone:?} vs {:?}",
-                    &batch[r * n..(r + 1) * n]
-                );
-            }
-        }
+        assert_rows_alone_match_batch(m, n, |v, rows| run(v, &p, &a, rows, &serial));
     }
 
     #[test]

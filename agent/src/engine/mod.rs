@@ -9,9 +9,8 @@
 mod attention;
 mod error;
 mod generate;
+mod grouped_matmul;
 mod model;
-mod q4_1_matmul;
-mod q5_0_matmul;
 mod q8_matmul;
 mod quantized_matmul;
 mod requantize;
@@ -130,6 +129,16 @@ pub struct ModelHeaders {
     pub format: &'static str,
 }
 
+/// What differs between the formats' loads, for `Engine::assembled`.
+struct Loaded<'a> {
+    /// The GGUF file or the safetensors model directory.
+    path: &'a Path,
+    format: &'static str,
+    weight_dtype: String,
+    compute_dtype: String,
+    num_parameters: u64,
+}
+
 pub struct Engine {
     model: LlamaModel,
     tokenizer: LemTokenizer,
@@ -153,8 +162,8 @@ impl Engine {
         tokenizer_json: Option<&Path>,
         opts: &LoadOptions,
     ) -> Result<Engine, EngineError> {
-        let t0 = Instant::now();
-        let (device, note, threads) = prepare(opts)?;
+        let prepared = prepare(opts)?;
+        let device = &prepared.device;
         let mut g = GgufFile::open(path)?;
         let cfg = LlamaParams::from_gguf(&g)?;
         let tokenizer = LemTokenizer::load(&g, tokenizer_json)?;
@@ -165,45 +174,27 @@ impl Engine {
             // A CPU-kernel choice: candle's CUDA backend has Q4_1 kernels.
             opts.requantize_q4_1_to_q8_0 && device.is_cpu(),
             opts.max_seq_len,
-            &device,
+            device,
         )?;
-        let shape = cfg.shape();
-        let info = EngineInfo {
-            path: path.to_path_buf(),
-            format: "gguf".into(),
-            weight_dtype: weights.describe(),
-            compute_dtype: if device.is_cpu() {
-                // Which variant of lem's CPU kernels ran (chosen once per process).
-                format!(
-                    "f32 (CPU kernels: {})",
-                    lem_kernels::dispatch::selected().name()
-                )
-            } else {
-                "f32".into()
-            },
-            num_parameters,
-            shape,
-            tokenizer_source: tokenizer.source().to_string(),
-            eos_token_ids: tokenizer.eos_token_ids().to_vec(),
-            context_length: cfg.context_length,
-            max_seq_len: opts.max_seq_len,
-            device: compute_device(&device, opts.cuda_ordinal, threads, note),
-            load_ns: t0.elapsed().as_nanos() as u64,
+        let compute_dtype = if device.is_cpu() {
+            // Which variant of lem's CPU kernels ran (chosen once per process).
+            format!(
+                "f32 (CPU kernels: {})",
+                lem_kernels::dispatch::selected().name()
+            )
+        } else {
+            "f32".into()
         };
-        tracing::info!(
-            path = %path.display(),
-            weights = %info.weight_dtype,
-            params = num_parameters,
-            threads,
-            "model loaded"
-        );
-        Ok(Engine {
-            model,
-            tokenizer,
-            info,
-            max_seq_len: opts.max_seq_len,
-            cache: None,
-        })
+        let loaded = Loaded {
+            path,
+            format: "gguf",
+            weight_dtype: weights.describe(),
+            compute_dtype,
+            num_parameters,
+        };
+        Ok(Engine::assembled(
+            model, tokenizer, &cfg, loaded, opts, prepared,
+        ))
     }
 
     /// Loads a Hugging Face model directory: `config.json` (`LlamaForCausalLM`,
@@ -220,8 +211,8 @@ impl Engine {
         tokenizer_json: Option<&Path>,
         opts: &LoadOptions,
     ) -> Result<Engine, EngineError> {
-        let t0 = Instant::now();
-        let (device, note, threads) = prepare(opts)?;
+        let prepared = prepare(opts)?;
+        let device = &prepared.device;
         let hf = HfConfig::read(dir)?;
         let tokenizer = LemTokenizer::for_hf_dir(dir, tokenizer_json, &hf)?;
         let files = SafetensorsSet::open(dir)?;
@@ -242,42 +233,69 @@ impl Engine {
             weights,
             MatmulMode::Native,
             opts.max_seq_len,
-            &device,
+            device,
         )?;
-        let shape = cfg.shape();
-        let info = EngineInfo {
-            path: dir.to_path_buf(),
-            format: "safetensors".into(),
+        let compute_dtype = if device.is_cpu() {
+            report.compute_dtype()
+        } else {
+            gpu_compute_dtype(opts.precision, opts.quantization)
+        };
+        let loaded = Loaded {
+            path: dir,
+            format: "safetensors",
             weight_dtype: report.weight_dtype(),
-            compute_dtype: if device.is_cpu() {
-                report.compute_dtype()
-            } else {
-                gpu_compute_dtype(opts.precision, opts.quantization)
-            },
+            compute_dtype,
             num_parameters,
-            shape,
+        };
+        Ok(Engine::assembled(
+            model, tokenizer, &cfg, loaded, opts, prepared,
+        ))
+    }
+
+    /// The engine over a loaded model, with its description; logs the load.
+    fn assembled(
+        model: LlamaModel,
+        tokenizer: LemTokenizer,
+        cfg: &LlamaParams,
+        loaded: Loaded,
+        opts: &LoadOptions,
+        prepared: Prepared,
+    ) -> Engine {
+        let Prepared {
+            device,
+            note,
+            cpu_threads,
+            t0,
+        } = prepared;
+        let info = EngineInfo {
+            path: loaded.path.to_path_buf(),
+            format: loaded.format.into(),
+            weight_dtype: loaded.weight_dtype,
+            compute_dtype: loaded.compute_dtype,
+            num_parameters: loaded.num_parameters,
+            shape: cfg.shape(),
             tokenizer_source: tokenizer.source().to_string(),
             eos_token_ids: tokenizer.eos_token_ids().to_vec(),
             context_length: cfg.context_length,
             max_seq_len: opts.max_seq_len,
-            device: compute_device(&device, opts.cuda_ordinal, threads, note),
+            device: compute_device(&device, opts.cuda_ordinal, cpu_threads, note),
             load_ns: t0.elapsed().as_nanos() as u64,
         };
         tracing::info!(
-            path = %dir.display(),
+            path = %info.path.display(),
             weights = %info.weight_dtype,
             compute = %info.compute_dtype,
-            params = num_parameters,
-            threads,
+            params = info.num_parameters,
+            threads = cpu_threads,
             "model loaded"
         );
-        Ok(Engine {
+        Engine {
             model,
             tokenizer,
             info,
             max_seq_len: opts.max_seq_len,
             cache: None,
-        })
+        }
     }
 
     /// Reads a GGUF's header (metadata and tensor table, no weights) and checks that the
@@ -366,9 +384,19 @@ impl Engine {
     }
 }
 
-/// Checks `opts` and opens the device and thread pool a load uses: (device, the note on
-/// why it was chosen, CPU threads).
-fn prepare(opts: &LoadOptions) -> Result<(Device, String, usize), EngineError> {
+/// What `prepare` set up for a load.
+struct Prepared {
+    device: Device,
+    /// Why the device was chosen.
+    note: String,
+    cpu_threads: usize,
+    /// When the load started (for `EngineInfo::load_ns`).
+    t0: Instant,
+}
+
+/// Checks `opts` and opens the device and thread pool a load uses.
+fn prepare(opts: &LoadOptions) -> Result<Prepared, EngineError> {
+    let t0 = Instant::now();
     if opts.max_seq_len < 2 {
         return Err(EngineError::InvalidParams(format!(
             "max_seq_len {} is too small",
@@ -380,7 +408,12 @@ fn prepare(opts: &LoadOptions) -> Result<(Device, String, usize), EngineError> {
         // A LEM_CPU_KERNEL this CPU cannot run is refused here, not silently replaced.
         lem_kernels::dispatch::check_override().map_err(|e| EngineError::Device(e.to_string()))?;
     }
-    Ok((device, note, configure_threads(opts.cpu_threads)))
+    Ok(Prepared {
+        device,
+        note,
+        cpu_threads: configure_threads(opts.cpu_threads),
+        t0,
+    })
 }
 
 /// The CPU thread count in use, fixed when the process started (`crate::threads::init`);

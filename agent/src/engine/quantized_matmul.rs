@@ -1,4 +1,4 @@
-//! What the CPU quantised matmuls (`q8_matmul`, `q4_1_matmul`, `q5_0_matmul`) share around
+//! What the CPU quantised matmuls (`q8_matmul`, `grouped_matmul`) share around
 //! their kernels: reading a stored weight's blocks, the input checks, activation rows
 //! quantised over candle's thread pool, the kernel's thread pool, and the output's shape.
 //! Each matmul brings only its block layout, its row quantiser and its kernel call.

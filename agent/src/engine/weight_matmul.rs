@@ -1,9 +1,8 @@
 //! A weight matrix as the forward pass multiplies it: a candle `QMatMul` (through lem's
 //! Q8_0 kernel where it applies, `q8_matmul`) or a Q4_1 or Q5_0 matrix repacked for lem's
-//! native kernels (`q4_1_matmul`, `q5_0_matmul`, CPU only).
+//! native kernels (`grouped_matmul`, CPU only).
 
-use super::q4_1_matmul::{self, PackedQ4_1};
-use super::q5_0_matmul::{self, PackedQ5_0};
+use super::grouped_matmul::{PackedQ4_1, PackedQ5_0};
 use super::q8_matmul;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::Tensor;
@@ -43,8 +42,8 @@ impl WeightMatmul {
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Candle(w) => q8_matmul::forward(w, x),
-            Self::Q4_1(w) => q4_1_matmul::forward(w, x),
-            Self::Q5_0(w) => q5_0_matmul::forward(w, x),
+            Self::Q4_1(w) => w.forward(x),
+            Self::Q5_0(w) => w.forward(x),
         }
     }
 }
