@@ -37,6 +37,9 @@ model_path = os.environ.get(
 PROMPT, NEW = 128, 64
 
 C.llama_backend_init()
+# The instruction sets this llama.cpp was compiled with (e.g. no AVX512 in an AVX2-only
+# build from scripts/setup-llama-avx2.sh), so a side by side records what ran.
+print(f"llama.cpp system info: {C.llama_print_system_info().decode().strip()}", flush=True)
 _quiet = C.llama_log_callback(lambda *a: None)  # kept referenced: llama.cpp calls it later
 C.llama_log_set(_quiet, ctypes.c_void_p(0))
 mparams = C.llama_model_default_params()
