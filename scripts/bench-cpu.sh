@@ -4,6 +4,7 @@
 # Usage: scripts/bench-cpu.sh [RUNS] [THREADS]      (figures go in docs/benchmarks.md)
 #   LEM_BENCH_MODEL  model_name to run (default HuggingFaceTB/SmolLM2-135M-Instruct;
 #                    google/gemma-3-270m-GGUF for Gemma 3 270M Q4_K_M)
+#   LEM_BENCH_BATCHES  comma-separated batch sizes (default 1,8)
 #   LEM_CPU_KERNEL   caps lem's CPU kernels (scalar|avx2|avx512vnni); the last line printed,
 #                    `compute: ...`, names the variant that ran
 set -euo pipefail
@@ -32,7 +33,8 @@ cpu_threads: $threads
 decoder_config: {preset: deterministic}
 prompt_source: {type: synthetic, input_tokens: 128}
 YAML
-for batch in 1 8; do
+batches="${LEM_BENCH_BATCHES:-1,8}"
+for batch in ${batches//,/ }; do
   runs_json="$data/batch-$batch.jsonl"
   for i in $(seq "$runs"); do
     "$lem" --data-dir "$data/results" experiment "$cfg" -b "$batch" --fresh --json 2>/dev/null

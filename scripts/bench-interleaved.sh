@@ -6,6 +6,7 @@
 #   LEM_BIN      a built `lem` (default: a release build, as bench-cpu.sh does)
 #   LLAMA_PYTHON python with llama-cpp-python (default ~/.cache/lem-llama-venv/bin/python)
 #   LEM_BENCH_MODEL=gemma3  Gemma 3 270M Q4_K_M on both sides instead of SmolLM2 Q4_1
+#   LEM_BENCH_BATCHES       comma-separated batch sizes for both sides (default 1,8)
 #   LEM_CPU_KERNEL=avx2     lem's AVX2 kernels; with LLAMA_PYTHON from scripts/setup-llama-avx2.sh
 #                           both sides are AVX2-only on an AVX-512 host. The summary names
 #                           the instruction sets each side ran and warns when they differ.
@@ -24,7 +25,7 @@ for r in $(seq "$rounds"); do
   echo "round $r load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$log"
   scripts/bench-cpu.sh 1 "$threads" | sed 's/^/lem /' | tee -a "$log"
   echo "round $r load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$log"
-  "$py" scripts/bench-llamacpp.py 1 "$threads" 1,8 | tee -a "$log"
+  "$py" scripts/bench-llamacpp.py 1 "$threads" "${LEM_BENCH_BATCHES:-1,8}" | tee -a "$log"
 done
 python3 - "$log" <<'PY'
 import re, sys, statistics as st
