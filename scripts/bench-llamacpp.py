@@ -5,6 +5,8 @@ Needs `llama-cpp-python` (PyPI; builds llama.cpp from source here, never committ
     python3 -m venv ~/.cache/lem-llamacpp-venv
     ~/.cache/lem-llamacpp-venv/bin/pip install llama-cpp-python==0.3.36
     ~/.cache/lem-llamacpp-venv/bin/python scripts/bench-llamacpp.py [RUNS] [THREADS] [BATCHES]
+(that build uses every instruction set of the host; scripts/setup-llama-avx2.sh makes an
+AVX2-only one). The first line printed is llama.cpp's system info.
 
 Measures what scripts/bench-cpu.sh measures for lem: BATCH prompts of 128 tokens
 prefilled together, then 63 greedy decode steps for all of them; tok/s over forward
