@@ -6,6 +6,10 @@
 #   LEM_BIN      a built `lem` (default: a release build, as bench-cpu.sh does)
 #   LLAMA_PYTHON python with llama-cpp-python (default ~/.cache/lem-llama-venv/bin/python)
 #   LEM_BENCH_MODEL=gemma3  Gemma 3 270M Q4_K_M on both sides instead of SmolLM2 Q4_1
+#   LEM_BENCH_BATCHES       comma-separated batch sizes for both sides (default 1,8)
+#   LEM_CPU_KERNEL=avx2     lem's AVX2 kernels; with LLAMA_PYTHON from scripts/setup-llama-avx2.sh
+#                           both sides are AVX2-only on an AVX-512 host. The summary names
+#                           the instruction sets each side ran and warns when they differ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-3}"
@@ -21,7 +25,7 @@ for r in $(seq "$rounds"); do
   echo "round $r load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$log"
   scripts/bench-cpu.sh 1 "$threads" | sed 's/^/lem /' | tee -a "$log"
   echo "round $r load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$log"
-  "$py" scripts/bench-llamacpp.py 1 "$threads" 1,8 | tee -a "$log"
+  "$py" scripts/bench-llamacpp.py 1 "$threads" "${LEM_BENCH_BATCHES:-1,8}" | tee -a "$log"
 done
 python3 - "$log" <<'PY'
 import re, sys, statistics as st
@@ -33,6 +37,16 @@ for line in open(sys.argv[1]):
         rows.setdefault((side, b), []).append((dec, pre))
 loads = [float(l.split()[3]) for l in open(sys.argv[1]) if l.startswith("round")]
 print(f"1-minute load average during the runs: {min(loads):.1f}-{max(loads):.1f}")
+# What ran, as each side reports it: lem's compute_dtype, llama.cpp's system info.
+lem_kernels = sorted({l.split(":", 1)[1].strip() for l in open(sys.argv[1]) if l.startswith("lem compute:")})
+cpp_info = sorted({l.split(":", 1)[1].strip() for l in open(sys.argv[1]) if l.startswith("llama.cpp system info:")})
+print(f"lem compute: {' / '.join(lem_kernels) or 'not reported'}")
+print(f"llama.cpp system info: {' / '.join(cpp_info) or 'not reported'}")
+lem_avx512 = any("avx512" in k for k in lem_kernels)
+cpp_avx512 = any(re.search(r"\bAVX512 = 1", i) for i in cpp_info)
+if lem_kernels and cpp_info and lem_avx512 != cpp_avx512:
+    print(f"WARNING: not like for like: lem {'used' if lem_avx512 else 'did not use'} AVX-512, "
+          f"llama.cpp {'did' if cpp_avx512 else 'did not'} (LEM_CPU_KERNEL / LLAMA_PYTHON)")
 for b in sorted({b for _, b in rows}):
     for what, i in (("decode", 0), ("prefill", 1)):
         lem = st.median(v[i] for v in rows.get(("lem", b), [(0, 0)]))

@@ -5,6 +5,8 @@ Needs `llama-cpp-python` (PyPI; builds llama.cpp from source here, never committ
     python3 -m venv ~/.cache/lem-llamacpp-venv
     ~/.cache/lem-llamacpp-venv/bin/pip install llama-cpp-python==0.3.36
     ~/.cache/lem-llamacpp-venv/bin/python scripts/bench-llamacpp.py [RUNS] [THREADS] [BATCHES]
+(that build uses every instruction set of the host; scripts/setup-llama-avx2.sh makes an
+AVX2-only one). The first line printed is llama.cpp's system info.
 
 Measures what scripts/bench-cpu.sh measures for lem: BATCH prompts of 128 tokens
 prefilled together, then 63 greedy decode steps for all of them; tok/s over forward
@@ -37,6 +39,9 @@ model_path = os.environ.get(
 PROMPT, NEW = 128, 64
 
 C.llama_backend_init()
+# The instruction sets this llama.cpp was compiled with (e.g. no AVX512 in an AVX2-only
+# build from scripts/setup-llama-avx2.sh), so a side by side records what ran.
+print(f"llama.cpp system info: {C.llama_print_system_info().decode().strip()}", flush=True)
 _quiet = C.llama_log_callback(lambda *a: None)  # kept referenced: llama.cpp calls it later
 C.llama_log_set(_quiet, ctypes.c_void_p(0))
 mparams = C.llama_model_default_params()
