@@ -1,10 +1,9 @@
 #!/usr/bin/env python3
 """llama.cpp on the same GGUF, for the side-by-side rows of docs/benchmarks.md.
 
-Needs `llama-cpp-python` (PyPI; builds llama.cpp from source here, never committed):
-    python3 -m venv ~/.cache/lem-llamacpp-venv
-    ~/.cache/lem-llamacpp-venv/bin/pip install llama-cpp-python==0.3.36
-    ~/.cache/lem-llamacpp-venv/bin/python scripts/bench-llamacpp.py [RUNS] [THREADS] [BATCHES]
+Needs `llama-cpp-python` (PyPI; built from source here, never committed): the venv that
+scripts/setup-llama-server.sh makes (~/.cache/lem-llama-venv) and prints the python of:
+    "$(scripts/setup-llama-server.sh)" scripts/bench-llamacpp.py [RUNS] [THREADS] [BATCHES]
 (that build uses every instruction set of the host; scripts/setup-llama-avx2.sh makes an
 AVX2-only one). The first line printed is llama.cpp's system info.
 
