@@ -40,6 +40,8 @@ mod types;
 #[cfg(test)]
 mod fence_restart_tests;
 #[cfg(test)]
+mod grace_fence_tests;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;
