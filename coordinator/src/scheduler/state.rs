@@ -200,7 +200,9 @@ impl Scheduler {
 
     /// Rebuilds the scheduler from its persisted records, in the order they were
     /// persisted. Leases that were live come back unclaimed: their agents have
-    /// `restart_grace_ms` from `now` to re-announce them, after which they are requeued.
+    /// `restart_grace_ms` from `now` to re-announce them, after which they are requeued,
+    /// their devices fenced until `now` plus `lease_ttl_ms` (the old process renewed them
+    /// last before the restart) when that is later.
     /// Finished sweeps are not announced again.
     ///
     /// Fences come back too: an attempt ended while its agent may still run it keeps its
