@@ -56,6 +56,7 @@ pub fn event_from_agent(agent: AgentId, message: wire::AgentMessage) -> FromAgen
             epoch: Epoch(attempt.epoch),
             reason,
         },
+        wire::AgentMessage::Goodbye => Event::AgentGoodbye { agent },
     };
     FromAgent { event, result_body }
 }

@@ -129,6 +129,11 @@ impl Agent {
         loop {
             self.publish(true);
             if *shutdown.borrow() {
+                // Holding nothing, it can leave at once; otherwise the coordinator counts
+                // its leases until the agent timeout, as for any agent gone silent.
+                if self.held().is_empty() {
+                    let _ = send_message(send, &AgentMessage::Goodbye).await;
+                }
                 return SessionEnd::Shutdown;
             }
             let step = tokio::select! {

@@ -51,6 +51,7 @@ impl Scheduler {
                     self.end_attempt(attempt, end, false, &mut out);
                 }
             }
+            Event::AgentGoodbye { agent } => self.on_goodbye(&agent),
             Event::Tick => {}
         }
         self.dispatch(&mut out);
@@ -377,6 +378,28 @@ impl Scheduler {
         for attempt in gone {
             self.lift_fence(attempt);
         }
+    }
+
+    /// A stopping agent that holds nothing leaves now. One the scheduler still counts a
+    /// lease of (its goodbye crossed a lease, or it lost track of one) is left to the
+    /// agent timeout, which ends its leases with their fences as for any lost agent.
+    fn on_goodbye(&mut self, agent: &AgentId) {
+        if self.leases.values().any(|l| &l.agent == agent) {
+            return;
+        }
+        let Some(a) = self.agents.get_mut(agent).filter(|a| a.alive) else {
+            return;
+        };
+        a.alive = false;
+        // Its word that it runs nothing, as a heartbeat listing nothing would say.
+        let stale = std::mem::take(&mut a.stale_running);
+        if let Some(deadline) = a.deadline.take() {
+            self.timers.cancel(Timer::Agent(agent.clone()), deadline);
+        }
+        for keys in stale.values() {
+            self.claims.clear_stale_busy(keys);
+        }
+        self.maybe_free.remove(agent);
     }
 
     fn on_heartbeat(&mut self, agent: AgentId, held: Vec<HeldAttempt>, out: &mut Vec<Action>) {

@@ -41,6 +41,8 @@ mod types;
 #[cfg(test)]
 mod fence_restart_tests;
 #[cfg(test)]
+mod goodbye_tests;
+#[cfg(test)]
 mod grace_fence_tests;
 #[cfg(test)]
 mod sim;
