@@ -1,7 +1,7 @@
 //! The real `lem-agent` against an in-test coordinator on loopback: enrollment, Hello
 //! with the simulated node's GPUs, a leased run whose result is spooled before it is
 //! sent and resent until acknowledged (across a dropped connection and a kill -9), runs
-//! lost to a kill -9, busy and unknown devices, a corrupt spool file, and SIGTERM.
+//! lost to a kill -9, busy and unknown devices, a corrupt spool file, and SIGTERM (a Goodbye only when it holds nothing).
 
 mod daemon_support;
 
@@ -9,6 +9,19 @@ use daemon_support::*;
 use lem_agent::daemon::spool::{Spool, SpoolEntry, SpooledOutcome};
 use lem_common::wire::{AckVerdict, AgentMessage, AttemptRef, CoordinatorMessage, HeldAttempt};
 use lem_net::Role;
+
+/// What the agent sends until it closes the session (bounded by `WAIT`).
+async fn messages_until_closed(session: &mut lem_net::AcceptedSession) -> Vec<AgentMessage> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, session.recv.recv::<AgentMessage>()).await {
+            Ok(Ok(Some(message))) => got.push(message),
+            Ok(_) => return got,
+            Err(_) => panic!("the agent kept the session open {WAIT:?} after SIGTERM: {got:?}"),
+        }
+    }
+}
 
 fn is_hello(m: &AgentMessage) -> bool {
     matches!(m, AgentMessage::Hello { .. })
@@ -154,8 +167,10 @@ async fn a_leased_result_is_spooled_and_resent_until_acknowledged() {
     )
     .await;
 
-    // SIGTERM: a clean exit.
+    // SIGTERM holding nothing: a Goodbye, then a clean exit.
     agent.terminate();
+    let rest = messages_until_closed(&mut session).await;
+    assert_eq!(rest.last(), Some(&AgentMessage::Goodbye), "{rest:?}");
     let status = agent.wait_exit(WAIT);
     assert!(
         status.success(),
@@ -309,6 +324,10 @@ async fn a_corrupt_spool_file_is_moved_aside_and_the_rest_resent() {
     );
 
     agent.terminate();
+    // Holding a spooled outcome, it leaves no Goodbye: the coordinator still counts the
+    // lease, so the agent timeout is what ends it.
+    let rest = messages_until_closed(&mut session).await;
+    assert!(!rest.contains(&AgentMessage::Goodbye), "{rest:?}");
     assert!(agent.wait_exit(WAIT).success());
     // Still there: only an Ack removes it.
     assert_eq!(node.spool_files(), vec!["5-1.msgpack"]);

@@ -56,6 +56,7 @@ pub fn event_from_agent(agent: AgentId, message: wire::AgentMessage) -> FromAgen
             epoch: Epoch(attempt.epoch),
             reason,
         },
+        wire::AgentMessage::Goodbye => Event::AgentGoodbye { agent },
     };
     FromAgent { event, result_body }
 }
@@ -310,11 +311,14 @@ mod tests {
         assert_eq!(
             event_from_agent(agent.clone(), through_frame(&rejected)).event,
             Event::LeaseRejected {
-                agent,
+                agent: agent.clone(),
                 attempt: AttemptId(12),
                 epoch: Epoch(3),
                 reason: "busy".into(),
             }
         );
+        let goodbye = event_from_agent(agent.clone(), through_frame(&wire::AgentMessage::Goodbye));
+        assert_eq!(goodbye.event, Event::AgentGoodbye { agent });
+        assert!(goodbye.result_body.is_none());
     }
 }

@@ -14,6 +14,9 @@ use tokio::time::Instant;
 /// The shortest heartbeat period, however short a lease's TTL.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 
+/// How long a stopping agent waits for the coordinator to read its Goodbye and close.
+const GOODBYE_WAIT: Duration = Duration::from_secs(2);
+
 /// How a session ended.
 #[derive(Debug)]
 pub enum SessionEnd {
@@ -101,6 +104,18 @@ impl Agent {
         reader.abort();
         self.publish(false);
         if matches!(end, SessionEnd::Shutdown) {
+            // Holding nothing, it can leave at once; otherwise the coordinator counts its
+            // leases until the agent timeout, as for any agent gone silent. A close
+            // discards stream data not yet delivered, so the Goodbye ends the stream and
+            // the agent waits (bounded) for the coordinator to close after reading it.
+            if self.held().is_empty()
+                && send_message(&mut send, &AgentMessage::Goodbye)
+                    .await
+                    .is_ok()
+            {
+                send.finish();
+                let _ = tokio::time::timeout(GOODBYE_WAIT, connection.closed()).await;
+            }
             connection.close(lem_net::close_code::DONE, "agent shutting down");
             connection.wait_idle(Duration::from_secs(2)).await;
         }

@@ -71,6 +71,9 @@ pub enum AgentMessage {
     AttemptFailed { attempt: AttemptRef, error: String },
     /// The agent could not start a lease (e.g. its devices are still busy).
     LeaseRejected { attempt: AttemptRef, reason: String },
+    /// The agent is stopping while it holds nothing (no run, no spooled outcome); its
+    /// last message before it closes the connection. Since protocol version 3.
+    Goodbye,
 }
 
 /// Coordinator → agent.

@@ -294,6 +294,7 @@ pub fn agent_message() -> impl Strategy<Value = AgentMessage> {
             .prop_map(|(attempt, error)| AgentMessage::AttemptFailed { attempt, error }),
         (attempt_ref(), text())
             .prop_map(|(attempt, reason)| AgentMessage::LeaseRejected { attempt, reason }),
+        Just(AgentMessage::Goodbye),
     ]
 }
 

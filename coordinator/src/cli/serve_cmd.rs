@@ -40,15 +40,6 @@ pub fn run(data_dir: std::path::PathBuf, args: ServeArgs) -> Result<Outcome, Cli
              leases to expire"
         );
     }
-    if options.scheduler.restart_grace_ms < options.scheduler.lease_ttl_ms {
-        tracing::warn!(
-            "restart grace ({} ms) is below the lease TTL ({} ms): after a restart, a lease \
-             its agent has not re-announced within the grace is requeued while that agent \
-             may still run it (docs/reliability.md)",
-            options.scheduler.restart_grace_ms,
-            options.scheduler.lease_ttl_ms
-        );
-    }
     serve(options).map_err(|e| CliError::failure(format!("lem serve: {e}")))?;
     Ok(Outcome::Success)
 }

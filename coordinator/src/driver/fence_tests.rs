@@ -140,7 +140,10 @@ fn a_fenced_gpu_stays_unleased_after_a_restart_until_its_fence_runs_out() {
     let mut d = start(dir.path(), restart);
     let a_rx = d.link_mut().connect(AgentId("a".into()));
     let b_rx = d.link_mut().connect(AgentId("b".into()));
-    d.handle(hello("a", vec![]), None, TimeMs(restart)).unwrap();
+    // "a" comes back still running it (a Hello that left it out would prove it gone and
+    // lift the fence); it stops reporting it below, and the fence still holds.
+    d.handle(hello("a", vec![running(&lost)]), None, TimeMs(restart))
+        .unwrap();
     d.handle(hello("b", vec![running(&moved)]), None, TimeMs(restart))
         .unwrap();
     d.handle(submit("second"), None, TimeMs(restart + 1))

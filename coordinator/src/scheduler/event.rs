@@ -59,6 +59,11 @@ pub enum Event {
         epoch: Epoch,
         reason: String,
     },
+    /// The agent is stopping and said it holds nothing: unless the scheduler still counts
+    /// a lease of it, it is disconnected at once rather than at the agent timeout.
+    AgentGoodbye {
+        agent: AgentId,
+    },
     /// Nothing happened but time passed (the driver's timer fired at `poll_timeout`).
     Tick,
 }

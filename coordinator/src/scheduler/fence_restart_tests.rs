@@ -26,7 +26,7 @@ fn running(lease: &Lease) -> HeldAttempt {
     }
 }
 
-/// "b" reconnects after the restart still running `moved`.
+/// `name` reconnects after the restart still running `run`.
 fn hello_running(s: &mut Scheduler, name: &str, run: &Lease, now: u64) -> Vec<Action> {
     s.handle(
         Event::AgentHello {
@@ -116,7 +116,9 @@ fn a_fence_open_at_a_restart_keeps_its_gpu_for_what_was_left_of_it_from_the_rest
     // The restarted driver's clock starts anywhere: here far below the old one.
     let restart = 3;
     let mut s = Scheduler::recover(cfg, log, TimeMs(restart)).unwrap();
-    assert!(leases(&hello(&mut s, "a", gpus("a", 1, "H100"), restart)).is_empty());
+    // "a" comes back still running it (a Hello that left it out would prove it gone and
+    // lift the fence); it stops reporting it below, and the fence still holds.
+    assert!(leases(&hello_running(&mut s, "a", &lost, restart)).is_empty());
     let _ = hello_running(&mut s, "b", &moved, restart);
     assert_eq!(submit_second(&mut s, restart), None, "gpu:a-0 is fenced");
     let last_fenced = restart + fence_ms - 1;

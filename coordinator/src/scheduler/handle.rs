@@ -51,6 +51,7 @@ impl Scheduler {
                     self.end_attempt(attempt, end, false, &mut out);
                 }
             }
+            Event::AgentGoodbye { agent } => self.on_goodbye(&agent),
             Event::Tick => {}
         }
         self.dispatch(&mut out);
@@ -108,7 +109,8 @@ impl Scheduler {
 
     /// Ends a live attempt without a result; fails the job when its budget is spent.
     /// `agent_may_run`: the coordinator ended it on its own (agent lost, sweep cancelled,
-    /// lease expired), so its claims stay fenced for what is left of its lease; false when
+    /// lease expired, or not re-announced within the restart grace), so its claims stay
+    /// fenced until its agent would have stopped it (`LiveLease::agent_stops_by`); false when
     /// the agent said the run is not going (failed, rejected, lost in a restart).
     pub(super) fn end_attempt(
         &mut self,
@@ -122,7 +124,7 @@ impl Scheduler {
             .leases
             .get(&attempt)
             .filter(|_| agent_may_run)
-            .map(|lease| lease.expires.0.saturating_sub(self.now.0))
+            .map(|lease| lease.agent_stops_by.0.saturating_sub(self.now.0))
             .filter(|ms| *ms > 0);
         self.commit(
             Record::AttemptEnded {
@@ -321,6 +323,7 @@ impl Scheduler {
             }
         }
         self.release_unannounced(&agent, &held, &lost, out);
+        self.lift_fences_not_held(&agent, &held);
         self.renew_held(&agent, &held, out);
         self.mark_maybe_free(&agent);
         if self.drained.contains(&agent) {
@@ -354,6 +357,49 @@ impl Scheduler {
             );
             self.end_attempt(attempt, AttemptEnd::Lost { reason }, false, out);
         }
+    }
+
+    /// A fence on a lease an earlier coordinator process granted (recovered, or replayed
+    /// from the log) is lifted by a Hello of its agent that does not list it: the Hello
+    /// lists everything the agent holds, and no message of the dead process can still
+    /// bring it that lease. (A lease this process sent might yet arrive, so its fences
+    /// wait for their expiry or the agent's own word.)
+    fn lift_fences_not_held(&mut self, agent: &AgentId, held: &[HeldAttempt]) {
+        let gone: Vec<AttemptId> = self
+            .fenced
+            .iter()
+            .filter(|(attempt, f)| {
+                &f.agent == agent
+                    && f.granted_before_restart
+                    && !held.iter().any(|h| h.attempt == **attempt)
+            })
+            .map(|(attempt, _)| *attempt)
+            .collect();
+        for attempt in gone {
+            self.lift_fence(attempt);
+        }
+    }
+
+    /// A stopping agent that holds nothing leaves now. One the scheduler still counts a
+    /// lease of (its goodbye crossed a lease, or it lost track of one) is left to the
+    /// agent timeout, which ends its leases with their fences as for any lost agent.
+    fn on_goodbye(&mut self, agent: &AgentId) {
+        if self.leases.values().any(|l| &l.agent == agent) {
+            return;
+        }
+        let Some(a) = self.agents.get_mut(agent).filter(|a| a.alive) else {
+            return;
+        };
+        a.alive = false;
+        // Its word that it runs nothing, as a heartbeat listing nothing would say.
+        let stale = std::mem::take(&mut a.stale_running);
+        if let Some(deadline) = a.deadline.take() {
+            self.timers.cancel(Timer::Agent(agent.clone()), deadline);
+        }
+        for keys in stale.values() {
+            self.claims.clear_stale_busy(keys);
+        }
+        self.maybe_free.remove(agent);
     }
 
     fn on_heartbeat(&mut self, agent: AgentId, held: Vec<HeldAttempt>, out: &mut Vec<Action>) {
@@ -398,6 +444,7 @@ impl Scheduler {
                 let lease = self.leases.get_mut(&h.attempt).expect("live lease");
                 let old = lease.expires;
                 lease.expires = expires;
+                lease.agent_stops_by = expires;
                 lease.reclaimed = true;
                 self.timers
                     .reset(Timer::Lease(h.attempt), Some(old), expires);

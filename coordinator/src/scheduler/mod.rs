@@ -14,7 +14,8 @@
 //! Invariants (checked after every step by the seeded simulation in `sim`):
 //! - a metered device is never held by two leases (`claims`);
 //! - nor, physically, run by two attempts: an attempt ended while its agent may still run
-//!   it (agent lost, sweep cancelled) keeps its claims until its lease would have expired
+//!   it (agent lost, sweep cancelled, a recovered lease not re-announced within a grace
+//!   shorter than the TTL) keeps its claims until its lease would have expired
 //!   or the agent says it stopped (`state::FencedRun`), also across a restart (its
 //!   `AttemptEnded` record carries what was left of the lease, `fence_ms`);
 //! - a job has at most one accepted attempt, and only the attempt holding the job's live
@@ -39,6 +40,10 @@ mod types;
 
 #[cfg(test)]
 mod fence_restart_tests;
+#[cfg(test)]
+mod goodbye_tests;
+#[cfg(test)]
+mod grace_fence_tests;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]

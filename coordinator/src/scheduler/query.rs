@@ -10,7 +10,7 @@ use super::types::{
 pub struct AgentView<'a> {
     pub agent: &'a AgentId,
     pub inventory: &'a Inventory,
-    /// Heard from within the agent timeout.
+    /// Heard from within the agent timeout, and not gone with a goodbye.
     pub alive: bool,
     pub drained: bool,
 }
@@ -156,7 +156,7 @@ impl Scheduler {
         self.queue.len()
     }
 
-    /// Agents currently connected (heard from within the timeout).
+    /// Agents currently connected (heard from within the timeout, no goodbye since).
     pub fn live_agents(&self) -> impl Iterator<Item = &AgentId> {
         self.agents
             .iter()

@@ -126,6 +126,14 @@ pub struct LiveLease {
     pub expires: TimeMs,
     /// False for a lease recovered after a restart until its agent re-announces it.
     pub reclaimed: bool,
+    /// The latest its agent may still run it if no renewal reaches it: `expires` once
+    /// granted or renewed here. A lease recovered after a restart was last renewed by the
+    /// old process, before the restart, so its agent stops it by the restart plus the TTL
+    /// — later than `expires` when the grace is shorter than the TTL.
+    pub agent_stops_by: TimeMs,
+    /// Granted by an earlier coordinator process: no message of that process can still
+    /// reach its agent, so a Hello that leaves it out proves the agent does not run it.
+    pub granted_before_restart: bool,
 }
 
 /// An ended attempt that may still be running on its agent: an agent stops a run only
@@ -137,6 +145,10 @@ pub struct FencedRun {
     pub epoch: Epoch,
     pub claims: Vec<Claim>,
     pub until: TimeMs,
+    /// Its lease was granted by an earlier coordinator process (see
+    /// `LiveLease::granted_before_restart`): a Hello of its agent that does not list it
+    /// lifts the fence.
+    pub granted_before_restart: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -188,7 +200,9 @@ impl Scheduler {
 
     /// Rebuilds the scheduler from its persisted records, in the order they were
     /// persisted. Leases that were live come back unclaimed: their agents have
-    /// `restart_grace_ms` from `now` to re-announce them, after which they are requeued.
+    /// `restart_grace_ms` from `now` to re-announce them, after which they are requeued,
+    /// their devices fenced until `now` plus `lease_ttl_ms` (the old process renewed them
+    /// last before the restart) when that is later.
     /// Finished sweeps are not announced again.
     ///
     /// Fences come back too: an attempt ended while its agent may still run it keeps its
@@ -332,6 +346,9 @@ impl Scheduler {
                         agent: placement.agent.clone(),
                         expires,
                         reclaimed: !self.recovering,
+                        // Replayed, `now` is the restart (see `recover`).
+                        agent_stops_by: self.now.plus_ms(self.config.lease_ttl_ms),
+                        granted_before_restart: self.recovering,
                     },
                 );
                 self.timers.reset(Timer::Lease(*attempt), None, expires);
@@ -459,6 +476,7 @@ impl Scheduler {
                         epoch: lease.epoch,
                         claims,
                         until,
+                        granted_before_restart: lease.granted_before_restart,
                     };
                     self.fenced.insert(attempt, fence);
                 }

@@ -177,6 +177,13 @@ impl AgentProcess {
         }
     }
 
+    /// SIGTERM: the agent's clean stop.
+    pub fn sigterm(&self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid; no memory is shared.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    }
+
     /// kill -9: the agent's running jobs die with it.
     pub fn kill9(&mut self) {
         self.child.kill().unwrap();

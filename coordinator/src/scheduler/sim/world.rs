@@ -47,6 +47,9 @@ pub struct SimParams {
     /// How the agents count a lease's TTL (like the real agent, unless a test shows the
     /// invariants catch another rule).
     pub lease_count: LeaseCount,
+    /// Drawn from 0 to twice the lease TTL: a recovered lease not re-announced within a
+    /// grace shorter than the TTL is fenced for the rest of the TTL, so any grace is safe.
+    pub restart_grace_ms: u64,
 }
 
 impl SimParams {
@@ -74,12 +77,14 @@ impl SimParams {
             cancel_and_resume: r.below(3) == 0,
             drain_agent: None,
             lease_count: LeaseCount::LikeTheRealAgent,
+            restart_grace_ms: 0,
         };
         if p.agents > 2 && r.below(2) == 0 {
             p.drain_agent = Some(2 + r.below(p.agents as u64 - 2) as usize);
         }
         // Drawn last, so the draws above keep their values.
         p.fenced_restart_permille = r.below(150);
+        p.restart_grace_ms = r.below(2 * LEASE_TTL_MS + 1);
         p
     }
 }
@@ -152,6 +157,7 @@ enum ClientStep {
     Done,
 }
 
+const LEASE_TTL_MS: u64 = 15_000;
 const CLIENT_RETRY_MS: u64 = 5_000;
 /// Agent clocks run at 0.96–1.04× real time.
 const MIN_AGENT_CLOCK_PERMILLE: u64 = 960;
@@ -305,13 +311,9 @@ impl World {
             pin_device_model: true,
         };
         let config = SchedulerConfig {
-            lease_ttl_ms: 15_000,
+            lease_ttl_ms: LEASE_TTL_MS,
             agent_timeout_ms: 10_000,
-            // Not shorter than the TTL (`lem serve` defaults to twice it): a recovered
-            // lease that is not re-announced is requeued at the end of the grace without a
-            // fence, so a shorter grace lets its agent run on after the coordinator stops
-            // counting it.
-            restart_grace_ms: 15_000,
+            restart_grace_ms: p.restart_grace_ms,
             max_failures: 3,
             max_attempts: 1_000,
         };
