@@ -5,10 +5,13 @@
 //!   exposure at or below what they reach today;
 //! - the Slurm batch script, submitted with `sbatch` to a one-node Slurm cluster set up on
 //!   this host by `scripts/slurm-smoke.sh`, starts an agent that joins a `lem serve` on
-//!   loopback, serves a sweep and stops cleanly on `scancel`.
+//!   loopback, serves a sweep and stops cleanly on `scancel`;
+//! - the Kubernetes manifests validate strictly (unknown fields refused) against the
+//!   schemas of two Kubernetes releases (PyPI `kubernetes-validate`).
 //!
 //! Each skips with the reason printed when its tool is missing (Slurm also needs root);
-//! `.ci/run` installs Slurm and munge (`scripts/setup-slurm.sh`), so CI runs the Slurm test.
+//! `.ci/run` installs Slurm, munge and kubernetes-validate (`scripts/setup-slurm.sh`,
+//! `scripts/setup-k8s-validate.sh`), so CI runs them all.
 
 mod serve_support;
 #[path = "../src/test_fixtures.rs"]
@@ -179,4 +182,53 @@ fn slurm_batch_script_starts_an_agent_that_serves_a_sweep_and_stops_on_scancel()
         "{last}"
     );
     eprintln!("slurm smoke run took {:?}", started.elapsed());
+}
+
+/// Kubernetes releases the manifests are checked against: the oldest one still common on
+/// GPU clusters and the newest the tool bundles.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.28.0", "1.37.0"];
+
+#[test]
+fn kubernetes_manifests_validate_strictly_against_the_kubernetes_schemas() {
+    let tool = std::env::var_os("LEM_K8S_VALIDATE")
+        .map(PathBuf::from)
+        .or_else(|| on_path("kubernetes-validate"));
+    let Some(tool) = tool else {
+        let reason = "kubernetes-validate not found (scripts/setup-k8s-validate.sh installs it; \
+                      LEM_K8S_VALIDATE names it)";
+        // .ci/run installs it: under CI its absence is a broken setup, not a skip.
+        assert!(std::env::var_os("CI").is_none(), "{reason}");
+        eprintln!("skipped: {reason}");
+        return;
+    };
+    let manifests: Vec<PathBuf> = ["coordinator.yaml", "agent-daemonset.yaml"]
+        .iter()
+        .map(|f| deploy_dir().join("kubernetes").join(f))
+        .collect();
+    for version in KUBERNETES_VERSIONS {
+        let out = Command::new(&tool)
+            .args(["--strict", "--kubernetes-version", version])
+            .args(&manifests)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", tool.display()));
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{report}");
+        assert!(out.status.success(), "Kubernetes {version}:\n{report}");
+        // Every resource of both files was checked (a file the tool skipped would not fail).
+        for resource in [
+            "statefulset/lem-coordinator",
+            "service/lem-coordinator",
+            "daemonset/lem-agent",
+            "secret/lem-join-token",
+        ] {
+            assert!(
+                report.contains(&format!("passed for resource {resource}")),
+                "Kubernetes {version}: {resource} not validated:\n{report}"
+            );
+        }
+    }
 }
