@@ -184,6 +184,23 @@ impl SimAgent {
         }
     }
 
+    /// Holds nothing: no run and no unacknowledged outcome (when the real agent says
+    /// Goodbye on stopping).
+    pub fn holds_nothing(&self) -> bool {
+        self.runs.is_empty() && self.spool.is_empty()
+    }
+
+    /// Stops cleanly while holding nothing, like the real agent on SIGTERM: returns the
+    /// Goodbye it sends, then ignores everything until it restarts as a new process.
+    pub fn stop_cleanly(&mut self, now: TimeMs, down_ms: u64) -> Event {
+        debug_assert!(self.holds_nothing());
+        self.up = false;
+        self.restart_at = Some(now.plus_ms(down_ms));
+        Event::AgentGoodbye {
+            agent: self.id.clone(),
+        }
+    }
+
     pub fn crash(&mut self, now: TimeMs, down_ms: u64) {
         self.up = false;
         self.restart_at = Some(now.plus_ms(down_ms));

@@ -76,6 +76,15 @@ fn seeded_faults_keep_every_invariant_and_the_sweep_completes() {
             totals.restarts_with_open_fence > 0,
             "no coordinator restarted while it held an open fence"
         );
+        assert!(totals.goodbyes_taken > 0, "no goodbye was ever taken");
+        assert!(
+            totals.goodbyes_crossing_lease > 0,
+            "no goodbye ever crossed a lease"
+        );
+        assert!(
+            totals.dropped_at_crash > 0,
+            "no coordinator crash ever cut off a message to an agent"
+        );
     }
 }
 

@@ -73,9 +73,23 @@ impl Net {
         }
     }
 
-    /// Drops everything addressed to the coordinator (it crashed; connections are gone).
-    pub fn drop_to_coordinator(&mut self) {
+    /// The coordinator crashed: its QUIC connections died with the process, so nothing
+    /// in flight either way arrives (an agent reads only its new connection, and the
+    /// client's replies went with the old process). Returns how many messages the old
+    /// process had in flight to agents.
+    pub fn drop_at_coordinator_crash(&mut self) -> usize {
+        let to_agents = self
+            .in_flight
+            .values()
+            .filter(|m| matches!(m, Msg::Agent { .. }))
+            .count();
+        self.in_flight.clear();
+        to_agents
+    }
+
+    /// Agent `agent` stopped: what was in flight to it was on its closed connection.
+    pub fn drop_to_agent(&mut self, agent: usize) {
         self.in_flight
-            .retain(|_, m| !matches!(m, Msg::Coordinator { .. }));
+            .retain(|_, m| !matches!(m, Msg::Agent { agent: a, .. } if *a == agent));
     }
 }

@@ -14,6 +14,7 @@ use super::invariants::{
 };
 use super::net::{Msg, Net, NetFaults};
 use lem_common::rng::SplitMix64;
+use std::collections::BTreeSet;
 use std::fmt;
 
 /// Per-seed shape of the run, drawn from the seed.
@@ -50,6 +51,8 @@ pub struct SimParams {
     /// Drawn from 0 to twice the lease TTL: a recovered lease not re-announced within a
     /// grace shorter than the TTL is fenced for the rest of the TTL, so any grace is safe.
     pub restart_grace_ms: u64,
+    /// Per fault check: an idle agent stops cleanly (says Goodbye) and restarts later.
+    pub clean_stop_permille: u64,
 }
 
 impl SimParams {
@@ -78,6 +81,7 @@ impl SimParams {
             drain_agent: None,
             lease_count: LeaseCount::LikeTheRealAgent,
             restart_grace_ms: 0,
+            clean_stop_permille: 0,
         };
         if p.agents > 2 && r.below(2) == 0 {
             p.drain_agent = Some(2 + r.below(p.agents as u64 - 2) as usize);
@@ -85,6 +89,7 @@ impl SimParams {
         // Drawn last, so the draws above keep their values.
         p.fenced_restart_permille = r.below(150);
         p.restart_grace_ms = r.below(2 * LEASE_TTL_MS + 1);
+        p.clean_stop_permille = r.below(40);
         p
     }
 }
@@ -103,6 +108,14 @@ pub struct Summary {
     pub agent_crashes: usize,
     pub partitions: usize,
     pub drains: usize,
+    /// Goodbyes sent by agents stopping cleanly while holding nothing.
+    pub goodbyes: usize,
+    /// Goodbyes the scheduler took (it counted no lease of the agent): listed gone at once.
+    pub goodbyes_taken: usize,
+    /// Goodbyes that crossed a lease: the scheduler still counted one of the agent's.
+    pub goodbyes_crossing_lease: usize,
+    /// Messages the old coordinator process had in flight to agents when it crashed.
+    pub dropped_at_crash: usize,
     pub steps: u64,
     pub virtual_ms: u64,
     pub trace_hash: u64,
@@ -120,6 +133,10 @@ impl Summary {
         self.agent_crashes += o.agent_crashes;
         self.partitions += o.partitions;
         self.drains += o.drains;
+        self.goodbyes += o.goodbyes;
+        self.goodbyes_taken += o.goodbyes_taken;
+        self.goodbyes_crossing_lease += o.goodbyes_crossing_lease;
+        self.dropped_at_crash += o.dropped_at_crash;
         self.steps += o.steps;
         self.virtual_ms += o.virtual_ms;
     }
@@ -131,7 +148,8 @@ impl fmt::Display for Summary {
             f,
             "jobs {} (accepted {}, failed {}), superseded results {}, requeued attempts {}, \
              coordinator restarts {} ({} with a fence open), agent crashes {}, partitions {}, \
-             drains {}, steps {}, virtual {} s",
+             drains {}, goodbyes {} (taken {}, crossing a lease {}), messages to agents \
+             dropped at coordinator crashes {}, steps {}, virtual {} s",
             self.jobs,
             self.accepted,
             self.failed,
@@ -142,6 +160,10 @@ impl fmt::Display for Summary {
             self.agent_crashes,
             self.partitions,
             self.drains,
+            self.goodbyes,
+            self.goodbyes_taken,
+            self.goodbyes_crossing_lease,
+            self.dropped_at_crash,
             self.steps,
             self.virtual_ms / 1000
         )
@@ -187,6 +209,9 @@ pub struct World {
     next_fault_check: TimeMs,
     /// The operator's drain request: sent (and resent) until answered.
     drain_answered: bool,
+    /// Agents whose Goodbye the scheduler took, until it hears their next Hello: they
+    /// must get no lease and be counted running nothing.
+    said_goodbye: BTreeSet<AgentId>,
     checker: LogChecker,
     summary: Summary,
 }
@@ -335,6 +360,7 @@ impl World {
             next_request: 0,
             next_fault_check: TimeMs(FAULT_CHECK_MS),
             drain_answered: false,
+            said_goodbye: BTreeSet::new(),
             checker: LogChecker::default(),
             summary: Summary::default(),
             p,
@@ -519,6 +545,17 @@ impl World {
         self.checker.advance(&self.log)?;
         if let Some(c) = &self.coordinator {
             check_device_exclusivity(c)?;
+            // An agent gone with a goodbye is counted running nothing until it says hello.
+            if let Some(l) = c
+                .leases
+                .values()
+                .find(|l| self.said_goodbye.contains(&l.agent))
+            {
+                return Err(format!(
+                    "{} counts a lease of {} after its goodbye, before its next hello",
+                    l.job, l.agent
+                ));
+            }
         }
         // A run is counted by the coordinator while it lasts (when the coordinator is up:
         // while it is down nothing is placed, and the recovered one is checked).
@@ -561,6 +598,17 @@ impl World {
                 self.summary.agent_crashes += 1;
             }
         }
+        if self.rng.below(1000) < p.clean_stop_permille {
+            let i = self.rng.below(n) as usize;
+            if self.agents[i].up && self.agents[i].holds_nothing() {
+                let down_ms = 2_000 + self.rng.below(40_000);
+                let goodbye = self.agents[i].stop_cleanly(now, down_ms);
+                self.send_from_agent(i, goodbye);
+                // Its stream is closed: a lease in flight to it is never read.
+                self.net.drop_to_agent(i);
+                self.summary.goodbyes += 1;
+            }
+        }
         if self.rng.below(1000) < p.partition_permille {
             let i = self.rng.below(n) as usize;
             self.agents[i].partitioned_until = now.plus_ms(2_000 + self.rng.below(40_000));
@@ -593,7 +641,7 @@ impl World {
             }
             self.fences_at_crash = Some(before);
         }
-        self.net.drop_to_coordinator();
+        self.summary.dropped_at_crash += self.net.drop_at_coordinator_crash();
         self.coordinator_lag_ms = 0;
         let down_ms = 500 + self.rng.below(8_000);
         self.coordinator_up_at = Some(self.now.plus_ms(down_ms));
@@ -660,7 +708,41 @@ impl World {
         let Some(c) = self.coordinator.as_mut() else {
             return Ok(());
         };
+        // Goodbye and Hello, seen from outside the scheduler (its handling is under test).
+        let goodbye_from = match &event {
+            Event::AgentGoodbye { agent } => Some(agent.clone()),
+            _ => None,
+        };
+        if let Event::AgentHello { agent, .. } = &event {
+            self.said_goodbye.remove(agent);
+        }
+        let counted_a_lease = goodbye_from
+            .as_ref()
+            .is_some_and(|g| c.leases.values().any(|l| &l.agent == g));
+        let live_before = goodbye_from
+            .as_ref()
+            .is_some_and(|g| c.live_agents().any(|a| a == g));
         let actions = c.handle(event, now);
+        if let Some(agent) = goodbye_from {
+            let live = c.live_agents().any(|a| a == &agent);
+            if counted_a_lease {
+                self.summary.goodbyes_crossing_lease += 1;
+                // Changes nothing: the agent timeout ends it, with its leases' fences.
+                if live != live_before {
+                    return Err(format!(
+                        "{agent} said goodbye while a lease of it was counted, and its \
+                         liveness changed ({live_before} to {live})"
+                    ));
+                }
+            } else if live {
+                return Err(format!(
+                    "{agent} said goodbye holding no counted lease but is still live"
+                ));
+            } else {
+                self.summary.goodbyes_taken += 1;
+                self.said_goodbye.insert(agent);
+            }
+        }
         let crash_after = (self.faults_on()
             && self.rng.below(1000) < self.p.mid_batch_crash_permille)
             .then(|| self.rng.below(actions.len() as u64 + 1) as usize);
@@ -677,7 +759,15 @@ impl World {
                         ToAgent::Ack { attempt, verdict } => {
                             self.checker.check_ack_sent(*attempt, *verdict)?
                         }
-                        ToAgent::Lease(l) => self.checker.check_lease_sent(l.job, l.attempt)?,
+                        ToAgent::Lease(l) => {
+                            self.checker.check_lease_sent(l.job, l.attempt)?;
+                            if self.said_goodbye.contains(&agent) {
+                                return Err(format!(
+                                    "{} leased to {agent} after its goodbye, before its next hello",
+                                    l.attempt
+                                ));
+                            }
+                        }
                         _ => {}
                     }
                     let answers_sent_at = match &msg {
