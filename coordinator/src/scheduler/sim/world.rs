@@ -595,6 +595,8 @@ impl World {
             if self.agents[i].up {
                 let down_ms = 2_000 + self.rng.below(40_000);
                 self.agents[i].crash(now, down_ms);
+                // Its connection died with it: nothing in flight to it is read.
+                self.net.drop_to_agent(i);
                 self.summary.agent_crashes += 1;
             }
         }
